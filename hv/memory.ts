@@ -1,0 +1,224 @@
+/**
+ * Guest physical memory: a narrow, bounds-checked interface (after rust-vmm
+ * `vm-memory`). Every access names a guest-physical address and a length and
+ * must lie wholly inside one region; anything else throws
+ * {@link GuestMemoryError}, which device code turns into a device error rather
+ * than letting a guest crash the VMM.
+ *
+ * Regions are backed either by a memfd mapped `MAP_SHARED` (so a snapshot can
+ * save it and a restore can map a file `MAP_PRIVATE`), by any mapped file, or
+ * — for unit tests — by a plain `ArrayBuffer`.
+ *
+ * @module
+ */
+
+import {
+  close,
+  ftruncate,
+  MAP,
+  memfdCreate,
+  mmap,
+  munmap,
+  PROT,
+  viewAt,
+} from "../kvm_ffi/libc.ts";
+
+/** An access outside guest memory. Carries the address and length that were asked for. */
+export class GuestMemoryError extends Error {
+  /** Guest-physical address of the access. */
+  readonly addr: number;
+  /** Length of the access in bytes. */
+  readonly length: number;
+  constructor(addr: number, length: number, why = "outside guest memory") {
+    super(`guest memory access 0x${addr.toString(16)}+${length} ${why}`);
+    this.name = "GuestMemoryError";
+    this.addr = addr;
+    this.length = length;
+  }
+}
+
+/** One contiguous range of guest-physical memory and the host bytes behind it. */
+export interface MemoryRegion {
+  /** Guest-physical start address. */
+  readonly guestAddr: number;
+  /** Size in bytes. */
+  readonly size: number;
+  /** Host view of the region (zero-copy). */
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  /** Host pointer of the mapping (absent for ArrayBuffer-backed regions). */
+  readonly hostPtr?: Deno.PointerObject;
+  /** File descriptor backing the region, if any (memfd or snapshot file). */
+  readonly fd?: number;
+  /** Offset of the region in `fd`. */
+  readonly fdOffset?: number;
+}
+
+/** The narrow guest-memory interface devices and queues take as an argument. */
+export interface GuestMemory {
+  /** All regions, sorted by guest address, non-overlapping. */
+  readonly regions: readonly MemoryRegion[];
+  /** True when `[addr, addr + length)` lies wholly inside one region. */
+  contains(addr: number, length: number): boolean;
+  /** Zero-copy view of `[addr, addr + length)`; throws {@link GuestMemoryError} otherwise. */
+  slice(addr: number, length: number): Uint8Array<ArrayBuffer>;
+  /** Copies guest bytes into `dest`. */
+  read(addr: number, dest: Uint8Array): void;
+  /** Copies `src` into guest memory. */
+  write(addr: number, src: Uint8Array): void;
+  /** Little-endian 8/16/32/64-bit reads. */
+  readU8(addr: number): number;
+  readU16(addr: number): number;
+  readU32(addr: number): number;
+  readU64(addr: number): bigint;
+  /** Little-endian 8/16/32/64-bit writes. */
+  writeU8(addr: number, value: number): void;
+  writeU16(addr: number, value: number): void;
+  writeU32(addr: number, value: number): void;
+  writeU64(addr: number, value: bigint): void;
+}
+
+/** A {@link GuestMemory} over a list of regions. */
+export class RegionMemory implements GuestMemory, Disposable {
+  readonly regions: readonly MemoryRegion[];
+  #views: DataView[];
+  #owned: { ptr: Deno.PointerObject; size: number; fd?: number }[];
+
+  /**
+   * @param regions the regions (any order; they must not overlap)
+   * @param owned mappings and fds to release on dispose
+   */
+  constructor(
+    regions: MemoryRegion[],
+    owned: { ptr: Deno.PointerObject; size: number; fd?: number }[] = [],
+  ) {
+    const sorted = [...regions].sort((a, b) => a.guestAddr - b.guestAddr);
+    for (let i = 1; i < sorted.length; i++) {
+      const prev = sorted[i - 1];
+      if (prev.guestAddr + prev.size > sorted[i].guestAddr) {
+        throw new RangeError(
+          `memory regions overlap at 0x${sorted[i].guestAddr.toString(16)}`,
+        );
+      }
+    }
+    this.regions = sorted;
+    this.#views = sorted.map((r) => new DataView(r.bytes.buffer, r.bytes.byteOffset, r.size));
+    this.#owned = owned;
+  }
+
+  /** Plain ArrayBuffer-backed memory (tests, fake guests): one region at `guestAddr`. */
+  static fromBytes(size: number, guestAddr = 0): RegionMemory {
+    return new RegionMemory([{ guestAddr, size, bytes: new Uint8Array(size) }]);
+  }
+
+  /**
+   * memfd-backed memory mapped `MAP_SHARED`, one memfd per region, so a snapshot
+   * can write the fd out and a restore can map a file in its place.
+   */
+  static memfd(layout: { guestAddr: number; size: number }[], name = "skiff-guest"): RegionMemory {
+    const regions: MemoryRegion[] = [];
+    const owned: { ptr: Deno.PointerObject; size: number; fd?: number }[] = [];
+    try {
+      for (const { guestAddr, size } of layout) {
+        const fd = memfdCreate(name);
+        owned.push({ ptr: null as unknown as Deno.PointerObject, size: 0, fd });
+        ftruncate(fd, size);
+        const ptr = mmap(size, PROT.READ | PROT.WRITE, MAP.SHARED | MAP.NORESERVE, fd, 0);
+        owned[owned.length - 1] = { ptr, size, fd };
+        regions.push({ guestAddr, size, bytes: viewAt(ptr, size), hostPtr: ptr, fd, fdOffset: 0 });
+      }
+    } catch (e) {
+      releaseOwned(owned);
+      throw e;
+    }
+    return new RegionMemory(regions, owned);
+  }
+
+  /** Index of the region holding `[addr, addr+length)`, or -1. */
+  #find(addr: number, length: number): number {
+    if (!Number.isSafeInteger(addr) || !Number.isSafeInteger(length) || addr < 0 || length < 0) {
+      return -1;
+    }
+    const rs = this.regions;
+    let lo = 0, hi = rs.length - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >> 1;
+      const r = rs[mid];
+      if (addr < r.guestAddr) hi = mid - 1;
+      else if (addr >= r.guestAddr + r.size) lo = mid + 1;
+      else return addr + length <= r.guestAddr + r.size ? mid : -1;
+    }
+    return -1;
+  }
+
+  #at(addr: number, length: number): [DataView, number] {
+    const i = this.#find(addr, length);
+    if (i < 0) throw new GuestMemoryError(addr, length);
+    return [this.#views[i], addr - this.regions[i].guestAddr];
+  }
+
+  contains(addr: number, length: number): boolean {
+    return this.#find(addr, length) >= 0;
+  }
+
+  slice(addr: number, length: number): Uint8Array<ArrayBuffer> {
+    const i = this.#find(addr, length);
+    if (i < 0) throw new GuestMemoryError(addr, length);
+    const r = this.regions[i];
+    const off = addr - r.guestAddr;
+    return r.bytes.subarray(off, off + length);
+  }
+
+  read(addr: number, dest: Uint8Array): void {
+    dest.set(this.slice(addr, dest.length));
+  }
+
+  write(addr: number, src: Uint8Array): void {
+    this.slice(addr, src.length).set(src);
+  }
+
+  readU8(addr: number): number {
+    const [v, o] = this.#at(addr, 1);
+    return v.getUint8(o);
+  }
+  readU16(addr: number): number {
+    const [v, o] = this.#at(addr, 2);
+    return v.getUint16(o, true);
+  }
+  readU32(addr: number): number {
+    const [v, o] = this.#at(addr, 4);
+    return v.getUint32(o, true);
+  }
+  readU64(addr: number): bigint {
+    const [v, o] = this.#at(addr, 8);
+    return v.getBigUint64(o, true);
+  }
+  writeU8(addr: number, value: number): void {
+    const [v, o] = this.#at(addr, 1);
+    v.setUint8(o, value);
+  }
+  writeU16(addr: number, value: number): void {
+    const [v, o] = this.#at(addr, 2);
+    v.setUint16(o, value, true);
+  }
+  writeU32(addr: number, value: number): void {
+    const [v, o] = this.#at(addr, 4);
+    v.setUint32(o, value, true);
+  }
+  writeU64(addr: number, value: bigint): void {
+    const [v, o] = this.#at(addr, 8);
+    v.setBigUint64(o, value, true);
+  }
+
+  /** Unmaps owned mappings and closes owned fds. Idempotent. */
+  [Symbol.dispose](): void {
+    releaseOwned(this.#owned);
+    this.#owned = [];
+  }
+}
+
+function releaseOwned(owned: { ptr: Deno.PointerObject; size: number; fd?: number }[]): void {
+  for (const o of owned) {
+    if (o.ptr && o.size) munmap(o.ptr, o.size);
+    if (o.fd !== undefined) close(o.fd);
+  }
+}

@@ -1,0 +1,45 @@
+import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
+import { GuestMemoryError, RegionMemory } from "./memory.ts";
+
+Deno.test("RegionMemory reads and writes little-endian within a region", () => {
+  const m = RegionMemory.fromBytes(0x1000, 0x10000);
+  m.writeU32(0x10004, 0xdeadbeef);
+  assertEquals(m.readU8(0x10004), 0xef);
+  assertEquals(m.readU16(0x10006), 0xdead);
+  m.writeU64(0x10008, 0x0102030405060708n);
+  assertEquals(m.readU64(0x10008), 0x0102030405060708n);
+  assertEquals([...m.slice(0x10008, 2)], [8, 7]);
+});
+
+Deno.test("RegionMemory rejects accesses outside or straddling regions", () => {
+  const m = new RegionMemory([
+    { guestAddr: 0, size: 0x100, bytes: new Uint8Array(0x100) },
+    { guestAddr: 0x100, size: 0x100, bytes: new Uint8Array(0x100) },
+  ]);
+  assertThrows(() => m.readU32(0xfe), GuestMemoryError); // straddles two regions
+  assertThrows(() => m.readU8(0x200), GuestMemoryError);
+  assertThrows(() => m.slice(-1, 1), GuestMemoryError);
+  assertThrows(() => m.slice(0, 2 ** 60), GuestMemoryError);
+  assertThrows(() => m.slice(0.5, 1), GuestMemoryError);
+  assertEquals(m.contains(0x1ff, 1), true);
+  assertEquals(m.contains(0x1ff, 2), false);
+});
+
+Deno.test("RegionMemory rejects overlapping regions", () => {
+  assertThrows(() =>
+    new RegionMemory([
+      { guestAddr: 0, size: 0x100, bytes: new Uint8Array(0x100) },
+      { guestAddr: 0x80, size: 0x100, bytes: new Uint8Array(0x100) },
+    ]), RangeError);
+});
+
+Deno.test("memfd-backed memory is shared with its fd", () => {
+  using m = RegionMemory.memfd([{ guestAddr: 0x1000, size: 0x2000 }]);
+  m.writeU32(0x1000, 0x41424344);
+  const fd = m.regions[0].fd!;
+  const buf = new Uint8Array(4);
+  const f = Deno.openSync(`/proc/self/fd/${fd}`);
+  f.readSync(buf);
+  f.close();
+  assertEquals(new TextDecoder().decode(buf), "DCBA");
+});

@@ -1,0 +1,108 @@
+/**
+ * skiff's command line: parses arguments, calls the library, maps errors to
+ * exit codes. Each subcommand is one entry in {@link COMMANDS}.
+ *
+ * Exit codes of skiff itself (the guest command's own code passes through):
+ * - 124: the `--timeout` expired
+ * - 125: skiff failed (bad flags, missing kernel, VM failure) — one line on stderr
+ *
+ * @module
+ */
+
+import { parseArgs, type ParseArgsConfig } from "node:util";
+
+/** Exit code when `--timeout` expires (as coreutils `timeout`). */
+export const EXIT_TIMEOUT = 124;
+/** Exit code for skiff's own failures: bad usage, missing kernel, VM failure. */
+export const EXIT_FAILURE = 125;
+
+/** A command-line mistake; printed as one line with a hint to `--help`. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+/** One subcommand. */
+interface Command {
+  /** One line for the command list. */
+  summary: string;
+  /** Full help text shown by `skiff CMD --help`. */
+  help: string;
+  /** Runs the command; resolves to the process exit code. */
+  run(args: string[]): Promise<number>;
+}
+
+type Options = NonNullable<ParseArgsConfig["options"]>;
+
+/** parseArgs in strict mode, turning its errors into {@link UsageError}. */
+export function parseFlags<O extends Options>(
+  args: string[],
+  options: O,
+  allowPositionals = false,
+) {
+  try {
+    return parseArgs({ args, options, allowPositionals, strict: true });
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+const COMMANDS: Record<string, Command> = {};
+
+function mainHelp(): string {
+  const width = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
+  const lines = Object.entries(COMMANDS).map(([name, c]) =>
+    `  ${name.padEnd(width)}  ${c.summary}`
+  );
+  return [
+    "skiff — Linux micro-VMs from TypeScript",
+    "",
+    "Usage: skiff COMMAND [OPTIONS]",
+    "",
+    "Commands:",
+    ...lines,
+    "",
+    "Run `skiff COMMAND --help` for a command's options.",
+  ].join("\n");
+}
+
+/** Runs the CLI with `args`; resolves to the exit code. */
+export async function main(args: string[]): Promise<number> {
+  const [name, ...rest] = args;
+  if (name === undefined || name === "--help" || name === "-h" || name === "help") {
+    const topic = name === "help" ? rest[0] : undefined;
+    if (topic && COMMANDS[topic]) {
+      console.log(COMMANDS[topic].help);
+    } else {
+      console.log(mainHelp());
+    }
+    return name === undefined ? 2 : 0;
+  }
+  const command = COMMANDS[name];
+  if (!command) {
+    console.error(`skiff: unknown command '${name}' (see skiff --help)`);
+    return EXIT_FAILURE;
+  }
+  if (rest.includes("--help") && !rest.slice(0, rest.indexOf("--help")).includes("--")) {
+    console.log(command.help);
+    return 0;
+  }
+  try {
+    return await command.run(rest);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`skiff ${name}: ${e.message} (see skiff ${name} --help)`);
+    } else if (Deno.env.get("SKIFF_DEBUG")) {
+      console.error(e);
+    } else {
+      console.error(`skiff ${name}: ${e instanceof Error ? e.message : String(e)}`);
+    }
+    return EXIT_FAILURE;
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

@@ -1,0 +1,9 @@
+/**
+ * skiff's library API: boot Linux micro-VMs from Deno programs and tests.
+ *
+ * @module
+ */
+
+export { GuestMemoryError, RegionMemory } from "./hv/memory.ts";
+export type { GuestMemory, MemoryRegion } from "./hv/memory.ts";
+export { SysError } from "./kvm_ffi/libc.ts";
