@@ -180,7 +180,12 @@ export function ioctl(
 }
 
 /** ioctl(2) with an integer argument. */
-export function ioctlValue(fd: number, request: bigint, name: string, value: bigint | number): number {
+export function ioctlValue(
+  fd: number,
+  request: bigint,
+  name: string,
+  value: bigint | number,
+): number {
   return check(name, libc.ioctl_val(fd, request, BigInt(value)));
 }
 
