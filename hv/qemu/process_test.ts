@@ -1,0 +1,154 @@
+import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
+import { hostTest } from "../../tests/requirements.ts";
+import { qemuArgs } from "./cmdline.ts";
+import { QemuProcess } from "./process.ts";
+import { busyboxInitramfs, readAll, testKernel } from "./testing.ts";
+
+Deno.test("qemuArgs: microvm, shared memfd RAM, ports and fs devices", () => {
+  const args = qemuArgs({
+    accel: "tcg",
+    cpus: 2,
+    memoryMiB: 256,
+    kernel: "/k",
+    initrd: "/i",
+    append: "console=ttyS0",
+    qmpSocket: "/d/qmp.sock",
+    consoleSocket: null,
+    ports: [{ id: "p0", name: "skiff.stdout", socketPath: "/d/a,b.sock" }],
+    fs: [{ id: "fs0", tag: "root", socketPath: "/d/fs0.sock" }],
+  });
+  const joined = args.join(" ");
+  ok(joined.includes("-M microvm,acpi=on"));
+  ok(joined.includes("-accel tcg -cpu max -smp 2"));
+  ok(joined.includes("memory-backend-memfd,id=mem,size=256M,share=on"));
+  ok(joined.includes("socket,id=p0,path=/d/a,,b.sock"), "commas in paths are doubled");
+  ok(joined.includes("virtserialport,chardev=p0,name=skiff.stdout"));
+  ok(joined.includes("vhost-user-fs-device,chardev=fs0,tag=root"));
+  deepStrictEqual(args.slice(args.indexOf("-serial"), args.indexOf("-serial") + 2), [
+    "-serial",
+    "null",
+  ]);
+});
+
+Deno.test("qemuArgs: rejects bad sizes, ids and tags", () => {
+  const base = {
+    accel: "tcg" as const,
+    cpus: 1,
+    memoryMiB: 128,
+    kernel: "/k",
+    initrd: "/i",
+    append: "",
+    qmpSocket: "/q",
+    consoleSocket: null,
+    ports: [],
+    fs: [],
+  };
+  let threw = 0;
+  for (
+    const bad of [
+      { ...base, cpus: 0 },
+      { ...base, memoryMiB: 10 },
+      { ...base, ports: [{ id: "x y", name: "n", socketPath: "/s" }] },
+      { ...base, fs: [{ id: "f", tag: "t".repeat(37), socketPath: "/s" }] },
+    ]
+  ) {
+    try {
+      qemuArgs(bad);
+    } catch (e) {
+      ok(e instanceof RangeError);
+      threw++;
+    }
+  }
+  strictEqual(threw, 4);
+});
+
+const kernel = await testKernel();
+const needs = ["qemu", "cpio"] as const;
+if (typeof kernel === "string") console.error(`skiff-test-skip: qemu guest tests: ${kernel}`);
+
+hostTest(
+  "QemuProcess: guest writes to a named port, QMP answers, cleanup",
+  [...needs],
+  async () => {
+    if (typeof kernel === "string") return;
+    const dir = await Deno.makeTempDir({ prefix: "skiff-qtest-" });
+    try {
+      const initrd = await busyboxInitramfs(
+        dir,
+        kernel,
+        [
+          "for p in /sys/class/virtio-ports/*; do",
+          '  [ "$(cat $p/name)" = test.out ] && echo "hello from $(uname -r)" > /dev/$(basename $p)',
+          "done",
+        ].join("\n"),
+        ["virtio_mmio", "virtio_console"],
+      );
+      const vm = await QemuProcess.start({
+        dir,
+        accel: "tcg",
+        cpus: 1,
+        memoryMiB: 128,
+        kernel: kernel.bzImage!,
+        initrd,
+        append: "console=ttyS0 quiet panic=-1",
+        portNames: ["test.out"],
+        console: true,
+        fs: [],
+      });
+      try {
+        ok(vm.version.major >= 7);
+        const st = await vm.qmp.status();
+        strictEqual(typeof st.running, "boolean");
+        const [out, consoleText, status] = await Promise.all([
+          readAll(vm.ports.get("test.out")!),
+          readAll(vm.console!),
+          vm.exited,
+        ]);
+        strictEqual(out, `hello from ${kernel.version}\n`, `console: ${consoleText}`);
+        strictEqual(status.code, 0);
+      } finally {
+        await vm.stop();
+      }
+      // Listener sockets are removed once QEMU has connected.
+      deepStrictEqual(
+        [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.endsWith(".sock")),
+        [],
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+hostTest("QemuProcess: stop() kills a running guest, QMP quit works", [...needs], async () => {
+  if (typeof kernel === "string") return;
+  const dir = await Deno.makeTempDir({ prefix: "skiff-qtest-" });
+  try {
+    const initrd = await busyboxInitramfs(dir, kernel, "sleep 1000", []);
+    const vm = await QemuProcess.start({
+      dir,
+      accel: "tcg",
+      cpus: 1,
+      memoryMiB: 128,
+      kernel: kernel.bzImage!,
+      initrd,
+      append: "console=ttyS0 quiet panic=-1",
+      portNames: [],
+      console: false,
+      fs: [],
+    });
+    strictEqual(vm.status, null);
+    await vm.qmp.quit();
+    const s = await vm.stop();
+    strictEqual(s.code, 0);
+    let gone = false;
+    try {
+      Deno.kill(vm.pid, "SIGCONT");
+    } catch {
+      gone = true;
+    }
+    ok(gone, "QEMU process is gone");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
