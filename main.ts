@@ -49,7 +49,54 @@ export function parseFlags<O extends Options>(
   }
 }
 
-const COMMANDS: Record<string, Command> = {};
+const COMMANDS: Record<string, Command> = {
+  kernel: {
+    summary: "fetch the default guest kernel (Debian cloud) or show what is cached",
+    help: [
+      "Usage: skiff kernel fetch [--force]",
+      "       skiff kernel info [--json]",
+      "",
+      "fetch  resolves Debian's linux-image-cloud-amd64 to its current package, downloads it",
+      "       with apt-get download, unpacks it into ${XDG_CACHE_HOME:-~/.cache}/skiff/kernels/,",
+      "       extracts the ELF vmlinux, writes modules.dep, and makes it the default kernel.",
+      "       Quick when the same version is already cached (--force downloads again).",
+      "info   lists the cached kernels; exits 1 when none is cached. --json prints the",
+      "       default kernel as JSON (what findKernel() returns).",
+    ].join("\n"),
+    async run(args) {
+      const [sub, ...rest] = args;
+      if (sub === "fetch") {
+        const { values } = parseFlags(rest, { force: { type: "boolean" } });
+        const { fetchKernel } = await import("./hv/kernel/mod.ts");
+        await fetchKernel({ force: values.force });
+        return 0;
+      }
+      if (sub === "info") {
+        const { values } = parseFlags(rest, { json: { type: "boolean" } });
+        const { findKernel, KernelMissingError } = await import("./hv/kernel/mod.ts");
+        const { kernelInfoText } = await import("./hv/kernel/info.ts");
+        if (values.json) {
+          try {
+            console.log(JSON.stringify(await findKernel(), null, 2));
+            return 0;
+          } catch (e) {
+            if (!(e instanceof KernelMissingError)) throw e;
+            console.error(`skiff kernel info: ${e.message}`);
+            return 1;
+          }
+        }
+        const text = await kernelInfoText();
+        if (text === null) {
+          console.error("skiff kernel info: no kernel is cached; run `skiff kernel fetch`");
+          return 1;
+        }
+        console.log(text);
+        return 0;
+      }
+      throw new UsageError(sub ? `unknown subcommand '${sub}'` : "expected fetch or info");
+    },
+  },
+};
 
 function mainHelp(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((k) => k.length));
