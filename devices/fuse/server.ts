@@ -1,0 +1,732 @@
+/**
+ * The dispatching FUSE server: decodes one request (in header + arguments),
+ * calls the {@link FileSystem}, encodes the reply (out header + payload).
+ * Transport-agnostic and synchronous: `/dev/fuse`, virtio-fs and vhost-user
+ * all feed it whole requests. It never throws: malformed input (short
+ * buffers, bogus lengths, unknown opcodes, unknown node ids or handles)
+ * gets an error reply.
+ *
+ * @module
+ */
+
+import { Errno } from "../../kvm_ffi/errno.ts";
+import { SysError } from "../../kvm_ffi/libc.ts";
+import {
+  ATTR_OUT_SIZE,
+  DIRENT_NAME_OFFSET,
+  direntAlign,
+  DIRENTPLUS_NAME_OFFSET,
+  ENTRY_OUT_SIZE,
+  FUSE_FSYNC_FDATASYNC,
+  FUSE_GETATTR_FH,
+  FUSE_KERNEL_MINOR_VERSION,
+  FUSE_KERNEL_VERSION,
+  FUSE_MIN_MINOR_VERSION,
+  IN_HEADER_SIZE,
+  InitFlag,
+  Op,
+  OUT_HEADER_SIZE,
+} from "./protocol.ts";
+import {
+  type Attr,
+  type Context,
+  type DirSink,
+  type Entry,
+  FileSystem,
+  FuseError,
+  type SetattrIn,
+} from "./filesystem.ts";
+
+/** Options of a {@link FuseServer}. */
+export interface FuseServerOptions {
+  /** Largest WRITE payload (and READ reply) offered to the client; default 1 MiB. */
+  maxWrite?: number;
+  /** Called with every unexpected (non-FuseError) exception, for debugging; default: ignore. */
+  onError?: (error: unknown, opcode: number) => void;
+}
+
+/** The negotiated protocol, part of {@link FuseServerState}. */
+export interface FuseProto {
+  major: number;
+  minor: number;
+  /** Agreed init flags (flags | flags2 << 32) as a decimal string. */
+  flags: string;
+  maxWrite: number;
+}
+
+/** What {@link FuseServer.save} returns: plain JSON-able data. */
+export interface FuseServerState {
+  version: 1;
+  /** Null before INIT. */
+  proto: FuseProto | null;
+  /** The backend's own state ({@link FileSystem.save}). */
+  fs: unknown;
+}
+
+/** Flags this server asks for when the client offers them. */
+const WANTED = InitFlag.ASYNC_READ | InitFlag.ATOMIC_O_TRUNC | InitFlag.BIG_WRITES |
+  InitFlag.AUTO_INVAL_DATA | InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO |
+  InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES | InitFlag.CACHE_SYMLINKS |
+  InitFlag.ASYNC_DIO;
+
+const PAGE = 4096;
+const TWO32 = 2 ** 32;
+
+/**
+ * Serves one FUSE connection. Feed it requests with {@link handle},
+ * {@link handleInto} or {@link handleV}; send back whatever they return.
+ */
+export class FuseServer {
+  /** The backend. */
+  readonly fs: FileSystem;
+  #maxWrite: number;
+  #onError: (error: unknown, opcode: number) => void;
+  #proto: FuseProto | null = null;
+  #flags = 0n;
+  #scratch: Uint8Array<ArrayBuffer>;
+  #ctx: Context = { uid: 0, gid: 0, pid: 0 };
+
+  constructor(fs: FileSystem, options: FuseServerOptions = {}) {
+    this.fs = fs;
+    const mw = options.maxWrite ?? 1 << 20;
+    if (!Number.isInteger(mw) || mw < PAGE || mw > 16 << 20) {
+      throw new RangeError(`FuseServer: maxWrite ${mw} is not an integer in 4 KiB..16 MiB`);
+    }
+    this.#maxWrite = mw & ~(PAGE - 1);
+    this.#onError = options.onError ?? (() => {});
+    this.#scratch = new Uint8Array(OUT_HEADER_SIZE + this.#maxWrite + PAGE);
+  }
+
+  /** The negotiated protocol, or null before INIT. */
+  get proto(): FuseProto | null {
+    return this.#proto;
+  }
+
+  /**
+   * Size a reply buffer should have so any reply fits: out header plus the
+   * largest READ / READDIR / xattr payload.
+   */
+  get replyBufferSize(): number {
+    return this.#scratch.length;
+  }
+
+  /** Size a request buffer should have (the `/dev/fuse` read size): header, args, max WRITE. */
+  get requestBufferSize(): number {
+    return this.#maxWrite + PAGE;
+  }
+
+  /**
+   * Handles one whole request; returns a fresh reply buffer, or null when
+   * the opcode takes no reply (FORGET, BATCH_FORGET, INTERRUPT).
+   */
+  handle(request: Uint8Array): Uint8Array | null {
+    const n = this.handleInto(request, this.#scratch);
+    return n === 0 ? null : this.#scratch.slice(0, n);
+  }
+
+  /**
+   * Handles one whole request, writing the reply into `out` (e.g. a guest
+   * memory view); returns the reply length, 0 for no reply. READ and
+   * READDIR payloads are clipped to what fits in `out`; other replies that
+   * do not fit become an ERANGE error reply.
+   */
+  handleInto(request: Uint8Array, out: Uint8Array): number {
+    return this.#dispatch(request, [out], out);
+  }
+
+  /**
+   * Like {@link handleInto} with the reply scattered over `iov` segments in
+   * order (a virtqueue's device-writable descriptors). READ data goes
+   * straight into the segments (preadv); other replies are built in a
+   * scratch buffer and copied. Returns the total reply length, 0 for none.
+   */
+  handleV(request: Uint8Array, iov: Uint8Array[]): number {
+    if (iov.length === 1) return this.#dispatch(request, iov, iov[0]);
+    return this.#dispatch(request, iov, null);
+  }
+
+  /** Serialisable state: the negotiated protocol and the backend's node and handle tables. */
+  save(): FuseServerState {
+    return {
+      version: 1,
+      proto: this.#proto ? { ...this.#proto } : null,
+      fs: this.fs.save(),
+    };
+  }
+
+  /** Restores {@link save}'s result into a fresh server (no INIT needed afterwards). */
+  restore(state: FuseServerState): void {
+    if (state?.version !== 1) throw new Error(`FuseServer.restore: unknown state version`);
+    this.#proto = state.proto ? { ...state.proto } : null;
+    this.#flags = state.proto ? BigInt(state.proto.flags) : 0n;
+    this.fs.restore(state.fs);
+  }
+
+  // ---- dispatch ------------------------------------------------------------
+
+  /** `out` is the contiguous destination, or null to build in scratch and scatter into `iov`. */
+  #dispatch(req: Uint8Array, iov: Uint8Array[], out: Uint8Array | null): number {
+    let unique = 0n;
+    let opcode = 0;
+    const o = out ?? this.#scratch;
+    try {
+      if (req.length < IN_HEADER_SIZE) {
+        if (req.length >= 16) unique = readU64Big(req, 8);
+        throw new FuseError(
+          Errno.EINVAL,
+          `request of ${req.length} bytes is shorter than a header`,
+        );
+      }
+      const dv = new DataView(req.buffer, req.byteOffset, req.byteLength);
+      const len = dv.getUint32(0, true);
+      opcode = dv.getUint32(4, true);
+      unique = dv.getBigUint64(8, true);
+      if (len < IN_HEADER_SIZE || len > req.length) {
+        throw new FuseError(Errno.EINVAL, `header length ${len} for a ${req.length}-byte request`);
+      }
+      const nodeid = readId(dv, 16);
+      const ctx = this.#ctx;
+      ctx.uid = dv.getUint32(24, true);
+      ctx.gid = dv.getUint32(28, true);
+      ctx.pid = dv.getUint32(32, true);
+      // 7.38 extensions (security context, supplementary groups) trail the arguments;
+      // none is negotiated, so they are only cut off.
+      const ext = dv.getUint16(36, true) * 8;
+      if (ext > len - IN_HEADER_SIZE) {
+        throw new FuseError(Errno.EINVAL, `total_extlen ${ext} exceeds the request`);
+      }
+      const args = new Args(req, dv, IN_HEADER_SIZE, len - ext);
+      if (this.#proto === null && opcode !== Op.INIT) {
+        throw new FuseError(Errno.EIO, `opcode ${opcode} before INIT`);
+      }
+      if (out === null && opcode === Op.READ) {
+        return this.#readV(ctx, nodeid, args, unique, iov);
+      }
+      const n = this.#op(opcode, ctx, nodeid, args, o);
+      if (n < 0) return 0;
+      writeHeader(o, OUT_HEADER_SIZE + n, 0, unique);
+      if (out === null) return scatter(o, OUT_HEADER_SIZE + n, iov);
+      return OUT_HEADER_SIZE + n;
+    } catch (e) {
+      let errno: number = Errno.EIO;
+      if (e instanceof FuseError) errno = e.errno;
+      else if (e instanceof SysError) errno = e.errno;
+      else if (e instanceof RangeError) errno = Errno.ERANGE;
+      else this.#onError(e, opcode);
+      if (opcode === Op.FORGET || opcode === Op.BATCH_FORGET || opcode === Op.INTERRUPT) return 0;
+      const hdr = o.length >= OUT_HEADER_SIZE ? o : new Uint8Array(OUT_HEADER_SIZE);
+      writeHeader(hdr, OUT_HEADER_SIZE, -errno, unique);
+      if (out === null || hdr !== o) return scatter(hdr, OUT_HEADER_SIZE, iov);
+      return OUT_HEADER_SIZE;
+    }
+  }
+
+  /** Runs one opcode; writes the payload at `o[16..]`; returns its length, -1 for no reply. */
+  #op(op: number, ctx: Context, nodeid: number, a: Args, o: Uint8Array): number {
+    const fs = this.fs;
+    switch (op) {
+      case Op.INIT:
+        return this.#init(a, o);
+      case Op.LOOKUP:
+        return putEntry(o, fs.lookup(ctx, nodeid, a.name()));
+      case Op.FORGET:
+        fs.forget(nodeid, a.u64n(0));
+        return -1;
+      case Op.BATCH_FORGET: {
+        const count = a.u32(0);
+        a.need(8 + count * 16);
+        for (let i = 0; i < count; i++) {
+          fs.forget(a.id(8 + i * 16), a.u64n(8 + i * 16 + 8));
+        }
+        return -1;
+      }
+      case Op.GETATTR: {
+        const flags = a.u32(0);
+        const fh = flags & FUSE_GETATTR_FH ? a.id(8) : null;
+        a.need(16);
+        const r = fs.getattr(ctx, nodeid, fh);
+        return putAttrOut(o, r.attr, r.timeout);
+      }
+      case Op.SETATTR: {
+        a.need(88);
+        const s: SetattrIn = {
+          valid: a.u32(0),
+          fh: a.id(8),
+          size: a.u64(16),
+          atime: a.u64(32),
+          mtime: a.u64(40),
+          atimensec: a.u32(56),
+          mtimensec: a.u32(60),
+          mode: a.u32(68),
+          uid: a.u32(76),
+          gid: a.u32(80),
+        };
+        const r = fs.setattr(ctx, nodeid, s);
+        return putAttrOut(o, r.attr, r.timeout);
+      }
+      case Op.READLINK: {
+        const target = fs.readlink(ctx, nodeid);
+        return putBytes(o, target);
+      }
+      case Op.SYMLINK: {
+        const name = a.name();
+        const target = a.string(a.pos);
+        return putEntry(o, fs.symlink(ctx, nodeid, name, target));
+      }
+      case Op.MKNOD: {
+        a.need(16);
+        const e = fs.mknod(ctx, nodeid, a.nameAt(16), a.u32(0), a.u32(4), a.u32(8));
+        return putEntry(o, e);
+      }
+      case Op.MKDIR: {
+        a.need(8);
+        return putEntry(o, fs.mkdir(ctx, nodeid, a.nameAt(8), a.u32(0), a.u32(4)));
+      }
+      case Op.UNLINK:
+        fs.unlink(ctx, nodeid, a.name());
+        return 0;
+      case Op.RMDIR:
+        fs.rmdir(ctx, nodeid, a.name());
+        return 0;
+      case Op.RENAME:
+      case Op.RENAME2: {
+        const fixed = op === Op.RENAME ? 8 : 16;
+        a.need(fixed);
+        const newdir = a.id(0);
+        const flags = op === Op.RENAME ? 0 : a.u32(8);
+        const oldname = a.nameAt(fixed);
+        const newname = a.string(a.pos);
+        fs.rename(ctx, nodeid, oldname, newdir, newname, flags);
+        return 0;
+      }
+      case Op.LINK: {
+        a.need(8);
+        return putEntry(o, fs.link(ctx, a.id(0), nodeid, a.nameAt(8)));
+      }
+      case Op.OPEN:
+      case Op.OPENDIR: {
+        a.need(8);
+        const r = op === Op.OPEN
+          ? fs.open(ctx, nodeid, a.u32(0))
+          : fs.opendir(ctx, nodeid, a.u32(0));
+        return putOpenOut(o, 0, r.fh, r.openFlags);
+      }
+      case Op.READ: {
+        a.need(40);
+        const size = Math.min(a.u32(16), o.length - OUT_HEADER_SIZE, this.#maxWrite);
+        const dst = o.subarray(OUT_HEADER_SIZE, OUT_HEADER_SIZE + size);
+        return fs.read(ctx, nodeid, a.id(0), a.u64(8), [dst]);
+      }
+      case Op.WRITE: {
+        a.need(40);
+        const size = a.u32(16);
+        a.need(40 + size);
+        const data = a.bytes(40, size);
+        const n = fs.write(ctx, nodeid, a.id(0), a.u64(8), data, a.u32(20));
+        need(o, 8);
+        const v = dvOf(o);
+        v.setUint32(16, n, true);
+        v.setUint32(20, 0, true);
+        return 8;
+      }
+      case Op.STATFS: {
+        const s = fs.statfs(ctx, nodeid);
+        need(o, 80);
+        const v = dvOf(o);
+        v.setBigUint64(16, s.blocks, true);
+        v.setBigUint64(24, s.bfree, true);
+        v.setBigUint64(32, s.bavail, true);
+        v.setBigUint64(40, s.files, true);
+        v.setBigUint64(48, s.ffree, true);
+        v.setUint32(56, s.bsize, true);
+        v.setUint32(60, s.namelen, true);
+        v.setUint32(64, s.frsize, true);
+        o.fill(0, 68, 96);
+        return 80;
+      }
+      case Op.RELEASE:
+      case Op.RELEASEDIR: {
+        a.need(24);
+        if (op === Op.RELEASE) fs.release(ctx, nodeid, a.id(0));
+        else fs.releasedir(ctx, nodeid, a.id(0));
+        return 0;
+      }
+      case Op.FSYNC:
+      case Op.FSYNCDIR: {
+        a.need(16);
+        const datasync = (a.u32(8) & FUSE_FSYNC_FDATASYNC) !== 0;
+        if (op === Op.FSYNC) fs.fsync(ctx, nodeid, a.id(0), datasync);
+        else fs.fsyncdir(ctx, nodeid, a.id(0), datasync);
+        return 0;
+      }
+      case Op.SETXATTR: {
+        const fixed = this.#flags & InitFlag.SETXATTR_EXT ? 16 : 8;
+        a.need(fixed);
+        const size = a.u32(0);
+        const name = a.nameAt(fixed);
+        a.need(a.pos - IN_HEADER_SIZE + size);
+        const value = a.bytes(a.pos - IN_HEADER_SIZE, size);
+        fs.setxattr(ctx, nodeid, name, value, a.u32(4));
+        return 0;
+      }
+      case Op.GETXATTR:
+      case Op.LISTXATTR: {
+        a.need(8);
+        const size = a.u32(0);
+        const value = op === Op.GETXATTR
+          ? fs.getxattr(ctx, nodeid, a.nameAt(8))
+          : fs.listxattr(ctx, nodeid);
+        if (size === 0) {
+          need(o, 8);
+          const v = dvOf(o);
+          v.setUint32(16, value.length, true);
+          v.setUint32(20, 0, true);
+          return 8;
+        }
+        if (value.length > size) throw new FuseError(Errno.ERANGE);
+        return putBytes(o, value);
+      }
+      case Op.REMOVEXATTR:
+        fs.removexattr(ctx, nodeid, a.name());
+        return 0;
+      case Op.FLUSH:
+        a.need(24);
+        fs.flush(ctx, nodeid, a.id(0));
+        return 0;
+      case Op.READDIR:
+      case Op.READDIRPLUS: {
+        a.need(40);
+        const size = Math.min(a.u32(16), o.length - OUT_HEADER_SIZE);
+        const sink = new ReplyDirSink(o, size, op === Op.READDIRPLUS);
+        fs.readdir(ctx, nodeid, a.id(0), a.u64(8), sink);
+        return sink.used;
+      }
+      case Op.ACCESS:
+        a.need(8);
+        fs.access(ctx, nodeid, a.u32(0));
+        return 0;
+      case Op.CREATE: {
+        a.need(16);
+        const r = fs.create(ctx, nodeid, a.nameAt(16), a.u32(4), a.u32(0), a.u32(8));
+        const n = putEntry(o, r.entry);
+        return n + putOpenOut(o, n, r.fh, r.openFlags);
+      }
+      case Op.INTERRUPT:
+        // Requests are answered synchronously, so there is never one in flight to interrupt.
+        return -1;
+      case Op.DESTROY:
+        fs.destroy();
+        this.#proto = null;
+        this.#flags = 0n;
+        return 0;
+      case Op.FALLOCATE:
+        a.need(32);
+        fs.fallocate(ctx, nodeid, a.id(0), a.u64(8), a.u64(16), a.u32(24));
+        return 0;
+      case Op.LSEEK: {
+        a.need(24);
+        const off = fs.lseek(ctx, nodeid, a.id(0), a.u64(8), a.u32(16));
+        need(o, 8);
+        dvOf(o).setBigUint64(16, off, true);
+        return 8;
+      }
+      case Op.COPY_FILE_RANGE: {
+        a.need(56);
+        const n = fs.copyFileRange(
+          ctx,
+          nodeid,
+          a.id(0),
+          a.u64(8),
+          a.id(16),
+          a.id(24),
+          a.u64(32),
+          a.u64(40),
+          Number(a.u64(48) & 0xffffffffn),
+        );
+        need(o, 8);
+        const v = dvOf(o);
+        v.setUint32(16, n, true);
+        v.setUint32(20, 0, true);
+        return 8;
+      }
+      default:
+        throw new FuseError(Errno.ENOSYS, `opcode ${op}`);
+    }
+  }
+
+  #init(a: Args, o: Uint8Array): number {
+    a.need(16);
+    const major = a.u32(0);
+    const minor = a.u32(4);
+    const maxReadahead = a.u32(8);
+    let flags = BigInt(a.u32(12));
+    if (major < FUSE_KERNEL_VERSION) throw new FuseError(Errno.EPROTO, `FUSE major ${major}`);
+    need(o, 64);
+    const v = dvOf(o);
+    o.fill(0, 16, 16 + 64);
+    if (major > FUSE_KERNEL_VERSION) {
+      // The client retries INIT with our major (fuse.h: "reply with the major only").
+      v.setUint32(16, FUSE_KERNEL_VERSION, true);
+      v.setUint32(20, FUSE_KERNEL_MINOR_VERSION, true);
+      return 8;
+    }
+    if (minor < FUSE_MIN_MINOR_VERSION) {
+      throw new FuseError(
+        Errno.EPROTO,
+        `FUSE 7.${minor} is older than 7.${FUSE_MIN_MINOR_VERSION}`,
+      );
+    }
+    if (minor >= 36 && (flags & InitFlag.INIT_EXT) && a.len >= 20) {
+      flags |= BigInt(a.u32(16)) << 32n;
+    }
+    const agreedMinor = Math.min(minor, FUSE_KERNEL_MINOR_VERSION);
+    let want = flags & WANTED;
+    if (agreedMinor >= 36 && (flags & InitFlag.INIT_EXT)) want |= InitFlag.INIT_EXT;
+    const maxWrite = want & InitFlag.MAX_PAGES
+      ? this.#maxWrite
+      : Math.min(this.#maxWrite, 32 * PAGE);
+    v.setUint32(16, FUSE_KERNEL_VERSION, true);
+    v.setUint32(20, agreedMinor, true);
+    v.setUint32(24, Math.min(maxReadahead, this.#maxWrite), true);
+    v.setUint32(28, Number(want & 0xffffffffn), true);
+    v.setUint16(32, 64, true); // max_background
+    v.setUint16(34, 48, true); // congestion_threshold
+    v.setUint32(36, maxWrite, true);
+    v.setUint32(40, 1, true); // time_gran: nanoseconds
+    v.setUint16(44, maxWrite / PAGE, true); // max_pages
+    v.setUint32(48, Number(want >> 32n), true);
+    this.#flags = want;
+    this.#proto = { major: FUSE_KERNEL_VERSION, minor: agreedMinor, flags: String(want), maxWrite };
+    this.fs.init(this.#ctx);
+    // fuse.h: clients before 7.23 expect the 24-byte init_out.
+    return agreedMinor < 23 ? 24 : 64;
+  }
+
+  /** READ scattered into `iov` (header in the first 16 bytes). */
+  #readV(ctx: Context, nodeid: number, a: Args, unique: bigint, iov: Uint8Array[]): number {
+    a.need(40);
+    let room = -OUT_HEADER_SIZE;
+    for (const s of iov) room += s.length;
+    if (room < 0) throw new FuseError(Errno.ERANGE, "reply segments shorter than a header");
+    let want = Math.min(a.u32(16), room, this.#maxWrite);
+    const dst: Uint8Array[] = [];
+    let skip = OUT_HEADER_SIZE;
+    for (const s of iov) {
+      if (want === 0) break;
+      if (skip >= s.length) {
+        skip -= s.length;
+        continue;
+      }
+      const part = s.subarray(skip, skip + Math.min(want, s.length - skip));
+      skip = 0;
+      want -= part.length;
+      dst.push(part);
+    }
+    const n = dst.length ? this.fs.read(ctx, nodeid, a.id(0), a.u64(8), dst) : 0;
+    const hdr = new Uint8Array(OUT_HEADER_SIZE);
+    writeHeader(hdr, OUT_HEADER_SIZE + n, 0, unique);
+    scatter(hdr, OUT_HEADER_SIZE, iov);
+    return OUT_HEADER_SIZE + n;
+  }
+}
+
+/** Request arguments after the in header: bounds-checked little-endian reads. */
+class Args {
+  /** Absolute offset (in the request) just past the last string read. */
+  pos: number;
+  readonly len: number;
+  constructor(
+    readonly req: Uint8Array,
+    readonly dv: DataView,
+    readonly base: number,
+    end: number,
+  ) {
+    this.len = end - base;
+    this.pos = base;
+  }
+  need(n: number): void {
+    if (n > this.len) {
+      throw new FuseError(Errno.EINVAL, `arguments of ${this.len} bytes, need ${n}`);
+    }
+  }
+  u32(off: number): number {
+    this.need(off + 4);
+    return this.dv.getUint32(this.base + off, true);
+  }
+  u64(off: number): bigint {
+    this.need(off + 8);
+    return this.dv.getBigUint64(this.base + off, true);
+  }
+  /** A u64 count as a number (saturating above 2^53). */
+  u64n(off: number): number {
+    this.need(off + 8);
+    return readId(this.dv, this.base + off);
+  }
+  id(off: number): number {
+    this.need(off + 8);
+    return readId(this.dv, this.base + off);
+  }
+  bytes(off: number, n: number): Uint8Array {
+    this.need(off + n);
+    return this.req.subarray(this.base + off, this.base + off + n);
+  }
+  /** The NUL-terminated name at the start of the arguments. */
+  name(): Uint8Array {
+    return this.string(this.base);
+  }
+  /** The NUL-terminated name at relative offset `off`. */
+  nameAt(off: number): Uint8Array {
+    this.need(off);
+    return this.string(this.base + off);
+  }
+  /** NUL-terminated bytes at absolute `start`; advances {@link pos}. */
+  string(start: number): Uint8Array {
+    const end = this.base + this.len;
+    const nul = this.req.subarray(0, end).indexOf(0, start);
+    if (start > end || nul < 0) throw new FuseError(Errno.EINVAL, "unterminated name");
+    this.pos = nul + 1;
+    return this.req.subarray(start, nul);
+  }
+}
+
+/** Node ids and handles: u64 on the wire, JS numbers here (ids above 2^53 never exist). */
+function readId(dv: DataView, off: number): number {
+  const lo = dv.getUint32(off, true);
+  const hi = dv.getUint32(off + 4, true);
+  return hi >= 0x200000 ? Number.MAX_SAFE_INTEGER : hi * TWO32 + lo;
+}
+
+function readU64Big(b: Uint8Array, off: number): bigint {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength).getBigUint64(off, true);
+}
+
+function dvOf(o: Uint8Array): DataView {
+  return new DataView(o.buffer, o.byteOffset, o.byteLength);
+}
+
+function need(o: Uint8Array, payload: number): void {
+  if (o.length < OUT_HEADER_SIZE + payload) {
+    throw new FuseError(Errno.ERANGE, `reply of ${payload} bytes does not fit`);
+  }
+}
+
+function writeHeader(o: Uint8Array, len: number, error: number, unique: bigint): void {
+  const v = dvOf(o);
+  v.setUint32(0, len, true);
+  v.setInt32(4, error, true);
+  v.setBigUint64(8, unique, true);
+}
+
+function scatter(src: Uint8Array, len: number, iov: Uint8Array[]): number {
+  let done = 0;
+  for (const s of iov) {
+    if (done >= len) break;
+    const n = Math.min(s.length, len - done);
+    s.set(src.subarray(done, done + n));
+    done += n;
+  }
+  return done < len ? OUT_HEADER_SIZE : len;
+}
+
+function putBytes(o: Uint8Array, b: Uint8Array): number {
+  need(o, b.length);
+  o.set(b, OUT_HEADER_SIZE);
+  return b.length;
+}
+
+function putOpenOut(o: Uint8Array, at: number, fh: number, flags: number): number {
+  need(o, at + 16);
+  const v = dvOf(o);
+  const p = OUT_HEADER_SIZE + at;
+  v.setBigUint64(p, BigInt(fh), true);
+  v.setUint32(p + 8, flags, true);
+  v.setUint32(p + 12, 0, true);
+  return 16;
+}
+
+/** Seconds (float) → [whole seconds, nanoseconds]. */
+function splitTimeout(t: number): [bigint, number] {
+  const s = Math.max(0, Math.floor(t));
+  return [BigInt(s), Math.floor((t - s) * 1e9)];
+}
+
+function writeAttr(v: DataView, p: number, a: Attr): void {
+  v.setBigUint64(p, a.ino, true);
+  v.setBigUint64(p + 8, a.size, true);
+  v.setBigUint64(p + 16, a.blocks, true);
+  v.setBigUint64(p + 24, BigInt.asUintN(64, a.atime), true);
+  v.setBigUint64(p + 32, BigInt.asUintN(64, a.mtime), true);
+  v.setBigUint64(p + 40, BigInt.asUintN(64, a.ctime), true);
+  v.setUint32(p + 48, a.atimensec, true);
+  v.setUint32(p + 52, a.mtimensec, true);
+  v.setUint32(p + 56, a.ctimensec, true);
+  v.setUint32(p + 60, a.mode, true);
+  v.setUint32(p + 64, a.nlink, true);
+  v.setUint32(p + 68, a.uid, true);
+  v.setUint32(p + 72, a.gid, true);
+  v.setUint32(p + 76, a.rdev, true);
+  v.setUint32(p + 80, a.blksize, true);
+  v.setUint32(p + 84, 0, true);
+}
+
+function writeEntry(v: DataView, p: number, e: Entry): void {
+  const [es, ens] = splitTimeout(e.entryTimeout);
+  const [as, ans] = splitTimeout(e.attrTimeout);
+  v.setBigUint64(p, BigInt(e.nodeid), true);
+  v.setBigUint64(p + 8, BigInt(e.generation), true);
+  v.setBigUint64(p + 16, es, true);
+  v.setBigUint64(p + 24, as, true);
+  v.setUint32(p + 32, ens, true);
+  v.setUint32(p + 36, ans, true);
+  writeAttr(v, p + 40, e.attr);
+}
+
+function putEntry(o: Uint8Array, e: Entry): number {
+  need(o, ENTRY_OUT_SIZE);
+  writeEntry(dvOf(o), OUT_HEADER_SIZE, e);
+  return ENTRY_OUT_SIZE;
+}
+
+function putAttrOut(o: Uint8Array, a: Attr, timeout: number): number {
+  need(o, ATTR_OUT_SIZE);
+  const v = dvOf(o);
+  const [s, ns] = splitTimeout(timeout);
+  v.setBigUint64(16, s, true);
+  v.setUint32(24, ns, true);
+  v.setUint32(28, 0, true);
+  writeAttr(v, 32, a);
+  return ATTR_OUT_SIZE;
+}
+
+/** Packs `fuse_dirent` / `fuse_direntplus` records into the reply. */
+class ReplyDirSink implements DirSink {
+  used = 0;
+  #v: DataView;
+  constructor(readonly o: Uint8Array, readonly size: number, readonly plus: boolean) {
+    this.#v = dvOf(o);
+  }
+  fits(nameLen: number): boolean {
+    const rec = direntAlign((this.plus ? DIRENTPLUS_NAME_OFFSET : DIRENT_NAME_OFFSET) + nameLen);
+    return this.used + rec <= this.size;
+  }
+  add(name: Uint8Array, ino: bigint, type: number, off: bigint, entry: Entry | null): void {
+    if (!this.fits(name.length)) throw new FuseError(Errno.EIO, "dirent added without fits()");
+    let p = OUT_HEADER_SIZE + this.used;
+    const v = this.#v;
+    const start = p;
+    if (this.plus) {
+      if (entry) writeEntry(v, p, entry);
+      else this.o.fill(0, p, p + ENTRY_OUT_SIZE);
+      p += ENTRY_OUT_SIZE;
+    }
+    v.setBigUint64(p, ino, true);
+    v.setBigUint64(p + 8, off, true);
+    v.setUint32(p + 16, name.length, true);
+    v.setUint32(p + 20, type, true);
+    this.o.set(name, p + DIRENT_NAME_OFFSET);
+    const end = p + DIRENT_NAME_OFFSET + name.length;
+    const rec = direntAlign(end - start);
+    this.o.fill(0, end, start + rec);
+    this.used += rec;
+  }
+}
