@@ -96,6 +96,34 @@ const COMMANDS: Record<string, Command> = {
       throw new UsageError(sub ? `unknown subcommand '${sub}'` : "expected fetch or info");
     },
   },
+  snapshot: {
+    summary: "list or clear the snapshot cache of booted VMs",
+    help: [
+      "Usage: skiff snapshot list [--json]",
+      "       skiff snapshot clear",
+      "",
+      "list   shows each cached snapshot: key, size on disk, guest memory size, age, and what",
+      "       it was built from (kernel and initramfs hashes, command line, memory, vCPUs, devices).",
+      "clear  deletes every cached snapshot; the next `skiff run` boots and captures again.",
+      "",
+      "The cache lives in ${XDG_CACHE_HOME:-~/.cache}/skiff/snapshots/.",
+    ].join("\n"),
+    async run(args) {
+      const [sub, ...rest] = args;
+      const { SnapshotCache, snapshotClear, snapshotList } = await import("./snapshot/cli.ts");
+      if (sub === "list") {
+        const { values } = parseFlags(rest, { json: { type: "boolean" } });
+        snapshotList(new SnapshotCache(), values.json);
+        return 0;
+      }
+      if (sub === "clear") {
+        parseFlags(rest, {});
+        snapshotClear(new SnapshotCache());
+        return 0;
+      }
+      throw new UsageError(sub ? `unknown subcommand '${sub}'` : "expected list or clear");
+    },
+  },
 };
 
 function mainHelp(): string {

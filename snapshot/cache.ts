@@ -1,0 +1,207 @@
+/**
+ * The snapshot cache: one snapshot directory per VM configuration, under
+ * `${XDG_CACHE_HOME:-~/.cache}/skiff/snapshots/<key>/`, where the key is the
+ * SHA-256 of a canonical JSON of everything that shapes the booted state
+ * (see {@link snapshotKey}).
+ *
+ * A bad entry (corrupt, truncated, wrong version) is reported in one line,
+ * deleted, and treated as a miss so the caller cold-boots; it never throws.
+ * Concurrent writers of one key both succeed and one entry survives (atomic
+ * rename in {@link publishDir}).
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+import { canonicalJson, sha256Hex, toJsonData } from "./codec.ts";
+import { SnapshotError } from "./errors.ts";
+import { MEMORY_FILE, STATE_FILE } from "./format.ts";
+import {
+  type PublishResult,
+  readSnapshot,
+  type Snapshot,
+  type SnapshotContents,
+  writeSnapshot,
+} from "./store.ts";
+
+/** `${XDG_CACHE_HOME:-$HOME/.cache}/skiff`: skiff's per-user cache directory. */
+export function skiffCacheDir(): string {
+  const xdg = Deno.env.get("XDG_CACHE_HOME");
+  if (xdg && xdg.startsWith("/")) return join(xdg, "skiff");
+  const home = Deno.env.get("HOME");
+  if (!home) {
+    throw new Error("cannot locate the cache directory: neither XDG_CACHE_HOME nor HOME is set");
+  }
+  return join(home, ".cache", "skiff");
+}
+
+/** The default snapshot cache root. */
+export function defaultSnapshotDir(): string {
+  return join(skiffCacheDir(), "snapshots");
+}
+
+/**
+ * Everything that shapes the booted state of a VM. Include content hashes
+ * (not paths) of the kernel and initramfs (see {@link contentHash}), the full
+ * command line, memory size, vCPU count and each device with its
+ * configuration. Never the command to run: that is sent after restore.
+ */
+export type SnapshotKeyParts = Record<string, unknown>;
+
+/** The cache key: SHA-256 (hex) of the canonical JSON of `parts` (key order does not matter). */
+export function snapshotKey(parts: SnapshotKeyParts): string {
+  return sha256Hex(canonicalJson(toJsonData(parts)));
+}
+
+const KEY_RE = /^[0-9a-f]{64}$/;
+
+/** One entry as listed by {@link SnapshotCache.list}. */
+export interface CacheEntry {
+  /** The cache key (directory name). */
+  key: string;
+  /** The entry's directory. */
+  dir: string;
+  /** Bytes allocated on disk (sparse holes excluded). */
+  diskBytes: number;
+  /** Logical size of the memory file (the guest's memory size). */
+  memoryBytes: number;
+  /** Creation time, from state.json (or the directory's mtime when unreadable). */
+  createdAt: Date;
+  /** What it was built from (state.json `source`), or null when unreadable. */
+  source: Record<string, unknown> | null;
+  /** Why the entry is unusable, if it is. */
+  problem?: string;
+}
+
+/** Options of {@link SnapshotCache}. */
+export interface SnapshotCacheOptions {
+  /** Where one-line warnings go (default: `console.error` with a `skiff: ` prefix). */
+  warn?: (message: string) => void;
+}
+
+/** The snapshot cache rooted at a directory (default {@link defaultSnapshotDir}). */
+export class SnapshotCache {
+  /** The cache root; entries are `<root>/<key>/`. */
+  readonly root: string;
+  #warn: (message: string) => void;
+
+  constructor(root: string = defaultSnapshotDir(), options: SnapshotCacheOptions = {}) {
+    this.root = root;
+    this.#warn = options.warn ?? ((m) => console.error(`skiff: ${m}`));
+  }
+
+  /** The directory of entry `key`; throws RangeError for anything but 64 hex digits. */
+  pathOf(key: string): string {
+    if (!KEY_RE.test(key)) throw new RangeError(`bad snapshot key ${JSON.stringify(key)}`);
+    return join(this.root, key);
+  }
+
+  /**
+   * The validated snapshot for `key`, or null on a miss. An entry that fails
+   * validation is reported in one line, deleted, and reported as a miss.
+   */
+  lookup(key: string): Snapshot | null {
+    const dir = this.pathOf(key);
+    try {
+      Deno.statSync(dir);
+    } catch {
+      return null;
+    }
+    try {
+      return readSnapshot(dir);
+    } catch (e) {
+      const why = e instanceof SnapshotError ? e.message : `snapshot ${dir}: ${String(e)}`;
+      this.discard(key, why);
+      return null;
+    }
+  }
+
+  /**
+   * Deletes entry `key` after a failed restore or validation, with a one-line
+   * warning giving `why`. Never throws.
+   */
+  discard(key: string, why: string): void {
+    this.#warn(`${why}; deleted it, booting without the snapshot`);
+    try {
+      Deno.removeSync(this.pathOf(key), { recursive: true });
+    } catch {
+      // another process removed it first
+    }
+  }
+
+  /** Publishes a snapshot for `key` atomically; `"exists"` when another process was first. */
+  store(key: string, contents: SnapshotContents): Promise<PublishResult> {
+    return writeSnapshot(this.pathOf(key), contents);
+  }
+
+  /** Every entry, newest first, with its size on disk, age and origin; unusable ones carry `problem`. */
+  list(): CacheEntry[] {
+    const out: CacheEntry[] = [];
+    let names: Deno.DirEntry[];
+    try {
+      names = [...Deno.readDirSync(this.root)];
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return [];
+      throw e;
+    }
+    for (const ent of names) {
+      if (!ent.isDirectory || !KEY_RE.test(ent.name)) continue;
+      const dir = join(this.root, ent.name);
+      const entry: CacheEntry = {
+        key: ent.name,
+        dir,
+        diskBytes: diskUsage(dir),
+        memoryBytes: 0,
+        createdAt: Deno.statSync(dir).mtime ?? new Date(0),
+        source: null,
+      };
+      try {
+        const snap = readSnapshot(dir);
+        entry.createdAt = new Date(snap.manifest.createdAt);
+        entry.memoryBytes = snap.manifest.memory.fileSize;
+        entry.source = snap.manifest.source as Record<string, unknown>;
+      } catch (e) {
+        entry.problem = e instanceof SnapshotError ? e.message : String(e);
+      }
+      out.push(entry);
+    }
+    return out.sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime());
+  }
+
+  /** Removes every entry and leftover temp directory; returns the number of entries removed. */
+  clear(): number {
+    let n = 0;
+    let names: Deno.DirEntry[];
+    try {
+      names = [...Deno.readDirSync(this.root)];
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) return 0;
+      throw e;
+    }
+    for (const ent of names) {
+      const isEntry = KEY_RE.test(ent.name);
+      if (!isEntry && !ent.name.startsWith(".tmp-")) continue;
+      try {
+        Deno.removeSync(join(this.root, ent.name), { recursive: true });
+        if (isEntry) n++;
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+    }
+    return n;
+  }
+}
+
+/** Bytes allocated on disk by the files of a snapshot directory. */
+function diskUsage(dir: string): number {
+  let total = 0;
+  for (const name of [STATE_FILE, MEMORY_FILE]) {
+    try {
+      const st = Deno.statSync(join(dir, name));
+      total += st.blocks !== null ? st.blocks * 512 : st.size;
+    } catch {
+      // missing file: counted as nothing
+    }
+  }
+  return total;
+}

@@ -1,0 +1,183 @@
+import {
+  deepStrictEqual,
+  match,
+  notStrictEqual,
+  ok,
+  strictEqual,
+  throws,
+} from "node:assert/strict";
+import { join } from "node:path";
+import { defaultSnapshotDir, SnapshotCache, snapshotKey } from "./cache.ts";
+import { listTable } from "./cli.ts";
+import { contentHash, fileSha256 } from "./content_hash.ts";
+import { FORMAT_VERSION, MEMORY_FILE, STATE_FILE } from "./format.ts";
+import { writeSample } from "./testdata/sample.ts";
+
+async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "skiff-cache-" });
+  try {
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const KEY = "a".repeat(64);
+
+Deno.test("snapshotKey depends on every part but not on key order", () => {
+  const base = {
+    kernelSha256: "k",
+    initramfsSha256: "i",
+    cmdline: "console=ttyS0",
+    memoryMiB: 256,
+    cpus: 1,
+    devices: [{ id: "fs0", tag: "root", readOnly: true }],
+  };
+  const k = snapshotKey(base);
+  match(k, /^[0-9a-f]{64}$/);
+  strictEqual(
+    snapshotKey({
+      devices: base.devices,
+      cpus: 1,
+      memoryMiB: 256,
+      cmdline: base.cmdline,
+      initramfsSha256: "i",
+      kernelSha256: "k",
+    }),
+    k,
+  );
+  for (
+    const change of [
+      { memoryMiB: 512 },
+      { cpus: 2 },
+      { cmdline: "quiet" },
+      { kernelSha256: "k2" },
+      {
+        devices: [{ id: "fs0", tag: "root", readOnly: false }],
+      },
+    ]
+  ) {
+    notStrictEqual(snapshotKey({ ...base, ...change }), k, JSON.stringify(change));
+  }
+});
+
+Deno.test("cache root follows XDG_CACHE_HOME, else ~/.cache", () => {
+  const saved = Deno.env.get("XDG_CACHE_HOME");
+  try {
+    Deno.env.set("XDG_CACHE_HOME", "/x/cache");
+    strictEqual(defaultSnapshotDir(), "/x/cache/skiff/snapshots");
+    Deno.env.delete("XDG_CACHE_HOME");
+    strictEqual(defaultSnapshotDir(), `${Deno.env.get("HOME")}/.cache/skiff/snapshots`);
+  } finally {
+    if (saved === undefined) Deno.env.delete("XDG_CACHE_HOME");
+    else Deno.env.set("XDG_CACHE_HOME", saved);
+  }
+});
+
+Deno.test("lookup: miss, hit, and bad entries warned once, deleted and treated as a miss", async () => {
+  await withDir(async (root) => {
+    const warnings: string[] = [];
+    const cache = new SnapshotCache(root, { warn: (m) => warnings.push(m) });
+    throws(() => cache.lookup("../etc"), RangeError);
+    strictEqual(cache.lookup(KEY), null);
+    strictEqual(warnings.length, 0);
+
+    const damage: [string, (dir: string) => void, RegExp][] = [
+      ["truncated", (d) => Deno.truncateSync(join(d, MEMORY_FILE), 4096), /memory is 4096 bytes/],
+      ["corrupt", (d) => Deno.writeTextFileSync(join(d, STATE_FILE), '{"magic"'), /does not parse/],
+      [
+        "version",
+        (d) => {
+          const p = join(d, STATE_FILE);
+          Deno.writeTextFileSync(
+            p,
+            Deno.readTextFileSync(p).replace(`"version": ${FORMAT_VERSION}`, '"version": 0'),
+          );
+        },
+        /format version 0/,
+      ],
+      ["no state", (d) => Deno.removeSync(join(d, STATE_FILE)), /state.json not found/],
+    ];
+    for (const [name, hurt, why] of damage) {
+      await writeSample(cache.pathOf(KEY));
+      ok(cache.lookup(KEY) !== null, `${name}: fresh entry is a hit`);
+      hurt(cache.pathOf(KEY));
+      strictEqual(cache.lookup(KEY), null, name);
+      strictEqual(warnings.length, 1, `${name}: one warning`);
+      match(warnings[0], why);
+      ok(!warnings[0].includes("\n"), "one line");
+      match(warnings[0], /deleted it, booting without the snapshot$/);
+      throws(() => Deno.statSync(cache.pathOf(KEY)), Deno.errors.NotFound);
+      warnings.length = 0;
+    }
+  });
+});
+
+Deno.test("list shows key, size on disk, age and origin; clear removes entries and temp dirs", async () => {
+  await withDir(async (root) => {
+    const cache = new SnapshotCache(root, { warn: () => {} });
+    deepStrictEqual(cache.list(), []);
+    await writeSample(cache.pathOf(KEY));
+    await writeSample(cache.pathOf("b".repeat(64)));
+    Deno.writeTextFileSync(join(cache.pathOf("b".repeat(64)), STATE_FILE), "garbage");
+    Deno.mkdirSync(join(root, ".tmp-leftover-1-2"));
+    const entries = cache.list();
+    strictEqual(entries.length, 2);
+    const good = entries.find((e) => e.key === KEY)!;
+    deepStrictEqual(good.source, { test: "store" });
+    strictEqual(good.memoryBytes, 4 << 20);
+    ok(good.diskBytes > 0 && good.diskBytes < 64 * 1024, `diskBytes ${good.diskBytes}`);
+    ok(entries.find((e) => e.key !== KEY)!.problem?.includes("does not parse"));
+    const table = listTable(entries, good.createdAt.getTime() + 125_000);
+    match(table[0], /^KEY +ON DISK +MEMORY +AGE +BUILT FROM$/);
+    ok(
+      table.some((l) => l.startsWith("aaaaaaaaaaaaaaaa") && / 2m +test=store$/.test(l)),
+      table.join("\n"),
+    );
+    ok(table.some((l) => l.includes("UNUSABLE")));
+    strictEqual(cache.clear(), 2);
+    deepStrictEqual([...Deno.readDirSync(root)], []);
+  });
+});
+
+Deno.test("two processes racing to create one entry both succeed and one entry survives", async () => {
+  await withDir(async (root) => {
+    const start = join(root, "go");
+    const cacheRoot = join(root, "cache");
+    const helper = new URL("./testdata/race_writer.ts", import.meta.url).pathname;
+    const spawn = (tag: string) =>
+      new Deno.Command(Deno.execPath(), {
+        args: ["run", "-A", helper, cacheRoot, KEY, start, tag],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+    const runs = [spawn("one"), spawn("two")];
+    await new Promise((r) => setTimeout(r, 1500)); // let both reach the barrier
+    Deno.writeTextFileSync(start, "");
+    const outs = await Promise.all(runs);
+    const results = outs.map((o) => {
+      strictEqual(o.code, 0, new TextDecoder().decode(o.stderr));
+      return new TextDecoder().decode(o.stdout).trim();
+    });
+    deepStrictEqual(results.sort(), ["exists", "published"]);
+    deepStrictEqual([...Deno.readDirSync(cacheRoot)].map((e) => e.name), [KEY]);
+    const snap = new SnapshotCache(cacheRoot).lookup(KEY);
+    ok(snap !== null);
+    ok(["one", "two"].includes(snap.manifest.source.writer as string));
+  });
+});
+
+Deno.test("contentHash hashes file contents and re-hashes when the file changes", async () => {
+  await withDir(async (root) => {
+    const file = join(root, "kernel");
+    Deno.writeTextFileSync(file, "v1");
+    const h1 = await contentHash(file, root);
+    strictEqual(h1, await fileSha256(file));
+    strictEqual(await contentHash(file, root), h1); // from the memo
+    ok(Deno.readTextFileSync(join(root, "content-hashes.json")).includes(h1));
+    Deno.writeTextFileSync(file, "v2-longer");
+    const h2 = await contentHash(file, root);
+    notStrictEqual(h2, h1);
+    strictEqual(h2, await fileSha256(file));
+  });
+});

@@ -1,0 +1,78 @@
+/**
+ * Content hashes of large inputs (kernel, initramfs) for the snapshot key,
+ * memoised by file identity so a cache hit does not re-read an 8 MiB kernel
+ * on every run.
+ *
+ * The memo (`<skiff cache>/content-hashes.json`) maps
+ * `path|dev|ino|size|mtime|ctime` to the SHA-256; any change to the file
+ * (rewrite, replace, touch) changes the identity and forces a re-hash.
+ *
+ * @module
+ */
+
+import { createHash } from "node:crypto";
+import { join } from "node:path";
+import { skiffCacheDir } from "./cache.ts";
+
+const MEMO_LIMIT = 256;
+
+function identity(path: string, st: Deno.FileInfo): string {
+  return [
+    path,
+    st.dev,
+    st.ino,
+    st.size,
+    st.mtime?.getTime() ?? "",
+    st.ctime?.getTime() ?? "",
+  ].join("|");
+}
+
+/** SHA-256 (hex) of a file's bytes, streamed. */
+export async function fileSha256(path: string): Promise<string> {
+  const h = createHash("sha256");
+  using f = await Deno.open(path, { read: true });
+  const buf = new Uint8Array(1 << 20);
+  for (;;) {
+    const n = await f.read(buf);
+    if (n === null) break;
+    h.update(buf.subarray(0, n));
+  }
+  return h.digest("hex");
+}
+
+/**
+ * SHA-256 (hex) of the file at `path`, from the memo when the file's identity
+ * is unchanged. `memoDir` defaults to skiff's cache directory; memo failures
+ * (read-only cache, corrupt memo) only cost a re-hash.
+ */
+export async function contentHash(path: string, memoDir?: string): Promise<string> {
+  const st = await Deno.stat(path);
+  const id = identity(path, st);
+  let memoPath: string | null = null;
+  let memo: Record<string, string> = {};
+  try {
+    memoPath = join(memoDir ?? skiffCacheDir(), "content-hashes.json");
+    const parsed = JSON.parse(await Deno.readTextFile(memoPath));
+    if (typeof parsed === "object" && parsed !== null) memo = parsed;
+  } catch {
+    // no memo yet, or unreadable: hash the file
+  }
+  const known = memo[id];
+  if (typeof known === "string" && /^[0-9a-f]{64}$/.test(known)) return known;
+  const hash = await fileSha256(path);
+  if (memoPath) {
+    const keys = Object.keys(memo);
+    for (const k of keys.slice(0, Math.max(0, keys.length - MEMO_LIMIT + 1))) delete memo[k];
+    for (const k of Object.keys(memo)) if (k.startsWith(`${path}|`)) delete memo[k];
+    memo[id] = hash;
+    try {
+      await Deno.mkdir(memoDir ?? skiffCacheDir(), { recursive: true });
+      const tmp = `${memoPath}.${Deno.pid}.tmp`;
+      await Deno.writeTextFile(tmp, JSON.stringify(memo));
+      await Deno.rename(tmp, memoPath);
+    } catch {
+      // a read-only cache only costs a re-hash next time
+    }
+  }
+  return hash;
+}

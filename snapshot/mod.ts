@@ -1,0 +1,42 @@
+/**
+ * Snapshots of running VMs: the on-disk format (see FORMAT.md), atomic
+ * publish, validated reading, and the cache keyed by VM configuration.
+ *
+ * @module
+ */
+
+export { SnapshotError, type SnapshotProblem } from "./errors.ts";
+export {
+  FORMAT_VERSION,
+  MEMORY_FILE,
+  type MemoryInfo,
+  type MemoryLayoutRegion,
+  PAGE_SIZE,
+  type RawState,
+  SNAPSHOT_MAGIC,
+  type SnapshotManifest,
+  type SnapshotState,
+  STATE_FILE,
+} from "./format.ts";
+export type { StateValue } from "./codec.ts";
+export { mapMemoryFile, writeMemoryFile } from "./memory_file.ts";
+export {
+  openSnapshotMemory,
+  publishDir,
+  type PublishResult,
+  type ReadOptions,
+  readSnapshot,
+  type Snapshot,
+  type SnapshotContents,
+  verifySnapshotMemory,
+  writeSnapshot,
+} from "./store.ts";
+export {
+  type CacheEntry,
+  defaultSnapshotDir,
+  SnapshotCache,
+  type SnapshotCacheOptions,
+  snapshotKey,
+  type SnapshotKeyParts,
+} from "./cache.ts";
+export { contentHash, fileSha256 } from "./content_hash.ts";

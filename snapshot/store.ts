@@ -1,0 +1,184 @@
+/**
+ * Writing and reading snapshot directories: atomic publish (temp dir in the
+ * same parent, fsync, rename), and a reader that validates magic, version,
+ * checksum and the memory file's size before anything is restored.
+ *
+ * @module
+ */
+
+import { basename, dirname, join } from "node:path";
+import type { GuestMemory } from "../hv/memory.ts";
+import type { RegionMemory } from "../hv/memory.ts";
+import { check, close, libc, O, open } from "../kvm_ffi/libc.ts";
+import { SnapshotError } from "./errors.ts";
+import {
+  decodeManifest,
+  encodeManifest,
+  FORMAT_VERSION,
+  MEMORY_FILE,
+  type SnapshotManifest,
+  type SnapshotState,
+  STATE_FILE,
+} from "./format.ts";
+import { digestMemoryFile, mapMemoryFile, writeMemoryFile } from "./memory_file.ts";
+
+/** fsync(2) of a file or directory by path. */
+export function fsyncPath(path: string): void {
+  const fd = open(path, O.RDONLY);
+  try {
+    check(`fsync(${path})`, libc.fsync(fd));
+  } finally {
+    close(fd);
+  }
+}
+
+/** Outcome of {@link publishDir}. */
+export type PublishResult = "published" | "exists";
+
+/**
+ * Builds a directory atomically: `fill` writes into a fresh temp directory in
+ * `target`'s parent (it must fsync the files it writes); the temp directory is
+ * fsynced and renamed to `target`, then the parent is fsynced. When `target`
+ * already exists (another process won the race) ours is discarded and the
+ * result is `"exists"`. On any failure the temp directory is removed.
+ */
+export async function publishDir(
+  target: string,
+  fill: (tmpDir: string) => void | Promise<void>,
+): Promise<PublishResult> {
+  const parent = dirname(target);
+  Deno.mkdirSync(parent, { recursive: true, mode: 0o700 });
+  const rand = crypto.getRandomValues(new Uint32Array(1))[0].toString(16);
+  const tmp = join(parent, `.tmp-${basename(target)}-${Deno.pid}-${rand}`);
+  Deno.mkdirSync(tmp, { mode: 0o700 });
+  try {
+    await fill(tmp);
+    fsyncPath(tmp);
+    try {
+      Deno.renameSync(tmp, target);
+    } catch (e) {
+      if (existsDir(target)) {
+        Deno.removeSync(tmp, { recursive: true });
+        return "exists";
+      }
+      throw e;
+    }
+    fsyncPath(parent);
+    return "published";
+  } catch (e) {
+    try {
+      Deno.removeSync(tmp, { recursive: true });
+    } catch {
+      // already gone
+    }
+    if (e instanceof SnapshotError) throw e;
+    throw new SnapshotError("io", target, `writing failed: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+function existsDir(path: string): boolean {
+  try {
+    return Deno.statSync(path).isDirectory;
+  } catch {
+    return false;
+  }
+}
+
+/** What {@link writeSnapshot} needs: the state and the guest memory. */
+export interface SnapshotContents extends SnapshotState {
+  /** Guest memory; regions with a backing fd are scanned with SEEK_DATA/SEEK_HOLE. */
+  memory: Pick<GuestMemory, "regions">;
+}
+
+/**
+ * Writes a snapshot directory at `dir` atomically: the sparse `memory` file,
+ * then `state.json`. Resolves to `"exists"` when another writer published
+ * `dir` first (ours is discarded).
+ */
+export function writeSnapshot(dir: string, contents: SnapshotContents): Promise<PublishResult> {
+  return publishDir(dir, (tmp) => {
+    const memory = writeMemoryFile(join(tmp, MEMORY_FILE), contents.memory);
+    const text = encodeManifest({
+      version: FORMAT_VERSION,
+      createdAt: new Date().toISOString(),
+      memory,
+      vm: contents.vm,
+      vcpus: contents.vcpus,
+      devices: contents.devices,
+      source: contents.source,
+    });
+    const statePath = join(tmp, STATE_FILE);
+    Deno.writeTextFileSync(statePath, text, { createNew: true, mode: 0o600 });
+    fsyncPath(statePath);
+  });
+}
+
+/** A snapshot directory whose `state.json` and memory size were validated. */
+export interface Snapshot {
+  /** The snapshot directory. */
+  readonly dir: string;
+  /** The decoded state. */
+  readonly manifest: SnapshotManifest;
+  /** Path of the `memory` file. */
+  readonly memoryPath: string;
+}
+
+/** Options of {@link readSnapshot}. */
+export interface ReadOptions {
+  /** Also recompute the memory digest (reads every data page; slow for big snapshots). */
+  verifyMemory?: boolean;
+}
+
+/**
+ * Opens a snapshot directory and validates it: `state.json` magic, format
+ * version and checksum, and the `memory` file's exact size. Cheap (one small
+ * JSON file and a stat) unless `verifyMemory` is set. Throws
+ * {@link SnapshotError} naming the problem.
+ */
+export function readSnapshot(dir: string, options: ReadOptions = {}): Snapshot {
+  let text: string;
+  const statePath = join(dir, STATE_FILE);
+  try {
+    text = Deno.readTextFileSync(statePath);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new SnapshotError("missing", dir, `${STATE_FILE} not found`);
+    }
+    throw new SnapshotError("corrupt", dir, `cannot read ${STATE_FILE}: ${(e as Error).message}`);
+  }
+  const manifest = decodeManifest(text, dir);
+  const memoryPath = join(dir, MEMORY_FILE);
+  let size: number;
+  try {
+    size = Deno.statSync(memoryPath).size;
+  } catch {
+    throw new SnapshotError("missing", dir, `${MEMORY_FILE} not found`);
+  }
+  if (size !== manifest.memory.fileSize) {
+    throw new SnapshotError(
+      "truncated",
+      dir,
+      `${MEMORY_FILE} is ${size} bytes, state.json says ${manifest.memory.fileSize}`,
+    );
+  }
+  const snap = { dir, manifest, memoryPath };
+  if (options.verifyMemory) verifySnapshotMemory(snap);
+  return snap;
+}
+
+/** Recomputes the memory digest; throws {@link SnapshotError} (`memory-digest`) on mismatch. */
+export function verifySnapshotMemory(snap: Snapshot): void {
+  const got = digestMemoryFile(snap.memoryPath, snap.manifest.memory);
+  if (got !== snap.manifest.memory.digest) {
+    throw new SnapshotError(
+      "memory-digest",
+      snap.dir,
+      `memory digest ${got} ≠ ${snap.manifest.memory.digest}`,
+    );
+  }
+}
+
+/** Maps the snapshot's memory `MAP_PRIVATE` (copy-on-write; no bytes copied). */
+export function openSnapshotMemory(snap: Snapshot): RegionMemory {
+  return mapMemoryFile(snap.memoryPath, snap.manifest.memory);
+}
