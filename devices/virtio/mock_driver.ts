@@ -233,3 +233,119 @@ export class MockQueueDriver {
     return this.mem.readU16(this.rings.used + 4 + USED_ELEM_SIZE * this.size);
   }
 }
+
+/** Register access of a transport window (what a vCPU's MMIO exits do). */
+export interface MmioWindow {
+  read(offset: number, data: Uint8Array): void;
+  write(offset: number, data: Uint8Array): void;
+}
+
+/**
+ * A virtio-mmio driver (the §3.1.1 initialisation sequence, as Linux's
+ * `virtio_mmio.c` performs it) over a transport window and fake memory.
+ */
+export class MockMmioDriver {
+  readonly window: MmioWindow;
+  readonly mem: GuestMemory;
+  /** Queue drivers after {@link init}, index = queue index. */
+  queues: MockQueueDriver[] = [];
+  #area: number;
+  #areaEnd: number;
+
+  /**
+   * @param area guest memory the driver may use for rings and buffers
+   * @param areaSize its size
+   */
+  constructor(window: MmioWindow, mem: GuestMemory, area: number, areaSize: number) {
+    this.window = window;
+    this.mem = mem;
+    this.#area = area;
+    this.#areaEnd = area + areaSize;
+  }
+
+  /** 32-bit register read. */
+  r32(offset: number): number {
+    const b = new Uint8Array(4);
+    this.window.read(offset, b);
+    return new DataView(b.buffer).getUint32(0, true);
+  }
+  /** 32-bit register write. */
+  w32(offset: number, value: number): void {
+    const b = new Uint8Array(4);
+    new DataView(b.buffer).setUint32(0, value >>> 0, true);
+    this.window.write(offset, b);
+  }
+  /** Config space read of `len` bytes at `offset`. */
+  config(offset: number, len: number): Uint8Array {
+    const b = new Uint8Array(len);
+    this.window.read(0x100 + offset, b);
+    return b;
+  }
+
+  /** DeviceFeatures (both halves). */
+  deviceFeatures(): bigint {
+    this.w32(0x014, 0);
+    const lo = this.r32(0x010);
+    this.w32(0x014, 1);
+    const hi = this.r32(0x010);
+    return (BigInt(hi) << 32n) | BigInt(lo);
+  }
+
+  /**
+   * Resets, negotiates `wanted ∩ offered` features, sets up `queueCount`
+   * queues (size min(QueueNumMax, `queueSize`)) and sets DRIVER_OK. Returns
+   * the negotiated features; throws if the device refused FEATURES_OK.
+   */
+  init(wanted: bigint, queueCount: number, queueSize = 16): bigint {
+    this.w32(0x070, 0);
+    this.w32(0x070, 1);
+    this.w32(0x070, 1 | 2);
+    const features = this.deviceFeatures() & wanted;
+    this.w32(0x024, 0);
+    this.w32(0x020, Number(features & 0xffffffffn));
+    this.w32(0x024, 1);
+    this.w32(0x020, Number(features >> 32n));
+    this.w32(0x070, 1 | 2 | 8);
+    if ((this.r32(0x070) & 8) === 0) throw new Error("device refused FEATURES_OK");
+    this.queues = [];
+    for (let i = 0; i < queueCount; i++) {
+      this.w32(0x030, i);
+      if (this.r32(0x044) !== 0) throw new Error(`queue ${i} already ready`);
+      const max = this.r32(0x034);
+      if (max === 0) throw new Error(`queue ${i} does not exist`);
+      const size = Math.min(max, queueSize);
+      const ringBytes = 16 * size + 6 + 2 * size + 4 + 6 + 8 * size;
+      const heapBytes = 0x4000;
+      const base = Math.ceil(this.#area / 4096) * 4096;
+      if (base + ringBytes + heapBytes > this.#areaEnd) throw new Error("mock driver: area full");
+      const q = new MockQueueDriver(this.mem, size, base, base + ringBytes + 64, heapBytes);
+      this.#area = base + ringBytes + 64 + heapBytes;
+      this.w32(0x038, size);
+      const split = (a: number) => [a % 2 ** 32, Math.floor(a / 2 ** 32)];
+      const [dl, dh] = split(q.rings.desc), [al, ah] = split(q.rings.avail);
+      const [ul, uh] = split(q.rings.used);
+      this.w32(0x080, dl);
+      this.w32(0x084, dh);
+      this.w32(0x090, al);
+      this.w32(0x094, ah);
+      this.w32(0x0a0, ul);
+      this.w32(0x0a4, uh);
+      this.w32(0x044, 1);
+      this.queues.push(q);
+    }
+    this.w32(0x070, 1 | 2 | 8 | 4);
+    return features;
+  }
+
+  /** QueueNotify. */
+  kick(queue: number): void {
+    this.w32(0x050, queue);
+  }
+
+  /** Reads InterruptStatus and acknowledges it; returns the bits. */
+  ackInterrupt(): number {
+    const s = this.r32(0x060);
+    if (s) this.w32(0x064, s);
+    return s;
+  }
+}
