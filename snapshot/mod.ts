@@ -40,3 +40,22 @@ export {
   type SnapshotKeyParts,
 } from "./cache.ts";
 export { contentHash, fileSha256 } from "./content_hash.ts";
+export {
+  completePendingIo,
+  detectFeatures,
+  type KvmFeatures,
+  restoreVcpuState,
+  restoreVmState,
+  saveVcpuState,
+  saveVmState,
+} from "./kvm_state.ts";
+export {
+  captureState,
+  captureVm,
+  type MachineParts,
+  type Persist,
+  type RestoreContext,
+  restoreState,
+  restoreVm,
+  saveableMsrs,
+} from "./vm_snapshot.ts";
