@@ -10,3 +10,4 @@ export * from "./queue.ts";
 export * from "./chain.ts";
 export * from "./device.ts";
 export * from "./mmio.ts";
+export * as console from "./console/mod.ts";
