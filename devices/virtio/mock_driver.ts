@@ -249,6 +249,7 @@ export class MockMmioDriver {
   readonly mem: GuestMemory;
   /** Queue drivers after {@link init}, index = queue index. */
   queues: MockQueueDriver[] = [];
+  #areaStart: number;
   #area: number;
   #areaEnd: number;
 
@@ -259,6 +260,7 @@ export class MockMmioDriver {
   constructor(window: MmioWindow, mem: GuestMemory, area: number, areaSize: number) {
     this.window = window;
     this.mem = mem;
+    this.#areaStart = area;
     this.#area = area;
     this.#areaEnd = area + areaSize;
   }
@@ -308,6 +310,7 @@ export class MockMmioDriver {
     this.w32(0x070, 1 | 2 | 8);
     if ((this.r32(0x070) & 8) === 0) throw new Error("device refused FEATURES_OK");
     this.queues = [];
+    this.#area = this.#areaStart; // a reset device has forgotten the old rings
     for (let i = 0; i < queueCount; i++) {
       this.w32(0x030, i);
       if (this.r32(0x044) !== 0) throw new Error(`queue ${i} already ready`);
