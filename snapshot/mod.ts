@@ -59,3 +59,4 @@ export {
   restoreVm,
   saveableMsrs,
 } from "./vm_snapshot.ts";
+export { bootCached, type BootCachedOptions, type BootCachedResult } from "./boot_cached.ts";

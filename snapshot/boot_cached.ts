@@ -1,0 +1,75 @@
+/**
+ * The snapshot-cache flow an engine follows for `skiff run`, independent of
+ * how it boots, captures or restores:
+ *
+ * - hit: restore from the cached snapshot; if that fails in any way, warn in
+ *   one line, delete the entry and cold-boot instead;
+ * - miss: cold-boot to the init's ready doorbell, capture into the cache
+ *   (atomically; a capture failure only costs a warning), and carry on in the
+ *   same VM;
+ * - no cache (`--no-snapshot`): cold-boot only.
+ *
+ * The caller then sends the command to the VM it got back.
+ *
+ * @module
+ */
+
+import type { SnapshotCache } from "./cache.ts";
+import type { Snapshot } from "./store.ts";
+
+/** What {@link bootCached} needs from the engine. */
+export interface BootCachedOptions<T> {
+  /** The cache, or null when snapshots are off (`--no-snapshot`). */
+  cache: SnapshotCache | null;
+  /** The key from `snapshotKey(parts)`. */
+  key: string;
+  /**
+   * Builds a ready-to-run VM from a validated snapshot (e.g. with `restoreVm`);
+   * on failure it releases whatever it built and throws.
+   */
+  restore(snapshot: Snapshot): T | Promise<T>;
+  /** Cold-boots a VM up to the ready doorbell, paused there. */
+  boot(): Promise<T>;
+  /** Captures the paused, freshly booted VM into snapshot directory `dir` (e.g. with `captureVm`). */
+  capture(vm: T, dir: string): Promise<unknown>;
+  /** One-line warnings (default: `console.error` with a `skiff: ` prefix). */
+  warn?(message: string): void;
+}
+
+/** The VM and where it came from. */
+export interface BootCachedResult<T> {
+  vm: T;
+  /** `snapshot`: restored; `boot`: cold-booted (and captured when `captured`). */
+  from: "snapshot" | "boot";
+  /** Whether a new snapshot was published (false on hits, with no cache, or on failure). */
+  captured: boolean;
+}
+
+/** Restores from the cache or boots (and captures); never fails because of the cache. */
+export async function bootCached<T>(o: BootCachedOptions<T>): Promise<BootCachedResult<T>> {
+  const warn = o.warn ?? ((m: string) => console.error(`skiff: ${m}`));
+  if (o.cache) {
+    const snapshot = o.cache.lookup(o.key);
+    if (snapshot) {
+      try {
+        return { vm: await o.restore(snapshot), from: "snapshot", captured: false };
+      } catch (e) {
+        o.cache.discard(
+          o.key,
+          `restoring snapshot ${snapshot.dir} failed: ${(e as Error).message ?? String(e)}`,
+        );
+      }
+    }
+  }
+  const vm = await o.boot();
+  let captured = false;
+  if (o.cache) {
+    try {
+      await o.capture(vm, o.cache.pathOf(o.key));
+      captured = true;
+    } catch (e) {
+      warn(`could not save a snapshot: ${(e as Error).message ?? String(e)}`);
+    }
+  }
+  return { vm, from: "boot", captured };
+}
