@@ -37,6 +37,16 @@ const SYMBOLS = {
   fsync: { parameters: ["i32"], result: "i32" },
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   dup: { parameters: ["i32"], result: "i32" },
+  /** Unix sockets for vhost-user (fds arrive as SCM_RIGHTS, which Deno's sockets do not expose). */
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  listen: { parameters: ["i32", "i32"], result: "i32" },
+  accept4: { parameters: ["i32", "pointer", "pointer", "i32"], result: "i32" },
+  recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  unlink: { parameters: ["buffer"], result: "i32" },
+  /** poll(2) on a thread-pool thread: waits without blocking the event loop. */
+  poll_nb: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
   getpid: { parameters: [], result: "i32" },
   getuid: { parameters: [], result: "u32" },
   getgid: { parameters: [], result: "u32" },
@@ -47,6 +57,10 @@ const SYMBOLS = {
     result: "i64",
   },
   __errno_location: { parameters: [], result: "pointer" },
+  /** sigaction(2) with glibc's `struct sigaction` in a buffer (old action may be null). */
+  sigaction: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  /** dlsym(3) (in libc since glibc 2.34); handle null is RTLD_DEFAULT. */
+  dlsym: { parameters: ["pointer", "buffer"], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const lib = Deno.dlopen("libc.so.6", SYMBOLS);

@@ -1,0 +1,30 @@
+/**
+ * skiff's VMM core: guest memory, the VM and its vCPUs (one Worker each,
+ * synchronous `KVM_RUN`), exits, buses, the device plug-in interface, and
+ * x86 long-mode setup. See `hv/README.md` for how the pieces fit.
+ *
+ * @module
+ */
+
+export { GuestMemoryError, RegionMemory } from "./memory.ts";
+export type { GuestMemory, MemoryRegion } from "./memory.ts";
+export { Vm } from "./vm.ts";
+export type { VmOptions, VmStop } from "./vm.ts";
+export { Vcpu } from "./vcpu.ts";
+export type { DeviceMessageHandler, RunState } from "./vcpu.ts";
+export type { VcpuStop } from "./worker_protocol.ts";
+export { Bus, BusError, mmioBus, portBus } from "./bus.ts";
+export type { BusDevice, BusRange } from "./bus.ts";
+export type {
+  AddressRange,
+  DeviceContext,
+  DeviceFactory,
+  DeviceSpec,
+  DeviceStopRequest,
+  WorkerDevice,
+} from "./device.ts";
+export { decodeExit, exitReasonName, fatalExitReason } from "./exits.ts";
+export type { VcpuExit } from "./exits.ts";
+export { KICK_SIGNAL } from "./kick.ts";
+export { VmExitError } from "./engine.ts";
+export * from "./x86/mod.ts";

@@ -1,0 +1,7 @@
+/**
+ * x86-64 CPU setup shared by the Linux loader and test guests.
+ *
+ * @module
+ */
+
+export * from "./long_mode.ts";
