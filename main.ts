@@ -50,6 +50,28 @@ export function parseFlags<O extends Options>(
 }
 
 const COMMANDS: Record<string, Command> = {
+  fuse: {
+    summary: "serve a host directory through /dev/fuse (skiff's FUSE server; needs root)",
+    help: [
+      "Usage: skiff fuse mount HOST_DIR MOUNTPOINT [--ro]",
+      "",
+      "Mounts HOST_DIR at MOUNTPOINT with skiff's own FUSE server (the one behind virtio-fs)",
+      "and serves it until MOUNTPOINT is unmounted or skiff gets Ctrl-C / SIGTERM, then",
+      "unmounts (lazily) and exits 0. --ro makes every change fail with EROFS.",
+    ].join("\n"),
+    async run(args) {
+      const { values, positionals } = parseFlags(args, { ro: { type: "boolean" } }, true);
+      if (positionals[0] !== "mount" || positionals.length !== 3) {
+        throw new UsageError("expected: fuse mount HOST_DIR MOUNTPOINT [--ro]");
+      }
+      const { fuseMountCommand } = await import("./devices/fuse/cli.ts");
+      return await fuseMountCommand({
+        hostDir: positionals[1],
+        mountpoint: positionals[2],
+        readOnly: values.ro ?? false,
+      });
+    },
+  },
   kernel: {
     summary: "fetch the default guest kernel (Debian cloud) or show what is cached",
     help: [

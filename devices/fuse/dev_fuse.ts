@@ -1,0 +1,196 @@
+/**
+ * The `/dev/fuse` transport: opens `/dev/fuse`, mounts it with `mount(2)`
+ * (`fd=N,rootmode=40000,user_id=…,group_id=…,allow_other,default_permissions`,
+ * MS_NOSUID|MS_NODEV — what fusermount would do, without fusermount: the
+ * caller must be root) and serves a {@link PassthroughFs} from a Worker
+ * running the blocking request loop, so the caller's event loop stays free.
+ *
+ * @module
+ */
+
+import { Errno } from "../../kvm_ffi/errno.ts";
+import { O } from "../../kvm_ffi/libc.ts";
+import type { PassthroughOptions } from "./passthrough.ts";
+import { cpath, r, sys } from "./sys.ts";
+import type { LoopStats } from "./dev_fuse_loop.ts";
+
+/** Options of {@link mountDevFuse}. */
+export interface DevFuseOptions extends PassthroughOptions {
+  /** Host directory to share. */
+  hostDir: string;
+  /** Where to mount it. */
+  mountpoint: string;
+  /** Largest READ/WRITE request; default 1 MiB. */
+  maxWrite?: number;
+}
+
+/** A live `/dev/fuse` mount. */
+export interface DevFuseMount extends AsyncDisposable {
+  /** The mount point. */
+  readonly mountpoint: string;
+  /** Resolves when the server loop ends (unmounted by anyone). */
+  readonly done: Promise<LoopStats>;
+  /** Unmounts (MNT_DETACH), stops the server and closes `/dev/fuse`. Idempotent. */
+  close(): Promise<void>;
+}
+
+const MS_NOSUID = 2n;
+const MS_NODEV = 4n;
+const MNT_DETACH = 2;
+
+/** Why `/dev/fuse` mounting cannot work here, or null. */
+export function devFuseUnavailable(): string | null {
+  if (Deno.uid() !== 0) {
+    return "mounting through /dev/fuse needs root (mount(2) without fusermount)";
+  }
+  try {
+    Deno.openSync("/dev/fuse", { read: true, write: true }).close();
+  } catch (e) {
+    return `cannot open /dev/fuse: ${e instanceof Error ? e.message : e}`;
+  }
+  return null;
+}
+
+function isDir(path: string, what: string): void {
+  let st: Deno.FileInfo;
+  try {
+    st = Deno.statSync(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new Error(`${what} ${path} does not exist`);
+    throw new Error(`${what} ${path}: ${e instanceof Error ? e.message : e}`);
+  }
+  if (!st.isDirectory) throw new Error(`${what} ${path} is not a directory`);
+}
+
+/** Mounts `options.hostDir` at `options.mountpoint` and serves it until closed or unmounted. */
+export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMount> {
+  const { hostDir, mountpoint, maxWrite = 1 << 20, ...fsOptions } = options;
+  isDir(hostDir, "HOST_DIR");
+  isDir(mountpoint, "MOUNTPOINT");
+  const why = devFuseUnavailable();
+  if (why) throw new Error(why);
+  const fd = r(sys.openat(-100, cpath("/dev/fuse"), O.RDWR | O.CLOEXEC, 0));
+  if (fd < 0) throw new Error(`open(/dev/fuse) failed: errno ${-fd}`);
+
+  const worker = new Worker(new URL("./dev_fuse_worker.ts", import.meta.url), { type: "module" });
+  let settle!: (s: LoopStats) => void;
+  let fail!: (e: Error) => void;
+  const done = new Promise<LoopStats>((res, rej) => {
+    settle = res;
+    fail = rej;
+  });
+  const ready = new Promise<void>((res, rej) => {
+    worker.onmessage = (e: MessageEvent) => {
+      const m = e.data;
+      if (m.type === "ready") res();
+      else if (m.type === "done") settle(m.stats);
+      else {
+        const err = new Error(`FUSE server for ${hostDir}: ${m.message}`);
+        rej(err);
+        fail(err);
+      }
+    };
+    worker.onerror = (e) => {
+      e.preventDefault();
+      const err = new Error(`FUSE server worker failed: ${e.message}`);
+      rej(err);
+      fail(err);
+    };
+  });
+  done.catch(() => {});
+  worker.postMessage({ fd, hostDir, options: fsOptions, maxWrite });
+  try {
+    await ready;
+  } catch (e) {
+    worker.terminate();
+    sys.close(fd);
+    throw e;
+  }
+
+  const opts = [
+    `fd=${fd}`,
+    "rootmode=40000",
+    `user_id=${Deno.uid()}`,
+    `group_id=${Deno.gid() ?? 0}`,
+    "allow_other",
+    "default_permissions",
+    `max_read=${maxWrite}`,
+  ].join(",");
+  const rc = r(
+    sys.mount(
+      cpath(`skiff:${hostDir}`),
+      cpath(mountpoint),
+      cpath("fuse.skiff"),
+      MS_NOSUID | MS_NODEV,
+      cpath(opts),
+    ),
+  );
+  if (rc < 0) {
+    worker.terminate();
+    sys.close(fd);
+    throw new Error(
+      `mount(${mountpoint}, fuse) failed: errno ${-rc}${
+        rc === -Errno.EPERM ? " (needs root)" : ""
+      }`,
+    );
+  }
+
+  worker.postMessage("serve");
+
+  let closed: Promise<void> | null = null;
+  const close = (): Promise<void> => {
+    closed ??= (async () => {
+      sys.umount2(cpath(mountpoint), MNT_DETACH);
+      const timeout = new Promise<"timeout">((res) => {
+        const t = setTimeout(() => res("timeout"), 5000);
+        done.finally(() => clearTimeout(t)).catch(() => {});
+      });
+      const how = await Promise.race([
+        done.then(() => "ok" as const, () => "ok" as const),
+        timeout,
+      ]);
+      if (how === "timeout") {
+        // Files still open on the detached mount keep the connection alive: closing our
+        // fd does not end it while the worker sits in read(); abort it through fusectl.
+        abortConnections(mountpoint);
+        await Promise.race([done.catch(() => {}), new Promise((res) => setTimeout(res, 2000))]);
+      }
+      worker.terminate();
+      sys.close(fd);
+    })();
+    return closed;
+  };
+  return {
+    mountpoint,
+    done,
+    close,
+    [Symbol.asyncDispose]: close,
+  };
+}
+
+/** Best effort: abort every FUSE connection whose mount is gone (fusectl). */
+function abortConnections(_mountpoint: string): void {
+  try {
+    const mounted = new Set<string>();
+    for (const line of Deno.readTextFileSync("/proc/self/mountinfo").split("\n")) {
+      const dev = line.split(" ")[2];
+      if (dev) mounted.add(dev.split(":")[1]);
+    }
+    for (const e of Deno.readDirSync("/sys/fs/fuse/connections")) {
+      if (!mounted.has(e.name)) {
+        try {
+          Deno.writeTextFileSync(`/sys/fs/fuse/connections/${e.name}/abort`, "1");
+        } catch {
+          // not ours or already gone
+        }
+      }
+    }
+  } catch {
+    // fusectl not mounted
+  }
+}
+
+/** Lazily unmounts `mountpoint` (umount2 MNT_DETACH); returns -errno or 0. */
+export function unmount(mountpoint: string): number {
+  return r(sys.umount2(cpath(mountpoint), MNT_DETACH));
+}

@@ -1,0 +1,1302 @@
+/**
+ * A passthrough {@link FileSystem} over a host directory, hardened against a
+ * hostile client.
+ *
+ * How escapes are prevented:
+ * - Every node is reached from the share's root fd by `openat2` with
+ *   RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS and
+ *   `O_PATH | O_NOFOLLOW`: no `..` out of the share, no symlink followed by
+ *   the server, ever (including ones just created), no `/proc` magic links.
+ * - Names from the client are one component: empty, `.`, `..`, or
+ *   containing `/` is EINVAL (NUL cannot occur: names are NUL-terminated).
+ * - Operations on a node use its O_PATH fd with `*at(fd, "", AT_EMPTY_PATH |
+ *   AT_SYMLINK_NOFOLLOW)`; only where the kernel has no fd form (chmod,
+ *   truncate, xattrs, reopening an O_PATH fd for I/O) the server uses
+ *   `/proc/self/fd/N` of its own fd, which names exactly that inode.
+ * - OPEN and CREATE only ever open regular files (never FIFOs or devices,
+ *   which could block the server or reach host devices); MKNOD of device
+ *   nodes is EPERM unless `allowDevices`.
+ * - LINK takes a node (already inside the share), never a path.
+ * - Setting `trusted.*` / `security.capability` xattrs is refused (EPERM)
+ *   so a guest cannot grant host file capabilities.
+ *
+ * Node fds are cached in an LRU (RLIMIT_NOFILE is finite and a client may
+ * keep 100 000s of nodes); an evicted node is reopened by its path (parent
+ * chain of names, kept up to date by RENAME/UNLINK through this server) and
+ * its (dev, ino) checked; a node whose file was moved by someone else gives
+ * ESTALE. Unlinked-but-referenced nodes keep their fd pinned.
+ *
+ * Snapshot state ({@link PassthroughFs.save}): every node's id, parent id,
+ * name, (dev, ino) and lookup count, and every open handle's node, flags
+ * and kind. {@link PassthroughFs.restore} reopens nodes by their path
+ * relative to the share and checks (dev, ino); a node that no longer
+ * matches becomes stale (ESTALE), a handle whose node is stale gives EBADF.
+ *
+ * @module
+ */
+
+import { Errno } from "../../kvm_ffi/errno.ts";
+import { O } from "../../kvm_ffi/libc.ts";
+import {
+  type Attr,
+  type AttrReply,
+  type Context,
+  type Created,
+  type DirSink,
+  type Entry,
+  FileSystem,
+  FuseError,
+  type Opened,
+  type SetattrIn,
+  type StatFs,
+} from "./filesystem.ts";
+import { FATTR } from "./protocol.ts";
+import {
+  AT,
+  cpath,
+  EMPTY,
+  openat2,
+  procFd,
+  r,
+  raiseNofile,
+  RESOLVE_SAFE,
+  S,
+  setThreadCreds,
+  STATFS_OFF,
+  STATX,
+  STATX_OFF,
+  sys,
+} from "./sys.ts";
+
+/** Options of a {@link PassthroughFs}. */
+export interface PassthroughOptions {
+  /** Every mutation fails with EROFS. Default false. */
+  readOnly?: boolean;
+  /**
+   * Whether other mounts under the root are served. With false, a directory
+   * that is a mount point shows as empty and other files on another mount
+   * do not exist. Default true.
+   */
+  crossMounts?: boolean;
+  /** Paths relative to the root that do not exist for the client (e.g. `["home", "root"]`). */
+  hide?: readonly string[];
+  /**
+   * Serve with this user's rights: every host call runs with this
+   * fsuid/fsgid/groups. Default: the server's own (as root: new files are
+   * owned by the calling client uid/gid).
+   */
+  credentials?: { uid: number; gid: number; groups?: readonly number[] };
+  /** Seconds the client may cache names; default 1. */
+  entryTimeout?: number;
+  /** Seconds the client may cache attributes; default 1. */
+  attrTimeout?: number;
+  /** Allow MKNOD of character and block devices. Default false. */
+  allowDevices?: boolean;
+  /** How many node fds to keep open at most; default half of RLIMIT_NOFILE. */
+  maxCachedFds?: number;
+}
+
+/** One node (inode) the client knows. */
+class Node {
+  fd = -1;
+  lookups = 0;
+  kids = 0;
+  /** Unlinked through us while referenced: its fd is pinned (never evicted). */
+  detached = false;
+  /** Reopening by path found another file (restore or host rename). */
+  stale = false;
+  constructor(
+    readonly id: number,
+    public parent: Node | null,
+    public name: Uint8Array,
+    readonly key: string,
+    public type: number,
+    public foreign: boolean,
+  ) {}
+}
+
+interface FileHandle {
+  kind: "file";
+  fd: number;
+  node: Node;
+  flags: number;
+}
+
+interface DirHandle {
+  kind: "dir";
+  fd: number;
+  node: Node;
+  buf: Uint8Array<ArrayBuffer>;
+  dv: DataView;
+  len: number;
+  pos: number;
+  off: bigint;
+}
+
+type Handle = FileHandle | DirHandle;
+
+/** Saved node (see module docs). */
+export interface SavedNode {
+  id: number;
+  parent: number | null;
+  /** Name bytes as base64. */
+  name: string;
+  key: string;
+  lookups: number;
+  detached: boolean;
+}
+
+/** Saved open handle. */
+export interface SavedHandle {
+  fh: number;
+  node: number;
+  kind: "file" | "dir";
+  flags: number;
+  off: string;
+}
+
+/** What {@link PassthroughFs.save} returns. */
+export interface PassthroughState {
+  version: 1;
+  nextId: number;
+  nextFh: number;
+  nodes: SavedNode[];
+  handles: SavedHandle[];
+}
+
+const DOT = 0x2e;
+const SLASH = 0x2f;
+const UTIME_NOW = (1 << 30) - 1;
+const UTIME_OMIT = (1 << 30) - 2;
+/** open(2) flags a client may pass through to the host on OPEN/CREATE. */
+const OPEN_PASS = 3 | O.APPEND | O.TRUNC | 0o4010000 /* O_SYNC */ | 0o10000 /* O_DSYNC */ |
+  0o1000000 /* O_NOATIME */ | 0o100000 /* O_LARGEFILE */;
+const XATTR_MAX = 65536;
+
+/** The passthrough backend. Construct once per share; serve it with a {@link FuseServer}. */
+export class PassthroughFs extends FileSystem {
+  /** The host directory shared. */
+  readonly root: string;
+  #ro: boolean;
+  #crossMounts: boolean;
+  #creds: PassthroughOptions["credentials"];
+  #entryTimeout: number;
+  #attrTimeout: number;
+  #allowDevices: boolean;
+  #rootFd: number;
+  #rootNode: Node;
+  #rootMnt = 0n;
+  #byId = new Map<number, Node>();
+  #byKey = new Map<string, Node>();
+  #lru = new Map<Node, true>();
+  #maxFds: number;
+  #handles = new Map<number, Handle>();
+  #nextId = 2;
+  #nextFh = 1;
+  #hidden = new Set<string>();
+  #hiddenIno = new Set<bigint>();
+  #stx = new Uint8Array(STATX_OFF.size_of);
+  #stxv = new DataView(this.#stx.buffer);
+  #name1 = new Uint8Array(4097);
+  #name2 = new Uint8Array(4097);
+  #xbuf = new Uint8Array(XATTR_MAX);
+  #isRoot: boolean;
+
+  constructor(root: string, options: PassthroughOptions = {}) {
+    super();
+    this.root = root;
+    this.#ro = options.readOnly ?? false;
+    this.#crossMounts = options.crossMounts ?? true;
+    this.#creds = options.credentials;
+    this.#entryTimeout = options.entryTimeout ?? 1;
+    this.#attrTimeout = options.attrTimeout ?? 1;
+    this.#allowDevices = options.allowDevices ?? false;
+    this.#isRoot = Deno.uid() === 0;
+    const limit = raiseNofile();
+    this.#maxFds = options.maxCachedFds ?? Math.max(64, Math.floor(limit / 2));
+    this.#enterCreds();
+    const fd = r(sys.openat(AT.FDCWD, cpath(root), O.PATH | O.DIRECTORY | O.CLOEXEC, 0));
+    if (fd < 0) throw new FuseError(-fd, `cannot open share root ${root}`);
+    this.#rootFd = fd;
+    const st = this.#statFd(fd);
+    if (st < 0) throw new FuseError(-st, `cannot stat share root ${root}`);
+    this.#rootMnt = this.#stxv.getBigUint64(STATX_OFF.mnt_id, true);
+    this.#rootNode = new Node(1, null, new Uint8Array(0), this.#key(), S.IFDIR, false);
+    this.#rootNode.fd = fd;
+    this.#rootNode.lookups = 1;
+    this.#byId.set(1, this.#rootNode);
+    this.#byKey.set(this.#rootNode.key, this.#rootNode);
+    for (const h of options.hide ?? []) this.#addHidden(h);
+  }
+
+  /** Number of nodes currently known (for tests and diagnostics). */
+  get nodeCount(): number {
+    return this.#byId.size;
+  }
+
+  /** Number of open handles. */
+  get handleCount(): number {
+    return this.#handles.size;
+  }
+
+  /** Number of node fds currently open (LRU + pinned + root). */
+  get openNodeFds(): number {
+    let n = 0;
+    for (const node of this.#byId.values()) if (node.fd >= 0) n++;
+    return n;
+  }
+
+  // ---- helpers -------------------------------------------------------------
+
+  #enterCreds(): void {
+    const c = this.#creds;
+    if (c) setThreadCreds(c.uid, c.gid, c.groups ?? [c.gid]);
+    else if (this.#isRoot) setThreadCreds(0, 0);
+  }
+
+  /** Runs `fn` with the caller's fsuid/fsgid when serving as root without fixed credentials. */
+  #asCaller<T>(ctx: Context, fn: () => T): T {
+    if (this.#creds || !this.#isRoot) return fn();
+    setThreadCreds(ctx.uid, ctx.gid);
+    try {
+      return fn();
+    } finally {
+      setThreadCreds(0, 0);
+    }
+  }
+
+  #addHidden(rel: string): void {
+    const clean = rel.replace(/^\/+/, "");
+    if (clean === "") return;
+    const fd = openat2(
+      this.#rootFd,
+      cpath(clean),
+      O.PATH | O.NOFOLLOW | O.CLOEXEC,
+      0,
+      RESOLVE_SAFE,
+    );
+    if (fd < 0) return;
+    if (this.#statFd(fd) >= 0) {
+      this.#hidden.add(this.#key());
+      this.#hiddenIno.add(this.#stxv.getBigUint64(STATX_OFF.ino, true));
+    }
+    sys.close(fd);
+  }
+
+  #statFd(fd: number): number {
+    return r(
+      sys.statx(
+        fd,
+        EMPTY,
+        AT.EMPTY_PATH | AT.SYMLINK_NOFOLLOW,
+        STATX.BASIC_STATS | STATX.MNT_ID,
+        this.#stx,
+      ),
+    );
+  }
+
+  /** `dev:ino` of the last statx. */
+  #key(): string {
+    const v = this.#stxv;
+    return `${v.getUint32(STATX_OFF.dev_major, true)}:${v.getUint32(STATX_OFF.dev_minor, true)}:${
+      v.getBigUint64(STATX_OFF.ino, true)
+    }`;
+  }
+
+  /** The last statx as FUSE attributes. */
+  #attr(): Attr {
+    const v = this.#stxv;
+    const rmaj = v.getUint32(STATX_OFF.rdev_major, true);
+    const rmin = v.getUint32(STATX_OFF.rdev_minor, true);
+    return {
+      ino: v.getBigUint64(STATX_OFF.ino, true),
+      size: v.getBigUint64(STATX_OFF.size, true),
+      blocks: v.getBigUint64(STATX_OFF.blocks, true),
+      atime: v.getBigInt64(STATX_OFF.atime, true),
+      atimensec: v.getUint32(STATX_OFF.atime + 8, true),
+      mtime: v.getBigInt64(STATX_OFF.mtime, true),
+      mtimensec: v.getUint32(STATX_OFF.mtime + 8, true),
+      ctime: v.getBigInt64(STATX_OFF.ctime, true),
+      ctimensec: v.getUint32(STATX_OFF.ctime + 8, true),
+      mode: v.getUint16(STATX_OFF.mode, true),
+      nlink: v.getUint32(STATX_OFF.nlink, true),
+      uid: v.getUint32(STATX_OFF.uid, true),
+      gid: v.getUint32(STATX_OFF.gid, true),
+      // new_encode_dev (include/linux/kdev_t.h)
+      rdev: ((rmin & 0xff) | (rmaj << 8) | ((rmin & ~0xff) << 12)) >>> 0,
+      blksize: v.getUint32(STATX_OFF.blksize, true),
+    };
+  }
+
+  #node(id: number): Node {
+    const n = this.#byId.get(id);
+    if (!n) throw new FuseError(Errno.ENOENT, `unknown node id ${id}`);
+    if (n.stale) throw new FuseError(Errno.ESTALE, `node ${id}`);
+    return n;
+  }
+
+  #dir(id: number): Node {
+    const n = this.#node(id);
+    if (n.type !== S.IFDIR) throw new FuseError(Errno.ENOTDIR, `node ${id}`);
+    return n;
+  }
+
+  /** A directory the client may create in / remove from. */
+  #mutableDir(id: number): Node {
+    if (this.#ro) throw new FuseError(Errno.EROFS);
+    const n = this.#dir(id);
+    if (n.foreign) throw new FuseError(Errno.EACCES, "directory on another mount");
+    return n;
+  }
+
+  /** The O_PATH fd of `node`, reopening it by path if it was evicted. */
+  #fd(node: Node): number {
+    if (node.fd >= 0) {
+      if (node !== this.#rootNode && !node.detached) {
+        this.#lru.delete(node);
+        this.#lru.set(node, true);
+      }
+      return node.fd;
+    }
+    if (node.stale || node.detached) throw new FuseError(Errno.ESTALE, `node ${node.id}`);
+    // Walk up to the nearest ancestor with an open fd, collecting names.
+    const names: Uint8Array[] = [];
+    let a: Node = node;
+    while (a.fd < 0) {
+      if (!a.parent) throw new FuseError(Errno.ESTALE, `node ${node.id} has no path`);
+      names.push(a.name);
+      a = a.parent;
+    }
+    let len = 0;
+    for (const n of names) len += n.length + 1;
+    const path = new Uint8Array(len);
+    let p = 0;
+    for (let i = names.length - 1; i >= 0; i--) {
+      path.set(names[i], p);
+      p += names[i].length;
+      path[p++] = i === 0 ? 0 : SLASH;
+    }
+    const fd = openat2(a.fd, path, O.PATH | O.NOFOLLOW | O.CLOEXEC, 0, RESOLVE_SAFE);
+    if (fd < 0) throw new FuseError(fd === -Errno.ENOENT ? Errno.ESTALE : -fd, "reopen node");
+    if (this.#statFd(fd) < 0 || this.#key() !== node.key) {
+      sys.close(fd);
+      throw new FuseError(Errno.ESTALE, `node ${node.id} was replaced`);
+    }
+    node.fd = fd;
+    this.#cache(node);
+    return fd;
+  }
+
+  #cache(node: Node): void {
+    if (node === this.#rootNode || node.detached) return;
+    this.#lru.set(node, true);
+    while (this.#lru.size > this.#maxFds) {
+      const victim = this.#lru.keys().next().value!;
+      this.#lru.delete(victim);
+      if (victim.fd >= 0) sys.close(victim.fd);
+      victim.fd = -1;
+    }
+  }
+
+  #setParent(node: Node, parent: Node, name: Uint8Array): void {
+    if (node.parent !== parent) {
+      parent.kids++;
+      const old = node.parent;
+      node.parent = parent;
+      if (old) {
+        old.kids--;
+        this.#maybeDrop(old);
+      }
+    }
+    node.name = name.slice();
+  }
+
+  #maybeDrop(node: Node): void {
+    while (node !== this.#rootNode && node.lookups <= 0 && node.kids <= 0) {
+      if (this.#byId.get(node.id) === node) this.#byId.delete(node.id);
+      if (this.#byKey.get(node.key) === node) this.#byKey.delete(node.key);
+      this.#lru.delete(node);
+      if (node.fd >= 0) sys.close(node.fd);
+      node.fd = -1;
+      const parent = node.parent;
+      node.parent = null;
+      if (!parent) return;
+      parent.kids--;
+      node = parent;
+    }
+  }
+
+  /** Validates a client name (one path component) and returns it NUL-terminated in `buf`. */
+  #cname(name: Uint8Array, buf: Uint8Array<ArrayBuffer>): Uint8Array<ArrayBuffer> {
+    const n = name.length;
+    if (n === 0 || n > 4096) throw new FuseError(n ? Errno.ENAMETOOLONG : Errno.EINVAL, "name");
+    if (n <= 2 && name[0] === DOT && (n === 1 || name[1] === DOT)) {
+      throw new FuseError(Errno.EINVAL, "name is . or ..");
+    }
+    if (name.indexOf(SLASH) >= 0 || name.indexOf(0) >= 0) {
+      throw new FuseError(Errno.EINVAL, "name contains / or NUL");
+    }
+    buf.set(name);
+    buf[n] = 0;
+    return buf.subarray(0, n + 1);
+  }
+
+  /**
+   * Looks `name` up in `parent` (fd-relative, no follow) and counts one lookup.
+   * The statx of the result is left in the scratch buffer.
+   */
+  #lookupIn(parent: Node, name: Uint8Array): Entry {
+    if (parent.type !== S.IFDIR) throw new FuseError(Errno.ENOTDIR);
+    if (parent.foreign) throw new FuseError(Errno.ENOENT);
+    const c = this.#cname(name, this.#name1);
+    const pfd = this.#fd(parent);
+    const fd = openat2(pfd, c, O.PATH | O.NOFOLLOW | O.CLOEXEC, 0, RESOLVE_SAFE);
+    if (fd < 0) throw new FuseError(-fd);
+    const st = this.#statFd(fd);
+    if (st < 0) {
+      sys.close(fd);
+      throw new FuseError(-st);
+    }
+    return this.#adopt(parent, name, fd);
+  }
+
+  /** Registers the opened O_PATH `fd` (statx in scratch) as a node under `parent`. */
+  #adopt(parent: Node, name: Uint8Array, fd: number): Entry {
+    const key = this.#key();
+    if (this.#hidden.has(key)) {
+      sys.close(fd);
+      throw new FuseError(Errno.ENOENT);
+    }
+    let node = this.#byKey.get(key);
+    if (node) {
+      if (node.fd < 0 && !node.stale) {
+        node.fd = fd;
+        this.#cache(node);
+      } else {
+        sys.close(fd);
+      }
+      if (node.detached || node.stale) {
+        // Found again under a live name: re-attach.
+        if (node.detached) {
+          node.detached = false;
+          if (node.fd >= 0) this.#cache(node);
+        }
+        this.#setParent(node, parent, name);
+      }
+    } else {
+      const type = this.#stxv.getUint16(STATX_OFF.mode, true) & S.IFMT;
+      const foreign = !this.#crossMounts &&
+        this.#stxv.getBigUint64(STATX_OFF.mnt_id, true) !== this.#rootMnt;
+      if (foreign && type !== S.IFDIR) {
+        sys.close(fd);
+        throw new FuseError(Errno.ENOENT);
+      }
+      node = new Node(this.#nextId++, parent, name.slice(), key, type, foreign);
+      parent.kids++;
+      node.fd = fd;
+      this.#byId.set(node.id, node);
+      this.#byKey.set(key, node);
+      this.#cache(node);
+    }
+    node.lookups++;
+    return this.#entry(node);
+  }
+
+  #entry(node: Node): Entry {
+    return {
+      nodeid: node.id,
+      generation: 0,
+      attr: this.#attr(),
+      entryTimeout: this.#entryTimeout,
+      attrTimeout: this.#attrTimeout,
+    };
+  }
+
+  #getattr(node: Node): Attr {
+    const st = this.#statFd(this.#fd(node));
+    if (st < 0) throw new FuseError(-st);
+    return this.#attr();
+  }
+
+  #handle(fh: number, kind: "file" | "dir"): Handle {
+    const h = this.#handles.get(fh);
+    if (!h || h.kind !== kind) throw new FuseError(Errno.EBADF, `no ${kind} handle ${fh}`);
+    return h;
+  }
+
+  #file(fh: number): FileHandle {
+    return this.#handle(fh, "file") as FileHandle;
+  }
+
+  /** Before removing `name` from `dir`: detach (pin) the node it names, if we know it. */
+  #detachChild(dir: Node, cname: Uint8Array<ArrayBuffer>): Node | null {
+    const st = r(
+      sys.statx(this.#fd(dir), cname, AT.SYMLINK_NOFOLLOW, STATX.BASIC_STATS, this.#stx),
+    );
+    if (st < 0) return null;
+    const node = this.#byKey.get(this.#key());
+    if (!node || node.parent !== dir) return null;
+    if (!equalBytes(node.name, cname.subarray(0, cname.length - 1))) return null;
+    return node;
+  }
+
+  #pin(node: Node): void {
+    try {
+      this.#fd(node);
+    } catch {
+      return;
+    }
+    node.detached = true;
+    this.#lru.delete(node);
+  }
+
+  /** Opens a regular-file node for I/O through its O_PATH fd. */
+  #reopen(node: Node, flags: number): number {
+    if (node.type === S.IFDIR) throw new FuseError(Errno.EISDIR);
+    if (node.type !== S.IFREG) throw new FuseError(Errno.EACCES, "not a regular file");
+    const fd = r(sys.openat(AT.FDCWD, procFd(this.#fd(node)), (flags & OPEN_PASS) | O.CLOEXEC, 0));
+    if (fd < 0) throw new FuseError(-fd);
+    return fd;
+  }
+
+  #newHandle(h: Handle): number {
+    const fh = this.#nextFh++;
+    this.#handles.set(fh, h);
+    return fh;
+  }
+
+  // ---- FileSystem ------------------------------------------------------------
+
+  override init(_ctx: Context): void {
+    this.#enterCreds();
+  }
+
+  override destroy(): void {
+    for (const h of this.#handles.values()) if (h.fd >= 0) sys.close(h.fd);
+    this.#handles.clear();
+    for (const n of this.#byId.values()) {
+      if (n !== this.#rootNode && n.fd >= 0) sys.close(n.fd);
+      n.fd = n === this.#rootNode ? n.fd : -1;
+    }
+    this.#byId.clear();
+    this.#byKey.clear();
+    this.#lru.clear();
+    this.#rootNode.kids = 0;
+    this.#byId.set(1, this.#rootNode);
+    this.#byKey.set(this.#rootNode.key, this.#rootNode);
+  }
+
+  /** Closes every fd, including the root's. The instance is unusable afterwards. */
+  close(): void {
+    this.destroy();
+    sys.close(this.#rootFd);
+  }
+
+  override lookup(_ctx: Context, parent: number, name: Uint8Array): Entry {
+    this.#enterCreds();
+    return this.#lookupIn(this.#dir(parent), name);
+  }
+
+  override forget(nodeid: number, nlookup: number): void {
+    const n = this.#byId.get(nodeid);
+    if (!n || n === this.#rootNode) return;
+    n.lookups -= nlookup;
+    if (n.lookups < 0) n.lookups = 0;
+    this.#maybeDrop(n);
+  }
+
+  override getattr(_ctx: Context, nodeid: number, _fh: number | null): AttrReply {
+    this.#enterCreds();
+    return { attr: this.#getattr(this.#node(nodeid)), timeout: this.#attrTimeout };
+  }
+
+  override setattr(_ctx: Context, nodeid: number, s: SetattrIn): AttrReply {
+    this.#enterCreds();
+    if (this.#ro) throw new FuseError(Errno.EROFS);
+    const node = this.#node(nodeid);
+    if (node.foreign) throw new FuseError(Errno.EACCES);
+    const fd = this.#fd(node);
+    const hfd = s.valid & FATTR.FH ? this.#file(s.fh).fd : -1;
+    if (s.valid & FATTR.MODE) {
+      if (node.type === S.IFLNK) throw new FuseError(Errno.ENOTSUP);
+      const mode = s.mode & 0o7777;
+      const rc = hfd >= 0 ? sys.fchmod(hfd, mode) : sys.fchmodat(AT.FDCWD, procFd(fd), mode, 0);
+      if (rc < 0) throw new FuseError(-r(rc));
+    }
+    if (s.valid & (FATTR.UID | FATTR.GID)) {
+      const uid = s.valid & FATTR.UID ? s.uid : 0xffffffff;
+      const gid = s.valid & FATTR.GID ? s.gid : 0xffffffff;
+      const rc = r(sys.fchownat(fd, EMPTY, uid, gid, AT.EMPTY_PATH | AT.SYMLINK_NOFOLLOW));
+      if (rc < 0) throw new FuseError(-rc);
+    }
+    if (s.valid & FATTR.SIZE) {
+      if (node.type === S.IFDIR) throw new FuseError(Errno.EISDIR);
+      if (node.type !== S.IFREG) throw new FuseError(Errno.EINVAL);
+      const rc = r(
+        hfd >= 0 ? sys.ftruncate(hfd, BigInt(s.size)) : sys.truncate(procFd(fd), BigInt(s.size)),
+      );
+      if (rc < 0) throw new FuseError(-rc);
+    }
+    if (s.valid & (FATTR.ATIME | FATTR.MTIME)) {
+      const ts = new BigInt64Array(4);
+      ts[1] = BigInt(UTIME_OMIT);
+      ts[3] = BigInt(UTIME_OMIT);
+      if (s.valid & FATTR.ATIME) {
+        if (s.valid & FATTR.ATIME_NOW) ts[1] = BigInt(UTIME_NOW);
+        else [ts[0], ts[1]] = [BigInt.asIntN(64, s.atime), BigInt(s.atimensec)];
+      }
+      if (s.valid & FATTR.MTIME) {
+        if (s.valid & FATTR.MTIME_NOW) ts[3] = BigInt(UTIME_NOW);
+        else [ts[2], ts[3]] = [BigInt.asIntN(64, s.mtime), BigInt(s.mtimensec)];
+      }
+      const b = new Uint8Array(ts.buffer);
+      const rc = r(sys.utimensat(fd, EMPTY, b, AT.EMPTY_PATH | AT.SYMLINK_NOFOLLOW));
+      if (rc < 0) throw new FuseError(-rc);
+    }
+    return { attr: this.#getattr(node), timeout: this.#attrTimeout };
+  }
+
+  override readlink(_ctx: Context, nodeid: number): Uint8Array {
+    this.#enterCreds();
+    const node = this.#node(nodeid);
+    if (node.type !== S.IFLNK) throw new FuseError(Errno.EINVAL);
+    const buf = this.#xbuf;
+    const n = r(sys.readlinkat(this.#fd(node), EMPTY, buf, BigInt(4096)));
+    if (n < 0) throw new FuseError(-n);
+    return buf.slice(0, n);
+  }
+
+  override symlink(ctx: Context, parent: number, name: Uint8Array, target: Uint8Array): Entry {
+    this.#enterCreds();
+    const dir = this.#mutableDir(parent);
+    const c = this.#cname(name, this.#name1);
+    if (target.length === 0 || target.length > 4095) throw new FuseError(Errno.EINVAL, "target");
+    const t = cpath(target);
+    const rc = this.#asCaller(ctx, () => r(sys.symlinkat(t, this.#fd(dir), c)));
+    if (rc < 0) throw new FuseError(-rc);
+    return this.#lookupIn(dir, name);
+  }
+
+  override mknod(
+    ctx: Context,
+    parent: number,
+    name: Uint8Array,
+    mode: number,
+    rdev: number,
+    _umask: number,
+  ): Entry {
+    this.#enterCreds();
+    const dir = this.#mutableDir(parent);
+    const type = mode & S.IFMT;
+    if (type === S.IFCHR || type === S.IFBLK) {
+      if (!this.#allowDevices) throw new FuseError(Errno.EPERM, "device nodes are not allowed");
+    } else if (type !== S.IFREG && type !== S.IFIFO && type !== S.IFSOCK && type !== 0) {
+      throw new FuseError(Errno.EINVAL, `mknod type 0o${type.toString(8)}`);
+    }
+    const c = this.#cname(name, this.#name1);
+    // new_decode_dev
+    const major = (rdev & 0xfff00) >>> 8;
+    const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
+    const dev = (BigInt(major & 0xfff) << 8n) | BigInt(minor & 0xff) |
+      (BigInt(minor >>> 8) << 20n) |
+      (BigInt(major >>> 12) << 32n);
+    const rc = this.#asCaller(ctx, () => r(sys.mknodat(this.#fd(dir), c, mode, dev)));
+    if (rc < 0) throw new FuseError(-rc);
+    return this.#lookupIn(dir, name);
+  }
+
+  override mkdir(ctx: Context, parent: number, name: Uint8Array, mode: number, _u: number): Entry {
+    this.#enterCreds();
+    const dir = this.#mutableDir(parent);
+    const c = this.#cname(name, this.#name1);
+    const rc = this.#asCaller(ctx, () => r(sys.mkdirat(this.#fd(dir), c, mode & 0o7777)));
+    if (rc < 0) throw new FuseError(-rc);
+    return this.#lookupIn(dir, name);
+  }
+
+  #remove(parent: number, name: Uint8Array, flags: number): void {
+    this.#enterCreds();
+    const dir = this.#mutableDir(parent);
+    const c = this.#cname(name, this.#name1);
+    const victim = this.#detachChild(dir, c);
+    if (victim) this.#pin(victim);
+    const rc = r(sys.unlinkat(this.#fd(dir), c, flags));
+    if (rc < 0) {
+      if (victim) this.#unpin(victim);
+      throw new FuseError(-rc);
+    }
+  }
+
+  #unpin(node: Node): void {
+    if (!node.detached) return;
+    node.detached = false;
+    if (node.fd >= 0) this.#cache(node);
+  }
+
+  override unlink(_ctx: Context, parent: number, name: Uint8Array): void {
+    this.#remove(parent, name, 0);
+  }
+
+  override rmdir(_ctx: Context, parent: number, name: Uint8Array): void {
+    this.#remove(parent, name, AT.REMOVEDIR);
+  }
+
+  override rename(
+    _ctx: Context,
+    olddir: number,
+    oldname: Uint8Array,
+    newdir: number,
+    newname: Uint8Array,
+    flags: number,
+  ): void {
+    this.#enterCreds();
+    if (flags & ~3) throw new FuseError(Errno.EINVAL, `rename flags ${flags}`);
+    const from = this.#mutableDir(olddir);
+    const to = this.#mutableDir(newdir);
+    const c1 = this.#cname(oldname, this.#name1);
+    const c2 = this.#cname(newname, this.#name2);
+    const moving = this.#detachChild(from, c1);
+    const replaced = this.#detachChild(to, c2);
+    const exchange = (flags & 2) !== 0;
+    if (replaced && !exchange) this.#pin(replaced);
+    const rc = r(sys.renameat2(this.#fd(from), c1, this.#fd(to), c2, flags));
+    if (rc < 0) {
+      if (replaced && !exchange) this.#unpin(replaced);
+      throw new FuseError(-rc);
+    }
+    if (moving) this.#setParent(moving, to, newname);
+    if (replaced && exchange) this.#setParent(replaced, from, oldname);
+  }
+
+  override link(_ctx: Context, nodeid: number, newparent: number, newname: Uint8Array): Entry {
+    this.#enterCreds();
+    const dir = this.#mutableDir(newparent);
+    const node = this.#node(nodeid);
+    if (node.type === S.IFDIR) throw new FuseError(Errno.EPERM, "hard link to a directory");
+    if (node.foreign) throw new FuseError(Errno.EXDEV);
+    const c = this.#cname(newname, this.#name1);
+    const fd = this.#fd(node);
+    const dfd = this.#fd(dir);
+    let rc = r(sys.linkat(fd, EMPTY, dfd, c, AT.EMPTY_PATH));
+    if (rc === -Errno.ENOENT && node.type !== S.IFLNK) {
+      // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc/self/fd/N names the same inode.
+      rc = r(sys.linkat(AT.FDCWD, procFd(fd), dfd, c, AT.SYMLINK_FOLLOW));
+    }
+    if (rc < 0) throw new FuseError(-rc);
+    return this.#lookupIn(dir, newname);
+  }
+
+  override open(_ctx: Context, nodeid: number, flags: number): Opened {
+    this.#enterCreds();
+    if (this.#ro && ((flags & 3) !== 0 || (flags & O.TRUNC))) throw new FuseError(Errno.EROFS);
+    const node = this.#node(nodeid);
+    const fd = this.#reopen(node, flags);
+    return { fh: this.#newHandle({ kind: "file", fd, node, flags }), openFlags: 0 };
+  }
+
+  override read(_ctx: Context, _nodeid: number, fh: number, offset: bigint, dst: Uint8Array[]) {
+    const h = this.#file(fh);
+    if (dst.length === 1) {
+      const buf = dst[0];
+      let done = 0;
+      while (done < buf.length) {
+        const n = r(
+          sys.pread(
+            h.fd,
+            done ? buf.subarray(done) as Uint8Array<ArrayBuffer> : buf as Uint8Array<ArrayBuffer>,
+            BigInt(buf.length - done),
+            offset + BigInt(done),
+          ),
+        );
+        if (n < 0) throw new FuseError(-n);
+        if (n === 0) break;
+        done += n;
+      }
+      return done;
+    }
+    const iov = new BigUint64Array(dst.length * 2);
+    let total = 0;
+    for (let i = 0; i < dst.length; i++) {
+      iov[2 * i] = BigInt(
+        Deno.UnsafePointer.value(Deno.UnsafePointer.of(dst[i] as Uint8Array<ArrayBuffer>)),
+      );
+      iov[2 * i + 1] = BigInt(dst[i].length);
+      total += dst[i].length;
+    }
+    const n = r(sys.preadv(h.fd, new Uint8Array(iov.buffer), dst.length, offset));
+    if (n < 0) throw new FuseError(-n);
+    return Math.min(n, total);
+  }
+
+  override write(
+    _ctx: Context,
+    _nodeid: number,
+    fh: number,
+    offset: bigint,
+    data: Uint8Array,
+    _flags: number,
+  ): number {
+    if (this.#ro) throw new FuseError(Errno.EROFS);
+    const h = this.#file(fh);
+    let done = 0;
+    while (done < data.length) {
+      const n = r(
+        sys.pwrite(
+          h.fd,
+          data.subarray(done) as Uint8Array<ArrayBuffer>,
+          BigInt(data.length - done),
+          offset + BigInt(done),
+        ),
+      );
+      if (n < 0) {
+        if (done > 0) break;
+        throw new FuseError(-n);
+      }
+      if (n === 0) break;
+      done += n;
+    }
+    return done;
+  }
+
+  override statfs(_ctx: Context, nodeid: number): StatFs {
+    this.#enterCreds();
+    const b = new Uint8Array(STATFS_OFF.size_of);
+    const rc = r(sys.fstatfs(this.#fd(this.#node(nodeid)), b));
+    if (rc < 0) throw new FuseError(-rc);
+    const v = new DataView(b.buffer);
+    return {
+      blocks: v.getBigUint64(STATFS_OFF.blocks, true),
+      bfree: v.getBigUint64(STATFS_OFF.bfree, true),
+      bavail: v.getBigUint64(STATFS_OFF.bavail, true),
+      files: v.getBigUint64(STATFS_OFF.files, true),
+      ffree: v.getBigUint64(STATFS_OFF.ffree, true),
+      bsize: Number(v.getBigUint64(STATFS_OFF.bsize, true)),
+      namelen: Number(v.getBigUint64(STATFS_OFF.namelen, true)),
+      frsize: Number(v.getBigUint64(STATFS_OFF.frsize, true)),
+    };
+  }
+
+  override release(_ctx: Context, _nodeid: number, fh: number): void {
+    const h = this.#file(fh);
+    sys.close(h.fd);
+    this.#handles.delete(fh);
+  }
+
+  override fsync(_ctx: Context, _nodeid: number, fh: number, datasync: boolean): void {
+    const h = this.#file(fh);
+    const rc = r(datasync ? sys.fdatasync(h.fd) : sys.fsync(h.fd));
+    if (rc < 0) throw new FuseError(-rc);
+  }
+
+  #xname(name: Uint8Array): Uint8Array<ArrayBuffer> {
+    if (name.length === 0 || name.length > 255) throw new FuseError(Errno.ERANGE, "xattr name");
+    return cpath(name);
+  }
+
+  override setxattr(
+    _ctx: Context,
+    nodeid: number,
+    name: Uint8Array,
+    value: Uint8Array,
+    flags: number,
+  ): void {
+    this.#enterCreds();
+    if (this.#ro) throw new FuseError(Errno.EROFS);
+    const node = this.#node(nodeid);
+    const n = this.#xname(name);
+    const s = new TextDecoder().decode(name);
+    if (s.startsWith("trusted.") || s === "security.capability") {
+      throw new FuseError(Errno.EPERM, `setting ${s} is not allowed`);
+    }
+    if (node.type === S.IFLNK) throw new FuseError(Errno.EPERM);
+    const rc = r(
+      sys.setxattr(procFd(this.#fd(node)), n, value.slice(), BigInt(value.length), flags & 3),
+    );
+    if (rc < 0) throw new FuseError(-rc);
+  }
+
+  override getxattr(_ctx: Context, nodeid: number, name: Uint8Array): Uint8Array {
+    this.#enterCreds();
+    const node = this.#node(nodeid);
+    const n = this.#xname(name);
+    if (node.type === S.IFLNK) throw new FuseError(Errno.ENODATA);
+    const got = r(
+      sys.getxattr(procFd(this.#fd(node)), n, this.#xbuf, BigInt(XATTR_MAX)),
+    );
+    if (got < 0) throw new FuseError(-got);
+    return this.#xbuf.slice(0, got);
+  }
+
+  override listxattr(_ctx: Context, nodeid: number): Uint8Array {
+    this.#enterCreds();
+    const node = this.#node(nodeid);
+    if (node.type === S.IFLNK) return new Uint8Array(0);
+    const got = r(sys.listxattr(procFd(this.#fd(node)), this.#xbuf, BigInt(XATTR_MAX)));
+    if (got < 0) throw new FuseError(-got);
+    return this.#xbuf.slice(0, got);
+  }
+
+  override removexattr(_ctx: Context, nodeid: number, name: Uint8Array): void {
+    this.#enterCreds();
+    if (this.#ro) throw new FuseError(Errno.EROFS);
+    const node = this.#node(nodeid);
+    const n = this.#xname(name);
+    const s = new TextDecoder().decode(name);
+    if (s.startsWith("trusted.") || s === "security.capability") {
+      throw new FuseError(Errno.EPERM, `removing ${s} is not allowed`);
+    }
+    if (node.type === S.IFLNK) throw new FuseError(Errno.ENODATA);
+    const rc = r(sys.removexattr(procFd(this.#fd(node)), n));
+    if (rc < 0) throw new FuseError(-rc);
+  }
+
+  override flush(_ctx: Context, _nodeid: number, fh: number): void {
+    this.#file(fh);
+  }
+
+  override opendir(_ctx: Context, nodeid: number, _flags: number): Opened {
+    this.#enterCreds();
+    const node = this.#dir(nodeid);
+    let fd = -1;
+    if (!node.foreign) {
+      fd = r(sys.openat(this.#fd(node), cpath("."), O.RDONLY | O.DIRECTORY | O.CLOEXEC, 0));
+      if (fd < 0) throw new FuseError(-fd);
+    }
+    const buf = new Uint8Array(32768);
+    const h: DirHandle = {
+      kind: "dir",
+      fd,
+      node,
+      buf,
+      dv: new DataView(buf.buffer),
+      len: 0,
+      pos: 0,
+      off: 0n,
+    };
+    return { fh: this.#newHandle(h), openFlags: 0 };
+  }
+
+  override readdir(
+    _ctx: Context,
+    _nodeid: number,
+    fh: number,
+    offset: bigint,
+    sink: DirSink,
+  ): void {
+    this.#enterCreds();
+    const h = this.#handle(fh, "dir") as DirHandle;
+    if (h.fd < 0) {
+      // A directory on another mount (crossMounts: false) reads as empty but for . and ..
+      const names = [new Uint8Array([DOT]), new Uint8Array([DOT, DOT])];
+      for (let i = Number(offset); i < 2; i++) {
+        if (!sink.fits(names[i].length)) break;
+        sink.add(names[i], 0n, 4, BigInt(i + 1), null);
+      }
+      return;
+    }
+    if (offset !== h.off) {
+      const rc = r(sys.lseek(h.fd, offset, 0));
+      if (rc < 0) throw new FuseError(-rc);
+      h.len = h.pos = 0;
+      h.off = offset;
+    }
+    const dir = h.node;
+    for (;;) {
+      if (h.pos >= h.len) {
+        const n = r(sys.getdents64(h.fd, h.buf, BigInt(h.buf.length)));
+        if (n < 0) throw new FuseError(-n);
+        if (n === 0) return;
+        h.len = n;
+        h.pos = 0;
+      }
+      const p = h.pos;
+      const v = h.dv;
+      const ino = v.getBigUint64(p, true);
+      const off = v.getBigInt64(p + 8, true);
+      const reclen = v.getUint16(p + 16, true);
+      const type = h.buf[p + 18];
+      let end = h.buf.indexOf(0, p + 19);
+      if (end < 0 || end > p + reclen) end = p + reclen;
+      const name = h.buf.subarray(p + 19, end);
+      const dots = name.length <= 2 && name[0] === DOT && (name.length === 1 || name[1] === DOT);
+      if (!dots && this.#hiddenIno.has(ino) && this.#isHiddenName(dir, name)) {
+        h.pos += reclen;
+        h.off = off;
+        continue;
+      }
+      if (!sink.fits(name.length)) return;
+      let entry: Entry | null = null;
+      if (sink.plus && !dots) {
+        try {
+          entry = this.#lookupIn(dir, name);
+        } catch {
+          // Vanished, hidden or on another mount: leave it out.
+          h.pos += reclen;
+          h.off = off;
+          continue;
+        }
+      }
+      sink.add(name, entry ? entry.attr.ino : ino, type, BigInt.asUintN(64, off), entry);
+      h.pos += reclen;
+      h.off = off;
+    }
+  }
+
+  #isHiddenName(dir: Node, name: Uint8Array): boolean {
+    const c = this.#cname(name, this.#name2);
+    const st = r(sys.statx(this.#fd(dir), c, AT.SYMLINK_NOFOLLOW, STATX.BASIC_STATS, this.#stx));
+    return st >= 0 && this.#hidden.has(this.#key());
+  }
+
+  override releasedir(_ctx: Context, _nodeid: number, fh: number): void {
+    const h = this.#handle(fh, "dir");
+    if (h.fd >= 0) sys.close(h.fd);
+    this.#handles.delete(fh);
+  }
+
+  override fsyncdir(_ctx: Context, _nodeid: number, fh: number, datasync: boolean): void {
+    const h = this.#handle(fh, "dir");
+    if (h.fd < 0) return;
+    const rc = r(datasync ? sys.fdatasync(h.fd) : sys.fsync(h.fd));
+    if (rc < 0) throw new FuseError(-rc);
+  }
+
+  override access(ctx: Context, nodeid: number, mask: number): void {
+    this.#enterCreds();
+    const a = this.#getattr(this.#node(nodeid));
+    if (mask === 0) return;
+    if ((mask & 2) && this.#ro) throw new FuseError(Errno.EROFS);
+    const uid = this.#creds?.uid ?? ctx.uid;
+    const gid = this.#creds?.gid ?? ctx.gid;
+    let bits: number;
+    if (uid === 0) {
+      // Root may read and write anything; execute needs some x bit unless a directory.
+      bits = 6 | ((a.mode & S.IFMT) === S.IFDIR || (a.mode & 0o111) ? 1 : 0);
+    } else if (a.uid === uid) bits = (a.mode >> 6) & 7;
+    else if (a.gid === gid) bits = (a.mode >> 3) & 7;
+    else bits = a.mode & 7;
+    if ((mask & 7 & ~bits) !== 0) throw new FuseError(Errno.EACCES);
+  }
+
+  override create(
+    ctx: Context,
+    parent: number,
+    name: Uint8Array,
+    mode: number,
+    flags: number,
+    _umask: number,
+  ): Created {
+    this.#enterCreds();
+    const dir = this.#mutableDir(parent);
+    const c = this.#cname(name, this.#name1);
+    const pass = flags & OPEN_PASS;
+    const fd = this.#asCaller(ctx, () =>
+      openat2(
+        this.#fd(dir),
+        c,
+        pass | O.CREAT | O.EXCL | O.NOFOLLOW | O.CLOEXEC,
+        mode & 0o7777,
+        RESOLVE_SAFE,
+      ));
+    if (fd === -Errno.EEXIST && !(flags & O.EXCL)) {
+      // Lost a race with another creator: open what is there, if it is a regular file.
+      const entry = this.#lookupIn(dir, name);
+      const node = this.#byId.get(entry.nodeid)!;
+      try {
+        const ofd = this.#reopen(node, pass);
+        return { entry, fh: this.#newHandle({ kind: "file", fd: ofd, node, flags }), openFlags: 0 };
+      } catch (e) {
+        this.forget(node.id, 1);
+        throw e;
+      }
+    }
+    if (fd < 0) throw new FuseError(-fd);
+    // The node's O_PATH fd comes from the opened file itself, so no second path walk races.
+    const pfd = r(sys.openat(AT.FDCWD, procFd(fd), O.PATH | O.CLOEXEC, 0));
+    if (pfd < 0 || this.#statFd(pfd) < 0) {
+      if (pfd >= 0) sys.close(pfd);
+      sys.close(fd);
+      throw new FuseError(Errno.EIO, "created file vanished");
+    }
+    const entry = this.#adopt(dir, name, pfd);
+    const node = this.#byId.get(entry.nodeid)!;
+    return { entry, fh: this.#newHandle({ kind: "file", fd, node, flags }), openFlags: 0 };
+  }
+
+  override fallocate(
+    _ctx: Context,
+    _nodeid: number,
+    fh: number,
+    offset: bigint,
+    length: bigint,
+    mode: number,
+  ): void {
+    if (this.#ro) throw new FuseError(Errno.EROFS);
+    const h = this.#file(fh);
+    const rc = r(sys.fallocate(h.fd, mode, offset, length));
+    if (rc < 0) throw new FuseError(-rc);
+  }
+
+  override lseek(
+    _ctx: Context,
+    _nodeid: number,
+    fh: number,
+    offset: bigint,
+    whence: number,
+  ): bigint {
+    const h = this.#file(fh);
+    if (whence > 4) throw new FuseError(Errno.EINVAL, `whence ${whence}`);
+    const rc = sys.lseek(h.fd, BigInt.asIntN(64, offset), whence);
+    if (rc < 0n) throw new FuseError(-r(rc));
+    return BigInt(rc);
+  }
+
+  override copyFileRange(
+    _ctx: Context,
+    _nodeIn: number,
+    fhIn: number,
+    offIn: bigint,
+    _nodeOut: number,
+    fhOut: number,
+    offOut: bigint,
+    len: bigint,
+    flags: number,
+  ): number {
+    if (this.#ro) throw new FuseError(Errno.EROFS);
+    const a = this.#file(fhIn);
+    const b = this.#file(fhOut);
+    const oi = new BigInt64Array([BigInt.asIntN(64, offIn)]);
+    const oo = new BigInt64Array([BigInt.asIntN(64, offOut)]);
+    const max = 1n << 30n;
+    const n = r(
+      sys.copy_file_range(
+        a.fd,
+        new Uint8Array(oi.buffer),
+        b.fd,
+        new Uint8Array(oo.buffer),
+        len > max ? max : len,
+        flags,
+      ),
+    );
+    if (n < 0) throw new FuseError(-n);
+    return n;
+  }
+
+  // ---- snapshots -------------------------------------------------------------
+
+  override save(): PassthroughState {
+    const nodes: SavedNode[] = [];
+    for (const n of this.#byId.values()) {
+      if (n === this.#rootNode) continue;
+      nodes.push({
+        id: n.id,
+        parent: n.parent ? n.parent.id : null,
+        name: toBase64(n.name),
+        key: n.key,
+        lookups: n.lookups,
+        detached: n.detached,
+      });
+    }
+    const handles: SavedHandle[] = [];
+    for (const [fh, h] of this.#handles) {
+      handles.push({
+        fh,
+        node: h.node.id,
+        kind: h.kind,
+        flags: h.kind === "file" ? h.flags : 0,
+        off: h.kind === "dir" ? String(h.off) : "0",
+      });
+    }
+    return { version: 1, nextId: this.#nextId, nextFh: this.#nextFh, nodes, handles };
+  }
+
+  override restore(state: unknown): void {
+    const s = state as PassthroughState;
+    if (s?.version !== 1) throw new Error("PassthroughFs.restore: unknown state version");
+    this.destroy();
+    this.#nextId = s.nextId;
+    this.#nextFh = s.nextFh;
+    const made = new Map<number, Node>([[1, this.#rootNode]]);
+    const byId = new Map(s.nodes.map((n) => [n.id, n]));
+    const make = (id: number): Node => {
+      const have = made.get(id);
+      if (have) return have;
+      const sn = byId.get(id);
+      if (!sn) throw new Error(`PassthroughFs.restore: node ${id} missing from state`);
+      const parent = sn.parent === null ? null : make(sn.parent);
+      const type = 0;
+      const node = new Node(sn.id, parent, fromBase64(sn.name), sn.key, type, false);
+      if (parent) parent.kids++;
+      node.lookups = sn.lookups;
+      made.set(id, node);
+      return node;
+    };
+    for (const sn of s.nodes) make(sn.id);
+    for (const n of made.values()) {
+      this.#byId.set(n.id, n);
+      this.#byKey.set(n.key, n);
+    }
+    // Reopen each node by path (parents first: #fd walks up) and take its type and mount.
+    for (const node of made.values()) {
+      if (node === this.#rootNode) continue;
+      try {
+        if (byId.get(node.id)!.detached || !node.parent) throw new FuseError(Errno.ESTALE);
+        this.#fd(node);
+        node.type = this.#stxv.getUint16(STATX_OFF.mode, true) & S.IFMT;
+        node.foreign = !this.#crossMounts &&
+          this.#stxv.getBigUint64(STATX_OFF.mnt_id, true) !== this.#rootMnt;
+      } catch {
+        node.stale = true;
+        this.#byKey.delete(node.key);
+      }
+    }
+    for (const sh of s.handles) {
+      const node = made.get(sh.node);
+      if (!node || node.stale) continue;
+      try {
+        if (sh.kind === "file") {
+          const fd = this.#reopen(node, sh.flags & ~O.TRUNC);
+          this.#handles.set(sh.fh, { kind: "file", fd, node, flags: sh.flags });
+        } else {
+          const fd = node.foreign
+            ? -1
+            : r(sys.openat(this.#fd(node), cpath("."), O.RDONLY | O.DIRECTORY | O.CLOEXEC, 0));
+          if (fd < -1) continue;
+          const buf = new Uint8Array(32768);
+          // off = -1 forces an lseek to the client's offset on the next READDIR.
+          this.#handles.set(sh.fh, {
+            kind: "dir",
+            fd,
+            node,
+            buf,
+            dv: new DataView(buf.buffer),
+            len: 0,
+            pos: 0,
+            off: -1n,
+          });
+        }
+      } catch {
+        // Leave the handle out: the client gets EBADF.
+      }
+    }
+  }
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function toBase64(b: Uint8Array): string {
+  let s = "";
+  for (const x of b) s += String.fromCharCode(x);
+  return btoa(s);
+}
+
+function fromBase64(s: string): Uint8Array {
+  const t = atob(s);
+  const out = new Uint8Array(t.length);
+  for (let i = 0; i < t.length; i++) out[i] = t.charCodeAt(i);
+  return out;
+}
