@@ -89,7 +89,31 @@ export interface MmioState {
 export interface MmioOptions {
   /** Told about guest errors that put the device into DEVICE_NEEDS_RESET (logging). */
   onDeviceError?: (error: unknown) => void;
+  /**
+   * Words shared with a device back-end on another thread (see
+   * `mmio_remote.ts`): {@link SHARED}. Default: private words.
+   */
+  shared?: Int32Array;
+  /** Called after every Status change with the transport's state (the remote host keeps a copy). */
+  onStatusChange?: (state: MmioState) => void;
 }
+
+/** Int32 word indices of the shared transport words. */
+export const SHARED = {
+  /** InterruptStatus: raised by whoever serves the queues, cleared by InterruptACK. */
+  INT_STATUS: 0,
+  /** ConfigGeneration. */
+  CONFIG_GEN: 1,
+  /** {@link HOST_FLAG} bits set by a host-side back-end. */
+  HOST_FLAGS: 2,
+  /** Reset handshake: epoch the transport asked for / the host completed. */
+  RESET_REQ: 3,
+  RESET_ACK: 4,
+} as const;
+/** Number of shared Int32 words (the device config bytes follow them in a remote buffer). */
+export const SHARED_WORDS = 8;
+/** Host flag: the back-end hit a guest error; the transport sets DEVICE_NEEDS_RESET. */
+export const HOST_FLAG_NEEDS_RESET = 1;
 
 /** One virtio-mmio device window. */
 export class VirtioMmioTransport {
@@ -103,8 +127,8 @@ export class VirtioMmioTransport {
   #driverFeaturesSel = 0;
   #driverFeatures = 0n;
   #queueSel = 0;
-  #interruptStatus = 0;
-  #configGeneration = 0;
+  /** InterruptStatus, ConfigGeneration and host flags, shared with a host-side back-end. */
+  #shared: Int32Array;
   #active = false;
   /** Last error that set DEVICE_NEEDS_RESET (for diagnostics). */
   lastError: unknown = null;
@@ -115,6 +139,33 @@ export class VirtioMmioTransport {
     this.#mem = mem;
     this.#irq = irq;
     this.#onError = opts.onDeviceError ?? (() => {});
+    this.#shared = opts.shared ?? new Int32Array(SHARED_WORDS);
+    this.#onStatusChange = opts.onStatusChange ?? null;
+  }
+
+  #onStatusChange: ((state: MmioState) => void) | null;
+
+  get #interruptStatus(): number {
+    return Atomics.load(this.#shared, SHARED.INT_STATUS);
+  }
+  get #configGeneration(): number {
+    return Atomics.load(this.#shared, SHARED.CONFIG_GEN) >>> 0;
+  }
+
+  /** Picks up a back-end's NEEDS_RESET request (shared flag) before serving an access. */
+  #syncHost(): void {
+    if (Atomics.load(this.#shared, SHARED.HOST_FLAGS) & HOST_FLAG_NEEDS_RESET) {
+      Atomics.and(this.#shared, SHARED.HOST_FLAGS, ~HOST_FLAG_NEEDS_RESET);
+      if (this.#status !== 0 && !(this.#status & STATUS.DEVICE_NEEDS_RESET)) {
+        this.#active = false;
+        this.#status |= STATUS.DEVICE_NEEDS_RESET;
+        this.#statusChanged();
+      }
+    }
+  }
+
+  #statusChanged(): void {
+    this.#onStatusChange?.(this.save());
   }
 
   /** Features offered to the driver. */
@@ -141,6 +192,7 @@ export class VirtioMmioTransport {
   /** A register read of `data.length` bytes at `offset` in the window. */
   read(offset: number, data: Uint8Array): void {
     data.fill(0);
+    this.#syncHost();
     if (offset >= MMIO.CONFIG) {
       try {
         this.device.readConfig(offset - MMIO.CONFIG, data);
@@ -157,6 +209,7 @@ export class VirtioMmioTransport {
 
   /** A register write of `data.length` bytes at `offset` in the window. */
   write(offset: number, data: Uint8Array): void {
+    this.#syncHost();
     if (offset >= MMIO.CONFIG) {
       try {
         this.device.writeConfig(offset - MMIO.CONFIG, data);
@@ -247,8 +300,7 @@ export class VirtioMmioTransport {
         this.notify(value & 0xffff);
         return;
       case MMIO.INTERRUPT_ACK:
-        this.#interruptStatus &= ~value;
-        if (this.#interruptStatus === 0) this.#irq(false);
+        if ((Atomics.and(this.#shared, SHARED.INT_STATUS, ~value) & ~value) === 0) this.#irq(false);
         return;
       case MMIO.STATUS:
         this.#setStatus(value);
@@ -309,6 +361,7 @@ export class VirtioMmioTransport {
     if (value & STATUS.FAILED) {
       this.#status |= STATUS.FAILED;
       this.#deactivate();
+      this.#statusChanged();
       return;
     }
     // Otherwise the driver only ever adds bits, one step of §3.1.1 at a time;
@@ -330,6 +383,7 @@ export class VirtioMmioTransport {
     }
     this.#status = v | keep;
     if (added === K && !keep) this.#activate();
+    this.#statusChanged();
   }
 
   #featuresAcceptable(): boolean {
@@ -385,6 +439,7 @@ export class VirtioMmioTransport {
     if (this.#status & STATUS.DEVICE_NEEDS_RESET) return;
     this.#deactivate();
     this.#status |= STATUS.DEVICE_NEEDS_RESET;
+    this.#statusChanged();
     // "If DEVICE_NEEDS_RESET is set, the device MUST send a device configuration change notification".
     this.signalConfig();
   }
@@ -398,10 +453,9 @@ export class VirtioMmioTransport {
     this.#deviceFeaturesSel = 0;
     this.#driverFeaturesSel = 0;
     this.#queueSel = 0;
-    if (this.#interruptStatus !== 0) {
-      this.#interruptStatus = 0;
-      this.#irq(false);
-    }
+    Atomics.store(this.#shared, SHARED.HOST_FLAGS, 0);
+    this.#statusChanged();
+    if (Atomics.exchange(this.#shared, SHARED.INT_STATUS, 0) !== 0) this.#irq(false);
   }
 
   /**
@@ -433,7 +487,7 @@ export class VirtioMmioTransport {
 
   /** Config space changed: bumps ConfigGeneration (§2.5.1) and sends a config interrupt. */
   signalConfig(): void {
-    this.#configGeneration = (this.#configGeneration + 1) >>> 0;
+    Atomics.add(this.#shared, SHARED.CONFIG_GEN, 1);
     // Only a driver that got as far as DRIVER_OK listens (§2.5.1 config notifications).
     if (this.#status & (STATUS.DRIVER_OK | STATUS.DEVICE_NEEDS_RESET)) {
       this.#raise(INT.CONFIG_CHANGE);
@@ -441,7 +495,7 @@ export class VirtioMmioTransport {
   }
 
   #raise(bits: number): void {
-    this.#interruptStatus |= bits;
+    Atomics.or(this.#shared, SHARED.INT_STATUS, bits);
     this.#irq(true);
   }
 
@@ -473,8 +527,8 @@ export class VirtioMmioTransport {
     this.#driverFeaturesSel = s.driverFeaturesSel;
     this.#driverFeatures = BigInt(s.driverFeatures);
     this.#queueSel = s.queueSel;
-    this.#interruptStatus = s.interruptStatus;
-    this.#configGeneration = s.configGeneration;
+    Atomics.store(this.#shared, SHARED.INT_STATUS, s.interruptStatus);
+    Atomics.store(this.#shared, SHARED.CONFIG_GEN, s.configGeneration | 0);
     s.queues.forEach((qs, i) => this.queues[i].restore(qs));
     this.device.restore(s.device);
     const on = STATUS.DRIVER_OK;

@@ -11,3 +11,4 @@ export * from "./chain.ts";
 export * from "./device.ts";
 export * from "./mmio.ts";
 export * as console from "./console/mod.ts";
+export * from "./mmio_remote.ts";
