@@ -60,3 +60,11 @@ export {
   saveableMsrs,
 } from "./vm_snapshot.ts";
 export { bootCached, type BootCachedOptions, type BootCachedResult } from "./boot_cached.ts";
+export {
+  captureHvVm,
+  type HvCaptureOptions,
+  hvMachineParts,
+  type HvRestoreBuild,
+  type HvRestored,
+  restoreHvVm,
+} from "./hv_snapshot.ts";

@@ -50,8 +50,8 @@ export interface MachineParts {
   vm: VmFd;
   /** vCPU fds, index = vCPU id. */
   vcpus: readonly VcpuFd[];
-  /** Guest memory (memfd-backed for capture; the snapshot's private mapping after restore). */
-  memory: GuestMemory;
+  /** Guest memory regions (memfd-backed for capture; the snapshot's private mapping after restore). */
+  memory: Pick<GuestMemory, "regions">;
   /** Which optional KVM state exists. */
   features: KvmFeatures;
   /** MSRs to save: `Kvm.msrIndexList()`. */

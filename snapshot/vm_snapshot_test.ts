@@ -78,7 +78,7 @@ async function captureAndRestore(cpus: number): Promise<void> {
     }
     // Pending I/O was completed before capture: vCPU 0 resumes after the doorbell `out`.
     const rip = decodeRegs(snapshot.manifest.vcpus[0].regs).rip;
-    strictEqual(rip, BigInt(guestProgram().labels.get("skip")!));
+    strictEqual(rip, BigInt(guestProgram().labels.get("wait")!));
     const stateBefore = Deno.readTextFileSync(join(snap, STATE_FILE));
     const memBefore = sha256Hex(Deno.readFileSync(join(snap, MEMORY_FILE)));
 

@@ -9,7 +9,7 @@
  */
 
 import { Assembler, mem } from "../../init/asm/mod.ts";
-import { type RegionMemory } from "../../hv/memory.ts";
+import type { GuestMemory, RegionMemory } from "../../hv/memory.ts";
 import { Kvm, type VcpuFd, type VmFd } from "../../kvm_ffi/kvm.ts";
 import { KVM, KVM_EXIT, KVM_EXIT_IO, KVM_RUN_LAYOUT } from "../../kvm_ffi/kvm_sys.ts";
 import { errno, libc, SysError } from "../../kvm_ffi/libc.ts";
@@ -27,6 +27,7 @@ export const UART_PORTS = [0x3f8, 0x2f8];
 export const COUNTER_PORT = 0x500;
 export const DOORBELL_PORT = 0x510;
 export const DONE_PORT = 0x511;
+export const GO_PORT = 0x512;
 
 /** The guest program: `iterations` LCG steps per vCPU, each stored, printed and counted. */
 export function guestProgram(): { bytes: Uint8Array; labels: Map<string, number> } {
@@ -54,6 +55,13 @@ export function guestProgram(): { bytes: Uint8Array; labels: Map<string, number>
   a.jne("skip");
   a.mov("edx", DOORBELL_PORT);
   a.out("dx", "al");
+  // Wait for the host's go (as the init waits on its mailbox), then restore rax.
+  a.label("wait");
+  a.mov("edx", GO_PORT);
+  a.in("al", "dx");
+  a.test("al", "al");
+  a.jz("wait");
+  a.mov("rax", "rbx");
   a.label("skip");
   a.inc("rcx");
   a.cmp("rcx", "r12");
@@ -96,6 +104,60 @@ export class Counter implements Persist {
     this.sum = [...s.sum];
     this.count = [...s.count];
   }
+}
+
+/**
+ * Writes page tables and the program into `m`, and puts every vCPU at its
+ * start in 64-bit mode with the program's inputs in registers.
+ */
+export function setupGuest(
+  m: GuestMemory,
+  vcpus: readonly VcpuFd[],
+  iterations: number,
+  doorbellAt: number,
+): void {
+  m.writeU64(PML4, BigInt(PML4 + 0x1000) | 3n);
+  m.writeU64(PML4 + 0x1000, BigInt(PML4 + 0x2000) | 3n);
+  for (let i = 0; i < 512; i++) m.writeU64(PML4 + 0x2000 + 8 * i, (BigInt(i) << 21n) | 0x83n);
+  m.write(CODE, guestProgram().bytes);
+  vcpus.forEach((v, i) => {
+    const s = v.getSregs();
+    const code = {
+      base: 0n,
+      limit: 0xffffffff,
+      selector: 8,
+      type: 11,
+      present: 1,
+      dpl: 0,
+      db: 0,
+      s: 1,
+      l: 1,
+      g: 1,
+      avl: 0,
+      unusable: 0,
+    };
+    const data = { ...code, selector: 16, type: 3, db: 1, l: 0 };
+    Object.assign(s, { cs: code, ds: data, es: data, fs: data, gs: data, ss: data });
+    s.cr3 = BigInt(PML4);
+    s.cr4 = 1n << 5n; // PAE
+    s.cr0 = 0x80000011n; // PG | ET | PE
+    s.efer = (1n << 8n) | (1n << 10n); // LME | LMA
+    v.setSregs(s);
+    const r = v.getRegs();
+    Object.assign(r, {
+      rip: BigInt(CODE),
+      rsp: BigInt(STACK_TOP - i * 0x1000),
+      rflags: 2n,
+      rax: BigInt(0x1234 + i),
+      rsi: BigInt(DATA + i * 0x10000),
+      r12: BigInt(iterations),
+      r13: BigInt(UART_PORTS[i]),
+      r14: BigInt(COUNTER_PORT + 4 * i),
+      r15: i === 0 ? BigInt(doorbellAt) : 0xffffffffffffffffn,
+    });
+    v.setRegs(r);
+    if (i > 0) v.setMpState(0); // APs start runnable (no INIT/SIPI in this test)
+  });
 }
 
 /** The test VM. */
@@ -148,49 +210,7 @@ export class TestMachine implements MachineParts, Disposable {
 
   /** Writes page tables and the program, and puts every vCPU at its start in long mode. */
   boot(iterations: number, doorbellAt: number): void {
-    const m = this.memory;
-    m.writeU64(PML4, BigInt(PML4 + 0x1000) | 3n);
-    m.writeU64(PML4 + 0x1000, BigInt(PML4 + 0x2000) | 3n);
-    for (let i = 0; i < 512; i++) m.writeU64(PML4 + 0x2000 + 8 * i, (BigInt(i) << 21n) | 0x83n);
-    m.write(CODE, guestProgram().bytes);
-    this.vcpus.forEach((v, i) => {
-      const s = v.getSregs();
-      const code = {
-        base: 0n,
-        limit: 0xffffffff,
-        selector: 8,
-        type: 11,
-        present: 1,
-        dpl: 0,
-        db: 0,
-        s: 1,
-        l: 1,
-        g: 1,
-        avl: 0,
-        unusable: 0,
-      };
-      const data = { ...code, selector: 16, type: 3, db: 1, l: 0 };
-      Object.assign(s, { cs: code, ds: data, es: data, fs: data, gs: data, ss: data });
-      s.cr3 = BigInt(PML4);
-      s.cr4 = 1n << 5n; // PAE
-      s.cr0 = 0x80000011n; // PG | ET | PE
-      s.efer = (1n << 8n) | (1n << 10n); // LME | LMA
-      v.setSregs(s);
-      const r = v.getRegs();
-      Object.assign(r, {
-        rip: BigInt(CODE),
-        rsp: BigInt(STACK_TOP - i * 0x1000),
-        rflags: 2n,
-        rax: BigInt(0x1234 + i),
-        rsi: BigInt(DATA + i * 0x10000),
-        r12: BigInt(iterations),
-        r13: BigInt(UART_PORTS[i]),
-        r14: BigInt(COUNTER_PORT + 4 * i),
-        r15: i === 0 ? BigInt(doorbellAt) : 0xffffffffffffffffn,
-      });
-      v.setRegs(r);
-      if (i > 0) v.setMpState(0); // APs start runnable (no INIT/SIPI in this test)
-    });
+    setupGuest(this.memory, this.vcpus, iterations, doorbellAt);
   }
 
   /**
@@ -227,6 +247,13 @@ export class TestMachine implements MachineParts, Disposable {
     const reason = run.getUint32(F.exit_reason, true);
     if (reason === KVM_EXIT.HLT) {
       this.done[i] = true;
+      return false;
+    }
+    if (
+      reason === KVM_EXIT.IO && run.getUint8(F["io.direction"]) === KVM_EXIT_IO.IN &&
+      run.getUint16(F["io.port"], true) === GO_PORT
+    ) {
+      run.setUint8(Number(run.getBigUint64(F["io.data_offset"], true)), 1); // always go
       return false;
     }
     if (reason !== KVM_EXIT.IO || run.getUint8(F["io.direction"]) !== KVM_EXIT_IO.OUT) {
