@@ -23,6 +23,10 @@ import { check, close, libc, MAP, mmap, munmap, O, open, PROT, viewAt } from "..
 import { MEMORY_FILE, STATE_FILE } from "./format.ts";
 import { TestMachine } from "./testdata/machine.ts";
 import { captureVm, restoreVm } from "./vm_snapshot.ts";
+import { Vm } from "../hv/vm.ts";
+import { captureHvVm, restoreHvVm } from "./hv_snapshot.ts";
+import { HvTestDevices } from "./testdata/hv_device.ts";
+import { setupGuest } from "./testdata/machine.ts";
 
 const MiB = 1 << 20;
 const RUNS = 7;
@@ -62,6 +66,44 @@ function restoreOnce(dir: string): number {
     m[Symbol.dispose]();
   }
   return t1 - t0;
+}
+
+function buildHv(memory: RegionMemory) {
+  const vm = Vm.create({ memory });
+  const dev = new HvTestDevices(1);
+  vm.addDevice(dev.spec);
+  vm.createVcpu().fd.setCpuid2(vm.kvm.supportedCpuid());
+  return { vm, dev, devices: new Map([["test", dev]]) };
+}
+
+/** An hv VM (Worker vCPU) snapshot at the doorbell, the guest waiting for its go. */
+async function makeHvSnapshot(dir: string, mib: number): Promise<void> {
+  using memory = RegionMemory.memfd([{ guestAddr: 0, size: mib * MiB }]);
+  const { vm, devices } = buildHv(memory);
+  try {
+    setupGuest(memory, [vm.vcpus[0].fd], 8, 4);
+    const rang = new Promise<void>((r) => vm.onDeviceMessage("test", () => r()));
+    await vm.start();
+    await rang;
+    await vm.pause();
+    await captureHvVm(vm, dir, { devices });
+  } finally {
+    await vm.close();
+  }
+}
+
+/** hv restore: [ms until state is set, ms until the vCPU Worker enters its KVM_RUN loop]. */
+async function restoreHvOnce(dir: string): Promise<[number, number]> {
+  const t0 = performance.now();
+  const r = await restoreHvVm(dir, ({ memory }) => buildHv(memory));
+  const t1 = performance.now();
+  try {
+    await r.vm.start();
+    return [t1 - t0, performance.now() - t0];
+  } finally {
+    await r.vm.close();
+    r.memory[Symbol.dispose]();
+  }
 }
 
 /** Reference: read(2) the whole memory file into anonymous memory, in ms. */
@@ -117,6 +159,18 @@ export async function bench(): Promise<string[]> {
       await Deno.remove(dir, { recursive: true });
     }
     lines.push(`restore-flatness 4096/256 ${(restore[4096] / restore[256]).toFixed(2)} (goal ≤ 2)`);
+
+    // The same through hv's Vm (vCPU in a Worker): state set, then Worker start to its first KVM_RUN.
+    for (const mib of [256, 4096]) {
+      const dir = join(root, `hv${mib}`);
+      await makeHvSnapshot(dir, mib);
+      await restoreHvOnce(dir);
+      const runs: [number, number][] = [];
+      for (let i = 0; i < 5; i++) runs.push(await restoreHvOnce(dir));
+      lines.push(`restore-hv-state-ms mem=${mib} ${median(runs.map((r) => r[0])).toFixed(2)}`);
+      lines.push(`restore-hv-first-run-ms mem=${mib} ${median(runs.map((r) => r[1])).toFixed(2)}`);
+      await Deno.remove(dir, { recursive: true });
+    }
 
     const dir = join(root, "touched");
     const captureMs = await makeSnapshot(dir, 1024, 32);
