@@ -7,3 +7,12 @@
 export { GuestMemoryError, RegionMemory } from "./hv/memory.ts";
 export type { GuestMemory, MemoryRegion } from "./hv/memory.ts";
 export { SysError } from "./kvm_ffi/libc.ts";
+export {
+  bootCached,
+  captureHvVm,
+  restoreHvVm,
+  SnapshotCache,
+  SnapshotError,
+  snapshotKey,
+} from "./snapshot/mod.ts";
+export type { Persist, SnapshotProblem } from "./snapshot/mod.ts";
