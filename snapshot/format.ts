@@ -73,11 +73,11 @@ export function encodeManifest(m: SnapshotManifest): string {
     magic: SNAPSHOT_MAGIC,
     version: m.version,
     createdAt: m.createdAt,
-    memory: toJsonData(m.memory),
-    vm: toJsonData(m.vm),
-    vcpus: toJsonData(m.vcpus),
-    devices: toJsonData(m.devices),
-    source: toJsonData(m.source),
+    memory: toJsonData(m.memory, "$.memory"),
+    vm: toJsonData(m.vm, "$.vm"),
+    vcpus: toJsonData(m.vcpus, "$.vcpus"),
+    devices: toJsonData(m.devices, "$.devices"),
+    source: toJsonData(m.source, "$.source"),
   };
   const checksum = `sha256:${sha256Hex(canonicalJson(body))}`;
   return JSON.stringify({ ...body, checksum }, null, 1) + "\n";

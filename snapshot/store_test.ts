@@ -2,7 +2,9 @@ import { deepStrictEqual, ok, rejects, strictEqual, throws } from "node:assert/s
 import { join } from "node:path";
 import { SnapshotError } from "./errors.ts";
 import { FORMAT_VERSION, MEMORY_FILE, STATE_FILE } from "./format.ts";
-import { openSnapshotMemory, publishDir, readSnapshot } from "./store.ts";
+import { openSnapshotMemory, publishDir, readSnapshot, writeSnapshot } from "./store.ts";
+import { RegionMemory } from "../hv/memory.ts";
+import type { StateValue } from "./codec.ts";
 import { writeSample } from "./testdata/sample.ts";
 
 const MiB = 1 << 20;
@@ -102,5 +104,24 @@ Deno.test("readSnapshot rejects missing, corrupt, truncated and wrong-version sn
 
     Deno.removeSync(memPath);
     strictEqual(problemOf(() => readSnapshot(dir)), "missing");
+  });
+});
+
+Deno.test("a device state JSON cannot carry fails the capture, naming it, and leaves nothing", async () => {
+  await withDir(async (root) => {
+    using mem = RegionMemory.memfd([{ guestAddr: 0, size: 1 << 20 }]);
+    await rejects(
+      writeSnapshot(join(root, "snap"), {
+        memory: mem,
+        vm: {},
+        vcpus: [{}],
+        devices: { fs0: { nodes: new Map() } as unknown as StateValue },
+        source: {},
+      }),
+      (e) =>
+        e instanceof SnapshotError && e.problem === "io" &&
+        /\$\.devices\.fs0\.nodes: cannot encode \[object Map\]/.test(e.message),
+    );
+    deepStrictEqual([...Deno.readDirSync(root)], []);
   });
 });

@@ -38,10 +38,14 @@ import {
 
 /** A device whose state survives a snapshot (Firecracker's `Persist`). */
 export interface Persist {
-  /** The device's state as JSON-able data (bytes and bigints allowed, see FORMAT.md). */
-  save(): StateValue;
-  /** Puts back what {@link save} returned; throws on state it cannot accept. */
-  restore(state: StateValue): void;
+  /**
+   * The device's state as JSON-able data; `Uint8Array` and `bigint` are
+   * allowed (see FORMAT.md). Anything else (Map, class instances, NaN) makes
+   * the capture fail naming the path, e.g. `$.devices.fs0.nodes: cannot encode`.
+   */
+  save(): unknown;
+  /** Puts back what {@link save} returned (after a JSON round trip); throws on state it cannot accept. */
+  restore(state: unknown): void;
 }
 
 /** Everything capture and restore touch in a VM. */
@@ -66,7 +70,7 @@ export function captureState(
   source: Record<string, StateValue> = {},
 ): SnapshotState {
   const devices: Record<string, StateValue> = {};
-  for (const [id, dev] of m.devices) devices[id] = dev.save();
+  for (const [id, dev] of m.devices) devices[id] = dev.save() as StateValue;
   return {
     vm: saveVmState(m.vm, m.features),
     vcpus: m.vcpus.map((v) => saveVcpuState(v, m.msrIndices, m.features)),
