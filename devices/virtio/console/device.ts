@@ -208,6 +208,11 @@ export class VirtioConsole implements VirtioDevice {
 
   activate(ctx: DeviceContext): void {
     this.#ctx = ctx;
+    if ((ctx.features & bit(CONSOLE_F.MULTIPORT)) === 0n) {
+      // §5.3.6.1: without MULTIPORT there is only port 0, usable at once (no control queues).
+      this.ports[0].ready = true;
+      this.ports[0].guestOpen = true;
+    }
     // After a restore, flush whatever was queued before the snapshot.
     this.#flushControl();
     for (const p of this.ports) this.flushPort(p);
