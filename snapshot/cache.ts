@@ -24,11 +24,16 @@ import {
   writeSnapshot,
 } from "./store.ts";
 
+/** Reads an environment variable (injectable for tests). */
+export type EnvLookup = (name: string) => string | undefined;
+
+const processEnv: EnvLookup = (name) => Deno.env.get(name);
+
 /** `${XDG_CACHE_HOME:-$HOME/.cache}/skiff`: skiff's per-user cache directory. */
-export function skiffCacheDir(): string {
-  const xdg = Deno.env.get("XDG_CACHE_HOME");
+export function skiffCacheDir(env: EnvLookup = processEnv): string {
+  const xdg = env("XDG_CACHE_HOME");
   if (xdg && xdg.startsWith("/")) return join(xdg, "skiff");
-  const home = Deno.env.get("HOME");
+  const home = env("HOME");
   if (!home) {
     throw new Error("cannot locate the cache directory: neither XDG_CACHE_HOME nor HOME is set");
   }
@@ -36,8 +41,8 @@ export function skiffCacheDir(): string {
 }
 
 /** The default snapshot cache root. */
-export function defaultSnapshotDir(): string {
-  return join(skiffCacheDir(), "snapshots");
+export function defaultSnapshotDir(env: EnvLookup = processEnv): string {
+  return join(skiffCacheDir(env), "snapshots");
 }
 
 /**

@@ -62,16 +62,18 @@ Deno.test("snapshotKey depends on every part but not on key order", () => {
 });
 
 Deno.test("cache root follows XDG_CACHE_HOME, else ~/.cache", () => {
-  const saved = Deno.env.get("XDG_CACHE_HOME");
-  try {
-    Deno.env.set("XDG_CACHE_HOME", "/x/cache");
-    strictEqual(defaultSnapshotDir(), "/x/cache/skiff/snapshots");
-    Deno.env.delete("XDG_CACHE_HOME");
-    strictEqual(defaultSnapshotDir(), `${Deno.env.get("HOME")}/.cache/skiff/snapshots`);
-  } finally {
-    if (saved === undefined) Deno.env.delete("XDG_CACHE_HOME");
-    else Deno.env.set("XDG_CACHE_HOME", saved);
-  }
+  const env = (vars: Record<string, string>) => (n: string) => vars[n];
+  strictEqual(
+    defaultSnapshotDir(env({ XDG_CACHE_HOME: "/x/cache", HOME: "/h" })),
+    "/x/cache/skiff/snapshots",
+  );
+  strictEqual(defaultSnapshotDir(env({ HOME: "/h" })), "/h/.cache/skiff/snapshots");
+  // A relative XDG_CACHE_HOME is invalid per the XDG spec and ignored.
+  strictEqual(
+    defaultSnapshotDir(env({ XDG_CACHE_HOME: "rel", HOME: "/h" })),
+    "/h/.cache/skiff/snapshots",
+  );
+  throws(() => defaultSnapshotDir(env({})), /neither XDG_CACHE_HOME nor HOME/);
 });
 
 Deno.test("lookup: miss, hit, and bad entries warned once, deleted and treated as a miss", async () => {
