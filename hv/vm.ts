@@ -246,18 +246,29 @@ export class Vm implements AsyncDisposable {
     this.#result = this.#watch();
   }
 
-  /** The first vCPU stop decides the VM's result; the others are then stopped. */
+  /**
+   * The VM's result: the first vCPU stop other than `hlt` (host stop, reset,
+   * power-off, error) ends the VM and stops the others; a vCPU that halted
+   * without an irqchip is simply done, and the VM ends `hlt` when all are.
+   */
   async #watch(): Promise<VmStop> {
-    const first = await Promise.race(this.vcpus.map((v, i) => v.done.then((s) => [i, s] as const)));
+    const pending = new Map(this.vcpus.map((v, i) => [i, v.done.then((s) => [i, s] as const)]));
+    let last: readonly [number, VcpuStop] | null = null;
+    while (pending.size > 0) {
+      const [i, s] = await Promise.race(pending.values());
+      pending.delete(i);
+      last = [i, s];
+      if (s.kind !== "hlt") break;
+    }
     for (const v of this.vcpus) v.requestStop();
     await Promise.all(this.vcpus.map((v) => v.done));
     this.#state = "stopped";
-    return toVmStop(first[0], first[1]);
+    return toVmStop(last![0], last![1]);
   }
 
   /**
    * Resolves when the VM stops: the host called {@link stop}, the guest
-   * rebooted or powered off, or a vCPU halted without an irqchip. Rejects with
+   * rebooted or powered off, or every vCPU halted (only without an irqchip). Rejects with
    * `VmExitError` (which exit, RIP, instruction bytes) on triple fault,
    * emulation failure, failed entry or a device failure.
    */
