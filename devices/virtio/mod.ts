@@ -12,3 +12,4 @@ export * from "./device.ts";
 export * from "./mmio.ts";
 export * as console from "./console/mod.ts";
 export * from "./mmio_remote.ts";
+export * as fs from "./fs/mod.ts";
