@@ -10,7 +10,7 @@
  * - Save: `KVM_GET_MP_STATE` first (it may flush pending LAPIC events), vCPU
  *   events last (`VcpuFd.saveState` does this).
  * - Restore the VM first: PIT, clock, then PIC master, PIC slave, IOAPIC.
- * - Restore each vCPU: MP state, regs, sregs (restores the APIC base MSR),
+ * - Restore each vCPU: CPUID (the table it booted with), MP state, regs, sregs (restores the APIC base MSR),
  *   XSAVE (or FPU), XCRs, debug registers, LAPIC (after sregs), MSRs (after
  *   the LAPIC: the TSC-deadline MSR only sticks once the LAPIC is set up),
  *   vCPU events last (`KVM_SET_REGS` clears pending exceptions, the events
@@ -27,6 +27,8 @@ import {
   KVM,
   KVM_CAP,
   KVM_CLOCK_DATA_LAYOUT,
+  KVM_CPUID2_LAYOUT,
+  KVM_CPUID_ENTRY2_LAYOUT,
   KVM_MP_STATE_LAYOUT,
   KVM_REGS_LAYOUT,
   KVM_RUN_LAYOUT,
@@ -34,6 +36,7 @@ import {
 } from "../kvm_ffi/kvm_sys.ts";
 import { decodeMsrs } from "../kvm_ffi/structs.ts";
 import { errno, ioctl, libc, SysError } from "../kvm_ffi/libc.ts";
+import { encodeCpuid2 } from "../kvm_ffi/structs.ts";
 import { SnapshotError } from "./errors.ts";
 import type { RawState } from "./format.ts";
 
@@ -119,7 +122,7 @@ export function restoreVmState(vm: VmFd, state: RawState, path: string): void {
 /**
  * One vCPU's state as raw structs: `regs`, `sregs`, `fpu`, `xsave`, `xcrs`,
  * `msrs` (`struct kvm_msrs` with every readable MSR of `msrIndices`),
- * `lapic`, `events`, `mp_state`, `debugregs`. The vCPU must be paused with
+ * `lapic`, `events`, `mp_state`, `debugregs`, `cpuid` (when KVM reports it). The vCPU must be paused with
  * pending I/O completed.
  */
 export function saveVcpuState(
@@ -144,7 +147,32 @@ export function saveVcpuState(
   if (s.xsave) out.xsave = s.xsave;
   if (s.xcrs) out.xcrs = s.xcrs;
   if (s.lapic) out.lapic = s.lapic;
+  const cpuid = getVcpuCpuid(vcpu);
+  if (cpuid) out.cpuid = cpuid;
   return out;
+}
+
+/** errno when the buffer is too small for KVM_GET_CPUID2. */
+const E2BIG = 7;
+
+/**
+ * `KVM_GET_CPUID2`: the CPUID table the vCPU was given, as raw
+ * `struct kvm_cpuid2` (with exactly `nent` entries), or null when KVM cannot
+ * report it. Saved so a restored guest sees the CPUID it booted with.
+ */
+export function getVcpuCpuid(vcpu: VcpuFd): Uint8Array | null {
+  const entry = KVM_CPUID_ENTRY2_LAYOUT.size;
+  for (let cap = 64; cap <= 4096; cap *= 2) {
+    const buf = encodeCpuid2([], cap);
+    if (libc.ioctl(vcpu.fd, KVM.KVM_GET_CPUID2, buf) >= 0) {
+      const n = new DataView(buf.buffer).getUint32(KVM_CPUID2_LAYOUT.fields.nent, true);
+      const out = buf.slice(0, KVM_CPUID2_LAYOUT.size + n * entry);
+      new DataView(out.buffer).setUint32(KVM_CPUID2_LAYOUT.fields.nent, n, true);
+      return n > 0 ? out : null;
+    }
+    if (errno() !== E2BIG) return null;
+  }
+  return null;
 }
 
 /** Restores {@link saveVcpuState}'s result in Firecracker's order (see the module doc). */
@@ -161,6 +189,15 @@ export function restoreVcpuState(vcpu: VcpuFd, state: RawState, path: string): v
     xcrs: state.xcrs,
     lapic: state.lapic,
   };
+  // CPUID first (Firecracker): other SET ioctls (XSAVE, MSRs) are checked against it.
+  if (state.cpuid) {
+    const c = state.cpuid;
+    const n = c.byteLength >= 8 ? new DataView(c.buffer, c.byteOffset).getUint32(0, true) : -1;
+    if (c.byteLength !== KVM_CPUID2_LAYOUT.size + n * KVM_CPUID_ENTRY2_LAYOUT.size) {
+      throw new SnapshotError("corrupt", path, `cpuid: ${c.byteLength} bytes for ${n} entries`);
+    }
+    ioctl(vcpu.fd, KVM.KVM_SET_CPUID2, "KVM_SET_CPUID2", new Uint8Array(c));
+  }
   setRaw(vcpu, KVM.KVM_SET_MP_STATE, "KVM_SET_MP_STATE", s.mpState, KVM_MP_STATE_LAYOUT.size);
   setRaw(vcpu, KVM.KVM_SET_REGS, "KVM_SET_REGS", s.regs, KVM_REGS_LAYOUT.size);
   setRaw(vcpu, KVM.KVM_SET_SREGS, "KVM_SET_SREGS", s.sregs, KVM_SREGS_LAYOUT.size);

@@ -68,4 +68,4 @@ export {
   type HvRestored,
   restoreHvVm,
 } from "./hv_snapshot.ts";
-export { vmSnapshotKey, type VmKey, type VmKeyInput } from "./vm_key.ts";
+export { type VmKey, type VmKeyInput, vmSnapshotKey } from "./vm_key.ts";

@@ -106,6 +106,21 @@ async function restoreHvOnce(dir: string): Promise<[number, number]> {
   }
 }
 
+/** Restore to first KVM_RUN as the first restore of a new process (median of 3 processes). */
+async function freshRestore(dir: string): Promise<number> {
+  const helper = new URL("./testdata/restore_timing.ts", import.meta.url).pathname;
+  const times: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const p = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", helper, dir],
+      stdout: "piped",
+    }).output();
+    if (!p.success) throw new Error(`restore_timing failed with exit code ${p.code}`);
+    times.push(Number(new TextDecoder().decode(p.stdout).trim()));
+  }
+  return median(times);
+}
+
 /** Reference: read(2) the whole memory file into anonymous memory, in ms. */
 function readCopy(path: string, size: number): number {
   const t0 = performance.now();
@@ -145,6 +160,7 @@ export async function bench(): Promise<string[]> {
       restoreOnce(dir); // warm the page cache and the code paths
       restore[mib] = median(Array.from({ length: RUNS }, () => restoreOnce(dir)));
       lines.push(`restore-ms mem=${mib} ${restore[mib].toFixed(2)}`);
+      lines.push(`restore-fresh-process-ms mem=${mib} ${(await freshRestore(dir)).toFixed(2)}`);
       if (mib === 256) {
         // Reference only at 256 MiB: it grows linearly (≈18 s for 4 GiB on this machine).
         const copy = readCopy(join(dir, MEMORY_FILE), mib * MiB);
