@@ -9,6 +9,10 @@ import { STATUS, type VirtioDevice } from "./device.ts";
 import { MockMmioDriver } from "./mock_driver.ts";
 import { VirtioMmioTransport } from "./mmio.ts";
 import { PORT_NAMES, VirtioConsole } from "./console/device.ts";
+import { VirtioFs } from "./fs/device.ts";
+import { VirtioNet } from "./net/device.ts";
+import { FileSystem } from "../fuse/filesystem.ts";
+import { FuseServer } from "../fuse/server.ts";
 
 /** mulberry32: small, seeded, good enough for fuzzing. */
 function prng(seed: number): () => number {
@@ -90,9 +94,13 @@ class CheckingMemory implements GuestMemory {
 
 const MEM_BASE = 0x10_0000;
 const MEM_SIZE = 0x10_0000;
-const ITERATIONS = 100_000;
 
-function fuzzDevice(name: string, make: () => VirtioDevice, seed: number): void {
+function fuzzDevice(
+  name: string,
+  make: () => VirtioDevice,
+  seed: number,
+  ITERATIONS = 100_000,
+): void {
   Deno.test(`fuzz: ${ITERATIONS} random descriptor tables and register writes (${name})`, () => {
     const rnd = prng(seed);
     const int = (n: number) => Math.floor(rnd() * n);
@@ -155,6 +163,7 @@ function fuzzDevice(name: string, make: () => VirtioDevice, seed: number): void 
         t.write(off, b);
       }
       if (int(16) === 0) t.read(int(0x200), new Uint8Array([1, 2, 4, 8][int(4)]));
+      if (dev instanceof VirtioNet && int(4) === 0) dev.toGuest(new Uint8Array(int(3000) + 14));
       if (dev instanceof VirtioConsole && int(4) === 0) {
         dev.ports[int(dev.ports.length)].send(new Uint8Array(int(300) + 1));
         if (int(50) === 0) {
@@ -175,3 +184,21 @@ function fuzzDevice(name: string, make: () => VirtioDevice, seed: number): void 
 fuzzDevice("console", () => {
   return new VirtioConsole({ portNames: [PORT_NAMES.stdin, PORT_NAMES.stdout] });
 }, 0x5eed);
+
+fuzzDevice(
+  "virtio-fs",
+  () => {
+    return new VirtioFs({ tag: "fuzz", server: new FuseServer(new FileSystem()) });
+  },
+  0xf5,
+  30_000,
+);
+
+fuzzDevice(
+  "virtio-net",
+  () => {
+    return new VirtioNet({ mac: new Uint8Array([2, 0, 0, 0, 0, 1]) });
+  },
+  0x4e7,
+  30_000,
+);

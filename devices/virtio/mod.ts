@@ -13,3 +13,4 @@ export * from "./mmio.ts";
 export * as console from "./console/mod.ts";
 export * from "./mmio_remote.ts";
 export * as fs from "./fs/mod.ts";
+export * as net from "./net/mod.ts";

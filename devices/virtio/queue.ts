@@ -281,6 +281,9 @@ export class Queue {
       if (total > 0xffffffff) {
         throw new VirtqueueError("chain-length-overflow", `${where}: chain exceeds 4 GiB`);
       }
+      // A zero-length buffer carries nothing; leaving it out means no device
+      // code ever forms an address from an unchecked one.
+      if (len === 0) return;
       if (flags & VIRTQ_DESC_F_WRITE) {
         writable.push({ addr, len });
       } else {
