@@ -14,8 +14,27 @@ import { Errno, errnoName } from "../../kvm_ffi/errno.ts";
 export class FuseError extends Error {
   /** Positive errno value, e.g. 2 for ENOENT. */
   readonly errno: number;
+
+  static #cache = new Map<number, FuseError>();
+  /**
+   * A shared instance for `errno` without detail: throwing it costs no allocation,
+   * for hot paths such as negative lookups. Do not mutate it.
+   */
+  static of(errno: number): FuseError {
+    let e = FuseError.#cache.get(errno);
+    if (!e) {
+      e = new FuseError(errno);
+      FuseError.#cache.set(errno, e);
+    }
+    return e;
+  }
   constructor(errno: number, detail = "") {
+    // These are replies, not bugs: skip the stack capture (several µs each, and a
+    // hostile client can make every request fail).
+    const limit = Error.stackTraceLimit;
+    Error.stackTraceLimit = 0;
     super(detail ? `${errnoName(errno)}: ${detail}` : errnoName(errno));
+    Error.stackTraceLimit = limit;
     this.name = "FuseError";
     this.errno = errno;
   }

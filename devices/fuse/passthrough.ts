@@ -256,7 +256,7 @@ export class PassthroughFs extends FileSystem {
 
   /** Runs `fn` with the caller's fsuid/fsgid when serving as root without fixed credentials. */
   #asCaller<T>(ctx: Context, fn: () => T): T {
-    if (this.#creds || !this.#isRoot) return fn();
+    if (this.#creds || !this.#isRoot || (ctx.uid === 0 && ctx.gid === 0)) return fn();
     setThreadCreds(ctx.uid, ctx.gid);
     try {
       return fn();
@@ -447,15 +447,15 @@ export class PassthroughFs extends FileSystem {
    */
   #lookupIn(parent: Node, name: Uint8Array): Entry {
     if (parent.type !== S.IFDIR) throw new FuseError(Errno.ENOTDIR);
-    if (parent.foreign) throw new FuseError(Errno.ENOENT);
+    if (parent.foreign) throw FuseError.of(Errno.ENOENT);
     const c = this.#cname(name, this.#name1);
     const pfd = this.#fd(parent);
     const fd = openat2(pfd, c, O.PATH | O.NOFOLLOW | O.CLOEXEC, 0, RESOLVE_SAFE);
-    if (fd < 0) throw new FuseError(-fd);
+    if (fd < 0) throw FuseError.of(-fd);
     const st = this.#statFd(fd);
     if (st < 0) {
       sys.close(fd);
-      throw new FuseError(-st);
+      throw FuseError.of(-st);
     }
     return this.#adopt(parent, name, fd);
   }
@@ -465,7 +465,7 @@ export class PassthroughFs extends FileSystem {
     const key = this.#key();
     if (this.#hidden.has(key)) {
       sys.close(fd);
-      throw new FuseError(Errno.ENOENT);
+      throw FuseError.of(Errno.ENOENT);
     }
     let node = this.#byKey.get(key);
     if (node) {
@@ -489,7 +489,7 @@ export class PassthroughFs extends FileSystem {
         this.#stxv.getBigUint64(STATX_OFF.mnt_id, true) !== this.#rootMnt;
       if (foreign && type !== S.IFDIR) {
         sys.close(fd);
-        throw new FuseError(Errno.ENOENT);
+        throw FuseError.of(Errno.ENOENT);
       }
       node = new Node(this.#nextId++, parent, name.slice(), key, type, foreign);
       parent.kids++;
@@ -514,7 +514,7 @@ export class PassthroughFs extends FileSystem {
 
   #getattr(node: Node): Attr {
     const st = this.#statFd(this.#fd(node));
-    if (st < 0) throw new FuseError(-st);
+    if (st < 0) throw FuseError.of(-st);
     return this.#attr();
   }
 
@@ -555,7 +555,7 @@ export class PassthroughFs extends FileSystem {
     if (node.type === S.IFDIR) throw new FuseError(Errno.EISDIR);
     if (node.type !== S.IFREG) throw new FuseError(Errno.EACCES, "not a regular file");
     const fd = r(sys.openat(AT.FDCWD, procFd(this.#fd(node)), (flags & OPEN_PASS) | O.CLOEXEC, 0));
-    if (fd < 0) throw new FuseError(-fd);
+    if (fd < 0) throw FuseError.of(-fd);
     return fd;
   }
 
@@ -627,7 +627,7 @@ export class PassthroughFs extends FileSystem {
       const uid = s.valid & FATTR.UID ? s.uid : 0xffffffff;
       const gid = s.valid & FATTR.GID ? s.gid : 0xffffffff;
       const rc = r(sys.fchownat(fd, EMPTY, uid, gid, AT.EMPTY_PATH | AT.SYMLINK_NOFOLLOW));
-      if (rc < 0) throw new FuseError(-rc);
+      if (rc < 0) throw FuseError.of(-rc);
     }
     if (s.valid & FATTR.SIZE) {
       if (node.type === S.IFDIR) throw new FuseError(Errno.EISDIR);
@@ -635,7 +635,7 @@ export class PassthroughFs extends FileSystem {
       const rc = r(
         hfd >= 0 ? sys.ftruncate(hfd, BigInt(s.size)) : sys.truncate(procFd(fd), BigInt(s.size)),
       );
-      if (rc < 0) throw new FuseError(-rc);
+      if (rc < 0) throw FuseError.of(-rc);
     }
     if (s.valid & (FATTR.ATIME | FATTR.MTIME)) {
       const ts = new BigInt64Array(4);
@@ -651,7 +651,7 @@ export class PassthroughFs extends FileSystem {
       }
       const b = new Uint8Array(ts.buffer);
       const rc = r(sys.utimensat(fd, EMPTY, b, AT.EMPTY_PATH | AT.SYMLINK_NOFOLLOW));
-      if (rc < 0) throw new FuseError(-rc);
+      if (rc < 0) throw FuseError.of(-rc);
     }
     return { attr: this.#getattr(node), timeout: this.#attrTimeout };
   }
@@ -662,7 +662,7 @@ export class PassthroughFs extends FileSystem {
     if (node.type !== S.IFLNK) throw new FuseError(Errno.EINVAL);
     const buf = this.#xbuf;
     const n = r(sys.readlinkat(this.#fd(node), EMPTY, buf, BigInt(4096)));
-    if (n < 0) throw new FuseError(-n);
+    if (n < 0) throw FuseError.of(-n);
     return buf.slice(0, n);
   }
 
@@ -673,7 +673,7 @@ export class PassthroughFs extends FileSystem {
     if (target.length === 0 || target.length > 4095) throw new FuseError(Errno.EINVAL, "target");
     const t = cpath(target);
     const rc = this.#asCaller(ctx, () => r(sys.symlinkat(t, this.#fd(dir), c)));
-    if (rc < 0) throw new FuseError(-rc);
+    if (rc < 0) throw FuseError.of(-rc);
     return this.#lookupIn(dir, name);
   }
 
@@ -701,7 +701,7 @@ export class PassthroughFs extends FileSystem {
       (BigInt(minor >>> 8) << 20n) |
       (BigInt(major >>> 12) << 32n);
     const rc = this.#asCaller(ctx, () => r(sys.mknodat(this.#fd(dir), c, mode, dev)));
-    if (rc < 0) throw new FuseError(-rc);
+    if (rc < 0) throw FuseError.of(-rc);
     return this.#lookupIn(dir, name);
   }
 
@@ -710,7 +710,7 @@ export class PassthroughFs extends FileSystem {
     const dir = this.#mutableDir(parent);
     const c = this.#cname(name, this.#name1);
     const rc = this.#asCaller(ctx, () => r(sys.mkdirat(this.#fd(dir), c, mode & 0o7777)));
-    if (rc < 0) throw new FuseError(-rc);
+    if (rc < 0) throw FuseError.of(-rc);
     return this.#lookupIn(dir, name);
   }
 
@@ -723,7 +723,7 @@ export class PassthroughFs extends FileSystem {
     const rc = r(sys.unlinkat(this.#fd(dir), c, flags));
     if (rc < 0) {
       if (victim) this.#unpin(victim);
-      throw new FuseError(-rc);
+      throw FuseError.of(-rc);
     }
   }
 
@@ -762,7 +762,7 @@ export class PassthroughFs extends FileSystem {
     const rc = r(sys.renameat2(this.#fd(from), c1, this.#fd(to), c2, flags));
     if (rc < 0) {
       if (replaced && !exchange) this.#unpin(replaced);
-      throw new FuseError(-rc);
+      throw FuseError.of(-rc);
     }
     if (moving) this.#setParent(moving, to, newname);
     if (replaced && exchange) this.#setParent(replaced, from, oldname);
@@ -782,7 +782,7 @@ export class PassthroughFs extends FileSystem {
       // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc/self/fd/N names the same inode.
       rc = r(sys.linkat(AT.FDCWD, procFd(fd), dfd, c, AT.SYMLINK_FOLLOW));
     }
-    if (rc < 0) throw new FuseError(-rc);
+    if (rc < 0) throw FuseError.of(-rc);
     return this.#lookupIn(dir, newname);
   }
 
@@ -808,7 +808,7 @@ export class PassthroughFs extends FileSystem {
             offset + BigInt(done),
           ),
         );
-        if (n < 0) throw new FuseError(-n);
+        if (n < 0) throw FuseError.of(-n);
         if (n === 0) break;
         done += n;
       }
@@ -824,7 +824,7 @@ export class PassthroughFs extends FileSystem {
       total += dst[i].length;
     }
     const n = r(sys.preadv(h.fd, new Uint8Array(iov.buffer), dst.length, offset));
-    if (n < 0) throw new FuseError(-n);
+    if (n < 0) throw FuseError.of(-n);
     return Math.min(n, total);
   }
 
@@ -850,7 +850,7 @@ export class PassthroughFs extends FileSystem {
       );
       if (n < 0) {
         if (done > 0) break;
-        throw new FuseError(-n);
+        throw FuseError.of(-n);
       }
       if (n === 0) break;
       done += n;
@@ -862,7 +862,7 @@ export class PassthroughFs extends FileSystem {
     this.#enterCreds();
     const b = new Uint8Array(STATFS_OFF.size_of);
     const rc = r(sys.fstatfs(this.#fd(this.#node(nodeid)), b));
-    if (rc < 0) throw new FuseError(-rc);
+    if (rc < 0) throw FuseError.of(-rc);
     const v = new DataView(b.buffer);
     return {
       blocks: v.getBigUint64(STATFS_OFF.blocks, true),
@@ -885,7 +885,7 @@ export class PassthroughFs extends FileSystem {
   override fsync(_ctx: Context, _nodeid: number, fh: number, datasync: boolean): void {
     const h = this.#file(fh);
     const rc = r(datasync ? sys.fdatasync(h.fd) : sys.fsync(h.fd));
-    if (rc < 0) throw new FuseError(-rc);
+    if (rc < 0) throw FuseError.of(-rc);
   }
 
   #xname(name: Uint8Array): Uint8Array<ArrayBuffer> {
@@ -912,7 +912,7 @@ export class PassthroughFs extends FileSystem {
     const rc = r(
       sys.setxattr(procFd(this.#fd(node)), n, value.slice(), BigInt(value.length), flags & 3),
     );
-    if (rc < 0) throw new FuseError(-rc);
+    if (rc < 0) throw FuseError.of(-rc);
   }
 
   override getxattr(_ctx: Context, nodeid: number, name: Uint8Array): Uint8Array {
@@ -923,7 +923,7 @@ export class PassthroughFs extends FileSystem {
     const got = r(
       sys.getxattr(procFd(this.#fd(node)), n, this.#xbuf, BigInt(XATTR_MAX)),
     );
-    if (got < 0) throw new FuseError(-got);
+    if (got < 0) throw FuseError.of(-got);
     return this.#xbuf.slice(0, got);
   }
 
@@ -932,7 +932,7 @@ export class PassthroughFs extends FileSystem {
     const node = this.#node(nodeid);
     if (node.type === S.IFLNK) return new Uint8Array(0);
     const got = r(sys.listxattr(procFd(this.#fd(node)), this.#xbuf, BigInt(XATTR_MAX)));
-    if (got < 0) throw new FuseError(-got);
+    if (got < 0) throw FuseError.of(-got);
     return this.#xbuf.slice(0, got);
   }
 
@@ -947,7 +947,7 @@ export class PassthroughFs extends FileSystem {
     }
     if (node.type === S.IFLNK) throw new FuseError(Errno.ENODATA);
     const rc = r(sys.removexattr(procFd(this.#fd(node)), n));
-    if (rc < 0) throw new FuseError(-rc);
+    if (rc < 0) throw FuseError.of(-rc);
   }
 
   override flush(_ctx: Context, _nodeid: number, fh: number): void {
@@ -960,7 +960,7 @@ export class PassthroughFs extends FileSystem {
     let fd = -1;
     if (!node.foreign) {
       fd = r(sys.openat(this.#fd(node), cpath("."), O.RDONLY | O.DIRECTORY | O.CLOEXEC, 0));
-      if (fd < 0) throw new FuseError(-fd);
+      if (fd < 0) throw FuseError.of(-fd);
     }
     const buf = new Uint8Array(32768);
     const h: DirHandle = {
@@ -996,7 +996,7 @@ export class PassthroughFs extends FileSystem {
     }
     if (offset !== h.off) {
       const rc = r(sys.lseek(h.fd, offset, 0));
-      if (rc < 0) throw new FuseError(-rc);
+      if (rc < 0) throw FuseError.of(-rc);
       h.len = h.pos = 0;
       h.off = offset;
     }
@@ -1004,7 +1004,7 @@ export class PassthroughFs extends FileSystem {
     for (;;) {
       if (h.pos >= h.len) {
         const n = r(sys.getdents64(h.fd, h.buf, BigInt(h.buf.length)));
-        if (n < 0) throw new FuseError(-n);
+        if (n < 0) throw FuseError.of(-n);
         if (n === 0) return;
         h.len = n;
         h.pos = 0;
@@ -1028,7 +1028,7 @@ export class PassthroughFs extends FileSystem {
       let entry: Entry | null = null;
       if (sink.plus && !dots) {
         try {
-          entry = this.#lookupIn(dir, name);
+          entry = this.#knownEntry(dir, ino) ?? this.#lookupIn(dir, name);
         } catch {
           // Vanished, hidden or on another mount: leave it out.
           h.pos += reclen;
@@ -1040,6 +1040,20 @@ export class PassthroughFs extends FileSystem {
       h.pos += reclen;
       h.off = off;
     }
+  }
+
+  /**
+   * READDIRPLUS fast path: an entry whose (dev of `dir`, d_ino) is a node with an
+   * open fd needs one statx of that fd instead of a walk. Null when unknown.
+   */
+  #knownEntry(dir: Node, ino: bigint): Entry | null {
+    const node = this.#byKey.get(`${dir.key.slice(0, dir.key.lastIndexOf(":"))}:${ino}`);
+    if (!node || node.fd < 0 || node.stale || node.detached) return null;
+    if (this.#statFd(node.fd) < 0 || this.#key() !== node.key) return null;
+    this.#lru.delete(node);
+    this.#lru.set(node, true);
+    node.lookups++;
+    return this.#entry(node);
   }
 
   #isHiddenName(dir: Node, name: Uint8Array): boolean {
@@ -1058,7 +1072,7 @@ export class PassthroughFs extends FileSystem {
     const h = this.#handle(fh, "dir");
     if (h.fd < 0) return;
     const rc = r(datasync ? sys.fdatasync(h.fd) : sys.fsync(h.fd));
-    if (rc < 0) throw new FuseError(-rc);
+    if (rc < 0) throw FuseError.of(-rc);
   }
 
   override access(ctx: Context, nodeid: number, mask: number): void {
@@ -1110,7 +1124,7 @@ export class PassthroughFs extends FileSystem {
         throw e;
       }
     }
-    if (fd < 0) throw new FuseError(-fd);
+    if (fd < 0) throw FuseError.of(-fd);
     // The node's O_PATH fd comes from the opened file itself, so no second path walk races.
     const pfd = r(sys.openat(AT.FDCWD, procFd(fd), O.PATH | O.CLOEXEC, 0));
     if (pfd < 0 || this.#statFd(pfd) < 0) {
@@ -1134,7 +1148,7 @@ export class PassthroughFs extends FileSystem {
     if (this.#ro) throw new FuseError(Errno.EROFS);
     const h = this.#file(fh);
     const rc = r(sys.fallocate(h.fd, mode, offset, length));
-    if (rc < 0) throw new FuseError(-rc);
+    if (rc < 0) throw FuseError.of(-rc);
   }
 
   override lseek(
@@ -1178,7 +1192,7 @@ export class PassthroughFs extends FileSystem {
         flags,
       ),
     );
-    if (n < 0) throw new FuseError(-n);
+    if (n < 0) throw FuseError.of(-n);
     return n;
   }
 
