@@ -3,7 +3,7 @@ import { hostTest } from "../../tests/requirements.ts";
 import { FuseServer } from "../fuse/server.ts";
 import { PassthroughFs } from "../fuse/passthrough.ts";
 import { QemuProcess } from "../../hv/qemu/process.ts";
-import { busyboxInitramfs, readAll, testKernel } from "../../hv/qemu/testing.ts";
+import { busyboxInitramfs, PORT_FUNCTION, runGuest, testKernel } from "../../hv/qemu/testing.ts";
 import { VhostUserServer } from "./backend.ts";
 import { VirtioFsDevice } from "./fs.ts";
 
@@ -24,9 +24,9 @@ hostTest("vhost-user-fs: a Linux guest under QEMU mounts, lists, reads and write
       dir,
       kernel,
       [
+        PORT_FUNCTION,
         "mkdir -p /mnt/fs",
-        "out=/dev/null",
-        'for p in /sys/class/virtio-ports/*; do [ "$(cat $p/name)" = test.out ] && out=/dev/$(basename $p); done',
+        "out=$(port test.out)",
         "{",
         "  mount -t virtiofs share /mnt/fs && echo mounted",
         "  ls /mnt/fs | tr '\\n' ' '; echo",
@@ -56,13 +56,9 @@ hostTest("vhost-user-fs: a Linux guest under QEMU mounts, lists, reads and write
       fs: [{ id: "fs0", tag: "share", socketPath: `${dir}/fs.sock` }],
     });
     try {
-      const [out, con] = await Promise.all([
-        readAll(vm.ports.get("test.out")!),
-        readAll(vm.console!),
-        vm.exited,
-      ]);
+      const { ports, console: con } = await runGuest(vm);
       strictEqual(
-        out,
+        ports["test.out"],
         "mounted\nhello.txt sub \nhello from the host\nwrote\nunmounted\n",
         `guest console:\n${con}\nbackend log: ${logs.join("; ")}`,
       );
@@ -72,7 +68,12 @@ hostTest("vhost-user-fs: a Linux guest under QEMU mounts, lists, reads and write
     } finally {
       await vm.stop();
     }
-    await server.done;
+    // The back-end ends on its own once QEMU has gone (`once`); bounded wait.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const stuck = new Promise<string>((r) => timer = setTimeout(() => r("stuck"), 10_000));
+    const ended = await Promise.race([server.done.then(() => "ended"), stuck]);
+    clearTimeout(timer);
+    strictEqual(ended, "ended", "vhost-user server did not end after QEMU exited");
   } finally {
     await Deno.remove(dir, { recursive: true });
     await Deno.remove(share, { recursive: true });

@@ -2,7 +2,7 @@ import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
 import { hostTest } from "../../tests/requirements.ts";
 import { qemuArgs } from "./cmdline.ts";
 import { QemuProcess } from "./process.ts";
-import { busyboxInitramfs, readAll, testKernel } from "./testing.ts";
+import { busyboxInitramfs, PORT_FUNCTION, runGuest, testKernel } from "./testing.ts";
 
 Deno.test("qemuArgs: microvm, shared memfd RAM, ports and fs devices", () => {
   const args = qemuArgs({
@@ -76,11 +76,7 @@ hostTest(
       const initrd = await busyboxInitramfs(
         dir,
         kernel,
-        [
-          "for p in /sys/class/virtio-ports/*; do",
-          '  [ "$(cat $p/name)" = test.out ] && echo "hello from $(uname -r)" > /dev/$(basename $p)',
-          "done",
-        ].join("\n"),
+        [PORT_FUNCTION, 'echo "hello from $(uname -r)" > "$(port test.out)"'].join("\n"),
         ["virtio_mmio", "virtio_console"],
       );
       const vm = await QemuProcess.start({
@@ -99,12 +95,8 @@ hostTest(
         ok(vm.version.major >= 7);
         const st = await vm.qmp.status();
         strictEqual(typeof st.running, "boolean");
-        const [out, consoleText, status] = await Promise.all([
-          readAll(vm.ports.get("test.out")!),
-          readAll(vm.console!),
-          vm.exited,
-        ]);
-        strictEqual(out, `hello from ${kernel.version}\n`, `console: ${consoleText}`);
+        const { ports, console: consoleText, status } = await runGuest(vm);
+        strictEqual(ports["test.out"], `hello from ${kernel.version}\n`, `console: ${consoleText}`);
         strictEqual(status.code, 0);
       } finally {
         await vm.stop();

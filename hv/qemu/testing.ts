@@ -8,6 +8,7 @@
  */
 
 import { findKernel, type KernelInfo, kernelModules } from "../kernel/mod.ts";
+import type { QemuProcess } from "./process.ts";
 
 /** The cached default kernel, or a reason why there is none (tests then skip). */
 export async function testKernel(): Promise<KernelInfo | string> {
@@ -66,19 +67,100 @@ export async function busyboxInitramfs(
   return out;
 }
 
-/** Reads a connection until EOF. */
-export async function readAll(conn: Deno.Conn): Promise<string> {
-  const chunks: Uint8Array[] = [];
-  const buf = new Uint8Array(65536);
-  for (;;) {
-    let n: number | null;
-    try {
-      n = await conn.read(buf);
-    } catch {
-      break;
+/**
+ * A shell function for busybox test scripts: `port NAME` prints the device of
+ * the virtio-console port called NAME. Ports register asynchronously after
+ * virtio_console loads, so it polls for up to 10 s before giving /dev/null.
+ */
+export const PORT_FUNCTION = [
+  "port() {",
+  "  for i in $(seq 100); do",
+  "    for p in /sys/class/virtio-ports/*; do",
+  '      [ -e "$p/name" ] && [ "$(cat "$p/name")" = "$1" ] && { echo "/dev/${p##*/}"; return; }',
+  "    done",
+  "    sleep 0.1",
+  "  done",
+  "  echo /dev/null",
+  "}",
+].join("\n");
+
+/** Text read from a connection so far, and a promise for all of it at EOF. */
+export interface Collected {
+  /** Text so far (grows while reading). */
+  readonly text: string;
+  /** Resolves at EOF (or a read error) with the whole text. */
+  readonly done: Promise<string>;
+}
+
+/** Starts reading a connection to its end, keeping the text read so far visible. */
+export function collect(conn: Deno.Conn): Collected {
+  const state = { text: "", done: Promise.resolve("") };
+  state.done = (async () => {
+    const decoder = new TextDecoder();
+    const buf = new Uint8Array(65536);
+    for (;;) {
+      let n: number | null;
+      try {
+        n = await conn.read(buf);
+      } catch {
+        break;
+      }
+      if (n === null) break;
+      state.text += decoder.decode(buf.subarray(0, n), { stream: true });
     }
-    if (n === null) break;
-    chunks.push(buf.slice(0, n));
+    return state.text;
+  })();
+  return state;
+}
+
+/** Reads a connection until EOF. */
+export function readAll(conn: Deno.Conn): Promise<string> {
+  return collect(conn).done;
+}
+
+/** What {@link runGuest} saw. */
+export interface GuestOutput {
+  /** Text of each named port, to EOF. */
+  ports: Record<string, string>;
+  /** Serial console text (empty without a console). */
+  console: string;
+  /** QEMU's exit status. */
+  status: Deno.CommandStatus;
+}
+
+/**
+ * Waits for a test guest to power off, collecting its ports and console, but
+ * at most `deadlineMs`: then QEMU is stopped and the call fails with the
+ * console text so far, so a hung guest fails its test instead of hanging CI.
+ */
+export async function runGuest(
+  vm: QemuProcess,
+  deadlineMs = 120_000,
+): Promise<GuestOutput> {
+  const ports = [...vm.ports].map(([name, conn]) => [name, collect(conn)] as const);
+  const con = vm.console ? collect(vm.console) : null;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const deadline = new Promise<"deadline">((r) =>
+    timer = setTimeout(() => r("deadline"), deadlineMs)
+  );
+  try {
+    const all = Promise.all([vm.exited, ...ports.map(([, c]) => c.done), con?.done]);
+    const first = await Promise.race([all, deadline]);
+    if (first === "deadline") {
+      await vm.stop(0);
+      throw new Error(
+        `the guest did not finish within ${deadlineMs} ms; console so far:\n${
+          con?.text ?? "(none)"
+        }`,
+      );
+    }
+    const [status] = first;
+    return {
+      ports: Object.fromEntries(ports.map(([name, c]) => [name, c.text])),
+      console: con?.text ?? "",
+      status,
+    };
+  } finally {
+    clearTimeout(timer);
   }
-  return new TextDecoder().decode(new Uint8Array(chunks.flatMap((c) => [...c])));
 }
