@@ -8,7 +8,7 @@
 import { deepStrictEqual, strictEqual } from "node:assert/strict";
 import { Assembler, mem } from "../../../init/asm/mod.ts";
 import { RegionMemory } from "../../../hv/memory.ts";
-import { Vm } from "../../../hv/vm.ts";
+import { Vm, type VmStop } from "../../../hv/vm.ts";
 import { setupLongMode, X86_BOOT } from "../../../hv/x86/long_mode.ts";
 import { DEBUG_EXIT_PORT, debugExitSpec } from "../../legacy/debug_exit.ts";
 import { hostTest } from "../../../tests/requirements.ts";
@@ -27,10 +27,28 @@ const Q1 = { desc: 0x301000, avail: 0x301080, used: 0x301100 };
 const RXBUF = 0x302000;
 const PING = 0x302100;
 const FLAG = 0x302200;
+const RX_SEEN = 0x302204;
 const IDT = 0x380000;
 
+/** Hard limit for the guest (it needs well under a second when alone). */
+const DEADLINE_MS = 30_000;
+
+/** Waits for the VM to stop; past `ms`, stops it and fails with `state()`. */
+async function waitOrStop(vm: Vm, ms: number, state: () => string): Promise<VmStop> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<"timeout">((r) => timer = setTimeout(() => r("timeout"), ms));
+  try {
+    const first = await Promise.race([vm.wait(), timeout]);
+    if (first !== "timeout") return first;
+    await vm.stop();
+    throw new Error(`guest did not finish within ${ms} ms: ${state()}`);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Builds the guest program; the debug-exit code is `(interrupts << 8) | rx length`, or 0xE0+n on a failed check. */
-function guest(): { bytes: Uint8Array; isr: number } {
+function guest(spinAfterNotify: number): { bytes: Uint8Array; isr: number } {
   const a = new Assembler();
   const reg = (off: number, size: 8 | 16 | 32 | 64 = 32) => mem({ base: "rbx", disp: off, size });
   const abs = (addr: number, size: 8 | 16 | 32 | 64) => mem({ disp: addr, size });
@@ -104,12 +122,23 @@ function guest(): { bytes: Uint8Array; isr: number } {
   a.mov(abs(Q1.avail + 4, 16), 0);
   a.mov(abs(Q1.avail + 2, 16), 1);
   a.mov(reg(MMIO.QUEUE_NOTIFY), 1);
-  // Sleep until the receive queue's used index moves (woken by interrupts).
+  if (spinAfterNotify > 0) {
+    // Busy with IF clear while the host answers: the reply and its interrupt
+    // are already there when the wait loop first looks.
+    a.mov("ecx", spinAfterNotify);
+    a.label("spin");
+    a.dec("ecx");
+    a.jne("spin");
+  }
+  // Sleep until an interrupt handler has seen the reply. Polling the used
+  // index here instead would race: the host may publish the reply (and pulse
+  // the line) before this loop first runs, while IF is still clear from boot,
+  // and the guest would finish without ever taking the interrupt.
   a.label("wait");
   a.cli();
-  a.movzx("eax", abs(Q0.used + 2, 16));
-  a.cmp("eax", 1);
-  a.je("got");
+  a.mov("eax", abs(RX_SEEN, 32));
+  a.test("eax", "eax");
+  a.jne("got");
   a.sti();
   a.hlt();
   a.jmp("wait");
@@ -128,7 +157,11 @@ function guest(): { bytes: Uint8Array; isr: number } {
   a.mov("dx", DEBUG_EXIT_PORT);
   a.out("dx", "eax");
   a.hlt();
-  // The interrupt handler: read and acknowledge InterruptStatus, count, EOI.
+  // The interrupt handler: read and acknowledge InterruptStatus, count, then
+  // (as Linux's vring_interrupt does, after the acknowledgement) look at the
+  // receive queue's used index; EOI. The device publishes the used entry
+  // before it raises InterruptStatus, so a reply that lands after this check
+  // comes with a fresh interrupt.
   a.label("isr");
   a.push("rax");
   a.push("rbx");
@@ -136,6 +169,11 @@ function guest(): { bytes: Uint8Array; isr: number } {
   a.mov("eax", reg(MMIO.INTERRUPT_STATUS));
   a.mov(reg(MMIO.INTERRUPT_ACK), "eax");
   a.inc(abs(FLAG, 32));
+  a.movzx("eax", abs(Q0.used + 2, 16));
+  a.cmp("eax", 1);
+  a.jne("isr_done");
+  a.mov(abs(RX_SEEN, 32), 1);
+  a.label("isr_done");
   a.mov("ebx", 0xfee00000);
   a.mov(reg(0xb0), 0);
   a.pop("rbx");
@@ -147,7 +185,14 @@ function guest(): { bytes: Uint8Array; isr: number } {
 
 hostTest("console L1: guest virtio-mmio driver sends ping, gets the reply after an interrupt", [
   "kvm",
-], async () => {
+], () => pingPong(0));
+
+hostTest("console L1: a reply that arrives while the guest has interrupts off is still delivered", [
+  "kvm",
+], () => pingPong(50_000));
+
+/** Runs the guest of {@link guest}; `spin` iterations between the last notify and the wait. */
+async function pingPong(spin: number): Promise<void> {
   using memory = RegionMemory.memfd([{ guestAddr: 0, size: RAM }]);
   const vm = Vm.create({ memory, pit: false });
   try {
@@ -163,7 +208,7 @@ hostTest("console L1: guest virtio-mmio driver sends ping, gets the reply after 
     vm.addDevice(debugExitSpec());
     const vcpu = vm.createVcpu();
     vcpu.fd.setCpuid2(vm.kvm.supportedCpuid());
-    const { bytes, isr } = guest();
+    const { bytes, isr } = guest(spin);
     memory.write(CODE, bytes);
     // IDT entry for VECTOR: a 64-bit interrupt gate to the handler.
     const gate = IDT + 16 * VECTOR;
@@ -177,7 +222,13 @@ hostTest("console L1: guest virtio-mmio driver sends ping, gets the reply after 
     const sregs = vcpu.fd.getSregs();
     vcpu.fd.setSregs({ ...sregs, idt: { base: BigInt(IDT), limit: 256 * 16 - 1 } });
     await vm.start();
-    const stop = await vm.wait();
+    const stop = await waitOrStop(
+      vm,
+      DEADLINE_MS,
+      () =>
+        `interrupts=${memory.readU32(FLAG)} rxSeen=${memory.readU32(RX_SEEN)} ` +
+        `rxUsed=${memory.readU16(Q0.used + 2)} received=${JSON.stringify(received)}`,
+    );
     strictEqual(stop.kind, "poweroff");
     const code = stop.code ?? -1;
     strictEqual(code & 0xff, 5, `guest exit code 0x${code.toString(16)}`);
@@ -188,4 +239,4 @@ hostTest("console L1: guest virtio-mmio driver sends ping, gets the reply after 
   } finally {
     await vm.close();
   }
-});
+}
