@@ -1,0 +1,167 @@
+/**
+ * The TAP attachment: a `/dev/net/tun` TAP device (TUNSETIFF, IFF_TAP |
+ * IFF_NO_PI) whose frames feed a {@link NetStack}.
+ *
+ * Frames are read by a Worker (`tap_worker.ts`) with plain read(2) calls into
+ * a ring of slots in a SharedArrayBuffer; the main thread wakes with
+ * `Atomics.waitAsync` and hands a whole batch of frames to the stack without
+ * copying them. Frames for the guest are written with a synchronous write(2)
+ * (a TAP write does not block). A FFI `nonblocking: true` read costs a thread
+ * hand-off per frame instead (≈60 µs per call here, see DESIGN.md), which caps
+ * a 64 KiB-MTU link far below a Gbit/s.
+ *
+ * @module
+ */
+
+import { check, cstr, errno, eventfd, libc, O, open, SysError } from "../../kvm_ffi/libc.ts";
+import type { NetLink, NetStack } from "./stack.ts";
+
+/** TUNSETIFF = _IOW('T', 202, int) (linux/if_tun.h). */
+const TUNSETIFF = 0x400454can;
+/** linux/if_tun.h flags. */
+const IFF_TAP = 0x0002, IFF_NO_PI = 0x1000;
+/** IFNAMSIZ (linux/if.h). */
+const IFNAMSIZ = 16;
+/** Ring slots; each holds one frame up to the largest TAP frame (MTU 65521 + 14). */
+const SLOTS = 128;
+const SLOT_SIZE = 65536;
+
+/** Control words shared with the worker (Int32Array indices). */
+export const CTRL = { WRITE: 0, READ: 1, STOP: 2 } as const;
+
+/** The message that starts `tap_worker.ts`. */
+export interface TapWorkerInit {
+  fd: number;
+  wakeFd: number;
+  ctrl: SharedArrayBuffer;
+  ring: SharedArrayBuffer;
+  lens: SharedArrayBuffer;
+  slots: number;
+  slotSize: number;
+}
+
+/** A TAP device owned by this process; removed by the kernel when closed. */
+export class TapDevice implements NetLink, AsyncDisposable {
+  /** The interface name the kernel gave the device. */
+  readonly name: string;
+  /** The tun file descriptor. */
+  readonly fd: number;
+  /** Frames the kernel refused on write (e.g. the device is down). */
+  writeErrors = 0;
+  #wakeFd = -1;
+  #worker: Worker | null = null;
+  #ctrl: Int32Array<SharedArrayBuffer> | null = null;
+  #pump: Promise<void> | null = null;
+  #closed = false;
+
+  private constructor(fd: number, name: string) {
+    this.fd = fd;
+    this.name = name;
+  }
+
+  /**
+   * Creates a TAP device named `name` (a `%d` in it is filled by the kernel).
+   * Throws {@link SysError} naming TUNSETIFF and the name on failure.
+   */
+  static open(name = "skiff%d"): TapDevice {
+    if (name.length >= IFNAMSIZ) throw new Error(`tap: interface name '${name}' is too long`);
+    const fd = open("/dev/net/tun", O.RDWR | O.NONBLOCK);
+    const ifr = new Uint8Array(40); // struct ifreq
+    ifr.set(cstr(name));
+    new DataView(ifr.buffer).setUint16(IFNAMSIZ, IFF_TAP | IFF_NO_PI, true);
+    const r = libc.ioctl(fd, TUNSETIFF, ifr);
+    if (r < 0) {
+      const err = new SysError(`TUNSETIFF(${name})`, errno());
+      libc.close(fd);
+      throw err;
+    }
+    const end = ifr.indexOf(0);
+    return new TapDevice(fd, new TextDecoder().decode(ifr.subarray(0, end < 0 ? IFNAMSIZ : end)));
+  }
+
+  /** Writes one frame to the device (towards the kernel's side of the TAP). */
+  send(frame: Uint8Array): void {
+    if (this.#closed) return;
+    const r = libc.write(this.fd, frame as Uint8Array<ArrayBuffer>, BigInt(frame.length));
+    if (r < 0) this.writeErrors++;
+  }
+
+  /** Attaches this device to `stack` and starts feeding it the frames the device reads. */
+  serve(stack: NetStack): void {
+    if (this.#worker) throw new Error(`tap ${this.name}: already serving`);
+    stack.attach(this);
+    this.#wakeFd = eventfd(0);
+    const ctrlBuf = new SharedArrayBuffer(16);
+    const ring = new SharedArrayBuffer(SLOTS * SLOT_SIZE);
+    const lensBuf = new SharedArrayBuffer(SLOTS * 4);
+    const ctrl = new Int32Array(ctrlBuf);
+    this.#ctrl = ctrl;
+    const worker = new Worker(new URL("./tap_worker.ts", import.meta.url), { type: "module" });
+    this.#worker = worker;
+    const init: TapWorkerInit = {
+      fd: this.fd,
+      wakeFd: this.#wakeFd,
+      ctrl: ctrlBuf,
+      ring,
+      lens: lensBuf,
+      slots: SLOTS,
+      slotSize: SLOT_SIZE,
+    };
+    worker.postMessage(init);
+    const data = new Uint8Array(ring);
+    const lens = new Int32Array(lensBuf);
+    this.#pump = (async () => {
+      let rp = 0;
+      while (!this.#closed) {
+        const wp = Atomics.load(ctrl, CTRL.WRITE);
+        if (wp === rp) {
+          const w = Atomics.waitAsync(ctrl, CTRL.WRITE, wp);
+          if (w.async) await w.value;
+          continue;
+        }
+        while (rp !== wp && !this.#closed) {
+          const slot = rp % SLOTS;
+          stack.input(data.subarray(slot * SLOT_SIZE, slot * SLOT_SIZE + lens[slot]));
+          rp = (rp + 1) | 0;
+          Atomics.store(ctrl, CTRL.READ, rp);
+          Atomics.notify(ctrl, CTRL.READ);
+        }
+      }
+    })();
+  }
+
+  /** Stops the reader and closes the device (the kernel removes a non-persistent TAP). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const ctrl = this.#ctrl;
+    if (ctrl && this.#worker) {
+      Atomics.store(ctrl, CTRL.STOP, 1);
+      Atomics.notify(ctrl, CTRL.READ);
+      Atomics.add(ctrl, CTRL.WRITE, 0);
+      Atomics.notify(ctrl, CTRL.WRITE);
+      const one = new BigUint64Array([1n]);
+      libc.write(this.#wakeFd, new Uint8Array(one.buffer), 8n);
+      await new Promise<void>((resolve) => {
+        const w = this.#worker!;
+        const t = setTimeout(resolve, 1000);
+        w.onmessage = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      this.#worker.terminate();
+      this.#worker = null;
+      // Wake the pump so it sees #closed.
+      Atomics.notify(ctrl, CTRL.WRITE);
+      await Promise.race([this.#pump, new Promise((r) => setTimeout(r, 50))]);
+    }
+    if (this.#wakeFd >= 0) libc.close(this.#wakeFd);
+    check(`close(tap ${this.name})`, libc.close(this.fd));
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}

@@ -1,0 +1,786 @@
+/**
+ * One TCP connection between the guest and a host socket, as the guest's
+ * peer (RFC 9293): the state machine, MSS and window scaling (RFC 7323),
+ * a sliding window with flow control in both directions, retransmission with
+ * an RTT-based timeout (RFC 6298) and fast retransmit (RFC 5681 §3.2), FIN and
+ * RST handling (with RFC 5961 challenge ACKs) and TIME_WAIT.
+ *
+ * The stack terminates the guest's TCP: bytes the guest sends are written to
+ * the host socket, bytes read from the host socket are sent to the guest.
+ * No congestion control: the link to the guest is a local one.
+ *
+ * @module
+ */
+
+import type { NetCounters, ResolvedNetConfig } from "./config.ts";
+import type { HostTcp } from "./host.ts";
+import { PROTO, pseudoSum, put16, put32, sum16, TCP_FLAG, type TcpSegment } from "./wire.ts";
+import { fold } from "./wire.ts";
+
+/** TCP connection states (RFC 9293 §3.3.2), plus CONNECTING: SYN seen, host connect pending. */
+export type TcpState =
+  | "CONNECTING"
+  | "SYN_SENT"
+  | "SYN_RCVD"
+  | "ESTABLISHED"
+  | "FIN_WAIT_1"
+  | "FIN_WAIT_2"
+  | "CLOSE_WAIT"
+  | "CLOSING"
+  | "LAST_ACK"
+  | "TIME_WAIT"
+  | "CLOSED";
+
+/** What a connection needs from its stack. */
+export interface TcpEnv {
+  readonly cfg: ResolvedNetConfig;
+  readonly counters: NetCounters;
+  /** A frame with Ethernet and IPv4 headers written for `l4Len` bytes from `src` to the guest; returns the L4 offset. */
+  ipv4Frame(src: number, proto: number, l4Len: number): { frame: Uint8Array; off: number };
+  /** Sends a finished frame to the guest. */
+  transmit(frame: Uint8Array): void;
+  /** Adjusts the stack-wide buffered byte count. */
+  buffered(delta: number): void;
+  /** Bytes that may still be buffered stack-wide. */
+  bufferFree(): number;
+  /** Asks for an ACK to be sent once the current input batch is processed. */
+  requestAck(conn: TcpConn): void;
+  /** Removes the connection from the stack's table. */
+  release(conn: TcpConn): void;
+}
+
+/** RFC 6298 §2: initial RTO 1 s; lower bound 200 ms (as Linux, below the RFC's 1 s for a local link). */
+const RTO_INITIAL = 1000;
+const RTO_MIN = 200;
+const RTO_MAX = 60_000;
+/** Our window-scale shift (RFC 7323 §2.3). */
+const OUR_WSCALE = 7;
+/** Host read size. */
+const READ_SIZE = 256 * 1024;
+/** How long a host connect may take before the guest is reset. */
+const CONNECT_TIMEOUT = 30_000;
+/** FIN_WAIT_2 without the guest's FIN (as Linux tcp_fin_timeout). */
+const FIN_WAIT_2_TIMEOUT = 60_000;
+/** SYN retransmissions to the guest before giving up (published connections). */
+const SYN_RETRIES = 5;
+
+/** a < b in sequence space (RFC 9293 §3.4, modulo 2^32). */
+function lt(a: number, b: number): boolean {
+  return ((a - b) | 0) < 0;
+}
+function le(a: number, b: number): boolean {
+  return ((a - b) | 0) <= 0;
+}
+function add(a: number, n: number): number {
+  return (a + n) >>> 0;
+}
+function diff(a: number, b: number): number {
+  return (a - b) | 0;
+}
+
+/** One TCP connection; created by the stack on a guest SYN or a published accept. */
+export class TcpConn {
+  /** The table key (`guestPort|remoteIp|remotePort`). */
+  readonly key: string;
+  /** The guest's port. */
+  readonly guestPort: number;
+  /** The address the guest talks to. */
+  readonly remoteIp: number;
+  /** The port the guest talks to. */
+  readonly remotePort: number;
+  /** Current state. */
+  state: TcpState;
+
+  #env: TcpEnv;
+  #host: HostTcp | null = null;
+  #created = performance.now();
+
+  // Send side (towards the guest).
+  #iss = (Math.random() * 0x100000000) >>> 0;
+  #sndUna = this.#iss;
+  #sndNxt = this.#iss;
+  #sndMax = this.#iss;
+  #sndWnd = 0;
+  #sndWl1 = 0;
+  #sndWl2 = 0;
+  #sndShift = 0;
+  #sndMss = 536;
+  #sndChunks: Uint8Array[] = [];
+  #sndBufLen = 0;
+  #hostEof = false;
+  #finSent = false;
+  #finAcked = false;
+  #dupAcks = 0;
+  #spaceWaiter: (() => void) | null = null;
+
+  // Receive side (from the guest).
+  #irs = 0;
+  #rcvNxt = 0;
+  #rcvShift = 0;
+  #rcvEdge = 0;
+  #lastAdvWnd = 0;
+  #toHost: Uint8Array[] = [];
+  #toHostBytes = 0;
+  #writing = false;
+  #guestFin = false;
+  #hostWriteClosed = false;
+
+  // Timers (performance.now() ms; 0 = off).
+  #rto = RTO_INITIAL;
+  #srtt = 0;
+  #rttvar = 0;
+  #rttSeq = -1;
+  #rttTime = 0;
+  #rtoDeadline = 0;
+  #retries = 0;
+  #deadline = 0;
+  #done = false;
+  #aborted = false;
+  #ackPending = false;
+
+  constructor(
+    env: TcpEnv,
+    guestPort: number,
+    remoteIp: number,
+    remotePort: number,
+    state: TcpState,
+  ) {
+    this.#env = env;
+    this.guestPort = guestPort;
+    this.remoteIp = remoteIp;
+    this.remotePort = remotePort;
+    this.key = `${guestPort}|${remoteIp}|${remotePort}`;
+    this.state = state;
+  }
+
+  /** Whether the connection counts as half-open (handshake not complete). */
+  get halfOpen(): boolean {
+    return this.state === "CONNECTING" || this.state === "SYN_RCVD" || this.state === "SYN_SENT";
+  }
+
+  /** Bytes this connection holds in its buffers. */
+  get bufferedBytes(): number {
+    return this.#sndBufLen + this.#toHostBytes;
+  }
+
+  /** Guest-initiated: records the guest's SYN before the host connect starts. */
+  acceptSyn(seg: TcpSegment): void {
+    this.#irs = seg.seq;
+    this.#rcvNxt = add(seg.seq, 1);
+    this.#rcvEdge = this.#rcvNxt;
+    this.#negotiate(seg);
+  }
+
+  /** Guest-initiated: the host connect succeeded; answer the SYN. */
+  hostConnected(host: HostTcp): void {
+    if (this.#done) {
+      host.close();
+      return;
+    }
+    this.#host = host;
+    this.state = "SYN_RCVD";
+    this.#sendSyn(true);
+  }
+
+  /** Guest-initiated: the host refused or failed; reset the guest. */
+  hostFailed(): void {
+    if (this.#done) return;
+    this.#env.counters.tcpRefused++;
+    this.#sendRst(0, this.#rcvNxt, true);
+    this.#release();
+  }
+
+  /** Host-initiated (published port): sends the SYN to the guest. */
+  openActive(host: HostTcp): void {
+    this.#host = host;
+    this.state = "SYN_SENT";
+    this.#sendSyn(false);
+  }
+
+  #negotiate(seg: TcpSegment): void {
+    this.#sndMss = Math.max(64, Math.min(seg.mss || 536, this.#env.cfg.mtu - 40));
+    if (seg.wscale >= 0) {
+      this.#sndShift = seg.wscale;
+      this.#rcvShift = OUR_WSCALE;
+    }
+    this.#sndWnd = seg.wnd; // RFC 7323 §2.2: the window of a SYN is never scaled
+  }
+
+  // ---- guest → stack ----
+
+  /** Processes one segment from the guest (RFC 9293 §3.10.7). */
+  input(seg: TcpSegment): void {
+    if (this.#done) return;
+    const f = seg.flags;
+    if (this.state === "CONNECTING") {
+      if (f & TCP_FLAG.RST) this.#abort(false);
+      return; // retransmitted SYNs wait for the host connect
+    }
+    if (this.state === "SYN_SENT") return this.#inputSynSent(seg);
+
+    // Acceptability (§3.10.7.4).
+    const len = seg.payload.length + (f & TCP_FLAG.FIN ? 1 : 0);
+    const wnd = Math.max(diff(this.#rcvEdge, this.#rcvNxt), this.#rcvWindow(), 1);
+    const rel = diff(seg.seq, this.#rcvNxt);
+    if (f & TCP_FLAG.RST) {
+      if (rel === 0) this.#abort(false);
+      else if (rel > 0 && rel < wnd) this.#sendAck(); // RFC 5961 §3.2 challenge ACK
+      return;
+    }
+    if (f & TCP_FLAG.SYN) {
+      if (this.state === "SYN_RCVD" && seg.seq === this.#irs) this.#sendSyn(true);
+      else this.#sendAck(); // RFC 5961 §4 challenge ACK
+      return;
+    }
+    if (rel > 0 || (len > 0 && rel + len <= 0) || (len === 0 && rel < 0)) {
+      // Out of order (we keep no reassembly queue: the guest's fast retransmit
+      // resends) or an old duplicate / window probe: acknowledge what we have.
+      this.#sendAck();
+      return;
+    }
+    if (!(f & TCP_FLAG.ACK)) return;
+
+    if (this.state === "SYN_RCVD") {
+      if (seg.ack !== add(this.#iss, 1)) {
+        this.#sendRst(seg.ack, 0, false);
+        return;
+      }
+      this.state = "ESTABLISHED";
+      this.#sndUna = seg.ack;
+      this.#sndWnd = seg.wnd << this.#sndShift;
+      this.#sndWl1 = seg.seq;
+      this.#sndWl2 = seg.ack;
+      this.#rtoDeadline = 0;
+      this.#env.counters.tcpOpened++;
+      this.#startReading();
+    }
+    if (this.state === "TIME_WAIT") {
+      if (f & TCP_FLAG.FIN) {
+        this.#sendAck();
+        this.#deadline = performance.now() + this.#env.cfg.timeWaitMs;
+      }
+      return;
+    }
+    this.#processAck(seg);
+    if (this.#done) return;
+
+    // Data (§3.10.7.4 seventh step).
+    let payload = seg.payload;
+    let fin = (f & TCP_FLAG.FIN) !== 0;
+    if (rel < 0) payload = payload.subarray(-rel);
+    if (payload.length > 0) {
+      if (
+        this.state === "ESTABLISHED" || this.state === "FIN_WAIT_1" || this.state === "FIN_WAIT_2"
+      ) {
+        const room = Math.max(diff(this.#rcvEdge, this.#rcvNxt), this.#rcvWindow());
+        if (payload.length > room) {
+          payload = payload.subarray(0, Math.max(0, room));
+          fin = false;
+        }
+        if (payload.length > 0) {
+          this.#toHost.push(payload.slice());
+          this.#toHostBytes += payload.length;
+          this.#env.buffered(payload.length);
+          this.#rcvNxt = add(this.#rcvNxt, payload.length);
+          this.#kickWriter();
+        }
+        this.#wantAck();
+      } else {
+        fin = false;
+      }
+    }
+    if (fin && !this.#guestFin) {
+      this.#guestFin = true;
+      this.#rcvNxt = add(this.#rcvNxt, 1);
+      switch (this.state) {
+        case "ESTABLISHED":
+          this.state = "CLOSE_WAIT";
+          break;
+        case "FIN_WAIT_1":
+          if (this.#finAcked) this.#enterTimeWait();
+          else this.state = "CLOSING";
+          break;
+        case "FIN_WAIT_2":
+          this.#enterTimeWait();
+          break;
+      }
+      this.#kickWriter();
+      this.#wantAck();
+    }
+    this.#trySend();
+  }
+
+  #inputSynSent(seg: TcpSegment): void {
+    const f = seg.flags;
+    const ackOk = (f & TCP_FLAG.ACK) !== 0 && seg.ack === add(this.#iss, 1);
+    if (f & TCP_FLAG.RST) {
+      if (ackOk) this.#abort(false);
+      return;
+    }
+    if (!(f & TCP_FLAG.SYN) || !ackOk) {
+      if (f & TCP_FLAG.ACK && !ackOk) this.#sendRst(seg.ack, 0, false);
+      return;
+    }
+    this.#irs = seg.seq;
+    this.#rcvNxt = add(seg.seq, 1);
+    this.#rcvEdge = this.#rcvNxt;
+    this.#negotiate(seg);
+    if (seg.wscale < 0) {
+      this.#sndShift = 0;
+      this.#rcvShift = 0;
+    }
+    this.#sndUna = seg.ack;
+    this.#sndWl1 = seg.seq;
+    this.#sndWl2 = seg.ack;
+    this.#rtoDeadline = 0;
+    this.state = "ESTABLISHED";
+    this.#env.counters.tcpOpened++;
+    this.#sendAck();
+    this.#startReading();
+  }
+
+  #processAck(seg: TcpSegment): void {
+    const ack = seg.ack;
+    if (lt(this.#sndMax, ack)) {
+      this.#sendAck(); // acknowledges something never sent
+      return;
+    }
+    const wnd = seg.wnd << this.#sndShift;
+    if (lt(this.#sndUna, ack)) {
+      if (lt(this.#sndNxt, ack)) this.#sndNxt = ack; // late ACK after a go-back
+      let acked = diff(ack, this.#sndUna);
+      if (this.#finSent && !this.#finAcked && ack === add(this.#sndUna, this.#sndBufLen + 1)) {
+        this.#finAcked = true;
+        acked--;
+      }
+      this.#dropSent(acked);
+      this.#sndUna = ack;
+      this.#dupAcks = 0;
+      this.#retries = 0;
+      if (this.#rttSeq >= 0 && le(this.#rttSeq, ack)) {
+        this.#sampleRtt(performance.now() - this.#rttTime);
+        this.#rttSeq = -1;
+      }
+      this.#rto = this.#srtt ? this.#computeRto() : this.#rto;
+      this.#rtoDeadline = this.#sndNxt !== this.#sndUna ? performance.now() + this.#rto : 0;
+      if (this.#finAcked) {
+        if (this.state === "FIN_WAIT_1") this.state = "FIN_WAIT_2";
+        else if (this.state === "CLOSING") this.#enterTimeWait();
+        else if (this.state === "LAST_ACK") {
+          this.state = "CLOSED";
+          this.#finish();
+          return;
+        }
+      }
+    } else if (
+      ack === this.#sndUna && seg.payload.length === 0 && !(seg.flags & TCP_FLAG.FIN) &&
+      wnd === this.#sndWnd && this.#sndNxt !== this.#sndUna
+    ) {
+      // RFC 5681 §3.2: the third duplicate ACK triggers fast retransmit.
+      if (++this.#dupAcks === 3) {
+        this.#env.counters.tcpRetransmits++;
+        this.#rttSeq = -1;
+        this.#sendData(this.#sndUna, Math.min(this.#sndMss, this.#sndBufLen));
+      }
+    }
+    if (lt(this.#sndWl1, seg.seq) || (this.#sndWl1 === seg.seq && le(this.#sndWl2, ack))) {
+      this.#sndWnd = wnd;
+      this.#sndWl1 = seg.seq;
+      this.#sndWl2 = ack;
+    }
+  }
+
+  /** RFC 6298 §2.2–2.3. */
+  #sampleRtt(r: number): void {
+    if (this.#srtt === 0) {
+      this.#srtt = Math.max(r, 0.01);
+      this.#rttvar = r / 2;
+    } else {
+      this.#rttvar = 0.75 * this.#rttvar + 0.25 * Math.abs(this.#srtt - r);
+      this.#srtt = 0.875 * this.#srtt + 0.125 * r;
+    }
+  }
+
+  #computeRto(): number {
+    return Math.min(RTO_MAX, Math.max(RTO_MIN, this.#srtt + Math.max(1, 4 * this.#rttvar)));
+  }
+
+  #dropSent(n: number): void {
+    n = Math.min(n, this.#sndBufLen);
+    this.#sndBufLen -= n;
+    this.#env.buffered(-n);
+    while (n > 0) {
+      const c = this.#sndChunks[0];
+      if (c.length <= n) {
+        n -= c.length;
+        this.#sndChunks.shift();
+      } else {
+        this.#sndChunks[0] = c.subarray(n);
+        n = 0;
+      }
+    }
+    const w = this.#spaceWaiter;
+    if (w) {
+      this.#spaceWaiter = null;
+      w();
+    }
+  }
+
+  // ---- host → guest ----
+
+  #startReading(): void {
+    this.#readLoop().catch(() => {});
+  }
+
+  async #readLoop(): Promise<void> {
+    const max = this.#env.cfg.tcpBufferBytes;
+    while (!this.#done && !this.#hostEof) {
+      while (!this.#done && (this.#sndBufLen >= max || this.#env.bufferFree() <= 0)) {
+        await new Promise<void>((r) => this.#spaceWaiter = r);
+      }
+      if (this.#done || !this.#host) return;
+      const buf = new Uint8Array(Math.min(READ_SIZE, max - this.#sndBufLen + 1024));
+      let n: number | null;
+      try {
+        n = await this.#host.read(buf);
+      } catch {
+        if (!this.#done) this.#abort(true);
+        return;
+      }
+      if (this.#done) return;
+      if (n === null) {
+        this.#hostEof = true;
+      } else if (n > 0) {
+        this.#sndChunks.push(n < 16384 ? buf.slice(0, n) : buf.subarray(0, n));
+        this.#sndBufLen += n;
+        this.#env.buffered(n);
+      }
+      this.#trySend();
+    }
+  }
+
+  /** Sends what the guest's window allows, then the FIN once the host is done. */
+  #trySend(): void {
+    if (this.#done || this.#host === null) return;
+    const s = this.state;
+    if (s === "CONNECTING" || s === "SYN_SENT" || s === "SYN_RCVD") return;
+    for (;;) {
+      const inFlight = diff(this.#sndNxt, this.#sndUna);
+      const unsent = this.#sndBufLen - inFlight;
+      if (unsent > 0) {
+        const room = this.#sndWnd - inFlight;
+        if (room <= 0) {
+          if (inFlight === 0 && this.#rtoDeadline === 0) {
+            this.#rtoDeadline = performance.now() + this.#rto; // persist timer
+          }
+          return;
+        }
+        const n = Math.min(unsent, this.#sndMss, room);
+        this.#sendData(this.#sndNxt, n);
+        if (this.#rttSeq < 0) {
+          this.#rttSeq = add(this.#sndNxt, n);
+          this.#rttTime = performance.now();
+        }
+        this.#sndNxt = add(this.#sndNxt, n);
+        if (lt(this.#sndMax, this.#sndNxt)) this.#sndMax = this.#sndNxt;
+        if (this.#rtoDeadline === 0) this.#rtoDeadline = performance.now() + this.#rto;
+      } else if (unsent === 0 && this.#hostEof && !this.#finSent) {
+        this.#finSent = true;
+        this.#sendSegment(this.#sndNxt, TCP_FLAG.FIN | TCP_FLAG.ACK, null, 0);
+        this.#sndNxt = add(this.#sndNxt, 1);
+        if (lt(this.#sndMax, this.#sndNxt)) this.#sndMax = this.#sndNxt;
+        if (this.state === "ESTABLISHED") this.state = "FIN_WAIT_1";
+        else if (this.state === "CLOSE_WAIT") this.state = "LAST_ACK";
+        if (this.#rtoDeadline === 0) this.#rtoDeadline = performance.now() + this.#rto;
+        return;
+      } else {
+        return;
+      }
+    }
+  }
+
+  /** Sends `n` bytes of the send buffer starting at sequence `seq`. */
+  #sendData(seq: number, n: number): void {
+    const start = diff(seq, this.#sndUna);
+    n = Math.max(0, Math.min(n, this.#sndBufLen - start));
+    const chunks = this.#sndChunks;
+    const flags = TCP_FLAG.ACK | (start + n === this.#sndBufLen ? TCP_FLAG.PSH : 0);
+    this.#sendSegment(seq, flags, null, n, (frame, off) => {
+      let skip = start;
+      let need = n;
+      for (let i = 0; i < chunks.length && need > 0; i++) {
+        const c = chunks[i];
+        if (skip >= c.length) {
+          skip -= c.length;
+          continue;
+        }
+        const take = Math.min(c.length - skip, need);
+        frame.set(skip === 0 && take === c.length ? c : c.subarray(skip, skip + take), off);
+        off += take;
+        need -= take;
+        skip = 0;
+      }
+    });
+  }
+
+  // ---- stack → host ----
+
+  #kickWriter(): void {
+    if (!this.#writing && this.#host) this.#writeLoop().catch(() => {});
+  }
+
+  async #writeLoop(): Promise<void> {
+    this.#writing = true;
+    const host = this.#host!;
+    try {
+      while (this.#toHost.length > 0 && !this.#aborted) {
+        let chunk: Uint8Array;
+        if (this.#toHost.length === 1) {
+          chunk = this.#toHost.shift()!;
+        } else {
+          let total = 0;
+          let k = 0;
+          while (k < this.#toHost.length && total < 1 << 20) total += this.#toHost[k++].length;
+          chunk = new Uint8Array(total);
+          let o = 0;
+          for (const c of this.#toHost.splice(0, k)) {
+            chunk.set(c, o);
+            o += c.length;
+          }
+        }
+        let o = 0;
+        while (o < chunk.length) o += await host.write(chunk.subarray(o));
+        if (this.#aborted) break;
+        this.#toHostBytes -= chunk.length;
+        this.#env.buffered(-chunk.length);
+        this.#maybeWindowUpdate();
+      }
+      if (this.#guestFin && !this.#hostWriteClosed && !this.#aborted) {
+        this.#hostWriteClosed = true;
+        await host.closeWrite().catch(() => {});
+      }
+    } catch {
+      this.#writing = false;
+      if (!this.#done) this.#abort(true);
+      return;
+    }
+    this.#writing = false;
+    if (this.#done || this.state === "TIME_WAIT") this.#closeHost();
+  }
+
+  /** The receive window we can offer the guest now. */
+  #rcvWindow(): number {
+    const own = this.#env.cfg.tcpBufferBytes - this.#toHostBytes;
+    return Math.max(0, Math.min(own, this.#env.bufferFree()));
+  }
+
+  #maybeWindowUpdate(): void {
+    const w = this.#rcvWindow();
+    if (
+      w - this.#lastAdvWnd >=
+        Math.max(2 * (this.#env.cfg.mtu - 40), this.#env.cfg.tcpBufferBytes / 4)
+    ) {
+      this.#sendAck();
+    }
+  }
+
+  // ---- segments out ----
+
+  #sendAck(): void {
+    this.#sendSegment(this.#sndNxt, TCP_FLAG.ACK, null, 0);
+  }
+
+  #wantAck(): void {
+    if (this.#ackPending) return;
+    this.#ackPending = true;
+    this.#env.requestAck(this);
+  }
+
+  /** Sends the ACK requested during an input batch, unless a segment already carried it. */
+  flushAck(): void {
+    if (!this.#ackPending) return;
+    this.#ackPending = false;
+    if (!this.#done && this.state !== "CONNECTING" && this.state !== "SYN_SENT") this.#sendAck();
+  }
+
+  #sendSyn(withAck: boolean): void {
+    const opts = new Uint8Array(8);
+    opts[0] = 2; // MSS (RFC 9293 §3.2)
+    opts[1] = 4;
+    put16(opts, 2, this.#env.cfg.mtu - 40);
+    opts[4] = 1; // NOP
+    opts[5] = 3; // window scale (RFC 7323 §2.2)
+    opts[6] = 3;
+    opts[7] = OUR_WSCALE;
+    const wantScale = !withAck || this.#rcvShift > 0;
+    this.#sndNxt = add(this.#iss, 1);
+    this.#sndMax = this.#sndNxt;
+    this.#sendSegment(
+      this.#iss,
+      TCP_FLAG.SYN | (withAck ? TCP_FLAG.ACK : 0),
+      wantScale ? opts : opts.subarray(0, 4),
+      0,
+    );
+    if (this.#rtoDeadline === 0) this.#rtoDeadline = performance.now() + this.#rto;
+  }
+
+  #sendRst(seq: number, ack: number, withAck: boolean): void {
+    this.#env.counters.tcpResetsSent++;
+    this.#emit(seq, ack, TCP_FLAG.RST | (withAck ? TCP_FLAG.ACK : 0), 0, null, 0);
+  }
+
+  #sendSegment(
+    seq: number,
+    flags: number,
+    opts: Uint8Array | null,
+    n: number,
+    fill?: (frame: Uint8Array, off: number) => void,
+  ): void {
+    const w = this.#rcvWindow();
+    // A SYN's window is never scaled (RFC 7323 §2.2).
+    const shift = flags & TCP_FLAG.SYN ? 0 : this.#rcvShift;
+    const field = Math.min(0xffff, Math.floor(w / 2 ** shift));
+    const advertised = field * 2 ** shift;
+    this.#lastAdvWnd = advertised;
+    const edge = add(this.#rcvNxt, advertised);
+    if (lt(this.#rcvEdge, edge)) this.#rcvEdge = edge;
+    this.#emit(seq, this.#rcvNxt, flags, field, opts, n, fill);
+  }
+
+  #emit(
+    seq: number,
+    ack: number,
+    flags: number,
+    wndField: number,
+    opts: Uint8Array | null,
+    n: number,
+    fill?: (frame: Uint8Array, off: number) => void,
+  ): void {
+    const optLen = opts ? opts.length : 0;
+    const hlen = 20 + optLen;
+    const { frame, off } = this.#env.ipv4Frame(this.remoteIp, PROTO.TCP, hlen + n);
+    put16(frame, off, this.remotePort);
+    put16(frame, off + 2, this.guestPort);
+    put32(frame, off + 4, seq);
+    put32(frame, off + 8, ack);
+    frame[off + 12] = (hlen / 4) << 4;
+    frame[off + 13] = flags;
+    put16(frame, off + 14, wndField);
+    put16(frame, off + 16, 0);
+    put16(frame, off + 18, 0);
+    if (opts) frame.set(opts, off + 20);
+    if (fill && n > 0) fill(frame, off + hlen);
+    if (flags & TCP_FLAG.ACK) this.#ackPending = false;
+    const ps = pseudoSum(this.remoteIp, this.#env.cfg.guestIp, PROTO.TCP, hlen + n);
+    put16(frame, off + 16, ~fold(sum16(frame, off, hlen + n) + ps) & 0xffff);
+    this.#env.transmit(frame);
+  }
+
+  // ---- timers and teardown ----
+
+  /** Runs timers; called by the stack every few tens of ms. */
+  tick(now: number): void {
+    if (this.#done) return;
+    if (this.state === "CONNECTING") {
+      if (now - this.#created > CONNECT_TIMEOUT) this.hostFailed();
+      return;
+    }
+    if (this.state === "TIME_WAIT" || this.state === "FIN_WAIT_2") {
+      if (this.#deadline === 0 && this.state === "FIN_WAIT_2") {
+        this.#deadline = now + FIN_WAIT_2_TIMEOUT;
+      }
+      if (this.#deadline && now >= this.#deadline) this.#release();
+      return;
+    }
+    if (this.#rtoDeadline === 0 || now < this.#rtoDeadline) return;
+    // RFC 6298 §5.4–5.6: retransmit, back off, restart the timer.
+    this.#rto = Math.min(RTO_MAX, this.#rto * 2);
+    this.#rtoDeadline = now + this.#rto;
+    this.#rttSeq = -1;
+    if (this.state === "SYN_SENT" || this.state === "SYN_RCVD") {
+      if (++this.#retries > SYN_RETRIES) return this.#abort(true);
+      this.#env.counters.tcpRetransmits++;
+      this.#sendSyn(this.state === "SYN_RCVD");
+      return;
+    }
+    if (++this.#retries > 15) return this.#abort(true);
+    const inFlight = diff(this.#sndNxt, this.#sndUna);
+    if (inFlight === 0 && this.#sndBufLen > 0 && this.#sndWnd === 0) {
+      // Zero-window probe (RFC 9293 §3.8.6.1): one byte beyond the window.
+      this.#sendData(this.#sndUna, 1);
+      this.#sndNxt = add(this.#sndUna, 1);
+      if (lt(this.#sndMax, this.#sndNxt)) this.#sndMax = this.#sndNxt;
+      return;
+    }
+    if (inFlight === 0) {
+      this.#rtoDeadline = 0;
+      return;
+    }
+    this.#env.counters.tcpRetransmits++;
+    // Go back to the first unacknowledged byte; a lost FIN is sent again too.
+    this.#sndNxt = this.#sndUna;
+    if (this.#finSent && !this.#finAcked) this.#finSent = false;
+    const sw = this.#sndWnd;
+    if (this.#sndWnd === 0) this.#sndWnd = 1;
+    this.#trySend();
+    this.#sndWnd = sw;
+  }
+
+  #enterTimeWait(): void {
+    this.state = "TIME_WAIT";
+    this.#rtoDeadline = 0;
+    this.#deadline = performance.now() + this.#env.cfg.timeWaitMs;
+    if (!this.#writing) this.#closeHost();
+  }
+
+  /** Resets the guest side and closes the host side (snapshot restore, stack close, errors). */
+  reset(): void {
+    if (this.#done) return;
+    this.#abort(true);
+  }
+
+  #abort(sendRst: boolean): void {
+    if (sendRst && this.state !== "CONNECTING" && this.state !== "TIME_WAIT") {
+      this.#sendRst(this.#sndNxt, this.#rcvNxt, true);
+    }
+    this.state = "CLOSED";
+    this.#aborted = true;
+    this.#release();
+  }
+
+  #finish(): void {
+    this.#release();
+  }
+
+  #release(): void {
+    if (this.#done) return;
+    this.#done = true;
+    if (this.state !== "CLOSED") this.state = "CLOSED";
+    this.#env.buffered(-this.#sndBufLen);
+    this.#sndBufLen = 0;
+    this.#sndChunks = [];
+    if (this.#aborted || !this.#writing) {
+      this.#env.buffered(-this.#toHostBytes);
+      this.#toHostBytes = 0;
+      this.#toHost = [];
+      this.#closeHost();
+    }
+    const w = this.#spaceWaiter;
+    if (w) {
+      this.#spaceWaiter = null;
+      w();
+    }
+    this.#env.release(this);
+  }
+
+  #closeHost(): void {
+    const h = this.#host;
+    if (!h) return;
+    this.#host = null;
+    try {
+      h.close();
+    } catch {
+      // already closed
+    }
+  }
+}
