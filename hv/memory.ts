@@ -12,16 +12,7 @@
  * @module
  */
 
-import {
-  close,
-  ftruncate,
-  MAP,
-  memfdCreate,
-  mmap,
-  munmap,
-  PROT,
-  viewAt,
-} from "../kvm_ffi/libc.ts";
+import { close, ftruncate, MAP, memfdCreate, mmap, munmap, PROT, viewAt } from "../kvm_ffi/libc.ts";
 
 /** An access outside guest memory. Carries the address and length that were asked for. */
 export class GuestMemoryError extends Error {
