@@ -455,7 +455,7 @@ export function emitRoutine(a: Assembler, r: Routine, data: RuntimeData): void {
       return;
     }
     case "relocate":
-      // See init/record/record.ts for the layout.
+      // See init/record.ts and init/RECORD.md for the layout.
       a.movabs("rax", RECORD_MAGIC);
       a.cmp(q("rdi"), "rax");
       a.jne(L("bad"));

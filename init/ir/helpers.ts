@@ -381,6 +381,8 @@ export interface SpawnOptions {
   stderr?: Val;
   /** Receives the exit status: the exit code, or 128 + signal. */
   status: VarRef;
+  /** Receives the terminating signal number, or 0 when the child exited normally. */
+  signal?: VarRef;
 }
 
 /** The argv pointer and argv[0] of {@link SpawnOptions.argv}. */
@@ -459,8 +461,10 @@ export function spawn(o: SpawnOptions): Fragment {
     { op: "arith", kind: "and", dst: sig, a: st, b: 0x7f },
     { op: "branch", cond: "eq", a: sig, b: 0, target: exited },
     { op: "arith", kind: "add", dst: o.status, a: sig, b: 128 },
+    ...(o.signal ? [set(o.signal, sig)] : []),
     jump(done),
     label(exited),
+    ...(o.signal ? [set(o.signal, 0)] : []),
     { op: "arith", kind: "shr", dst: st, a: st, b: 8 },
     { op: "arith", kind: "and", dst: o.status, a: st, b: 0xff },
     jump(done),

@@ -91,7 +91,7 @@ export type Routine =
   | "find_port"
   /** (fd, step, errno) → writes "skiff-init: <step> failed: <NAME> (errno N)\n" */
   | "write_error"
-  /** (base) → 0 or -EINVAL: turns a command record's offsets into pointers (see init/record) */
+  /** (base) → 0 or -EINVAL: turns a command record's offsets into pointers (see init/record.ts) */
   | "relocate"
   /** (path, buf, size) → bytes read or -errno (whole file, up to size) */
   | "read_file";
