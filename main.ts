@@ -50,6 +50,52 @@ export function parseFlags<O extends Options>(
 }
 
 const COMMANDS: Record<string, Command> = {
+  net: {
+    summary: "serve a network namespace through skiff's user-mode network stack (needs root)",
+    help: [
+      "Usage: skiff net tap --netns NAME [--publish [HOSTIP:]HOSTPORT:GUESTPORT[/udp]]...",
+      "                     [--net=host-loopback] [--mtu N]",
+      "",
+      "Creates a TAP device, moves it into the existing network namespace NAME and configures",
+      "it there as a guest would (10.42.0.2/24, default route via 10.42.0.1), then serves it",
+      "with skiff's TCP/IP stack until Ctrl-C / SIGTERM: DHCP, DNS at 10.42.0.1, outbound",
+      "TCP/UDP through host sockets. --net=host-loopback makes the host's 127.0.0.1 reachable",
+      "at 10.42.0.1; --publish listens on the host (127.0.0.1 by default) and forwards into",
+      "the namespace.",
+    ].join("\n"),
+    async run(args) {
+      const { values, positionals } = parseFlags(args, {
+        netns: { type: "string" },
+        publish: { type: "string", multiple: true },
+        net: { type: "string" },
+        mtu: { type: "string" },
+      }, true);
+      if (positionals[0] !== "tap" || positionals.length !== 1 || !values.netns) {
+        throw new UsageError("expected: net tap --netns NAME");
+      }
+      if (values.net !== undefined && values.net !== "host-loopback") {
+        throw new UsageError(`--net must be host-loopback, got '${values.net}'`);
+      }
+      if (values.mtu !== undefined && !/^\d+$/.test(values.mtu)) {
+        throw new UsageError(`--mtu must be a number, got '${values.mtu}'`);
+      }
+      const { netTapCommand, parsePublish } = await import("./devices/net/mod.ts");
+      let publish;
+      try {
+        publish = (values.publish ?? []).map(parsePublish);
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
+      return await netTapCommand({
+        netns: values.netns,
+        config: {
+          hostLoopback: values.net === "host-loopback",
+          publish,
+          ...(values.mtu !== undefined ? { mtu: Number(values.mtu) } : {}),
+        },
+      });
+    },
+  },
   fuse: {
     summary: "serve a host directory through /dev/fuse (skiff's FUSE server; needs root)",
     help: [

@@ -1,0 +1,131 @@
+/**
+ * Runs inside a test's network namespace and plays the guest's programs for
+ * the L3 tests: `udp-echo HOST PORT COUNT`, `dns SERVER NAME`,
+ * `conns HOST PORT N BYTES`, `serve-tcp PORT` (an echo server printing
+ * "listening" once bound). Prints one JSON line with the result.
+ *
+ * @module
+ */
+
+import dgram from "node:dgram";
+
+const [cmd, ...args] = Deno.args;
+
+async function udpEcho(host: string, port: number, count: number): Promise<unknown> {
+  const sock = dgram.createSocket("udp4");
+  const got = new Set<string>();
+  const done = new Promise<void>((resolve) => {
+    sock.on("message", (m: Uint8Array) => {
+      got.add(new TextDecoder().decode(m));
+      if (got.size === count) resolve();
+    });
+  });
+  for (let i = 0; i < count; i++) sock.send(new TextEncoder().encode(`ping ${i}`), port, host);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([done, new Promise((r) => timer = setTimeout(r, 5000))]);
+  clearTimeout(timer);
+  sock.close();
+  return { replies: [...got].sort() };
+}
+
+/** A minimal RFC 1035 A query; returns the A records of the answer. */
+async function dns(server: string, name: string): Promise<unknown> {
+  const labels = name.split(".").flatMap((l) => [l.length, ...new TextEncoder().encode(l)]);
+  const q = new Uint8Array([0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, ...labels, 0, 0, 1, 0, 1]);
+  const sock = dgram.createSocket("udp4");
+  const reply = new Promise<Uint8Array>((resolve) =>
+    sock.on("message", (m: Uint8Array) => resolve(m))
+  );
+  sock.send(q, 53, server);
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const r = await Promise.race([
+    reply,
+    new Promise<null>((res) => timer = setTimeout(() => res(null), 5000)),
+  ]);
+  clearTimeout(timer);
+  sock.close();
+  if (!r) return { error: "timeout" };
+  const rcode = r[3] & 15;
+  const an = (r[6] << 8) | r[7];
+  let o = q.length;
+  const addrs: string[] = [];
+  for (let i = 0; i < an; i++) {
+    if ((r[o] & 0xc0) === 0xc0) o += 2;
+    else {
+      while (r[o] !== 0) o += r[o] + 1;
+      o++;
+    }
+    const type = (r[o] << 8) | r[o + 1];
+    const len = (r[o + 8] << 8) | r[o + 9];
+    if (type === 1 && len === 4) addrs.push(Array.from(r.subarray(o + 10, o + 14)).join("."));
+    o += 10 + len;
+  }
+  return { rcode, addrs };
+}
+
+async function conns(host: string, port: number, n: number, bytes: number): Promise<unknown> {
+  const one = async (i: number) => {
+    const c = await Deno.connect({ hostname: host, port });
+    const data = new Uint8Array(bytes).map((_, k) => (k * 7 + i) & 255);
+    const writing = (async () => {
+      let o = 0;
+      while (o < data.length) o += await c.write(data.subarray(o));
+      await c.closeWrite();
+    })();
+    const back = new Uint8Array(bytes);
+    let got = 0;
+    for (;;) {
+      const r = await c.read(back.subarray(got));
+      if (r === null || r === 0) break;
+      got += r;
+      if (got === bytes) break;
+    }
+    await writing;
+    c.close();
+    return got === bytes && back.every((v, k) => v === data[k]);
+  };
+  const results = await Promise.allSettled(Array.from({ length: n }, (_, i) => one(i)));
+  return {
+    ok: results.filter((r) => r.status === "fulfilled" && r.value).length,
+    errors: [
+      ...new Set(results.flatMap((r) => r.status === "rejected" ? [String(r.reason)] : [])),
+    ].slice(0, 3),
+  };
+}
+
+async function serveTcp(port: number): Promise<void> {
+  const l = Deno.listen({ hostname: "0.0.0.0", port });
+  console.log(JSON.stringify({ listening: port }));
+  for await (const c of l) {
+    (async () => {
+      const buf = new Uint8Array(65536);
+      for (;;) {
+        const n = await c.read(buf);
+        if (n === null) break;
+        let o = 0;
+        while (o < n) o += await c.write(buf.subarray(o, n));
+      }
+      c.close();
+    })().catch(() => {});
+  }
+}
+
+switch (cmd) {
+  case "udp-echo":
+    console.log(JSON.stringify(await udpEcho(args[0], Number(args[1]), Number(args[2]))));
+    break;
+  case "dns":
+    console.log(JSON.stringify(await dns(args[0], args[1])));
+    break;
+  case "conns":
+    console.log(
+      JSON.stringify(await conns(args[0], Number(args[1]), Number(args[2]), Number(args[3]))),
+    );
+    break;
+  case "serve-tcp":
+    await serveTcp(Number(args[0]));
+    break;
+  default:
+    console.error(`unknown command ${cmd}`);
+    Deno.exit(2);
+}
