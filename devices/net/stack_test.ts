@@ -1,0 +1,300 @@
+/** L0 tests of the stack with fake host sockets: every frame is built by the test. */
+
+import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
+import { parsePublish, resolveConfig } from "./config.ts";
+import type { HostSockets, HostTcp, HostUdp } from "./host.ts";
+import { NetStack } from "./stack.ts";
+import {
+  arpRequest,
+  dhcpDiscover,
+  fixChecksums,
+  GUEST_IP,
+  GW_IP,
+  icmpEcho,
+  ipv4,
+  tcp,
+  udp,
+} from "./testdata/frames.ts";
+import { checksum, ETH_HLEN, PROTO, TCP_FLAG, u16, u32 } from "./wire.ts";
+
+/** A fake host TCP socket: records writes, serves queued reads. */
+class FakeTcp implements HostTcp {
+  written: number[] = [];
+  closed = false;
+  writeClosed = false;
+  #reads: (Uint8Array | null)[] = [];
+  #waiter: (() => void) | null = null;
+  push(d: Uint8Array | null): void {
+    this.#reads.push(d);
+    this.#waiter?.();
+  }
+  async read(p: Uint8Array): Promise<number | null> {
+    while (this.#reads.length === 0) await new Promise<void>((r) => this.#waiter = r);
+    const d = this.#reads.shift()!;
+    if (d === null) return null;
+    p.set(d);
+    return d.length;
+  }
+  write(p: Uint8Array): Promise<number> {
+    this.written.push(...p);
+    return Promise.resolve(p.length);
+  }
+  closeWrite(): Promise<void> {
+    this.writeClosed = true;
+    return Promise.resolve();
+  }
+  close(): void {
+    this.closed = true;
+    this.#waiter?.();
+  }
+}
+
+/** Fake sockets: TCP connects to 10.0.0.9 succeed with a {@link FakeTcp}, others are refused. */
+class FakeSockets implements HostSockets {
+  connects: string[] = [];
+  udpSent: string[] = [];
+  conns: FakeTcp[] = [];
+  connectTcp(hostname: string, port: number): Promise<HostTcp> {
+    this.connects.push(`${hostname}:${port}`);
+    if (hostname !== "10.0.0.9") return Promise.reject(new Error("refused"));
+    const c = new FakeTcp();
+    this.conns.push(c);
+    return Promise.resolve(c);
+  }
+  openUdp(): Promise<HostUdp> {
+    return Promise.resolve({
+      send: (_p: Uint8Array, h: string, port: number) => void this.udpSent.push(`${h}:${port}`),
+      close() {},
+    });
+  }
+  listenTcp(): never {
+    throw new Error("no listeners in this test");
+  }
+}
+
+function setup(config = {}) {
+  const sockets = new FakeSockets();
+  const stack = new NetStack(config, { sockets });
+  const out: Uint8Array[] = [];
+  stack.attach({ send: (f) => void out.push(f) });
+  return { stack, out, sockets, [Symbol.asyncDispose]: () => stack.close() };
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 0));
+
+Deno.test("arp: the gateway answers with its MAC, others are ignored", async () => {
+  await using s = setup();
+  s.stack.input(arpRequest());
+  strictEqual(s.out.length, 1);
+  const r = s.out[0];
+  strictEqual(u16(r, 12), 0x0806);
+  strictEqual(u16(r, ETH_HLEN + 6), 2);
+  deepStrictEqual([...r.subarray(ETH_HLEN + 8, ETH_HLEN + 14)], [0x52, 0x54, 0, 0x42, 0, 1]);
+  strictEqual(u32(r, ETH_HLEN + 14), GW_IP);
+  strictEqual(u32(r, ETH_HLEN + 24), GUEST_IP);
+  s.stack.input(arpRequest(0x0a2a0063));
+  strictEqual(s.out.length, 1);
+  strictEqual(s.stack.counters().arpReplies, 1);
+});
+
+Deno.test("icmp: echo to the gateway is answered, also when fragmented", async () => {
+  await using s = setup();
+  s.stack.input(arpRequest());
+  s.out.length = 0;
+  const payload = new Uint8Array(3000).map((_, i) => i * 13);
+  const echo = icmpEcho(payload);
+  // Fragments of 1480 bytes, delivered out of order.
+  const parts = [0, 1480, 2960].map((off) =>
+    ipv4(PROTO.ICMP, echo.subarray(off, Math.min(off + 1480, echo.length)), {
+      id: 99,
+      fragOff: off,
+      more: off + 1480 < echo.length,
+    })
+  );
+  for (const i of [2, 0, 1]) s.stack.input(parts[i]);
+  strictEqual(s.stack.counters().reassembled, 1);
+  strictEqual(s.out.length, 1);
+  const r = s.out[0];
+  const o = ETH_HLEN + 20;
+  strictEqual(r[o], 0);
+  strictEqual(checksum(r, o, r.length - o), 0);
+  deepStrictEqual(r.subarray(o + 8), payload);
+  // A bad checksum is dropped and counted.
+  const bad = ipv4(PROTO.ICMP, icmpEcho(new Uint8Array(8)));
+  bad[bad.length - 1] ^= 1;
+  s.stack.input(bad);
+  strictEqual(s.stack.counters().dropChecksum, 1);
+});
+
+Deno.test("dhcp: DISCOVER gets an OFFER of the guest address with router and DNS", async () => {
+  await using s = setup();
+  s.stack.input(ipv4(PROTO.UDP, udp(68, 67, dhcpDiscover()), { src: 0, dst: 0xffffffff }));
+  strictEqual(s.out.length, 1);
+  const r = s.out[0];
+  const m = r.subarray(ETH_HLEN + 28);
+  strictEqual(m[0], 2);
+  strictEqual(u32(m, 4), 0x11223344);
+  strictEqual(u32(m, 16), GUEST_IP);
+  const opts = new Map<number, Uint8Array>();
+  for (let o = 240; m[o] !== 255;) {
+    opts.set(m[o], m.subarray(o + 2, o + 2 + m[o + 1]));
+    o += 2 + m[o + 1];
+  }
+  deepStrictEqual([...opts.get(53)!], [2]);
+  deepStrictEqual([...opts.get(1)!], [255, 255, 255, 0]);
+  deepStrictEqual([...opts.get(3)!], [10, 42, 0, 1]);
+  deepStrictEqual([...opts.get(6)!], [10, 42, 0, 1]);
+});
+
+Deno.test("tcp: handshake with MSS and window scale, data both ways, FIN both ways", async () => {
+  await using s = setup();
+  s.stack.input(arpRequest());
+  s.out.length = 0;
+  const dst = 0x0a000009; // 10.0.0.9
+  const syn = tcp({
+    sport: 40000,
+    dport: 80,
+    seq: 1000,
+    flags: TCP_FLAG.SYN,
+    opts: [2, 4, 0x05, 0xb4, 1, 3, 3, 7],
+  });
+  s.stack.input(ipv4(PROTO.TCP, syn, { dst }));
+  await tick();
+  deepStrictEqual(s.sockets.connects, ["10.0.0.9:80"]);
+  strictEqual(s.out.length, 1);
+  let r = s.out.pop()!;
+  const o = ETH_HLEN + 20;
+  strictEqual(r[o + 13], TCP_FLAG.SYN | TCP_FLAG.ACK);
+  strictEqual(u32(r, o + 8), 1001);
+  const iss = u32(r, o + 4);
+  // Options: MSS 1460, NOP, wscale 7.
+  deepStrictEqual([...r.subarray(o + 20, o + 28)], [2, 4, 0x05, 0xb4, 1, 3, 3, 7]);
+  // ACK + 5 bytes of data.
+  const data = new TextEncoder().encode("hello");
+  s.stack.input(
+    ipv4(
+      PROTO.TCP,
+      tcp({
+        sport: 40000,
+        dport: 80,
+        seq: 1001,
+        ack: iss + 1,
+        flags: TCP_FLAG.ACK | TCP_FLAG.PSH,
+        wnd: 1000,
+        payload: data,
+      }),
+      { dst },
+    ),
+  );
+  await tick();
+  await tick();
+  const host = s.sockets.conns[0];
+  deepStrictEqual(host.written, [...data]);
+  strictEqual(s.stack.counters().tcpOpened, 1);
+  r = s.out.pop()!;
+  strictEqual(u32(r, o + 8), 1006); // acked
+  // The host sends 3000 bytes: the window (1000 << 7) lets them go at MSS 1460.
+  host.push(new Uint8Array(3000).fill(7));
+  await tick();
+  await tick();
+  const segs = s.out.splice(0).filter((f) => f.length > ETH_HLEN + 40);
+  deepStrictEqual(segs.map((f) => f.length - ETH_HLEN - 40), [1460, 1460, 80]);
+  strictEqual(u32(segs[1], o + 4), iss + 1 + 1460);
+  // Guest acks all; host closes: FIN to the guest.
+  s.stack.input(
+    ipv4(
+      PROTO.TCP,
+      tcp({ sport: 40000, dport: 80, seq: 1006, ack: iss + 3001, flags: TCP_FLAG.ACK, wnd: 1000 }),
+      { dst },
+    ),
+  );
+  host.push(null);
+  await tick();
+  await tick();
+  const fin = s.out.pop()!;
+  ok(fin[o + 13] & TCP_FLAG.FIN);
+  strictEqual(u32(fin, o + 4), iss + 3001);
+  // The guest acks our FIN and sends its own: we enter TIME_WAIT and ack it.
+  s.stack.input(
+    ipv4(
+      PROTO.TCP,
+      tcp({
+        sport: 40000,
+        dport: 80,
+        seq: 1006,
+        ack: iss + 3002,
+        flags: TCP_FLAG.ACK | TCP_FLAG.FIN,
+        wnd: 1000,
+      }),
+      { dst },
+    ),
+  );
+  await tick();
+  await tick();
+  strictEqual(u32(s.out[s.out.length - 1], o + 8), 1007);
+  ok(host.closed); // both sides closed: the host socket is closed in TIME_WAIT
+  strictEqual(s.stack.counters().internalErrors, 0);
+});
+
+Deno.test("tcp: refused connects and disallowed destinations get RST", async () => {
+  await using s = setup();
+  s.stack.input(arpRequest());
+  s.out.length = 0;
+  // Host loopback is off: 10.42.0.1 is refused without a host connect.
+  s.stack.input(ipv4(PROTO.TCP, tcp({ sport: 40001, dport: 22, seq: 5, flags: TCP_FLAG.SYN })));
+  // 10.0.0.8 is refused by the host.
+  s.stack.input(
+    ipv4(PROTO.TCP, tcp({ sport: 40002, dport: 22, seq: 5, flags: TCP_FLAG.SYN }), {
+      dst: 0x0a000008,
+    }),
+  );
+  await tick();
+  deepStrictEqual(s.sockets.connects, ["10.0.0.8:22"]);
+  const o = ETH_HLEN + 20;
+  deepStrictEqual(s.out.map((f) => [f[o + 13], u32(f, o + 8)]), [
+    [TCP_FLAG.RST | TCP_FLAG.ACK, 6],
+    [TCP_FLAG.RST | TCP_FLAG.ACK, 6],
+  ]);
+  strictEqual(s.stack.counters().tcpRefused, 2);
+});
+
+Deno.test("udp: flows go to host sockets; spoofed sources are dropped", async () => {
+  await using s = setup();
+  s.stack.input(ipv4(PROTO.UDP, udp(5000, 9999, new Uint8Array(4)), { dst: 0x0a000009 }));
+  s.stack.input(
+    ipv4(PROTO.UDP, udp(5000, 9999, new Uint8Array(4)), { src: 0x0a2a0005, dst: 0x0a000009 }),
+  );
+  await tick();
+  deepStrictEqual(s.sockets.udpSent, ["10.0.0.9:9999"]);
+  strictEqual(s.stack.counters().dropSpoofed, 1);
+});
+
+Deno.test("config: --publish parsing and validation errors name the value", () => {
+  deepStrictEqual(parsePublish("8080:80"), {
+    hostIp: "127.0.0.1",
+    hostPort: 8080,
+    guestPort: 80,
+    proto: "tcp",
+  });
+  deepStrictEqual(parsePublish("0.0.0.0:53:5353/udp"), {
+    hostIp: "0.0.0.0",
+    hostPort: 53,
+    guestPort: 5353,
+    proto: "udp",
+  });
+  throws(() => parsePublish("80"), /bad --publish '80'/);
+  throws(() => parsePublish("x:1:2"), /host address 'x'/);
+  throws(() => parsePublish("1:2/sctp"), /protocol/);
+  throws(() => parsePublish("1:70000"), /guest port '70000'/);
+  throws(() => resolveConfig({ guestIp: "10.1.0.2" }), /not in one \/24/);
+  throws(() => resolveConfig({ mtu: 100 }), /mtu must be/);
+});
+
+Deno.test("fixChecksums helper yields frames the stack accepts", async () => {
+  await using s = setup();
+  const f = ipv4(PROTO.ICMP, icmpEcho(new Uint8Array(10)));
+  f[ETH_HLEN + 8 + 20] ^= 0xff;
+  fixChecksums(f);
+  s.stack.input(f);
+  strictEqual(s.stack.counters().icmpEchoReplies, 1);
+});
