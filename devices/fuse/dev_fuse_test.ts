@@ -155,13 +155,15 @@ hostTest(
       for (const rw of ["write", "randwrite", "randrw"]) {
         const r = await sh(
           `fio --name=v --directory=${mnt} --size=8m --bs=4k --rw=${rw} --ioengine=psync ` +
-            `--verify=crc32c --do_verify=1 --verify_fatal=1 --numjobs=1 --output-format=terse`,
+            `--verify=crc32c --do_verify=1 --verify_fatal=1 --numjobs=1 --output-format=terse ` +
+            // fio otherwise writes *-verify.state files into the cwd
+            `--verify_state_save=0`,
         );
         strictEqual(r.code, 0, `fio ${rw}: ${r.err}${r.out}`);
       }
       const r = await sh(
         `fio --name=seq --directory=${mnt} --size=16m --bs=128k --rw=write --verify=md5 ` +
-          `--do_verify=1 --verify_fatal=1 --ioengine=psync --output-format=terse`,
+          `--do_verify=1 --verify_fatal=1 --ioengine=psync --output-format=terse --verify_state_save=0`,
       );
       strictEqual(r.code, 0, r.err);
     });

@@ -1,0 +1,98 @@
+/**
+ * L3 acceptance of `skiff fuse mount`, run through the `./skiff` launcher as
+ * a user would: `./skiff fuse mount /usr/share/doc MNT --ro` gives a mount
+ * on which `diff -r /usr/share/doc MNT` is clean and `touch MNT/x` fails
+ * with "Read-only file system"; Ctrl-C (SIGINT) unmounts and exits 0.
+ *
+ * `diff -r` follows symlinks, and /usr/share/doc holds relative ones that
+ * point outside it (`../../build-essential/list`). The client's kernel
+ * resolves those against the mount point, so MNT is made a sibling of
+ * /usr/share/doc (a fresh directory in /usr/share, removed afterwards): then
+ * they reach the same files as from /usr/share/doc itself.
+ */
+
+import { ok, strictEqual } from "node:assert/strict";
+import { hostTest } from "../../tests/requirements.ts";
+
+const SKIFF = new URL("../../skiff", import.meta.url).pathname;
+const SOURCE = "/usr/share/doc";
+/** Hard limits: mount appearing, the whole diff, the exit after SIGINT. */
+const MOUNT_MS = 60_000;
+const DIFF_S = 120;
+const EXIT_MS = 15_000;
+
+function isMountpoint(path: string): boolean {
+  const mountinfo = Deno.readTextFileSync("/proc/self/mountinfo");
+  return mountinfo.split("\n").some((l) => l.split(" ")[4] === path);
+}
+
+async function sh(script: string): Promise<{ code: number; out: string }> {
+  const o = await new Deno.Command("bash", {
+    args: ["-c", script],
+    stdout: "piped",
+    stderr: "piped",
+    env: { LC_ALL: "C" },
+  }).output();
+  const dec = new TextDecoder();
+  return { code: o.code, out: dec.decode(o.stdout) + dec.decode(o.stderr) };
+}
+
+hostTest(
+  "fuse L3: ./skiff fuse mount /usr/share/doc MNT --ro: diff -r clean, touch is EROFS, Ctrl-C unmounts",
+  ["fuse", "root"],
+  async () => {
+    const mnt = Deno.makeTempDirSync({ dir: "/usr/share", prefix: ".skiff-fuse-test-" });
+    const child = new Deno.Command(SKIFF, {
+      args: ["fuse", "mount", SOURCE, mnt, "--ro"],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const output = Promise.all([
+      new Response(child.stdout).text(),
+      new Response(child.stderr).text(),
+    ]).then(([o, e]) => o + e);
+    let exited = false;
+    const status = child.status.then((s) => {
+      exited = true;
+      return s;
+    });
+    try {
+      const deadline = Date.now() + MOUNT_MS;
+      while (!isMountpoint(mnt)) {
+        if (exited) throw new Error(`skiff fuse mount exited early: ${await output}`);
+        if (Date.now() > deadline) throw new Error(`no mount at ${mnt} after ${MOUNT_MS} ms`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const diff = await sh(`timeout ${DIFF_S} diff -r ${SOURCE} ${mnt}`);
+      strictEqual(diff.code, 0, `diff -r ${SOURCE} ${mnt}:\n${diff.out.slice(0, 4000)}`);
+      const touch = await sh(`touch ${mnt}/x`);
+      strictEqual(touch.code, 1);
+      ok(touch.out.includes("Read-only file system"), touch.out);
+
+      child.kill("SIGINT");
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const s = await Promise.race([
+        status,
+        new Promise<null>((r) => timer = setTimeout(() => r(null), EXIT_MS)),
+      ]);
+      clearTimeout(timer);
+      if (s === null) throw new Error(`skiff did not exit ${EXIT_MS} ms after SIGINT`);
+      strictEqual(s.code, 0, await output);
+      ok(!isMountpoint(mnt), "still mounted after skiff exited");
+      ok((await output).includes("serving /usr/share/doc"), await output);
+    } finally {
+      if (!exited) {
+        try {
+          child.kill("SIGKILL");
+        } catch {
+          // already gone
+        }
+        await status;
+      }
+      await output;
+      if (isMountpoint(mnt)) await sh(`umount -l ${mnt}`);
+      Deno.removeSync(mnt);
+    }
+  },
+);
