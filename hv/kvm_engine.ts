@@ -1,28 +1,26 @@
 /**
  * The kvm engine: skiff's own VMM over /dev/kvm.
  *
- * {@link KvmEngine.build} assembles a machine — guest RAM (memfd), one vCPU
- * in a Worker, the 8250 UART (kernel log), the virtio-mmio devices (console
- * with the workload's ports, virtio-fs for the root share and each volume,
- * virtio-net with `--net`), and the kernel loaded per the Linux x86-64 boot
- * protocol — and {@link KvmEngine.run} starts it, wires the workload's
- * streams to the console ports and resolves with the exit status reported
- * on the status port.
- *
- * Device placement (announce these in the ACPI DSDT, edge-triggered): virtio
- * window `i` at {@link VIRTIO_BASE} + i·0x1000, GSI {@link VIRTIO_GSI_BASE} + i,
- * in the order of {@link KvmMachine.virtio}.
+ * {@link buildKvmMachine} assembles a machine per the Linux x86-64 boot
+ * protocol as Firecracker does: guest RAM split around the 32-bit MMIO hole
+ * (hv/boot/layout.ts), vCPUs in Workers, the 8250 UART on ttyS0, the i8042
+ * (reboot), the ACPI sleep registers (power-off), the virtio-mmio devices
+ * (console with the workload's ports, virtio-fs per share, virtio-net with
+ * `--net`) declared in the ACPI DSDT, the kernel (ELF vmlinux by its program
+ * headers or bzImage) with boot_params, e820, command line and ACPI tables
+ * in guest memory, and the boot vCPU in 64-bit mode at the kernel's entry.
+ * {@link KvmEngine.run} starts it, wires the workload's streams to the
+ * console ports and resolves with the exit status reported on the status
+ * port.
  *
  * On a host whose /dev/kvm emulates guest code (the kvm_pvm module, see
- * DESIGN.md) the kernel stops with KVM_EXIT_INTERNAL_ERROR early in boot;
- * the run then rejects with a {@link VmExitError} saying so ("guest code is
- * emulated on this host …"), never hangs.
+ * DESIGN.md) the command line gets `noxsave clearcpuid=cx16`, and the kernel
+ * still stops with KVM_EXIT_INTERNAL_ERROR early in boot; the run then
+ * rejects with a one-line {@link VmExitError} saying guest code is emulated,
+ * with the exit reason, RIP and instruction bytes — never a hang.
  *
- * Pending integration (other modules not yet in the tree when this was
- * written): ACPI tables (hv/acpi), the generated init + initramfs and its
- * mailbox (init/), and the network stack's attachment (devices/net). The
- * machine builds and boots without them; with them the guest finds the
- * devices and runs the workload.
+ * Pending integration: the generated init + initramfs and its mailbox
+ * (init/), and the network stack's attachment (devices/net).
  *
  * @module
  */
@@ -36,8 +34,12 @@ import type { VirtioDevice } from "../devices/virtio/device.ts";
 import { FuseServer } from "../devices/fuse/server.ts";
 import { PassthroughFs } from "../devices/fuse/passthrough.ts";
 import { Uart } from "../devices/legacy/uart.ts";
-import { Elf64, isElf, PT_LOAD } from "./boot/elf.ts";
-import { isBzImage, parseSetupHeader } from "./boot/setup_header.ts";
+import { I8042Device } from "../devices/legacy/i8042.ts";
+import { type E820Entry, LAYOUT, MemoryLayout } from "./boot/layout.ts";
+import { type LoadedKernel, loadKernel } from "./boot/loader.ts";
+import { buildBootParams, writeCmdline } from "./boot/params.ts";
+import { type AcpiTables, writeAcpiTables } from "./acpi/tables.ts";
+import { sleepSpec } from "./acpi/sleep.ts";
 import { bootImage, findKernel } from "./kernel/cache.ts";
 import {
   ConfigError,
@@ -54,24 +56,54 @@ import {
 import { RegionMemory } from "./memory.ts";
 import { Vm } from "./vm.ts";
 import { setupLongMode } from "./x86/long_mode.ts";
-import { kvmUnusableReason } from "./select_engine.ts";
 
 const MiB = 1 << 20;
 /** First virtio-mmio window (3 GiB: the start of the 32-bit MMIO hole). */
-export const VIRTIO_BASE = 0xc000_0000;
+export const VIRTIO_BASE = LAYOUT.VIRTIO_MMIO_START;
 /** Distance between virtio windows. */
-export const VIRTIO_STRIDE = 0x1000;
+export const VIRTIO_STRIDE = LAYOUT.VIRTIO_MMIO_STRIDE;
 /** GSI of the first virtio device (after the legacy ISA lines skiff uses: UART on 4). */
-export const VIRTIO_GSI_BASE = 5;
-/** End of low RAM: RAM above this continues at 4 GiB. */
-const LOW_RAM_END = 0xc000_0000;
-/** Linux boot protocol placement (as Firecracker): zero page, stack, command line. */
-const ZERO_PAGE = 0x7000;
-const BOOT_STACK = 0x8ff0;
-const CMDLINE = 0x20000;
-const CMDLINE_MAX = 0x10000;
-const EBDA = 0x9fc00;
-const HIMEM = 0x100000;
+export const VIRTIO_GSI_BASE = LAYOUT.DEVICE_IRQ_FIRST;
+
+/** Where the emulated-KVM module shows itself (DESIGN.md, "This workplace's KVM"). */
+export const KVM_PVM_SYSFS = "/sys/module/kvm_pvm";
+
+/** Command-line options that avoid instructions the emulated KVM lacks (cmpxchg16b, xrstor). */
+export const EMULATED_KVM_CMDLINE = "noxsave clearcpuid=cx16";
+
+/** The line printed where guest code is emulated. */
+export const EMULATED_NOTE =
+  "skiff: guest code is emulated on this host (/dev/kvm is the kvm_pvm module): " +
+  "the kernel prints its early log, then stops on an instruction the emulator lacks";
+
+/** Whether /dev/kvm here is the emulated kvm_pvm module. */
+export function isEmulatedKvm(sysfsPath = KVM_PVM_SYSFS): boolean {
+  try {
+    Deno.statSync(sysfsPath);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The base kernel command line (as Firecracker's default, with ttyS0 kept):
+ * serial console, keyboard-controller reboot, no PCI, legacy i8042 probing.
+ */
+export function baseCmdline(emulated: boolean): string {
+  return [
+    "console=ttyS0",
+    "earlyprintk=ttyS0",
+    "reboot=k",
+    "panic=-1",
+    "pci=off",
+    "i8042.noaux",
+    "i8042.nomux",
+    "i8042.nopnp",
+    "i8042.dumbkbd",
+    ...(emulated ? [EMULATED_KVM_CMDLINE] : []),
+  ].join(" ");
+}
 
 /** One virtio device of a machine: where it is, and its host half. */
 export interface VirtioSlot {
@@ -92,12 +124,217 @@ export interface KvmMachine extends AsyncDisposable {
   vm: Vm;
   memory: RegionMemory;
   uart: Uart;
-  console: VirtioConsole;
+  /** The virtio console (port 0 is hvc0), or null when the machine has no virtio devices. */
+  console: VirtioConsole | null;
   virtio: VirtioSlot[];
   /** Kernel command line used. */
   cmdline: string;
+  /** The kernel as loaded (format, entry, extent). */
+  kernel: LoadedKernel;
+  /** The kernel image file booted. */
+  kernelPath: string;
+  /** The e820 map handed to the kernel. */
+  e820: E820Entry[];
+  /** Where the ACPI tables are. */
+  acpi: AcpiTables;
+  /** Whether guest code is emulated on this host (kvm_pvm). */
+  emulated: boolean;
   /** The last kernel log text (UART), for diagnostics. */
   log(): string;
+}
+
+/** Options of {@link buildKvmMachine}. */
+export interface MachineOptions {
+  /** Serial console (ttyS0) output, as it arrives. */
+  onConsole?: (bytes: Uint8Array) => void;
+  /** Progress lines for slow steps (loading the kernel). */
+  progress?: (line: string) => void;
+  /**
+   * Add the workload's virtio devices: the console with the stdin/stdout/
+   * stderr/status ports, a virtio-fs per share, virtio-net with `net`
+   * (default true). Without them the machine has the plain virtio console
+   * (hvc0) when it has one vCPU, and no virtio device otherwise.
+   */
+  workloadDevices?: boolean;
+  /** Override the emulated-KVM detection (tests). */
+  emulated?: boolean;
+}
+
+/**
+ * Builds (but does not start) a machine for `config`. The caller disposes
+ * it (`await using`), which stops the vCPUs and releases fds and memory.
+ *
+ * vCPUs: the virtio transports keep register state per vCPU Worker
+ * (devices/virtio/mmio_remote.ts), so a machine with virtio devices runs
+ * one vCPU; without them (`workloadDevices: false` and `cpus` > 1) it runs
+ * `config.cpus`, each listed in the MADT.
+ */
+export async function buildKvmMachine(
+  config: VmConfig,
+  opts: MachineOptions = {},
+): Promise<KvmMachine> {
+  if (!Number.isInteger(config.memoryMiB) || config.memoryMiB < 64) {
+    throw new ConfigError(`--memory ${config.memoryMiB}: the kvm engine needs at least 64 MiB`);
+  }
+  if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > 255) {
+    throw new ConfigError(`--cpus ${config.cpus}: the kvm engine boots 1–255 vCPUs`);
+  }
+  const progress = opts.progress ?? (() => {});
+  const workload = opts.workloadDevices ?? true;
+  const emulated = opts.emulated ?? isEmulatedKvm();
+  const kernelInfo = await findKernel({ kernel: config.kernel, modules: config.modules });
+  // The ELF vmlinux skips the bzImage's self-decompression (~80 s where guest code is emulated).
+  const image = bootImage(kernelInfo, "elf");
+  const size = (await Deno.stat(image.path)).size;
+  progress(`skiff: loading kernel ${image.path} (${(size / MiB).toFixed(1)} MiB, ${image.format})`);
+  const kernelBytes = await Deno.readFile(image.path);
+
+  const shares = workload ? [...(config.root ? [config.root] : []), ...config.volumes] : [];
+  for (const s of shares) await checkShare(s);
+
+  const layout = MemoryLayout.fromMiB(config.memoryMiB);
+  const memory = RegionMemory.memfd(layout.ramRegions, "skiff-guest");
+  const cleanups: (() => void | Promise<void>)[] = [() => memory[Symbol.dispose]()];
+  const dispose = async () => {
+    for (const c of cleanups.reverse()) {
+      try {
+        await c();
+      } catch {
+        // releasing one resource must not keep the others
+      }
+    }
+    cleanups.length = 0;
+  };
+  try {
+    const vm = Vm.create({ memory });
+    cleanups.push(() => vm.close());
+    const wantVirtio = workload || config.cpus === 1;
+    const cpus = wantVirtio ? 1 : config.cpus;
+    if (wantVirtio && config.cpus > 1) {
+      progress(
+        `skiff: kvm engine: using 1 vCPU (asked for ${config.cpus}): ` +
+          "virtio transports keep per-vCPU state",
+      );
+    }
+    const cpuid = vm.kvm.supportedCpuid();
+    for (let i = 0; i < cpus; i++) vm.createVcpu().fd.setCpuid2(cpuid);
+
+    let log = "";
+    const dec = new TextDecoder();
+    const uart = new Uart({
+      output: (b) => {
+        log = (log + dec.decode(b, { stream: true })).slice(-8192);
+        opts.onConsole?.(b);
+      },
+    });
+    uart.attach(vm);
+    vm.addDevice(new I8042Device().spec());
+    vm.addDevice(sleepSpec());
+
+    const virtio: VirtioSlot[] = [];
+    const add = (name: string, device: VirtioDevice) => {
+      const i = virtio.length;
+      const base = MemoryLayout.virtioMmioBase(i);
+      const gsi = LAYOUT.DEVICE_IRQ_FIRST + i;
+      if (gsi > LAYOUT.DEVICE_IRQ_LAST) {
+        throw new ConfigError(`too many virtio devices: ${name} would need GSI ${gsi} (max 23)`);
+      }
+      const host = new VirtioMmioHost(device, memory, {
+        irq: () => vm.pulseIrq(gsi),
+        onDeviceError: (e) => {
+          if (config.verbose) console.error(`skiff: ${name}: ${(e as Error).message ?? e}`);
+        },
+      });
+      vm.onDeviceMessage(name, (m) => host.handle(m));
+      vm.addDevice(host.spec(name, base, gsi));
+      virtio.push({ name, base, gsi, host });
+    };
+    let consoleDev: VirtioConsole | null = null;
+    if (wantVirtio) {
+      consoleDev = new VirtioConsole(
+        workload
+          ? {
+            portNames: [PORT_NAMES.stdin, PORT_NAMES.stdout, PORT_NAMES.stderr, PORT_NAMES.status],
+          }
+          : {},
+      );
+      add("virtio-console", consoleDev);
+    }
+    for (const s of shares) {
+      const fs = new PassthroughFs(s.hostPath, {
+        readOnly: s.readOnly,
+        crossMounts: !s.stayOnDevice,
+        hide: (s.hide ?? []).map((h) => relative(s.hostPath, h)).filter((h) =>
+          h && !h.startsWith("..")
+        ),
+        credentials: { uid: Deno.uid() ?? 0, gid: Deno.gid() ?? 0 },
+      });
+      cleanups.push(() => fs.close());
+      add(`virtio-fs-${s.tag}`, new VirtioFs({ tag: s.tag, server: new FuseServer(fs) }));
+    }
+    if (workload && config.net) {
+      // The network stack attaches through NetLink (devices/net, pending):
+      // until then guest frames are counted and dropped.
+      add("virtio-net", new VirtioNet({ mac: new Uint8Array([0x52, 0x54, 0, 0x6b, 0x69, 0x66]) }));
+    }
+
+    const cmdline = [
+      baseCmdline(emulated),
+      workload ? `skiff.hostname=${config.hostname}` : "",
+      config.cmdlineExtra,
+    ].filter(Boolean).join(" ");
+    let kernel: LoadedKernel;
+    try {
+      kernel = loadKernel(memory, kernelBytes, image.path);
+    } catch (e) {
+      throw new ConfigError((e as Error).message, { cause: e });
+    }
+    const cmdlineMax = Math.min(kernel.cmdlineMax + 1, LAYOUT.CMDLINE_MAX);
+    let cmdlineLen: number;
+    try {
+      cmdlineLen = writeCmdline(memory, LAYOUT.CMDLINE_START, cmdline, cmdlineMax);
+    } catch (e) {
+      throw new ConfigError((e as Error).message, { cause: e });
+    }
+    const acpi = writeAcpiTables(memory, {
+      cpus,
+      virtio: virtio.map((v) => ({ base: v.base, gsi: v.gsi })),
+    });
+    const e820 = layout.e820();
+    memory.write(
+      LAYOUT.ZERO_PAGE,
+      buildBootParams({
+        setupHeader: kernel.setupHeaderBytes,
+        cmdline: { addr: LAYOUT.CMDLINE_START, size: cmdlineLen },
+        e820,
+        rsdpAddr: acpi.rsdpAddr,
+      }),
+    );
+    setupLongMode(memory, vm.vcpus[0].fd, {
+      entry: kernel.entry,
+      stack: LAYOUT.BOOT_STACK_POINTER,
+      rsi: LAYOUT.ZERO_PAGE,
+    });
+
+    return {
+      vm,
+      memory,
+      uart,
+      console: consoleDev,
+      virtio,
+      cmdline,
+      kernel,
+      kernelPath: image.path,
+      e820,
+      acpi,
+      emulated,
+      log: () => log,
+      [Symbol.asyncDispose]: dispose,
+    };
+  } catch (e) {
+    await dispose();
+    throw e;
+  }
 }
 
 /** Options of {@link KvmEngine}. */
@@ -121,126 +358,13 @@ export class KvmEngine implements Engine {
     this.#opts = opts;
   }
 
-  /** Builds (but does not start) a machine for `config`. */
-  async build(config: VmConfig): Promise<KvmMachine> {
-    if (!Number.isInteger(config.memoryMiB) || config.memoryMiB < 64) {
-      throw new ConfigError(`--memory ${config.memoryMiB}: the kvm engine needs at least 64 MiB`);
-    }
-    const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
-    const image = bootImage(kernel, "elf");
-    const kernelBytes = await Deno.readFile(image.path);
-
-    const shares = [...(config.root ? [config.root] : []), ...config.volumes];
-    for (const s of shares) await checkShare(s);
-
-    const total = config.memoryMiB * MiB;
-    const layout = total <= LOW_RAM_END
-      ? [{ guestAddr: 0, size: total }]
-      : [{ guestAddr: 0, size: LOW_RAM_END }, { guestAddr: 2 ** 32, size: total - LOW_RAM_END }];
-    const memory = RegionMemory.memfd(layout, "skiff-guest");
-    const cleanups: (() => void | Promise<void>)[] = [() => memory[Symbol.dispose]()];
-    const dispose = async () => {
-      for (const c of cleanups.reverse()) {
-        try {
-          await c();
-        } catch {
-          // releasing one resource must not keep the others
-        }
-      }
-      cleanups.length = 0;
-    };
-    try {
-      const vm = Vm.create({ memory });
-      cleanups.push(() => vm.close());
-      // Virtio transports keep their register state per vCPU Worker
-      // (devices/virtio/mmio_remote.ts), so the machine has one vCPU.
-      if (config.cpus > 1 && config.verbose) {
-        console.error(`skiff: kvm engine: using 1 vCPU (asked for ${config.cpus})`);
-      }
-      const vcpu = vm.createVcpu();
-      vcpu.fd.setCpuid2(vm.kvm.supportedCpuid());
-
-      let log = "";
-      const logOut = this.#opts.onKernelLog ??
-        (config.verbose ? (b: Uint8Array) => Deno.stderr.writeSync(b) : null);
-      const dec = new TextDecoder();
-      const uart = new Uart({
-        output: (b) => {
-          log = (log + dec.decode(b, { stream: true })).slice(-8192);
-          logOut?.(b);
-        },
-      });
-      uart.attach(vm);
-
-      const virtio: VirtioSlot[] = [];
-      const add = (name: string, device: VirtioDevice) => {
-        const i = virtio.length;
-        const base = VIRTIO_BASE + i * VIRTIO_STRIDE;
-        const gsi = VIRTIO_GSI_BASE + i;
-        const host = new VirtioMmioHost(device, memory, {
-          irq: () => vm.pulseIrq(gsi),
-          onDeviceError: (e) => {
-            if (config.verbose) console.error(`skiff: ${name}: ${(e as Error).message ?? e}`);
-          },
-        });
-        vm.onDeviceMessage(name, (m) => host.handle(m));
-        vm.addDevice(host.spec(name, base, gsi));
-        virtio.push({ name, base, gsi, host });
-      };
-      const consoleDev = new VirtioConsole({
-        portNames: [PORT_NAMES.stdin, PORT_NAMES.stdout, PORT_NAMES.stderr, PORT_NAMES.status],
-      });
-      add("virtio-console", consoleDev);
-      for (const s of shares) {
-        const fs = new PassthroughFs(s.hostPath, {
-          readOnly: s.readOnly,
-          crossMounts: !s.stayOnDevice,
-          hide: (s.hide ?? []).map((h) => relative(s.hostPath, h)).filter((h) =>
-            h && !h.startsWith("..")
-          ),
-          credentials: { uid: Deno.uid() ?? 0, gid: Deno.gid() ?? 0 },
-        });
-        cleanups.push(() => fs.close());
-        add(`virtio-fs-${s.tag}`, new VirtioFs({ tag: s.tag, server: new FuseServer(fs) }));
-      }
-      if (config.net) {
-        // The network stack attaches through NetLink (devices/net, pending):
-        // until then guest frames are counted and dropped.
-        add(
-          "virtio-net",
-          new VirtioNet({ mac: new Uint8Array([0x52, 0x54, 0, 0x6b, 0x69, 0x66]) }),
-        );
-      }
-
-      const cmdline = [
-        "console=ttyS0",
-        "earlyprintk=ttyS0",
-        "reboot=k",
-        "panic=-1",
-        // DESIGN.md: the emulated KVM lacks cmpxchg16b and xrstor; these avoid them.
-        "noxsave",
-        "clearcpuid=cx16",
-        `skiff.hostname=${config.hostname}`,
-        config.cmdlineExtra,
-      ].filter(Boolean).join(" ");
-      const entry = loadKernel(memory, kernelBytes, image.path);
-      writeBootParams(memory, kernelBytes, cmdline, total);
-      setupLongMode(memory, vcpu.fd, { entry, stack: BOOT_STACK, rsi: ZERO_PAGE });
-
-      return {
-        vm,
-        memory,
-        uart,
-        console: consoleDev,
-        virtio,
-        cmdline,
-        log: () => log,
-        [Symbol.asyncDispose]: dispose,
-      };
-    } catch (e) {
-      await dispose();
-      throw e;
-    }
+  /** Builds (but does not start) a machine for `config` with the workload's devices. */
+  build(config: VmConfig): Promise<KvmMachine> {
+    return buildKvmMachine(config, {
+      onConsole: this.#opts.onKernelLog ??
+        (config.verbose ? (b: Uint8Array) => Deno.stderr.writeSync(b) : undefined),
+      progress: config.verbose ? (l) => console.error(l) : undefined,
+    });
   }
 
   async run(
@@ -252,6 +376,7 @@ export class KvmEngine implements Engine {
     if (workload.argv.length === 0) throw new ConfigError("no command to run");
     signal?.throwIfAborted();
     await using m = await this.build(config);
+    const con = m.console!; // a workload machine always has its console
     const stdoutW = io.stdout.getWriter();
     const stderrW = io.stderr.getWriter();
     let writes: Promise<unknown> = Promise.resolve();
@@ -260,17 +385,17 @@ export class KvmEngine implements Engine {
         writes = writes.then(() => w.write(b)).catch(() => {});
       };
     };
-    pipe(m.console.port(PORT_NAMES.stdout), stdoutW);
-    pipe(m.console.port(PORT_NAMES.stderr), stderrW);
+    pipe(con.port(PORT_NAMES.stdout), stdoutW);
+    pipe(con.port(PORT_NAMES.stderr), stderrW);
     const status = new Promise<ExitStatus>((resolveStatus) => {
       let text = "";
-      m.console.port(PORT_NAMES.status).onData = (b) => {
+      con.port(PORT_NAMES.status).onData = (b) => {
         text += new TextDecoder().decode(b);
         const s = parseStatus(text);
         if (s) resolveStatus(s);
       };
     });
-    const stdinPort = m.console.port(PORT_NAMES.stdin);
+    const stdinPort = con.port(PORT_NAMES.stdin);
     const reader = io.stdin?.getReader() ?? null;
     const pumpStdin = async () => {
       if (!reader) {
@@ -295,6 +420,7 @@ export class KvmEngine implements Engine {
     });
     const onAbort = () => aborted(signal?.reason);
     signal?.addEventListener("abort", onAbort, { once: true });
+    if (signal?.aborted) onAbort(); // aborted while the machine was being built
     try {
       await m.vm.start();
       void pumpStdin();
@@ -304,7 +430,7 @@ export class KvmEngine implements Engine {
             `before the command finished${lastLine(m.log())}`,
         );
       }, (e) => {
-        throw explain(e, m.log());
+        throw explainExit(e, m.log(), m.emulated);
       });
       // `stopped` only ever rejects; `status` resolves when the init reports.
       return await Promise.race([status, stopped, abort]);
@@ -357,90 +483,24 @@ function lastLine(log: string): string {
   return line ? ` (kernel log: ${line.slice(0, 160)})` : "";
 }
 
-/** Turns a vCPU exit error into the message the user sees, naming emulation where it applies. */
-function explain(e: unknown, log: string): unknown {
+/**
+ * Turns a vCPU exit error into the one-line message the user sees. Where
+ * guest code is emulated it says so, keeping the exit reason, RIP and the
+ * instruction bytes; elsewhere it adds the last kernel log line.
+ */
+export function explainExit(e: unknown, log: string, emulated: boolean): unknown {
   if (!(e instanceof VmExitError)) return e;
-  const why = kvmUnusableReason();
-  if (why !== null && why.includes("kvm_pvm")) {
+  // VmExitError's message is "guest stopped: REASON[ at RIP 0x…][ DETAIL]": keep DETAIL.
+  const at = e.rip === undefined ? "" : ` at RIP 0x${e.rip.toString(16)}`;
+  const head = `guest stopped: ${e.reason}${at}`;
+  const detail = e.message.startsWith(head) ? e.message.slice(head.length).trim() : "";
+  if (emulated) {
     return new VmExitError(
-      `guest code is emulated on this host (kvm_pvm) and stopped inside the kernel: ${e.reason}`,
+      `guest code is emulated on this host (kvm_pvm) and the kernel stopped on an instruction ` +
+        `the emulator lacks: ${e.reason}`,
       e.rip,
+      detail,
     );
   }
-  return new VmExitError(`${e.reason}${lastLine(log)}`, e.rip);
-}
-
-/** Loads the kernel image; returns the 64-bit entry point (guest-physical). */
-function loadKernel(memory: RegionMemory, bytes: Uint8Array, path: string): number {
-  if (isElf(bytes)) {
-    const elf = new Elf64(bytes, path);
-    for (const ph of elf.programHeaders()) {
-      if (ph.type !== PT_LOAD || ph.memsz === 0) continue;
-      if (!memory.contains(ph.paddr, ph.memsz)) {
-        throw new ConfigError(
-          `kernel ${path}: segment at 0x${
-            ph.paddr.toString(16)
-          }+${ph.memsz} does not fit in guest RAM`,
-        );
-      }
-      const dst = memory.slice(ph.paddr, ph.memsz);
-      dst.set(bytes.subarray(ph.offset, ph.offset + ph.filesz));
-      dst.fill(0, ph.filesz);
-    }
-    // vmlinux's ELF entry is phys_startup_64 (arch/x86/kernel/vmlinux.lds.S).
-    return Number(elf.entry);
-  }
-  if (isBzImage(bytes)) {
-    const hdr = parseSetupHeader(bytes, path);
-    const setupSects = bytes[0x1f1] || 4;
-    const pm = bytes.subarray((setupSects + 1) * 512);
-    if (!memory.contains(HIMEM, pm.length)) {
-      throw new ConfigError(`kernel ${path}: ${pm.length} bytes do not fit at 1 MiB`);
-    }
-    memory.write(HIMEM, pm);
-    void hdr;
-    // Boot protocol §"64-bit boot protocol": startup_64 is 0x200 into the protected-mode code.
-    return HIMEM + 0x200;
-  }
-  throw new ConfigError(`kernel ${path} is neither an ELF vmlinux nor a bzImage`);
-}
-
-/** boot_params (Documentation/arch/x86/zero-page.rst) with e820 map and command line. */
-function writeBootParams(
-  memory: RegionMemory,
-  kernel: Uint8Array,
-  cmdline: string,
-  total: number,
-): void {
-  const zp = memory.slice(ZERO_PAGE, 4096);
-  zp.fill(0);
-  if (isBzImage(kernel)) {
-    // Copy the image's setup header (0x1f1 .. end given by the jump at 0x201).
-    const end = 0x202 + kernel[0x201];
-    zp.set(kernel.subarray(0x1f1, end), 0x1f1);
-  }
-  const v = new DataView(zp.buffer, zp.byteOffset, 4096);
-  v.setUint16(0x1fe, 0xaa55, true); // boot_flag
-  v.setUint32(0x202, 0x53726448, true); // "HdrS"
-  if (v.getUint16(0x206, true) === 0) v.setUint16(0x206, 0x020f, true); // version
-  v.setUint8(0x210, 0xff); // type_of_loader: undefined
-  v.setUint8(0x211, v.getUint8(0x211) | 0x01); // LOADED_HIGH
-  const cmd = new TextEncoder().encode(cmdline + "\0");
-  if (cmd.length > CMDLINE_MAX) {
-    throw new ConfigError(`kernel command line longer than ${CMDLINE_MAX}`);
-  }
-  memory.write(CMDLINE, cmd);
-  v.setUint32(0x228, CMDLINE, true); // cmd_line_ptr
-  v.setUint32(0x238, cmd.length - 1, true); // cmdline_size
-  const e820: [number, number, number][] = [[0, EBDA, 1]];
-  const low = Math.min(total, LOW_RAM_END);
-  e820.push([HIMEM, low - HIMEM, 1]);
-  if (total > LOW_RAM_END) e820.push([2 ** 32, total - LOW_RAM_END, 1]);
-  v.setUint8(0x1e8, e820.length);
-  e820.forEach(([addr, size, type], i) => {
-    const at = 0x2d0 + 20 * i;
-    v.setBigUint64(at, BigInt(addr), true);
-    v.setBigUint64(at + 8, BigInt(size), true);
-    v.setUint32(at + 16, type, true);
-  });
+  return new VmExitError(`${e.reason}${lastLine(log)}`, e.rip, detail);
 }
