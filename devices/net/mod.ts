@@ -8,7 +8,7 @@
  * {@link NetLink} given to {@link NetStack.attach}: virtio-net
  * ({@link attachVirtioNet}), a TAP device ({@link TapDevice},
  * {@link serveTapInNetns}) or QEMU's `-netdev stream` socket
- * (`serveStream`).
+ * ({@link serveStream}, {@link listenStream}).
  *
  * @module
  */
@@ -26,3 +26,4 @@ export { type NetLink, NetStack, type NetStackOptions } from "./stack.ts";
 export { TapDevice } from "./tap.ts";
 export { type NetnsTap, netTapCommand, serveTapInNetns } from "./netns.ts";
 export { attachVirtioNet } from "./virtio.ts";
+export { listenStream, serveStream, type StreamCounters, type StreamListener } from "./stream.ts";
