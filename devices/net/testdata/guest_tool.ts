@@ -1,8 +1,8 @@
 /**
  * Runs inside a test's network namespace and plays the guest's programs for
  * the L3 tests: `udp-echo HOST PORT COUNT`, `dns SERVER NAME`,
- * `conns HOST PORT N BYTES`, `serve-tcp PORT` (an echo server printing
- * "listening" once bound). Prints one JSON line with the result.
+ * `conns HOST PORT N BYTES`, `rr HOST PORT SECONDS` (1-byte transactions),
+ * `serve-tcp PORT [ADDR]` (an echo server printing "listening" once bound). Prints one JSON line with the result.
  *
  * @module
  */
@@ -93,10 +93,29 @@ async function conns(host: string, port: number, n: number, bytes: number): Prom
   };
 }
 
-async function serveTcp(port: number): Promise<void> {
-  const l = Deno.listen({ hostname: "0.0.0.0", port });
-  console.log(JSON.stringify({ listening: port }));
+/** Sequential 1-byte request/response transactions over one connection for `seconds`. */
+async function rr(host: string, port: number, seconds: number): Promise<unknown> {
+  const c = await Deno.connect({ hostname: host, port });
+  c.setNoDelay(true);
+  const b = new Uint8Array([42]);
+  const r = new Uint8Array(1);
+  let n = 0;
+  const t0 = performance.now();
+  const end = t0 + seconds * 1000;
+  while (performance.now() < end) {
+    await c.write(b);
+    if ((await c.read(r)) !== 1) throw new Error("rr: connection closed");
+    n++;
+  }
+  c.close();
+  return { tps: n / ((performance.now() - t0) / 1000) };
+}
+
+async function serveTcp(port: number, hostname = "0.0.0.0"): Promise<void> {
+  const l = Deno.listen({ hostname, port });
+  console.log(JSON.stringify({ listening: (l.addr as Deno.NetAddr).port }));
   for await (const c of l) {
+    c.setNoDelay(true);
     (async () => {
       const buf = new Uint8Array(65536);
       for (;;) {
@@ -123,7 +142,10 @@ switch (cmd) {
     );
     break;
   case "serve-tcp":
-    await serveTcp(Number(args[0]));
+    await serveTcp(Number(args[0]), args[1]);
+    break;
+  case "rr":
+    console.log(JSON.stringify(await rr(args[0], Number(args[1]), Number(args[2]))));
     break;
   default:
     console.error(`unknown command ${cmd}`);
