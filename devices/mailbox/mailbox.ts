@@ -216,8 +216,14 @@ export class Mailbox implements Disposable {
     this.registers.wake();
   }
 
-  /** Rejects every pending and future call with `error` (e.g. the VM stopped). */
+  /**
+   * Rejects every pending and future call with `error` (e.g. the VM stopped).
+   * What already finished in the register image still resolves first: a
+   * guest that rings "done" and then powers off (SHUTDOWN) must not lose
+   * the race with the host noticing the stop.
+   */
   fail(error: unknown): void {
+    this.#check();
     this.#failure = error;
     for (const w of [...this.#waiters]) w.reject(error);
   }

@@ -223,3 +223,17 @@ Deno.test("Mailbox: deadlines, failure and restore", async () => {
   await rejects(other.runPayload(new Uint8Array([0xc3])), /vm stopped/);
   other[Symbol.dispose]();
 });
+
+Deno.test("Mailbox: a result already in the registers wins over a later failure", async () => {
+  using mb = new Mailbox({ dataSize: 8192 });
+  const f = fakeVm();
+  mb.attach(f.vm);
+  mb.registers.write(MB_REG.STATE, u32(MB_STATE.READY)); // no doorbell message delivered
+  const p = mb.shutdown();
+  await new Promise((r) => setTimeout(r, 5));
+  strictEqual(mb.registers.cmdSeq, 1);
+  mb.registers.write(MB_REG.DONE_SEQ, u32(1)); // the guest acknowledged, then powered off
+  mb.fail(new Error("VM stopped"));
+  await p;
+  await rejects(mb.ready(), /VM stopped/);
+});
