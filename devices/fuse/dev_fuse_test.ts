@@ -78,9 +78,9 @@ setfattr -n user.bin -v 0x00ff10 "$1/sub/blob.bin"
 touch -d '2001-02-03 04:05:06.789' "$1/sub/deeper/x"
 `;
 
-/** Path of a script that builds the tree in its first argument. */
-async function treeScript(): Promise<string> {
-  const f = await Deno.makeTempFile({ prefix: "skiff-tree-", suffix: ".sh" });
+/** A command running a script (written into `dir`) that builds the tree in its first argument. */
+async function treeScript(dir: string): Promise<string> {
+  const f = `${dir}/make-tree.sh`;
   await Deno.writeTextFile(f, `set -e\n${MAKE_TREE}`);
   return `bash ${f}`;
 }
@@ -91,7 +91,7 @@ hostTest("fuse L3: cp -a and diff -r of a tree with symlinks, hard links, FIFOs,
 ], async () => {
   await withMount({}, async (mnt, host) => {
     const src = `${host}/../src`;
-    await must(`set -e; mkdir ${src}; ${await treeScript()} ${src}`);
+    await must(`set -e; mkdir ${src}; ${await treeScript(`${host}/..`)} ${src}`);
     await must(`cp -a ${src} ${mnt}/copy`);
     await sameTree(src, `${mnt}/copy`);
     await sameTree(src, `${host}/copy`);
@@ -120,7 +120,7 @@ hostTest("fuse L3: cp -a and diff -r of a tree with symlinks, hard links, FIFOs,
 
 hostTest("fuse L3: tar round trip and find", ["fuse", "root"], async () => {
   await withMount({}, async (mnt, host) => {
-    await must(`${await treeScript()} ${mnt}/t`);
+    await must(`${await treeScript(`${host}/..`)} ${mnt}/t`);
     await must(`cd ${mnt} && tar cf - t | (mkdir x && cd x && tar xpf -)`);
     await sameTree(`${mnt}/t`, `${mnt}/x/t`);
     const a = await must(`cd ${mnt} && find . -printf '%p %y %m %s\\n' | sort`);
@@ -226,4 +226,52 @@ hostTest("fuse L3: escapes through the real client stay inside", ["fuse", "root"
     strictEqual((await sh(`mknod ${mnt}/mem c 1 1`)).code !== 0, true);
     ok((await sh(`test -e ${host}/mem`)).code !== 0);
   });
+}, opts);
+
+hostTest("fuse L3: crossMounts false, hide and credentials through the real client", [
+  "fuse",
+  "root",
+], async () => {
+  const USER = 4321;
+  const base = await Deno.makeTempDir({ prefix: "skiff-fuse-l3-opts-" });
+  const host = `${base}/host`;
+  let tmpfs = false;
+  try {
+    await must(
+      `set -e; chmod 755 ${base}; mkdir -m 755 ${host}; cd ${host}; mkdir other home mine; ` +
+        `mount -t tmpfs none other; echo x > other/onthemount; echo other > other2; ` +
+        `mkdir -p home/alice; echo key > home/alice/key; echo hi > home/visible; ` +
+        `echo t > top; ln top keylink; echo s > secret; chmod 600 secret; chown ${USER}:${USER} mine`,
+    );
+    tmpfs = true;
+    await withMount({
+      hostDir: host,
+      crossMounts: false,
+      hide: ["home/alice", "top"],
+      credentials: { uid: USER, gid: USER },
+    }, async (mnt) => {
+      // Another mount shows as an empty directory.
+      strictEqual(await must(`ls -A ${mnt}/other | wc -l`), "0\n");
+      ok((await sh(`cat ${mnt}/other/onthemount`)).code !== 0);
+      strictEqual(await must(`cat ${mnt}/other2`), "other\n");
+      // Hidden paths (and a hard link to a hidden file) do not exist.
+      strictEqual(await must(`ls -A ${mnt}/home`), "visible\n");
+      ok((await sh(`cat ${mnt}/top`)).err.includes("No such file"));
+      ok((await sh(`cat ${mnt}/home/alice/key`)).err.includes("No such file"));
+      ok((await sh(`cat ${mnt}/keylink`)).err.includes("No such file"));
+      ok((await sh(`rm -rf ${mnt}/home/alice`)).code === 0); // nothing to remove
+      strictEqual(await must(`cat ${host}/home/alice/key`), "key\n");
+      // The client is root, yet the host calls run as USER.
+      ok((await sh(`cat ${mnt}/secret`)).err.includes("Permission denied"));
+      ok((await sh(`touch ${mnt}/new`)).err.includes("Permission denied"));
+      await must(`echo mine > ${mnt}/mine/f && mkdir ${mnt}/mine/d`);
+      strictEqual(
+        await must(`stat -c %u:%g ${host}/mine/f ${host}/mine/d`),
+        `${USER}:${USER}\n${USER}:${USER}\n`,
+      );
+    });
+  } finally {
+    if (tmpfs) await sh(`umount ${host}/other`);
+    await Deno.remove(base, { recursive: true });
+  }
 }, opts);

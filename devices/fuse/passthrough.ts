@@ -717,6 +717,7 @@ export class PassthroughFs extends FileSystem {
   #remove(parent: number, name: Uint8Array, flags: number): void {
     this.#enterCreds();
     const dir = this.#mutableDir(parent);
+    this.#refuseHidden(dir, name, Errno.ENOENT);
     const c = this.#cname(name, this.#name1);
     const victim = this.#detachChild(dir, c);
     if (victim) this.#pin(victim);
@@ -753,6 +754,9 @@ export class PassthroughFs extends FileSystem {
     if (flags & ~3) throw new FuseError(Errno.EINVAL, `rename flags ${flags}`);
     const from = this.#mutableDir(olddir);
     const to = this.#mutableDir(newdir);
+    // A hidden entry can neither be moved out nor replaced (nor exchanged) by another.
+    this.#refuseHidden(from, oldname, Errno.ENOENT);
+    this.#refuseHidden(to, newname, Errno.EACCES);
     const c1 = this.#cname(oldname, this.#name1);
     const c2 = this.#cname(newname, this.#name2);
     const moving = this.#detachChild(from, c1);
@@ -1054,6 +1058,17 @@ export class PassthroughFs extends FileSystem {
     this.#lru.set(node, true);
     node.lookups++;
     return this.#entry(node);
+  }
+
+  /**
+   * Throws `errno` when `name` in `dir` is a hidden path: it does not exist
+   * for the client, so it must not be removed or renamed over either. Uses
+   * the `#name2` buffer: call before building names in it.
+   */
+  #refuseHidden(dir: Node, name: Uint8Array, errno: number): void {
+    if (this.#hidden.size > 0 && this.#isHiddenName(dir, name)) {
+      throw new FuseError(errno, "hidden path");
+    }
   }
 
   #isHiddenName(dir: Node, name: Uint8Array): boolean {

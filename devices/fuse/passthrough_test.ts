@@ -1,0 +1,167 @@
+/**
+ * L0 tests of {@link PassthroughFs} options at the protocol level: `hide`
+ * (hidden paths and their hard links can be neither seen nor removed,
+ * renamed or replaced) and `credentials` (every host call runs with that
+ * user's rights, whatever uid the client's request carries).
+ * `readOnly` and `crossMounts: false` are covered in escape_test.ts; all
+ * four through the real kernel client in dev_fuse_test.ts.
+ */
+
+import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
+import { Errno } from "../../kvm_ffi/errno.ts";
+import { hostTest } from "../../tests/requirements.ts";
+import { PassthroughFs, type PassthroughOptions } from "./passthrough.ts";
+import { Op } from "./protocol.ts";
+import { FuseServer } from "./server.ts";
+import { setThreadCreds } from "./sys.ts";
+import { TestClient, z } from "./test_client.ts";
+
+interface Share extends Disposable {
+  dir: string;
+  c: TestClient;
+}
+
+/**
+ * A share at `<tmp>/share` built by `build`; `beforeRemove` runs before the
+ * temp dir is removed (a credentials test resets the thread's fsuid there).
+ */
+function share(
+  build: (dir: string) => void,
+  options: PassthroughOptions,
+  beforeRemove: () => void = () => {},
+): Share {
+  const base = Deno.makeTempDirSync({ prefix: "skiff-passthrough-" });
+  Deno.chmodSync(base, 0o755); // reachable by the credentials test's user
+  const dir = `${base}/share`;
+  Deno.mkdirSync(dir, { mode: 0o755 });
+  Deno.chmodSync(dir, 0o755);
+  build(dir);
+  const fs = new PassthroughFs(dir, options);
+  const c = new TestClient(new FuseServer(fs));
+  strictEqual(c.init().error, 0);
+  return {
+    dir,
+    c,
+    [Symbol.dispose]() {
+      fs.close();
+      beforeRemove();
+      Deno.removeSync(base, { recursive: true });
+    },
+  };
+}
+
+function names(dir: string): string[] {
+  return [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+}
+
+Deno.test("passthrough hide: hidden paths and their hard links cannot be seen, removed or replaced", () => {
+  using s = share((d) => {
+    Deno.mkdirSync(`${d}/home/alice`, { recursive: true });
+    Deno.writeTextFileSync(`${d}/home/alice/key`, "k");
+    Deno.mkdirSync(`${d}/home/empty`);
+    Deno.writeTextFileSync(`${d}/home/visible`, "v");
+    Deno.writeTextFileSync(`${d}/top`, "t");
+    Deno.linkSync(`${d}/top`, `${d}/home/alias`);
+  }, { hide: ["home/alice", "home/empty", "top"] });
+  const c = s.c;
+  const [e, home] = c.lookup(1, "home");
+  strictEqual(e, 0);
+  for (const [dir, name] of [[home, "alice"], [home, "empty"], [1, "top"], [home, "alias"]]) {
+    strictEqual(c.lookup(dir as number, name as string)[0], Errno.ENOENT, `lookup ${name}`);
+  }
+  const [, fh] = c.open(home, 0, true);
+  deepStrictEqual(c.readdir(home, fh, false)[1].sort(), [".", "..", "visible"]);
+  deepStrictEqual(c.readdir(home, fh, true)[1].sort(), [".", "..", "visible"]);
+  // Mutations naming a hidden entry.
+  strictEqual(c.unlink(1, "top").error, Errno.ENOENT);
+  strictEqual(c.unlink(home, "alias").error, Errno.ENOENT, "hard link of a hidden file");
+  strictEqual(c.call(Op.RMDIR, home, z("empty")).error, Errno.ENOENT);
+  strictEqual(c.rename(home, "empty", 1, "moved").error, Errno.ENOENT);
+  strictEqual(c.rename(home, "visible", 1, "top").error, Errno.EACCES);
+  strictEqual(c.rename(home, "visible", home, "alice", 2).error, Errno.EACCES); // EXCHANGE
+  strictEqual(c.create(1, "top")[0] !== 0, true);
+  strictEqual(c.mkdir(home, "alice").error !== 0, true);
+  // Nothing changed on the host.
+  deepStrictEqual(names(`${s.dir}/home`), ["alias", "alice", "empty", "visible"]);
+  deepStrictEqual(names(s.dir), ["home", "top"]);
+  strictEqual(Deno.readTextFileSync(`${s.dir}/home/alice/key`), "k");
+  strictEqual(Deno.readTextFileSync(`${s.dir}/top`), "t");
+  // Visible entries still work normally.
+  strictEqual(c.rename(home, "visible", 1, "moved").error, 0);
+  strictEqual(c.unlink(1, "moved").error, 0);
+});
+
+Deno.test("passthrough hide: a missing hidden path is ignored", () => {
+  using s = share((d) => Deno.writeTextFileSync(`${d}/f`, "f"), { hide: ["nope", "/also/not"] });
+  strictEqual(s.c.lookup(1, "f")[0], 0);
+});
+
+/** The calling thread's supplementary groups (restored after a credentials test). */
+function threadGroups(): number[] {
+  const status = Deno.readTextFileSync("/proc/thread-self/status");
+  const line = status.split("\n").find((l) => l.startsWith("Groups:")) ?? "Groups:";
+  return line.slice(7).trim().split(/\s+/).filter((x) => x !== "").map(Number);
+}
+
+hostTest("passthrough credentials: host calls run as the given user, not the client's uid", [
+  "root",
+], () => {
+  const USER = 4321;
+  const groups = threadGroups();
+  try {
+    using s = share(
+      (d) => {
+        Deno.writeTextFileSync(`${d}/secret`, "s");
+        Deno.chmodSync(`${d}/secret`, 0o600);
+        Deno.writeTextFileSync(`${d}/public`, "p");
+        Deno.chmodSync(`${d}/public`, 0o644);
+        Deno.mkdirSync(`${d}/mine`);
+        Deno.chownSync(`${d}/mine`, USER, USER);
+        Deno.mkdirSync(`${d}/group`, { mode: 0o770 });
+        Deno.chmodSync(`${d}/group`, 0o770);
+        Deno.chownSync(`${d}/group`, 0, 777);
+      },
+      { credentials: { uid: USER, gid: USER, groups: [USER, 777] } },
+      () => {
+        setThreadCreds(0, 0, groups); // this thread: back to root for the cleanup
+      },
+    );
+    const c = s.c; // requests carry uid 0 / gid 0: must not matter
+    const [, secret] = c.lookup(1, "secret");
+    const [, pub] = c.lookup(1, "public");
+    const [, mine] = c.lookup(1, "mine");
+    const [, group] = c.lookup(1, "group");
+    strictEqual(c.open(secret)[0], Errno.EACCES);
+    const [e, fh] = c.open(pub);
+    strictEqual(e, 0);
+    strictEqual(new TextDecoder().decode(c.read(pub, fh, 0, 10).body), "p");
+    strictEqual(c.open(pub, 1)[0], Errno.EACCES, "public is not writable by the user");
+    strictEqual(c.create(1, "new")[0], Errno.EACCES, "the share root belongs to root");
+    strictEqual(c.create(mine, "new")[0], 0);
+    strictEqual(c.mkdir(mine, "sub").error, 0);
+    strictEqual(c.create(group, "g")[0], 0, "supplementary group 777 grants access");
+    strictEqual(c.unlink(1, "public").error, Errno.EACCES);
+    const st = Deno.statSync(`${s.dir}/mine/new`);
+    deepStrictEqual([st.uid, st.gid], [USER, USER]);
+    const sd = Deno.statSync(`${s.dir}/mine/sub`);
+    deepStrictEqual([sd.uid, sd.gid], [USER, USER]);
+    strictEqual(Deno.statSync(`${s.dir}/group/g`).uid, USER);
+    ok(Deno.statSync(`${s.dir}/public`).isFile);
+  } finally {
+    setThreadCreds(0, 0, groups);
+  }
+});
+
+hostTest("passthrough without credentials, as root: files are created as the client's uid", [
+  "root",
+], () => {
+  using s = share((d) => Deno.mkdirSync(`${d}/pub`, { mode: 0o777 }), {});
+  Deno.chmodSync(`${s.dir}/pub`, 0o777);
+  const [, pub] = s.c.lookup(1, "pub");
+  s.c.uid = 1500;
+  s.c.gid = 1600;
+  strictEqual(s.c.create(pub, "f")[0], 0);
+  strictEqual(s.c.create(1, "g")[0], Errno.EACCES, "uid 1500 may not write the 0755 root");
+  const st = Deno.statSync(`${s.dir}/pub/f`);
+  deepStrictEqual([st.uid, st.gid], [1500, 1600]);
+});
