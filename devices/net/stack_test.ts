@@ -298,3 +298,96 @@ Deno.test("fixChecksums helper yields frames the stack accepts", async () => {
   s.stack.input(f);
   strictEqual(s.stack.counters().icmpEchoReplies, 1);
 });
+
+/** Opens a connection from the guest to 10.0.0.9:80; returns the stack's ISS. */
+async function handshake(s: ReturnType<typeof setup>, sport: number): Promise<number> {
+  const dst = 0x0a000009;
+  s.stack.input(
+    ipv4(PROTO.TCP, tcp({ sport, dport: 80, seq: 1000, flags: TCP_FLAG.SYN }), { dst }),
+  );
+  await tick();
+  const iss = u32(s.out.pop()!, ETH_HLEN + 24);
+  s.stack.input(
+    ipv4(PROTO.TCP, tcp({ sport, dport: 80, seq: 1001, ack: iss + 1, flags: TCP_FLAG.ACK }), {
+      dst,
+    }),
+  );
+  return iss;
+}
+
+Deno.test("tcp: out-of-order guest data is kept and delivered once the gap is filled", async () => {
+  await using s = setup();
+  s.stack.input(arpRequest());
+  s.out.length = 0;
+  const iss = await handshake(s, 40010);
+  const dst = 0x0a000009;
+  const seg = (seq: number, text: string) =>
+    ipv4(
+      PROTO.TCP,
+      tcp({
+        sport: 40010,
+        dport: 80,
+        seq,
+        ack: iss + 1,
+        flags: TCP_FLAG.ACK,
+        payload: new TextEncoder().encode(text),
+      }),
+      { dst },
+    );
+  s.out.length = 0;
+  s.stack.input(seg(1006, "world"));
+  s.stack.input(seg(1011, "!"));
+  // Duplicate ACKs for 1001 go out at once.
+  deepStrictEqual(s.out.map((f) => u32(f, ETH_HLEN + 28)), [1001, 1001]);
+  s.stack.input(seg(1001, "hello"));
+  await tick();
+  await tick();
+  strictEqual(new TextDecoder().decode(new Uint8Array(s.sockets.conns[0].written)), "helloworld!");
+  strictEqual(u32(s.out[s.out.length - 1], ETH_HLEN + 28), 1012);
+  strictEqual(s.stack.counters().bufferedBytes, 0);
+});
+
+Deno.test("tcp: resetConnections (snapshot restore) resets open connections", async () => {
+  await using s = setup();
+  s.stack.input(arpRequest());
+  await handshake(s, 40020);
+  await tick();
+  strictEqual(s.stack.counters().tcpActive, 1);
+  s.out.length = 0;
+  s.stack.resetConnections();
+  strictEqual(s.out.length, 1);
+  ok(s.out[0][ETH_HLEN + 33] & TCP_FLAG.RST);
+  ok(s.sockets.conns[0].closed);
+  strictEqual(s.stack.counters().tcpActive, 0);
+});
+
+Deno.test("tcp: three duplicate ACKs trigger fast retransmit; silence triggers the RTO", async () => {
+  await using s = setup();
+  s.stack.input(arpRequest());
+  const iss = await handshake(s, 40030);
+  const dst = 0x0a000009;
+  await tick();
+  const host = s.sockets.conns[0];
+  s.out.length = 0;
+  host.push(new Uint8Array(4000).fill(1));
+  await tick();
+  await tick();
+  const seqs = () =>
+    s.out.filter((f) => f.length > ETH_HLEN + 40).map((f) => u32(f, ETH_HLEN + 24));
+  // No MSS option in the SYN: RFC 9293 §3.7.1's default of 536 bytes.
+  deepStrictEqual(seqs(), Array.from({ length: 8 }, (_, i) => iss + 1 + 536 * i));
+  s.out.length = 0;
+  const dup = ipv4(
+    PROTO.TCP,
+    tcp({ sport: 40030, dport: 80, seq: 1001, ack: iss + 1, flags: TCP_FLAG.ACK }),
+    { dst },
+  );
+  for (let i = 0; i < 3; i++) s.stack.input(dup);
+  deepStrictEqual(seqs(), [iss + 1]);
+  strictEqual(s.stack.counters().tcpRetransmits, 1);
+  // No more ACKs: the retransmission timer (initially 1 s, RFC 6298) resends from SND.UNA.
+  s.out.length = 0;
+  await new Promise((r) => setTimeout(r, 1300));
+  ok(seqs()[0] === iss + 1, JSON.stringify(seqs()));
+  ok(s.stack.counters().tcpRetransmits >= 2);
+});

@@ -61,6 +61,8 @@ const READ_SIZE = 256 * 1024;
 const CONNECT_TIMEOUT = 30_000;
 /** FIN_WAIT_2 without the guest's FIN (as Linux tcp_fin_timeout). */
 const FIN_WAIT_2_TIMEOUT = 60_000;
+/** Out-of-order segments kept per connection. */
+const MAX_OUT_OF_ORDER = 256;
 /** SYN retransmissions to the guest before giving up (published connections). */
 const SYN_RETRIES = 5;
 
@@ -120,6 +122,9 @@ export class TcpConn {
   #rcvEdge = 0;
   #lastAdvWnd = 0;
   #toHost: Uint8Array[] = [];
+  /** Out-of-order guest segments waiting for the gap before them. */
+  #ooo: { seq: number; data: Uint8Array; fin: boolean }[] = [];
+  #oooBytes = 0;
   #toHostBytes = 0;
   #writing = false;
   #guestFin = false;
@@ -160,7 +165,7 @@ export class TcpConn {
 
   /** Bytes this connection holds in its buffers. */
   get bufferedBytes(): number {
-    return this.#sndBufLen + this.#toHostBytes;
+    return this.#sndBufLen + this.#toHostBytes + this.#oooBytes;
   }
 
   /** Guest-initiated: records the guest's SYN before the host connect starts. */
@@ -232,9 +237,9 @@ export class TcpConn {
       else this.#sendAck(); // RFC 5961 §4 challenge ACK
       return;
     }
-    if (rel > 0 || (len > 0 && rel + len <= 0) || (len === 0 && rel < 0)) {
-      // Out of order (we keep no reassembly queue: the guest's fast retransmit
-      // resends) or an old duplicate / window probe: acknowledge what we have.
+    if ((len > 0 && rel + len <= 0) || (len === 0 && rel < 0) || rel >= wnd) {
+      // An old duplicate, a window probe or a segment beyond the window
+      // (§3.10.7.4 first step): acknowledge what we have.
       this.#sendAck();
       return;
     }
@@ -265,13 +270,40 @@ export class TcpConn {
     if (this.#done) return;
 
     // Data (§3.10.7.4 seventh step).
-    let payload = seg.payload;
-    let fin = (f & TCP_FLAG.FIN) !== 0;
-    if (rel < 0) payload = payload.subarray(-rel);
+    const fin = (f & TCP_FLAG.FIN) !== 0;
+    if (rel > 0) {
+      // Out of order: keep it until the gap is filled and send a duplicate
+      // ACK at once so the guest's fast retransmit fills the gap (RFC 5681 §4.2).
+      if (seg.payload.length > 0 || fin) {
+        this.#queueOutOfOrder(seg.seq, seg.payload, fin, wnd);
+        this.#sendAck();
+      }
+      this.#trySend();
+      return;
+    }
+    this.#deliver(rel < 0 ? seg.payload.subarray(-rel) : seg.payload, fin);
+    while (this.#ooo.length > 0 && !this.#done) {
+      const i = this.#ooo.findIndex((o) => diff(o.seq, this.#rcvNxt) <= 0);
+      if (i < 0) break;
+      const [o] = this.#ooo.splice(i, 1);
+      this.#oooBytes -= o.data.length;
+      this.#env.buffered(-o.data.length);
+      const skip = diff(this.#rcvNxt, o.seq);
+      if (skip <= o.data.length) this.#deliver(o.data.subarray(skip), o.fin);
+    }
+    this.#trySend();
+  }
+
+  /** Whether data from the guest is still accepted (it has not sent its FIN). */
+  #receiving(): boolean {
+    const st = this.state;
+    return st === "ESTABLISHED" || st === "FIN_WAIT_1" || st === "FIN_WAIT_2";
+  }
+
+  /** Appends in-order guest data (and its FIN) for the host. */
+  #deliver(payload: Uint8Array, fin: boolean): void {
     if (payload.length > 0) {
-      if (
-        this.state === "ESTABLISHED" || this.state === "FIN_WAIT_1" || this.state === "FIN_WAIT_2"
-      ) {
+      if (this.#receiving()) {
         const room = Math.max(diff(this.#rcvEdge, this.#rcvNxt), this.#rcvWindow());
         if (payload.length > room) {
           payload = payload.subarray(0, Math.max(0, room));
@@ -307,7 +339,28 @@ export class TcpConn {
       this.#kickWriter();
       this.#wantAck();
     }
-    this.#trySend();
+  }
+
+  /**
+   * Keeps an out-of-order segment (a copy) for {@link input} to deliver once
+   * the gap before it is filled; bounded by the window, a segment count and
+   * the stack-wide byte budget. Duplicates are ignored.
+   */
+  #queueOutOfOrder(seq: number, payload: Uint8Array, fin: boolean, wnd: number): void {
+    if (!this.#receiving() || this.#ooo.length >= MAX_OUT_OF_ORDER) return;
+    const rel = diff(seq, this.#rcvNxt);
+    let data = payload;
+    if (rel + data.length > wnd) {
+      data = data.subarray(0, Math.max(0, wnd - rel));
+      fin = false;
+    }
+    if (data.length === 0 && !fin) return;
+    if (this.#ooo.some((o) => o.seq === seq && o.data.length >= data.length)) return;
+    if (this.#oooBytes + data.length > this.#env.cfg.tcpBufferBytes) return;
+    if (data.length > this.#env.bufferFree()) return;
+    this.#ooo.push({ seq, data: data.slice(), fin });
+    this.#oooBytes += data.length;
+    this.#env.buffered(data.length);
   }
 
   #inputSynSent(seg: TcpSegment): void {
@@ -756,9 +809,11 @@ export class TcpConn {
     if (this.#done) return;
     this.#done = true;
     if (this.state !== "CLOSED") this.state = "CLOSED";
-    this.#env.buffered(-this.#sndBufLen);
+    this.#env.buffered(-this.#sndBufLen - this.#oooBytes);
     this.#sndBufLen = 0;
     this.#sndChunks = [];
+    this.#oooBytes = 0;
+    this.#ooo = [];
     if (this.#aborted || !this.#writing) {
       this.#env.buffered(-this.#toHostBytes);
       this.#toHostBytes = 0;
