@@ -137,7 +137,17 @@ export function mailboxLoop(o: MailboxLoopOptions = {}): Fragment {
   const magicOk = uniqueLabel("mb_magic");
   const versionOk = uniqueLabel("mb_version");
   const vaOk = uniqueLabel("mb_va");
+  const fdsAgain = uniqueLabel("mb_fds");
+  const fdsDone = uniqueLabel("mb_fdsdone");
   const f = seq(
+    // Keep fds 0–2 taken (a PID 1 may start without them): a port opened as
+    // fd 1 and dup2'ed onto itself would keep O_CLOEXEC and vanish at exec.
+    label(fdsAgain),
+    sys(SYS.open, [str("/dev/null"), O.RDWR, 0], { dst: MB.t }),
+    branch("lt", MB.t, 0, fdsDone),
+    branch("lt", MB.t, 3, fdsAgain),
+    sys(SYS.close, [MB.t]),
+    label(fdsDone),
     sys(SYS.open, [str(regsPath), O.RDWR | O.SYNC | O.CLOEXEC, 0], {
       step: `open mailbox ${regsPath}`,
       dst: MB.fd,
