@@ -375,6 +375,7 @@ export class KvmEngine implements Engine {
   ): Promise<ExitStatus> {
     if (workload.argv.length === 0) throw new ConfigError("no command to run");
     signal?.throwIfAborted();
+    const t0 = performance.now();
     await using m = await this.build(config);
     const con = m.console!; // a workload machine always has its console
     const stdoutW = io.stdout.getWriter();
@@ -440,7 +441,7 @@ export class KvmEngine implements Engine {
         const r = signal.reason;
         if (r instanceof VmError) throw r;
         if (r instanceof DOMException && r.name === "TimeoutError") {
-          throw new VmTimeoutError(0);
+          throw new VmTimeoutError(Math.round((performance.now() - t0) / 100) / 10);
         }
         throw new VmError(`run aborted: ${(r as Error)?.message ?? r}`);
       }

@@ -1,0 +1,208 @@
+/**
+ * L1: KvmEngine.run and bootWithConsoleLog end to end on /dev/kvm with a
+ * tiny stand-in "vmlinux" (an ELF whose code follows the 64-bit boot
+ * protocol: RSI = boot_params). The stand-in prints the command line it
+ * finds through boot_params.cmd_line_ptr on the UART, then powers off through
+ * the ACPI sleep register, hits an instruction the emulator lacks, or spins.
+ * This proves the whole build path (findKernel on --kernel, ELF loading,
+ * boot_params, cmdline, ACPI sleep device, UART) and every way a run ends,
+ * in well under a second each. The real kernel is tests/linux_boot_test.ts.
+ */
+
+import { match, ok, rejects, strictEqual } from "node:assert/strict";
+import { join } from "node:path";
+import { Assembler, mem } from "../init/asm/mod.ts";
+import { hostTest } from "../tests/requirements.ts";
+import { type VmConfig, VmError, VmExitError, VmTimeoutError } from "./engine.ts";
+import { isEmulatedKvm, KvmEngine } from "./kvm_engine.ts";
+import { bootWithConsoleLog } from "./console_boot.ts";
+import { LAYOUT } from "./boot/layout.ts";
+import { SLEEP } from "./acpi/tables.ts";
+
+const LOAD = 16 << 20;
+const COM1 = 0x3f8;
+
+type Ending = "poweroff" | "emulation" | "spin";
+
+/** The stand-in kernel's code, assembled for 16 MiB. */
+function program(ending: Ending): Uint8Array {
+  const a = new Assembler();
+  const loop = a.newLabel("next"), wait = a.newLabel("wait"), done = a.newLabel("done");
+  a.mov("esi", mem({ base: "rsi", disp: 0x228, size: 32 })); // boot_params.cmd_line_ptr
+  a.label(loop);
+  a.mov("bl", mem({ base: "rsi", size: 8 }));
+  a.test("bl", "bl");
+  a.je(done);
+  a.label(wait);
+  a.mov("dx", COM1 + 5);
+  a.in("al", "dx");
+  a.test("al", 0x20);
+  a.je(wait);
+  a.mov("dx", COM1);
+  a.mov("al", "bl");
+  a.out("dx", "al");
+  a.inc("rsi");
+  a.jmp(loop);
+  a.label(done);
+  a.mov("dx", COM1);
+  a.mov("al", 0x0a);
+  a.out("dx", "al");
+  if (ending === "poweroff") {
+    a.mov("dx", LAYOUT.SLEEP_PORT);
+    a.mov("al", SLEEP.SLP_EN | (SLEEP.S5_TYPE << SLEEP.SLP_TYP_SHIFT));
+    a.out("dx", "al");
+  } else if (ending === "emulation") {
+    a.mov("eax", 0x6000);
+    a.emit([0x48, 0x0f, 0xc7, 0x08]); // cmpxchg16b [rax]: the emulator lacks it
+    a.ud2(); // on hardware: #UD with no IDT → triple fault, never a hang
+  }
+  a.label("spin");
+  a.jmp("spin");
+  return a.assemble({ origin: LOAD }).bytes;
+}
+
+/** Wraps `code` in an ELF64 x86-64 EXEC with one PT_LOAD at 16 MiB and a physical entry. */
+function elf(code: Uint8Array): Uint8Array {
+  const off = 0x1000;
+  const b = new Uint8Array(off + code.length);
+  const dv = new DataView(b.buffer);
+  b.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
+  dv.setUint16(16, 2, true); // ET_EXEC
+  dv.setUint16(18, 62, true); // EM_X86_64
+  dv.setUint32(20, 1, true);
+  dv.setBigUint64(24, BigInt(LOAD), true);
+  dv.setBigUint64(32, 64n, true);
+  dv.setUint16(52, 64, true);
+  dv.setUint16(54, 56, true);
+  dv.setUint16(56, 1, true);
+  dv.setUint32(64, 1, true); // PT_LOAD
+  dv.setUint32(68, 5, true); // R+X
+  dv.setBigUint64(72, BigInt(off), true);
+  dv.setBigUint64(80, 0xffffffff81000000n, true);
+  dv.setBigUint64(88, BigInt(LOAD), true);
+  dv.setBigUint64(96, BigInt(code.length), true);
+  dv.setBigUint64(104, BigInt(code.length + 0x1000), true);
+  dv.setBigUint64(112, 0x1000n, true);
+  b.set(code, off);
+  return b;
+}
+
+async function withKernel(ending: Ending, fn: (path: string, dir: string) => Promise<void>) {
+  const dir = await Deno.makeTempDir({ prefix: "skiff-kvm-engine-" });
+  try {
+    const path = join(dir, "vmlinux");
+    await Deno.writeFile(path, elf(program(ending)));
+    await fn(path, dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function config(kernel: string): VmConfig {
+  return {
+    kernel,
+    cpus: 1,
+    memoryMiB: 64,
+    cmdlineExtra: "skiff.l1=yes",
+    root: null,
+    volumes: [],
+    net: null,
+    hostname: "h1",
+    verbose: false,
+  };
+}
+
+function io() {
+  const sink = () => new WritableStream<Uint8Array>();
+  return { stdin: null, stdout: sink(), stderr: sink() };
+}
+
+const workload = { argv: ["/bin/true"], env: {}, workdir: "/" };
+
+hostTest("kvm engine run: the guest's stop on an unemulated instruction is one 'emulated' line", [
+  "kvm",
+], async () => {
+  await withKernel("emulation", async (kernel) => {
+    let log = "";
+    const engine = new KvmEngine({ onKernelLog: (b) => (log += new TextDecoder().decode(b)) });
+    await rejects(engine.run(config(kernel), workload, io(), AbortSignal.timeout(30_000)), (e) => {
+      ok(e instanceof VmExitError, String(e));
+      ok(!e.message.includes("\n"));
+      if (isEmulatedKvm()) {
+        match(e.message, /emulated/);
+        match(e.message, /KVM_EXIT_INTERNAL_ERROR/);
+        match(e.message, /RIP 0x1[0-9a-f]{6}/);
+        match(e.message, /instruction bytes 48 0f c7 08/);
+      } else {
+        match(e.message, /triple fault/);
+      }
+      return true;
+    });
+    // The stand-in printed the command line skiff put behind boot_params.
+    match(log, /^console=ttyS0 .*skiff\.hostname=h1 skiff\.l1=yes\n/);
+    strictEqual(log.includes("noxsave clearcpuid=cx16"), isEmulatedKvm());
+  });
+});
+
+hostTest(
+  "kvm engine run: a guest power-off before the command ends is a VmError",
+  ["kvm"],
+  async () => {
+    await withKernel("poweroff", async (kernel) => {
+      await rejects(
+        new KvmEngine().run(config(kernel), workload, io(), AbortSignal.timeout(30_000)),
+        (e) => e instanceof VmError && /powered|poweroff/.test(e.message),
+      );
+    });
+  },
+);
+
+hostTest("kvm engine run: aborting stops a spinning guest and rejects", ["kvm"], async () => {
+  await withKernel("spin", async (kernel) => {
+    const t0 = performance.now();
+    await rejects(
+      new KvmEngine().run(config(kernel), workload, io(), AbortSignal.timeout(300)),
+      (e) => e instanceof VmTimeoutError && /timed out after 0\.\d s/.test(e.message),
+    );
+    ok(performance.now() - t0 < 10_000);
+  });
+});
+
+hostTest("console boot: poweroff, timeout (124) and the console log file", ["kvm"], async () => {
+  await withKernel("poweroff", async (kernel, dir) => {
+    const lines: string[] = [];
+    let out = "";
+    const r = await bootWithConsoleLog({
+      consoleLog: join(dir, "log"),
+      timeoutSeconds: 30,
+      kernel,
+      memoryMiB: 64,
+      cmdlineExtra: "x=1",
+      terminal: (b) => (out += new TextDecoder().decode(b)),
+      progress: (l) => lines.push(l),
+    });
+    strictEqual(r.end, "poweroff");
+    strictEqual(r.exitCode, 0);
+    const log = await Deno.readTextFile(join(dir, "log"));
+    strictEqual(log, `${r.cmdline}\n`);
+    strictEqual(out, log);
+    ok(lines.some((l) => l.startsWith("skiff: loading kernel")));
+  });
+  await withKernel("spin", async (kernel, dir) => {
+    const r = await bootWithConsoleLog({
+      consoleLog: join(dir, "log"),
+      timeoutSeconds: 0.5,
+      kernel,
+      memoryMiB: 64,
+      terminal: null,
+      progress: () => {},
+    });
+    strictEqual(r.end, "timeout");
+    strictEqual(r.exitCode, 124);
+    match(r.message, /^timed out after 0\.5 s; the VM was stopped$/);
+  });
+  await rejects(
+    bootWithConsoleLog({ consoleLog: "/nonexistent/x", timeoutSeconds: 0, terminal: null }),
+    /--timeout 0/,
+  );
+});
