@@ -20,3 +20,9 @@ export { Mailbox, MAILBOX_LAYOUT, MB_CMD, MB_STATE } from "./devices/mailbox/mod
 export type { MailboxCallOptions, MailboxOptions, MailboxSnapshot } from "./devices/mailbox/mod.ts";
 export { MAILBOX_DATA_VA, mailboxLoop, mailboxProgram } from "./init/mailbox_loop.ts";
 export type { MailboxLoopOptions, MailboxProgramOptions } from "./init/mailbox_loop.ts";
+export { buildKvmMachine, isEmulatedKvm, KvmEngine } from "./hv/kvm_engine.ts";
+export type { KvmEngineOptions, KvmMachine, MachineOptions } from "./hv/kvm_engine.ts";
+export { bootWithConsoleLog } from "./hv/console_boot.ts";
+export type { ConsoleBootOptions, ConsoleBootResult } from "./hv/console_boot.ts";
+export { buildAcpiTables, sleepSpec, writeAcpiTables } from "./hv/acpi/mod.ts";
+export type { AcpiOptions, AcpiTables, AcpiVirtioDevice } from "./hv/acpi/mod.ts";
