@@ -9,15 +9,16 @@
  * in well under a second each. The real kernel is tests/linux_boot_test.ts.
  */
 
-import { match, ok, rejects, strictEqual } from "node:assert/strict";
+import { deepStrictEqual, match, ok, rejects, strictEqual } from "node:assert/strict";
 import { join } from "node:path";
 import { Assembler, mem } from "../init/asm/mod.ts";
 import { hostTest } from "../tests/requirements.ts";
 import { type VmConfig, VmError, VmExitError, VmTimeoutError } from "./engine.ts";
-import { isEmulatedKvm, KvmEngine } from "./kvm_engine.ts";
+import { buildKvmMachine, isEmulatedKvm, KvmEngine } from "./kvm_engine.ts";
 import { bootWithConsoleLog } from "./console_boot.ts";
 import { LAYOUT } from "./boot/layout.ts";
-import { SLEEP } from "./acpi/tables.ts";
+import { buildDsdt, SLEEP } from "./acpi/tables.ts";
+import { BP, readE820 } from "./boot/params.ts";
 
 const LOAD = 16 << 20;
 const COM1 = 0x3f8;
@@ -206,3 +207,43 @@ hostTest("console boot: poweroff, timeout (124) and the console log file", ["kvm
     /--timeout 0/,
   );
 });
+
+hostTest(
+  "kvm machine: the DSDT in guest memory declares exactly its virtio slots; MADT its vCPUs",
+  [
+    "kvm",
+  ],
+  async () => {
+    await withKernel("spin", async (kernel, dir) => {
+      const share = { tag: "vol0", hostPath: dir, guestPath: "/mnt", readOnly: true };
+      {
+        await using m = await buildKvmMachine({ ...config(kernel), volumes: [share] });
+        deepStrictEqual(
+          m.virtio.map((v) => [v.name, v.base, v.gsi]),
+          [["virtio-console", 0xc000_0000, 5], ["virtio-fs-vol0", 0xc000_1000, 6]],
+        );
+        const dsdt = m.acpi.tables.find((t) => t.signature === "DSDT")!;
+        deepStrictEqual(
+          m.memory.slice(dsdt.addr, dsdt.bytes.length),
+          buildDsdt(m.virtio.map((v) => ({ base: v.base, gsi: v.gsi }))),
+        );
+        strictEqual(m.vm.vcpus.length, 1);
+        // boot_params points at the tables and the command line.
+        const bp = m.memory.slice(LAYOUT.ZERO_PAGE, 4096);
+        const dv = new DataView(bp.buffer, bp.byteOffset, 4096);
+        strictEqual(dv.getBigUint64(BP.ACPI_RSDP_ADDR, true), BigInt(m.acpi.rsdpAddr));
+        strictEqual(dv.getUint32(BP.CMD_LINE_PTR, true), LAYOUT.CMDLINE_START);
+        deepStrictEqual(readE820(bp), m.e820);
+      }
+      {
+        await using m = await buildKvmMachine({ ...config(kernel), cpus: 3 }, {
+          workloadDevices: false,
+        });
+        strictEqual(m.vm.vcpus.length, 3);
+        strictEqual(m.virtio.length, 0);
+        const madt = m.acpi.tables.find((t) => t.signature === "APIC")!.bytes;
+        strictEqual(madt.length, 44 + 3 * 8 + 12);
+      }
+    });
+  },
+);
