@@ -390,6 +390,7 @@ export function bootProgram(o: BootOptions = {}): Program {
     const path = v("cmd_path");
     const line = buf("status_line", 64);
     const q = v("line_q");
+    const start = v("line_start");
     const signaled = uniqueLabel("signaled");
     const write = uniqueLabel("writestatus");
     body.push(
@@ -408,17 +409,18 @@ export function bootProgram(o: BootOptions = {}): Program {
         status,
         signal,
       }),
+      // One write per /dev/kmsg record: "skiff-init: " + the status line.
+      { op: "call", routine: "strcpy", args: [line, str("skiff-init: ")], dst: start },
       branch("ne", signal, 0, signaled),
-      { op: "call", routine: "strcpy", args: [line, str("exit ")], dst: q },
+      { op: "call", routine: "strcpy", args: [start, str("exit ")], dst: q },
       { op: "call", routine: "utoa", args: [q, status], dst: q },
       jump(write),
       label(signaled),
-      { op: "call", routine: "strcpy", args: [line, str("signal ")], dst: q },
+      { op: "call", routine: "strcpy", args: [start, str("signal ")], dst: q },
       { op: "call", routine: "utoa", args: [q, signal], dst: q },
       label(write),
       { op: "call", routine: "strcpy", args: [q, str("\n")] },
-      log(statusFd, line),
-      log(KMSG, "skiff-init: "),
+      log(statusFd, start),
       log(KMSG, line),
       sys(SYS.fsync, [statusFd]),
     );
@@ -441,6 +443,7 @@ function errorHandler(
   const { rec, recOk, statusFd, stepOverride, portPath } = vars;
   const line = buf("error_line", 2048);
   const q = v("err_q");
+  const start = v("err_start");
   const step = v("err_stepname");
   const name = v("err_name");
   const tab = v("err_tab");
@@ -455,7 +458,9 @@ function errorHandler(
     branch("eq", stepOverride, 0, haveStep),
     set(step, stepOverride),
     label(haveStep),
-    { op: "call", routine: "strcpy", args: [line, str("error ")], dst: q },
+    // "<3>" makes the kernel log it as an error (shown on the console even with `quiet`).
+    { op: "call", routine: "strcpy", args: [line, str("<3>skiff-init: ")], dst: start },
+    { op: "call", routine: "strcpy", args: [start, str("error ")], dst: q },
     { op: "call", routine: "strcpy", args: [q, step], dst: q },
     { op: "call", routine: "strcpy", args: [q, str(": ")], dst: q },
     branch("geu", ERR_NO, LINUX_ERRNO_NAMES.length, unnamed),
@@ -471,10 +476,9 @@ function errorHandler(
     { op: "call", routine: "utoa", args: [q, ERR_NO], dst: q },
     label(named),
     { op: "call", routine: "strcpy", args: [q, str("\n")] },
-    log(KMSG, "skiff-init: "),
     log(KMSG, line),
-    log(2, "skiff-init: "),
-    log(2, line),
+    { op: "arith", kind: "add", dst: q, a: line, b: 3 },
+    log(2, q),
     branch("ge", statusFd, 0, write),
     branch("eq", recOk, 0, noPort),
     field(portName, rec, REC.PORT_STATUS),
@@ -482,7 +486,7 @@ function errorHandler(
     sys(SYS.open, [portPath, O.WRONLY | O.CLOEXEC, 0], { dst: statusFd }),
     branch("lt", statusFd, 0, noPort),
     label(write),
-    log(statusFd, line),
+    log(statusFd, start),
     sys(SYS.fsync, [statusFd]),
     label(noPort),
   );

@@ -1,0 +1,177 @@
+// L3q: skiff's initramfs and init booted by the Debian kernel under QEMU TCG,
+// with the virtio-console ports skiff.stdin/stdout/stderr/status and, where a
+// shell is needed, the host's `/` served read-only over vhost-user virtio-fs
+// as the guest root.
+import { match, ok, strictEqual } from "node:assert/strict";
+import { hostTest } from "../tests/requirements.ts";
+import { FuseServer } from "../devices/fuse/server.ts";
+import { PassthroughFs } from "../devices/fuse/passthrough.ts";
+import { VhostUserServer } from "../devices/vhost_user/backend.ts";
+import { VirtioFsDevice } from "../devices/vhost_user/fs.ts";
+import { QemuProcess } from "../hv/qemu/process.ts";
+import { readAll, testKernel } from "../hv/qemu/testing.ts";
+import type { KernelInfo } from "../hv/kernel/mod.ts";
+import { buildInitramfs, DEFAULT_PORTS, defaultInitConfig, type InitConfig } from "./mod.ts";
+import { parseStatusLine } from "./config.ts";
+
+const kernel = await testKernel();
+if (typeof kernel === "string") console.error(`skiff-test-skip: init qemu tests: ${kernel}`);
+const NEEDS = ["qemu"] as const;
+/** Hard limit for one guest run (boot ≈ 3 s; TCG on a loaded 2-core host is slower). */
+const DEADLINE_MS = 120_000;
+
+/**
+ * The guest's TSC rate in kHz. Under TCG the guest TSC runs at the host's
+ * rate; on a loaded host the kernel's PIT calibration fails ("Unable to
+ * calibrate against PIT", then "Marking TSC unstable") and boot hangs before
+ * the APIC timer works (seen 4 of 4 times with 4 guests at once). Giving the
+ * rate with `tsc_early_khz` skips that calibration.
+ */
+function hostTscKhz(): number {
+  try {
+    const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(Deno.readTextFileSync("/proc/cpuinfo"));
+    if (m) return Math.round(Number(m[1]) * 1000);
+  } catch {
+    // fall through
+  }
+  return 2_600_000;
+}
+const APPEND = `console=ttyS0 quiet panic=-1 tsc_early_khz=${hostTscKhz()}`;
+
+interface GuestRun {
+  status: string;
+  stdout: string;
+  stderr: string;
+  console: string;
+}
+
+/** Boots `config` (serving the host's `/` as tag "root" when `serveRoot`), with a hard deadline. */
+async function bootGuest(
+  k: KernelInfo,
+  config: InitConfig,
+  o: { serveRoot?: boolean; stdin?: string } = {},
+): Promise<GuestRun> {
+  const dir = await Deno.makeTempDir({ prefix: "skiff-initq-" });
+  let server: VhostUserServer | null = null;
+  let vm: QemuProcess | null = null;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let consoleText: Promise<string> = Promise.resolve("");
+  try {
+    await Deno.writeFile(`${dir}/initrd`, await buildInitramfs({ kernel: k, config }));
+    if (o.serveRoot) {
+      const fs = new PassthroughFs("/", {
+        readOnly: true,
+        crossMounts: false,
+        hide: ["home", "root"],
+      });
+      server = new VhostUserServer(`${dir}/fs.sock`, new VirtioFsDevice(new FuseServer(fs)), {
+        once: true,
+      });
+    }
+    const p = config.ports;
+    vm = await QemuProcess.start({
+      dir,
+      accel: "tcg",
+      cpus: 1,
+      memoryMiB: 256,
+      kernel: k.bzImage!,
+      initrd: `${dir}/initrd`,
+      append: APPEND,
+      portNames: [p.stdin, p.stdout, p.stderr, p.status],
+      console: true,
+      fs: o.serveRoot ? [{ id: "fs0", tag: "root", socketPath: `${dir}/fs.sock` }] : [],
+    });
+    const stdin = vm.ports.get(p.stdin)!;
+    consoleText = readAll(vm.console!);
+    const work = (async () => {
+      if (o.stdin) await stdin.write(new TextEncoder().encode(o.stdin));
+      const [stdout, stderr, status] = await Promise.all([
+        readAll(vm!.ports.get(p.stdout)!),
+        readAll(vm!.ports.get(p.stderr)!),
+        readAll(vm!.ports.get(p.status)!),
+        vm!.exited,
+      ]);
+      return { stdout, stderr, status, console: await consoleText };
+    })();
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        const failed = `guest did not finish within ${DEADLINE_MS} ms`;
+        // Reject first: stopping the VM ends the port reads, which would resolve `work`.
+        reject(new Error(failed));
+        vm?.stop(0);
+      }, DEADLINE_MS);
+    });
+    try {
+      return await Promise.race([work, deadline]);
+    } catch (e) {
+      await vm.stop(0);
+      throw new Error(`${(e as Error).message}; console:\n${await consoleText}`);
+    }
+  } finally {
+    clearTimeout(timer);
+    await vm?.stop();
+    await server?.[Symbol.asyncDispose]();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function withCommand(argv: string[], rootTag: string | null = "root"): InitConfig {
+  const c = defaultInitConfig(argv);
+  c.rootTag = rootTag;
+  c.command.env.push("HOME=/");
+  return c;
+}
+
+hostTest("init under QEMU: commands exiting 0 and 3 on the host root, stdio on named ports", [
+  ...NEEDS,
+], async () => {
+  if (typeof kernel === "string") return;
+  const ok0 = await bootGuest(
+    kernel,
+    withCommand([
+      "sh",
+      "-c",
+      'echo "out $(hostname) $(cat /proc/cmdline | wc -w)"; echo err >&2; ' +
+      "echo w > /etc/skiff-written && cat /etc/skiff-written; [ -e /home ] || echo no-home; " +
+      'grep -c " / / .* - overlay " /proc/self/mountinfo',
+    ]),
+    { serveRoot: true },
+  );
+  const ctx = `console:\n${ok0.console}\nstdout: ${ok0.stdout}\nstderr: ${ok0.stderr}`;
+  strictEqual(ok0.status, "exit 0\n", ctx);
+  strictEqual(ok0.stdout, "out skiff 4\nw\nno-home\n1\n", ctx);
+  strictEqual(ok0.stderr, "err\n");
+  const three = await bootGuest(kernel, withCommand(["sh", "-c", "exit 3"]), { serveRoot: true });
+  strictEqual(three.status, "exit 3\n", `console:\n${three.console}`);
+  strictEqual(parseStatusLine(three.status).kind, "exited");
+});
+
+hostTest("init under QEMU: a command killed by SIGTERM reports signal 15", [...NEEDS], async () => {
+  if (typeof kernel === "string") return;
+  const r = await bootGuest(kernel, withCommand(["sh", "-c", "kill -TERM $$"]), {
+    serveRoot: true,
+  });
+  strictEqual(r.status, "signal 15\n", `console:\n${r.console}`);
+});
+
+hostTest("init under QEMU: a missing root share is reported with its errno", [
+  ...NEEDS,
+], async () => {
+  if (typeof kernel === "string") return;
+  const r = await bootGuest(kernel, withCommand(["true"], "no-such-tag"));
+  match(r.status, /^error mount root: E[A-Z]+\n$/, `console:\n${r.console}`);
+  const st = parseStatusLine(r.status);
+  ok(st.kind === "error" && st.step === "mount root");
+  strictEqual(r.stdout, "");
+});
+
+hostTest("init under QEMU: no root (initramfs only): a missing command exits 127", [
+  ...NEEDS,
+], async () => {
+  if (typeof kernel === "string") return;
+  const c = withCommand(["sh", "-c", "true"], null);
+  c.ports = { ...DEFAULT_PORTS };
+  const r = await bootGuest(kernel, c);
+  strictEqual(r.status, "exit 127\n", `console:\n${r.console}`);
+  match(r.stderr, /skiff: sh: command not found/);
+});
