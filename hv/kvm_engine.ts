@@ -419,6 +419,9 @@ export class KvmEngine implements Engine {
     const abort = new Promise<never>((_, reject) => {
       aborted = reject;
     });
+    // The abort can come before the race below subscribes (e.g. while the
+    // vCPU Workers start): mark it handled so it is not an unhandled rejection.
+    abort.catch(() => {});
     const onAbort = () => aborted(signal?.reason);
     signal?.addEventListener("abort", onAbort, { once: true });
     if (signal?.aborted) onAbort(); // aborted while the machine was being built
