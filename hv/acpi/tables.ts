@@ -43,6 +43,8 @@ export const IAPC_BOOT_ARCH = {
   VGA_NOT_PRESENT: 1 << 2,
   /** Bit 3: MSI Not Supported. */
   MSI_NOT_SUPPORTED: 1 << 3,
+  /** Bit 4: PCIe ASPM Controls — OSPM must not enable ASPM. */
+  PCIE_ASPM_CONTROLS: 1 << 4,
   /** Bit 5: CMOS RTC Not Present. */
   CMOS_RTC_NOT_PRESENT: 1 << 5,
 } as const;
@@ -99,9 +101,10 @@ export interface AcpiOptions {
   /** Port of the sleep control register; the status register is the next port. */
   sleepPort?: number;
   /**
-   * Interrupt source overrides. Default none, as Firecracker: KVM's default
-   * GSI routing wires GSI n to IOAPIC pin n, which is the identity mapping
-   * Linux assumes for ISA IRQs without overrides.
+   * Interrupt source overrides. Default none, as Firecracker (its MADT holds
+   * the IOAPIC and one local APIC per vCPU, nothing else): KVM's default GSI
+   * routing wires GSI n to IOAPIC pin n, which is the identity mapping Linux
+   * assumes for ISA IRQs without overrides.
    */
   overrides?: readonly InterruptOverride[];
   /** IOAPIC address (default LAYOUT.IOAPIC_ADDR) and ID (default 0). */
@@ -215,8 +218,9 @@ export function buildFadt(dsdtAddr: number, sleepPort: number): Uint8Array {
   if (dsdtAddr <= 0xffff_ffff) dv.setUint32(at(40), dsdtAddr, true); // DSDT
   dv.setUint16(
     at(109),
+    // As Firecracker (no VGA, no MSI, no ASPM), plus no CMOS RTC: skiff emulates none at 0x70.
     IAPC_BOOT_ARCH.VGA_NOT_PRESENT | IAPC_BOOT_ARCH.MSI_NOT_SUPPORTED |
-      IAPC_BOOT_ARCH.CMOS_RTC_NOT_PRESENT,
+      IAPC_BOOT_ARCH.PCIE_ASPM_CONTROLS | IAPC_BOOT_ARCH.CMOS_RTC_NOT_PRESENT,
     true,
   );
   dv.setUint32(
