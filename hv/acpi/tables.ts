@@ -290,8 +290,9 @@ export function virtioDeviceName(index: number): string {
  * The DSDT's AML: `\_SB.Vnnn` per virtio-mmio device — `_HID "LNRO0005"`
  * (the ID Linux's virtio_mmio driver matches), `_UID`, `_CCA` (DMA is cache
  * coherent) and `_CRS` with Memory32Fixed and an edge-triggered, active-high,
- * exclusive interrupt (as Firecracker: skiff pulses the line for each
- * interrupt, and Linux's vm_interrupt reads InterruptStatus on every edge) —
+ * exclusive interrupt. That is Firecracker's choice (QEMU `microvm` declares
+ * Level): skiff pulses the line for each interrupt, and Linux's vm_interrupt
+ * reads and acknowledges InterruptStatus on every edge —
  * and `\_S5` = Package {5, 5, 0, 0} (§7.4.2.5: SLP_TYPa, SLP_TYPb, reserved).
  */
 export function dsdtAml(devices: readonly AcpiVirtioDevice[]): Uint8Array {
