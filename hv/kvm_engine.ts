@@ -347,6 +347,11 @@ export interface KvmEngineOptions {
    * the guest stops inside the kernel.
    */
   onReady?: (machine: KvmMachine) => Promise<void> | void;
+  /**
+   * Receives the one-line note that guest code is emulated on this host
+   * ({@link EMULATED_NOTE}) when a run starts there; default: stderr; null: silent.
+   */
+  onNote?: ((line: string) => void) | null;
 }
 
 /** The kvm engine. */
@@ -426,6 +431,12 @@ export class KvmEngine implements Engine {
     signal?.addEventListener("abort", onAbort, { once: true });
     if (signal?.aborted) onAbort(); // aborted while the machine was being built
     try {
+      if (m.emulated) {
+        const note = this.#opts.onNote === undefined
+          ? (l: string) => console.error(l)
+          : this.#opts.onNote;
+        note?.(EMULATED_NOTE);
+      }
       await m.vm.start();
       void pumpStdin();
       const stopped = m.vm.wait().then((stop): never => {

@@ -125,7 +125,11 @@ hostTest("kvm engine run: the guest's stop on an unemulated instruction is one '
 ], async () => {
   await withKernel("emulation", async (kernel) => {
     let log = "";
-    const engine = new KvmEngine({ onKernelLog: (b) => (log += new TextDecoder().decode(b)) });
+    const notes: string[] = [];
+    const engine = new KvmEngine({
+      onKernelLog: (b) => (log += new TextDecoder().decode(b)),
+      onNote: (l) => notes.push(l),
+    });
     await rejects(engine.run(config(kernel), workload, io(), AbortSignal.timeout(30_000)), (e) => {
       ok(e instanceof VmExitError, String(e));
       ok(!e.message.includes("\n"));
@@ -142,6 +146,8 @@ hostTest("kvm engine run: the guest's stop on an unemulated instruction is one '
     // The stand-in printed the command line skiff put behind boot_params.
     match(log, /^console=ttyS0 .*skiff\.hostname=h1 skiff\.l1=yes\n/);
     strictEqual(log.includes("noxsave clearcpuid=cx16"), isEmulatedKvm());
+    strictEqual(notes.length, isEmulatedKvm() ? 1 : 0);
+    if (notes.length) match(notes[0], /^skiff: guest code is emulated on this host/);
   });
 });
 
@@ -151,7 +157,12 @@ hostTest(
   async () => {
     await withKernel("poweroff", async (kernel) => {
       await rejects(
-        new KvmEngine().run(config(kernel), workload, io(), AbortSignal.timeout(30_000)),
+        new KvmEngine({ onNote: null }).run(
+          config(kernel),
+          workload,
+          io(),
+          AbortSignal.timeout(30_000),
+        ),
         (e) => e instanceof VmError && /powered|poweroff/.test(e.message),
       );
     });
@@ -162,7 +173,7 @@ hostTest("kvm engine run: aborting stops a spinning guest and rejects", ["kvm"],
   await withKernel("spin", async (kernel) => {
     const t0 = performance.now();
     await rejects(
-      new KvmEngine().run(config(kernel), workload, io(), AbortSignal.timeout(300)),
+      new KvmEngine({ onNote: null }).run(config(kernel), workload, io(), AbortSignal.timeout(300)),
       (e) => e instanceof VmTimeoutError && /timed out after 0\.\d s/.test(e.message),
     );
     ok(performance.now() - t0 < 10_000);
