@@ -37,7 +37,7 @@ async function bootTest(): Promise<void> {
   let r: ConsoleBootResult | undefined;
   let log = "";
   try {
-    r = await bootWithConsoleLog({
+    const boot = bootWithConsoleLog({
       consoleLog: logPath,
       timeoutSeconds: 180,
       cpus: 2,
@@ -47,6 +47,19 @@ async function bootTest(): Promise<void> {
       progress: (l) => progress.push(l),
       signal,
     });
+    // Last line of defence should stopping the VM itself hang: fail with the log so far.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const hung = new Promise<never>((_, reject) => {
+      timer = setTimeout(async () => {
+        const sofar = await Deno.readTextFile(logPath).catch(() => "");
+        reject(new Error(`the boot did not end within 200 s\n--- console ---\n${sofar}`));
+      }, 200_000);
+    });
+    try {
+      r = await Promise.race([boot, hung]);
+    } finally {
+      clearTimeout(timer);
+    }
     // The serial console ends lines with CR LF.
     log = (await Deno.readTextFile(logPath)).replaceAll("\r\n", "\n");
   } finally {
