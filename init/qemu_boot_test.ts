@@ -49,10 +49,16 @@ interface GuestRun {
 async function bootGuest(
   k: KernelInfo,
   config: InitConfig,
-  o: { serveRoot?: boolean; stdin?: string } = {},
+  o: {
+    serveRoot?: boolean;
+    stdin?: string;
+    /** Extra host directories served over virtio-fs, by tag (config.shares mounts them). */
+    shares?: { tag: string; dir: string; readOnly: boolean }[];
+  } = {},
 ): Promise<GuestRun> {
   const dir = await Deno.makeTempDir({ prefix: "skiff-initq-" });
   let server: VhostUserServer | null = null;
+  const shareServers: VhostUserServer[] = [];
   let vm: QemuProcess | null = null;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let consoleText: Promise<string> = Promise.resolve("");
@@ -68,7 +74,17 @@ async function bootGuest(
         once: true,
       });
     }
+    const fsDevices = o.serveRoot ? [{ id: "fs0", tag: "root", socketPath: `${dir}/fs.sock` }] : [];
+    for (const [i, sh] of (o.shares ?? []).entries()) {
+      const socketPath = `${dir}/share${i}.sock`;
+      const fs = new PassthroughFs(sh.dir, { readOnly: sh.readOnly });
+      shareServers.push(
+        new VhostUserServer(socketPath, new VirtioFsDevice(new FuseServer(fs)), { once: true }),
+      );
+      fsDevices.push({ id: `share${i}`, tag: sh.tag, socketPath });
+    }
     const p = config.ports;
+    const portNames = [...new Set([p.stdin, p.stdout, p.stderr, p.status])];
     vm = await QemuProcess.start({
       dir,
       accel: "tcg",
@@ -77,17 +93,21 @@ async function bootGuest(
       kernel: k.bzImage!,
       initrd: `${dir}/initrd`,
       append: APPEND,
-      portNames: [p.stdin, p.stdout, p.stderr, p.status],
+      portNames,
       console: true,
-      fs: o.serveRoot ? [{ id: "fs0", tag: "root", socketPath: `${dir}/fs.sock` }] : [],
+      fs: fsDevices,
     });
     const stdin = vm.ports.get(p.stdin)!;
     consoleText = readAll(vm.console!);
     const work = (async () => {
-      if (o.stdin) await stdin.write(new TextEncoder().encode(o.stdin));
+      if (o.stdin !== undefined) {
+        await stdin.write(new TextEncoder().encode(o.stdin));
+        // Half-close: the guest reads EOF after the data.
+        await (stdin as Deno.UnixConn).closeWrite();
+      }
       const [stdout, stderr, status] = await Promise.all([
         readAll(vm!.ports.get(p.stdout)!),
-        readAll(vm!.ports.get(p.stderr)!),
+        p.stderr === p.stdout ? Promise.resolve("") : readAll(vm!.ports.get(p.stderr)!),
         readAll(vm!.ports.get(p.status)!),
         vm!.exited,
       ]);
@@ -111,6 +131,7 @@ async function bootGuest(
     clearTimeout(timer);
     await vm?.stop();
     await server?.[Symbol.asyncDispose]();
+    for (const sv of shareServers) await sv[Symbol.asyncDispose]();
     await Deno.remove(dir, { recursive: true });
   }
 }
@@ -159,7 +180,8 @@ hostTest("init under QEMU: a missing root share is reported with its errno", [
 ], async () => {
   if (typeof kernel === "string") return;
   const r = await bootGuest(kernel, withCommand(["true"], "no-such-tag"));
-  match(r.status, /^error mount root: E[A-Z]+\n$/, `console:\n${r.console}`);
+  // virtio_fs_get_tree(): an unknown tag is -EINVAL ("virtio-fs: tag <…> not found").
+  strictEqual(r.status, "error mount root: EINVAL\n", `console:\n${r.console}`);
   const st = parseStatusLine(r.status);
   ok(st.kind === "error" && st.step === "mount root");
   strictEqual(r.stdout, "");
@@ -175,3 +197,55 @@ hostTest("init under QEMU: no root (initramfs only): a missing command exits 127
   strictEqual(r.status, "exit 127\n", `console:\n${r.console}`);
   match(r.stderr, /skiff: sh: command not found/);
 });
+
+hostTest(
+  "init under QEMU: shares (ro and rw) mounted in the overlay, stdin to EOF, one port for stdout+stderr",
+  [
+    ...NEEDS,
+  ],
+  async () => {
+    if (typeof kernel === "string") return;
+    const ro = await Deno.makeTempDir({ prefix: "skiff-initq-ro-" });
+    const rw = await Deno.makeTempDir({ prefix: "skiff-initq-rw-" });
+    try {
+      await Deno.writeTextFile(`${ro}/in.txt`, "from the ro share\n");
+      const c = withCommand([
+        "sh",
+        "-c",
+        [
+          "cat /data/in.txt",
+          "touch /data/x 2>/dev/null || echo ro-refused",
+          "tr a-z A-Z > /out/deep/stdin.txt",
+          "grep -E ' /(data|out/deep) ' /proc/self/mounts | cut -d' ' -f2,3,4 | cut -d, -f1",
+          "echo to-stderr >&2",
+        ].join("\n"),
+      ]);
+      c.shares = [
+        { tag: "data", guestPath: "/data", readOnly: true },
+        // /out/deep does not exist on the host's / : made in the writable overlay.
+        { tag: "out", guestPath: "/out/deep", readOnly: false },
+      ];
+      c.ports = { ...DEFAULT_PORTS, stderr: DEFAULT_PORTS.stdout };
+      const r = await bootGuest(kernel, c, {
+        serveRoot: true,
+        stdin: "piped in\n",
+        shares: [{ tag: "data", dir: ro, readOnly: true }, {
+          tag: "out",
+          dir: rw,
+          readOnly: false,
+        }],
+      });
+      const ctx = `console:\n${r.console}\nstdout: ${r.stdout}`;
+      strictEqual(r.status, "exit 0\n", ctx);
+      strictEqual(
+        r.stdout,
+        "from the ro share\nro-refused\n/data virtiofs ro\n/out/deep virtiofs rw\nto-stderr\n",
+        ctx,
+      );
+      strictEqual(await Deno.readTextFile(`${rw}/stdin.txt`), "PIPED IN\n");
+    } finally {
+      await Deno.remove(ro, { recursive: true });
+      await Deno.remove(rw, { recursive: true });
+    }
+  },
+);
