@@ -42,9 +42,29 @@ import {
 export interface NetLink {
   /**
    * Delivers one Ethernet frame (no FCS) to the guest. The stack does not
-   * touch `frame` afterwards; the link may keep it.
+   * touch `frame` afterwards; the link may keep it. With `partial` (only
+   * when {@link partialChecksums} is set) the TCP/UDP checksum is left to the
+   * link, as virtio's VIRTIO_NET_HDR_F_NEEDS_CSUM (virtio 1.2 §5.1.6.2): the
+   * field at `start + offset` holds the pseudo-header sum and the ones'
+   * complement sum from `start` to the end completes it.
    */
-  send(frame: Uint8Array): void;
+  send(frame: Uint8Array, partial?: PartialChecksum): void;
+  /** The link can hand frames with partial checksums on (TAP with a vnet header). */
+  readonly partialChecksums?: boolean;
+  /**
+   * Bytes the link wants free before each frame the stack builds (a frame
+   * is then a view at that offset into a larger buffer), so it can prepend
+   * its own header without copying.
+   */
+  readonly headroom?: number;
+}
+
+/** Where a link completes a partial checksum (see {@link NetLink.send}). */
+export interface PartialChecksum {
+  /** Offset in the frame where summing starts (the L4 header). */
+  start: number;
+  /** Offset of the checksum field from `start`. */
+  offset: number;
 }
 
 /** Options besides the {@link NetConfig}. */
@@ -75,7 +95,9 @@ export class NetStack implements AsyncDisposable {
   #sockets: HostSockets;
   #link: NetLink | null = null;
   #guestMac: Uint8Array | null = null;
-  #pending: Uint8Array[] = [];
+  #pending: { f: Uint8Array; partial?: PartialChecksum }[] = [];
+  /** Whether the frame being processed had its L4 checksum checked by a trusted link. */
+  #trusted = false;
   #lastArp = 0;
   #ipId = 1;
   #tcp = new Map<string, TcpConn>();
@@ -113,7 +135,8 @@ export class NetStack implements AsyncDisposable {
       cfg: this.config,
       counters: this.#counters,
       ipv4Frame: (src, proto, l4Len) => this.#ipv4Frame(src, proto, l4Len),
-      transmit: (f) => this.#transmit(f),
+      transmit: (f, partial) => this.#transmit(f, partial),
+      partialChecksums: () => this.#link?.partialChecksums === true,
       buffered: (d) => {
         this.#buffered += d;
       },
@@ -233,11 +256,12 @@ export class NetStack implements AsyncDisposable {
    * during the call (the caller may reuse its buffer). Never throws: bad
    * frames are dropped and counted.
    */
-  input(frame: Uint8Array): void {
+  input(frame: Uint8Array, checksumsTrusted = false): void {
     if (this.#closed) return;
     const c = this.#counters;
     c.rxFrames++;
     c.rxBytes += frame.length;
+    this.#trusted = checksumsTrusted;
     try {
       this.#ethernet(frame);
     } catch (e) {
@@ -304,24 +328,24 @@ export class NetStack implements AsyncDisposable {
     this.#guestMac = mac.slice(0, 6);
     const pending = this.#pending;
     this.#pending = [];
-    for (const f of pending) {
-      f.set(this.#guestMac, 0);
-      this.#send(f);
+    for (const p of pending) {
+      p.f.set(this.#guestMac, 0);
+      this.#send(p.f, p.partial);
     }
   }
 
-  #send(f: Uint8Array): void {
+  #send(f: Uint8Array, partial?: PartialChecksum): void {
     const link = this.#link;
     if (!link) return;
     this.#counters.txFrames++;
     this.#counters.txBytes += f.length;
-    link.send(f);
+    link.send(f, partial);
   }
 
   /** Sends an IPv4 frame, holding it until the guest's MAC is known (ARP request). */
-  #transmit(f: Uint8Array): void {
-    if (this.#guestMac) return this.#send(f);
-    if (this.#pending.length < MAX_PENDING_FRAMES) this.#pending.push(f);
+  #transmit(f: Uint8Array, partial?: PartialChecksum): void {
+    if (this.#guestMac) return this.#send(f, partial);
+    if (this.#pending.length < MAX_PENDING_FRAMES) this.#pending.push({ f, partial });
     const now = performance.now();
     if (now - this.#lastArp < 500) return;
     this.#lastArp = now;
@@ -340,7 +364,9 @@ export class NetStack implements AsyncDisposable {
   }
 
   #ipv4Frame(src: number, proto: number, l4Len: number): { frame: Uint8Array; off: number } {
-    const frame = new Uint8Array(ETH_HLEN + 20 + l4Len);
+    const room = this.#link?.headroom ?? 0;
+    const size = ETH_HLEN + 20 + l4Len;
+    const frame = room > 0 ? new Uint8Array(room + size).subarray(room) : new Uint8Array(size);
     writeEth(frame, this.#guestMac ?? BROADCAST_MAC, this.config.gatewayMac, ETHERTYPE_IPV4);
     writeIpv4(frame, ETH_HLEN, src, this.config.guestIp, proto, 20 + l4Len, this.#ipId++);
     return { frame, off: ETH_HLEN + 20 };
@@ -412,6 +438,7 @@ export class NetStack implements AsyncDisposable {
     const whole = new Uint8Array(r.total);
     for (const p of r.parts) whole.set(p.data, p.off);
     c.reassembled++;
+    this.#trusted = false; // fragments carry no checksum offload
     this.#l4(src, dst, proto, whole, 0, whole.length);
   }
 
@@ -476,7 +503,10 @@ export class NetStack implements AsyncDisposable {
     if (len < 8) return void c.dropMalformed++;
     const ulen = u16(b, o + 4);
     if (ulen < 8 || ulen > len) return void c.dropMalformed++;
-    if (u16(b, o + 6) !== 0 && checksum(b, o, ulen, pseudoSum(src, dst, PROTO.UDP, ulen)) !== 0) {
+    if (
+      !this.#trusted && u16(b, o + 6) !== 0 &&
+      checksum(b, o, ulen, pseudoSum(src, dst, PROTO.UDP, ulen)) !== 0
+    ) {
       return void c.dropChecksum++;
     }
     const sport = u16(b, o);
@@ -610,7 +640,7 @@ export class NetStack implements AsyncDisposable {
     if (len < 20) return void c.dropMalformed++;
     const doff = (b[o + 12] >> 4) * 4;
     if (doff < 20 || doff > len) return void c.dropMalformed++;
-    if (checksum(b, o, len, pseudoSum(src, dst, PROTO.TCP, len)) !== 0) {
+    if (!this.#trusted && checksum(b, o, len, pseudoSum(src, dst, PROTO.TCP, len)) !== 0) {
       return void c.dropChecksum++;
     }
     const seg: TcpSegment = {

@@ -14,6 +14,7 @@
 
 import type { NetCounters, ResolvedNetConfig } from "./config.ts";
 import type { HostTcp } from "./host.ts";
+import type { PartialChecksum } from "./stack.ts";
 import { PROTO, pseudoSum, put16, put32, sum16, TCP_FLAG, type TcpSegment } from "./wire.ts";
 import { fold } from "./wire.ts";
 
@@ -37,8 +38,10 @@ export interface TcpEnv {
   readonly counters: NetCounters;
   /** A frame with Ethernet and IPv4 headers written for `l4Len` bytes from `src` to the guest; returns the L4 offset. */
   ipv4Frame(src: number, proto: number, l4Len: number): { frame: Uint8Array; off: number };
-  /** Sends a finished frame to the guest. */
-  transmit(frame: Uint8Array): void;
+  /** Sends a finished frame to the guest (`partial`: the link completes the L4 checksum). */
+  transmit(frame: Uint8Array, partial?: PartialChecksum): void;
+  /** Whether the link completes L4 checksums (`NetLink.partialChecksums`). */
+  partialChecksums(): boolean;
   /** Adjusts the stack-wide buffered byte count. */
   buffered(delta: number): void;
   /** Bytes that may still be buffered stack-wide. */
@@ -725,6 +728,12 @@ export class TcpConn {
     if (fill && n > 0) fill(frame, off + hlen);
     if (flags & TCP_FLAG.ACK) this.#ackPending = false;
     const ps = pseudoSum(this.remoteIp, this.#env.cfg.guestIp, PROTO.TCP, hlen + n);
+    if (n > 0 && this.#env.partialChecksums()) {
+      // The link completes it (virtio NEEDS_CSUM): only the pseudo-header sum goes in.
+      put16(frame, off + 16, fold(ps));
+      this.#env.transmit(frame, { start: off, offset: 16 });
+      return;
+    }
     put16(frame, off + 16, ~fold(sum16(frame, off, hlen + n) + ps) & 0xffff);
     this.#env.transmit(frame);
   }
