@@ -54,11 +54,15 @@ async function bootGuest(
     stdin?: string;
     /** Extra host directories served over virtio-fs, by tag (config.shares mounts them). */
     shares?: { tag: string; dir: string; readOnly: boolean }[];
+    /** Give the guest a virtio-net NIC whose frames are read and dropped. */
+    nic?: boolean;
   } = {},
 ): Promise<GuestRun> {
   const dir = await Deno.makeTempDir({ prefix: "skiff-initq-" });
   let server: VhostUserServer | null = null;
   const shareServers: VhostUserServer[] = [];
+  let netListener: Deno.Listener | null = null;
+  let netConn: Deno.Conn | null = null;
   let vm: QemuProcess | null = null;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let consoleText: Promise<string> = Promise.resolve("");
@@ -83,6 +87,16 @@ async function bootGuest(
       );
       fsDevices.push({ id: `share${i}`, tag: sh.tag, socketPath });
     }
+    let netSocket: string | null = null;
+    if (o.nic) {
+      // `-netdev stream` connects to this socket; drain what the guest sends.
+      netSocket = `${dir}/net.sock`;
+      netListener = Deno.listen({ transport: "unix", path: netSocket });
+      netListener.accept().then(async (c) => {
+        netConn = c;
+        await readAll(c);
+      }).catch(() => {});
+    }
     const p = config.ports;
     const portNames = [...new Set([p.stdin, p.stdout, p.stderr, p.status])];
     vm = await QemuProcess.start({
@@ -96,6 +110,7 @@ async function bootGuest(
       portNames,
       console: true,
       fs: fsDevices,
+      netSocket,
     });
     const stdin = vm.ports.get(p.stdin)!;
     consoleText = readAll(vm.console!);
@@ -132,6 +147,13 @@ async function bootGuest(
     await vm?.stop();
     await server?.[Symbol.asyncDispose]();
     for (const sv of shareServers) await sv[Symbol.asyncDispose]();
+    for (const c of [netConn, netListener]) {
+      try {
+        c?.close();
+      } catch {
+        // already closed
+      }
+    }
     await Deno.remove(dir, { recursive: true });
   }
 }
@@ -249,3 +271,25 @@ hostTest(
     }
   },
 );
+
+hostTest("init under QEMU: static network on eth0 (address, route, resolv.conf, hosts), hostname", [
+  ...NEEDS,
+], async () => {
+  if (typeof kernel === "string") return;
+  const c = withCommand([
+    "sh",
+    "-c",
+    "hostname; ip -4 -o addr show eth0 | tr -s ' ' | cut -d' ' -f2,4; ip route show default; " +
+    "cat /etc/resolv.conf; grep box /etc/hosts",
+  ]);
+  c.hostname = "box";
+  c.net = { address: "10.42.0.2", prefixLength: 24, gateway: "10.42.0.1", dns: "10.42.0.1" };
+  const r = await bootGuest(kernel, c, { serveRoot: true, nic: true });
+  const ctx = `console:\n${r.console}\nstdout: ${r.stdout}\nstderr: ${r.stderr}`;
+  strictEqual(r.status, "exit 0\n", ctx);
+  strictEqual(
+    r.stdout,
+    "box\neth0 10.42.0.2/24\ndefault via 10.42.0.1 dev eth0 \nnameserver 10.42.0.1\n10.42.0.2\tbox\n",
+    ctx,
+  );
+});
