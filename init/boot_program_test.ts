@@ -23,6 +23,7 @@ interface Run {
 async function runNative(
   make: (dir: string) => Partial<RecordSpec>,
   stdin = "",
+  embed = false,
 ): Promise<Run & { dir: string }> {
   const dir = await Deno.makeTempDir({ prefix: "skiff-init-native-" });
   const ports = `${dir}/ports`;
@@ -47,9 +48,10 @@ async function runNative(
     net: null,
     ...make(dir),
   };
-  await Deno.writeFile(`${dir}/record`, encodeRecord(spec));
+  const record = encodeRecord(spec);
+  if (!embed) await Deno.writeFile(`${dir}/record`, record);
   const elf = compileElf(bootProgram({
-    record: { path: `${dir}/record` },
+    record: embed ? { bytes: record } : { path: `${dir}/record` },
     native: { fsRoot: `${dir}/root`, portDir: ports },
   })).bytes;
   await Deno.writeFile(`${dir}/init`, elf, { mode: 0o755 });
@@ -204,6 +206,21 @@ hostTest("boot program (native): a bad record is reported before anything runs",
     }).output();
     strictEqual(out.code, 1);
     match(new TextDecoder().decode(out.stderr), /error relocate record: EINVAL/);
+  } finally {
+    await Deno.remove(r.dir, { recursive: true });
+  }
+});
+
+hostTest("boot program (native): a record built into the executable", [...NEEDS], async () => {
+  const r = await runNative(
+    () => ({ argv: ["sh", "-c", 'echo "$0 $1"; exit 7', "a", "b"] }),
+    "",
+    true,
+  );
+  try {
+    strictEqual(await Deno.stat(`${r.dir}/record`).catch(() => null), null, "no record file");
+    strictEqual(r.status, "exit 7\n", r.initStderr);
+    strictEqual(r.stdout, "a b\n");
   } finally {
     await Deno.remove(r.dir, { recursive: true });
   }
