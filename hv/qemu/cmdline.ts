@@ -55,6 +55,42 @@ export interface QemuLaunchSpec {
   mac?: string;
 }
 
+/**
+ * The host TSC frequency in kHz (from /proc/cpuinfo's "cpu MHz", which is the
+ * nominal TSC rate on CPUs with `tsc_known_freq`), or null when unknown.
+ */
+export function hostTscKhz(cpuinfo?: string): number | null {
+  let text = cpuinfo;
+  if (text === undefined) {
+    try {
+      text = Deno.readTextFileSync("/proc/cpuinfo");
+    } catch {
+      return null;
+    }
+  }
+  const m = /^cpu MHz\s*:\s*([0-9.]+)/m.exec(text);
+  const khz = m ? Math.round(Number(m[1]) * 1000) : NaN;
+  return khz > 0 ? khz : null;
+}
+
+/**
+ * Kernel arguments that make a TCG guest's clock setup independent of host
+ * load. Under TCG the guest TSC runs at the host TSC's rate, but the kernel's
+ * calibration against the PIT measures a short window of emulated time; on a
+ * busy host (measured here: load 6 on 2 cores) it fails ("tsc: Unable to
+ * calibrate against PIT"), and the boot then hangs. Giving the frequency
+ * (`tsc_early_khz`, Documentation/admin-guide/kernel-parameters.txt) skips the
+ * calibration, and `tsc=reliable` stops the clocksource watchdog from
+ * discarding the TSC when the host preempts QEMU. Arguments the caller set
+ * already are kept.
+ */
+export function withTcgClock(append: string, khz = hostTscKhz()): string {
+  const extra: string[] = [];
+  if (khz && !/(^|\s)tsc_early_khz=/.test(append)) extra.push(`tsc_early_khz=${khz}`);
+  if (!/(^|\s)tsc=/.test(append)) extra.push("tsc=reliable");
+  return [append, ...extra].filter((s) => s).join(" ");
+}
+
 /** QEMU's option-value escaping: a comma inside a value is written twice. */
 export function qemuEscape(value: string): string {
   return value.replaceAll(",", ",,");
@@ -109,7 +145,7 @@ export function qemuArgs(spec: QemuLaunchSpec): string[] {
     "-initrd",
     spec.initrd,
     "-append",
-    spec.append,
+    spec.accel === "tcg" ? withTcgClock(spec.append) : spec.append,
     "-chardev",
     `socket,id=qmp,path=${e(spec.qmpSocket)}`,
     "-mon",

@@ -1,6 +1,6 @@
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
 import { hostTest } from "../../tests/requirements.ts";
-import { qemuArgs } from "./cmdline.ts";
+import { hostTscKhz, qemuArgs, withTcgClock } from "./cmdline.ts";
 import { QemuProcess } from "./process.ts";
 import { busyboxInitramfs, PORT_FUNCTION, runGuest, testKernel } from "./testing.ts";
 
@@ -143,4 +143,18 @@ hostTest("QemuProcess: stop() kills a running guest, QMP quit works", [...needs]
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("withTcgClock: host TSC rate and tsc=reliable added unless given", () => {
+  strictEqual(hostTscKhz("model name\t: x\ncpu MHz\t\t: 2600.000\n"), 2600000);
+  strictEqual(hostTscKhz("no rate here"), null);
+  strictEqual(
+    withTcgClock("console=ttyS0", 2600000),
+    "console=ttyS0 tsc_early_khz=2600000 tsc=reliable",
+  );
+  strictEqual(
+    withTcgClock("tsc_early_khz=1 tsc=unstable", 2600000),
+    "tsc_early_khz=1 tsc=unstable",
+  );
+  strictEqual(withTcgClock("quiet", null), "quiet tsc=reliable");
 });
