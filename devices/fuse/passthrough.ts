@@ -50,7 +50,7 @@ import {
   type SetattrIn,
   type StatFs,
 } from "./filesystem.ts";
-import { FATTR } from "./protocol.ts";
+import { FATTR, FOPEN } from "./protocol.ts";
 import {
   AT,
   cpath,
@@ -172,6 +172,13 @@ const UTIME_OMIT = (1 << 30) - 2;
 const OPEN_PASS = 3 | O.APPEND | O.TRUNC | 0o4010000 /* O_SYNC */ | 0o10000 /* O_DSYNC */ |
   0o1000000 /* O_NOATIME */ | 0o100000 /* O_LARGEFILE */;
 const XATTR_MAX = 65536;
+/**
+ * Open flags of every file handle. FOPEN_NOFLUSH (7.35): FLUSH would be a
+ * no-op here — writes reach the host with pwrite before WRITE is answered
+ * and POSIX locks are not offered — so the client skips the round trip on
+ * each close (a shell's `echo x > f` closes twice). Older clients ignore it.
+ */
+const FILE_OPEN_FLAGS = FOPEN.NOFLUSH;
 
 /** The passthrough backend. Construct once per share; serve it with a {@link FuseServer}. */
 export class PassthroughFs extends FileSystem {
@@ -795,7 +802,7 @@ export class PassthroughFs extends FileSystem {
     if (this.#ro && ((flags & 3) !== 0 || (flags & O.TRUNC))) throw new FuseError(Errno.EROFS);
     const node = this.#node(nodeid);
     const fd = this.#reopen(node, flags);
-    return { fh: this.#newHandle({ kind: "file", fd, node, flags }), openFlags: 0 };
+    return { fh: this.#newHandle({ kind: "file", fd, node, flags }), openFlags: FILE_OPEN_FLAGS };
   }
 
   override read(_ctx: Context, _nodeid: number, fh: number, offset: bigint, dst: Uint8Array[]) {
@@ -1133,7 +1140,11 @@ export class PassthroughFs extends FileSystem {
       const node = this.#byId.get(entry.nodeid)!;
       try {
         const ofd = this.#reopen(node, pass);
-        return { entry, fh: this.#newHandle({ kind: "file", fd: ofd, node, flags }), openFlags: 0 };
+        return {
+          entry,
+          fh: this.#newHandle({ kind: "file", fd: ofd, node, flags }),
+          openFlags: FILE_OPEN_FLAGS,
+        };
       } catch (e) {
         this.forget(node.id, 1);
         throw e;
@@ -1149,7 +1160,11 @@ export class PassthroughFs extends FileSystem {
     }
     const entry = this.#adopt(dir, name, pfd);
     const node = this.#byId.get(entry.nodeid)!;
-    return { entry, fh: this.#newHandle({ kind: "file", fd, node, flags }), openFlags: 0 };
+    return {
+      entry,
+      fh: this.#newHandle({ kind: "file", fd, node, flags }),
+      openFlags: FILE_OPEN_FLAGS,
+    };
   }
 
   override fallocate(

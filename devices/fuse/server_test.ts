@@ -11,6 +11,7 @@ import { Errno } from "../../kvm_ffi/errno.ts";
 import { FileSystem } from "./filesystem.ts";
 import { PassthroughFs } from "./passthrough.ts";
 import {
+  FOPEN,
   FUSE_KERNEL_MINOR_VERSION,
   IN_HEADER_SIZE,
   InitFlag,
@@ -18,7 +19,7 @@ import {
   OUT_HEADER_SIZE,
 } from "./protocol.ts";
 import { FuseServer } from "./server.ts";
-import { cat, le, TestClient } from "./test_client.ts";
+import { cat, le, TestClient, z } from "./test_client.ts";
 
 /** Offsets in the fuse_init_out body (after the out header). */
 const INIT_OUT = { major: 0, minor: 4, flags: 12, maxWrite: 20, maxPages: 28, flags2: 32 };
@@ -217,6 +218,21 @@ Deno.test("fuse server: 5000 random requests never throw and always get well-for
   strictEqual(Deno.readTextFileSync(`${s.dir}/f`), "hello world");
   const r = s.c.read(fileNode, fh, 0, 5);
   strictEqual(new TextDecoder().decode(r.body), "hello");
+});
+
+Deno.test("fuse server: file opens carry FOPEN_NOFLUSH (FLUSH would be a no-op)", () => {
+  using s = share();
+  s.c.init();
+  const [, f] = s.c.lookup(1, "f");
+  const r = s.c.call(Op.OPEN, f, le([4, 0], [4, 0]));
+  strictEqual(r.error, 0);
+  strictEqual(r.dv.getUint32(8, true) & FOPEN.NOFLUSH, FOPEN.NOFLUSH);
+  const c = s.c.call(Op.CREATE, 1, cat(le([4, 0o101], [4, 0o644], [4, 0], [4, 0]), z("new")));
+  strictEqual(c.error, 0);
+  strictEqual(c.dv.getUint32(128 + 8, true) & FOPEN.NOFLUSH, FOPEN.NOFLUSH);
+  // FLUSH itself still answers (older clients ignore the flag).
+  const fh = r.dv.getBigUint64(0, true);
+  strictEqual(s.c.call(Op.FLUSH, f, le([8, fh], [4, 0], [4, 0], [8, 0])).error, 0);
 });
 
 Deno.test("fuse server: save/restore keeps node ids and open handles valid in a new server", () => {
