@@ -52,6 +52,23 @@ const SHM_SIZE = 1 << 20;
 const PCI_DEV = "/sys/bus/pci/devices/0000:00:02.0";
 const DEADLINE_MS = 120_000;
 
+/**
+ * The guest's TSC rate in kHz (TCG runs the guest TSC at the host's rate).
+ * On a loaded host the kernel's PIT calibration fails ("Marking TSC
+ * unstable") and boot hangs before the APIC timer works — seen here 3 of 7
+ * runs under `--parallel`; `tsc_early_khz` skips the calibration (the same
+ * fix as init/qemu_boot_test.ts).
+ */
+function hostTscKhz(): number {
+  try {
+    const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(Deno.readTextFileSync("/proc/cpuinfo"));
+    if (m) return Math.round(Number(m[1]) * 1000);
+  } catch {
+    // fall through
+  }
+  return 2_600_000;
+}
+
 function guestInit(modules: string[]): Uint8Array {
   const r = v("port_r");
   const i = v("port_i");
@@ -157,7 +174,7 @@ hostTest("mailbox loop as PID 1 in a Linux guest (QEMU TCG): payloads and a comm
         "-initrd",
         initrd,
         "-append",
-        "console=ttyS0 panic=-1 loglevel=4",
+        `console=ttyS0 panic=-1 loglevel=7 tsc_early_khz=${hostTscKhz()}`,
         "-serial",
         "stdio",
         "-global",
@@ -243,7 +260,7 @@ hostTest("mailbox loop as PID 1 in a Linux guest (QEMU TCG): payloads and a comm
       throw new Error(
         `${
           (e as Error).message
-        }\n--- console ---\n${console}\n--- qemu stderr ---\n${await stderr}`,
+        }\nmailbox: state=${mb.registers.state} cmd=${mb.registers.cmdSeq} done=${mb.registers.doneSeq}\n--- console ---\n${console}\n--- qemu stderr ---\n${await stderr}`,
       );
     } finally {
       clearTimeout(watchdog);
