@@ -296,7 +296,23 @@ export function virtioDeviceName(index: number): string {
  * and `\_S5` = Package {5, 5, 0, 0} (§7.4.2.5: SLP_TYPa, SLP_TYPb, reserved).
  */
 export function dsdtAml(devices: readonly AcpiVirtioDevice[]): Uint8Array {
-  const devs = devices.map((d, i) =>
+  return aml.concat([
+    aml.scope("\\_SB", virtioDevicesAml(devices)),
+    aml.name(
+      "\\_S5",
+      aml.pkg([
+        aml.integer(SLEEP.S5_TYPE),
+        aml.integer(SLEEP.S5_TYPE),
+        aml.integer(0),
+        aml.integer(0),
+      ]),
+    ),
+  ]);
+}
+
+/** One `Device (Vnnn)` term per virtio-mmio device (device `i` gets `_UID` i); see {@link dsdtAml}. */
+export function virtioDevicesAml(devices: readonly AcpiVirtioDevice[]): Uint8Array[] {
+  return devices.map((d, i) =>
     aml.device(virtioDeviceName(i), [
       aml.name("_HID", aml.string("LNRO0005")),
       aml.name("_UID", aml.integer(i)),
@@ -310,18 +326,6 @@ export function dsdtAml(devices: readonly AcpiVirtioDevice[]): Uint8Array {
       ),
     ])
   );
-  return aml.concat([
-    aml.scope("\\_SB", devs),
-    aml.name(
-      "\\_S5",
-      aml.pkg([
-        aml.integer(SLEEP.S5_TYPE),
-        aml.integer(SLEEP.S5_TYPE),
-        aml.integer(0),
-        aml.integer(0),
-      ]),
-    ),
-  ]);
 }
 
 /** The DSDT (§5.2.11.1), revision 2 (64-bit AML integers). */
