@@ -11,10 +11,8 @@
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
 
-/** Exit code when `--timeout` expires (as coreutils `timeout`). */
-export const EXIT_TIMEOUT = 124;
-/** Exit code for skiff's own failures: bad usage, missing kernel, VM failure. */
-export const EXIT_FAILURE = 125;
+import { EXIT_FAILURE, EXIT_TIMEOUT } from "./hv/engine.ts";
+export { EXIT_FAILURE, EXIT_TIMEOUT };
 
 /** A command-line mistake; printed as one line with a hint to `--help`. */
 export class UsageError extends Error {
@@ -47,6 +45,31 @@ export function parseFlags<O extends Options>(
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+}
+
+/**
+ * Splits `OPTIONS [--] CMD ARGS…`: options end at `--` or at the first
+ * argument that is neither an option nor an option's value, so
+ * `skiff run ls -l` runs `ls -l`.
+ */
+export function splitCommand<O extends Options>(args: string[], options: O) {
+  let end = args.indexOf("--");
+  let rest = end < 0 ? [] : args.slice(end + 1);
+  if (end < 0) {
+    end = args.length;
+    for (let i = 0; i < args.length; i++) {
+      const a = args[i];
+      if (!a.startsWith("-")) {
+        end = i;
+        rest = args.slice(i);
+        break;
+      }
+      const name = a.replace(/^--?/, "").split("=")[0];
+      if (!a.includes("=") && options[name]?.type === "string") i++;
+    }
+  }
+  const { values } = parseFlags(args.slice(0, end), options);
+  return { values, command: rest };
 }
 
 const COMMANDS: Record<string, Command> = {
@@ -289,6 +312,78 @@ const COMMANDS: Record<string, Command> = {
         return 0;
       }
       throw new UsageError(sub ? `unknown subcommand '${sub}'` : "expected fetch or info");
+    },
+  },
+  run: {
+    summary: "boot a micro-VM, run a command in it, exit with its code",
+    help: [
+      "Usage: skiff run [OPTIONS] [--] CMD [ARGS…]",
+      "",
+      "Boots a Linux guest whose root is the host's / (read-only, with a writable tmpfs",
+      "overlay; /home, /root and other mounts stay out), runs CMD in the current directory",
+      "(shared read-only at the same path), streams its stdout and stderr separately,",
+      "forwards stdin, and exits with CMD's exit code (128+N when killed by signal N).",
+      "",
+      "Options:",
+      "  --engine kvm|qemu|auto  VMM to use (default auto: kvm when /dev/kvm runs guests,",
+      "                          else QEMU in software mode)",
+      "  --cpus N                vCPUs (default 1)",
+      "  --memory MiB            guest RAM (default 512)",
+      "  --env K=V               set a variable (repeatable; --env K copies the host's)",
+      "  --workdir DIR           guest working directory (default: the current directory)",
+      "  --volume HOST:GUEST[:ro]  share a host directory, read-write unless :ro (repeatable)",
+      "  --timeout S             stop the VM after S seconds (exit 124)",
+      "  --kernel PATH           bzImage or ELF vmlinux (default: the cached Debian kernel)",
+      "  --modules DIR           modules directory for --kernel",
+      "  --cmdline-extra STR     appended to the kernel command line",
+      "  --hostname NAME         guest hostname (default skiff)",
+      "  --no-snapshot           do not use the snapshot cache (kvm engine)",
+      "  --verbose               say which engine runs and show the guest console",
+      "",
+      "Exit codes: CMD's own; 124 on --timeout; 125 when skiff or the VM fails (one line",
+      "on stderr); 130/143 when stopped by Ctrl-C/SIGTERM.",
+    ].join("\n"),
+    async run(args) {
+      const { values, command } = splitCommand(args, {
+        engine: { type: "string" },
+        cpus: { type: "string" },
+        memory: { type: "string" },
+        env: { type: "string", multiple: true },
+        workdir: { type: "string" },
+        volume: { type: "string", multiple: true },
+        timeout: { type: "string" },
+        kernel: { type: "string" },
+        modules: { type: "string" },
+        "cmdline-extra": { type: "string" },
+        hostname: { type: "string" },
+        snapshot: { type: "boolean" },
+        "no-snapshot": { type: "boolean" },
+        verbose: { type: "boolean" },
+      });
+      const engine = values.engine ?? "auto";
+      if (engine !== "kvm" && engine !== "qemu" && engine !== "auto") {
+        throw new UsageError(`--engine ${engine}: expected kvm, qemu or auto`);
+      }
+      const { runConfig, parseTimeout } = await import("./hv/run_options.ts");
+      const { runCommand } = await import("./hv/run_command.ts");
+      const { config, workload } = runConfig({
+        argv: command,
+        cpus: values.cpus,
+        memory: values.memory,
+        env: values.env,
+        workdir: values.workdir,
+        volume: values.volume,
+        kernel: values.kernel,
+        modules: values.modules,
+        cmdlineExtra: values["cmdline-extra"],
+        hostname: values.hostname,
+        verbose: values.verbose,
+      });
+      return await runCommand(config, workload, {
+        engine,
+        timeoutSeconds: parseTimeout(values.timeout),
+        snapshot: values["no-snapshot"] ? false : values.snapshot ? true : undefined,
+      });
     },
   },
   snapshot: {

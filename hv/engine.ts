@@ -85,6 +85,11 @@ export type ExitStatus =
   | { kind: "exited"; code: number }
   | { kind: "signaled"; signal: number };
 
+/** Exit code of `skiff run` when `--timeout` expires (as coreutils `timeout`). */
+export const EXIT_TIMEOUT = 124;
+/** Exit code for skiff's own failures: bad usage, missing kernel, VM failure. */
+export const EXIT_FAILURE = 125;
+
 /** The process exit code for a status: the code, or 128+N for signal N (as shells do). */
 export function exitCodeOf(status: ExitStatus): number {
   return status.kind === "exited" ? status.code : 128 + status.signal;

@@ -1,0 +1,269 @@
+/**
+ * The qemu engine: skiff drives a QEMU `microvm` process (as Kata drives
+ * Cloud Hypervisor) and keeps everything above the CPU its own — the kernel
+ * from skiff's cache, skiff's generated init and initramfs, skiff's FUSE
+ * server behind every share (served over vhost-user), and the console
+ * protocol (named virtio-serial ports for stdin, stdout, stderr and the exit
+ * status that the init's one-shot mode writes).
+ *
+ * @module
+ */
+
+import {
+  type Engine,
+  type ExitStatus,
+  type Share,
+  type VmConfig,
+  VmError,
+  type Workload,
+  type WorkloadIO,
+} from "../engine.ts";
+import { findKernel, type KernelInfo } from "../kernel/mod.ts";
+import {
+  buildInitramfs,
+  DEFAULT_PORTS,
+  type InitConfig,
+  type InitShare,
+  parseStatusLine,
+} from "../../init/mod.ts";
+import { FuseServer } from "../../devices/fuse/server.ts";
+import { PassthroughFs } from "../../devices/fuse/passthrough.ts";
+import { VhostUserServer } from "../../devices/vhost_user/backend.ts";
+import { VirtioFsDevice } from "../../devices/vhost_user/fs.ts";
+import { QemuProcess } from "./process.ts";
+import type { FsDeviceSpec } from "./cmdline.ts";
+
+/** Options of {@link QemuEngine}. */
+export interface QemuEngineOptions {
+  /** QEMU accelerator: "tcg" (software) where KVM cannot run guests, else "kvm". */
+  accel: "kvm" | "tcg";
+  /** QEMU binary (default `qemu-system-x86_64` from PATH). */
+  binary?: string;
+  /** Progress and diagnostics (`--verbose`); default: silent. */
+  log?: (line: string) => void;
+}
+
+/** The guest kernel's command line for a skiff guest under QEMU. */
+export function qemuKernelCmdline(config: VmConfig): string {
+  // quiet: the console is only read on failure; panic=-1 + -no-reboot make a
+  // guest panic end QEMU instead of hanging.
+  const base = "console=ttyS0 quiet panic=-1 rdinit=/init";
+  return config.cmdlineExtra ? `${base} ${config.cmdlineExtra}` : base;
+}
+
+/** virtio-fs tags for the root share and volumes, in the order the init mounts them. */
+function tagged(config: VmConfig): { share: Share; tag: string }[] {
+  const out: { share: Share; tag: string }[] = [];
+  if (config.root) out.push({ share: config.root, tag: "skiff-root" });
+  config.volumes.forEach((share, i) => out.push({ share, tag: `skiff-vol${i}` }));
+  return out;
+}
+
+/** The init's configuration for one workload. */
+export function initConfigFor(config: VmConfig, workload: Workload): InitConfig {
+  const shares: InitShare[] = tagged(config)
+    .filter(({ share }) => share !== config.root)
+    .map(({ share, tag }) => ({ tag, guestPath: share.guestPath, readOnly: share.readOnly }));
+  return {
+    rootTag: config.root ? "skiff-root" : null,
+    shares,
+    hostname: config.hostname,
+    ports: DEFAULT_PORTS,
+    net: null,
+    command: {
+      argv: workload.argv,
+      env: Object.entries(workload.env).map(([k, v]) => `${k}=${v}`),
+      cwd: workload.workdir,
+    },
+  };
+}
+
+/**
+ * Copies `from` into a port connection, then half-closes it so the guest
+ * reads EOF. Returns a function that stops forwarding (a terminal on stdin
+ * may never reach EOF).
+ */
+function feed(from: ReadableStream<Uint8Array> | null, to: Deno.Conn): () => void {
+  const reader = from?.getReader();
+  (async () => {
+    try {
+      for (;;) {
+        const r = await reader?.read();
+        if (!r || r.done) break;
+        await to.write(r.value);
+      }
+    } catch {
+      // The guest side went away, or forwarding was stopped.
+    } finally {
+      try {
+        await (to as Deno.UnixConn).closeWrite();
+      } catch {
+        // already closed
+      }
+    }
+  })();
+  return () => {
+    reader?.cancel().catch(() => {});
+  };
+}
+
+/** Copies a port connection to a host stream until EOF. */
+async function drain(from: Deno.Conn, to: WritableStream<Uint8Array>): Promise<void> {
+  const writer = to.getWriter();
+  const buf = new Uint8Array(65536);
+  try {
+    for (;;) {
+      let n: number | null;
+      try {
+        n = await from.read(buf);
+      } catch {
+        break;
+      }
+      if (n === null) break;
+      await writer.write(buf.slice(0, n));
+    }
+  } finally {
+    writer.releaseLock();
+  }
+}
+
+/** Reads a connection to EOF as text, keeping at most the last `keep` characters. */
+async function text(from: Deno.Conn, keep = 8192, mirror?: (s: string) => void): Promise<string> {
+  const decoder = new TextDecoder();
+  const buf = new Uint8Array(16384);
+  let out = "";
+  for (;;) {
+    let n: number | null;
+    try {
+      n = await from.read(buf);
+    } catch {
+      break;
+    }
+    if (n === null) break;
+    const s = decoder.decode(buf.subarray(0, n), { stream: true });
+    mirror?.(s);
+    out = (out + s).slice(-keep);
+  }
+  return out;
+}
+
+const encoder = new TextEncoder();
+/** `--verbose`: the guest console as it arrives. */
+function mirrorToStderr(s: string): void {
+  Deno.stderr.writeSync(encoder.encode(s));
+}
+
+/** The last lines of a console log, for error messages. */
+function tail(consoleText: string, lines = 6): string {
+  const t = consoleText.trim().split("\n").slice(-lines).join("\n");
+  return t ? `; console:\n${t}` : "";
+}
+
+/** The qemu engine. */
+export class QemuEngine implements Engine {
+  readonly name = "qemu";
+  #opts: QemuEngineOptions;
+
+  constructor(opts: QemuEngineOptions) {
+    this.#opts = opts;
+  }
+
+  async #kernel(config: VmConfig): Promise<{ info: KernelInfo; image: string }> {
+    const info = await findKernel({ kernel: config.kernel, modules: config.modules });
+    // QEMU boots the bzImage directly; an ELF vmlinux works only with a PVH note.
+    const image = info.bzImage ?? info.vmlinux;
+    if (!image) throw new VmError(`kernel ${info.version} has neither a bzImage nor a vmlinux`);
+    return { info, image };
+  }
+
+  /** Boots, runs the workload through the init's one-shot mode, and stops. */
+  async run(
+    config: VmConfig,
+    workload: Workload,
+    io: WorkloadIO,
+    signal?: AbortSignal,
+  ): Promise<ExitStatus> {
+    signal?.throwIfAborted();
+    const log = this.#opts.log ?? (() => {});
+    const { info, image } = await this.#kernel(config);
+    const dir = await Deno.makeTempDir({ prefix: "skiff-qemu-" });
+    const servers: VhostUserServer[] = [];
+    let vm: QemuProcess | null = null;
+    try {
+      await Deno.chmod(dir, 0o700);
+      const fs: FsDeviceSpec[] = [];
+      for (const [i, { share, tag }] of tagged(config).entries()) {
+        const socketPath = `${dir}/fs${i}.sock`;
+        const backend = new PassthroughFs(share.hostPath, {
+          readOnly: share.readOnly,
+          crossMounts: !share.stayOnDevice,
+          hide: (share.hide ?? []).map((p) => p.replace(/^\/+/, "")),
+        });
+        servers.push(
+          new VhostUserServer(socketPath, new VirtioFsDevice(new FuseServer(backend)), {
+            once: true,
+            log,
+          }),
+        );
+        fs.push({ id: `fs${i}`, tag, socketPath });
+      }
+      log(`qemu: building the initramfs (kernel ${info.version})`);
+      const initrd = `${dir}/initramfs.cpio.gz`;
+      await Deno.writeFile(
+        initrd,
+        await buildInitramfs({ kernel: info, config: initConfigFor(config, workload) }),
+      );
+      const ports = DEFAULT_PORTS;
+      log(
+        `qemu: starting ${this.#opts.binary ?? "qemu-system-x86_64"} (accel ${this.#opts.accel})`,
+      );
+      vm = await QemuProcess.start({
+        dir,
+        accel: this.#opts.accel,
+        cpus: config.cpus,
+        memoryMiB: config.memoryMiB,
+        kernel: image,
+        initrd,
+        append: qemuKernelCmdline(config),
+        portNames: [ports.stdin, ports.stdout, ports.stderr, ports.status],
+        console: true,
+        fs,
+        binary: this.#opts.binary,
+      });
+      const started = vm;
+      const onAbort = () => void started.stop(500);
+      signal?.addEventListener("abort", onAbort, { once: true });
+      try {
+        const get = (name: string) => started.ports.get(name)!;
+        const stopFeeding = feed(io.stdin, get(ports.stdin));
+        const [, , statusText, consoleText, exit] = await Promise.all([
+          drain(get(ports.stdout), io.stdout),
+          drain(get(ports.stderr), io.stderr),
+          text(get(ports.status), 1024),
+          text(started.console!, 16384, config.verbose ? mirrorToStderr : undefined),
+          started.exited,
+        ]).finally(stopFeeding);
+        signal?.throwIfAborted();
+        const line = statusText.trim().split("\n").at(-1) ?? "";
+        const status = line ? parseStatusLine(line) : null;
+        if (!status) {
+          throw new VmError(
+            `the guest stopped without reporting an exit status (QEMU exit code ${exit.code})${
+              tail(consoleText)
+            }${started.diagnostics ? `; QEMU: ${started.diagnostics}` : ""}`,
+          );
+        }
+        if (status.kind === "error") {
+          throw new VmError(`the guest init failed at '${status.step}': ${status.errno}`);
+        }
+        return status;
+      } finally {
+        signal?.removeEventListener("abort", onAbort);
+      }
+    } finally {
+      if (vm) await vm.stop(1000);
+      for (const s of servers) await s.close().catch(() => {});
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * `skiff run` behind the CLI: picks the engine, runs the workload with the
+ * host's standard streams, enforces `--timeout`, stops the VM on Ctrl-C or
+ * SIGTERM, and turns the outcome into a process exit code.
+ *
+ * @module
+ */
+
+import {
+  type Engine,
+  EXIT_TIMEOUT,
+  exitCodeOf,
+  SkiffError,
+  type VmConfig,
+  VmTimeoutError,
+  type Workload,
+} from "./engine.ts";
+import { type EngineChoice, selectEngine } from "./select_engine.ts";
+
+/** Options of {@link runCommand}. */
+export interface RunCommandOptions {
+  engine: EngineChoice;
+  /** Seconds before the VM is stopped, or undefined for no limit. */
+  timeoutSeconds?: number;
+  /** `--snapshot` (true) / `--no-snapshot` (false); undefined: the engine's default. */
+  snapshot?: boolean;
+  /** The engine to use instead of choosing one (tests). */
+  engineInstance?: Engine;
+}
+
+/** Whether a signal can be listened for here (SIGTERM is not on every platform). */
+function onSignal(sig: Deno.Signal, fn: () => void): () => void {
+  try {
+    Deno.addSignalListener(sig, fn);
+    return () => Deno.removeSignalListener(sig, fn);
+  } catch {
+    return () => {};
+  }
+}
+
+/**
+ * Runs `workload` in a VM for `config` with this process's stdin, stdout and
+ * stderr; resolves to the exit code skiff should exit with.
+ */
+export async function runCommand(
+  config: VmConfig,
+  workload: Workload,
+  o: RunCommandOptions,
+): Promise<number> {
+  const log = config.verbose ? (line: string) => console.error(`skiff: ${line}`) : undefined;
+  let engine = o.engineInstance;
+  if (!engine) {
+    const { engine: chosen, decision } = selectEngine(o.engine, { log });
+    log?.(`engine ${decision.name} (${decision.why})`);
+    engine = chosen;
+  }
+  if (o.snapshot === true && engine.name === "qemu") {
+    console.error("skiff run: snapshots are not offered on the qemu engine yet; booting normally");
+  }
+  const abort = new AbortController();
+  let interrupted: Deno.Signal | null = null;
+  const stopOn = (sig: Deno.Signal) => () => {
+    interrupted = sig;
+    abort.abort(new SkiffError(`stopped by ${sig}; the VM was stopped`));
+  };
+  const removers = [onSignal("SIGINT", stopOn("SIGINT")), onSignal("SIGTERM", stopOn("SIGTERM"))];
+  const timer = o.timeoutSeconds === undefined ? undefined : setTimeout(
+    () => abort.abort(new VmTimeoutError(o.timeoutSeconds!)),
+    o.timeoutSeconds * 1000,
+  );
+  try {
+    const status = await engine.run(config, workload, {
+      stdin: Deno.stdin.readable,
+      stdout: Deno.stdout.writable,
+      stderr: Deno.stderr.writable,
+    }, abort.signal);
+    return exitCodeOf(status);
+  } catch (e) {
+    const reason = abort.signal.aborted ? abort.signal.reason : e;
+    if (reason instanceof VmTimeoutError) {
+      console.error(`skiff run: ${reason.message}`);
+      return EXIT_TIMEOUT;
+    }
+    if (interrupted) {
+      console.error(`skiff run: stopped by ${interrupted}; the VM was stopped`);
+      return interrupted === "SIGINT" ? 130 : 143;
+    }
+    throw e;
+  } finally {
+    clearTimeout(timer);
+    for (const remove of removers) remove();
+  }
+}

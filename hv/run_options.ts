@@ -1,0 +1,145 @@
+/**
+ * From `skiff run` options to a {@link VmConfig} and a {@link Workload}:
+ * the defaults of DESIGN.md (host `/` read-only with a tmpfs overlay, the
+ * current directory shared read-only at the same path and used as the working
+ * directory), `--volume`, `--env` and `--workdir` parsing, and the checks that
+ * must fail before boot (a missing host path, a bad size).
+ *
+ * @module
+ */
+
+import { isAbsolute, resolve } from "node:path";
+import { ConfigError, type Share, type VmConfig, type Workload } from "./engine.ts";
+
+/** `skiff run` options as the CLI parsed them (strings are unparsed flag values). */
+export interface RunOptions {
+  argv: string[];
+  cpus?: string;
+  memory?: string;
+  env?: string[];
+  workdir?: string;
+  volume?: string[];
+  kernel?: string;
+  modules?: string;
+  cmdlineExtra?: string;
+  hostname?: string;
+  verbose?: boolean;
+  /** Host environment (for `--env NAME` without a value and TERM); default Deno.env. */
+  hostEnv?: Record<string, string>;
+  /** Host working directory; default Deno.cwd(). */
+  cwd?: string;
+}
+
+/** Default guest PATH. */
+export const GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/** Host paths the root share hides (DESIGN.md: users' files stay out). */
+export const HIDDEN_FROM_ROOT = ["/home", "/root"];
+
+/** The default root share: host `/`, read-only, not crossing mounts, /home and /root hidden. */
+export function defaultRootShare(): Share {
+  return {
+    tag: "root",
+    hostPath: "/",
+    guestPath: "/",
+    readOnly: true,
+    stayOnDevice: true,
+    hide: HIDDEN_FROM_ROOT,
+  };
+}
+
+function positiveInt(flag: string, value: string | undefined, fallback: number, max: number) {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < 1 || n > max) {
+    throw new ConfigError(`${flag} ${value}: expected a whole number from 1 to ${max}`);
+  }
+  return n;
+}
+
+/** Parses `--volume HOST:GUEST[:ro|:rw]`; the host path must be an existing directory. */
+export function parseVolume(spec: string, index: number, cwd: string): Share {
+  const parts = spec.split(":");
+  let mode = "rw";
+  if (parts.length === 3 && (parts[2] === "ro" || parts[2] === "rw")) mode = parts.pop()!;
+  if (parts.length !== 2 || !parts[0] || !parts[1]) {
+    throw new ConfigError(`--volume ${spec}: expected HOST:GUEST or HOST:GUEST:ro`);
+  }
+  const hostPath = resolve(cwd, parts[0]);
+  const guestPath = parts[1];
+  if (!isAbsolute(guestPath)) {
+    throw new ConfigError(`--volume ${spec}: the guest path '${guestPath}' must be absolute`);
+  }
+  if (guestPath === "/") {
+    throw new ConfigError(`--volume ${spec}: cannot mount over the guest's root`);
+  }
+  let st: Deno.FileInfo;
+  try {
+    st = Deno.statSync(hostPath);
+  } catch {
+    throw new ConfigError(`--volume ${spec}: host path ${hostPath} does not exist`);
+  }
+  if (!st.isDirectory) {
+    throw new ConfigError(`--volume ${spec}: host path ${hostPath} is not a directory`);
+  }
+  return { tag: `vol${index}`, hostPath, guestPath, readOnly: mode === "ro" };
+}
+
+/** Parses `--env K=V` (or `--env K`, taking the host's value) into `env`. */
+export function parseEnv(
+  specs: string[],
+  hostEnv: Record<string, string>,
+  env: Record<string, string>,
+) {
+  for (const spec of specs) {
+    const eq = spec.indexOf("=");
+    const name = eq < 0 ? spec : spec.slice(0, eq);
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(name)) {
+      throw new ConfigError(`--env ${spec}: '${name}' is not a valid variable name`);
+    }
+    if (eq >= 0) env[name] = spec.slice(eq + 1);
+    else if (name in hostEnv) env[name] = hostEnv[name];
+    else delete env[name];
+  }
+}
+
+/** Builds the VM configuration and workload for `skiff run`; throws {@link ConfigError}. */
+export function runConfig(o: RunOptions): { config: VmConfig; workload: Workload } {
+  if (o.argv.length === 0) throw new ConfigError("no command given (skiff run -- CMD ARGS…)");
+  const cwd = o.cwd ?? Deno.cwd();
+  const hostEnv = o.hostEnv ?? Deno.env.toObject();
+  const volumes = (o.volume ?? []).map((v, i) => parseVolume(v, i, cwd));
+  // The current directory, read-only at the same path, unless a volume covers it.
+  if (cwd !== "/" && !volumes.some((v) => v.guestPath === cwd)) {
+    volumes.unshift({ tag: "cwd", hostPath: cwd, guestPath: cwd, readOnly: true });
+  }
+  const workdir = o.workdir ?? cwd;
+  if (!isAbsolute(workdir)) throw new ConfigError(`--workdir ${workdir}: must be absolute`);
+  const env: Record<string, string> = { PATH: GUEST_PATH, HOME: "/" };
+  if (hostEnv.TERM) env.TERM = hostEnv.TERM;
+  parseEnv(o.env ?? [], hostEnv, env);
+  const config: VmConfig = {
+    kernel: o.kernel,
+    modules: o.modules,
+    cpus: positiveInt("--cpus", o.cpus, 1, 255),
+    memoryMiB: positiveInt("--memory", o.memory, 512, 65536),
+    cmdlineExtra: o.cmdlineExtra ?? "",
+    root: defaultRootShare(),
+    volumes,
+    net: null,
+    hostname: o.hostname ?? "skiff",
+    verbose: o.verbose ?? false,
+  };
+  if (config.memoryMiB < 64) throw new ConfigError(`--memory ${o.memory}: at least 64 MiB`);
+  return { config, workload: { argv: o.argv, env, workdir } };
+}
+
+/** Parses `--timeout S` (seconds, may be fractional); undefined when absent. */
+export function parseTimeout(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  const s = Number(value);
+  if (!(s > 0) || !Number.isFinite(s)) {
+    throw new ConfigError(`--timeout ${value}: expected a positive number of seconds`);
+  }
+  return s;
+}

@@ -1,0 +1,137 @@
+/**
+ * L3q: `skiff run` end to end on the qemu engine — the Debian kernel under
+ * QEMU TCG, skiff's initramfs and init, the host root served by skiff's FUSE
+ * server over vhost-user, and the workload's streams on named ports. Each
+ * run is a real `skiff` process with a private TMPDIR that must be empty
+ * afterwards, and a deadline that kills it.
+ */
+
+import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { hostTest } from "./requirements.ts";
+import { testKernel } from "../hv/qemu/testing.ts";
+
+const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
+const kernel = await testKernel();
+if (typeof kernel === "string") console.error(`skiff-test-skip: skiff run (qemu): ${kernel}`);
+
+interface Run {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `skiff run --engine qemu ARGS` with `stdin`, a private TMPDIR, and a deadline. */
+async function skiffRun(args: string[], stdin = "", deadlineMs = 120_000): Promise<Run> {
+  const tmp = await Deno.makeTempDir({ prefix: "skiff-runtest-" });
+  try {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", MAIN, "run", "--engine", "qemu", ...args],
+      env: { TMPDIR: tmp },
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(stdin));
+    await writer.close();
+    const timer = setTimeout(() => child.kill("SIGKILL"), deadlineMs);
+    const out = await child.output();
+    clearTimeout(timer);
+    const td = new TextDecoder();
+    const r = { code: out.code, stdout: td.decode(out.stdout), stderr: td.decode(out.stderr) };
+    if (out.signal === "SIGKILL") {
+      throw new Error(`skiff run did not end in ${deadlineMs} ms: ${r.stderr}`);
+    }
+    // Nothing left behind: no sockets, initramfs or directories in TMPDIR.
+    deepStrictEqual([...Deno.readDirSync(tmp)].map((e) => e.name), [], `leftovers after ${args}`);
+    return r;
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+}
+
+const needs = ["qemu"] as const;
+
+hostTest("skiff run (qemu): exit codes of true, false, exit 7, a signal, a missing command", [
+  ...needs,
+], async () => {
+  if (typeof kernel === "string") return;
+  strictEqual((await skiffRun(["--", "/bin/true"])).code, 0);
+  strictEqual((await skiffRun(["--", "/bin/false"])).code, 1);
+  strictEqual((await skiffRun(["--", "sh", "-c", "exit 7"])).code, 7);
+  strictEqual((await skiffRun(["--", "sh", "-c", "kill -TERM $$"])).code, 128 + 15);
+  const missing = await skiffRun(["--", "no-such-command-xyz"]);
+  strictEqual(missing.code, 127);
+  match(missing.stderr, /no-such-command-xyz/);
+});
+
+hostTest("skiff run (qemu): uname, stdout and stderr apart, stdin piped through", [
+  ...needs,
+], async () => {
+  if (typeof kernel === "string") return;
+  const uname = await skiffRun(["--", "uname", "-a"]);
+  strictEqual(uname.code, 0, uname.stderr);
+  match(uname.stdout, new RegExp(`^Linux skiff ${kernel.version.replaceAll(".", "\\.")} `));
+  const streams = await skiffRun(["--", "sh", "-c", "echo out; echo err >&2; exit 3"]);
+  deepStrictEqual([streams.code, streams.stdout, streams.stderr], [3, "out\n", "err\n"]);
+  const cat = await skiffRun(["--", "cat"], "hi\nthere\n");
+  deepStrictEqual([cat.code, cat.stdout], [0, "hi\nthere\n"]);
+});
+
+hostTest(
+  "skiff run (qemu): --volume writes reach the host; the root is read-only on the host side",
+  [
+    ...needs,
+  ],
+  async () => {
+    if (typeof kernel === "string") return;
+    const vol = await Deno.makeTempDir({ prefix: "skiff-vol-" });
+    try {
+      await Deno.writeTextFile(`${vol}/in.txt`, "from host\n");
+      const marker = `/etc/skiff-overlay-test-${Date.now()}`;
+      const r = await skiffRun([
+        "--volume",
+        `${vol}:/data`,
+        "--env",
+        "GREETING=hello",
+        "--workdir",
+        "/data",
+        "--",
+        "sh",
+        "-c",
+        `cat in.txt; echo "$GREETING $(pwd)" > out.txt; echo x > ${marker} && cat ${marker}`,
+      ]);
+      strictEqual(r.code, 0, r.stderr);
+      strictEqual(r.stdout, "from host\nx\n");
+      strictEqual(await Deno.readTextFile(`${vol}/out.txt`), "hello /data\n");
+      let onHost = true;
+      try {
+        await Deno.stat(marker);
+      } catch {
+        onHost = false;
+      }
+      strictEqual(onHost, false, "a write to the guest's root overlay must not reach the host");
+      const ro = await skiffRun(["--volume", `${vol}:/data:ro`, "--", "touch", "/data/new"]);
+      ok(ro.code !== 0);
+      match(ro.stderr, /Read-only file system/);
+    } finally {
+      await Deno.remove(vol, { recursive: true });
+    }
+  },
+);
+
+hostTest("skiff run (qemu): --timeout stops the VM with exit 124 and cleans up", [
+  ...needs,
+], async () => {
+  if (typeof kernel === "string") return;
+  const r = await skiffRun(["--timeout", "10", "--", "sleep", "600"]);
+  strictEqual(r.code, 124, r.stderr);
+  match(r.stderr, /timed out after 10 s/);
+});
+
+hostTest("skiff run: a missing volume is an error before boot", [], async () => {
+  const r = await skiffRun(["--volume", "/no/such/dir:/x", "--", "true"], "", 30_000);
+  strictEqual(r.code, 125);
+  match(r.stderr, /host path \/no\/such\/dir does not exist/);
+});
