@@ -56,6 +56,8 @@ async function bootGuest(
     shares?: { tag: string; dir: string; readOnly: boolean }[];
     /** Give the guest a virtio-net NIC whose frames are read and dropped. */
     nic?: boolean;
+    /** Ports QEMU offers (default: the config's). */
+    hostPorts?: string[];
   } = {},
 ): Promise<GuestRun> {
   const dir = await Deno.makeTempDir({ prefix: "skiff-initq-" });
@@ -98,7 +100,7 @@ async function bootGuest(
       }).catch(() => {});
     }
     const p = config.ports;
-    const portNames = [...new Set([p.stdin, p.stdout, p.stderr, p.status])];
+    const portNames = o.hostPorts ?? [...new Set([p.stdin, p.stdout, p.stderr, p.status])];
     vm = await QemuProcess.start({
       dir,
       accel: "tcg",
@@ -120,10 +122,14 @@ async function bootGuest(
         // Half-close: the guest reads EOF after the data.
         await (stdin as Deno.UnixConn).closeWrite();
       }
+      const read = (name: string) => {
+        const c = vm!.ports.get(name);
+        return c ? readAll(c) : Promise.resolve("");
+      };
       const [stdout, stderr, status] = await Promise.all([
-        readAll(vm!.ports.get(p.stdout)!),
-        p.stderr === p.stdout ? Promise.resolve("") : readAll(vm!.ports.get(p.stderr)!),
-        readAll(vm!.ports.get(p.status)!),
+        read(p.stdout),
+        p.stderr === p.stdout ? Promise.resolve("") : read(p.stderr),
+        read(p.status),
         vm!.exited,
       ]);
       return { stdout, stderr, status, console: await consoleText };
@@ -292,4 +298,16 @@ hostTest("init under QEMU: static network on eth0 (address, route, resolv.conf, 
     "box\neth0 10.42.0.2/24\ndefault via 10.42.0.1 dev eth0 \nnameserver 10.42.0.1\n10.42.0.2\tbox\n",
     ctx,
   );
+});
+
+hostTest("init under QEMU: a port that never appears is reported after the bounded wait", [
+  ...NEEDS,
+], async () => {
+  if (typeof kernel === "string") return;
+  const c = withCommand(["true"], null);
+  c.ports = { ...DEFAULT_PORTS, stdout: "skiff.not-offered" };
+  const p = DEFAULT_PORTS;
+  const r = await bootGuest(kernel, c, { hostPorts: [p.stdin, p.stderr, p.status] });
+  strictEqual(r.status, "error find port stdout: ENOENT\n", `console:\n${r.console}`);
+  match(r.console, /skiff-init: error find port stdout: ENOENT/);
 });
