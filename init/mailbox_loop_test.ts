@@ -21,7 +21,7 @@ import {
 import { Mailbox, MB_IMAGE_SIZE, MB_REG, MB_STATE } from "../devices/mailbox/mod.ts";
 import { compileElf, compilePayload, PAYLOAD_ARG } from "./codegen/mod.ts";
 import { exit, mkdirP, O, seq, str, SYS, sys } from "./ir/mod.ts";
-import { encodeRecord, type RecordSpec } from "./record.ts";
+import { decodeRecord, encodeRecord, type RecordSpec } from "./record.ts";
 import { MAILBOX_DATA_VA, mailboxProgram } from "./mailbox_loop.ts";
 
 const DATA_SIZE = 64 << 10;
@@ -147,7 +147,10 @@ hostTest("mailbox loop (native): ready, payloads, command records, shutdown", []
     strictEqual(await mb.runCommand(record(dir, sh), DEADLINE), 3);
     strictEqual(await Deno.readTextFile(join(dir, "out")), `out bar ${dir}\n`);
     strictEqual(await Deno.readTextFile(join(dir, "err")), "err\n");
-    strictEqual(await mb.runCommand(record(dir, ["/bin/sh", "-c", "exit 0"]), DEADLINE), 0);
+    strictEqual(
+      await mb.runCommand(decodeRecord(record(dir, ["/bin/sh", "-c", "exit 0"])), DEADLINE),
+      0,
+    );
     strictEqual(await mb.runCommand(record(dir, ["sh", "-c", "kill -KILL $$"]), DEADLINE), 137);
     strictEqual(await mb.runCommand(record(dir, ["skiff-no-such-command"]), DEADLINE), 127);
     // Failures are results, never the end of the init.
