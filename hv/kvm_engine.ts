@@ -36,7 +36,7 @@ import { PassthroughFs } from "../devices/fuse/passthrough.ts";
 import { Uart } from "../devices/legacy/uart.ts";
 import { I8042Device } from "../devices/legacy/i8042.ts";
 import { type E820Entry, LAYOUT, MemoryLayout } from "./boot/layout.ts";
-import { type LoadedKernel, loadKernel } from "./boot/loader.ts";
+import { type LoadedKernel, loadKernel, placeInitrd } from "./boot/loader.ts";
 import { buildBootParams, writeCmdline } from "./boot/params.ts";
 import { type AcpiTables, writeAcpiTables } from "./acpi/tables.ts";
 import { sleepSpec } from "./acpi/sleep.ts";
@@ -137,6 +137,8 @@ export interface KvmMachine extends AsyncDisposable {
   e820: E820Entry[];
   /** Where the ACPI tables are. */
   acpi: AcpiTables;
+  /** Where the initramfs was placed, if one was given. */
+  initrd?: { addr: number; size: number };
   /** Whether guest code is emulated on this host (kvm_pvm). */
   emulated: boolean;
   /** The last kernel log text (UART), for diagnostics. */
@@ -158,6 +160,11 @@ export interface MachineOptions {
   workloadDevices?: boolean;
   /** Override the emulated-KVM detection (tests). */
   emulated?: boolean;
+  /**
+   * An initramfs to hand the kernel: placed page-aligned at the top of low
+   * RAM under the kernel's `initrd_addr_max` and announced in boot_params.
+   */
+  initrd?: Uint8Array;
 }
 
 /**
@@ -296,6 +303,17 @@ export async function buildKvmMachine(
     } catch (e) {
       throw new ConfigError((e as Error).message, { cause: e });
     }
+    let initrd: { addr: number; size: number } | undefined;
+    if (opts.initrd) {
+      try {
+        initrd = {
+          addr: placeInitrd(memory, opts.initrd, kernel, layout.lowRamEnd),
+          size: opts.initrd.length,
+        };
+      } catch (e) {
+        throw new ConfigError((e as Error).message, { cause: e });
+      }
+    }
     const acpi = writeAcpiTables(memory, {
       cpus,
       virtio: virtio.map((v) => ({ base: v.base, gsi: v.gsi })),
@@ -308,6 +326,7 @@ export async function buildKvmMachine(
         cmdline: { addr: LAYOUT.CMDLINE_START, size: cmdlineLen },
         e820,
         rsdpAddr: acpi.rsdpAddr,
+        initrd,
       }),
     );
     setupLongMode(memory, vm.vcpus[0].fd, {
@@ -327,6 +346,7 @@ export async function buildKvmMachine(
       kernelPath: image.path,
       e820,
       acpi,
+      initrd,
       emulated,
       log: () => log,
       [Symbol.asyncDispose]: dispose,

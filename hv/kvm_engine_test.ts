@@ -13,7 +13,7 @@ import { deepStrictEqual, match, ok, rejects, strictEqual } from "node:assert/st
 import { join } from "node:path";
 import { Assembler, mem } from "../init/asm/mod.ts";
 import { hostTest } from "../tests/requirements.ts";
-import { type VmConfig, VmError, VmExitError, VmTimeoutError } from "./engine.ts";
+import { ConfigError, type VmConfig, VmError, VmExitError, VmTimeoutError } from "./engine.ts";
 import { buildKvmMachine, isEmulatedKvm, KvmEngine } from "./kvm_engine.ts";
 import { bootWithConsoleLog } from "./console_boot.ts";
 import { LAYOUT } from "./boot/layout.ts";
@@ -245,6 +245,23 @@ hostTest(
         strictEqual(dv.getBigUint64(BP.ACPI_RSDP_ADDR, true), BigInt(m.acpi.rsdpAddr));
         strictEqual(dv.getUint32(BP.CMD_LINE_PTR, true), LAYOUT.CMDLINE_START);
         deepStrictEqual(readE820(bp), m.e820);
+      }
+      {
+        // An initramfs lands page-aligned at the top of low RAM; boot_params says where.
+        const initrd = new Uint8Array(3 << 20).fill(0x5a);
+        await using m = await buildKvmMachine(config(kernel), { initrd });
+        const at = m.initrd!;
+        strictEqual(at.size, initrd.length);
+        strictEqual(at.addr % 4096, 0);
+        ok(at.addr + at.size <= 64 << 20 && at.addr + at.size > (64 << 20) - 8192);
+        strictEqual(m.memory.readU8(at.addr + at.size - 1), 0x5a);
+        const dv = new DataView(m.memory.slice(LAYOUT.ZERO_PAGE, 4096).slice().buffer);
+        strictEqual(dv.getUint32(BP.RAMDISK_IMAGE, true), at.addr);
+        strictEqual(dv.getUint32(BP.RAMDISK_SIZE, true), at.size);
+        await rejects(
+          buildKvmMachine(config(kernel), { initrd: new Uint8Array(80 << 20) }),
+          (e) => e instanceof ConfigError && /initrd of \d+ bytes does not fit/.test(e.message),
+        );
       }
       {
         await using m = await buildKvmMachine({ ...config(kernel), cpus: 3 }, {
