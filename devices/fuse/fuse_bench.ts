@@ -15,9 +15,10 @@
  * way); on tmpfs O_DIRECT is served from memory, so both do the same work.
  *
  * Rows: `seq-read-1g` (MiB/s, dd bs=1M of a 1 GiB file), `rand-read-4k`
- * (IOPS, fio psync O_DIRECT 4 KiB random reads for 5 s), `create-stat-10k`
+ * (IOPS, fio psync O_DIRECT 4 KiB random reads for 3 s), `create-stat-10k`
  * (files/s: create 10 000 small files then stat them all), `find-usr`
- * (entries/s: `find /usr -printf %s` over the mount).
+ * (entries/s: `find /usr -printf %s` over the mount). Each row is the median
+ * of {@link ROUNDS} alternating runs per side.
  *
  * @module
  */
@@ -76,7 +77,29 @@ function line(row: string, unit: string, skiff: number, bindfs: number): string 
   }`;
 }
 
-/** Runs every row once; returns the `fuse-bench …` lines. */
+/**
+ * Alternating rounds per row: load from other processes on a shared machine
+ * comes and goes, so one run of each side can land in different weather.
+ */
+export const ROUNDS = 3;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/** Runs `measure` {@link ROUNDS} times per side, alternating which goes first; medians. */
+async function rounds(measure: (kind: Kind) => Promise<number>): Promise<Record<Kind, number>> {
+  const got: Record<Kind, number[]> = { skiff: [], bindfs: [] };
+  for (let r = 0; r < ROUNDS; r++) {
+    const order: Kind[] = r % 2 ? ["skiff", "bindfs"] : ["bindfs", "skiff"];
+    for (const kind of order) got[kind].push(await measure(kind));
+  }
+  return { skiff: median(got.skiff), bindfs: median(got.bindfs) };
+}
+
+/** Runs every row; returns the `fuse-bench …` lines. */
 export async function bench(): Promise<string[]> {
   if (Deno.uid() !== 0) return ["fuse-bench skipped: needs root (mount through /dev/fuse)"];
   const base = await Deno.makeTempDir({ dir: "/var/tmp", prefix: "skiff-fuse-bench-" });
@@ -88,43 +111,41 @@ export async function bench(): Promise<string[]> {
     await sh(`mount -t tmpfs -o size=1200m,mode=0755 skiff-fuse-bench ${data}`);
     await sh(`head -c 1G /dev/urandom > ${data}/big`);
 
-    const seq: Record<Kind, number> = { skiff: 0, bindfs: 0 };
-    const rand: Record<Kind, number> = { skiff: 0, bindfs: 0 };
-    for (const kind of ["bindfs", "skiff"] as const) {
-      seq[kind] = await withMount(kind, data, mnt, async () => {
+    const seq = await rounds((kind) =>
+      withMount(kind, data, mnt, async () => {
         return 1024 / await timed(`dd if=${mnt}/big of=/dev/null bs=1M status=none`);
-      });
-      rand[kind] = await withMount(kind, data, mnt, async () => {
+      })
+    );
+    out.push(line("seq-read-1g", "MiB/s", seq.skiff, seq.bindfs));
+    const rand = await rounds((kind) =>
+      withMount(kind, data, mnt, async () => {
         const o = await sh(
           `fio --name=r --filename=${mnt}/big --rw=randread --bs=4k --direct=1 ` +
-            `--ioengine=psync --runtime=5 --time_based --size=1g --output-format=json`,
+            `--ioengine=psync --runtime=3 --time_based --size=1g --output-format=json`,
         );
         return JSON.parse(o.slice(o.indexOf("{"))).jobs[0].read.iops as number;
-      });
-    }
-    out.push(line("seq-read-1g", "MiB/s", seq.skiff, seq.bindfs));
+      })
+    );
     out.push(line("rand-read-4k", "iops", rand.skiff, rand.bindfs));
 
-    const create: Record<Kind, number> = { skiff: 0, bindfs: 0 };
-    for (const kind of ["bindfs", "skiff"] as const) {
+    const create = await rounds(async (kind) => {
       await sh(`rm -rf ${data}/small && mkdir ${data}/small`);
-      create[kind] = await withMount(kind, data, mnt, async () => {
+      return await withMount(kind, data, mnt, async () => {
         const t = await timed(
           `cd ${mnt}/small && for i in $(seq 1 10000); do echo x > f$i; done && ` +
             `find . -type f -printf '%s\\n' > /dev/null && stat -c %s f1 f5000 f10000 > /dev/null`,
         );
         return 10000 / t;
       });
-    }
+    });
     out.push(line("create-stat-10k", "files/s", create.skiff, create.bindfs));
 
     const count = Number((await sh(`find /usr | wc -l`)).trim());
-    const find: Record<Kind, number> = { skiff: 0, bindfs: 0 };
-    for (const kind of ["bindfs", "skiff"] as const) {
-      find[kind] = await withMount(kind, "/usr", mnt, async () => {
+    const find = await rounds((kind) =>
+      withMount(kind, "/usr", mnt, async () => {
         return count / await timed(`find ${mnt} -printf '%s\\n' > /dev/null`);
-      });
-    }
+      })
+    );
     out.push(line("find-usr", "entries/s", find.skiff, find.bindfs));
   } finally {
     await sh(
