@@ -73,8 +73,12 @@ const MM = {
 export interface MailboxLoopOptions {
   /** File holding the register page (default `/dev/mem`). */
   regsPath?: string;
-  /** Offset of the register page in it (default the guest-physical {@link MAILBOX_LAYOUT.REGS_BASE}). */
-  regsOffset?: number;
+  /**
+   * Offset of the register page in it (default the guest-physical
+   * {@link MAILBOX_LAYOUT.REGS_BASE}); a run-time value is allowed (a
+   * variable the setup computed).
+   */
+  regsOffset?: Val;
   /** File holding the data region, mapped at the DATA_BASE register's offset (default: `regsPath`). */
   dataPath?: string;
   /**
