@@ -236,6 +236,18 @@ export class Mailbox implements Disposable {
     for (const w of [...this.#waiters]) w.reject(error);
   }
 
+  /**
+   * Fails every pending and future call once `stopped` settles — pass
+   * `vm.wait()` so a guest that powers off, reboots or crashes ends the
+   * host's waits at once (with the VM's error, or a message naming the stop).
+   */
+  failWhen(stopped: Promise<unknown>): void {
+    stopped.then(
+      (s) => this.fail(new Error(`mailbox: the VM stopped (${JSON.stringify(s, bigintJson)})`)),
+      (e) => this.fail(e),
+    );
+  }
+
   /** The device state for a snapshot (take it at "ready", with the VM paused). */
   save(): MailboxSnapshot {
     return { registers: this.registers.save(), dataBase: this.dataBase, dataSize: this.dataSize };
@@ -350,4 +362,8 @@ export class Mailbox implements Disposable {
   #check(): void {
     for (const w of [...this.#waiters]) if (w.test()) w.resolve();
   }
+}
+
+function bigintJson(_key: string, value: unknown): unknown {
+  return typeof value === "bigint" ? value.toString() : value;
 }

@@ -29,16 +29,8 @@ hostTest("mailbox on /dev/kvm: ready, payloads run in the guest, results, shutdo
   await using _g = guest;
   using mb = mailbox;
   await guest.vm.start();
-  const stopped = guest.vm.wait().then(
-    (s) => {
-      mb.fail(new Error(`VM stopped: ${JSON.stringify(s)}`));
-      return s;
-    },
-    (e) => {
-      mb.fail(e);
-      throw e;
-    },
-  );
+  const stopped = guest.vm.wait();
+  mb.failWhen(stopped);
   const watchdog = setTimeout(() => guest.vm.stop(), 60_000);
   try {
     await mb.ready(DEADLINE);

@@ -251,3 +251,15 @@ Deno.test("Mailbox: a result already in the registers wins over a later failure"
   await p;
   await rejects(mb.ready(), /VM stopped/);
 });
+
+Deno.test("Mailbox: failWhen ends waits when the VM stops or fails", async () => {
+  using a = new Mailbox({ dataSize: 8192 });
+  a.attach(fakeVm().vm);
+  a.failWhen(Promise.resolve({ kind: "poweroff", code: 3, rip: 1n }));
+  await rejects(a.ready(), /the VM stopped \(\{"kind":"poweroff","code":3,"rip":"1"\}\)/);
+  using b = new Mailbox({ dataSize: 8192 });
+  b.attach(fakeVm().vm);
+  const p = b.ready();
+  b.failWhen(Promise.reject(new Error("triple fault")));
+  await rejects(p, /triple fault/);
+});

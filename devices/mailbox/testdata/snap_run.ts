@@ -24,13 +24,8 @@ function triple(): Uint8Array {
 }
 
 async function serve(vm: Vm, mb: Mailbox, args: bigint[]) {
-  const stopped = vm.wait().then((s) => {
-    mb.fail(new Error(`VM stopped early: ${JSON.stringify(s)}`));
-    return s;
-  }, (e) => {
-    mb.fail(e);
-    throw e;
-  });
+  const stopped = vm.wait();
+  mb.failWhen(stopped);
   const t0 = performance.now();
   await mb.ready(DEADLINE);
   const readyMs = performance.now() - t0;
