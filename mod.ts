@@ -18,6 +18,23 @@ export {
 export type { Persist, SnapshotProblem } from "./snapshot/mod.ts";
 export { Mailbox, MAILBOX_LAYOUT, MB_CMD, MB_STATE } from "./devices/mailbox/mod.ts";
 export type { MailboxCallOptions, MailboxOptions, MailboxSnapshot } from "./devices/mailbox/mod.ts";
+export {
+  buildInitElf,
+  buildInitramfs,
+  DEFAULT_PORTS,
+  defaultInitConfig,
+  encodeRecord,
+  parseStatusLine,
+} from "./init/mod.ts";
+export type {
+  InitCommand,
+  InitConfig,
+  InitNet,
+  InitPorts,
+  InitShare,
+  InitStatus,
+  RecordSpec,
+} from "./init/mod.ts";
 export { MAILBOX_DATA_VA, mailboxLoop, mailboxProgram } from "./init/mailbox_loop.ts";
 export type { MailboxLoopOptions, MailboxProgramOptions } from "./init/mailbox_loop.ts";
 export { buildKvmMachine, isEmulatedKvm, KvmEngine } from "./hv/kvm_engine.ts";
