@@ -13,6 +13,7 @@
  * using mailbox = new Mailbox();
  * mailbox.attach(vm); // MMIO page at 0xd000_0000, data slot at 0xd020_0000
  * await vm.start();
+ * mailbox.failWhen(vm.wait()); // a stopped VM ends every wait
  * await mailbox.ready({ timeoutMs: 60_000 }); // the snapshot point
  * const r = await mailbox.runPayload(compilePayload({ body: seq(exit(42)) }).bytes);
  * ```
