@@ -72,7 +72,7 @@ hostTest("net L3q: a Linux guest under QEMU gets DHCP, DNS and HTTP from host lo
       mac: "52:54:00:12:34:56",
     });
     try {
-      const { ports, console: con } = await runGuest(vm).catch((e) => {
+      const { ports, console: con } = await runGuest(vm, 180_000).catch((e) => {
         throw new Error(`${e.message}\ncounters: ${JSON.stringify(stack.counters())}`);
       });
       const lines = ports["test.out"].trim().split("\n");

@@ -82,6 +82,8 @@ interface Reassembly {
 }
 
 const TICK_MS = 25;
+/** Delayed-ACK time: short, since the guest is on a local link (RFC 9293 §3.8.6.3 allows ≤ 500 ms). */
+const DELAYED_ACK_MS = 1;
 const REASM_TIMEOUT = 30_000; // RFC 791: 15 s lower bound; Linux uses 30 s
 const MAX_REASSEMBLIES = 16;
 const MAX_PENDING_FRAMES = 64;
@@ -106,6 +108,8 @@ export class NetStack implements AsyncDisposable {
   #buffered = 0;
   #acks = new Set<TcpConn>();
   #ackScheduled = false;
+  #delayedAcks = new Set<TcpConn>();
+  #delayedTimer: ReturnType<typeof setTimeout> | undefined;
   #timer: ReturnType<typeof setInterval>;
   #closed = false;
   #dns: DnsServer;
@@ -141,10 +145,11 @@ export class NetStack implements AsyncDisposable {
         this.#buffered += d;
       },
       bufferFree: () => this.config.maxBufferedBytes - this.#buffered,
-      requestAck: (c) => this.#requestAck(c),
+      requestAck: (c, delayed) => this.#requestAck(c, delayed),
       release: (c) => {
         if (this.#tcp.get(c.key) === c) this.#tcp.delete(c.key);
         this.#acks.delete(c);
+        this.#delayedAcks.delete(c);
       },
     };
     const waits: Promise<void>[] = [];
@@ -222,6 +227,8 @@ export class NetStack implements AsyncDisposable {
     this.resetConnections();
     this.#closed = true;
     clearInterval(this.#timer);
+    clearTimeout(this.#delayedTimer);
+    this.#delayedAcks.clear();
     this.#closeListeners();
     this.#link = null;
     return Promise.resolve();
@@ -743,7 +750,20 @@ export class NetStack implements AsyncDisposable {
     }
   }
 
-  #requestAck(conn: TcpConn): void {
+  #requestAck(conn: TcpConn, delayed: boolean): void {
+    if (delayed) {
+      this.#delayedAcks.add(conn);
+      if (this.#delayedTimer === undefined) {
+        this.#delayedTimer = setTimeout(() => {
+          this.#delayedTimer = undefined;
+          const acks = [...this.#delayedAcks];
+          this.#delayedAcks.clear();
+          for (const a of acks) a.flushAck();
+        }, DELAYED_ACK_MS);
+      }
+      return;
+    }
+    this.#delayedAcks.delete(conn);
     this.#acks.add(conn);
     if (this.#ackScheduled) return;
     this.#ackScheduled = true;

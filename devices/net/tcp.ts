@@ -46,8 +46,11 @@ export interface TcpEnv {
   buffered(delta: number): void;
   /** Bytes that may still be buffered stack-wide. */
   bufferFree(): number;
-  /** Asks for an ACK to be sent once the current input batch is processed. */
-  requestAck(conn: TcpConn): void;
+  /**
+   * Asks for an ACK to be sent once the current input batch is processed,
+   * or with `delayed` within about a millisecond (a reply may carry it).
+   */
+  requestAck(conn: TcpConn, delayed: boolean): void;
   /** Removes the connection from the stack's table. */
   release(conn: TcpConn): void;
 }
@@ -117,6 +120,7 @@ export class TcpConn {
   #finAcked = false;
   #dupAcks = 0;
   #spaceWaiter: (() => void) | null = null;
+  #readBuf: Uint8Array | null = null;
 
   // Receive side (from the guest).
   #irs = 0;
@@ -145,6 +149,11 @@ export class TcpConn {
   #done = false;
   #aborted = false;
   #ackPending = false;
+  #ackDelayed = false;
+  /** The last acknowledgment number sent. */
+  #ackSent = 0;
+  /** Largest segment seen from the guest (for the every-second-segment ACK rule). */
+  #rcvMss = 536;
 
   constructor(
     env: TcpEnv,
@@ -319,7 +328,9 @@ export class TcpConn {
           this.#rcvNxt = add(this.#rcvNxt, payload.length);
           this.#kickWriter();
         }
-        this.#wantAck();
+        const mss = Math.min(payload.length, this.#env.cfg.mtu - 40);
+        if (mss > this.#rcvMss) this.#rcvMss = mss;
+        this.#wantAck(true);
       } else {
         fin = false;
       }
@@ -495,7 +506,11 @@ export class TcpConn {
         await new Promise<void>((r) => this.#spaceWaiter = r);
       }
       if (this.#done || !this.#host) return;
-      const buf = new Uint8Array(Math.min(READ_SIZE, max - this.#sndBufLen + 1024));
+      // One read buffer is reused while reads are small (interactive traffic);
+      // a read that fills most of it keeps it and a new one is made.
+      const size = Math.min(READ_SIZE, max - this.#sndBufLen + 1024);
+      if (!this.#readBuf || this.#readBuf.length < size) this.#readBuf = new Uint8Array(size);
+      const buf = this.#readBuf.subarray(0, size);
       let n: number | null;
       try {
         n = await this.#host.read(buf);
@@ -507,7 +522,12 @@ export class TcpConn {
       if (n === null) {
         this.#hostEof = true;
       } else if (n > 0) {
-        this.#sndChunks.push(n < 16384 ? buf.slice(0, n) : buf.subarray(0, n));
+        if (n < buf.length / 4) {
+          this.#sndChunks.push(buf.slice(0, n));
+        } else {
+          this.#sndChunks.push(buf.subarray(0, n));
+          this.#readBuf = null;
+        }
         this.#sndBufLen += n;
         this.#env.buffered(n);
       }
@@ -646,10 +666,18 @@ export class TcpConn {
     this.#sendSegment(this.#sndNxt, TCP_FLAG.ACK, null, 0);
   }
 
-  #wantAck(): void {
-    if (this.#ackPending) return;
+  /**
+   * Schedules an ACK. For data, as a delayed ACK (RFC 9293 §3.8.6.3): at
+   * once for every second full-sized segment, else after about a millisecond
+   * unless data to the guest carries it first — which saves a frame per
+   * request/response exchange.
+   */
+  #wantAck(data = false): void {
+    const delayed = data && diff(this.#rcvNxt, this.#ackSent) < 2 * this.#rcvMss;
+    if (this.#ackPending && (delayed || !this.#ackDelayed)) return;
     this.#ackPending = true;
-    this.#env.requestAck(this);
+    this.#ackDelayed = delayed;
+    this.#env.requestAck(this, delayed);
   }
 
   /** Sends the ACK requested during an input batch, unless a segment already carried it. */
@@ -726,7 +754,10 @@ export class TcpConn {
     put16(frame, off + 18, 0);
     if (opts) frame.set(opts, off + 20);
     if (fill && n > 0) fill(frame, off + hlen);
-    if (flags & TCP_FLAG.ACK) this.#ackPending = false;
+    if (flags & TCP_FLAG.ACK) {
+      this.#ackPending = false;
+      this.#ackSent = ack;
+    }
     const ps = pseudoSum(this.remoteIp, this.#env.cfg.guestIp, PROTO.TCP, hlen + n);
     if (n > 0 && this.#env.partialChecksums()) {
       // The link completes it (virtio NEEDS_CSUM): only the pseudo-header sum goes in.
