@@ -137,9 +137,17 @@ const COMMANDS: Record<string, Command> = {
   boot: {
     summary: "boot the guest kernel on skiff's KVM engine with the serial console",
     help: [
-      "Usage: skiff boot --console-log FILE --timeout SECONDS [--kernel PATH] [--modules DIR]",
+      "Usage: skiff boot [--engine E] [--cpus N] [--memory MiB] [--volume HOST:GUEST[:ro]]…",
+      "       skiff boot --console-log FILE --timeout SECONDS [--kernel PATH] [--modules DIR]",
       "                  [--cpus N] [--memory MiB] [--cmdline-extra STR]",
       "",
+      "Without --console-log: an interactive shell in a guest set up as for `skiff run` (host /",
+      "read-only with a tmpfs overlay, the current directory shared), on the guest console",
+      "/dev/hvc0 with this terminal in raw mode (restored on exit); exits with the shell's code",
+      "when it exits and the guest powers off. Engines as for `skiff run` (--engine, default",
+      "auto); the kvm engine has no interactive console yet.",
+      "",
+      "With --console-log:",
       "Boots the kernel (default: the one `skiff kernel fetch` cached; --kernel takes a bzImage",
       "or an ELF vmlinux) on skiff's own KVM engine with the serial console on ttyS0, mirrors",
       "the console to the terminal and to FILE, and ends with one line on stderr:",
@@ -154,6 +162,9 @@ const COMMANDS: Record<string, Command> = {
       const { values } = parseFlags(args, {
         "console-log": { type: "string" },
         timeout: { type: "string" },
+        engine: { type: "string" },
+        volume: { type: "string", multiple: true },
+        verbose: { type: "boolean" },
         kernel: { type: "string" },
         modules: { type: "string" },
         cpus: { type: "string" },
@@ -161,9 +172,24 @@ const COMMANDS: Record<string, Command> = {
         "cmdline-extra": { type: "string" },
       });
       if (values["console-log"] === undefined) {
-        throw new UsageError(
-          "--console-log FILE is required (the interactive console is not here yet)",
-        );
+        if (values.timeout !== undefined) throw new UsageError("--timeout needs --console-log");
+        const { runConfig } = await import("./hv/run_options.ts");
+        const { bootShell } = await import("./hv/run_command.ts");
+        const engine = values.engine ?? "auto";
+        if (engine !== "kvm" && engine !== "qemu" && engine !== "auto") {
+          throw new UsageError(`--engine ${engine}: expected kvm, qemu or auto`);
+        }
+        const { config } = runConfig({
+          argv: ["/bin/sh"],
+          cpus: values.cpus,
+          memory: values.memory,
+          volume: values.volume,
+          kernel: values.kernel,
+          modules: values.modules,
+          cmdlineExtra: values["cmdline-extra"],
+          verbose: values.verbose,
+        });
+        return await bootShell(config, { engine });
       }
       const num = (flag: string, v: string | undefined, dflt: number, integer = true) => {
         if (v === undefined) return dflt;

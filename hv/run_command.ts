@@ -8,6 +8,7 @@
 
 import {
   type Engine,
+  EngineUnavailableError,
   EXIT_TIMEOUT,
   exitCodeOf,
   SkiffError,
@@ -89,5 +90,57 @@ export async function runCommand(
   } finally {
     clearTimeout(timer);
     for (const remove of removers) remove();
+  }
+}
+
+/** Options of {@link bootShell}. */
+export interface BootShellOptions {
+  engine: EngineChoice;
+  /** The engine to use instead of choosing one (tests). */
+  engineInstance?: Engine;
+}
+
+function terminalSize(): { columns: number; rows: number } | undefined {
+  try {
+    return Deno.consoleSize();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * `skiff boot` without `--console-log`: an interactive shell on the guest
+ * console with this terminal in raw mode (restored on exit, also on errors);
+ * resolves to the shell's exit code.
+ */
+export async function bootShell(config: VmConfig, o: BootShellOptions): Promise<number> {
+  const log = config.verbose ? (line: string) => console.error(`skiff: ${line}`) : undefined;
+  let engine = o.engineInstance;
+  if (!engine) {
+    const { engine: chosen, decision } = selectEngine(o.engine, { log });
+    log?.(`engine ${decision.name} (${decision.why})`);
+    engine = chosen;
+  }
+  if (!engine.shell) {
+    throw new EngineUnavailableError(
+      `the ${engine.name} engine has no interactive console yet; ` +
+        "use --engine qemu, or skiff boot --console-log FILE --timeout S",
+    );
+  }
+  const abort = new AbortController();
+  const removeTerm = onSignal("SIGTERM", () => abort.abort(new SkiffError("stopped by SIGTERM")));
+  const size = terminalSize();
+  const raw = Deno.stdin.isTerminal();
+  if (raw) Deno.stdin.setRaw(true);
+  try {
+    const status = await engine.shell(config, {
+      input: Deno.stdin.readable,
+      output: Deno.stdout.writable,
+      ...(size ? { size: () => terminalSize() ?? size } : {}),
+    }, abort.signal);
+    return exitCodeOf(status);
+  } finally {
+    if (raw) Deno.stdin.setRaw(false);
+    removeTerm();
   }
 }

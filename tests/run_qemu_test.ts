@@ -135,3 +135,44 @@ hostTest("skiff run: a missing volume is an error before boot", [], async () => 
   strictEqual(r.code, 125);
   match(r.stderr, /host path \/no\/such\/dir does not exist/);
 });
+
+hostTest("skiff boot (qemu): an interactive shell on the console; its exit code is boot's", [
+  ...needs,
+], async () => {
+  if (typeof kernel === "string") return;
+  const tmp = await Deno.makeTempDir({ prefix: "skiff-boottest-" });
+  try {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", MAIN, "boot", "--engine", "qemu"],
+      env: { TMPDIR: tmp },
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
+    const reader = child.stdout.getReader();
+    const td = new TextDecoder();
+    let out = "";
+    // Type only once the prompt is there: the shell flushes earlier input when it sets up the tty.
+    while (!out.includes("# ")) {
+      const r = await reader.read();
+      if (r.done) break;
+      out += td.decode(r.value);
+    }
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode("echo $((6*7)); tty; exit 5\n"));
+    for (;;) {
+      const r = await reader.read();
+      if (r.done) break;
+      out += td.decode(r.value);
+    }
+    const status = await child.status;
+    clearTimeout(timer);
+    await writer.close().catch(() => {});
+    strictEqual(status.code, 5, out);
+    match(out, /\r?\n42\r?\n\/dev\/ttyS0\r?\n/);
+    deepStrictEqual([...Deno.readDirSync(tmp)].map((e) => e.name), []);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});

@@ -10,6 +10,7 @@
  */
 
 import {
+  type ConsoleIO,
   type Engine,
   type ExitStatus,
   type Share,
@@ -31,6 +32,7 @@ import { PassthroughFs } from "../../devices/fuse/passthrough.ts";
 import { VhostUserServer } from "../../devices/vhost_user/backend.ts";
 import { VirtioFsDevice } from "../../devices/vhost_user/fs.ts";
 import { QemuProcess } from "./process.ts";
+import { GUEST_PATH } from "../run_options.ts";
 import type { FsDeviceSpec } from "./cmdline.ts";
 
 /** Options of {@link QemuEngine}. */
@@ -79,11 +81,15 @@ export function initConfigFor(config: VmConfig, workload: Workload): InitConfig 
 }
 
 /**
- * Copies `from` into a port connection, then half-closes it so the guest
- * reads EOF. Returns a function that stops forwarding (a terminal on stdin
+ * Copies `from` into a port connection, then (with `eof`) half-closes it so
+ * the guest reads EOF. Returns a function that stops forwarding (a terminal on stdin
  * may never reach EOF).
  */
-function feed(from: ReadableStream<Uint8Array> | null, to: Deno.Conn): () => void {
+function feed(
+  from: ReadableStream<Uint8Array> | null,
+  to: Deno.Conn,
+  eof = true,
+): () => void {
   const reader = from?.getReader();
   (async () => {
     try {
@@ -96,7 +102,7 @@ function feed(from: ReadableStream<Uint8Array> | null, to: Deno.Conn): () => voi
       // The guest side went away, or forwarding was stopped.
     } finally {
       try {
-        await (to as Deno.UnixConn).closeWrite();
+        if (eof) await (to as Deno.UnixConn).closeWrite();
       } catch {
         // already closed
       }
@@ -176,12 +182,18 @@ export class QemuEngine implements Engine {
     return { info, image };
   }
 
-  /** Boots, runs the workload through the init's one-shot mode, and stops. */
-  async run(
+  /**
+   * Boots a VM that runs `workload` through the init's one-shot mode, hands
+   * the running QEMU to `attach`, and returns the exit status the init
+   * reported. Everything (QEMU, back-ends, sockets, temp dir) is released
+   * before it returns or throws.
+   */
+  async #boot(
     config: VmConfig,
     workload: Workload,
-    io: WorkloadIO,
-    signal?: AbortSignal,
+    mode: { interactive: boolean },
+    signal: AbortSignal | undefined,
+    attach: (vm: QemuProcess) => Promise<void>,
   ): Promise<ExitStatus> {
     signal?.throwIfAborted();
     const log = this.#opts.log ?? (() => {});
@@ -234,15 +246,15 @@ export class QemuEngine implements Engine {
       const onAbort = () => void started.stop(500);
       signal?.addEventListener("abort", onAbort, { once: true });
       try {
-        const get = (name: string) => started.ports.get(name)!;
-        const stopFeeding = feed(io.stdin, get(ports.stdin));
-        const [, , statusText, consoleText, exit] = await Promise.all([
-          drain(get(ports.stdout), io.stdout),
-          drain(get(ports.stderr), io.stderr),
-          text(get(ports.status), 1024),
-          text(started.console!, 16384, config.verbose ? mirrorToStderr : undefined),
+        const [, statusText, consoleText, exit] = await Promise.all([
+          attach(started),
+          text(started.ports.get(ports.status)!, 1024),
+          // In interactive mode the console is the terminal (attach reads it).
+          mode.interactive
+            ? Promise.resolve("")
+            : text(started.console!, 16384, config.verbose ? mirrorToStderr : undefined),
           started.exited,
-        ]).finally(stopFeeding);
+        ]);
         signal?.throwIfAborted();
         const line = statusText.trim().split("\n").at(-1) ?? "";
         const status = line ? parseStatusLine(line) : null;
@@ -265,5 +277,46 @@ export class QemuEngine implements Engine {
       for (const s of servers) await s.close().catch(() => {});
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
+  }
+
+  /** Boots, runs the workload through the init's one-shot mode, and stops. */
+  run(
+    config: VmConfig,
+    workload: Workload,
+    io: WorkloadIO,
+    signal?: AbortSignal,
+  ): Promise<ExitStatus> {
+    const ports = DEFAULT_PORTS;
+    return this.#boot(config, workload, { interactive: false }, signal, async (vm) => {
+      const get = (name: string) => vm.ports.get(name)!;
+      const stopFeeding = feed(io.stdin, get(ports.stdin));
+      await Promise.all([
+        drain(get(ports.stdout), io.stdout),
+        drain(get(ports.stderr), io.stderr),
+      ]).finally(stopFeeding);
+    });
+  }
+
+  /**
+   * An interactive shell on the guest's serial console (/dev/ttyS0, a tty)
+   * as its controlling terminal; resolves when the shell exits and the guest
+   * has powered off. The kernel's own messages are limited to emergencies.
+   */
+  shell(config: VmConfig, io: ConsoleIO, signal?: AbortSignal): Promise<ExitStatus> {
+    const size = io.size?.();
+    const stty = size ? `stty rows ${size.rows} cols ${size.columns} </dev/ttyS0; ` : "";
+    const workload: Workload = {
+      // util-linux `setsid -c` makes ttyS0 the shell's controlling terminal,
+      // so job control and Ctrl-C work as on a real console.
+      argv: ["/bin/sh", "-c", `${stty}exec setsid -c /bin/sh -i </dev/ttyS0 >/dev/ttyS0 2>&1`],
+      env: { PATH: GUEST_PATH, HOME: "/", TERM: Deno.env.get("TERM") ?? "linux" },
+      workdir: "/",
+    };
+    const quiet = { ...config, cmdlineExtra: `${config.cmdlineExtra} loglevel=1`.trim() };
+    return this.#boot(quiet, workload, { interactive: true }, signal, async (vm) => {
+      // No EOF on the console: QEMU would take it as a disconnect and drop the output.
+      const stopFeeding = feed(io.input, vm.console!, false);
+      await drain(vm.console!, io.output).finally(stopFeeding);
+    });
   }
 }
