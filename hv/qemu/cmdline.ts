@@ -17,11 +17,6 @@ export interface SerialPortSpec {
   name: string;
   /** Unix socket skiff listens on. */
   socketPath: string;
-  /**
-   * A console port (`virtconsole`, virtio 1.2 §5.3): the guest sees a tty,
-   * /dev/hvc0 for the first one, instead of a /dev/vportNpM character device.
-   */
-  tty?: boolean;
 }
 
 /** A virtio-fs share served over vhost-user. */
@@ -168,7 +163,7 @@ export function qemuArgs(spec: QemuLaunchSpec): string[] {
         "-chardev",
         `socket,id=${p.id},path=${e(p.socketPath)}`,
         "-device",
-        `${p.tty ? "virtconsole" : "virtserialport"},chardev=${p.id},name=${e(p.name)}`,
+        `virtserialport,chardev=${p.id},name=${e(p.name)}`,
       );
     }
   }

@@ -30,8 +30,6 @@ export type QemuStartOptions =
     dir: string;
     /** virtio-serial port names, in order; ids and sockets are derived. */
     portNames: string[];
-    /** Names (from portNames) of ports that are consoles — ttys (hvc0…) in the guest. */
-    ttyPorts?: string[];
     /** Connect the serial console (ttyS0) to a socket (otherwise it is discarded). */
     console: boolean;
     /** QEMU binary (default `qemu-system-x86_64`). */
@@ -116,8 +114,7 @@ export class QemuProcess implements AsyncDisposable {
         i,
       ) => {
         const { path, l } = listen(`port${i}`);
-        const tty = opts.ttyPorts?.includes(name) ?? false;
-        return { spec: { id: `port${i}`, name, socketPath: path, tty }, l };
+        return { spec: { id: `port${i}`, name, socketPath: path }, l };
       });
       const args = qemuArgs({
         ...opts,
