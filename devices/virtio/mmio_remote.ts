@@ -28,6 +28,7 @@ import type { GuestMemory } from "../../hv/memory.ts";
 import type { DeviceContext, VirtioDevice } from "./device.ts";
 import {
   HOST_FLAG_NEEDS_RESET,
+  MMIO,
   MMIO_WINDOW,
   type MmioState,
   SHARED,
@@ -35,7 +36,8 @@ import {
   VirtioMmioTransport,
 } from "./mmio.ts";
 import { Queue, type QueueState } from "./queue.ts";
-import { libc } from "../../kvm_ffi/libc.ts";
+import { close, EFD, eventfd, libc } from "../../kvm_ffi/libc.ts";
+import { drainEventfd, StopSignal, waitReadable } from "../vhost_user/socket.ts";
 
 /** Bytes of device config space mirrored in the shared buffer. */
 export const CONFIG_MIRROR = 256;
@@ -162,6 +164,17 @@ export function create(config: unknown, ctx: WorkerContext): WorkerDevice {
   };
 }
 
+/** What {@link VirtioMmioHost.attachIoeventfds} needs of a VM (`hv/vm.ts` `Vm` has it). */
+export interface IoeventfdVm {
+  /** `KVM_IOEVENTFD`: a guest write of `len` bytes at `addr` signals eventfd `fd`. */
+  ioeventfd(
+    fd: number,
+    addr: number,
+    len: number,
+    opts?: { datamatch?: bigint; deassign?: boolean },
+  ): void;
+}
+
 /** Options of {@link VirtioMmioHost}. */
 export interface MmioHostOptions {
   /** Pulses the device's interrupt line (e.g. `() => vm.pulseIrq(gsi)` or an irqfd write). */
@@ -187,6 +200,7 @@ export class VirtioMmioHost {
   #features = 0n;
   #transport: MmioState | null = null;
   #restoreState: MmioState | undefined;
+  #ioeventfds = false;
 
   constructor(device: VirtioDevice, mem: GuestMemory, opts: MmioHostOptions) {
     this.device = device;
@@ -266,6 +280,68 @@ export class VirtioMmioHost {
     }
   }
 
+  /**
+   * Serves the driver's QueueNotify writes through KVM ioeventfds: one per
+   * queue at `base` + QueueNotify (4 bytes, datamatch = queue index), so a
+   * notify no longer leaves `KVM_RUN` for the vCPU Worker and its message
+   * hop; the eventfds are polled here on the FFI thread pool (as vhost-user
+   * kicks are). Writes that match no queue still exit and reach the
+   * transport. Call before the VM starts; dispose (await) to stop polling
+   * and deassign. hv/notify_cost_bench.ts measures the gain.
+   *
+   * A notify can now overtake the transport's `activate` message, and a
+   * snapshot can drop one still pending in an eventfd, so activation
+   * processes every ready queue once (a spurious notify is harmless).
+   */
+  attachIoeventfds(vm: IoeventfdVm, base: number): AsyncDisposable {
+    const addr = base + MMIO.QUEUE_NOTIFY;
+    const stop = new StopSignal();
+    const fds: number[] = [];
+    const loops: Promise<void>[] = [];
+    const detach = () => {
+      for (const [i, fd] of fds.entries()) {
+        try {
+          vm.ioeventfd(fd, addr, 4, { datamatch: BigInt(i), deassign: true });
+        } catch {
+          // the VM is already closed: its ioeventfds went with it
+        }
+      }
+    };
+    try {
+      for (let i = 0; i < this.device.queueMaxSizes.length; i++) {
+        const fd = eventfd(0, EFD.CLOEXEC | EFD.NONBLOCK);
+        fds.push(fd);
+        vm.ioeventfd(fd, addr, 4, { datamatch: BigInt(i) });
+      }
+    } catch (e) {
+      detach();
+      for (const fd of fds) close(fd);
+      stop[Symbol.dispose]();
+      throw e;
+    }
+    for (const [index, fd] of fds.entries()) {
+      loops.push((async () => {
+        while (await waitReadable(fd, stop) === "ready") {
+          if (drainEventfd(fd) > 0n) this.handle({ type: "notify", index });
+        }
+      })());
+    }
+    this.#ioeventfds = true;
+    let disposed = false;
+    return {
+      [Symbol.asyncDispose]: async () => {
+        if (disposed) return;
+        disposed = true;
+        this.#ioeventfds = false;
+        stop.fire();
+        await Promise.all(loops);
+        detach();
+        for (const fd of fds) close(fd);
+        stop[Symbol.dispose]();
+      },
+    };
+  }
+
   #activate(features: string, states: QueueState[]): void {
     this.#deactivate();
     const queues = this.device.queueMaxSizes.map((n) => new Queue(n));
@@ -290,6 +366,11 @@ export class VirtioMmioHost {
       },
     };
     this.device.activate(ctx);
+    if (this.#ioeventfds) {
+      queues.forEach((q, i) => {
+        if (this.#queues === queues && q.ready) this.device.queueNotify(i);
+      });
+    }
   }
 
   #deactivate(): void {

@@ -191,10 +191,18 @@ hostTest("console L1: a reply that arrives while the guest has interrupts off is
   "kvm",
 ], () => pingPong(50_000));
 
-/** Runs the guest of {@link guest}; `spin` iterations between the last notify and the wait. */
-async function pingPong(spin: number): Promise<void> {
+hostTest("console L1: QueueNotify through KVM ioeventfds never exits to the vCPU thread", [
+  "kvm",
+], () => pingPong(0, true));
+
+/**
+ * Runs the guest of {@link guest}; `spin` iterations between the last notify
+ * and the wait; `ioeventfd`: notifies go through {@link VirtioMmioHost.attachIoeventfds}.
+ */
+async function pingPong(spin: number, ioeventfd = false): Promise<void> {
   using memory = RegionMemory.memfd([{ guestAddr: 0, size: RAM }]);
   const vm = Vm.create({ memory, pit: false });
+  let notifier: AsyncDisposable | null = null;
   try {
     const console = new VirtioConsole();
     const host = new VirtioMmioHost(console, memory, { irq: () => vm.pulseIrq(GSI) });
@@ -203,7 +211,12 @@ async function pingPong(spin: number): Promise<void> {
       received += new TextDecoder().decode(b);
       console.console.send(new TextEncoder().encode("pong!"));
     };
-    vm.onDeviceMessage("virtio-console", (m) => host.handle(m));
+    let exitedNotifies = 0;
+    vm.onDeviceMessage("virtio-console", (m) => {
+      if ((m as { type?: string })?.type === "notify") exitedNotifies++;
+      host.handle(m);
+    });
+    if (ioeventfd) notifier = host.attachIoeventfds(vm, BASE);
     vm.addDevice(host.spec("virtio-console", BASE, GSI));
     vm.addDevice(debugExitSpec());
     const vcpu = vm.createVcpu();
@@ -236,7 +249,10 @@ async function pingPong(spin: number): Promise<void> {
     deepStrictEqual(new TextDecoder().decode(memory.slice(RXBUF, 5)), "pong!");
     const interrupts = code >> 8;
     if (interrupts < 1) throw new Error(`the guest saw ${interrupts} interrupts`);
+    // Both queues were notified once; with ioeventfds neither write left KVM_RUN.
+    strictEqual(exitedNotifies, ioeventfd ? 0 : 2, "QueueNotify writes seen by the transport");
   } finally {
+    await notifier?.[Symbol.asyncDispose]();
     await vm.close();
   }
 }

@@ -1,0 +1,132 @@
+/**
+ * L0 tests of {@link VirtioMmioHost.attachIoeventfds} with real eventfds and
+ * a stand-in VM: the registrations (QueueNotify address, 4 bytes, one
+ * datamatch per queue), notifies reaching the device, a notify that
+ * overtakes activation still being served, and deassignment on dispose.
+ * The L1 test on /dev/kvm is in console/console_kvm_test.ts.
+ */
+
+import { deepStrictEqual, ok } from "node:assert/strict";
+import { RegionMemory } from "../../hv/memory.ts";
+import type { DeviceContext, VirtioDevice } from "./device.ts";
+import { MMIO } from "./mmio.ts";
+import { type IoeventfdVm, VirtioMmioHost } from "./mmio_remote.ts";
+import { Queue } from "./queue.ts";
+import { signalEventfd } from "../vhost_user/socket.ts";
+
+const BASE = 0xd000_0000;
+
+class SpyDevice implements VirtioDevice {
+  readonly deviceType = 42;
+  readonly queueMaxSizes = [8, 8];
+  readonly features = 1n << 32n;
+  notified: number[] = [];
+  readConfig(_offset: number, data: Uint8Array): void {
+    data.fill(0);
+  }
+  writeConfig(): void {}
+  activate(_ctx: DeviceContext): void {}
+  queueNotify(index: number): void {
+    this.notified.push(index);
+  }
+  reset(): void {}
+  save(): unknown {
+    return null;
+  }
+  restore(): void {}
+}
+
+interface Call {
+  fd: number;
+  addr: number;
+  len: number;
+  datamatch?: bigint;
+  deassign?: boolean;
+}
+
+class FakeVm implements IoeventfdVm {
+  calls: Call[] = [];
+  ioeventfd(
+    fd: number,
+    addr: number,
+    len: number,
+    opts: { datamatch?: bigint; deassign?: boolean } = {},
+  ): void {
+    this.calls.push({ fd, addr, len, ...opts });
+  }
+}
+
+async function until(what: string, cond: () => boolean): Promise<void> {
+  const deadline = Date.now() + 5000;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+function readyQueues(): ReturnType<Queue["save"]>[] {
+  return [0, 1].map(() => {
+    const q = new Queue(8);
+    q.ready = true;
+    return q.save();
+  });
+}
+
+Deno.test("mmio ioeventfds: one per queue at QueueNotify; notifies reach the device; dispose deassigns", async () => {
+  const dev = new SpyDevice();
+  const host = new VirtioMmioHost(dev, RegionMemory.fromBytes(1 << 16), { irq: () => {} });
+  const vm = new FakeVm();
+  const io = host.attachIoeventfds(vm, BASE);
+  try {
+    deepStrictEqual(
+      vm.calls.map((c) => [c.addr, c.len, c.datamatch, c.deassign]),
+      [[BASE + MMIO.QUEUE_NOTIFY, 4, 0n, undefined], [BASE + MMIO.QUEUE_NOTIFY, 4, 1n, undefined]],
+    );
+    // A notify that arrives before the transport's activate message (another
+    // channel) finds no queues; activation then serves every ready queue.
+    signalEventfd(vm.calls[1].fd);
+    await new Promise((r) => setTimeout(r, 50));
+    deepStrictEqual(dev.notified, []);
+    host.handle({ type: "activate", features: String(dev.features), queues: readyQueues() });
+    deepStrictEqual(dev.notified.sort(), [0, 1]);
+    dev.notified = [];
+    signalEventfd(vm.calls[1].fd);
+    await until("notify of queue 1", () => dev.notified.length === 1);
+    signalEventfd(vm.calls[0].fd);
+    signalEventfd(vm.calls[0].fd); // two writes before the host looks: one notify
+    await until("notify of queue 0", () => dev.notified.length === 2);
+    await new Promise((r) => setTimeout(r, 20));
+    deepStrictEqual(dev.notified, [1, 0]);
+  } finally {
+    await io[Symbol.asyncDispose]();
+  }
+  const assigned = vm.calls.slice(0, 2);
+  deepStrictEqual(
+    vm.calls.slice(2).map((c) => [c.fd, c.addr, c.datamatch, c.deassign]),
+    assigned.map((c) => [c.fd, c.addr, c.datamatch, true]),
+  );
+});
+
+Deno.test("mmio ioeventfds: a failing registration undoes the ones before it", () => {
+  const host = new VirtioMmioHost(new SpyDevice(), RegionMemory.fromBytes(1 << 16), {
+    irq: () => {},
+  });
+  const vm = new FakeVm();
+  const failing: IoeventfdVm = {
+    ioeventfd(fd, addr, len, opts = {}) {
+      vm.ioeventfd(fd, addr, len, opts);
+      if (opts.datamatch === 1n && !opts.deassign) throw new Error("KVM_IOEVENTFD failed: ENOSPC");
+    },
+  };
+  let threw = false;
+  try {
+    host.attachIoeventfds(failing, BASE);
+  } catch (e) {
+    threw = /ENOSPC/.test(String(e));
+  }
+  ok(threw);
+  deepStrictEqual(
+    vm.calls.map((c) => [c.datamatch, c.deassign ?? false]),
+    [[0n, false], [1n, false], [0n, true], [1n, true]],
+  );
+});
