@@ -18,17 +18,9 @@ import { BASE_MODULES, buildInitramfs, DEFAULT_PORTS, defaultInitConfig } from "
 const RUNS = 5;
 const DEADLINE_MS = 120_000;
 
-function append(): string {
-  let khz = 2_600_000;
-  try {
-    const m = /^cpu MHz\s*:\s*([\d.]+)/m.exec(Deno.readTextFileSync("/proc/cpuinfo"));
-    if (m) khz = Math.round(Number(m[1]) * 1000);
-  } catch {
-    // default
-  }
-  // tsc_early_khz: see init/qemu_boot_test.ts (TCG PIT calibration fails under load).
-  return `console=ttyS0 loglevel=7 panic=-1 tsc_early_khz=${khz}`;
-}
+// QemuProcess adds `tsc_early_khz`/`tsc=reliable` for TCG (hv/qemu/cmdline.ts withTcgClock);
+// loglevel=7 puts "Run /init" and "reboot: Power down" on the console.
+const APPEND = "console=ttyS0 loglevel=7 panic=-1";
 
 interface Timing {
   wallMs: number;
@@ -46,7 +38,7 @@ async function timeBoot(k: KernelInfo, dir: string, initrd: string): Promise<Tim
     memoryMiB: 256,
     kernel: k.bzImage!,
     initrd,
-    append: append(),
+    append: APPEND,
     portNames: [p.stdin, p.stdout, p.stderr, p.status],
     console: true,
     fs: [],

@@ -365,6 +365,8 @@ export function bootProgram(o: BootOptions = {}): Program {
     const a = v("port_name_stdout");
     const b = v("port_name_stderr");
     body.push(
+      // From here on the error handler does not look for the status port again.
+      set(recOk, 2),
       openPort(statusFd, REC.PORT_STATUS, "status", O.WRONLY),
       openPort(inFd, REC.PORT_STDIN, "stdin", O.RDONLY),
       openPort(outFd, REC.PORT_STDOUT, "stdout", O.WRONLY),
@@ -480,7 +482,9 @@ function errorHandler(
     { op: "arith", kind: "add", dst: q, a: line, b: 3 },
     log(2, q),
     branch("ge", statusFd, 0, write),
-    branch("eq", recOk, 0, noPort),
+    // Look for the status port only when the record was read (it names the port)
+    // and the main program had not already tried (recOk 2).
+    branch("ne", recOk, 1, noPort),
     field(portName, rec, REC.PORT_STATUS),
     findPort(portName, portPath, "find port status", o, noPort),
     sys(SYS.open, [portPath, O.WRONLY | O.CLOEXEC, 0], { dst: statusFd }),
