@@ -27,6 +27,7 @@
 
 import { relative, resolve } from "node:path";
 import { ConsolePort, PORT_NAMES, VirtioConsole } from "../devices/virtio/console/device.ts";
+import { guestInitramfs } from "./guest_init.ts";
 import { VirtioFs } from "../devices/virtio/fs/device.ts";
 import { VirtioNet } from "../devices/virtio/net/device.ts";
 import { VirtioMmioHost } from "../devices/virtio/mmio_remote.ts";
@@ -384,8 +385,17 @@ export class KvmEngine implements Engine {
   }
 
   /** Builds (but does not start) a machine for `config` with the workload's devices. */
-  build(config: VmConfig): Promise<KvmMachine> {
-    return buildKvmMachine(config, {
+  async build(config: VmConfig, workload?: Workload): Promise<KvmMachine> {
+    // The initramfs carries skiff's init and the command record (one-shot mode).
+    const initrd = workload
+      ? await guestInitramfs(
+        await findKernel({ kernel: config.kernel, modules: config.modules }),
+        config,
+        workload,
+      )
+      : undefined;
+    return await buildKvmMachine(config, {
+      initrd,
       onConsole: this.#opts.onKernelLog ??
         (config.verbose ? (b: Uint8Array) => Deno.stderr.writeSync(b) : undefined),
       progress: config.verbose ? (l) => console.error(l) : undefined,
@@ -401,7 +411,7 @@ export class KvmEngine implements Engine {
     if (workload.argv.length === 0) throw new ConfigError("no command to run");
     signal?.throwIfAborted();
     const t0 = performance.now();
-    await using m = await this.build(config);
+    await using m = await this.build(config, workload);
     const con = m.console!; // a workload machine always has its console
     const stdoutW = io.stdout.getWriter();
     const stderrW = io.stderr.getWriter();

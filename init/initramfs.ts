@@ -42,10 +42,11 @@ export function buildInitElf(config?: InitConfig, modules: string[] = []): Uint8
 /** The cpio entries (uncompressed) of the initramfs for `o`. */
 export async function initramfsEntries(o: InitramfsOptions): Promise<CpioEntry[]> {
   const { kernel, config } = o;
-  if (!kernel.modulesDir) {
-    throw new Error(`kernel ${kernel.version} has no modules directory (pass --modules DIR)`);
-  }
-  const order = (await kernelModules(kernel)).loadOrder(modulesFor(config));
+  // A kernel without a modules directory (`--kernel` with no `--modules`) is
+  // taken to have its drivers built in: the init then loads no modules.
+  const order = kernel.modulesDir
+    ? (await kernelModules(kernel)).loadOrder(modulesFor(config))
+    : [];
   const guestDir = `/lib/modules/${kernel.version}`;
   const entries: CpioEntry[] = [
     { kind: "dir", path: "dev" },

@@ -20,13 +20,8 @@ import {
   type WorkloadIO,
 } from "../engine.ts";
 import { findKernel, type KernelInfo } from "../kernel/mod.ts";
-import {
-  buildInitramfs,
-  DEFAULT_PORTS,
-  type InitConfig,
-  type InitShare,
-  parseStatusLine,
-} from "../../init/mod.ts";
+import { DEFAULT_PORTS, parseStatusLine } from "../../init/mod.ts";
+import { guestInitramfs } from "../guest_init.ts";
 import { FuseServer } from "../../devices/fuse/server.ts";
 import { PassthroughFs } from "../../devices/fuse/passthrough.ts";
 import { VhostUserServer } from "../../devices/vhost_user/backend.ts";
@@ -53,31 +48,9 @@ export function qemuKernelCmdline(config: VmConfig): string {
   return config.cmdlineExtra ? `${base} ${config.cmdlineExtra}` : base;
 }
 
-/** virtio-fs tags for the root share and volumes, in the order the init mounts them. */
-function tagged(config: VmConfig): { share: Share; tag: string }[] {
-  const out: { share: Share; tag: string }[] = [];
-  if (config.root) out.push({ share: config.root, tag: "skiff-root" });
-  config.volumes.forEach((share, i) => out.push({ share, tag: `skiff-vol${i}` }));
-  return out;
-}
-
-/** The init's configuration for one workload. */
-export function initConfigFor(config: VmConfig, workload: Workload): InitConfig {
-  const shares: InitShare[] = tagged(config)
-    .filter(({ share }) => share !== config.root)
-    .map(({ share, tag }) => ({ tag, guestPath: share.guestPath, readOnly: share.readOnly }));
-  return {
-    rootTag: config.root ? "skiff-root" : null,
-    shares,
-    hostname: config.hostname,
-    ports: DEFAULT_PORTS,
-    net: null,
-    command: {
-      argv: workload.argv,
-      env: Object.entries(workload.env).map(([k, v]) => `${k}=${v}`),
-      cwd: workload.workdir,
-    },
-  };
+/** The shares in the order they get virtio-fs devices: the root first. */
+function sharesOf(config: VmConfig): Share[] {
+  return [...(config.root ? [config.root] : []), ...config.volumes];
 }
 
 /**
@@ -204,7 +177,7 @@ export class QemuEngine implements Engine {
     try {
       await Deno.chmod(dir, 0o700);
       const fs: FsDeviceSpec[] = [];
-      for (const [i, { share, tag }] of tagged(config).entries()) {
+      for (const [i, share] of sharesOf(config).entries()) {
         const socketPath = `${dir}/fs${i}.sock`;
         const backend = new PassthroughFs(share.hostPath, {
           readOnly: share.readOnly,
@@ -217,13 +190,13 @@ export class QemuEngine implements Engine {
             log,
           }),
         );
-        fs.push({ id: `fs${i}`, tag, socketPath });
+        fs.push({ id: `fs${i}`, tag: share.tag, socketPath });
       }
       log(`qemu: building the initramfs (kernel ${info.version})`);
       const initrd = `${dir}/initramfs.cpio.gz`;
       await Deno.writeFile(
         initrd,
-        await buildInitramfs({ kernel: info, config: initConfigFor(config, workload) }),
+        await guestInitramfs(info, config, workload),
       );
       const ports = DEFAULT_PORTS;
       log(
