@@ -31,51 +31,117 @@ export interface InitramfsOptions {
 
 /**
  * The static init ELF. Without a config it reads its record from
- * `/skiff/record` at run time (the initramfs form); with one, the record is
- * built into the executable.
+ * `/skiff/record` at run time (the initramfs form; compiled once per
+ * process); with one, the record is built into the executable.
  */
 export function buildInitElf(config?: InitConfig, modules: string[] = []): Uint8Array {
-  const record = config ? { bytes: recordFor(config, modules) } : { path: RECORD_PATH };
-  return compileElf(bootProgram({ record })).bytes;
+  if (!config) {
+    genericElf ??= compileElf(bootProgram({ record: { path: RECORD_PATH } })).bytes;
+    return genericElf.slice();
+  }
+  return compileElf(bootProgram({ record: { bytes: recordFor(config, modules) } })).bytes;
 }
+let genericElf: Uint8Array | undefined;
 
-/** The cpio entries (uncompressed) of the initramfs for `o`. */
-export async function initramfsEntries(o: InitramfsOptions): Promise<CpioEntry[]> {
-  const { kernel, config } = o;
+/** Directories every initramfs has (mount points and the record's directory). */
+const BASE_DIRS = ["dev", "proc", "sys", "tmp", "run", "mnt", "etc", "skiff"];
+
+/** The module files to load for `o`, in order, as paths relative to the modules directory. */
+async function moduleOrder(o: InitramfsOptions): Promise<string[]> {
   // A kernel without a modules directory (`--kernel` with no `--modules`) is
   // taken to have its drivers built in: the init then loads no modules.
-  const order = kernel.modulesDir
-    ? (await kernelModules(kernel)).loadOrder(modulesFor(config))
-    : [];
-  const guestDir = `/lib/modules/${kernel.version}`;
+  if (!o.kernel.modulesDir) return [];
+  const order = (await kernelModules(o.kernel)).loadOrder(modulesFor(o.config));
+  for (const rel of order) {
+    if (!rel.endsWith(".ko")) {
+      // finit_module takes compressed modules only with MODULE_INIT_COMPRESSED_FILE;
+      // Debian's cloud kernel ships plain .ko files.
+      throw new Error(`module ${rel} is compressed; skiff needs plain .ko files`);
+    }
+  }
+  return order;
+}
+
+/** The fixed part: /dev/console, mount points, /init and the modules. */
+async function baseEntries(
+  o: InitramfsOptions,
+  order: string[],
+): Promise<{ entries: CpioEntry[]; modules: string[] }> {
+  const guestDir = `/lib/modules/${o.kernel.version}`;
   const entries: CpioEntry[] = [
     { kind: "dir", path: "dev" },
     { kind: "chardev", path: "dev/console", major: 5, minor: 1, mode: 0o600 },
-    ...["proc", "sys", "tmp", "run", "mnt", "etc", "skiff"].map((p) => ({
-      kind: "dir" as const,
-      path: p,
-    })),
+    ...BASE_DIRS.filter((d) => d !== "dev").map((path) => ({ kind: "dir" as const, path })),
     { kind: "file", path: "init", data: buildInitElf(), mode: 0o755 },
   ];
   const modules: string[] = [];
   for (const rel of order) {
-    if (!rel.endsWith(".ko")) {
-      // finit_module can take compressed modules only with MODULE_INIT_COMPRESSED_FILE.
-      throw new Error(`module ${rel} is compressed; skiff needs plain .ko files`);
-    }
-    const data = await Deno.readFile(`${kernel.modulesDir}/${rel}`);
+    const data = await Deno.readFile(`${o.kernel.modulesDir}/${rel}`);
     entries.push({ kind: "file", path: `${guestDir}/${rel}`, data, mode: 0o644 });
     modules.push(`${guestDir}/${rel}`);
   }
-  entries.push({ kind: "file", path: RECORD_PATH, data: recordFor(config, modules), mode: 0o644 });
+  return { entries: withParents(entries), modules };
+}
+
+/** The per-run part: the record and the extra files. */
+function tailEntries(o: InitramfsOptions, modules: string[]): CpioEntry[] {
+  const entries: CpioEntry[] = [
+    { kind: "file", path: RECORD_PATH, data: recordFor(o.config, modules), mode: 0o644 },
+  ];
   for (const f of o.extraFiles ?? []) {
     if (!f.path.startsWith("/")) throw new Error(`extra file path must be absolute: ${f.path}`);
     entries.push({ kind: "file", path: f.path, data: f.data, mode: f.mode ?? 0o644 });
   }
-  return withParents(entries);
+  // Parent directories the fixed part already made need no entry.
+  const have = new Set(BASE_DIRS);
+  return withParents(entries).filter((e) => !(e.kind === "dir" && have.has(e.path)));
 }
 
-/** Builds the gzip'd cpio initramfs for `o`. */
+/** The cpio entries (uncompressed) of the initramfs for `o`: the fixed part, then the per-run part. */
+export async function initramfsEntries(o: InitramfsOptions): Promise<CpioEntry[]> {
+  const base = await baseEntries(o, await moduleOrder(o));
+  return [...base.entries, ...tailEntries(o, base.modules)];
+}
+
+// gzip'd fixed parts by kernel, module files (path, size, mtime) and init.
+const baseCache = new Map<string, Promise<{ gz: Uint8Array; modules: string[] }>>();
+const BASE_CACHE_MAX = 8;
+
+/**
+ * The initramfs as two gzip'd cpio archives, as the kernel accepts them
+ * concatenated (`Documentation/driver-api/early-userspace/buffer-format.rst`):
+ * `base` — /init, /dev/console, mount points, the modules — is built once per
+ * kernel and module set in this process and reused; `tail` holds the record
+ * and extra files. `cpio -t` on the whole file lists the first archive.
+ */
+export async function initramfsParts(
+  o: InitramfsOptions,
+): Promise<{ base: Uint8Array; tail: Uint8Array }> {
+  const order = await moduleOrder(o);
+  const stamps = await Promise.all(order.map(async (rel) => {
+    const st = await Deno.stat(`${o.kernel.modulesDir}/${rel}`);
+    return `${rel}:${st.size}:${st.mtime?.getTime() ?? 0}`;
+  }));
+  const key = [o.kernel.version, o.kernel.modulesDir ?? "", ...stamps].join("\0");
+  let base = baseCache.get(key);
+  if (!base) {
+    base = baseEntries(o, order).then(async ({ entries, modules }) => ({
+      gz: await gzip(writeCpio(entries)),
+      modules,
+    }));
+    base.catch(() => baseCache.delete(key));
+    if (baseCache.size >= BASE_CACHE_MAX) baseCache.delete(baseCache.keys().next().value!);
+    baseCache.set(key, base);
+  }
+  const { gz, modules } = await base;
+  return { base: gz, tail: await gzip(writeCpio(tailEntries(o, modules))) };
+}
+
+/** Builds the gzip'd cpio initramfs for `o` (two concatenated archives, see {@link initramfsParts}). */
 export async function buildInitramfs(o: InitramfsOptions): Promise<Uint8Array> {
-  return await gzip(writeCpio(await initramfsEntries(o)));
+  const { base, tail } = await initramfsParts(o);
+  const out = new Uint8Array(base.length + tail.length);
+  out.set(base);
+  out.set(tail, base.length);
+  return out;
 }

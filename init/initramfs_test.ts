@@ -1,7 +1,7 @@
 import { deepStrictEqual, match, ok, strictEqual, throws } from "node:assert/strict";
 import { hostTest, onPath } from "../tests/requirements.ts";
 import { gzip, withParents, writeCpio } from "./cpio.ts";
-import { buildInitElf, buildInitramfs, initramfsEntries } from "./initramfs.ts";
+import { buildInitElf, buildInitramfs, initramfsEntries, initramfsParts } from "./initramfs.ts";
 import { defaultInitConfig } from "./config.ts";
 import { decodeRecord } from "./record.ts";
 import { testKernel } from "../hv/qemu/testing.ts";
@@ -110,15 +110,24 @@ hostTest("initramfs: init, modules in modules.dep order, record; cpio -t lists t
   for (const m of spec.modules) ok(entries.some((e) => `/${e.path.replace(/^\//, "")}` === m), m);
 
   const gz = await buildInitramfs({ kernel, config });
+  // The whole file: cpio -t lists the first archive (the fixed part).
   const list = await run("sh", ["-c", "gzip -dc | cpio -t --quiet"], gz);
   strictEqual(list.code, 0, list.stderr);
   const names = list.stdout.trim().split("\n");
   ok(names.includes("init"));
   ok(names.includes("dev/console"));
-  ok(names.includes("skiff/record"));
   ok(names.some((n) => n.endsWith("/virtio_mmio.ko")), names.join(" "));
   ok(names.some((n) => n.endsWith("/virtio_net.ko")), "net modules when net is on");
-  // Same input, same bytes (the snapshot cache hashes the initramfs).
+  // The per-run part is the second gzip member with its own cpio archive.
+  const parts = await initramfsParts({
+    kernel,
+    config,
+    extraFiles: [{ path: "/etc/extra.conf", data: new TextEncoder().encode("x=1\n") }],
+  });
+  const tail = await run("sh", ["-c", "gzip -dc | cpio -t --quiet"], parts.tail);
+  deepStrictEqual(tail.stdout.trim().split("\n"), ["skiff/record", "etc/extra.conf"]);
+  const whole = await buildInitramfs({ kernel, config: { ...config, hostname: "other" } });
+  deepStrictEqual(whole.subarray(0, parts.base.length), parts.base, "the fixed part is reused");
   deepStrictEqual(await buildInitramfs({ kernel, config }), gz);
 });
 

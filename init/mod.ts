@@ -34,7 +34,7 @@ export type {
   InitShare,
   InitStatus,
 } from "./config.ts";
-export { buildInitElf, buildInitramfs, initramfsEntries } from "./initramfs.ts";
+export { buildInitElf, buildInitramfs, initramfsEntries, initramfsParts } from "./initramfs.ts";
 export type { ExtraFile, InitramfsOptions } from "./initramfs.ts";
 export { bootProgram, MAX_RECORD_SIZE, PORT_WAIT_MS, RECORD_PATH } from "./boot_program.ts";
 export type { BootOptions } from "./boot_program.ts";
