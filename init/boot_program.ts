@@ -83,7 +83,7 @@ export interface BootOptions {
   };
 }
 
-/** An 8-byte field of the record. */
+/** Loads a 4- or 8-byte field at `offset` from `base` into `dst`. */
 function field(dst: VarRef, base: Val, offset: number, size: 4 | 8 = 8): Fragment {
   return seq({ op: "load", dst, addr: base, offset, size });
 }
@@ -91,7 +91,11 @@ function field(dst: VarRef, base: Val, offset: number, size: 4 | 8 = 8): Fragmen
 /** The errno name table: 16 bytes per errno, NUL-padded. */
 function errnoTable(): Uint8Array {
   const t = new Uint8Array(16 * LINUX_ERRNO_NAMES.length);
-  LINUX_ERRNO_NAMES.forEach((n, i) => t.set(new TextEncoder().encode(n), 16 * i));
+  LINUX_ERRNO_NAMES.forEach((n, i) => {
+    const b = new TextEncoder().encode(n);
+    if (b.length > 15) throw new Error(`errno name ${n} does not fit the table`);
+    t.set(b, 16 * i);
+  });
   return t;
 }
 
@@ -188,14 +192,20 @@ export function bootProgram(o: BootOptions = {}): Program {
     body.push(set(rec, bytes(o.record.bytes)));
   } else {
     const path = o.record?.path ?? RECORD_PATH;
-    const big = uniqueLabel("recsize");
+    const fits = uniqueLabel("recfits");
+    const whole = uniqueLabel("recwhole");
     body.push(
       set(rec, buf("record", MAX_RECORD_SIZE)),
       { op: "call", routine: "read_file", args: [str(path), rec, MAX_RECORD_SIZE], dst: r },
       checkNeg(r, "read record"),
-      branch("ltu", r, MAX_RECORD_SIZE, big),
+      branch("ltu", r, MAX_RECORD_SIZE, fits),
+      fail("read record", E.EFBIG),
+      label(fits),
+      // A file shorter than its size field is truncated.
+      field(tmp, rec, REC.SIZE, 4),
+      branch("leu", tmp, r, whole),
       fail("read record", E.EINVAL),
-      label(big),
+      label(whole),
     );
   }
   {

@@ -225,3 +225,20 @@ hostTest("boot program (native): a record built into the executable", [...NEEDS]
     await Deno.remove(r.dir, { recursive: true });
   }
 });
+
+hostTest("boot program (native): a truncated record is refused", [...NEEDS], async () => {
+  const r = await runNative(() => ({}));
+  try {
+    const rec = await Deno.readFile(`${r.dir}/record`);
+    await Deno.writeFile(`${r.dir}/record`, rec.subarray(0, rec.length - 8));
+    const out = await new Deno.Command("unshare", {
+      args: ["--mount", "--propagation", "private", `${r.dir}/init`],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    strictEqual(out.code, 1);
+    match(new TextDecoder().decode(out.stderr), /error read record: EINVAL/);
+  } finally {
+    await Deno.remove(r.dir, { recursive: true });
+  }
+});

@@ -117,6 +117,7 @@ export const E = {
   EEXIST: 17,
   ENOTDIR: 20,
   EINVAL: 22,
+  EFBIG: 27,
   ENOSPC: 28,
   ENAMETOOLONG: 36,
 } as const;
