@@ -22,7 +22,7 @@ async function skiff(args: string[], env: Record<string, string> = {}) {
 Deno.test("skiff boot: flag errors are one line and exit 125", async () => {
   for (
     const [args, re] of [
-      [["--timeout", "5"], /--console-log FILE is required/],
+      [["--timeout", "5"], /--timeout needs --console-log/],
       [["--console-log", "/dev/null"], /--timeout SECONDS is required/],
       [
         ["--console-log", "/dev/null", "--timeout", "soon"],
