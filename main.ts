@@ -440,6 +440,35 @@ const COMMANDS: Record<string, Command> = {
       throw new UsageError(sub ? `unknown subcommand '${sub}'` : "expected list or clear");
     },
   },
+  virtiofsd: {
+    summary: "serve a host directory to QEMU's vhost-user-fs-device (a virtiofsd drop-in)",
+    help: [
+      "Usage: skiff virtiofsd --socket-path PATH --shared-dir DIR [--ro]",
+      "",
+      "Listens on the Unix socket PATH as a vhost-user virtio-fs back-end and serves DIR with",
+      "skiff's FUSE server to the first front-end that connects, e.g.",
+      "  qemu-system-x86_64 … -chardev socket,id=fs0,path=PATH \\",
+      "    -device vhost-user-fs-device,chardev=fs0,tag=share  (shared memory RAM needed)",
+      "Exits 0 when the front-end disconnects, or on Ctrl-C / SIGTERM; the socket is removed.",
+      "--ro makes every change fail with EROFS.",
+    ].join("\n"),
+    async run(args) {
+      const { values } = parseFlags(args, {
+        "socket-path": { type: "string" },
+        "shared-dir": { type: "string" },
+        ro: { type: "boolean" },
+      });
+      if (!values["socket-path"] || !values["shared-dir"]) {
+        throw new UsageError("--socket-path PATH and --shared-dir DIR are required");
+      }
+      const { virtiofsdCommand } = await import("./devices/vhost_user/cli.ts");
+      return await virtiofsdCommand({
+        socketPath: values["socket-path"],
+        sharedDir: values["shared-dir"],
+        readOnly: values.ro ?? false,
+      });
+    },
+  },
 };
 
 function mainHelp(): string {

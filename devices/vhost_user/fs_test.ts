@@ -79,3 +79,116 @@ hostTest("vhost-user-fs: a Linux guest under QEMU mounts, lists, reads and write
     await Deno.remove(share, { recursive: true });
   }
 });
+
+const MAIN = new URL("../../main.ts", import.meta.url).pathname;
+
+hostTest("skiff virtiofsd: QEMU's guest mounts the share read-only; the CLI exits 0 after", [
+  "qemu",
+  "cpio",
+], async () => {
+  if (typeof kernel === "string") return;
+  const dir = await Deno.makeTempDir({ prefix: "skiff-vdtest-" });
+  const share = await Deno.makeTempDir({ prefix: "skiff-vdshare-" });
+  const socketPath = `${dir}/vfsd.sock`;
+  try {
+    await Deno.writeTextFile(`${share}/hello.txt`, "hi from virtiofsd\n");
+    const daemon = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        MAIN,
+        "virtiofsd",
+        "--socket-path",
+        socketPath,
+        "--shared-dir",
+        share,
+        "--ro",
+      ],
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    const daemonOut = daemon.output();
+    for (let i = 0; i < 200; i++) {
+      try {
+        await Deno.lstat(socketPath);
+        break;
+      } catch {
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+    const initrd = await busyboxInitramfs(
+      dir,
+      kernel,
+      [
+        PORT_FUNCTION,
+        "mkdir -p /mnt/fs",
+        "out=$(port test.out)",
+        "{ mount -t virtiofs share /mnt/fs && cat /mnt/fs/hello.txt; touch /mnt/fs/x; } > $out 2>&1",
+      ].join("\n"),
+      ["virtio_mmio", "virtio_console", "virtiofs"],
+    );
+    const vm = await QemuProcess.start({
+      dir,
+      accel: "tcg",
+      cpus: 1,
+      memoryMiB: 128,
+      kernel: kernel.bzImage!,
+      initrd,
+      append: "console=ttyS0 quiet panic=-1",
+      portNames: ["test.out"],
+      console: true,
+      fs: [{ id: "fs0", tag: "share", socketPath }],
+    });
+    try {
+      const { ports, console: con } = await runGuest(vm);
+      const out = ports["test.out"];
+      strictEqual(out.startsWith("hi from virtiofsd\n"), true, `${out}\nconsole:\n${con}`);
+      strictEqual(/Read-only file system/.test(out), true, out);
+    } finally {
+      await vm.stop();
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const killed = new Promise<null>((r) =>
+      timer = setTimeout(() => {
+        daemon.kill("SIGKILL");
+        r(null);
+      }, 15_000)
+    );
+    const result = await Promise.race([daemonOut, killed]);
+    clearTimeout(timer);
+    const r = result ?? await daemonOut;
+    strictEqual(r.code, 0, new TextDecoder().decode(r.stderr));
+    let socketLeft = true;
+    try {
+      await Deno.lstat(socketPath);
+    } catch {
+      socketLeft = false;
+    }
+    strictEqual(socketLeft, false, "the socket is removed on exit");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(share, { recursive: true });
+  }
+});
+
+Deno.test("skiff virtiofsd: a missing shared dir is one line and exit 125", async () => {
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      MAIN,
+      "virtiofsd",
+      "--socket-path",
+      "/tmp/x.sock",
+      "--shared-dir",
+      "/no/such",
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  strictEqual(r.code, 125);
+  strictEqual(
+    new TextDecoder().decode(r.stderr),
+    "skiff virtiofsd: --shared-dir /no/such does not exist\n",
+  );
+});

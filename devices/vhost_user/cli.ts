@@ -1,0 +1,60 @@
+/**
+ * `skiff virtiofsd --socket-path PATH --shared-dir DIR [--ro]`: skiff's FUSE
+ * server as a vhost-user virtio-fs back-end, a drop-in for the back-end of
+ * QEMU's `vhost-user-fs-device` (same flags as virtiofsd for these options).
+ * Serves one front-end connection, then exits — as virtiofsd does.
+ *
+ * @module
+ */
+
+import { ConfigError } from "../../hv/engine.ts";
+import { FuseServer } from "../fuse/server.ts";
+import { PassthroughFs } from "../fuse/passthrough.ts";
+import { VhostUserServer } from "./backend.ts";
+import { VirtioFsDevice } from "./fs.ts";
+
+/** Options of {@link virtiofsdCommand}. */
+export interface VirtiofsdArgs {
+  socketPath: string;
+  sharedDir: string;
+  readOnly: boolean;
+}
+
+/** Serves until the front-end disconnects or SIGINT/SIGTERM; resolves to the exit code. */
+export async function virtiofsdCommand(a: VirtiofsdArgs): Promise<number> {
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.stat(a.sharedDir);
+  } catch {
+    throw new ConfigError(`--shared-dir ${a.sharedDir} does not exist`);
+  }
+  if (!st.isDirectory) throw new ConfigError(`--shared-dir ${a.sharedDir} is not a directory`);
+  try {
+    await Deno.lstat(a.socketPath);
+    throw new ConfigError(`--socket-path ${a.socketPath} already exists`);
+  } catch (e) {
+    if (e instanceof ConfigError) throw e;
+  }
+  const device = new VirtioFsDevice(
+    new FuseServer(new PassthroughFs(a.sharedDir, { readOnly: a.readOnly })),
+  );
+  const server = new VhostUserServer(a.socketPath, device, {
+    once: true,
+    log: (m) => console.error(`skiff virtiofsd: ${m}`),
+  });
+  console.error(
+    `skiff virtiofsd: serving ${a.sharedDir}${a.readOnly ? " (read-only)" : ""} on ${a.socketPath}`,
+  );
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  const stop = () => void server.close();
+  for (const s of signals) Deno.addSignalListener(s, stop);
+  try {
+    await server.done;
+  } finally {
+    for (const s of signals) Deno.removeSignalListener(s, stop);
+    await server.close();
+    await Deno.remove(a.socketPath).catch(() => {});
+  }
+  console.error(`skiff virtiofsd: done (${device.requests} FUSE requests served)`);
+  return 0;
+}
