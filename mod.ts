@@ -4,6 +4,34 @@
  * @module
  */
 
+export { VirtualMachine } from "./hv/virtual_machine.ts";
+export type {
+  RunCallOptions,
+  RunResult,
+  VirtualMachineOptions,
+  VolumeOptions,
+} from "./hv/virtual_machine.ts";
+export {
+  ConfigError,
+  EngineUnavailableError,
+  exitCodeOf,
+  SkiffError,
+  VmError,
+  VmExitError,
+  VmTimeoutError,
+} from "./hv/engine.ts";
+export type {
+  ConsoleIO,
+  Engine,
+  ExitStatus,
+  Share,
+  VmConfig,
+  Workload,
+  WorkloadIO,
+} from "./hv/engine.ts";
+export { chooseEngine, selectEngine } from "./hv/select_engine.ts";
+export type { EngineChoice } from "./hv/select_engine.ts";
+export { QemuEngine } from "./hv/qemu/engine.ts";
 export { GuestMemoryError, RegionMemory } from "./hv/memory.ts";
 export type { GuestMemory, MemoryRegion } from "./hv/memory.ts";
 export { SysError } from "./kvm_ffi/libc.ts";
