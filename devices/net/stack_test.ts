@@ -391,3 +391,30 @@ Deno.test("tcp: three duplicate ACKs trigger fast retransmit; silence triggers t
   ok(seqs()[0] === iss + 1, JSON.stringify(seqs()));
   ok(s.stack.counters().tcpRetransmits >= 2);
 });
+
+Deno.test("tcp: a SYN flood is capped at maxHalfOpen; flows at maxFlows", async () => {
+  const sockets = new FakeSockets();
+  sockets.connectTcp = (h: string, p: number) => {
+    sockets.connects.push(`${h}:${p}`);
+    return new Promise<HostTcp>(() => {}); // the host never answers
+  };
+  await using stack = new NetStack({ maxHalfOpen: 50, maxFlows: 80 }, { sockets });
+  stack.attach({ send() {} });
+  for (let i = 0; i < 1000; i++) {
+    stack.input(
+      ipv4(PROTO.TCP, tcp({ sport: 1024 + i, dport: 80, seq: i, flags: TCP_FLAG.SYN }), {
+        dst: 0x0a000009,
+      }),
+    );
+  }
+  const c = stack.counters();
+  strictEqual(c.tcpActive, 50);
+  strictEqual(c.dropSynFlood, 950);
+  strictEqual(sockets.connects.length, 50);
+  // UDP flows fill up to the flow cap; the rest are refused and counted.
+  for (let i = 0; i < 100; i++) {
+    stack.input(ipv4(PROTO.UDP, udp(2000 + i, 9, new Uint8Array(1)), { dst: 0x0a000009 }));
+  }
+  strictEqual(stack.counters().udpActive, 30);
+  strictEqual(stack.counters().dropFlowLimit, 70);
+});
