@@ -52,7 +52,18 @@ export function parseFlags<O extends Options>(
  * argument that is neither an option nor an option's value, so
  * `skiff run ls -l` runs `ls -l`.
  */
-export function splitCommand<O extends Options>(args: string[], options: O) {
+export function splitCommand<O extends Options>(
+  argsIn: string[],
+  options: O,
+  optionalValue: Record<string, string> = {},
+) {
+  // `--net` alone means `--net=on` (parseArgs has no optional option values).
+  const cut = argsIn.indexOf("--");
+  const args = argsIn.map((a, i) =>
+    (cut < 0 || i < cut) && a.startsWith("--") && optionalValue[a.slice(2)] !== undefined
+      ? `${a}=${optionalValue[a.slice(2)]}`
+      : a
+  );
   let end = args.indexOf("--");
   let rest = end < 0 ? [] : args.slice(end + 1);
   if (end < 0) {
@@ -363,6 +374,11 @@ const COMMANDS: Record<string, Command> = {
       "  --modules DIR           modules directory for --kernel",
       "  --cmdline-extra STR     appended to the kernel command line",
       "  --hostname NAME         guest hostname (default skiff)",
+      "  --net[=host-loopback]   a virtio-net NIC behind skiff's user-mode TCP/IP stack (guest",
+      "                          10.42.0.2/24, gateway and DNS 10.42.0.1); host-loopback also",
+      "                          lets the guest reach the host's 127.0.0.1 at 10.42.0.1",
+      "  --publish [IP:]HOSTPORT:GUESTPORT[/udp]  forward a host port (127.0.0.1 by default)",
+      "                          into the guest (repeatable; needs --net)",
       "  --no-snapshot           do not use the snapshot cache (kvm engine)",
       "  --verbose               say which engine runs and show the guest console",
       "",
@@ -385,7 +401,9 @@ const COMMANDS: Record<string, Command> = {
         snapshot: { type: "boolean" },
         "no-snapshot": { type: "boolean" },
         verbose: { type: "boolean" },
-      });
+        net: { type: "string" },
+        publish: { type: "string", multiple: true },
+      }, { net: "on" });
       const engine = values.engine ?? "auto";
       if (engine !== "kvm" && engine !== "qemu" && engine !== "auto") {
         throw new UsageError(`--engine ${engine}: expected kvm, qemu or auto`);
@@ -404,6 +422,8 @@ const COMMANDS: Record<string, Command> = {
         cmdlineExtra: values["cmdline-extra"],
         hostname: values.hostname,
         verbose: values.verbose,
+        net: values.net,
+        publish: values.publish,
       });
       return await runCommand(config, workload, {
         engine,

@@ -10,6 +10,9 @@ import type { VmConfig, Workload } from "./engine.ts";
 import type { KernelInfo } from "./kernel/mod.ts";
 import { buildInitramfs, DEFAULT_PORTS, type InitConfig } from "../init/mod.ts";
 
+/** Guest-side addresses of the `--net` network: the stack's defaults. */
+export const GUEST_NET = { address: "10.42.0.2", gateway: "10.42.0.1" } as const;
+
 /** The init's configuration for running `workload` in a VM built from `config`. */
 export function initConfigFor(config: VmConfig, workload: Workload): InitConfig {
   return {
@@ -21,7 +24,15 @@ export function initConfigFor(config: VmConfig, workload: Workload): InitConfig 
     })),
     hostname: config.hostname,
     ports: DEFAULT_PORTS,
-    net: null,
+    // The user-mode stack's fixed addresses (devices/net defaults).
+    net: config.net
+      ? {
+        address: GUEST_NET.address,
+        prefixLength: 24,
+        gateway: GUEST_NET.gateway,
+        dns: GUEST_NET.gateway,
+      }
+      : null,
     command: {
       argv: workload.argv,
       env: Object.entries(workload.env).map(([k, v]) => `${k}=${v}`),

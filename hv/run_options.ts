@@ -9,7 +9,14 @@
  */
 
 import { isAbsolute, resolve } from "node:path";
-import { ConfigError, type Share, type VmConfig, type Workload } from "./engine.ts";
+import {
+  ConfigError,
+  type NetOptions,
+  type Share,
+  type VmConfig,
+  type Workload,
+} from "./engine.ts";
+import { parsePublish } from "../devices/net/config.ts";
 
 /** `skiff run` options as the CLI parsed them (strings are unparsed flag values). */
 export interface RunOptions {
@@ -24,6 +31,10 @@ export interface RunOptions {
   cmdlineExtra?: string;
   hostname?: string;
   verbose?: boolean;
+  /** `--net` value: "on" (or true) for the user-mode network, "host-loopback" to reach host 127.0.0.1. */
+  net?: string | boolean;
+  /** `--publish [HOSTIP:]HOSTPORT:GUESTPORT[/udp]` rules (need `--net`). */
+  publish?: string[];
   /** Host environment (for `--env NAME` without a value and TERM); default Deno.env. */
   hostEnv?: Record<string, string>;
   /** Host working directory; default Deno.cwd(). */
@@ -126,12 +137,39 @@ export function runConfig(o: RunOptions): { config: VmConfig; workload: Workload
     cmdlineExtra: o.cmdlineExtra ?? "",
     root: defaultRootShare(),
     volumes,
-    net: null,
+    net: parseNet(o.net, o.publish ?? []),
     hostname: o.hostname ?? "skiff",
     verbose: o.verbose ?? false,
   };
   if (config.memoryMiB < 64) throw new ConfigError(`--memory ${o.memory}: at least 64 MiB`);
   return { config, workload: { argv: o.argv, env, workdir } };
+}
+
+/** Parses `--net[=host-loopback]` and `--publish`; null when the network is off. */
+export function parseNet(net: string | boolean | undefined, publish: string[]): NetOptions | null {
+  if (net === undefined || net === false) {
+    if (publish.length > 0) throw new ConfigError("--publish needs --net");
+    return null;
+  }
+  if (net !== true && net !== "on" && net !== "host-loopback") {
+    throw new ConfigError(`--net=${net}: expected --net or --net=host-loopback`);
+  }
+  return {
+    hostLoopback: net === "host-loopback",
+    publish: publish.map((spec) => {
+      try {
+        const r = parsePublish(spec);
+        return {
+          hostIp: r.hostIp,
+          hostPort: r.hostPort,
+          guestPort: r.guestPort,
+          protocol: r.proto,
+        };
+      } catch (e) {
+        throw new ConfigError((e as Error).message);
+      }
+    }),
+  };
 }
 
 /** Parses `--timeout S` (seconds, may be fractional); undefined when absent. */

@@ -1,6 +1,6 @@
 import { deepStrictEqual, match, strictEqual, throws } from "node:assert/strict";
 import { ConfigError } from "./engine.ts";
-import { GUEST_PATH, parseTimeout, parseVolume, runConfig } from "./run_options.ts";
+import { GUEST_PATH, parseNet, parseTimeout, parseVolume, runConfig } from "./run_options.ts";
 import { splitCommand } from "../main.ts";
 
 Deno.test("runConfig: defaults — host / read-only root, cwd shared read-only and used as workdir", () => {
@@ -91,4 +91,22 @@ Deno.test("splitCommand: options end at -- or at the command", () => {
   deepStrictEqual(splitCommand(["--cpus=2", "ls"], opts).values.cpus, "2");
   deepStrictEqual(splitCommand([], opts).command, []);
   throws(() => splitCommand(["--bogus", "ls"], opts), /bogus/);
+});
+
+Deno.test("parseNet: --net, --net=host-loopback, --publish; errors name the value", () => {
+  strictEqual(parseNet(undefined, []), null);
+  deepStrictEqual(parseNet("on", []), { hostLoopback: false, publish: [] });
+  deepStrictEqual(parseNet("host-loopback", ["8080:80", "0.0.0.0:53:53/udp"]), {
+    hostLoopback: true,
+    publish: [
+      { hostIp: "127.0.0.1", hostPort: 8080, guestPort: 80, protocol: "tcp" },
+      { hostIp: "0.0.0.0", hostPort: 53, guestPort: 53, protocol: "udp" },
+    ],
+  });
+  throws(() => parseNet(undefined, ["80:80"]), /--publish needs --net/);
+  throws(() => parseNet("bogus", []), /--net=bogus/);
+  throws(
+    () => parseNet("on", ["99999:1"]),
+    (e: unknown) => e instanceof ConfigError && /99999/.test(String(e)),
+  );
 });

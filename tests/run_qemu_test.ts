@@ -176,3 +176,84 @@ hostTest("skiff boot (qemu): an interactive shell on the console; its exit code 
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+hostTest("skiff run (qemu) --net: host loopback only with --net=host-loopback, byte-exact", [
+  ...needs,
+], async () => {
+  if (typeof kernel === "string") return;
+  const body = new Uint8Array(2 << 20);
+  for (let i = 0; i < body.length; i += 65536) crypto.getRandomValues(body.subarray(i, i + 65536));
+  const digest = async (b: Uint8Array<ArrayBuffer>) =>
+    Array.from(new Uint8Array(await crypto.subtle.digest("SHA-256", b)))
+      .map((x) => x.toString(16).padStart(2, "0")).join("");
+  const srv = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen() {} },
+    () => new Response(body),
+  );
+  try {
+    const url = `http://10.42.0.1:${srv.addr.port}/`;
+    const r = await skiffRun([
+      "--net=host-loopback",
+      "--",
+      "sh",
+      "-c",
+      `curl -sf ${url} | sha256sum`,
+    ]);
+    strictEqual(r.code, 0, r.stderr);
+    strictEqual(r.stdout.split(" ")[0], await digest(body));
+    const denied = await skiffRun(["--net", "--", "curl", "-sf", "-m", "5", url]);
+    strictEqual(denied.code, 7, `curl must fail to connect: ${denied.stderr}`);
+  } finally {
+    await srv.shutdown();
+  }
+});
+
+hostTest("skiff run (qemu) --publish: a host port reaches a server in the guest", [
+  ...needs,
+], async () => {
+  if (typeof kernel === "string") return;
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (probe.addr as Deno.NetAddr).port;
+  probe.close();
+  const tmp = await Deno.makeTempDir({ prefix: "skiff-pubtest-" });
+  try {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        MAIN,
+        "run",
+        "--engine",
+        "qemu",
+        "--net",
+        "--publish",
+        `${port}:8080`,
+        "--",
+        "sh",
+        "-c",
+        "echo published-ok > /tmp/index.html; cd /tmp && exec python3 -m http.server 8080",
+      ],
+      env: { TMPDIR: tmp },
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    let got = "";
+    const deadline = Date.now() + 120_000;
+    while (Date.now() < deadline && !got) {
+      try {
+        const res = await fetch(`http://127.0.0.1:${port}/index.html`);
+        got = res.ok ? await res.text() : (await res.body?.cancel(), "");
+      } catch {
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    }
+    child.kill("SIGTERM");
+    const status = await child.output();
+    strictEqual(got, "published-ok\n", new TextDecoder().decode(status.stderr));
+    strictEqual(status.code, 143);
+    deepStrictEqual([...Deno.readDirSync(tmp)].map((e) => e.name), []);
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});

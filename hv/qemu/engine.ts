@@ -10,6 +10,7 @@
  */
 
 import {
+  ConfigError,
   type ConsoleIO,
   type Engine,
   type ExitStatus,
@@ -27,6 +28,8 @@ import { PassthroughFs } from "../../devices/fuse/passthrough.ts";
 import { VhostUserServer } from "../../devices/vhost_user/backend.ts";
 import { VirtioFsDevice } from "../../devices/vhost_user/fs.ts";
 import { QemuProcess } from "./process.ts";
+import { NetStack } from "../../devices/net/stack.ts";
+import { listenStream, type StreamListener } from "../../devices/net/stream.ts";
 import { GUEST_PATH } from "../run_options.ts";
 import type { FsDeviceSpec } from "./cmdline.ts";
 
@@ -39,6 +42,9 @@ export interface QemuEngineOptions {
   /** Progress and diagnostics (`--verbose`); default: silent. */
   log?: (line: string) => void;
 }
+
+/** The guest NIC's MAC address (locally administered). */
+const GUEST_MAC = "52:54:00:6b:69:66";
 
 /** The guest kernel's command line for a skiff guest under QEMU. */
 export function qemuKernelCmdline(config: VmConfig): string {
@@ -174,6 +180,8 @@ export class QemuEngine implements Engine {
     const dir = await Deno.makeTempDir({ prefix: "skiff-qemu-" });
     const servers: VhostUserServer[] = [];
     let vm: QemuProcess | null = null;
+    let stack: NetStack | null = null;
+    let net: StreamListener | null = null;
     try {
       await Deno.chmod(dir, 0o700);
       const fs: FsDeviceSpec[] = [];
@@ -198,6 +206,23 @@ export class QemuEngine implements Engine {
         initrd,
         await guestInitramfs(info, config, workload),
       );
+      if (config.net) {
+        stack = new NetStack({
+          hostLoopback: config.net.hostLoopback,
+          publish: config.net.publish.map((p) => ({
+            hostIp: p.hostIp,
+            hostPort: p.hostPort,
+            guestPort: p.guestPort,
+            proto: p.protocol,
+          })),
+        });
+        try {
+          await stack.ready;
+        } catch (e) {
+          throw new ConfigError((e as Error).message);
+        }
+        net = listenStream(stack, `${dir}/net.sock`);
+      }
       const ports = DEFAULT_PORTS;
       log(
         `qemu: starting ${this.#opts.binary ?? "qemu-system-x86_64"} (accel ${this.#opts.accel})`,
@@ -213,6 +238,8 @@ export class QemuEngine implements Engine {
         portNames: [ports.stdin, ports.stdout, ports.stderr, ports.status],
         console: true,
         fs,
+        netSocket: net?.path ?? null,
+        mac: GUEST_MAC,
         binary: this.#opts.binary,
       });
       const started = vm;
@@ -248,6 +275,8 @@ export class QemuEngine implements Engine {
     } finally {
       if (vm) await vm.stop(1000);
       for (const s of servers) await s.close().catch(() => {});
+      await net?.close().catch(() => {});
+      await stack?.[Symbol.asyncDispose]().catch(() => {});
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   }
