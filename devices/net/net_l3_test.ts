@@ -126,8 +126,9 @@ hostTest(
           "-c",
           `curl -sS --max-time 90 http://10.42.0.1:${srv.addr.port}/ | sha256sum`,
         ], 100_000);
-        strictEqual(r.stderr, "");
-        strictEqual(r.stdout.split(" ")[0], want);
+        const why = `curl: ${r.stderr}; stack: ${JSON.stringify(served.stack.counters())}`;
+        strictEqual(r.stderr, "", why);
+        strictEqual(r.stdout.split(" ")[0], want, why);
         const c = served.stack.counters();
         ok(c.tcpOpened >= 1 && c.txBytes > body.length, JSON.stringify(c));
       }, 110_000);
