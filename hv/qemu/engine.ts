@@ -92,21 +92,29 @@ function feed(
   };
 }
 
+/** Calls `onChunk` with each chunk read from `from` until EOF or a read error. */
+async function readChunks(
+  from: Deno.Conn,
+  onChunk: (chunk: Uint8Array) => void | Promise<void>,
+): Promise<void> {
+  const buf = new Uint8Array(65536);
+  for (;;) {
+    let n: number | null;
+    try {
+      n = await from.read(buf);
+    } catch {
+      return;
+    }
+    if (n === null) return;
+    await onChunk(buf.subarray(0, n));
+  }
+}
+
 /** Copies a port connection to a host stream until EOF. */
 async function drain(from: Deno.Conn, to: WritableStream<Uint8Array>): Promise<void> {
   const writer = to.getWriter();
-  const buf = new Uint8Array(65536);
   try {
-    for (;;) {
-      let n: number | null;
-      try {
-        n = await from.read(buf);
-      } catch {
-        break;
-      }
-      if (n === null) break;
-      await writer.write(buf.slice(0, n));
-    }
+    await readChunks(from, (chunk) => writer.write(chunk.slice()));
   } finally {
     writer.releaseLock();
   }
@@ -115,20 +123,12 @@ async function drain(from: Deno.Conn, to: WritableStream<Uint8Array>): Promise<v
 /** Reads a connection to EOF as text, keeping at most the last `keep` characters. */
 async function text(from: Deno.Conn, keep = 8192, mirror?: (s: string) => void): Promise<string> {
   const decoder = new TextDecoder();
-  const buf = new Uint8Array(16384);
   let out = "";
-  for (;;) {
-    let n: number | null;
-    try {
-      n = await from.read(buf);
-    } catch {
-      break;
-    }
-    if (n === null) break;
-    const s = decoder.decode(buf.subarray(0, n), { stream: true });
+  await readChunks(from, (chunk) => {
+    const s = decoder.decode(chunk, { stream: true });
     mirror?.(s);
     out = (out + s).slice(-keep);
-  }
+  });
   return out;
 }
 
