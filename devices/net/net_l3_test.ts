@@ -247,6 +247,60 @@ hostTest(
   },
 );
 
+hostTest("net L3: --publish /udp forwards datagrams both ways", [...NEEDS], async () => {
+  // A free port for the UDP rule (published UDP listeners report no address).
+  const probe = dgram.createSocket("udp4");
+  const hostPort = await new Promise<number>((res) =>
+    probe.bind(0, "127.0.0.1", () => res(probe.address().port))
+  );
+  probe.close();
+  await withNetns({
+    publish: [{ hostIp: "127.0.0.1", hostPort, guestPort: 5353, proto: "udp" }],
+  }, async (ns) => {
+    const server = new Deno.Command("ip", {
+      args: [
+        "netns",
+        "exec",
+        ns,
+        Deno.execPath(),
+        "run",
+        "-A",
+        "--no-check",
+        GUEST_TOOL,
+        "serve-udp",
+        "5353",
+      ],
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    try {
+      const reader = server.stdout.getReader();
+      ok(dec.decode((await reader.read()).value).includes("listening"));
+      reader.releaseLock();
+      server.stdout.cancel().catch(() => {});
+      const client = dgram.createSocket("udp4");
+      const got = new Promise<string>((res) =>
+        client.on("message", (m: Uint8Array) => res(dec.decode(m)))
+      );
+      client.bind(0, "127.0.0.1");
+      // Retry: the first datagram may race the server's ARP resolution.
+      const timer = setInterval(
+        () => client.send(new TextEncoder().encode("via publish"), hostPort, "127.0.0.1"),
+        200,
+      );
+      try {
+        strictEqual(await got, "via publish");
+      } finally {
+        clearInterval(timer);
+        client.close();
+      }
+    } finally {
+      server.kill("SIGKILL");
+      await server.status;
+    }
+  });
+});
+
 hostTest("net L3: 100 concurrent connections all complete", [...NEEDS], async () => {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const serving = (async () => {

@@ -398,6 +398,8 @@ export class NetStack implements AsyncDisposable {
     if (frag & 0x8000) return void c.dropMalformed++; // reserved flag (RFC 791)
     const dhcp = src === 0 && proto === PROTO.UDP;
     if (src !== this.config.guestIp && !dhcp) return void c.dropSpoofed++;
+    // A guest with a static neighbour entry may never ARP: learn its MAC here too.
+    if (!this.#guestMac && src === this.config.guestIp) this.#learn(f.subarray(6, 12));
     if (frag & 0x3fff) return this.#fragment(f, o, ihl, total, frag, src, dst, proto);
     this.#l4(src, dst, proto, f, o + ihl, total - ihl);
   }

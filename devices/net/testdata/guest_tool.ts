@@ -2,7 +2,8 @@
  * Runs inside a test's network namespace and plays the guest's programs for
  * the L3 tests: `udp-echo HOST PORT COUNT`, `dns SERVER NAME`,
  * `conns HOST PORT N BYTES`, `rr HOST PORT SECONDS` (1-byte transactions),
- * `serve-tcp PORT [ADDR]` (an echo server printing "listening" once bound). Prints one JSON line with the result.
+ * `serve-tcp PORT [ADDR]` and `serve-udp PORT` (echo servers printing
+ * "listening" once bound). Prints one JSON line with the result.
  *
  * @module
  */
@@ -129,6 +130,15 @@ async function serveTcp(port: number, hostname = "0.0.0.0"): Promise<void> {
   }
 }
 
+/** A UDP echo server on `port`; prints "listening" once bound. */
+function serveUdp(port: number): void {
+  const sock = dgram.createSocket("udp4");
+  sock.on("message", (m: Uint8Array, r: { address: string; port: number }) => {
+    sock.send(m, r.port, r.address);
+  });
+  sock.bind(port, "0.0.0.0", () => console.log(JSON.stringify({ listening: port })));
+}
+
 switch (cmd) {
   case "udp-echo":
     console.log(JSON.stringify(await udpEcho(args[0], Number(args[1]), Number(args[2]))));
@@ -143,6 +153,9 @@ switch (cmd) {
     break;
   case "serve-tcp":
     await serveTcp(Number(args[0]), args[1]);
+    break;
+  case "serve-udp":
+    serveUdp(Number(args[0]));
     break;
   case "rr":
     console.log(JSON.stringify(await rr(args[0], Number(args[1]), Number(args[2]))));
