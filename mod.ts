@@ -71,3 +71,18 @@ export { bootWithConsoleLog } from "./hv/console_boot.ts";
 export type { ConsoleBootOptions, ConsoleBootResult } from "./hv/console_boot.ts";
 export { buildAcpiTables, sleepSpec, writeAcpiTables } from "./hv/acpi/mod.ts";
 export type { AcpiOptions, AcpiTables, AcpiVirtioDevice } from "./hv/acpi/mod.ts";
+export {
+  attachVirtioNet,
+  listenStream,
+  NetStack,
+  parsePublish,
+  serveStream,
+  serveTapInNetns,
+} from "./devices/net/mod.ts";
+export type {
+  NetConfig,
+  NetCounters,
+  NetLink,
+  PublishRule,
+  StreamListener,
+} from "./devices/net/mod.ts";
