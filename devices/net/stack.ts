@@ -52,6 +52,13 @@ export interface NetLink {
   /** The link can hand frames with partial checksums on (TAP with a vnet header). */
   readonly partialChecksums?: boolean;
   /**
+   * With {@link partialChecksums}: the largest TCP payload of one frame the
+   * link accepts beyond the MTU, segmenting it itself (TSO, virtio
+   * VIRTIO_NET_HDR_GSO_TCPV4); frames above the MSS then carry
+   * {@link PartialChecksum.tsoSize}.
+   */
+  readonly tsoMax?: number;
+  /**
    * Bytes the link wants free before each frame the stack builds (a frame
    * is then a view at that offset into a larger buffer), so it can prepend
    * its own header without copying.
@@ -65,6 +72,10 @@ export interface PartialChecksum {
   start: number;
   /** Offset of the checksum field from `start`. */
   offset: number;
+  /** TCP segmentation: the MSS to cut the payload into (frames larger than one segment). */
+  tsoSize?: number;
+  /** With `tsoSize`: bytes of Ethernet, IPv4 and TCP headers before the payload. */
+  headerLength?: number;
 }
 
 /** Options besides the {@link NetConfig}. */
@@ -141,6 +152,7 @@ export class NetStack implements AsyncDisposable {
       ipv4Frame: (src, proto, l4Len) => this.#ipv4Frame(src, proto, l4Len),
       transmit: (f, partial) => this.#transmit(f, partial),
       partialChecksums: () => this.#link?.partialChecksums === true,
+      tsoMax: () => this.#link?.tsoMax ?? 0,
       buffered: (d) => {
         this.#buffered += d;
       },

@@ -31,6 +31,8 @@ const TUN_F_CSUM = 0x01, TUN_F_TSO4 = 0x02;
 export const VNET_HDR_LEN = 10;
 /** virtio_net_hdr flags (virtio 1.2 §5.1.6). */
 const NEEDS_CSUM = 1, DATA_VALID = 2;
+/** virtio_net_hdr gso_type for TCP over IPv4 (virtio 1.2 §5.1.6). */
+const GSO_TCPV4 = 1;
 /** IFNAMSIZ (linux/if.h). */
 const IFNAMSIZ = 16;
 /**
@@ -60,6 +62,12 @@ export class TapDevice implements NetLink, AsyncDisposable {
   readonly partialChecksums = true;
   /** Room for the vnet header before frames the stack builds. */
   readonly headroom = VNET_HDR_LEN;
+  /**
+   * TCP frames up to ~64 KiB go to the kernel as one TSO frame
+   * (VIRTIO_NET_HDR_GSO_TCPV4), whatever the MTU: the receiving stack takes
+   * them whole, as GRO would have merged them.
+   */
+  readonly tsoMax = 65535 - 20 - 60;
   /** The interface name the kernel gave the device. */
   readonly name: string;
   /** The tun file descriptor. */
@@ -124,6 +132,13 @@ export class TapDevice implements NetLink, AsyncDisposable {
     buf.fill(0, 0, VNET_HDR_LEN);
     if (partial) {
       buf[0] = NEEDS_CSUM;
+      if (partial.tsoSize) {
+        buf[1] = GSO_TCPV4; // gso_type
+        buf[2] = partial.headerLength! & 255; // hdr_len
+        buf[3] = partial.headerLength! >> 8;
+        buf[4] = partial.tsoSize & 255; // gso_size
+        buf[5] = partial.tsoSize >> 8;
+      }
       buf[6] = partial.start & 255; // csum_start (little-endian)
       buf[7] = partial.start >> 8;
       buf[8] = partial.offset & 255; // csum_offset

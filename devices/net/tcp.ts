@@ -42,6 +42,8 @@ export interface TcpEnv {
   transmit(frame: Uint8Array, partial?: PartialChecksum): void;
   /** Whether the link completes L4 checksums (`NetLink.partialChecksums`). */
   partialChecksums(): boolean;
+  /** Largest TCP payload per frame the link segments itself (`NetLink.tsoMax`), else 0. */
+  tsoMax(): number;
   /** Adjusts the stack-wide buffered byte count. */
   buffered(delta: number): void;
   /** Bytes that may still be buffered stack-wide. */
@@ -551,7 +553,12 @@ export class TcpConn {
           }
           return;
         }
-        const n = Math.min(unsent, this.#sndMss, room);
+        // With segmentation offload one frame carries up to 64 KiB; the link
+        // cuts it into MSS-sized segments (or the guest's stack takes it whole).
+        const seg = this.#env.partialChecksums()
+          ? Math.max(this.#env.tsoMax(), this.#sndMss)
+          : this.#sndMss;
+        const n = Math.min(unsent, seg, room);
         this.#sendData(this.#sndNxt, n);
         if (this.#rttSeq < 0) {
           this.#rttSeq = add(this.#sndNxt, n);
@@ -762,7 +769,11 @@ export class TcpConn {
     if (n > 0 && this.#env.partialChecksums()) {
       // The link completes it (virtio NEEDS_CSUM): only the pseudo-header sum goes in.
       put16(frame, off + 16, fold(ps));
-      this.#env.transmit(frame, { start: off, offset: 16 });
+      this.#env.transmit(frame, {
+        start: off,
+        offset: 16,
+        ...(n > this.#sndMss ? { tsoSize: this.#sndMss, headerLength: off + hlen } : {}),
+      });
       return;
     }
     put16(frame, off + 16, ~fold(sum16(frame, off, hlen + n) + ps) & 0xffff);
