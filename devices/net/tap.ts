@@ -39,7 +39,7 @@ const IFNAMSIZ = 16;
  * Ring slots; each holds one vnet header and frame up to the largest the
  * kernel sends (a 64 KiB TSO frame plus headers).
  */
-const SLOTS = 128;
+const SLOTS = 128; // a power of two (ring indices are masked)
 const SLOT_SIZE = 65536 + 1024;
 
 /** Control words shared with the worker (Int32Array indices). */
@@ -182,8 +182,9 @@ export class TapDevice implements NetLink, AsyncDisposable {
           continue;
         }
         while (rp !== wp && !this.#closed) {
-          const at = (rp % SLOTS) * SLOT_SIZE;
-          const len = lens[rp % SLOTS];
+          // Indices wrap at 2^31 (| 0); SLOTS is a power of two, so & stays in range.
+          const at = (rp & (SLOTS - 1)) * SLOT_SIZE;
+          const len = lens[rp & (SLOTS - 1)];
           if (len > VNET_HDR_LEN) {
             // A partial (NEEDS_CSUM) or checked (DATA_VALID) checksum from the
             // local kernel needs no verification.

@@ -36,7 +36,7 @@ self.onmessage = (e: MessageEvent<TapWorkerInit>) => {
       Atomics.wait(ctrl, CTRL.READ, rp, 100);
       continue;
     }
-    const slot = wp % slots;
+    const slot = wp & (slots - 1); // slots is a power of two; wp wraps at 2^31
     const n = Number(libc.read(fd, views[slot], BigInt(slotSize)));
     if (n > 0) {
       lens[slot] = n;
