@@ -14,7 +14,8 @@ import { join } from "node:path";
 import { Assembler, mem } from "../init/asm/mod.ts";
 import { hostTest } from "../tests/requirements.ts";
 import { ConfigError, type VmConfig, VmError, VmExitError, VmTimeoutError } from "./engine.ts";
-import { buildKvmMachine, isEmulatedKvm, KvmEngine } from "./kvm_engine.ts";
+import { buildKvmMachine, isEmulatedKvm, KvmEngine, type KvmEngineOptions } from "./kvm_engine.ts";
+import { SnapshotCache } from "../snapshot/cache.ts";
 import { bootWithConsoleLog } from "./console_boot.ts";
 import { LAYOUT } from "./boot/layout.ts";
 import { buildDsdt, SLEEP } from "./acpi/tables.ts";
@@ -123,31 +124,48 @@ const workload = { argv: ["/bin/true"], env: {}, workdir: "/" };
 hostTest("kvm engine run: the guest's stop on an unemulated instruction is one 'emulated' line", [
   "kvm",
 ], async () => {
-  await withKernel("emulation", async (kernel) => {
-    let log = "";
-    const notes: string[] = [];
-    const engine = new KvmEngine({
-      onKernelLog: (b) => (log += new TextDecoder().decode(b)),
-      onNote: (l) => notes.push(l),
-    });
-    await rejects(engine.run(config(kernel), workload, io(), AbortSignal.timeout(30_000)), (e) => {
-      ok(e instanceof VmExitError, String(e));
-      ok(!e.message.includes("\n"));
-      if (isEmulatedKvm()) {
-        match(e.message, /emulated/);
-        match(e.message, /KVM_EXIT_INTERNAL_ERROR/);
-        match(e.message, /RIP 0x1[0-9a-f]{6}/);
-        match(e.message, /instruction bytes 48 0f c7 08/);
-      } else {
-        match(e.message, /triple fault/);
-      }
-      return true;
-    });
-    // The stand-in printed the command line skiff put behind boot_params.
-    match(log, /^console=ttyS0 .*skiff\.hostname=h1 skiff\.l1=yes\n/);
-    strictEqual(log.includes("noxsave clearcpuid=cx16"), isEmulatedKvm());
-    strictEqual(notes.length, isEmulatedKvm() ? 1 : 0);
-    if (notes.length) match(notes[0], /^skiff: guest code is emulated on this host/);
+  await withKernel("emulation", async (kernel, dir) => {
+    // Mailbox mode with the cache (the default), without it, and one-shot mode.
+    const cacheDir = join(dir, "cache", "snapshots");
+    const modes: [string, KvmEngineOptions][] = [
+      ["mailbox+cache", { cache: new SnapshotCache(cacheDir) }],
+      ["mailbox, --no-snapshot", { snapshot: false, cache: new SnapshotCache(cacheDir) }],
+      ["one-shot", { init: "one-shot" }],
+    ];
+    for (const [mode, opts] of modes) {
+      let log = "";
+      const notes: string[] = [];
+      const engine = new KvmEngine({
+        ...opts,
+        onKernelLog: (b) => (log += new TextDecoder().decode(b)),
+        onNote: (l) => notes.push(l),
+      });
+      await rejects(
+        engine.run(config(kernel), workload, io(), AbortSignal.timeout(30_000)),
+        (e) => {
+          ok(e instanceof VmExitError, `${mode}: ${e}`);
+          ok(!e.message.includes("\n"));
+          if (isEmulatedKvm()) {
+            match(e.message, /^guest stopped: guest code is emulated on this host \(kvm_pvm\)/);
+            ok(!e.message.includes("emulated", e.message.indexOf("emulated") + 1), e.message);
+            match(e.message, /KVM_EXIT_INTERNAL_ERROR/);
+            match(e.message, /RIP 0x1[0-9a-f]{6}/);
+            match(e.message, /instruction bytes 48 0f c7 08/);
+          } else {
+            match(e.message, /triple fault/);
+          }
+          return true;
+        },
+      );
+      // The stand-in printed the command line skiff put behind boot_params.
+      const rdinit = mode === "one-shot" ? "" : "rdinit=\\/skiff\\/mailbox-init ";
+      match(log, new RegExp(`^console=ttyS0 .*skiff\\.hostname=h1 ${rdinit}skiff\\.l1=yes\\n`));
+      strictEqual(log.includes("noxsave clearcpuid=cx16"), isEmulatedKvm());
+      strictEqual(notes.length, isEmulatedKvm() ? 1 : 0);
+      if (notes.length) match(notes[0], /^skiff: guest code is emulated on this host/);
+    }
+    // A boot that never reached READY leaves nothing in the cache.
+    deepStrictEqual(new SnapshotCache(cacheDir).list(), []);
   });
 });
 
@@ -155,9 +173,9 @@ hostTest(
   "kvm engine run: a guest power-off before the command ends is a VmError",
   ["kvm"],
   async () => {
-    await withKernel("poweroff", async (kernel) => {
+    await withKernel("poweroff", async (kernel, dir) => {
       await rejects(
-        new KvmEngine({ onNote: null }).run(
+        new KvmEngine({ onNote: null, cache: new SnapshotCache(join(dir, "c")) }).run(
           config(kernel),
           workload,
           io(),
@@ -170,10 +188,11 @@ hostTest(
 );
 
 hostTest("kvm engine run: aborting stops a spinning guest and rejects", ["kvm"], async () => {
-  await withKernel("spin", async (kernel) => {
+  await withKernel("spin", async (kernel, dir) => {
     const t0 = performance.now();
+    const engine = new KvmEngine({ onNote: null, cache: new SnapshotCache(join(dir, "c")) });
     await rejects(
-      new KvmEngine({ onNote: null }).run(config(kernel), workload, io(), AbortSignal.timeout(300)),
+      engine.run(config(kernel), workload, io(), AbortSignal.timeout(300)),
       (e) => e instanceof VmTimeoutError && /timed out after 0\.\d s/.test(e.message),
     );
     ok(performance.now() - t0 < 10_000);

@@ -17,6 +17,7 @@ import {
   type Workload,
 } from "./engine.ts";
 import { type EngineChoice, selectEngine } from "./select_engine.ts";
+import { KvmEngine } from "./kvm_engine.ts";
 
 /** Options of {@link runCommand}. */
 export interface RunCommandOptions {
@@ -51,7 +52,11 @@ export async function runCommand(
   const log = config.verbose ? (line: string) => console.error(`skiff: ${line}`) : undefined;
   let engine = o.engineInstance;
   if (!engine) {
-    const { engine: chosen, decision } = selectEngine(o.engine, { log });
+    const { engine: chosen, decision } = selectEngine(o.engine, {
+      log,
+      // `--snapshot`/`--no-snapshot` reach the kvm engine (its default: the cache is on).
+      kvm: () => new KvmEngine({ snapshot: o.snapshot }),
+    });
     log?.(`engine ${decision.name} (${decision.why})`);
     engine = chosen;
   }

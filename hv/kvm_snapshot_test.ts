@@ -1,0 +1,135 @@
+/**
+ * L1: `KvmEngine.run` in mailbox mode with the snapshot cache, on /dev/kvm,
+ * with a stand-in kernel that plays the mailbox-mode init
+ * (testdata/mailbox_kernel.ts: prints `boot` on a cold boot, rings READY,
+ * serves COMMAND records). Each run is its own process
+ * (testdata/kvm_snapshot_run.ts), so a hit restores a snapshot written by
+ * another process. Proves: miss → boot → capture → command served in the
+ * same VM; hit → restore (no `boot`) → command served; `--no-snapshot`
+ * touches no cache; a corrupt entry → one warning line, deleted, cold boot,
+ * re-captured.
+ */
+
+import { deepStrictEqual, match, notStrictEqual, ok, strictEqual } from "node:assert/strict";
+import { join } from "node:path";
+import { hostTest } from "../tests/requirements.ts";
+import { SnapshotCache } from "../snapshot/cache.ts";
+import { STATE_FILE } from "../snapshot/format.ts";
+import { mailboxKernelCode, standInElf } from "./testdata/mailbox_kernel.ts";
+
+const HELPER = new URL("./testdata/kvm_snapshot_run.ts", import.meta.url).pathname;
+
+interface RunResult {
+  status?: { kind: string; code: number };
+  error?: string;
+  outcomes: { from: string; captured: boolean; key: string | null }[];
+  warnings: string[];
+  log: string;
+}
+
+async function run(
+  dir: string,
+  kernel: string,
+  cache: string,
+  snapshot: "on" | "off",
+  arg0: string,
+): Promise<RunResult> {
+  const out = join(dir, `run-${crypto.randomUUID()}.json`);
+  const p = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", HELPER, kernel, cache, snapshot, arg0, out],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const timer = setTimeout(() => p.kill("SIGKILL"), 90_000);
+  const r = await p.output();
+  clearTimeout(timer);
+  const err = new TextDecoder().decode(r.stderr);
+  strictEqual(r.code, 0, `helper failed (${r.code}):\n${err}`);
+  return JSON.parse(await Deno.readTextFile(out));
+}
+
+const lines = (log: string) => log.split("\n").filter(Boolean);
+
+hostTest(
+  "kvm engine + snapshot cache: miss captures, hit restores in a new process, --no-snapshot, corrupt entry",
+  [
+    "kvm",
+  ],
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "skiff-kvm-snap-" });
+    try {
+      const kernel = join(dir, "vmlinux");
+      await Deno.writeFile(kernel, standInElf(mailboxKernelCode()));
+      const cacheDir = join(dir, "cache", "snapshots");
+      const cache = new SnapshotCache(cacheDir, { warn: () => {} });
+
+      // 1. Miss: boot (the stand-in prints "boot"), READY, capture, then the command in the same VM.
+      const miss = await run(dir, kernel, cacheDir, "on", "3");
+      deepStrictEqual(miss.status, { kind: "exited", code: 3 }, JSON.stringify(miss));
+      strictEqual(miss.outcomes.length, 1);
+      strictEqual(miss.outcomes[0].from, "boot");
+      strictEqual(miss.outcomes[0].captured, true);
+      deepStrictEqual(lines(miss.log), ["boot", "cmd 3"]);
+      deepStrictEqual(miss.warnings, []);
+      const entries = cache.list();
+      strictEqual(entries.length, 1);
+      strictEqual(entries[0].key, miss.outcomes[0].key);
+      strictEqual(entries[0].problem, undefined);
+      strictEqual(entries[0].source?.engine, "kvm");
+
+      // 2. Hit, in a new process, with a different command: restored, never booted.
+      const hit = await run(dir, kernel, cacheDir, "on", "5");
+      deepStrictEqual(hit.status, { kind: "exited", code: 5 }, JSON.stringify(hit));
+      deepStrictEqual(
+        hit.outcomes.map((o) => [o.from, o.captured, o.key]),
+        [["snapshot", false, miss.outcomes[0].key]],
+      );
+      deepStrictEqual(lines(hit.log), ["cmd 5"]);
+      // And again: the snapshot is unchanged by a restored run's writes.
+      const state = join(entries[0].dir, STATE_FILE);
+      const before = await Deno.readFile(state);
+      const mtime = (await Deno.stat(state)).mtime?.getTime();
+      deepStrictEqual((await run(dir, kernel, cacheDir, "on", "0")).status, {
+        kind: "exited",
+        code: 0,
+      });
+      deepStrictEqual(await Deno.readFile(state), before);
+      strictEqual((await Deno.stat(state)).mtime?.getTime(), mtime);
+
+      // 3. --no-snapshot: cold boot, the cache neither read nor written.
+      const fresh = join(dir, "fresh", "snapshots");
+      const off = await run(dir, kernel, fresh, "off", "4");
+      deepStrictEqual(off.status, { kind: "exited", code: 4 });
+      deepStrictEqual(off.outcomes.map((o) => [o.from, o.captured, o.key]), [[
+        "boot",
+        false,
+        null,
+      ]]);
+      deepStrictEqual(lines(off.log), ["boot", "cmd 4"]);
+      strictEqual(await Deno.stat(join(dir, "fresh")).then(() => true, () => false), false);
+      const off2 = await run(dir, kernel, cacheDir, "off", "2");
+      deepStrictEqual(lines(off2.log), ["boot", "cmd 2"], "a cached entry is not used");
+      strictEqual((await Deno.stat(state)).mtime?.getTime(), mtime);
+
+      // 4. A corrupt entry: one warning line, deleted, cold boot, captured again.
+      const bytes = await Deno.readFile(state);
+      bytes[Math.floor(bytes.length / 2)] ^= 0x55;
+      await Deno.writeFile(state, bytes);
+      const bad = await run(dir, kernel, cacheDir, "on", "6");
+      deepStrictEqual(bad.status, { kind: "exited", code: 6 }, JSON.stringify(bad));
+      strictEqual(bad.warnings.length, 1, JSON.stringify(bad.warnings));
+      ok(!bad.warnings[0].includes("\n"));
+      match(bad.warnings[0], /deleted it, booting without the snapshot$/);
+      deepStrictEqual(lines(bad.log), ["boot", "cmd 6"]);
+      deepStrictEqual(bad.outcomes.map((o) => [o.from, o.captured]), [["boot", true]]);
+      const after = cache.list();
+      strictEqual(after.length, 1);
+      strictEqual(after[0].problem, undefined);
+      notStrictEqual(await Deno.readFile(state), bytes);
+      const again = await run(dir, kernel, cacheDir, "on", "1");
+      deepStrictEqual([again.status?.code, again.outcomes[0].from], [1, "snapshot"]);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);

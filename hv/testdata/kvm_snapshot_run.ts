@@ -1,0 +1,53 @@
+// Test helper run as its own process by hv/kvm_snapshot_test.ts:
+//   kvm_snapshot_run.ts KERNEL CACHE_DIR on|off ARG0 OUT.json
+// Runs `KvmEngine.run` (mailbox mode) with the stand-in kernel and a cache
+// rooted at CACHE_DIR (or none with "off"), and writes what happened as JSON.
+import { KvmEngine, type SnapshotOutcome } from "../kvm_engine.ts";
+import { SnapshotCache } from "../../snapshot/cache.ts";
+import type { VmConfig } from "../engine.ts";
+
+const [kernel, cacheDir, snapshot, arg0, out] = Deno.args;
+const watchdog = setTimeout(() => {
+  console.error("kvm_snapshot_run: deadline passed");
+  Deno.exit(3);
+}, 60_000);
+const warnings: string[] = [];
+const outcomes: SnapshotOutcome[] = [];
+let log = "";
+const engine = new KvmEngine({
+  onKernelLog: (b) => (log += new TextDecoder().decode(b)),
+  onNote: null,
+  snapshot: snapshot === "on",
+  cache: new SnapshotCache(cacheDir, { warn: (m) => warnings.push(m) }),
+  onWarning: (m) => warnings.push(m),
+  onSnapshot: (o) => outcomes.push(o),
+});
+const config: VmConfig = {
+  kernel,
+  cpus: 1,
+  memoryMiB: 64,
+  cmdlineExtra: "",
+  root: null,
+  volumes: [],
+  net: null,
+  hostname: "snap",
+  verbose: false,
+};
+const sink = () => new WritableStream<Uint8Array>();
+let result: unknown;
+const deadline = new AbortController();
+const timer = setTimeout(() => deadline.abort(new Error("run deadline (45 s) passed")), 45_000);
+try {
+  const status = await engine.run(
+    config,
+    { argv: [arg0], env: {}, workdir: "/" },
+    { stdin: null, stdout: sink(), stderr: sink() },
+    deadline.signal,
+  );
+  result = { status, outcomes, warnings, log };
+} catch (e) {
+  result = { error: String((e as Error).message ?? e), outcomes, warnings, log };
+}
+clearTimeout(watchdog);
+clearTimeout(timer);
+Deno.writeTextFileSync(out, JSON.stringify(result));
