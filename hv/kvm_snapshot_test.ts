@@ -16,6 +16,8 @@ import { hostTest } from "../tests/requirements.ts";
 import { SnapshotCache } from "../snapshot/cache.ts";
 import { STATE_FILE } from "../snapshot/format.ts";
 import { mailboxKernelCode, standInElf } from "./testdata/mailbox_kernel.ts";
+import { Assembler } from "../init/asm/mod.ts";
+import { isEmulatedKvm } from "./kvm_engine.ts";
 
 const HELPER = new URL("./testdata/kvm_snapshot_run.ts", import.meta.url).pathname;
 
@@ -133,3 +135,60 @@ hostTest(
     }
   },
 );
+
+/** Runs `skiff run --engine kvm ARGS…` with its own cache home and working directory. */
+async function cli(dir: string, args: string[]): Promise<{ code: number; stderr: string }> {
+  const p = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../main.ts", import.meta.url).pathname, "run", ...args],
+    cwd: dir,
+    env: { XDG_CACHE_HOME: join(dir, "xdg") },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const timer = setTimeout(() => p.kill("SIGKILL"), 90_000);
+  const r = await p.output();
+  clearTimeout(timer);
+  return { code: r.code, stderr: new TextDecoder().decode(r.stderr) };
+}
+
+hostTest("skiff run --engine kvm: exit code through the cache, --no-snapshot, emulated stop", [
+  "kvm",
+], async () => {
+  const dir = await Deno.makeTempDir({ prefix: "skiff-kvm-cli-" });
+  try {
+    const kernel = join(dir, "vmlinux");
+    await Deno.writeFile(kernel, standInElf(mailboxKernelCode()));
+    const snaps = new SnapshotCache(join(dir, "xdg", "skiff", "snapshots"));
+    const base = ["--engine", "kvm", "--kernel", kernel, "--memory", "64"];
+    const miss = await cli(dir, [...base, "--", "3"]);
+    strictEqual(miss.code, 3, miss.stderr);
+    strictEqual(snaps.list().length, 1, "the first run captured a snapshot");
+    const hit = await cli(dir, [...base, "--verbose", "--", "4"]);
+    strictEqual(hit.code, 4, hit.stderr);
+    match(hit.stderr, /skiff: restored snapshot; ready after \d+ ms/);
+    const off = await cli(dir, [...base, "--no-snapshot", "--verbose", "--", "5"]);
+    strictEqual(off.code, 5, off.stderr);
+    match(off.stderr, /skiff: booted; ready after/);
+    strictEqual(snaps.list().length, 1);
+
+    // A kernel that stops on an instruction the emulator lacks: one line, exit 125, no entry.
+    const stop = join(dir, "vmlinux-stop");
+    const a = new Assembler();
+    a.mov("eax", 0x6000);
+    a.emit([0x48, 0x0f, 0xc7, 0x08]); // cmpxchg16b [rax]
+    a.ud2();
+    await Deno.writeFile(stop, standInElf(a.assemble({ origin: 16 << 20 }).bytes));
+    const r = await cli(dir, ["--engine", "kvm", "--kernel", stop, "--memory", "64", "--", "true"]);
+    strictEqual(r.code, 125, r.stderr);
+    const errLines = r.stderr.trim().split("\n").filter((l) => l.startsWith("skiff run:"));
+    strictEqual(errLines.length, 1, r.stderr);
+    if (isEmulatedKvm()) {
+      match(errLines[0], /emulated/);
+      match(errLines[0], /KVM_EXIT_INTERNAL_ERROR/);
+    }
+    strictEqual(snaps.list().length, 1);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
