@@ -65,8 +65,23 @@ export type {
 } from "./init/mod.ts";
 export { MAILBOX_DATA_VA, mailboxLoop, mailboxProgram } from "./init/mailbox_loop.ts";
 export type { MailboxLoopOptions, MailboxProgramOptions } from "./init/mailbox_loop.ts";
+export {
+  buildMailboxInitElf,
+  MAILBOX_INIT_PATH,
+  MAILBOX_RDINIT,
+  mailboxBootProgram,
+  mailboxInitramfs,
+} from "./init/mailbox_mode.ts";
+export type { MailboxBootOptions } from "./init/mailbox_mode.ts";
 export { buildKvmMachine, isEmulatedKvm, KvmEngine } from "./hv/kvm_engine.ts";
-export type { KvmEngineOptions, KvmMachine, MachineOptions } from "./hv/kvm_engine.ts";
+export type {
+  KvmDevices,
+  KvmEngineOptions,
+  KvmMachine,
+  MachineOptions,
+  RestoredKvmMachine,
+  SnapshotOutcome,
+} from "./hv/kvm_engine.ts";
 export { bootWithConsoleLog } from "./hv/console_boot.ts";
 export type { ConsoleBootOptions, ConsoleBootResult } from "./hv/console_boot.ts";
 export { buildAcpiTables, sleepSpec, writeAcpiTables } from "./hv/acpi/mod.ts";
