@@ -708,7 +708,8 @@ export class KvmEngine implements Engine {
       })
       : null;
     const stopped = new StopWatch();
-    const aborted = abortPromise(signal);
+    using abort = abortWatch(signal);
+    const aborted = abort.promise;
     try {
       const r = await bootCached<KvmDevices & AsyncDisposable>({
         cache,
@@ -825,7 +826,8 @@ export class KvmEngine implements Engine {
       }
       stdinPort.close();
     };
-    const aborted = abortPromise(signal);
+    using abort = abortWatch(signal);
+    const aborted = abort.promise;
     try {
       const started = await Promise.race([start(stopped), aborted]);
       void pumpStdin();
@@ -851,15 +853,20 @@ function mailboxStatus(result: number): ExitStatus {
   throw new VmError(`the guest init could not run the command: ${name} (result ${result})`);
 }
 
-/** Rejects when `signal` aborts (marked handled: it may never be raced). */
-function abortPromise(signal?: AbortSignal): Promise<never> {
-  const p = new Promise<never>((_, reject) => {
+/**
+ * `promise` rejects when `signal` aborts (marked handled: it may never be
+ * raced); disposing removes the listener.
+ */
+function abortWatch(signal?: AbortSignal): { promise: Promise<never> } & Disposable {
+  let onAbort = () => {};
+  const promise = new Promise<never>((_, reject) => {
     if (!signal) return;
-    if (signal.aborted) reject(signal.reason);
-    else signal.addEventListener("abort", () => reject(signal.reason), { once: true });
+    onAbort = () => reject(signal.reason);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
   });
-  p.catch(() => {});
-  return p;
+  promise.catch(() => {});
+  return { promise, [Symbol.dispose]: () => signal?.removeEventListener("abort", onAbort) };
 }
 
 /**
