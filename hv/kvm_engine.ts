@@ -694,19 +694,28 @@ export class KvmEngine implements Engine {
     mopts.initrd = initrd;
     const useCache = this.#opts.snapshot ?? true;
     const warn = this.#opts.onWarning ?? ((l: string) => console.error(`skiff: ${l}`));
-    const cache = useCache ? (this.#opts.cache ?? new SnapshotCache(undefined, { warn })) : null;
-    const vmKey = cache
-      ? await vmSnapshotKey({
-        kernelPath: plan.image.path,
-        initramfs: initrd,
-        cmdline: plan.cmdline,
-        config,
-        devices: planDevices(plan),
-        vmmVersion: KVM_VMM_VERSION,
-        // The kernel's content-hash memo sits beside the snapshots (skiff's cache dir by default).
-        memoDir: dirname(cache.root),
-      })
-      : null;
+    let cache: SnapshotCache | null = null;
+    let vmKey: Awaited<ReturnType<typeof vmSnapshotKey>> | null = null;
+    if (useCache) {
+      // Without a usable cache (no HOME, unreadable kernel for hashing…) the run still goes on.
+      try {
+        cache = this.#opts.cache ?? new SnapshotCache(undefined, { warn });
+        vmKey = await vmSnapshotKey({
+          kernelPath: plan.image.path,
+          initramfs: initrd,
+          cmdline: plan.cmdline,
+          config,
+          devices: planDevices(plan),
+          vmmVersion: KVM_VMM_VERSION,
+          // The kernel's content-hash memo sits beside the snapshots (skiff's cache dir by default).
+          memoDir: dirname(cache.root),
+        });
+      } catch (e) {
+        warn(`snapshot cache unavailable, booting without it: ${(e as Error).message ?? e}`);
+        cache = null;
+        vmKey = null;
+      }
+    }
     const stopped = new StopWatch();
     using abort = abortWatch(signal);
     const aborted = abort.promise;

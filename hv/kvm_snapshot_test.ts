@@ -50,6 +50,15 @@ async function run(
   return JSON.parse(await Deno.readTextFile(out));
 }
 
+/** Where Deno keeps its module cache (kept when the environment is cleared). */
+function denoDir(): string {
+  const d = Deno.env.get("DENO_DIR");
+  if (d) return d;
+  const out = new Deno.Command(Deno.execPath(), { args: ["info", "--json"], stdout: "piped" })
+    .outputSync();
+  return JSON.parse(new TextDecoder().decode(out.stdout)).denoDir;
+}
+
 const lines = (log: string) => log.split("\n").filter(Boolean);
 
 hostTest(
@@ -137,11 +146,19 @@ hostTest(
 );
 
 /** Runs `skiff run --engine kvm ARGS…` with its own cache home and working directory. */
-async function cli(dir: string, args: string[]): Promise<{ code: number; stderr: string }> {
+async function cli(
+  dir: string,
+  args: string[],
+  noHome = false,
+): Promise<{ code: number; stderr: string }> {
   const p = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", new URL("../main.ts", import.meta.url).pathname, "run", ...args],
     cwd: dir,
-    env: { XDG_CACHE_HOME: join(dir, "xdg") },
+    // noHome: neither XDG_CACHE_HOME nor HOME, so there is no cache directory.
+    env: noHome
+      ? { PATH: Deno.env.get("PATH") ?? "/usr/bin:/bin", DENO_DIR: denoDir() }
+      : { XDG_CACHE_HOME: join(dir, "xdg") },
+    clearEnv: noHome,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -171,6 +188,10 @@ hostTest("skiff run --engine kvm: exit code through the cache, --no-snapshot, em
     strictEqual(off.code, 5, off.stderr);
     match(off.stderr, /skiff: booted; ready after/);
     strictEqual(snaps.list().length, 1);
+    // No cache directory at all (no HOME): one warning line, and the run still works.
+    const homeless = await cli(dir, [...base, "--", "6"], true);
+    strictEqual(homeless.code, 6, homeless.stderr);
+    match(homeless.stderr, /^skiff: snapshot cache unavailable, booting without it: .*HOME/m);
 
     // A kernel that stops on an instruction the emulator lacks: one line, exit 125, no entry.
     const stop = join(dir, "vmlinux-stop");
