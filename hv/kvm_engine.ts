@@ -72,6 +72,7 @@ import { RegionMemory } from "./memory.ts";
 import { Vm, type VmStop } from "./vm.ts";
 import { setupLongMode } from "./x86/long_mode.ts";
 import { MAILBOX_RDINIT, mailboxInitramfs } from "../init/mailbox_mode.ts";
+import { mailboxInitramfsIdentity } from "./init_identity.ts";
 import { recordFor } from "../init/config.ts";
 import { LINUX_ERRNO_NAMES } from "../init/errno_names.ts";
 import { SnapshotCache } from "../snapshot/cache.ts";
@@ -690,8 +691,9 @@ export class KvmEngine implements Engine {
     };
     const plan = await planMachine(config, mopts);
     const initConfig = initConfigFor(config, workload);
-    const initrd = await mailboxInitramfs(plan.kernel, initConfig);
-    mopts.initrd = initrd;
+    // Built only for a cold boot: a restore needs just its identity for the key.
+    let initrd: Promise<Uint8Array> | null = null;
+    const initramfs = () => (initrd ??= mailboxInitramfs(plan.kernel, initConfig));
     const useCache = this.#opts.snapshot ?? true;
     const warn = this.#opts.onWarning ?? ((l: string) => console.error(`skiff: ${l}`));
     let cache: SnapshotCache | null = null;
@@ -700,15 +702,20 @@ export class KvmEngine implements Engine {
       // Without a usable cache (no HOME, unreadable kernel for hashing…) the run still goes on.
       try {
         cache = this.#opts.cache ?? new SnapshotCache(undefined, { warn });
+        const memoDir = dirname(cache.root);
+        const identity = await mailboxInitramfsIdentity(plan.kernel, initConfig, memoDir);
         vmKey = await vmSnapshotKey({
           kernelPath: plan.image.path,
-          initramfs: initrd,
+          // The initramfs by what it is made from (no build needed), else by its bytes.
+          initramfs: identity === null
+            ? await initramfs()
+            : new TextEncoder().encode(`identity:${identity}`),
           cmdline: plan.cmdline,
           config,
           devices: planDevices(plan),
           vmmVersion: KVM_VMM_VERSION,
           // The kernel's content-hash memo sits beside the snapshots (skiff's cache dir by default).
-          memoDir: dirname(cache.root),
+          memoDir,
         });
       } catch (e) {
         warn(`snapshot cache unavailable, booting without it: ${(e as Error).message ?? e}`);
@@ -726,7 +733,7 @@ export class KvmEngine implements Engine {
         warn,
         restore: (snap) => restorePlanned(plan, snap.dir, mopts),
         boot: async () => {
-          const m = await buildPlanned(plan, mopts);
+          const m = await buildPlanned(plan, { ...mopts, initrd: await initramfs() });
           try {
             this.#note(m);
             await m.vm.start();
