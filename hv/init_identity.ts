@@ -27,6 +27,10 @@ let sourceHash: Promise<string | null> | undefined;
 /** SHA-256 over the init generator's source files (path and text), or null when unreadable. */
 export function initSourceHash(): Promise<string | null> {
   sourceHash ??= (async () => {
+    // Only from the source tree: a bundle (dist/skiff.js) may be older than the files around it.
+    if (!import.meta.url.startsWith("file:") || !import.meta.url.endsWith("/hv/init_identity.ts")) {
+      return null;
+    }
     let root: string;
     try {
       root = fileURLToPath(new URL("../", import.meta.url));
