@@ -41,6 +41,8 @@ import { ConsolePort, PORT_NAMES, VirtioConsole } from "../devices/virtio/consol
 import { guestInitramfs, initConfigFor } from "./guest_init.ts";
 import { VirtioFs } from "../devices/virtio/fs/device.ts";
 import { VirtioNet } from "../devices/virtio/net/device.ts";
+import { NetStack } from "../devices/net/stack.ts";
+import { attachVirtioNet } from "../devices/net/virtio.ts";
 import { VirtioMmioHost } from "../devices/virtio/mmio_remote.ts";
 import type { MmioState } from "../devices/virtio/mmio.ts";
 import type { VirtioDevice } from "../devices/virtio/device.ts";
@@ -354,9 +356,25 @@ function attachDevices(
       cleanups.push(() => fs.close());
       device = new VirtioFs({ tag: s.tag, server: new FuseServer(fs) });
     } else {
-      // The network stack attaches through NetLink (devices/net, pending):
-      // until then guest frames are counted and dropped.
-      device = new VirtioNet({ mac: new Uint8Array([0x52, 0x54, 0, 0x6b, 0x69, 0x66]) });
+      // skiff's user-mode network stack terminates the guest's frames.
+      const net = new VirtioNet({ mac: new Uint8Array([0x52, 0x54, 0, 0x6b, 0x69, 0x66]) });
+      const options = p.config.net!;
+      const stack = new NetStack({
+        hostLoopback: options.hostLoopback,
+        publish: options.publish.map((r) => ({
+          hostIp: r.hostIp,
+          hostPort: r.hostPort,
+          guestPort: r.guestPort,
+          proto: r.protocol,
+        })),
+      });
+      stack.ready.catch((e) => console.error(`skiff: --publish: ${(e as Error).message}`));
+      const detach = attachVirtioNet(stack, net);
+      cleanups.push(async () => {
+        detach();
+        await stack[Symbol.asyncDispose]();
+      });
+      device = net;
     }
     const base = MemoryLayout.virtioMmioBase(i);
     const gsi = LAYOUT.DEVICE_IRQ_FIRST + i;

@@ -266,6 +266,12 @@ hostTest(
         deepStrictEqual(readE820(bp), m.e820);
       }
       {
+        // --net adds a virtio-net device wired to skiff's network stack.
+        const net = { hostLoopback: false, publish: [] };
+        await using m = await buildKvmMachine({ ...config(kernel), net });
+        deepStrictEqual(m.virtio.map((v) => v.name), ["virtio-console", "virtio-net"]);
+      }
+      {
         // An initramfs lands page-aligned at the top of low RAM; boot_params says where.
         const initrd = new Uint8Array(3 << 20).fill(0x5a);
         await using m = await buildKvmMachine(config(kernel), { initrd });
