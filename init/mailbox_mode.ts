@@ -83,16 +83,8 @@ const POLL_MS = 20;
 
 /** The boot program's operations up to (not including) its one-shot tail. */
 export function bootSetup(o: BootOptions = {}): { setup: Fragment; onError?: Fragment } {
-  const prog = bootProgram(o);
-  const ops = prog.body.ops;
-  const at = ops.findIndex((op) => op.op === "set" && op.dst.name === "rec_ok" && op.src === 2);
-  if (at < 0) {
-    throw new Error(
-      "init/mailbox_mode: bootProgram() no longer starts its one-shot tail with `rec_ok = 2`; " +
-        "update bootSetup()",
-    );
-  }
-  return { setup: new Fragment(ops.slice(0, at)), onError: prog.onError };
+  const prog = bootProgram({ ...o, tail: seq() });
+  return { setup: prog.body, onError: prog.onError };
 }
 
 /** Waits for the virtio-console port whose name is at record offset `at`. */
