@@ -36,9 +36,10 @@
  * @module
  */
 
-import { dirname, relative, resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { ConsolePort, PORT_NAMES, VirtioConsole } from "../devices/virtio/console/device.ts";
 import { guestInitramfs, initConfigFor } from "./guest_init.ts";
+import { shareFileSystem } from "./share_fs.ts";
 import { VirtioFs } from "../devices/virtio/fs/device.ts";
 import { VirtioNet } from "../devices/virtio/net/device.ts";
 import { NetStack } from "../devices/net/stack.ts";
@@ -47,7 +48,6 @@ import { VirtioMmioHost } from "../devices/virtio/mmio_remote.ts";
 import type { MmioState } from "../devices/virtio/mmio.ts";
 import type { VirtioDevice } from "../devices/virtio/device.ts";
 import { FuseServer } from "../devices/fuse/server.ts";
-import { PassthroughFs } from "../devices/fuse/passthrough.ts";
 import { Uart, type UartSnapshot } from "../devices/legacy/uart.ts";
 import { I8042Device } from "../devices/legacy/i8042.ts";
 import { Mailbox, type MailboxOptions } from "../devices/mailbox/mailbox.ts";
@@ -345,14 +345,7 @@ function attachDevices(
       device = consoleDev;
     } else if (slot.kind === "fs") {
       const s = slot.share!;
-      const fs = new PassthroughFs(s.hostPath, {
-        readOnly: s.readOnly,
-        crossMounts: !s.stayOnDevice,
-        hide: (s.hide ?? []).map((h) => relative(s.hostPath, h)).filter((h) =>
-          h && !h.startsWith("..")
-        ),
-        credentials: { uid: Deno.uid() ?? 0, gid: Deno.gid() ?? 0 },
-      });
+      const fs = shareFileSystem(s);
       cleanups.push(() => fs.close());
       device = new VirtioFs({ tag: s.tag, server: new FuseServer(fs) });
     } else {

@@ -100,10 +100,12 @@ hostTest(
         "--",
         "sh",
         "-c",
-        `cat in.txt; echo "$GREETING $(pwd)" > out.txt; echo x > ${marker} && cat ${marker}`,
+        `cat in.txt; echo "$GREETING $(pwd)" > out.txt; echo x > ${marker} && cat ${marker}; ` +
+        // The root share hides /home and /root.
+        "test -e /home || test -e /root || echo hidden",
       ]);
       strictEqual(r.code, 0, r.stderr);
-      strictEqual(r.stdout, "from host\nx\n");
+      strictEqual(r.stdout, "from host\nx\nhidden\n");
       strictEqual(await Deno.readTextFile(`${vol}/out.txt`), "hello /data\n");
       let onHost = true;
       try {

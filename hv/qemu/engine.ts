@@ -24,7 +24,8 @@ import { findKernel, type KernelInfo } from "../kernel/mod.ts";
 import { DEFAULT_PORTS, parseStatusLine } from "../../init/mod.ts";
 import { guestInitramfs } from "../guest_init.ts";
 import { FuseServer } from "../../devices/fuse/server.ts";
-import { PassthroughFs } from "../../devices/fuse/passthrough.ts";
+import type { PassthroughFs } from "../../devices/fuse/passthrough.ts";
+import { shareFileSystem } from "../share_fs.ts";
 import { VhostUserServer } from "../../devices/vhost_user/backend.ts";
 import { VirtioFsDevice } from "../../devices/vhost_user/fs.ts";
 import { QemuProcess } from "./process.ts";
@@ -179,6 +180,7 @@ export class QemuEngine implements Engine {
     const { info, image } = await this.#kernel(config);
     const dir = await Deno.makeTempDir({ prefix: "skiff-qemu-" });
     const servers: VhostUserServer[] = [];
+    const backends: PassthroughFs[] = [];
     let vm: QemuProcess | null = null;
     let stack: NetStack | null = null;
     let net: StreamListener | null = null;
@@ -187,11 +189,8 @@ export class QemuEngine implements Engine {
       const fs: FsDeviceSpec[] = [];
       for (const [i, share] of sharesOf(config).entries()) {
         const socketPath = `${dir}/fs${i}.sock`;
-        const backend = new PassthroughFs(share.hostPath, {
-          readOnly: share.readOnly,
-          crossMounts: !share.stayOnDevice,
-          hide: (share.hide ?? []).map((p) => p.replace(/^\/+/, "")),
-        });
+        const backend = shareFileSystem(share);
+        backends.push(backend);
         servers.push(
           new VhostUserServer(socketPath, new VirtioFsDevice(new FuseServer(backend)), {
             once: true,
@@ -275,6 +274,7 @@ export class QemuEngine implements Engine {
     } finally {
       if (vm) await vm.stop(1000);
       for (const s of servers) await s.close().catch(() => {});
+      for (const b of backends) b.close();
       await net?.close().catch(() => {});
       await stack?.[Symbol.asyncDispose]().catch(() => {});
       await Deno.remove(dir, { recursive: true }).catch(() => {});
