@@ -6,13 +6,17 @@
  * @module
  */
 
-import { canonicalJson, fromJsonData, sha256Hex, type StateValue, toJsonData } from "./codec.ts";
+import { fromJsonData, sha256Hex, type StateValue, toJsonData } from "./codec.ts";
 import { SnapshotError } from "./errors.ts";
 
 /** `state.json` magic string. */
 export const SNAPSHOT_MAGIC = "skiff-snapshot";
-/** Current format version; readers reject every other version. */
-export const FORMAT_VERSION = 1;
+/**
+ * Current format version; readers reject every other version. 2: the
+ * checksum is over `JSON.stringify` of the body (native, ~0.05 ms) instead of
+ * canonical JSON built in JS (~2 ms on a fresh process's first restore).
+ */
+export const FORMAT_VERSION = 2;
 /** Name of the state file inside a snapshot directory. */
 export const STATE_FILE = "state.json";
 /** Name of the memory file inside a snapshot directory. */
@@ -79,8 +83,19 @@ export function encodeManifest(m: SnapshotManifest): string {
     devices: toJsonData(m.devices, "$.devices"),
     source: toJsonData(m.source, "$.source"),
   };
-  const checksum = `sha256:${sha256Hex(canonicalJson(body))}`;
+  const checksum = bodyChecksum(body);
   return JSON.stringify({ ...body, checksum }, null, 1) + "\n";
+}
+
+/**
+ * Checksum of the `state.json` body (every key but `checksum`, in file
+ * order): SHA-256 of its compact `JSON.stringify` text. A parse/stringify
+ * round trip gives the same text as at write time (key order is kept,
+ * numbers and strings print canonically), so whitespace does not matter but
+ * key order does.
+ */
+function bodyChecksum(body: unknown): string {
+  return `sha256:${sha256Hex(JSON.stringify(body))}`;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -114,7 +129,7 @@ export function decodeManifest(text: string, path: string): SnapshotManifest {
     );
   }
   const { checksum, ...body } = doc;
-  const want = `sha256:${sha256Hex(canonicalJson(body))}`;
+  const want = bodyChecksum(body);
   if (checksum !== want) {
     throw new SnapshotError("corrupt", path, `checksum mismatch (${String(checksum)} ≠ ${want})`);
   }

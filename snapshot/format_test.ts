@@ -58,7 +58,12 @@ Deno.test("decodeManifest names magic, version and checksum problems", () => {
     "magic",
   );
   strictEqual(
-    problemOf(() => decodeManifest(JSON.stringify({ ...doc, version: 2 }), "/x")),
+    problemOf(() => decodeManifest(JSON.stringify({ ...doc, version: FORMAT_VERSION + 1 }), "/x")),
+    "version",
+  );
+  // A version-1 file (checksum over canonical JSON) is a version mismatch, not corruption.
+  strictEqual(
+    problemOf(() => decodeManifest(JSON.stringify({ ...doc, version: 1 }), "/x")),
     "version",
   );
   // Any edit that keeps the JSON valid breaks the checksum.
@@ -66,7 +71,7 @@ Deno.test("decodeManifest names magic, version and checksum problems", () => {
   strictEqual(problemOf(() => decodeManifest(JSON.stringify(edited), "/x")), "corrupt");
   const flipped = encodeManifest(sample()).replace('"memoryMiB": 256', '"memoryMiB": 257');
   throws(() => decodeManifest(flipped, "/snap/x"), /snapshot \/snap\/x: checksum mismatch/);
-  // Key order and whitespace do not matter: the checksum is over canonical JSON.
+  // Whitespace does not matter: the checksum is over the compact JSON.stringify text.
   strictEqual(decodeManifest(JSON.stringify(doc), "/x").memory.fileSize, 0x20000);
 });
 

@@ -57,7 +57,12 @@ function restoreOnce(dir: string): number {
   let t1 = 0;
   const m = restoreVm(
     dir,
-    ({ memory, snapshot }) => new TestMachine(memory, snapshot.manifest.vcpus.length),
+    ({ memory, snapshot }) =>
+      new TestMachine(
+        memory,
+        snapshot.manifest.vcpus.length,
+        !snapshot.manifest.vcpus.every((v) => v.cpuid),
+      ),
     (m) => m[Symbol.dispose](),
   );
   try {

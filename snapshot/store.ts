@@ -22,6 +22,19 @@ import {
 } from "./format.ts";
 import { digestMemoryFile, mapMemoryFile, writeMemoryFile } from "./memory_file.ts";
 
+/** lseek(2) whence: end of file. */
+const SEEK_END = 2;
+
+/** Size in bytes of the file at `path` (open, lseek to the end, close). */
+function fileSize(path: string): number {
+  const fd = open(path, O.RDONLY);
+  try {
+    return check(`lseek(${path})`, libc.lseek(fd, 0n, SEEK_END));
+  } finally {
+    close(fd);
+  }
+}
+
 /** fsync(2) of a file or directory by path. */
 export function fsyncPath(path: string): void {
   const fd = open(path, O.RDONLY);
@@ -148,9 +161,11 @@ export function readSnapshot(dir: string, options: ReadOptions = {}): Snapshot {
   }
   const manifest = decodeManifest(text, dir);
   const memoryPath = join(dir, MEMORY_FILE);
+  // open + lseek(SEEK_END) through the libc FFI already in use: the first
+  // Deno.statSync of a process costs 1.4–2.8 ms here, ~25% of a restore.
   let size: number;
   try {
-    size = Deno.statSync(memoryPath).size;
+    size = fileSize(memoryPath);
   } catch {
     throw new SnapshotError("missing", dir, `${MEMORY_FILE} not found`);
   }

@@ -7,7 +7,12 @@ const t0 = performance.now();
 let t1 = 0;
 const m = restoreVm(
   Deno.args[0],
-  ({ memory, snapshot }) => new TestMachine(memory, snapshot.manifest.vcpus.length),
+  ({ memory, snapshot }) =>
+    new TestMachine(
+      memory,
+      snapshot.manifest.vcpus.length,
+      !snapshot.manifest.vcpus.every((v) => v.cpuid),
+    ),
   (m) => m[Symbol.dispose](),
 );
 try {
