@@ -314,9 +314,15 @@ function attachDevices(
   opts: MachineOptions,
   cleanups: (() => void | Promise<void>)[],
   states?: Record<string, unknown>,
+  savedCpuid = false,
 ): Omit<KvmDevices, "vm" | "memory" | "cmdline" | "emulated"> {
-  const cpuid = vm.kvm.supportedCpuid();
-  for (let i = 0; i < p.cpus; i++) vm.createVcpu().fd.setCpuid2(cpuid);
+  // A restore whose snapshot has every vCPU's CPUID sets that table itself;
+  // fetching and setting the supported one would add ~0.8 ms to it.
+  const cpuid = savedCpuid ? null : vm.kvm.supportedCpuid();
+  for (let i = 0; i < p.cpus; i++) {
+    const v = vm.createVcpu();
+    if (cpuid) v.fd.setCpuid2(cpuid);
+  }
 
   let log = "";
   const dec = new TextDecoder();
@@ -541,7 +547,9 @@ async function restorePlanned(
     const r = await restoreHvVm(dir, (ctx) => {
       const vm = Vm.create({ memory: ctx.memory });
       try {
-        devices = attachDevices(vm, ctx.memory, p, opts, cleanups, ctx.snapshot.manifest.devices);
+        const m = ctx.snapshot.manifest;
+        const savedCpuid = m.vcpus.every((v) => v.cpuid);
+        devices = attachDevices(vm, ctx.memory, p, opts, cleanups, m.devices, savedCpuid);
       } catch (e) {
         // restoreHvVm releases the memory when build throws; the VM is ours.
         void vm.close();
