@@ -203,15 +203,13 @@ interface Reservation {
 /** Reservations not in use, any size. */
 const freeReservations: Reservation[] = [];
 
-/** The smallest free reservation of at least `size` bytes, or a new one. */
-function takeReservation(size: number): Reservation {
+/** The smallest free reservation of at least `size` bytes, or null. */
+function takeReservation(size: number): Reservation | null {
   let best = -1;
   freeReservations.forEach((r, i) => {
     if (r.size >= size && (best < 0 || r.size < freeReservations[best].size)) best = i;
   });
-  if (best >= 0) return freeReservations.splice(best, 1)[0];
-  const ptr = mmap(size, PROT.NONE, MAP.PRIVATE | MAP.ANONYMOUS | MAP.NORESERVE);
-  return { ptr, size, buffer: Deno.UnsafePointerView.getArrayBuffer(ptr, size) };
+  return best >= 0 ? freeReservations.splice(best, 1)[0] : null;
 }
 
 /**
@@ -251,16 +249,36 @@ class ReservedMemory extends RegionMemory {
  * reach the file) and returns it as guest memory laid out as `info` says.
  * Nothing is read: pages fault in from the page cache on first touch.
  *
- * The mapping goes `MAP_FIXED` into a reused address reservation (see
- * {@link Reservation}); disposing the memory releases the mapping and the fd
- * and returns the reservation. Views taken from a disposed memory must not
+ * Disposing the memory closes the fd and turns the mapping into a
+ * {@link Reservation}; a later restore of at most that size maps its file
+ * `MAP_FIXED` there and reuses the `ArrayBuffer`. Views taken from a disposed memory must not
  * be used (they fault, or after a later restore see its memory).
  */
 export function mapMemoryFile(path: string, info: MemoryInfo): RegionMemory {
   const fd = open(path, O.RDONLY);
+  const prot = PROT.READ | PROT.WRITE;
+  const flags = MAP.PRIVATE | MAP.NORESERVE;
   let res: Reservation;
   try {
-    res = takeReservation(info.fileSize);
+    const free = takeReservation(info.fileSize);
+    if (free) {
+      res = free;
+      try {
+        mmap(info.fileSize, prot, flags | MAP.FIXED, fd, 0, res.ptr);
+      } catch (e) {
+        releaseReservation(res);
+        throw e;
+      }
+    } else {
+      // First restore of this size: map where the kernel likes; the range
+      // becomes a reservation when this memory is disposed.
+      const ptr = mmap(info.fileSize, prot, flags, fd, 0);
+      res = {
+        ptr,
+        size: info.fileSize,
+        buffer: Deno.UnsafePointerView.getArrayBuffer(ptr, info.fileSize),
+      };
+    }
   } catch (e) {
     close(fd);
     throw e;
@@ -269,19 +287,6 @@ export function mapMemoryFile(path: string, info: MemoryInfo): RegionMemory {
     releaseReservation(res);
     close(fd);
   };
-  try {
-    mmap(
-      info.fileSize,
-      PROT.READ | PROT.WRITE,
-      MAP.PRIVATE | MAP.NORESERVE | MAP.FIXED,
-      fd,
-      0,
-      res.ptr,
-    );
-  } catch (e) {
-    release();
-    throw e;
-  }
   const base = Deno.UnsafePointer.value(res.ptr);
   const regions: MemoryRegion[] = info.regions.map((r) => ({
     guestAddr: r.guestAddr,
