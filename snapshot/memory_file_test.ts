@@ -85,6 +85,32 @@ Deno.test("memory file is sparse, maps back identical, and private writes leave 
   }
 });
 
+Deno.test("a disposed restore's range is reused by the next one, which sees the file, not the old writes", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "skiff-memfile-" });
+  try {
+    using mem = RegionMemory.memfd([{ guestAddr: 0, size: 8 * MiB }]);
+    mem.writeU32(4 * MiB, 0x11223344);
+    const path = join(dir, "memory");
+    const info = writeMemoryFile(path, mem);
+    const first = mapMemoryFile(path, info);
+    const addr = Deno.UnsafePointer.value(first.regions[0].hostPtr!);
+    first.writeU32(4 * MiB, 0xdeadbeef); // copy-on-write page
+    first.writeU32(6 * MiB, 0xdeadbeef); // page over a hole
+    first[Symbol.dispose]();
+    using second = mapMemoryFile(path, info);
+    strictEqual(Deno.UnsafePointer.value(second.regions[0].hostPtr!), addr);
+    strictEqual(second.readU32(4 * MiB), 0x11223344);
+    strictEqual(second.readU32(6 * MiB), 0);
+    // Two restores alive at once get different ranges.
+    using third = mapMemoryFile(path, info);
+    ok(Deno.UnsafePointer.value(third.regions[0].hostPtr!) !== addr);
+    strictEqual(third.readU32(4 * MiB), 0x11223344);
+    strictEqual(digestMemoryFile(path, info), info.digest);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("a 4 GiB guest that touched 32 MiB writes about 32 MiB", async () => {
   const dir = await Deno.makeTempDir({ prefix: "skiff-memfile-" });
   try {
