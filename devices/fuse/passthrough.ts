@@ -385,7 +385,13 @@ export class PassthroughFs extends FileSystem {
     }
     const fd = openat2(a.fd, path, O.PATH | O.NOFOLLOW | O.CLOEXEC, 0, RESOLVE_SAFE);
     if (fd < 0) throw new FuseError(fd === -Errno.ENOENT ? Errno.ESTALE : -fd, "reopen node");
-    if (this.#statFd(fd) < 0 || this.#key() !== node.key) {
+    // dev:ino alone can match a different object once the node holds no fd (the inode
+    // number of a removed file is reused, e.g. by a symlink put in its place): the
+    // file type must match too (0 = not known yet, during restore).
+    if (
+      this.#statFd(fd) < 0 || this.#key() !== node.key ||
+      (node.type !== 0 && (this.#stxv.getUint16(STATX_OFF.mode, true) & S.IFMT) !== node.type)
+    ) {
       sys.close(fd);
       throw new FuseError(Errno.ESTALE, `node ${node.id} was replaced`);
     }
@@ -456,27 +462,40 @@ export class PassthroughFs extends FileSystem {
     if (parent.type !== S.IFDIR) throw new FuseError(Errno.ENOTDIR);
     if (parent.foreign) throw FuseError.of(Errno.ENOENT);
     const c = this.#cname(name, this.#name1);
-    const pfd = this.#fd(parent);
-    const fd = openat2(pfd, c, O.PATH | O.NOFOLLOW | O.CLOEXEC, 0, RESOLVE_SAFE);
-    if (fd < 0) throw FuseError.of(-fd);
-    const st = this.#statFd(fd);
-    if (st < 0) {
-      sys.close(fd);
-      throw FuseError.of(-st);
-    }
-    return this.#adopt(parent, name, fd);
+    // One statx of a single validated component (no '/', not . or ..) with
+    // AT_SYMLINK_NOFOLLOW cannot leave `parent`, and is all a lookup needs: the node
+    // gets its O_PATH fd lazily (#fd: openat2 RESOLVE_BENEATH|NO_SYMLINKS from the
+    // nearest open ancestor, checked against this dev:ino). Opening an fd per entry
+    // cost an openat2 now and a close at LRU eviction, for nodes (READDIRPLUS of a
+    // large tree) that are mostly never opened.
+    const st = r(
+      sys.statx(
+        this.#fd(parent),
+        c,
+        AT.SYMLINK_NOFOLLOW,
+        STATX.BASIC_STATS | STATX.MNT_ID,
+        this.#stx,
+      ),
+    );
+    if (st < 0) throw FuseError.of(-st);
+    return this.#adopt(parent, name, -1);
   }
 
-  /** Registers the opened O_PATH `fd` (statx in scratch) as a node under `parent`. */
+  /**
+   * Registers the entry whose statx is in scratch as a node under `parent`, with
+   * `fd` (an O_PATH fd of it, owned from now on) or -1 (opened lazily by #fd).
+   */
   #adopt(parent: Node, name: Uint8Array, fd: number): Entry {
     const key = this.#key();
     if (this.#hidden.has(key)) {
-      sys.close(fd);
+      if (fd >= 0) sys.close(fd);
       throw FuseError.of(Errno.ENOENT);
     }
     let node = this.#byKey.get(key);
     if (node) {
-      if (node.fd < 0 && !node.stale) {
+      if (fd < 0) {
+        // keep whatever fd the node has
+      } else if (node.fd < 0 && !node.stale) {
         node.fd = fd;
         this.#cache(node);
       } else {
@@ -495,7 +514,7 @@ export class PassthroughFs extends FileSystem {
       const foreign = !this.#crossMounts &&
         this.#stxv.getBigUint64(STATX_OFF.mnt_id, true) !== this.#rootMnt;
       if (foreign && type !== S.IFDIR) {
-        sys.close(fd);
+        if (fd >= 0) sys.close(fd);
         throw FuseError.of(Errno.ENOENT);
       }
       node = new Node(this.#nextId++, parent, name.slice(), key, type, foreign);
@@ -503,7 +522,7 @@ export class PassthroughFs extends FileSystem {
       node.fd = fd;
       this.#byId.set(node.id, node);
       this.#byKey.set(key, node);
-      this.#cache(node);
+      if (fd >= 0) this.#cache(node);
     }
     node.lookups++;
     return this.#entry(node);
