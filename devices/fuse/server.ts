@@ -644,10 +644,16 @@ function putOpenOut(o: Uint8Array, at: number, fh: number, flags: number): numbe
   return 16;
 }
 
-/** Seconds (float) → [whole seconds, nanoseconds]. */
+let lastTimeout = NaN;
+let lastSplit: [bigint, number] = [0n, 0];
+
+/** Seconds (float) → [whole seconds, nanoseconds]; the last result is reused (one timeout per share). */
 function splitTimeout(t: number): [bigint, number] {
+  if (t === lastTimeout) return lastSplit;
   const s = Math.max(0, Math.floor(t));
-  return [BigInt(s), Math.floor((t - s) * 1e9)];
+  lastSplit = [BigInt(s), Math.floor((t - s) * 1e9)];
+  lastTimeout = t;
+  return lastSplit;
 }
 
 function writeAttr(v: DataView, p: number, a: Attr): void {
