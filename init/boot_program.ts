@@ -110,7 +110,7 @@ function errnoTable(): Uint8Array {
  * waiting up to {@link PORT_WAIT_MS} for it; jumps to `failTarget` (or the
  * error handler) with ENOENT as `step` on timeout.
  */
-function findPort(
+export function findPort(
   name: Val,
   out: Val,
   step: string,

@@ -17,33 +17,17 @@
  * {@link MAILBOX_RDINIT} on its command line (`rdinit=`,
  * Documentation/admin-guide/kernel-parameters.txt).
  *
- * How the setup is obtained: `bootProgram()` has no option to stop before
- * its one-shot tail, so {@link mailboxBootProgram} cuts its body at the
- * tail's first operation — `rec_ok = 2`, which starts the port section — and
- * throws if that marker is ever missing (a test checks it). A narrowly
- * scoped `BootOptions.tail?: Fragment` in `boot_program.ts` would replace the
- * cut (see this module's report).
+ * How the setup is obtained: `bootProgram({ tail })` with an empty tail
+ * stops before the one-shot part (opening the ports, the command, the status
+ * line, power-off) and keeps its error handler.
  *
  * @module
  */
 
 import type { KernelInfo } from "../hv/kernel/mod.ts";
 import { compileElf, type Program } from "./codegen/mod.ts";
-import {
-  branch,
-  E,
-  exit,
-  fail,
-  Fragment,
-  jump,
-  label,
-  seq,
-  set,
-  uniqueLabel,
-  v,
-  type VarRef,
-} from "./ir/mod.ts";
-import { type BootOptions, bootProgram, PORT_WAIT_MS, RECORD_PATH } from "./boot_program.ts";
+import { exit, type Fragment, seq, v, type VarRef } from "./ir/mod.ts";
+import { type BootOptions, bootProgram, findPort, RECORD_PATH } from "./boot_program.ts";
 import type { InitConfig } from "./config.ts";
 import { buildInitramfs } from "./initramfs.ts";
 import { mailboxLoop, type MailboxLoopOptions } from "./mailbox_loop.ts";
@@ -79,8 +63,6 @@ export interface MailboxBootOptions {
   waitForPorts?: boolean;
 }
 
-const POLL_MS = 20;
-
 /** The boot program's operations up to (not including) its one-shot tail. */
 export function bootSetup(o: BootOptions = {}): { setup: Fragment; onError?: Fragment } {
   const prog = bootProgram({ ...o, tail: seq() });
@@ -90,25 +72,10 @@ export function bootSetup(o: BootOptions = {}): { setup: Fragment; onError?: Fra
 /** Waits for the virtio-console port whose name is at record offset `at`. */
 function waitForPort(rec: VarRef, at: number, what: string): Fragment {
   const name = v(`mbm_port_${what}`);
-  const i = v("mbm_port_i");
-  const r = v("mbm_port_r");
   const path = { kind: "buf" as const, name: "mbm_port_path", size: 512 };
-  const again = uniqueLabel("mbm_port");
-  const sleep = uniqueLabel("mbm_portwait");
-  const found = uniqueLabel("mbm_portfound");
   return seq(
     { op: "load", dst: name, addr: rec, offset: at, size: 8 },
-    set(i, 0),
-    label(again),
-    { op: "call", routine: "find_port", args: [name, path], dst: r },
-    branch("eq", r, 0, found),
-    { op: "arith", kind: "add", dst: i, a: i, b: 1 },
-    branch("ltu", i, Math.ceil(PORT_WAIT_MS / POLL_MS), sleep),
-    fail(`find port ${what}`, E.ENOENT),
-    label(sleep),
-    { op: "call", routine: "sleep_ms", args: [POLL_MS] },
-    jump(again),
-    label(found),
+    findPort(name, path, `find port ${what}`, {}),
   );
 }
 
