@@ -146,7 +146,7 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   boot: {
-    summary: "boot the guest kernel on skiff's KVM engine with the serial console",
+    summary: "an interactive guest shell, or (--console-log) the kernel's boot log on skiff's KVM",
     help: [
       "Usage: skiff boot [--engine E] [--cpus N] [--memory MiB] [--volume HOST:GUEST[:ro]]…",
       "       skiff boot --console-log FILE --timeout SECONDS [--kernel PATH] [--modules DIR]",
