@@ -11,7 +11,7 @@
 
 import { parseArgs, type ParseArgsConfig } from "node:util";
 
-import { EXIT_FAILURE, EXIT_TIMEOUT } from "./hv/engine.ts";
+import { EXIT_FAILURE, EXIT_TIMEOUT } from "./hv/errors.ts";
 export { EXIT_FAILURE, EXIT_TIMEOUT };
 
 /** A command-line mistake; printed as one line with a hint to `--help`. */
@@ -184,8 +184,8 @@ const COMMANDS: Record<string, Command> = {
       });
       if (values["console-log"] === undefined) {
         if (values.timeout !== undefined) throw new UsageError("--timeout needs --console-log");
-        const { runConfig } = await import("./hv/run_options.ts");
-        const { bootShell } = await import("./hv/run_command.ts");
+        const { runConfig } = await import("./hv/cli/run_options.ts");
+        const { bootShell } = await import("./hv/cli/run_command.ts");
         const engine = values.engine ?? "auto";
         if (engine !== "kvm" && engine !== "qemu" && engine !== "auto") {
           throw new UsageError(`--engine ${engine}: expected kvm, qemu or auto`);
@@ -213,7 +213,7 @@ const COMMANDS: Record<string, Command> = {
         return n;
       };
       if (values.timeout === undefined) throw new UsageError("--timeout SECONDS is required");
-      const { bootWithConsoleLog } = await import("./hv/console_boot.ts");
+      const { bootWithConsoleLog } = await import("./hv/kvm/console_boot.ts");
       const ac = new AbortController();
       const onSignal = () => ac.abort();
       Deno.addSignalListener("SIGINT", onSignal);
@@ -408,8 +408,8 @@ const COMMANDS: Record<string, Command> = {
       if (engine !== "kvm" && engine !== "qemu" && engine !== "auto") {
         throw new UsageError(`--engine ${engine}: expected kvm, qemu or auto`);
       }
-      const { runConfig, parseTimeout } = await import("./hv/run_options.ts");
-      const { runCommand } = await import("./hv/run_command.ts");
+      const { runConfig, parseTimeout } = await import("./hv/cli/run_options.ts");
+      const { runCommand } = await import("./hv/cli/run_command.ts");
       const { config, workload } = runConfig({
         argv: command,
         cpus: values.cpus,

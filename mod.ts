@@ -4,33 +4,26 @@
  * @module
  */
 
-export { VirtualMachine } from "./hv/virtual_machine.ts";
+export { VirtualMachine } from "./hv/library/virtual_machine.ts";
 export type {
   RunCallOptions,
   RunResult,
   VirtualMachineOptions,
   VolumeOptions,
-} from "./hv/virtual_machine.ts";
+} from "./hv/library/virtual_machine.ts";
 export {
   ConfigError,
   EngineUnavailableError,
-  exitCodeOf,
   SkiffError,
   VmError,
   VmExitError,
   VmTimeoutError,
-} from "./hv/engine.ts";
-export type {
-  ConsoleIO,
-  Engine,
-  ExitStatus,
-  Share,
-  VmConfig,
-  Workload,
-  WorkloadIO,
-} from "./hv/engine.ts";
-export { chooseEngine, selectEngine } from "./hv/select_engine.ts";
-export type { EngineChoice } from "./hv/select_engine.ts";
+} from "./hv/errors.ts";
+export { exitCodeOf } from "./hv/config.ts";
+export type { ConsoleIO, Engine, WorkloadIO } from "./hv/engine/types.ts";
+export type { ExitStatus, Share, VmConfig, Workload } from "./hv/config.ts";
+export { chooseEngine, selectEngine } from "./hv/library/select_engine.ts";
+export type { EngineChoice } from "./hv/library/select_engine.ts";
 export { QemuEngine } from "./hv/qemu/engine.ts";
 export { GuestMemoryError, RegionMemory } from "./hv/memory.ts";
 export type { GuestMemory, MemoryRegion } from "./hv/memory.ts";
@@ -73,7 +66,7 @@ export {
   mailboxInitramfs,
 } from "./init/mailbox_mode.ts";
 export type { MailboxBootOptions } from "./init/mailbox_mode.ts";
-export { buildKvmMachine, isEmulatedKvm, KvmEngine } from "./hv/kvm_engine.ts";
+export { buildKvmMachine, isEmulatedKvm, KvmEngine } from "./hv/kvm/engine.ts";
 export type {
   KvmDevices,
   KvmEngineOptions,
@@ -81,10 +74,11 @@ export type {
   MachineOptions,
   RestoredKvmMachine,
   SnapshotOutcome,
-} from "./hv/kvm_engine.ts";
-export { bootWithConsoleLog } from "./hv/console_boot.ts";
-export type { ConsoleBootOptions, ConsoleBootResult } from "./hv/console_boot.ts";
-export { buildAcpiTables, sleepSpec, writeAcpiTables } from "./hv/acpi/mod.ts";
+} from "./hv/kvm/engine.ts";
+export { bootWithConsoleLog } from "./hv/kvm/console_boot.ts";
+export type { ConsoleBootOptions, ConsoleBootResult } from "./hv/kvm/console_boot.ts";
+export { buildAcpiTables, writeAcpiTables } from "./hv/acpi/mod.ts";
+export { sleepSpec } from "./devices/legacy/mod.ts";
 export type { AcpiOptions, AcpiTables, AcpiVirtioDevice } from "./hv/acpi/mod.ts";
 export {
   attachVirtioNet,

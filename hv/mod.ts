@@ -1,7 +1,8 @@
 /**
  * skiff's VMM core: guest memory, the VM and its vCPUs (one Worker each,
- * synchronous `KVM_RUN`), exits, buses, the device plug-in interface, and
- * x86 long-mode setup. See `hv/README.md` for how the pieces fit.
+ * synchronous `KVM_RUN`), exits, buses and the device plug-in interface.
+ * x86 long-mode setup is `hv/x86/mod.ts`. See `hv/README.md` for how the
+ * pieces fit.
  *
  * @module
  */
@@ -26,5 +27,4 @@ export type {
 export { decodeExit, exitReasonName, fatalExitReason } from "./exits.ts";
 export type { VcpuExit } from "./exits.ts";
 export { KICK_SIGNAL } from "./kick.ts";
-export { VmExitError } from "./engine.ts";
-export * from "./x86/mod.ts";
+export { VmExitError } from "./errors.ts";

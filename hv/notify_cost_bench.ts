@@ -24,12 +24,7 @@
 
 import { Assembler, mem } from "../init/asm/mod.ts";
 import { debugExitSpec } from "../devices/legacy/debug_exit.ts";
-import {
-  drainEventfd,
-  signalEventfd,
-  StopSignal,
-  waitReadable,
-} from "../devices/vhost_user/socket.ts";
+import { drainEventfd, signalEventfd, StopSignal, waitReadable } from "../kvm_ffi/eventfd.ts";
 import { close, EFD, eventfd } from "../kvm_ffi/libc.ts";
 import { RegionMemory } from "./memory.ts";
 import { Vm, type VmStop } from "./vm.ts";

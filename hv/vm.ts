@@ -19,7 +19,7 @@ import { Kvm, VmFd } from "../kvm_ffi/kvm.ts";
 import { KVM_PIT_SPEAKER_DUMMY } from "../kvm_ffi/kvm_sys.ts";
 import { type Bus, type BusDevice, mmioBus, portBus } from "./bus.ts";
 import type { DeviceSpec } from "./device.ts";
-import { VmExitError } from "./engine.ts";
+import { VmExitError } from "./errors.ts";
 import type { MemoryRegion, RegionMemory } from "./memory.ts";
 import { type RunState, Vcpu } from "./vcpu.ts";
 import type { RawRegion, VcpuStop } from "./worker_protocol.ts";

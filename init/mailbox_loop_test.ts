@@ -148,7 +148,10 @@ hostTest("mailbox loop (native): ready, payloads, command records, shutdown", []
     strictEqual(await Deno.readTextFile(join(dir, "out")), `out bar ${dir}\n`);
     strictEqual(await Deno.readTextFile(join(dir, "err")), "err\n");
     strictEqual(
-      await mb.runCommand(decodeRecord(record(dir, ["/bin/sh", "-c", "exit 0"])), DEADLINE),
+      await mb.runCommand(
+        encodeRecord(decodeRecord(record(dir, ["/bin/sh", "-c", "exit 0"]))),
+        DEADLINE,
+      ),
       0,
     );
     strictEqual(await mb.runCommand(record(dir, ["sh", "-c", "kill -KILL $$"]), DEADLINE), 137);

@@ -161,7 +161,7 @@ hostTest("mailbox mode (native): boot setup, READY, then command records", [
       "echo err >&2",
       "exit 7",
     ].join("\n");
-    strictEqual(await mb.runCommand(spec(dir, ["sh", "-c", script]), DEADLINE), 7);
+    strictEqual(await mb.runCommand(encodeRecord(spec(dir, ["sh", "-c", script])), DEADLINE), 7);
     const out = await Deno.readTextFile(join(ports, PORTS.stdout));
     match(out, /^host: skiff-mbmode\n/);
     const mountAt = (p: string) =>
@@ -173,7 +173,7 @@ hostTest("mailbox mode (native): boot setup, READY, then command records", [
     ok(out.endsWith("hi\n"), out);
     strictEqual(await Deno.readTextFile(join(ports, PORTS.stderr)), "err\n");
     // A second command in the same init.
-    strictEqual(await mb.runCommand(spec(dir, ["sh", "-c", "exit 0"]), DEADLINE), 0);
+    strictEqual(await mb.runCommand(encodeRecord(spec(dir, ["sh", "-c", "exit 0"])), DEADLINE), 0);
     await mb.shutdown(DEADLINE);
     const st = await Promise.race([
       child.status,

@@ -9,7 +9,7 @@
  */
 
 import { basename } from "node:path";
-import type { VmConfig } from "../hv/engine.ts";
+import type { VmConfig } from "../hv/config.ts";
 import { snapshotKey } from "./cache.ts";
 import { sha256Hex, type StateValue, toJsonData } from "./codec.ts";
 import { contentHash } from "./content_hash.ts";

@@ -1,6 +1,6 @@
 import { notStrictEqual, strictEqual } from "node:assert/strict";
 import { join } from "node:path";
-import type { VmConfig } from "../hv/engine.ts";
+import type { VmConfig } from "../hv/config.ts";
 import { type VmKeyInput, vmSnapshotKey } from "./vm_key.ts";
 
 Deno.test("vmSnapshotKey covers kernel/initramfs contents, cmdline, config and devices, not verbose", async () => {

@@ -12,7 +12,7 @@ import { RecorderHost } from "../hv/testing/recorder.ts";
 import { debugExitSpec } from "../devices/legacy/debug_exit.ts";
 import { Uart } from "../devices/legacy/uart.ts";
 import { I8042Device } from "../devices/legacy/i8042.ts";
-import { VmExitError } from "../hv/engine.ts";
+import { VmExitError } from "../hv/errors.ts";
 
 const COM1 = 0x3f8;
 const EXIT_PORT = 0x501;

@@ -12,7 +12,7 @@
 import { match, ok, strictEqual } from "node:assert/strict";
 import { join } from "node:path";
 import { hostTest } from "./requirements.ts";
-import { bootWithConsoleLog, type ConsoleBootResult } from "../hv/console_boot.ts";
+import { bootWithConsoleLog, type ConsoleBootResult } from "../hv/kvm/console_boot.ts";
 import { findKernel } from "../hv/kernel/cache.ts";
 import { E820 } from "../hv/boot/layout.ts";
 

@@ -1,6 +1,7 @@
 /**
  * Legacy PC devices: the 8250 UART (serial console), the i8042 (reset line)
- * and a debug-exit port for test guests.
+ * a debug-exit port for test guests, and the ACPI hardware-reduced sleep
+ * register (power-off).
  *
  * @module
  */
@@ -19,3 +20,4 @@ export type { UartConfig, UartOptions, UartSnapshot, UartVm } from "./uart.ts";
 export { I8042, I8042_CTR, I8042_STATUS, I8042Device, I8042Registers } from "./i8042.ts";
 export type { I8042Snapshot } from "./i8042.ts";
 export { DEBUG_EXIT_PORT, debugExitSpec } from "./debug_exit.ts";
+export { isPowerOff, sleepSpec } from "./acpi_sleep.ts";

@@ -16,7 +16,6 @@
 
 import type { DeviceSpec } from "../../hv/device.ts";
 import { type GuestMemory, RegionMemory } from "../../hv/memory.ts";
-import { encodeRecord, type RecordSpec } from "../../init/record.ts";
 import type { MailboxDeviceConfig } from "./device.ts";
 import {
   MAILBOX_LAYOUT,
@@ -187,19 +186,13 @@ export class Mailbox implements Disposable {
   }
 
   /**
-   * Runs a command record in the init: the encoded bytes, or a
-   * {@link RecordSpec} (encoded here with `encodeRecord`; the init uses its
-   * argv, env, cwd, PATH and stdio port names). Resolves to the command's
-   * exit status (0–255, 128 + signal), or -errno when the init could not
-   * run the record. A spec that cannot be encoded throws `RecordError`
-   * before anything is sent.
+   * Runs a command record (init/RECORD.md, encoded by the caller with
+   * init/record.ts `encodeRecord`: the mailbox is a device and knows nothing
+   * of the init's formats) in the init. Resolves to the command's exit status
+   * (0–255, 128 + signal), or -errno when the init could not run the record.
    */
-  async runCommand(
-    record: Uint8Array | RecordSpec,
-    options: MailboxCallOptions = {},
-  ): Promise<number> {
-    const bytes = record instanceof Uint8Array ? record : encodeRecord(record);
-    return Number(await this.#run(MB_CMD.COMMAND, bytes, 0n, options));
+  async runCommand(record: Uint8Array, options: MailboxCallOptions = {}): Promise<number> {
+    return Number(await this.#run(MB_CMD.COMMAND, record, 0n, options));
   }
 
   /** Tells the init to finish (in a VM it powers off). Resolves when it acknowledged. */

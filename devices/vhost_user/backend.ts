@@ -34,14 +34,8 @@ import {
   type VringAddr,
   vringStatePayload,
 } from "./protocol.ts";
-import {
-  drainEventfd,
-  signalEventfd,
-  StopSignal,
-  type UnixConn,
-  UnixListener,
-  waitReadable,
-} from "./socket.ts";
+import { drainEventfd, signalEventfd, StopSignal, waitReadable } from "../../kvm_ffi/eventfd.ts";
+import { type UnixConn, UnixListener } from "./socket.ts";
 
 /** virtio 1.2 §6: VIRTIO_F_VERSION_1. */
 export const VIRTIO_F_VERSION_1 = 1n << 32n;

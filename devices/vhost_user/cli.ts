@@ -7,7 +7,7 @@
  * @module
  */
 
-import { ConfigError } from "../../hv/engine.ts";
+import { ConfigError } from "../../hv/errors.ts";
 import { FuseServer } from "../fuse/server.ts";
 import { PassthroughFs } from "../fuse/passthrough.ts";
 import { VhostUserServer } from "./backend.ts";

@@ -24,4 +24,5 @@ export {
 } from "./backend.ts";
 export { VirtioFsDevice } from "./fs.ts";
 export * from "./protocol.ts";
-export { StopSignal, UnixConn, UnixListener } from "./socket.ts";
+export { UnixConn, UnixListener } from "./socket.ts";
+export { StopSignal } from "../../kvm_ffi/eventfd.ts";

@@ -3,23 +3,14 @@
  * descriptors (memory regions, eventfds) as SCM_RIGHTS ancillary data, which
  * Deno's socket API does not expose. Sockets are non-blocking; waiting
  * happens in `poll` on a thread-pool thread (`nonblocking: true` FFI), so the
- * event loop never blocks. Every wait also watches a "stop" eventfd: writing
- * to it wakes and ends all pending waits.
+ * event loop never blocks (kvm_ffi/eventfd.ts). Every wait also watches a
+ * "stop" eventfd: writing to it wakes and ends all pending waits.
  *
  * @module
  */
 
-import {
-  check,
-  close,
-  cstr,
-  EFD,
-  errno,
-  eventfd,
-  libc,
-  POLL,
-  SysError,
-} from "../../kvm_ffi/libc.ts";
+import { StopSignal, waitReadable } from "../../kvm_ffi/eventfd.ts";
+import { check, close, cstr, errno, libc, SysError } from "../../kvm_ffi/libc.ts";
 
 /** socket(2) constants (x86-64 Linux). */
 const AF_UNIX = 1;
@@ -33,58 +24,6 @@ const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
 const EAGAIN = 11;
 const EINTR = 4;
-
-/** A wake-up eventfd shared by every wait of one back-end; {@link StopSignal.fire} ends them all. */
-export class StopSignal implements Disposable {
-  /** The eventfd (readable once fired). */
-  readonly fd: number;
-  #fired = false;
-  constructor() {
-    this.fd = eventfd(0, EFD.CLOEXEC | EFD.NONBLOCK);
-  }
-  /** True once fired. */
-  get fired(): boolean {
-    return this.#fired;
-  }
-  /** Wakes every pending wait (they return "stopped"). Idempotent. */
-  fire(): void {
-    if (this.#fired) return;
-    this.#fired = true;
-    const one = new Uint8Array(8);
-    one[0] = 1;
-    libc.write(this.fd, one, 8n);
-  }
-  /** Closes the eventfd (fire first and let waits finish). */
-  [Symbol.dispose](): void {
-    try {
-      close(this.fd);
-    } catch {
-      // already closed
-    }
-  }
-}
-
-/**
- * Waits until `fd` is readable (or has hung up). Resolves "ready", or
- * "stopped" once `stop` fires.
- */
-export async function waitReadable(fd: number, stop: StopSignal): Promise<"ready" | "stopped"> {
-  const pfd = new Uint8Array(16);
-  const dv = new DataView(pfd.buffer);
-  for (;;) {
-    if (stop.fired) return "stopped";
-    dv.setInt32(0, fd, true);
-    dv.setInt16(4, POLL.IN, true);
-    dv.setInt16(6, 0, true);
-    dv.setInt32(8, stop.fd, true);
-    dv.setInt16(12, POLL.IN, true);
-    dv.setInt16(14, 0, true);
-    const r = await libc.poll_nb(pfd, 2n, -1);
-    if (stop.fired || dv.getInt16(14, true) !== 0) return "stopped";
-    if (r > 0 && dv.getInt16(6, true) !== 0) return "ready";
-    // r < 0 is EINTR on the pool thread (its errno is not ours): poll again.
-  }
-}
 
 function sockaddrUn(path: string): Uint8Array<ArrayBuffer> {
   const p = cstr(path);
@@ -239,18 +178,4 @@ export class UnixConn implements Disposable {
     this.#closed = true;
     libc.close(this.fd);
   }
-}
-
-/** Reads and discards an eventfd's counter (non-blocking fd or after poll); returns it. */
-export function drainEventfd(fd: number): bigint {
-  const buf = new Uint8Array(8);
-  const n = Number(libc.read(fd, buf, 8n));
-  return n === 8 ? new DataView(buf.buffer).getBigUint64(0, true) : 0n;
-}
-
-/** Adds 1 to an eventfd (a vhost-user "call": interrupt the guest). */
-export function signalEventfd(fd: number): void {
-  const one = new Uint8Array(8);
-  one[0] = 1;
-  libc.write(fd, one, 8n);
 }

@@ -12,7 +12,7 @@ import type { DeviceContext, VirtioDevice } from "./device.ts";
 import { MMIO } from "./mmio.ts";
 import { type IoeventfdVm, VirtioMmioHost } from "./mmio_remote.ts";
 import { Queue } from "./queue.ts";
-import { signalEventfd } from "../vhost_user/socket.ts";
+import { signalEventfd } from "../../kvm_ffi/eventfd.ts";
 
 const BASE = 0xd000_0000;
 

@@ -37,7 +37,7 @@ import {
 } from "./mmio.ts";
 import { Queue, type QueueState } from "./queue.ts";
 import { close, EFD, eventfd, libc } from "../../kvm_ffi/libc.ts";
-import { drainEventfd, StopSignal, waitReadable } from "../vhost_user/socket.ts";
+import { drainEventfd, StopSignal, waitReadable } from "../../kvm_ffi/eventfd.ts";
 
 /** Bytes of device config space mirrored in the shared buffer. */
 export const CONFIG_MIRROR = 256;

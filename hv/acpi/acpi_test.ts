@@ -11,7 +11,7 @@ import {
   virtioDeviceName,
   writeAcpiTables,
 } from "./tables.ts";
-import { isPowerOff } from "./sleep.ts";
+import { isPowerOff } from "../../devices/legacy/acpi_sleep.ts";
 
 const u32 = (b: Uint8Array, off: number) =>
   new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(off, true);

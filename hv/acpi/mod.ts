@@ -1,7 +1,7 @@
 /**
  * ACPI for skiff's guests: an AML encoder, the RSDP/XSDT/FADT/MADT/DSDT
- * builders, and the hardware-reduced sleep register device that turns a
- * guest `poweroff` into the end of the VM.
+ * builders. The sleep register device they point at (a guest `poweroff`
+ * ends the VM) is devices/legacy/acpi_sleep.ts.
  *
  * @module
  */
@@ -30,4 +30,3 @@ export type {
   InterruptOverride,
   PlacedTable,
 } from "./tables.ts";
-export { isPowerOff, sleepSpec } from "./sleep.ts";

@@ -16,7 +16,7 @@
  */
 
 import { basename, isAbsolute, join, resolve } from "node:path";
-import { SkiffError } from "../engine.ts";
+import { SkiffError } from "../errors.ts";
 import { isElf } from "../boot/elf.ts";
 import { isBzImage } from "../boot/setup_header.ts";
 import { buildModulesDep, ModulesDep } from "./modules.ts";

@@ -8,7 +8,7 @@
  */
 
 import { join } from "node:path";
-import { SkiffError } from "../engine.ts";
+import { SkiffError } from "../errors.ts";
 import { isElf } from "../boot/elf.ts";
 import { bzImagePayload, parseSetupHeader } from "../boot/setup_header.ts";
 import {

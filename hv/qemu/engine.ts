@@ -9,29 +9,21 @@
  * @module
  */
 
-import {
-  ConfigError,
-  type ConsoleIO,
-  type Engine,
-  type ExitStatus,
-  type Share,
-  type VmConfig,
-  VmError,
-  type Workload,
-  type WorkloadIO,
-} from "../engine.ts";
+import { ConfigError, VmError } from "../errors.ts";
+import { type ConsoleIO, type Engine, type WorkloadIO } from "../engine/types.ts";
+import { type ExitStatus, type Share, type VmConfig, type Workload } from "../config.ts";
 import { findKernel, type KernelInfo } from "../kernel/mod.ts";
 import { DEFAULT_PORTS, parseStatusLine } from "../../init/mod.ts";
-import { guestInitramfs } from "../guest_init.ts";
+import { guestInitramfs } from "../engine/guest_init.ts";
 import { FuseServer } from "../../devices/fuse/server.ts";
 import type { PassthroughFs } from "../../devices/fuse/passthrough.ts";
-import { shareFileSystem } from "../share_fs.ts";
+import { shareFileSystem } from "../engine/share_fs.ts";
 import { VhostUserServer } from "../../devices/vhost_user/backend.ts";
 import { VirtioFsDevice } from "../../devices/vhost_user/fs.ts";
 import { QemuProcess } from "./process.ts";
 import { NetStack } from "../../devices/net/stack.ts";
 import { listenStream, type StreamListener } from "../../devices/net/stream.ts";
-import { GUEST_PATH } from "../run_options.ts";
+import { GUEST_PATH } from "../config.ts";
 import type { FsDeviceSpec } from "./cmdline.ts";
 
 /** Options of {@link QemuEngine}. */

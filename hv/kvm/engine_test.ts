@@ -11,15 +11,16 @@
 
 import { deepStrictEqual, match, ok, rejects, strictEqual } from "node:assert/strict";
 import { join } from "node:path";
-import { Assembler, mem } from "../init/asm/mod.ts";
-import { hostTest } from "../tests/requirements.ts";
-import { ConfigError, type VmConfig, VmError, VmExitError, VmTimeoutError } from "./engine.ts";
-import { buildKvmMachine, isEmulatedKvm, KvmEngine, type KvmEngineOptions } from "./kvm_engine.ts";
-import { SnapshotCache } from "../snapshot/cache.ts";
+import { Assembler, mem } from "../../init/asm/mod.ts";
+import { hostTest } from "../../tests/requirements.ts";
+import { ConfigError, VmError, VmExitError, VmTimeoutError } from "../errors.ts";
+import { type VmConfig } from "../config.ts";
+import { buildKvmMachine, isEmulatedKvm, KvmEngine, type KvmEngineOptions } from "./engine.ts";
+import { SnapshotCache } from "../../snapshot/cache.ts";
 import { bootWithConsoleLog } from "./console_boot.ts";
-import { LAYOUT } from "./boot/layout.ts";
-import { buildDsdt, SLEEP } from "./acpi/tables.ts";
-import { BP, readE820 } from "./boot/params.ts";
+import { LAYOUT } from "../boot/layout.ts";
+import { buildDsdt, SLEEP } from "../acpi/tables.ts";
+import { BP, readE820 } from "../boot/params.ts";
 
 const LOAD = 16 << 20;
 const COM1 = 0x3f8;

@@ -6,18 +6,11 @@
  * @module
  */
 
-import {
-  type Engine,
-  EngineUnavailableError,
-  EXIT_TIMEOUT,
-  exitCodeOf,
-  SkiffError,
-  type VmConfig,
-  VmTimeoutError,
-  type Workload,
-} from "./engine.ts";
-import { type EngineChoice, selectEngine } from "./select_engine.ts";
-import { KvmEngine } from "./kvm_engine.ts";
+import { type Engine } from "../engine/types.ts";
+import { EngineUnavailableError, EXIT_TIMEOUT, SkiffError, VmTimeoutError } from "../errors.ts";
+import { exitCodeOf, type VmConfig, type Workload } from "../config.ts";
+import { type EngineChoice, selectEngine } from "../library/select_engine.ts";
+import { KvmEngine } from "../kvm/engine.ts";
 
 /** Options of {@link runCommand}. */
 export interface RunCommandOptions {

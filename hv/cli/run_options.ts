@@ -8,15 +8,18 @@
  * @module
  */
 
-import { isAbsolute, resolve } from "node:path";
+import { isAbsolute } from "node:path";
+import { ConfigError } from "../errors.ts";
 import {
-  ConfigError,
+  defaultRootShare,
+  GUEST_PATH,
   type NetOptions,
   type Share,
   type VmConfig,
+  volumeShare,
   type Workload,
-} from "./engine.ts";
-import { parsePublish } from "../devices/net/config.ts";
+} from "../config.ts";
+import { parsePublish } from "../../devices/net/config.ts";
 
 /** `skiff run` options as the CLI parsed them (strings are unparsed flag values). */
 export interface RunOptions {
@@ -41,24 +44,6 @@ export interface RunOptions {
   cwd?: string;
 }
 
-/** Default guest PATH. */
-export const GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/** Host paths the root share hides (DESIGN.md: users' files stay out). */
-export const HIDDEN_FROM_ROOT = ["/home", "/root"];
-
-/** The default root share: host `/`, read-only, not crossing mounts, /home and /root hidden. */
-export function defaultRootShare(): Share {
-  return {
-    tag: "root",
-    hostPath: "/",
-    guestPath: "/",
-    readOnly: true,
-    stayOnDevice: true,
-    hide: HIDDEN_FROM_ROOT,
-  };
-}
-
 function positiveInt(flag: string, value: string | undefined, fallback: number, max: number) {
   if (value === undefined) return fallback;
   const n = Number(value);
@@ -76,24 +61,12 @@ export function parseVolume(spec: string, index: number, cwd: string): Share {
   if (parts.length !== 2 || !parts[0] || !parts[1]) {
     throw new ConfigError(`--volume ${spec}: expected HOST:GUEST or HOST:GUEST:ro`);
   }
-  const hostPath = resolve(cwd, parts[0]);
-  const guestPath = parts[1];
-  if (!isAbsolute(guestPath)) {
-    throw new ConfigError(`--volume ${spec}: the guest path '${guestPath}' must be absolute`);
-  }
-  if (guestPath === "/") {
-    throw new ConfigError(`--volume ${spec}: cannot mount over the guest's root`);
-  }
-  let st: Deno.FileInfo;
-  try {
-    st = Deno.statSync(hostPath);
-  } catch {
-    throw new ConfigError(`--volume ${spec}: host path ${hostPath} does not exist`);
-  }
-  if (!st.isDirectory) {
-    throw new ConfigError(`--volume ${spec}: host path ${hostPath} is not a directory`);
-  }
-  return { tag: `vol${index}`, hostPath, guestPath, readOnly: mode === "ro" };
+  return volumeShare(
+    { hostPath: parts[0], guestPath: parts[1], readOnly: mode === "ro" },
+    index,
+    cwd,
+    `--volume ${spec}`,
+  );
 }
 
 /** Parses `--env K=V` (or `--env K`, taking the host's value) into `env`. */

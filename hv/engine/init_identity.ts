@@ -13,11 +13,11 @@
 
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type KernelInfo, kernelModules } from "./kernel/mod.ts";
-import { type InitConfig, modulesFor, recordFor } from "../init/config.ts";
-import { bootInitConfig, MAILBOX_INIT_PATH } from "../init/mailbox_mode.ts";
-import { canonicalJson, sha256Hex } from "../snapshot/codec.ts";
-import { contentHash } from "../snapshot/content_hash.ts";
+import { type KernelInfo, kernelModules } from "../kernel/mod.ts";
+import { type InitConfig, modulesFor, recordFor } from "../../init/config.ts";
+import { bootInitConfig, MAILBOX_INIT_PATH } from "../../init/mailbox_mode.ts";
+import { canonicalJson, sha256Hex } from "../../snapshot/codec.ts";
+import { contentHash } from "../../snapshot/content_hash.ts";
 
 /** Source trees whose code generates the initramfs (relative to the repository root). */
 const SOURCES = ["init", "devices/mailbox/registers.ts"];
@@ -28,12 +28,15 @@ let sourceHash: Promise<string | null> | undefined;
 export function initSourceHash(): Promise<string | null> {
   sourceHash ??= (async () => {
     // Only from the source tree: a bundle (dist/skiff.js) may be older than the files around it.
-    if (!import.meta.url.startsWith("file:") || !import.meta.url.endsWith("/hv/init_identity.ts")) {
+    if (
+      !import.meta.url.startsWith("file:") ||
+      !import.meta.url.endsWith("/hv/engine/init_identity.ts")
+    ) {
       return null;
     }
     let root: string;
     try {
-      root = fileURLToPath(new URL("../", import.meta.url));
+      root = fileURLToPath(new URL("../../", import.meta.url));
     } catch {
       return null; // not loaded from files
     }

@@ -6,9 +6,9 @@
  * @module
  */
 
-import type { VmConfig, Workload } from "./engine.ts";
-import type { KernelInfo } from "./kernel/mod.ts";
-import { buildInitramfs, DEFAULT_PORTS, type InitConfig } from "../init/mod.ts";
+import type { VmConfig, Workload } from "../config.ts";
+import type { KernelInfo } from "../kernel/mod.ts";
+import { buildInitramfs, DEFAULT_PORTS, type InitConfig } from "../../init/mod.ts";
 
 /** Guest-side addresses of the `--net` network: the stack's defaults. */
 export const GUEST_NET = { address: "10.42.0.2", gateway: "10.42.0.1" } as const;

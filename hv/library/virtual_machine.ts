@@ -15,16 +15,16 @@
  * @module
  */
 
+import { type Engine } from "../engine/types.ts";
 import {
-  type Engine,
   exitCodeOf,
   type ExitStatus,
   type Share,
-  SkiffError,
   type VmConfig,
   type Workload,
-} from "./engine.ts";
-import { defaultRootShare, GUEST_PATH, parseVolume } from "./run_options.ts";
+} from "../config.ts";
+import { SkiffError } from "../errors.ts";
+import { defaultRootShare, GUEST_PATH, volumeShare } from "../config.ts";
 import { type EngineChoice, selectEngine } from "./select_engine.ts";
 
 /** A host directory for the guest. */
@@ -114,7 +114,12 @@ export class VirtualMachine implements AsyncDisposable {
   /** Validates the options (shares must exist) and picks the engine; boots nothing yet. */
   static create(options: VirtualMachineOptions = {}): VirtualMachine {
     const volumes = (options.volumes ?? []).map((v, i) =>
-      parseVolume(`${v.hostPath}:${v.guestPath}:${v.readOnly ? "ro" : "rw"}`, i, Deno.cwd())
+      volumeShare(
+        { ...v, readOnly: v.readOnly ?? false },
+        i,
+        Deno.cwd(),
+        `volume ${v.hostPath}:${v.guestPath}`,
+      )
     );
     const config: VmConfig = {
       kernel: options.kernel,

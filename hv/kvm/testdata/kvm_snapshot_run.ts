@@ -2,9 +2,9 @@
 //   kvm_snapshot_run.ts KERNEL CACHE_DIR on|off ARG0 OUT.json
 // Runs `KvmEngine.run` (mailbox mode) with the stand-in kernel and a cache
 // rooted at CACHE_DIR (or none with "off"), and writes what happened as JSON.
-import { KvmEngine, type SnapshotOutcome } from "../kvm_engine.ts";
-import { SnapshotCache } from "../../snapshot/cache.ts";
-import type { VmConfig } from "../engine.ts";
+import { KvmEngine, type SnapshotOutcome } from "../engine.ts";
+import { SnapshotCache } from "../../../snapshot/cache.ts";
+import type { VmConfig } from "../../config.ts";
 
 const [kernel, cacheDir, snapshot, arg0, out] = Deno.args;
 const watchdog = setTimeout(() => {

@@ -1,6 +1,6 @@
 import { strictEqual, throws } from "node:assert/strict";
 import { chooseEngine, type HostProbe } from "./select_engine.ts";
-import { EngineUnavailableError } from "./engine.ts";
+import { EngineUnavailableError } from "../errors.ts";
 
 function host(o: { kvm?: boolean; opens?: boolean; pvm?: boolean; qemu?: boolean }): HostProbe {
   return {

@@ -7,8 +7,8 @@
  */
 
 import { relative } from "node:path";
-import type { Share } from "./engine.ts";
-import { PassthroughFs } from "../devices/fuse/passthrough.ts";
+import type { Share } from "../config.ts";
+import { PassthroughFs } from "../../devices/fuse/passthrough.ts";
 
 /** A passthrough file system for `share`; the caller closes it after the VM. */
 export function shareFileSystem(share: Share): PassthroughFs {

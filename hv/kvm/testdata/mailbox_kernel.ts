@@ -12,11 +12,11 @@
  * @module
  */
 
-import { Assembler, mem } from "../../init/asm/mod.ts";
-import { MAILBOX_LAYOUT, MB_CMD, MB_REG, MB_STATE } from "../../devices/mailbox/registers.ts";
-import { REC } from "../../init/record.ts";
-import { LAYOUT } from "../boot/layout.ts";
-import { SLEEP } from "../acpi/tables.ts";
+import { Assembler, mem } from "../../../init/asm/mod.ts";
+import { MAILBOX_LAYOUT, MB_CMD, MB_REG, MB_STATE } from "../../../devices/mailbox/registers.ts";
+import { REC } from "../../../init/record.ts";
+import { LAYOUT } from "../../boot/layout.ts";
+import { SLEEP } from "../../acpi/tables.ts";
 
 const LOAD = 16 << 20;
 const COM1 = 0x3f8;

@@ -1,8 +1,8 @@
 import { deepStrictEqual, notStrictEqual, ok, strictEqual } from "node:assert/strict";
 import { initSourceHash, mailboxInitramfsIdentity } from "./init_identity.ts";
-import { findKernel, type KernelInfo } from "./kernel/mod.ts";
-import { defaultInitConfig, type InitConfig } from "../init/config.ts";
-import { mailboxInitramfs } from "../init/mailbox_mode.ts";
+import { findKernel, type KernelInfo } from "../kernel/mod.ts";
+import { defaultInitConfig, type InitConfig } from "../../init/config.ts";
+import { mailboxInitramfs } from "../../init/mailbox_mode.ts";
 
 function cfg(argv: string[], over: Partial<InitConfig> = {}): InitConfig {
   return { ...defaultInitConfig(argv), rootTag: "root", ...over };

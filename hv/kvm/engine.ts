@@ -37,52 +37,43 @@
  */
 
 import { dirname, resolve } from "node:path";
-import { ConsolePort, PORT_NAMES, VirtioConsole } from "../devices/virtio/console/device.ts";
-import { guestInitramfs, initConfigFor } from "./guest_init.ts";
-import { shareFileSystem } from "./share_fs.ts";
-import { VirtioFs } from "../devices/virtio/fs/device.ts";
-import { VirtioNet } from "../devices/virtio/net/device.ts";
-import { NetStack } from "../devices/net/stack.ts";
-import { attachVirtioNet } from "../devices/net/virtio.ts";
-import { VirtioMmioHost } from "../devices/virtio/mmio_remote.ts";
-import type { MmioState } from "../devices/virtio/mmio.ts";
-import type { VirtioDevice } from "../devices/virtio/device.ts";
-import { FuseServer } from "../devices/fuse/server.ts";
-import { Uart, type UartSnapshot } from "../devices/legacy/uart.ts";
-import { I8042Device } from "../devices/legacy/i8042.ts";
-import { Mailbox, type MailboxOptions } from "../devices/mailbox/mailbox.ts";
-import { MAILBOX_LAYOUT } from "../devices/mailbox/registers.ts";
-import { type E820Entry, LAYOUT, MemoryLayout } from "./boot/layout.ts";
-import { type LoadedKernel, loadKernel, placeInitrd } from "./boot/loader.ts";
-import { buildBootParams, writeCmdline } from "./boot/params.ts";
-import { type AcpiTables, writeAcpiTables } from "./acpi/tables.ts";
-import { sleepSpec } from "./acpi/sleep.ts";
-import { bootImage, findKernel, type KernelInfo } from "./kernel/cache.ts";
-import {
-  ConfigError,
-  type Engine,
-  type ExitStatus,
-  type Share,
-  type VmConfig,
-  VmError,
-  VmExitError,
-  VmTimeoutError,
-  type Workload,
-  type WorkloadIO,
-} from "./engine.ts";
-import { RegionMemory } from "./memory.ts";
-import { Vm, type VmStop } from "./vm.ts";
-import { setupLongMode } from "./x86/long_mode.ts";
-import { MAILBOX_RDINIT, mailboxInitramfs } from "../init/mailbox_mode.ts";
-import { mailboxInitramfsIdentity } from "./init_identity.ts";
-import { recordFor } from "../init/config.ts";
-import { LINUX_ERRNO_NAMES } from "../init/errno_names.ts";
-import { SnapshotCache } from "../snapshot/cache.ts";
-import { bootCached } from "../snapshot/boot_cached.ts";
-import { captureHvVm, restoreHvVm } from "../snapshot/hv_snapshot.ts";
-import type { Persist } from "../snapshot/vm_snapshot.ts";
-import { vmSnapshotKey } from "../snapshot/vm_key.ts";
-import type { StateValue } from "../snapshot/codec.ts";
+import { ConsolePort, PORT_NAMES, VirtioConsole } from "../../devices/virtio/console/device.ts";
+import { guestInitramfs, initConfigFor } from "../engine/guest_init.ts";
+import { shareFileSystem } from "../engine/share_fs.ts";
+import { VirtioFs } from "../../devices/virtio/fs/device.ts";
+import { VirtioNet } from "../../devices/virtio/net/device.ts";
+import { NetStack } from "../../devices/net/stack.ts";
+import { attachVirtioNet } from "../../devices/net/virtio.ts";
+import { VirtioMmioHost } from "../../devices/virtio/mmio_remote.ts";
+import type { MmioState } from "../../devices/virtio/mmio.ts";
+import type { VirtioDevice } from "../../devices/virtio/device.ts";
+import { FuseServer } from "../../devices/fuse/server.ts";
+import { Uart, type UartSnapshot } from "../../devices/legacy/uart.ts";
+import { I8042Device } from "../../devices/legacy/i8042.ts";
+import { Mailbox, type MailboxOptions } from "../../devices/mailbox/mailbox.ts";
+import { MAILBOX_LAYOUT } from "../../devices/mailbox/registers.ts";
+import { type E820Entry, LAYOUT, MemoryLayout } from "../boot/layout.ts";
+import { type LoadedKernel, loadKernel, placeInitrd } from "../boot/loader.ts";
+import { buildBootParams, writeCmdline } from "../boot/params.ts";
+import { type AcpiTables, writeAcpiTables } from "../acpi/tables.ts";
+import { sleepSpec } from "../../devices/legacy/acpi_sleep.ts";
+import { bootImage, findKernel, type KernelInfo } from "../kernel/cache.ts";
+import { ConfigError, VmError, VmExitError, VmTimeoutError } from "../errors.ts";
+import { type Engine, type WorkloadIO } from "../engine/types.ts";
+import { type ExitStatus, type Share, type VmConfig, type Workload } from "../config.ts";
+import { RegionMemory } from "../memory.ts";
+import { Vm, type VmStop } from "../vm.ts";
+import { setupLongMode } from "../x86/long_mode.ts";
+import { MAILBOX_RDINIT, mailboxInitramfs } from "../../init/mailbox_mode.ts";
+import { mailboxInitramfsIdentity } from "../engine/init_identity.ts";
+import { recordFor } from "../../init/config.ts";
+import { LINUX_ERRNO_NAMES } from "../../init/errno_names.ts";
+import { SnapshotCache } from "../../snapshot/cache.ts";
+import { bootCached } from "../../snapshot/boot_cached.ts";
+import { captureHvVm, restoreHvVm } from "../../snapshot/hv_snapshot.ts";
+import type { Persist } from "../../snapshot/vm_snapshot.ts";
+import { vmSnapshotKey } from "../../snapshot/vm_key.ts";
+import type { StateValue } from "../../snapshot/codec.ts";
 
 const MiB = 1 << 20;
 /** First virtio-mmio window (3 GiB: the start of the 32-bit MMIO hole). */

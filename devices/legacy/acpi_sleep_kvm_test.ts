@@ -8,10 +8,10 @@
 import { deepStrictEqual, strictEqual } from "node:assert/strict";
 import { Assembler } from "../../init/asm/mod.ts";
 import { hostTest } from "../../tests/requirements.ts";
-import { codeAddr, testGuest } from "../testing/guest.ts";
-import { LAYOUT } from "../boot/layout.ts";
-import { sleepSpec } from "./sleep.ts";
-import { SLEEP } from "./tables.ts";
+import { codeAddr, testGuest } from "../../hv/testing/guest.ts";
+import { LAYOUT } from "../../hv/boot/layout.ts";
+import { sleepSpec } from "./acpi_sleep.ts";
+import { SLEEP } from "../../hv/acpi/tables.ts";
 
 hostTest(
   "acpi sleep: a guest's S5 write to SLEEP_CONTROL_REG powers the VM off",

@@ -11,9 +11,10 @@
  * @module
  */
 
-import { type Engine, EngineUnavailableError } from "./engine.ts";
-import { KvmEngine } from "./kvm_engine.ts";
-import { QemuEngine } from "./qemu/engine.ts";
+import { type Engine } from "../engine/types.ts";
+import { EngineUnavailableError } from "../errors.ts";
+import { KvmEngine } from "../kvm/engine.ts";
+import { QemuEngine } from "../qemu/engine.ts";
 
 /** The `--engine` choices. */
 export type EngineChoice = "kvm" | "qemu" | "auto";

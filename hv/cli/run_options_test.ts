@@ -1,7 +1,8 @@
 import { deepStrictEqual, match, strictEqual, throws } from "node:assert/strict";
-import { ConfigError } from "./engine.ts";
-import { GUEST_PATH, parseNet, parseTimeout, parseVolume, runConfig } from "./run_options.ts";
-import { splitCommand } from "../main.ts";
+import { ConfigError } from "../errors.ts";
+import { GUEST_PATH } from "../config.ts";
+import { parseNet, parseTimeout, parseVolume, runConfig } from "./run_options.ts";
+import { splitCommand } from "../../main.ts";
 
 Deno.test("runConfig: defaults — host / read-only root, cwd shared read-only and used as workdir", () => {
   const { config, workload } = runConfig({ argv: ["uname", "-a"], cwd: "/tmp", hostEnv: {} });

@@ -11,9 +11,9 @@
  * @module
  */
 
-import type { DeviceContext, DeviceSpec, WorkerDevice } from "../device.ts";
-import { LAYOUT } from "../boot/layout.ts";
-import { SLEEP } from "./tables.ts";
+import type { DeviceContext, DeviceSpec, WorkerDevice } from "../../hv/device.ts";
+import { LAYOUT } from "../../hv/boot/layout.ts";
+import { SLEEP } from "../../hv/acpi/tables.ts";
 
 /** Whether a sleep control register value asks for S5 (soft off). */
 export function isPowerOff(value: number): boolean {
@@ -41,7 +41,7 @@ export function create(_config: unknown, ctx: DeviceContext): WorkerDevice {
 export function sleepSpec(port: number = LAYOUT.SLEEP_PORT, name = "acpi-sleep"): DeviceSpec {
   return {
     name,
-    module: new URL("./sleep.ts", import.meta.url).href,
+    module: new URL("./acpi_sleep.ts", import.meta.url).href,
     ports: [{ base: port, length: 2 }],
   };
 }

@@ -7,11 +7,11 @@
  * @module
  */
 
-import type { VmConfig } from "./engine.ts";
-import { VmExitError } from "./engine.ts";
-import { buildKvmMachine, EMULATED_NOTE, explainExit } from "./kvm_engine.ts";
-import type { E820Entry } from "./boot/layout.ts";
-import type { PlacedTable } from "./acpi/tables.ts";
+import type { VmConfig } from "../config.ts";
+import { VmExitError } from "../errors.ts";
+import { buildKvmMachine, EMULATED_NOTE, explainExit } from "./engine.ts";
+import type { E820Entry } from "../boot/layout.ts";
+import type { PlacedTable } from "../acpi/tables.ts";
 
 /**
  * Exit code per end of a console boot (as main.ts: 124 for the timeout, like

@@ -12,12 +12,12 @@
 
 import { deepStrictEqual, match, notStrictEqual, ok, strictEqual } from "node:assert/strict";
 import { join } from "node:path";
-import { hostTest } from "../tests/requirements.ts";
-import { SnapshotCache } from "../snapshot/cache.ts";
-import { STATE_FILE } from "../snapshot/format.ts";
+import { hostTest } from "../../tests/requirements.ts";
+import { SnapshotCache } from "../../snapshot/cache.ts";
+import { STATE_FILE } from "../../snapshot/format.ts";
 import { mailboxKernelCode, standInElf } from "./testdata/mailbox_kernel.ts";
-import { Assembler } from "../init/asm/mod.ts";
-import { isEmulatedKvm } from "./kvm_engine.ts";
+import { Assembler } from "../../init/asm/mod.ts";
+import { isEmulatedKvm } from "./engine.ts";
 
 const HELPER = new URL("./testdata/kvm_snapshot_run.ts", import.meta.url).pathname;
 
@@ -152,7 +152,7 @@ async function cli(
   noHome = false,
 ): Promise<{ code: number; stderr: string }> {
   const p = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", new URL("../main.ts", import.meta.url).pathname, "run", ...args],
+    args: ["run", "-A", new URL("../../main.ts", import.meta.url).pathname, "run", ...args],
     cwd: dir,
     // noHome: neither XDG_CACHE_HOME nor HOME, so there is no cache directory.
     env: noHome

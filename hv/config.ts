@@ -1,0 +1,135 @@
+/**
+ * What shapes a VM and its workload: shares, network, the VM configuration
+ * (which keys the snapshot cache) and a workload's exit status. Plain data,
+ * shared by every layer above the VM core.
+ *
+ * @module
+ */
+
+import { isAbsolute, resolve } from "node:path";
+import { ConfigError } from "./errors.ts";
+
+/** A host directory shared with the guest over virtio-fs. */
+export interface Share {
+  /** virtio-fs tag (unique per VM, ≤ 36 bytes: virtio 1.2 §5.11.4). */
+  tag: string;
+  /** Absolute host path. */
+  hostPath: string;
+  /** Absolute guest path where the init mounts it; "/" is the root share. */
+  guestPath: string;
+  /** Mutations fail with EROFS on the host side. */
+  readOnly: boolean;
+  /** Root-share policy: do not cross host mount points (other devices show empty). */
+  stayOnDevice?: boolean;
+  /** Host paths (absolute) hidden from the guest (shown as empty directories). */
+  hide?: string[];
+}
+
+/** A `--publish [HOSTIP:]HOSTPORT:GUESTPORT[/udp]` rule. */
+export interface PortForward {
+  hostIp: string;
+  hostPort: number;
+  guestPort: number;
+  protocol: "tcp" | "udp";
+}
+
+/** `--net` options: the guest gets a virtio-net NIC behind skiff's user-mode stack. */
+export interface NetOptions {
+  /** Host loopback reachable from the guest at the gateway address (`--net=host-loopback`). */
+  hostLoopback: boolean;
+  /** Ports published from the host into the guest. */
+  publish: PortForward[];
+}
+
+/** Everything that shapes a booted VM (and so keys the snapshot cache). */
+export interface VmConfig {
+  /** Kernel override (`--kernel`): bzImage or ELF vmlinux; default: the cached Debian kernel. */
+  kernel?: string;
+  /** Modules directory override (`--modules`). */
+  modules?: string;
+  /** vCPU count (≥ 1). */
+  cpus: number;
+  /** Guest RAM in MiB. */
+  memoryMiB: number;
+  /** Appended to the kernel command line. */
+  cmdlineExtra: string;
+  /** The root share (host `/` read-only with a tmpfs overlay by default), or null for the initramfs. */
+  root: Share | null;
+  /** Additional shares (`--volume`). */
+  volumes: Share[];
+  /** Networking, or null for loopback only. */
+  net: NetOptions | null;
+  /** Guest hostname. */
+  hostname: string;
+  /** Print progress and engine choice on stderr. */
+  verbose: boolean;
+}
+
+/** The command to run in the guest. */
+export interface Workload {
+  argv: string[];
+  env: Record<string, string>;
+  /** Absolute guest working directory. */
+  workdir: string;
+}
+
+/** How the guest command ended. */
+export type ExitStatus =
+  | { kind: "exited"; code: number }
+  | { kind: "signaled"; signal: number };
+
+/** The process exit code for a status: the code, or 128+N for signal N (as shells do). */
+export function exitCodeOf(status: ExitStatus): number {
+  return status.kind === "exited" ? status.code : 128 + status.signal;
+}
+
+/** Default guest PATH. */
+export const GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/** Host paths the root share hides (DESIGN.md: users' files stay out). */
+export const HIDDEN_FROM_ROOT = ["/home", "/root"];
+
+/** The default root share: host `/`, read-only, not crossing mounts, /home and /root hidden. */
+export function defaultRootShare(): Share {
+  return {
+    tag: "root",
+    hostPath: "/",
+    guestPath: "/",
+    readOnly: true,
+    stayOnDevice: true,
+    hide: HIDDEN_FROM_ROOT,
+  };
+}
+
+/** A host directory to share: the host path (relative to a working directory) and the guest path. */
+export interface VolumeSpec {
+  hostPath: string;
+  guestPath: string;
+  readOnly: boolean;
+}
+
+/**
+ * Checks a volume and makes its {@link Share} (tag `vol<index>`): the guest
+ * path must be absolute and not `/`, the host path an existing directory.
+ * `what` names the volume in errors (e.g. `--volume a:/b`).
+ */
+export function volumeShare(v: VolumeSpec, index: number, cwd: string, what: string): Share {
+  const hostPath = resolve(cwd, v.hostPath);
+  const guestPath = v.guestPath;
+  if (!isAbsolute(guestPath)) {
+    throw new ConfigError(`${what}: the guest path '${guestPath}' must be absolute`);
+  }
+  if (guestPath === "/") {
+    throw new ConfigError(`${what}: cannot mount over the guest's root`);
+  }
+  let st: Deno.FileInfo;
+  try {
+    st = Deno.statSync(hostPath);
+  } catch {
+    throw new ConfigError(`${what}: host path ${hostPath} does not exist`);
+  }
+  if (!st.isDirectory) {
+    throw new ConfigError(`${what}: host path ${hostPath} is not a directory`);
+  }
+  return { tag: `vol${index}`, hostPath, guestPath, readOnly: v.readOnly };
+}
