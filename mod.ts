@@ -66,7 +66,7 @@ export {
   mailboxInitramfs,
 } from "./init/mailbox_mode.ts";
 export type { MailboxBootOptions } from "./init/mailbox_mode.ts";
-export { buildKvmMachine, isEmulatedKvm, KvmEngine } from "./hv/kvm/engine.ts";
+export { buildKvmMachine, isEmulatedKvm, KvmEngine } from "./hv/kvm/mod.ts";
 export type {
   KvmDevices,
   KvmEngineOptions,
@@ -74,9 +74,9 @@ export type {
   MachineOptions,
   RestoredKvmMachine,
   SnapshotOutcome,
-} from "./hv/kvm/engine.ts";
-export { bootWithConsoleLog } from "./hv/kvm/console_boot.ts";
-export type { ConsoleBootOptions, ConsoleBootResult } from "./hv/kvm/console_boot.ts";
+} from "./hv/kvm/mod.ts";
+export { bootWithConsoleLog } from "./hv/kvm/mod.ts";
+export type { ConsoleBootOptions, ConsoleBootResult } from "./hv/kvm/mod.ts";
 export { buildAcpiTables, writeAcpiTables } from "./hv/acpi/mod.ts";
 export { sleepSpec } from "./devices/legacy/mod.ts";
 export type { AcpiOptions, AcpiTables, AcpiVirtioDevice } from "./hv/acpi/mod.ts";

@@ -122,6 +122,15 @@ export function volumeShare(v: VolumeSpec, index: number, cwd: string, what: str
   if (guestPath === "/") {
     throw new ConfigError(`${what}: cannot mount over the guest's root`);
   }
+  checkShareDir(hostPath, what);
+  return { tag: `vol${index}`, hostPath, guestPath, readOnly: v.readOnly };
+}
+
+/**
+ * Checks before boot that a share's host path is an existing directory;
+ * throws a {@link ConfigError} that starts with `what`.
+ */
+export function checkShareDir(hostPath: string, what: string): void {
   let st: Deno.FileInfo;
   try {
     st = Deno.statSync(hostPath);
@@ -131,5 +140,4 @@ export function volumeShare(v: VolumeSpec, index: number, cwd: string, what: str
   if (!st.isDirectory) {
     throw new ConfigError(`${what}: host path ${hostPath} is not a directory`);
   }
-  return { tag: `vol${index}`, hostPath, guestPath, readOnly: v.readOnly };
 }

@@ -10,7 +10,7 @@ import { type Engine } from "../engine/types.ts";
 import { EngineUnavailableError, EXIT_TIMEOUT, SkiffError, VmTimeoutError } from "../errors.ts";
 import { exitCodeOf, type VmConfig, type Workload } from "../config.ts";
 import { type EngineChoice, selectEngine } from "../library/select_engine.ts";
-import { KvmEngine } from "../kvm/engine.ts";
+import { KvmEngine } from "../kvm/mod.ts";
 
 /** Options of {@link runCommand}. */
 export interface RunCommandOptions {

@@ -9,7 +9,8 @@
 
 import type { VmConfig } from "../config.ts";
 import { VmExitError } from "../errors.ts";
-import { buildKvmMachine, EMULATED_NOTE, explainExit } from "./engine.ts";
+import { buildKvmMachine } from "./builder.ts";
+import { EMULATED_NOTE, explainExit } from "./emulated.ts";
 import type { E820Entry } from "../boot/layout.ts";
 import type { PlacedTable } from "../acpi/tables.ts";
 

@@ -15,7 +15,7 @@ import { Assembler, mem } from "../../init/asm/mod.ts";
 import { hostTest } from "../../tests/requirements.ts";
 import { ConfigError, VmError, VmExitError, VmTimeoutError } from "../errors.ts";
 import { type VmConfig } from "../config.ts";
-import { buildKvmMachine, isEmulatedKvm, KvmEngine, type KvmEngineOptions } from "./engine.ts";
+import { buildKvmMachine, isEmulatedKvm, KvmEngine, type KvmEngineOptions } from "./mod.ts";
 import { SnapshotCache } from "../../snapshot/cache.ts";
 import { bootWithConsoleLog } from "./console_boot.ts";
 import { LAYOUT } from "../boot/layout.ts";

@@ -17,7 +17,7 @@ import { SnapshotCache } from "../../snapshot/cache.ts";
 import { STATE_FILE } from "../../snapshot/format.ts";
 import { mailboxKernelCode, standInElf } from "./testdata/mailbox_kernel.ts";
 import { Assembler } from "../../init/asm/mod.ts";
-import { isEmulatedKvm } from "./engine.ts";
+import { isEmulatedKvm } from "./emulated.ts";
 
 const HELPER = new URL("./testdata/kvm_snapshot_run.ts", import.meta.url).pathname;
 

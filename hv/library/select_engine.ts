@@ -13,7 +13,7 @@
 
 import { type Engine } from "../engine/types.ts";
 import { EngineUnavailableError } from "../errors.ts";
-import { KvmEngine } from "../kvm/engine.ts";
+import { KvmEngine } from "../kvm/mod.ts";
 import { QemuEngine } from "../qemu/engine.ts";
 
 /** The `--engine` choices. */

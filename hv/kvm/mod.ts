@@ -1,0 +1,26 @@
+/**
+ * The kvm engine (skiff's own VMM over /dev/kvm): orchestration (engine.ts),
+ * resources (plan.ts), devices (device_manager.ts), boot (builder.ts),
+ * snapshot restore (persist.ts), workload I/O (workload.ts), the emulated-KVM
+ * handling (emulated.ts) and `skiff boot --console-log` (console_boot.ts).
+ *
+ * @module
+ */
+
+export { KvmEngine } from "./engine.ts";
+export type { KvmEngineOptions, SnapshotOutcome } from "./engine.ts";
+export { buildKvmMachine } from "./builder.ts";
+export type { KvmMachine } from "./builder.ts";
+export type { RestoredKvmMachine } from "./persist.ts";
+export type { KvmDevices, VirtioSlot } from "./device_manager.ts";
+export {
+  baseCmdline,
+  KVM_VMM_VERSION,
+  VIRTIO_BASE,
+  VIRTIO_GSI_BASE,
+  VIRTIO_STRIDE,
+} from "./plan.ts";
+export type { MachineOptions } from "./plan.ts";
+export { EMULATED_KVM_CMDLINE, EMULATED_NOTE, explainExit, isEmulatedKvm } from "./emulated.ts";
+export { bootWithConsoleLog } from "./console_boot.ts";
+export type { ConsoleBootOptions, ConsoleBootResult } from "./console_boot.ts";

@@ -1,0 +1,161 @@
+/**
+ * The kvm engine's resources: what a machine is built from, worked out
+ * before any KVM resource exists (kernel, image format, devices and their
+ * placement, command line), and the device description that keys the
+ * snapshot cache.
+ *
+ * @module
+ */
+
+import { resolve } from "node:path";
+import { PORT_NAMES } from "../../devices/virtio/console/device.ts";
+import { type MailboxOptions } from "../../devices/mailbox/mailbox.ts";
+import { MAILBOX_LAYOUT } from "../../devices/mailbox/registers.ts";
+import { LAYOUT, MemoryLayout } from "../boot/layout.ts";
+import { bootImage, findKernel, type KernelInfo } from "../kernel/cache.ts";
+import { ConfigError } from "../errors.ts";
+import { checkShareDir, type Share, type VmConfig } from "../config.ts";
+import { EMULATED_KVM_CMDLINE, isEmulatedKvm } from "./emulated.ts";
+
+/** First virtio-mmio window (3 GiB: the start of the 32-bit MMIO hole). */
+export const VIRTIO_BASE = LAYOUT.VIRTIO_MMIO_START;
+/** Distance between virtio windows. */
+export const VIRTIO_STRIDE = LAYOUT.VIRTIO_MMIO_STRIDE;
+/** GSI of the first virtio device (after the legacy ISA lines skiff uses: UART on 4). */
+export const VIRTIO_GSI_BASE = LAYOUT.DEVICE_IRQ_FIRST;
+/**
+ * The base kernel command line (as Firecracker's default, with ttyS0 kept):
+ * serial console, keyboard-controller reboot, no PCI, legacy i8042 probing.
+ */
+export function baseCmdline(emulated: boolean): string {
+  return [
+    "console=ttyS0",
+    "earlyprintk=ttyS0",
+    "reboot=k",
+    "panic=-1",
+    "pci=off",
+    "i8042.noaux",
+    "i8042.nomux",
+    "i8042.nopnp",
+    "i8042.dumbkbd",
+    ...(emulated ? [EMULATED_KVM_CMDLINE] : []),
+  ].join(" ");
+}
+/** Options of {@link buildKvmMachine}. */
+export interface MachineOptions {
+  /** Serial console (ttyS0) output, as it arrives. */
+  onConsole?: (bytes: Uint8Array) => void;
+  /** Progress lines for slow steps (loading the kernel). */
+  progress?: (line: string) => void;
+  /**
+   * Add the workload's virtio devices: the console with the stdin/stdout/
+   * stderr/status ports, a virtio-fs per share, virtio-net with `net`
+   * (default true). Without them the machine has the plain virtio console
+   * (hvc0) when it has one vCPU, and no virtio device otherwise.
+   */
+  workloadDevices?: boolean;
+  /** Override the emulated-KVM detection (tests). */
+  emulated?: boolean;
+  /**
+   * An initramfs to hand the kernel: placed page-aligned at the top of low
+   * RAM under the kernel's `initrd_addr_max` and announced in boot_params.
+   */
+  initrd?: Uint8Array;
+  /**
+   * Add skiff's mailbox (init/MAILBOX.md): registers at 0xd000_0000, data
+   * region in its own memory slot outside e820. `true` for the defaults.
+   */
+  mailbox?: boolean | MailboxOptions;
+  /** More kernel command-line options, after the base ones and before `config.cmdlineExtra`. */
+  cmdline?: string;
+}
+/** What a machine is built from, worked out before any KVM resource exists. */
+export interface MachinePlan {
+  config: VmConfig;
+  kernel: KernelInfo;
+  image: { path: string; format: "elf" | "bzimage" };
+  shares: Share[];
+  workload: boolean;
+  emulated: boolean;
+  cpus: number;
+  virtio: { name: string; kind: "console" | "fs" | "net"; share?: Share }[];
+  mailbox: MailboxOptions | null;
+  cmdline: string;
+}
+/** Version of the machine layout and device state a snapshot holds (part of the cache key). */
+export const KVM_VMM_VERSION = "skiff-kvm-1";
+export async function planMachine(config: VmConfig, opts: MachineOptions): Promise<MachinePlan> {
+  if (!Number.isInteger(config.memoryMiB) || config.memoryMiB < 64) {
+    throw new ConfigError(`--memory ${config.memoryMiB}: the kvm engine needs at least 64 MiB`);
+  }
+  if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > 255) {
+    throw new ConfigError(`--cpus ${config.cpus}: the kvm engine boots 1–255 vCPUs`);
+  }
+  const workload = opts.workloadDevices ?? true;
+  const emulated = opts.emulated ?? isEmulatedKvm();
+  const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
+  // The ELF vmlinux skips the bzImage's self-decompression (~80 s where guest code is emulated).
+  const image = bootImage(kernel, "elf");
+  const shares = workload ? [...(config.root ? [config.root] : []), ...config.volumes] : [];
+  for (const s of shares) {
+    checkShareDir(s.hostPath, `share ${s.tag}`);
+    if (resolve(s.hostPath) !== s.hostPath) {
+      throw new ConfigError(
+        `share ${s.tag}: host path ${s.hostPath} is not absolute and normalised`,
+      );
+    }
+  }
+  const wantVirtio = workload || config.cpus === 1;
+  const virtio: MachinePlan["virtio"] = [];
+  if (wantVirtio) virtio.push({ name: "virtio-console", kind: "console" });
+  for (const s of shares) virtio.push({ name: `virtio-fs-${s.tag}`, kind: "fs", share: s });
+  if (workload && config.net) virtio.push({ name: "virtio-net", kind: "net" });
+  if (LAYOUT.DEVICE_IRQ_FIRST + virtio.length - 1 > LAYOUT.DEVICE_IRQ_LAST) {
+    throw new ConfigError(
+      `too many virtio devices: ${virtio.length} (GSIs ${LAYOUT.DEVICE_IRQ_FIRST}–${LAYOUT.DEVICE_IRQ_LAST})`,
+    );
+  }
+  const cmdline = [
+    baseCmdline(emulated),
+    workload ? `skiff.hostname=${config.hostname}` : "",
+    opts.cmdline ?? "",
+    config.cmdlineExtra,
+  ].filter(Boolean).join(" ");
+  return {
+    config,
+    kernel,
+    image,
+    shares,
+    workload,
+    emulated,
+    cpus: wantVirtio ? 1 : config.cpus,
+    virtio,
+    mailbox: opts.mailbox ? (opts.mailbox === true ? {} : opts.mailbox) : null,
+    cmdline,
+  };
+}
+/** The devices as the snapshot-cache key sees them (placement and configuration). */
+export function planDevices(p: MachinePlan): unknown[] {
+  return [
+    { uart: "ttyS0", port: 0x3f8 },
+    { i8042: 0x60 },
+    { sleep: LAYOUT.SLEEP_PORT },
+    ...p.virtio.map((v, i) => ({
+      name: v.name,
+      kind: v.kind,
+      base: MemoryLayout.virtioMmioBase(i),
+      gsi: LAYOUT.DEVICE_IRQ_FIRST + i,
+      ...(v.kind === "console" && p.workload
+        ? { ports: [PORT_NAMES.stdin, PORT_NAMES.stdout, PORT_NAMES.stderr, PORT_NAMES.status] }
+        : {}),
+    })),
+    ...(p.mailbox
+      ? [{
+        mailbox: p.mailbox.regsBase ?? MAILBOX_LAYOUT.REGS_BASE,
+        data: p.mailbox.dataBase ?? MAILBOX_LAYOUT.DATA_BASE,
+        size: p.mailbox.dataSize ?? MAILBOX_LAYOUT.DATA_SIZE,
+      }]
+      : []),
+    { cpus: p.cpus },
+  ];
+}
