@@ -93,13 +93,32 @@ export function binaryToBytes(s: string): Uint8Array {
   return b;
 }
 
-/** The bytes a stream delivers, read in blocks and runs. */
-class ByteSource {
+/** Where a {@link TarReader} gets its bytes: a stream, or a file it can seek in. */
+interface ByteSource {
+  /** Bytes consumed so far (the offset in the archive). */
+  readonly position: number;
+  /**
+   * The next 512-byte block (a view valid until the next call), or null at a
+   * clean end. A partial block is an error.
+   */
+  block(what: () => string): Promise<Uint8Array | null>;
+  /** Delivers the next `n` bytes to `sink` in pieces (views valid during the call). */
+  run(n: number, sink: (piece: Uint8Array) => void, what: () => string): Promise<void>;
+  /** Skips `n` bytes (they must exist). */
+  skip(n: number, what: () => string): Promise<void>;
+  /** Consumes everything left. */
+  drain(): Promise<void>;
+  cancel(reason?: unknown): Promise<void>;
+}
+
+/** The bytes a stream delivers. */
+class StreamSource implements ByteSource {
   #reader: ReadableStreamDefaultReader<Uint8Array>;
   #chunk: Uint8Array = new Uint8Array(0);
   #pos = 0;
   #eof = false;
   #block = new Uint8Array(BLOCK);
+  position = 0;
 
   constructor(stream: ReadableStream<Uint8Array>) {
     this.#reader = stream.getReader();
@@ -120,14 +139,11 @@ class ByteSource {
     return true;
   }
 
-  /**
-   * The next 512-byte block (a view valid until the next call), or null at a
-   * clean end of stream. A partial block is an error.
-   */
   async block(what: () => string): Promise<Uint8Array | null> {
     if (this.#pos + BLOCK <= this.#chunk.length) {
       const b = this.#chunk.subarray(this.#pos, this.#pos + BLOCK);
       this.#pos += BLOCK;
+      this.position += BLOCK;
       return b;
     }
     let got = 0;
@@ -141,10 +157,10 @@ class ByteSource {
       this.#pos += n;
       got += n;
     }
+    this.position += BLOCK;
     return this.#block;
   }
 
-  /** Delivers the next `n` bytes to `sink` in pieces (views valid during the call). */
   async run(n: number, sink: (piece: Uint8Array) => void, what: () => string): Promise<void> {
     let left = n;
     while (left > 0) {
@@ -156,11 +172,15 @@ class ByteSource {
       const take = Math.min(left, this.#chunk.length - this.#pos);
       sink(this.#chunk.subarray(this.#pos, this.#pos + take));
       this.#pos += take;
+      this.position += take;
       left -= take;
     }
   }
 
-  /** Reads and discards everything left. */
+  skip(n: number, what: () => string): Promise<void> {
+    return this.run(n, () => {}, what);
+  }
+
   async drain(): Promise<void> {
     this.#pos = this.#chunk.length;
     while (await this.#fill()) this.#pos = this.#chunk.length;
@@ -168,6 +188,67 @@ class ByteSource {
 
   async cancel(reason?: unknown): Promise<void> {
     await this.#reader.cancel(reason).catch(() => {});
+  }
+}
+
+/** A file read with seeks: skipping data costs nothing (for indexing archives). */
+class FileSource implements ByteSource {
+  #file: Deno.FsFile;
+  #size: number;
+  #block = new Uint8Array(BLOCK);
+  position = 0;
+
+  constructor(file: Deno.FsFile, size: number) {
+    this.#file = file;
+    this.#size = size;
+  }
+
+  #readFull(buf: Uint8Array, what: () => string): void {
+    let got = 0;
+    while (got < buf.length) {
+      const n = this.#file.readSync(buf.subarray(got));
+      if (n === null || n === 0) {
+        throw new TarError(`truncated archive: the file ends inside ${what()}`);
+      }
+      got += n;
+    }
+    this.position += buf.length;
+  }
+
+  block(what: () => string): Promise<Uint8Array | null> {
+    if (this.position >= this.#size) return Promise.resolve(null);
+    this.#readFull(this.#block, what);
+    return Promise.resolve(this.#block);
+  }
+
+  run(n: number, sink: (piece: Uint8Array) => void, what: () => string): Promise<void> {
+    const buf = new Uint8Array(Math.min(n, 1 << 20));
+    let left = n;
+    while (left > 0) {
+      const piece = buf.subarray(0, Math.min(left, buf.length));
+      this.#readFull(piece, what);
+      sink(piece);
+      left -= piece.length;
+    }
+    return Promise.resolve();
+  }
+
+  skip(n: number, what: () => string): Promise<void> {
+    if (this.position + n > this.#size) {
+      return Promise.reject(new TarError(`truncated archive: the file ends inside ${what()}`));
+    }
+    this.position += n;
+    this.#file.seekSync(this.position, Deno.SeekMode.Start);
+    return Promise.resolve();
+  }
+
+  drain(): Promise<void> {
+    this.position = this.#size;
+    return Promise.resolve();
+  }
+
+  cancel(): Promise<void> {
+    return Promise.resolve();
   }
 }
 
@@ -182,9 +263,15 @@ export class TarReader {
   #current: TarEntry | null = null;
   #ended = false;
   #count = 0;
+  #dataOffset = 0;
 
-  constructor(stream: ReadableStream<Uint8Array>, limits: TarLimits = {}) {
-    this.#src = new ByteSource(stream);
+  constructor(
+    stream: ReadableStream<Uint8Array> | { file: Deno.FsFile; size: number },
+    limits: TarLimits = {},
+  ) {
+    this.#src = stream instanceof ReadableStream
+      ? new StreamSource(stream)
+      : new FileSource(stream.file, stream.size);
     this.#entryMax = limits.entryMax ?? 16 * 2 ** 30;
     this.#metaMax = limits.metaMax ?? 1 << 20;
   }
@@ -278,10 +365,16 @@ export class TarReader {
       } else dataSize = 0;
       this.#pending = dataSize;
       this.#pendingPad = pad(dataSize);
+      this.#dataOffset = this.#src.position;
       this.#current = e;
       this.#count++;
       return e;
     }
+  }
+
+  /** Offset in the archive of the current entry's data. */
+  get dataOffset(): number {
+    return this.#dataOffset;
   }
 
   /** Number of entries returned so far. */
@@ -303,8 +396,10 @@ export class TarReader {
 
   /** Skips the rest of the current entry's data. */
   async skip(): Promise<void> {
-    if (this.#pending > 0) await this.read(() => {});
-    else await this.#padding();
+    const e = this.#current;
+    const n = this.#pending + this.#pendingPad;
+    this.#pending = this.#pendingPad = 0;
+    if (n > 0) await this.#src.skip(n, () => `the data of ${showName(e!.name)}`);
   }
 
   /** Stops reading (cancels the stream). */
@@ -318,7 +413,7 @@ export class TarReader {
     this.#pendingPad = 0;
     if (p > 0) {
       const e = this.#current;
-      await this.#src.run(p, () => {}, () => `the padding of ${showName(e!.name)}`);
+      await this.#src.skip(p, () => `the padding of ${showName(e!.name)}`);
     }
   }
 
@@ -339,7 +434,7 @@ export class TarReader {
       out.set(p, at);
       at += p.length;
     }, () => what);
-    await this.#src.run(pad(size), () => {}, () => what);
+    await this.#src.skip(pad(size), () => what);
     return out;
   }
 }
