@@ -6,22 +6,13 @@
  */
 
 import { deepStrictEqual, ok, rejects, strictEqual } from "node:assert/strict";
-import { hostTest } from "../tests/requirements.ts";
 import { parseReference } from "./reference.ts";
 import { pullImage } from "./pull.ts";
 import { ImageStore } from "./store.ts";
-import {
-  buildTestImage,
-  imageToolsMissing,
-  TEST_IMAGE,
-  toDockerArchive,
-} from "./testing/images.ts";
+import { buildTestImage, imageTest, TEST_IMAGE, toDockerArchive } from "./testing/images.ts";
 import { sha256Digest } from "./digest.ts";
 import { makeTar } from "./testing/tar_writer.ts";
 import { readLayerIndex } from "../devices/fuse/layer_index.ts";
-
-const missing = imageToolsMissing();
-if (missing) console.error(`skiff-test-skip: image pull tests: ${missing}`);
 
 /** Names in a store directory. */
 function ls(dir: string): string[] {
@@ -42,8 +33,7 @@ async function withImage(fn: (base: string, layout: string, store: ImageStore) =
   }
 }
 
-hostTest("pull: an OCI layout and its docker-archive give the same layers", ["root"], async () => {
-  if (missing) throw new Error(missing);
+imageTest("pull: an OCI layout and its docker-archive give the same layers", [], async () => {
   await withImage(async (base, layout, store) => {
     const oci = await pullImage(parseReference(`oci:${layout}:${TEST_IMAGE.tag}`), {
       store,
@@ -125,11 +115,10 @@ function assertNothingLeft(store: ImageStore, keep: string[] = []): void {
   deepStrictEqual(ls(`${store.root}/images`), [], "no record");
 }
 
-hostTest(
-  "pull: a wrong layer digest, a truncated layer and a zstd layer fail cleanly",
-  ["root"],
+imageTest(
+  "pull: a wrong layer digest, a truncated layer, a zstd layer and a hostile layer fail cleanly",
+  [],
   async () => {
-    if (missing) throw new Error(missing);
     await withImage(async (_base, layout, store) => {
       const ref = parseReference(`oci:${layout}`);
       // 1. The last layer's blob is replaced by other bytes (the manifest keeps the old digest).

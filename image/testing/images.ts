@@ -136,3 +136,30 @@ export async function toDockerArchive(layout: string, file: string): Promise<voi
     `docker-archive:${file}:test/image:${TEST_IMAGE.tag}`,
   ]);
 }
+
+/**
+ * Registers a test that needs the image tools (and `extra` programs, and
+ * /dev/fuse with "fuse"); without them it is ignored and the reason printed
+ * (`skiff-test-skip: …`), as tests/requirements.ts does for its requirements.
+ */
+export function imageTest(
+  name: string,
+  extra: string[],
+  fn: (t: Deno.TestContext) => Promise<void>,
+  options: Omit<Deno.TestDefinition, "name" | "fn" | "ignore"> = {},
+): void {
+  const reasons: string[] = [];
+  const tools = imageToolsMissing();
+  if (tools) reasons.push(tools);
+  for (const x of extra) {
+    if (x === "fuse") {
+      try {
+        Deno.openSync("/dev/fuse", { read: true, write: true }).close();
+      } catch {
+        reasons.push("/dev/fuse is missing or not accessible");
+      }
+    } else if (!onPath(x)) reasons.push(`${x} is not installed (run tests/setup)`);
+  }
+  if (reasons.length) console.error(`skiff-test-skip: ${name}: ${reasons.join("; ")}`);
+  Deno.test({ ...options, name, ignore: reasons.length > 0, fn });
+}
