@@ -14,7 +14,7 @@ import { sha256Digest } from "./digest.ts";
 import { MEDIA } from "./manifest.ts";
 import { gzip, makeTar } from "./testing/tar_writer.ts";
 import { buildTestImage, imageTest, run, TEST_IMAGE } from "./testing/images.ts";
-import { registryMissing, startRegistry } from "./testing/registry.ts";
+import { startRegistry } from "./testing/registry.ts";
 import { readLayerIndex } from "../devices/fuse/layer_index.ts";
 
 Deno.test("registry: WWW-Authenticate challenges", () => {
@@ -102,10 +102,10 @@ interface Fake {
 }
 
 /** The fake: a registry that wants bearer tokens and redirects blobs to a storage server. */
-async function fakeRegistry(
+function fakeRegistry(
   image: Awaited<ReturnType<typeof fakeImage>>,
   mode: "bearer" | "basic" = "bearer",
-): Promise<Fake> {
+): Fake {
   const log: string[] = [];
   const storage = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, (req) => {
     const u = new URL(req.url);
@@ -171,7 +171,7 @@ async function fakeRegistry(
 
 Deno.test("registry: anonymous bearer token, manifest list → linux/amd64, blobs redirected without Authorization", async () => {
   const image = await fakeImage();
-  const fake = await fakeRegistry(image);
+  const fake = fakeRegistry(image);
   const base = await Deno.makeTempDir({ prefix: "skiff-registry-l0-" });
   try {
     const store = new ImageStore(`${base}/store`);
@@ -210,7 +210,7 @@ Deno.test("registry: anonymous bearer token, manifest list → linux/amd64, blob
 });
 
 Deno.test("registry: Basic auth is refused in one line (skiff pulls anonymously)", async () => {
-  const fake = await fakeRegistry(await fakeImage(), "basic");
+  const fake = fakeRegistry(await fakeImage(), "basic");
   const base = await Deno.makeTempDir({ prefix: "skiff-registry-l0-" });
   try {
     await rejects(

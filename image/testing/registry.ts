@@ -6,19 +6,12 @@
  * @module
  */
 
-import { onPath } from "../../tests/requirements.ts";
-
 /** A running registry. */
 export interface LocalRegistry extends AsyncDisposable {
   /** `127.0.0.1:PORT`. */
   host: string;
   /** The storage directory (`docker/registry/v2/…` below it). */
   storage: string;
-}
-
-/** Why the registry cannot be started here, or null. */
-export function registryMissing(): string | null {
-  return onPath("docker-registry") ? null : "docker-registry is not installed (run tests/setup)";
 }
 
 function freePort(): number {
