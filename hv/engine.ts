@@ -70,6 +70,8 @@ export interface Workload {
   env: Record<string, string>;
   /** Absolute guest working directory. */
   workdir: string;
+  /** Run as this user instead of root (`--user`, an image's `User`). */
+  user?: { uid: number; gid: number; groups: number[] };
 }
 
 /** Host streams carrying the workload's standard streams. */
