@@ -22,6 +22,12 @@ export interface Share {
   stayOnDevice?: boolean;
   /** Host paths (absolute) hidden from the guest (shown as empty directories). */
   hide?: string[];
+  /**
+   * An image root instead of a host directory: these unpacked layers (bottom
+   * first) merged read-only (`hostPath` is then only an existing directory, the
+   * image store). The manifest digest is part of the snapshot key.
+   */
+  image?: { name: string; manifestDigest: string; layers: string[] };
 }
 
 /** A `--publish [HOSTIP:]HOSTPORT:GUESTPORT[/udp]` rule. */

@@ -175,12 +175,15 @@ async function fetchLayer(
 ): Promise<LayerInfo> {
   const what = `layer ${shortDigest(d.digest)}`;
   return await o.store.addLayer(diffId, async (dir) => {
+    o.signal?.throwIfAborted();
     let s = await source.blob(d);
-    if (progress) {
+    if (progress || o.signal) {
+      // Progress, and an abort (Ctrl-C) that stops local sources too, not only fetches.
       s = s.pipeThrough(
         new TransformStream({
           transform(c, ctl) {
-            progress.add(c.length);
+            o.signal?.throwIfAborted();
+            progress?.add(c.length);
             ctl.enqueue(c);
           },
         }),
