@@ -11,6 +11,9 @@ import { deepStrictEqual, match, strictEqual } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { testKernel } from "../hv/qemu/testing.ts";
 import { buildTestImage, imageTest, TEST_IMAGE, toDockerArchive } from "../image/testing/images.ts";
+import { prepareImage } from "../image/run.ts";
+import { ImageStore } from "../image/store.ts";
+import { VirtualMachine } from "../hv/virtual_machine.ts";
 
 const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
 const kernel = await testKernel();
@@ -136,6 +139,35 @@ imageTest(
       const bad = await skiff([...q, ref, "--user", "nobody", "--", "true"], cache);
       strictEqual(bad.code, 125);
       match(bad.stderr, /user 'nobody' is not in .*\/etc\/passwd/);
+    } finally {
+      await Deno.remove(base, { recursive: true });
+    }
+  },
+);
+
+imageTest(
+  "VirtualMachine.create({ image }) (qemu): the image's Cmd, Env and WorkingDir, and a command of its own",
+  ["qemu-system-x86_64"],
+  async () => {
+    if (kernelMissing) throw new Error(kernelMissing);
+    const base = await Deno.makeTempDir({ prefix: "skiff-imglib-test-" });
+    try {
+      const layout = await buildTestImage(base);
+      const image = await prepareImage(`oci:${layout}:${TEST_IMAGE.tag}`, {
+        store: new ImageStore(`${base}/store`),
+        progress: null,
+      });
+      await using vm = VirtualMachine.create({ engine: "qemu", image, memoryMiB: 256 });
+      const def = await vm.run([], { timeoutMs: 120_000 });
+      deepStrictEqual([def.code, def.stdoutText], [0, "default-cmd in /srv\n"], def.stderrText);
+      const own = await vm.run(["sh", "-c", 'echo "$GREETING"; cat /etc/os-release; id -u'], {
+        user: "app",
+        timeoutMs: 120_000,
+      });
+      deepStrictEqual([own.code, own.stdoutText], [
+        0,
+        `hello from the image\n${TEST_IMAGE.osRelease}1000\n`,
+      ]);
     } finally {
       await Deno.remove(base, { recursive: true });
     }
