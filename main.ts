@@ -355,13 +355,23 @@ const COMMANDS: Record<string, Command> = {
     summary: "boot a micro-VM, run a command in it, exit with its code",
     help: [
       "Usage: skiff run [OPTIONS] [--] CMD [ARGS…]",
+      "       skiff run --image REF [--user U] [OPTIONS] [--] [CMD [ARGS…]]",
       "",
       "Boots a Linux guest whose root is the host's / (read-only, with a writable tmpfs",
       "overlay; /home, /root and other mounts stay out), runs CMD in the current directory",
       "(shared read-only at the same path), streams its stdout and stderr separately,",
       "forwards stdin, and exits with CMD's exit code (128+N when killed by signal N).",
       "",
+      "With --image the root is an OCI image instead (read-only, under a tmpfs overlay),",
+      "pulled into the image store when missing: REF is oci:DIR[:TAG], docker-archive:FILE",
+      "or [REGISTRY/]NAME[:TAG|@DIGEST] (see skiff image --help). The command is the image's",
+      "Entrypoint + CMD (the image's Cmd when CMD is omitted), with the image's Env, WorkingDir",
+      "and User; --env, --workdir and --user override them. The current directory is not shared.",
+      "",
       "Options:",
+      "  --image REF             run the image REF as the guest root",
+      "  --user NAME|UID[:GROUP|GID]  run CMD as this user (the image's /etc/passwd and",
+      "                          /etc/group, or the host's without --image)",
       "  --engine kvm|qemu|auto  VMM to use (default auto: kvm when /dev/kvm runs guests,",
       "                          else QEMU in software mode)",
       "  --cpus N                vCPUs (default 1)",
@@ -403,6 +413,8 @@ const COMMANDS: Record<string, Command> = {
         verbose: { type: "boolean" },
         net: { type: "string" },
         publish: { type: "string", multiple: true },
+        image: { type: "string" },
+        user: { type: "string" },
       }, { net: "on" });
       const engine = values.engine ?? "auto";
       if (engine !== "kvm" && engine !== "qemu" && engine !== "auto") {
@@ -410,7 +422,15 @@ const COMMANDS: Record<string, Command> = {
       }
       const { runConfig, parseTimeout } = await import("./hv/cli/run_options.ts");
       const { runCommand } = await import("./hv/cli/run_command.ts");
+      let image;
+      if (values.image !== undefined) {
+        const { prepareImage } = await import("./image/run.ts");
+        const { withInterrupt } = await import("./image/cli.ts");
+        image = await withInterrupt((signal) => prepareImage(values.image!, { signal }));
+      }
       const { config, workload } = runConfig({
+        image,
+        user: values.user,
         argv: command,
         cpus: values.cpus,
         memory: values.memory,
@@ -430,6 +450,54 @@ const COMMANDS: Record<string, Command> = {
         timeoutSeconds: parseTimeout(values.timeout),
         snapshot: values["no-snapshot"] ? false : values.snapshot ? true : undefined,
       });
+    },
+  },
+  image: {
+    summary: "pull, list or remove OCI images (the guest roots of skiff run --image)",
+    help: [
+      "Usage: skiff image pull REF",
+      "       skiff image list [--json]",
+      "       skiff image rm REF|DIGEST…",
+      "",
+      "REF is one of",
+      "  oci:DIR[:TAG]            an OCI image layout directory (TAG: its ref.name annotation;",
+      "                           without it, the only image in DIR)",
+      "  docker-archive:FILE      a tar written by `docker save` (or skopeo)",
+      "  [REGISTRY/]NAME[:TAG|@DIGEST]  an image in a registry, as Docker names them: docker.io,",
+      "                           library/ and :latest by default (busybox = docker.io/library/",
+      "                           busybox:latest). HTTPS, or HTTP for localhost/127.0.0.1/[::1];",
+      "                           anonymous pulls only (public images); linux/amd64 is chosen",
+      "                           from a multi-platform image.",
+      "",
+      "pull   fetches the image, verifies every digest, and unpacks each layer once into the",
+      "       store (as the invoking user; owners, modes, setuid bits and devices are kept as",
+      "       metadata, never created on the host). Prints the manifest digest.",
+      "list   name, manifest digest, unpacked size and age of each image (--json: all fields).",
+      "rm     forgets images by name or manifest digest (a prefix of 6+ hex digits is enough)",
+      "       and deletes the layers no other image uses.",
+      "",
+      "The store lives in ${XDG_CACHE_HOME:-~/.cache}/skiff/images/. Hostile archives (paths with",
+      "'..', links or writes leading out of a layer, oversized or truncated tars, wrong digests)",
+      "are refused in one line naming the entry; a failed pull leaves no partial layer.",
+    ].join("\n"),
+    async run(args) {
+      const [sub, ...rest] = args;
+      const cli = await import("./image/cli.ts");
+      if (sub === "pull") {
+        const { positionals } = parseFlags(rest, {}, true);
+        if (positionals.length !== 1) throw new UsageError("expected: image pull REF");
+        return await cli.imagePullCommand(positionals[0]);
+      }
+      if (sub === "list" || sub === "ls") {
+        const { values } = parseFlags(rest, { json: { type: "boolean" } });
+        return cli.imageListCommand(values.json ?? false);
+      }
+      if (sub === "rm") {
+        const { positionals } = parseFlags(rest, {}, true);
+        if (positionals.length === 0) throw new UsageError("expected: image rm REF|DIGEST…");
+        return await cli.imageRmCommand(positionals);
+      }
+      throw new UsageError(sub ? `unknown subcommand '${sub}'` : "expected pull, list or rm");
     },
   },
   snapshot: {

@@ -95,3 +95,17 @@ export type {
   PublishRule,
   StreamListener,
 } from "./devices/net/mod.ts";
+export {
+  DigestMismatchError,
+  imageCommand,
+  ImageRunError,
+  ImageStore,
+  parseReference,
+  prepareImage,
+  PullError,
+  pullImage,
+  UnpackError,
+} from "./image/mod.ts";
+export type { ImageRecord, ImageRef, PreparedImage, PullOptions } from "./image/mod.ts";
+export { LayeredFs } from "./devices/fuse/layered.ts";
+export type { LayeredOptions } from "./devices/fuse/layered.ts";

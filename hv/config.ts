@@ -23,6 +23,12 @@ export interface Share {
   stayOnDevice?: boolean;
   /** Host paths (absolute) hidden from the guest (shown as empty directories). */
   hide?: string[];
+  /**
+   * An image root instead of a host directory: these unpacked layers (bottom
+   * first) merged read-only (`hostPath` is then only an existing directory, the
+   * image store). The manifest digest is part of the snapshot key.
+   */
+  image?: { name: string; manifestDigest: string; layers: string[] };
 }
 
 /** A `--publish [HOSTIP:]HOSTPORT:GUESTPORT[/udp]` rule. */
@@ -71,6 +77,8 @@ export interface Workload {
   env: Record<string, string>;
   /** Absolute guest working directory. */
   workdir: string;
+  /** Run as this user instead of root (`--user`, an image's `User`). */
+  user?: { uid: number; gid: number; groups: number[] };
 }
 
 /** How the guest command ended. */

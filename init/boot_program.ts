@@ -58,7 +58,7 @@ import {
   writeFile,
 } from "./ir/mod.ts";
 import { LINUX_ERRNO_NAMES } from "./errno_names.ts";
-import { REC, REC_FLAGS, SHARE } from "./record.ts";
+import { REC, REC_FLAGS, recordUser, SHARE } from "./record.ts";
 
 /** Where the one-shot init reads its record inside the initramfs. */
 export const RECORD_PATH = "/skiff/record";
@@ -417,7 +417,9 @@ export function bootProgram(o: BootOptions = {}): Program {
     const start = v("line_start");
     const signaled = uniqueLabel("signaled");
     const write = uniqueLabel("writestatus");
+    const who = recordUser(rec, "cmd");
     body.push(
+      who.load,
       field(argv, rec, REC.ARGV),
       field(envp, rec, REC.ENVP),
       field(cwd, rec, REC.CWD),
@@ -432,6 +434,7 @@ export function bootProgram(o: BootOptions = {}): Program {
         stderr: errFd,
         status,
         signal,
+        user: who.user,
       }),
       // One write per /dev/kmsg record: "skiff-init: " + the status line.
       { op: "call", routine: "strcpy", args: [line, str("skiff-init: ")], dst: start },

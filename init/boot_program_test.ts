@@ -171,6 +171,19 @@ hostTest("boot program (native): signal and not-found statuses", [...NEEDS], asy
   }
 });
 
+hostTest("boot program (native): the command runs as the record's user", [...NEEDS], async () => {
+  const r = await runNative(() => ({
+    argv: ["sh", "-c", "id -u; id -g; id -G"],
+    user: { uid: 1000, gid: 1001, groups: [1001, 2000] },
+  }));
+  try {
+    strictEqual(r.status, "exit 0\n", r.initStderr + r.stderr);
+    strictEqual(r.stdout, "1000\n1001\n1001 2000\n");
+  } finally {
+    await Deno.remove(r.dir, { recursive: true });
+  }
+});
+
 hostTest("boot program (native): a failing mount is reported with its errno", [
   ...NEEDS,
 ], async () => {

@@ -39,6 +39,8 @@ export interface InitCommand {
   /** "K=V" entries; PATH among them is also the search list for argv[0]. */
   env: string[];
   cwd: string;
+  /** Run as this user (uid, gid, supplementary groups) instead of root. */
+  user?: { uid: number; gid: number; groups: number[] } | null;
 }
 
 /** Everything the one-shot init needs. */
@@ -97,6 +99,7 @@ export function recordFor(config: InitConfig, modules: string[]): Uint8Array {
     argv: config.command.argv,
     env: config.command.env,
     cwd: config.command.cwd,
+    user: config.command.user ?? null,
     path: pathEntry ? pathEntry.slice(5) : DEFAULT_PATH,
     net: config.net
       ? {

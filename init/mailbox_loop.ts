@@ -36,7 +36,7 @@ import {
   type Val,
   type VarRef,
 } from "./ir/mod.ts";
-import { REC } from "./record.ts";
+import { REC, recordUser } from "./record.ts";
 import {
   MAILBOX_LAYOUT,
   MAILBOX_MAGIC,
@@ -300,6 +300,7 @@ function runRecord(o: MailboxLoopOptions, finish: string): Fragment {
   };
   const a = v("mb_port_stdout");
   const b = v("mb_port_stderr");
+  const mbUser = recordUser(rec, "mb");
   return seq(
     set(fds.in, -1),
     set(fds.out, -1),
@@ -331,6 +332,7 @@ function runRecord(o: MailboxLoopOptions, finish: string): Fragment {
     { op: "load", dst: v("mb_envp"), addr: rec, offset: REC.ENVP, size: 8 },
     { op: "load", dst: v("mb_cwd"), addr: rec, offset: REC.CWD, size: 8 },
     { op: "load", dst: v("mb_path"), addr: rec, offset: REC.PATH, size: 8 },
+    mbUser.load,
     spawn({
       argv: v("mb_argv"),
       envp: v("mb_envp"),
@@ -340,6 +342,7 @@ function runRecord(o: MailboxLoopOptions, finish: string): Fragment {
       stdout: fds.out,
       stderr: fds.err,
       status,
+      user: mbUser.user,
     }),
     set(MB.result, status),
     jump(closeAll),

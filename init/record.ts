@@ -14,7 +14,7 @@
  */
 
 import { RECORD_MAGIC } from "./codegen/mod.ts";
-import { ipv4 } from "./ir/mod.ts";
+import { type Fragment, ipv4, seq, v, type Val } from "./ir/mod.ts";
 
 /** Format version in the header (offset 8). */
 export const RECORD_VERSION = 1;
@@ -66,15 +66,26 @@ export const REC = {
   /** ptr + u64: /etc/hosts content and length. */
   HOSTS: 168,
   HOSTS_LEN: 176,
+  /** u32 ×2: uid and gid the command runs as (with {@link REC_FLAGS.USER}). */
+  UID: 184,
+  GID: 188,
+  /** u64 + ptr: number of supplementary groups and the u32 array of them. */
+  NGROUPS: 192,
+  GROUPS: 200,
   /** Size of the header. */
-  HEADER_SIZE: 184,
+  HEADER_SIZE: 208,
 } as const;
 
 /** Flag bits of {@link REC.FLAGS}. */
 export const REC_FLAGS = {
   /** Configure eth0 (address, route, resolv.conf, hosts). */
   NET: 1,
+  /** Run the command as UID/GID with GROUPS (`skiff run --user`); else as the init (root). */
+  USER: 2,
 } as const;
+
+/** Most supplementary groups a record carries. */
+export const MAX_GROUPS = 1024;
 
 /** A share entry (32 bytes): tag ptr, guest path ptr, mount flags, fstype ptr. */
 export const SHARE = {
@@ -106,6 +117,8 @@ export interface RecordSpec {
     resolvConf: string;
     hosts: string;
   } | null;
+  /** The user the command runs as; absent or null: root, as the init. */
+  user?: { uid: number; gid: number; groups: number[] } | null;
 }
 
 /** A record the init cannot use. */
@@ -210,7 +223,7 @@ export function encodeRecord(spec: RecordSpec): Uint8Array {
   w.reserve(REC.HEADER_SIZE);
   w.u64(REC.MAGIC, RECORD_MAGIC);
   w.u32(REC.VERSION, RECORD_VERSION);
-  w.u64(REC.FLAGS, spec.net ? REC_FLAGS.NET : 0);
+  w.u64(REC.FLAGS, (spec.net ? REC_FLAGS.NET : 0) | (spec.user ? REC_FLAGS.USER : 0));
   if (spec.rootTag !== null) w.ptr(REC.ROOT_TAG, w.str(spec.rootTag, "root tag"));
   w.ptr(REC.HOSTNAME, w.str(spec.hostname, "hostname"));
   w.align(8);
@@ -244,6 +257,25 @@ export function encodeRecord(spec: RecordSpec): Uint8Array {
     const hosts = new TextEncoder().encode(n.hosts);
     w.ptr(REC.HOSTS, w.data(hosts));
     w.u64(REC.HOSTS_LEN, hosts.length);
+  }
+  if (spec.user) {
+    const u = spec.user;
+    const id = (x: number, what: string) => {
+      if (!Number.isInteger(x) || x < 0 || x > 0xfffffffe) {
+        throw new RecordError(`bad ${what} ${x}`);
+      }
+      return x;
+    };
+    if (u.groups.length > MAX_GROUPS) {
+      throw new RecordError(`${u.groups.length} supplementary groups (at most ${MAX_GROUPS})`);
+    }
+    w.u32(REC.UID, id(u.uid, "uid"));
+    w.u32(REC.GID, id(u.gid, "gid"));
+    w.u64(REC.NGROUPS, u.groups.length);
+    w.align(8);
+    const groups = w.reserve(4 * Math.max(1, u.groups.length));
+    u.groups.forEach((g, i) => w.u32(groups + 4 * i, id(g, "group")));
+    w.ptr(REC.GROUPS, groups);
   }
   w.align(4);
   const relocs = w.reserve(4 * w.relocs.length);
@@ -326,5 +358,40 @@ export function decodeRecord(b: Uint8Array): RecordSpec {
         hosts: text(REC.HOSTS, REC.HOSTS_LEN),
       }
       : null,
+    ...((d.getBigUint64(REC.FLAGS, true) & BigInt(REC_FLAGS.USER)) !== 0n
+      ? {
+        user: {
+          uid: d.getUint32(REC.UID, true),
+          gid: d.getUint32(REC.GID, true),
+          groups: Array.from(
+            { length: Number(d.getBigUint64(REC.NGROUPS, true)) },
+            (_, i) => d.getUint32(off(REC.GROUPS) + 4 * i, true),
+          ),
+        },
+      }
+      : {}),
+  };
+}
+
+/** Loads the record's user fields (at `rec`) into variables for {@link SpawnOptions.user}. */
+export function recordUser(rec: Val, prefix: string): {
+  load: Fragment;
+  user: { enabled: Val; uid: Val; gid: Val; ngroups: Val; groups: Val };
+} {
+  const enabled = v(`${prefix}_user_on`);
+  const uid = v(`${prefix}_uid`);
+  const gid = v(`${prefix}_gid`);
+  const ngroups = v(`${prefix}_ngroups`);
+  const groups = v(`${prefix}_groups`);
+  return {
+    load: seq(
+      { op: "load", dst: enabled, addr: rec, offset: REC.FLAGS, size: 8 },
+      { op: "arith", kind: "and", dst: enabled, a: enabled, b: REC_FLAGS.USER },
+      { op: "load", dst: uid, addr: rec, offset: REC.UID, size: 4 },
+      { op: "load", dst: gid, addr: rec, offset: REC.GID, size: 4 },
+      { op: "load", dst: ngroups, addr: rec, offset: REC.NGROUPS, size: 8 },
+      { op: "load", dst: groups, addr: rec, offset: REC.GROUPS, size: 8 },
+    ),
+    user: { enabled, uid, gid, ngroups, groups },
   };
 }

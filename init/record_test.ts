@@ -36,6 +36,8 @@ const SPEC: RecordSpec = {
 Deno.test("record: encode/decode round trip, header and relocation table", () => {
   const b = encodeRecord(SPEC);
   deepStrictEqual(decodeRecord(b), SPEC);
+  const withUser = { ...SPEC, user: { uid: 1000, gid: 100, groups: [100, 27, 4000000000] } };
+  deepStrictEqual(decodeRecord(encodeRecord(withUser)), withUser);
   const d = new DataView(b.buffer);
   strictEqual(d.getBigUint64(REC.MAGIC, true), RECORD_MAGIC);
   strictEqual(d.getUint32(REC.VERSION, true), 1);

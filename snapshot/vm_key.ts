@@ -68,6 +68,10 @@ export async function vmSnapshotKey(input: VmKeyInput): Promise<VmKey> {
     cpus: input.config.cpus,
     devices: input.devices.length,
     cmdline: input.cmdline,
+    // An image root's manifest digest is in the key through `config.root.image`.
+    ...(input.config.root?.image
+      ? { image: input.config.root.image.manifestDigest.slice(0, 19) }
+      : {}),
   };
   return { key: snapshotKey(parts), parts, source };
 }

@@ -62,11 +62,13 @@ export interface ImportEdge {
 }
 
 /**
- * Whether a module is a test, a benchmark or test-only data: measuring and
- * checking harnesses may reach any layer (they are not part of skiff).
+ * Whether a module is a test, a benchmark, test-only data or a test helper
+ * (`testdata/`, `testing/`): measuring and checking harnesses may reach any
+ * layer (they are not part of skiff).
  */
 export function isTestModule(path: string): boolean {
-  return /_(test|bench)\.ts$/.test(path) || path.split("/").includes("testdata");
+  const dirs = path.split("/");
+  return /_(test|bench)\.ts$/.test(path) || dirs.includes("testdata") || dirs.includes("testing");
 }
 
 /** Comments removed, so that JSDoc examples (doc tests) do not count as imports. */

@@ -2,7 +2,8 @@
  * The `/dev/fuse` transport: opens `/dev/fuse`, mounts it with `mount(2)`
  * (`fd=N,rootmode=40000,user_id=…,group_id=…,allow_other,default_permissions`,
  * MS_NOSUID|MS_NODEV — what fusermount would do, without fusermount: the
- * caller must be root) and serves a {@link PassthroughFs} from a Worker
+ * caller must be root) and serves a {@link PassthroughFs} (or, with `layers`,
+ * a read-only {@link LayeredFs} of image layers) from a Worker
  * running the blocking request loop, so the caller's event loop stays free.
  *
  * @module
@@ -16,8 +17,10 @@ import type { LoopStats } from "./dev_fuse_loop.ts";
 
 /** Options of {@link mountDevFuse}. */
 export interface DevFuseOptions extends PassthroughOptions {
-  /** Host directory to share. */
+  /** Host directory to share (with `layers`: only the mount's source name). */
   hostDir: string;
+  /** Serve these unpacked image layers (bottom first) merged read-only instead ({@link LayeredFs}). */
+  layers?: string[];
   /** Where to mount it. */
   mountpoint: string;
   /** Largest READ/WRITE request; default 1 MiB. */
@@ -64,8 +67,8 @@ function isDir(path: string, what: string): void {
 
 /** Mounts `options.hostDir` at `options.mountpoint` and serves it until closed or unmounted. */
 export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMount> {
-  const { hostDir, mountpoint, maxWrite = 1 << 20, ...fsOptions } = options;
-  isDir(hostDir, "HOST_DIR");
+  const { hostDir, mountpoint, maxWrite = 1 << 20, layers, ...fsOptions } = options;
+  if (!layers) isDir(hostDir, "HOST_DIR");
   isDir(mountpoint, "MOUNTPOINT");
   const why = devFuseUnavailable();
   if (why) throw new Error(why);
@@ -98,7 +101,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     };
   });
   done.catch(() => {});
-  worker.postMessage({ fd, hostDir, options: fsOptions, maxWrite });
+  worker.postMessage({ fd, hostDir, layers, options: fsOptions, maxWrite });
   try {
     await ready;
   } catch (e) {

@@ -11,6 +11,7 @@
 /// <reference lib="deno.worker" />
 
 import { PassthroughFs, type PassthroughOptions } from "./passthrough.ts";
+import { LayeredFs } from "./layered.ts";
 import { FuseServer } from "./server.ts";
 import { serveDevFuse } from "./dev_fuse_loop.ts";
 
@@ -18,11 +19,13 @@ import { serveDevFuse } from "./dev_fuse_loop.ts";
 export interface WorkerStart {
   fd: number;
   hostDir: string;
+  /** Image layers to serve merged instead of `hostDir`. */
+  layers?: string[];
   options: PassthroughOptions;
   maxWrite: number;
 }
 
-let fs: PassthroughFs | null = null;
+let fs: PassthroughFs | LayeredFs | null = null;
 let server: FuseServer | null = null;
 
 // Two messages: the start message builds the share (errors such as a bad root are reported
@@ -35,9 +38,9 @@ self.onmessage = (e: MessageEvent<WorkerStart | "serve">) => {
       self.postMessage({ type: "done", stats });
       return;
     }
-    const { hostDir, options, maxWrite } = e.data;
+    const { hostDir, layers, options, maxWrite } = e.data;
     fd = e.data.fd;
-    fs = new PassthroughFs(hostDir, options);
+    fs = layers ? new LayeredFs({ layers }) : new PassthroughFs(hostDir, options);
     server = new FuseServer(fs, { maxWrite });
     self.postMessage({ type: "ready" });
   } catch (err) {

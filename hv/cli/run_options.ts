@@ -20,6 +20,13 @@ import {
   type Workload,
 } from "../config.ts";
 import { parsePublish } from "../../devices/net/config.ts";
+import {
+  imageCommand,
+  imageRootShare,
+  ImageRunError,
+  type PreparedImage,
+  resolveUser,
+} from "../../image/run.ts";
 
 /** `skiff run` options as the CLI parsed them (strings are unparsed flag values). */
 export interface RunOptions {
@@ -42,6 +49,10 @@ export interface RunOptions {
   hostEnv?: Record<string, string>;
   /** Host working directory; default Deno.cwd(). */
   cwd?: string;
+  /** `--image`: the guest root is this image, and its config shapes the command. */
+  image?: PreparedImage;
+  /** `--user NAME|UID[:GROUP|GID]` (against the image's, or the host's, /etc/passwd). */
+  user?: string;
 }
 
 function positiveInt(flag: string, value: string | undefined, fallback: number, max: number) {
@@ -51,6 +62,31 @@ function positiveInt(flag: string, value: string | undefined, fallback: number, 
     throw new ConfigError(`${flag} ${value}: expected a whole number from 1 to ${max}`);
   }
   return n;
+}
+
+/** The image's command settings, or `--user` against the host's user database. */
+function commandOf(o: RunOptions): ReturnType<typeof imageCommand> | null {
+  try {
+    if (o.image) return imageCommand(o.image, { argv: o.argv, workdir: o.workdir, user: o.user });
+    if (o.user === undefined) return null;
+    const read = (p: string) => {
+      try {
+        return Deno.readTextFileSync(p);
+      } catch {
+        return "";
+      }
+    };
+    const u = resolveUser(o.user, read("/etc/passwd"), read("/etc/group"), "the host");
+    return {
+      argv: o.argv,
+      env: {},
+      workdir: "",
+      user: { uid: u.uid, gid: u.gid, groups: u.groups },
+    };
+  } catch (e) {
+    if (e instanceof ImageRunError) throw new ConfigError(e.message);
+    throw e;
+  }
 }
 
 /** Parses `--volume HOST:GUEST[:ro|:rw]`; the host path must be an existing directory. */
@@ -89,17 +125,22 @@ export function parseEnv(
 
 /** Builds the VM configuration and workload for `skiff run`; throws {@link ConfigError}. */
 export function runConfig(o: RunOptions): { config: VmConfig; workload: Workload } {
-  if (o.argv.length === 0) throw new ConfigError("no command given (skiff run -- CMD ARGS…)");
+  if (o.argv.length === 0 && !o.image) {
+    throw new ConfigError("no command given (skiff run -- CMD ARGS…)");
+  }
   const cwd = o.cwd ?? Deno.cwd();
   const hostEnv = o.hostEnv ?? Deno.env.toObject();
   const volumes = (o.volume ?? []).map((v, i) => parseVolume(v, i, cwd));
-  // The current directory, read-only at the same path, unless a volume covers it.
-  if (cwd !== "/" && !volumes.some((v) => v.guestPath === cwd)) {
+  // The current directory, read-only at the same path, unless a volume covers it (host root only).
+  if (!o.image && cwd !== "/" && !volumes.some((v) => v.guestPath === cwd)) {
     volumes.unshift({ tag: "cwd", hostPath: cwd, guestPath: cwd, readOnly: true });
   }
-  const workdir = o.workdir ?? cwd;
-  if (!isAbsolute(workdir)) throw new ConfigError(`--workdir ${workdir}: must be absolute`);
-  const env: Record<string, string> = { PATH: GUEST_PATH, HOME: "/" };
+  if (o.workdir !== undefined && !isAbsolute(o.workdir)) {
+    throw new ConfigError(`--workdir ${o.workdir}: must be absolute`);
+  }
+  const cmd = commandOf(o);
+  const workdir = o.image ? cmd!.workdir : o.workdir ?? cwd;
+  const env: Record<string, string> = o.image ? { ...cmd!.env } : { PATH: GUEST_PATH, HOME: "/" };
   if (hostEnv.TERM) env.TERM = hostEnv.TERM;
   parseEnv(o.env ?? [], hostEnv, env);
   const config: VmConfig = {
@@ -108,14 +149,15 @@ export function runConfig(o: RunOptions): { config: VmConfig; workload: Workload
     cpus: positiveInt("--cpus", o.cpus, 1, 255),
     memoryMiB: positiveInt("--memory", o.memory, 512, 65536),
     cmdlineExtra: o.cmdlineExtra ?? "",
-    root: defaultRootShare(),
+    root: o.image ? imageRootShare(o.image) : defaultRootShare(),
     volumes,
     net: parseNet(o.net, o.publish ?? []),
     hostname: o.hostname ?? "skiff",
     verbose: o.verbose ?? false,
   };
   if (config.memoryMiB < 64) throw new ConfigError(`--memory ${o.memory}: at least 64 MiB`);
-  return { config, workload: { argv: o.argv, env, workdir } };
+  const argv = cmd ? cmd.argv : o.argv;
+  return { config, workload: { argv, env, workdir, ...(cmd?.user ? { user: cmd.user } : {}) } };
 }
 
 /** Parses `--net[=host-loopback]` and `--publish`; null when the network is off. */

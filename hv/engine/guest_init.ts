@@ -37,6 +37,7 @@ export function initConfigFor(config: VmConfig, workload: Workload): InitConfig 
       argv: workload.argv,
       env: Object.entries(workload.env).map(([k, v]) => `${k}=${v}`),
       cwd: workload.workdir,
+      ...(workload.user ? { user: workload.user } : {}),
     },
   };
 }

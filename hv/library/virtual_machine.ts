@@ -25,6 +25,13 @@ import {
 } from "../config.ts";
 import { SkiffError } from "../errors.ts";
 import { defaultRootShare, GUEST_PATH, volumeShare } from "../config.ts";
+import {
+  imageCommand,
+  imageRootShare,
+  ImageRunError,
+  type PreparedImage,
+  prepareImage,
+} from "../../image/run.ts";
 import { type EngineChoice, selectEngine } from "./select_engine.ts";
 
 /** A host directory for the guest. */
@@ -47,6 +54,12 @@ export interface VirtualMachineOptions {
   volumes?: VolumeOptions[];
   /** The guest root: default the host's `/` read-only with a tmpfs overlay; null: the initramfs. */
   root?: Share | null;
+  /**
+   * An OCI image as the root instead (a reference as `skiff run --image` takes,
+   * pulled on the first run when missing, or a {@link prepareImage} result);
+   * its config shapes each command (Entrypoint, Cmd, Env, WorkingDir, User).
+   */
+  image?: string | PreparedImage;
   kernel?: string;
   modules?: string;
   cmdlineExtra?: string;
@@ -61,8 +74,10 @@ export interface RunCallOptions {
   stdin?: string | Uint8Array;
   /** Added to the default environment (PATH, HOME). */
   env?: Record<string, string>;
-  /** Working directory in the guest (default "/"). */
+  /** Working directory in the guest (default "/", or the image's WorkingDir). */
   workdir?: string;
+  /** Run as `NAME|UID[:GROUP|GID]` of the image (default: its User, or root). */
+  user?: string;
   /** Stops the VM after this many milliseconds (rejects with the abort reason). */
   timeoutMs?: number;
   signal?: AbortSignal;
@@ -105,10 +120,22 @@ export class VirtualMachine implements AsyncDisposable {
   readonly engine: Engine;
   #running = new Set<AbortController>();
   #closed = false;
+  #image: string | PreparedImage | null;
 
-  private constructor(config: VmConfig, engine: Engine) {
+  private constructor(config: VmConfig, engine: Engine, image: string | PreparedImage | null) {
     this.config = config;
     this.engine = engine;
+    this.#image = image;
+    if (image !== null && typeof image !== "string") this.config.root = imageRootShare(image);
+  }
+
+  /** The image, pulled on first use; null without one. */
+  async #prepared(signal: AbortSignal): Promise<PreparedImage | null> {
+    if (typeof this.#image === "string") {
+      this.#image = await prepareImage(this.#image, { signal, progress: null });
+      this.config.root = imageRootShare(this.#image);
+    }
+    return this.#image;
   }
 
   /** Validates the options (shares must exist) and picks the engine; boots nothing yet. */
@@ -136,13 +163,13 @@ export class VirtualMachine implements AsyncDisposable {
     const engine = options.engineInstance ?? selectEngine(options.engine ?? "auto", {
       log: config.verbose ? (l) => console.error(`skiff: ${l}`) : undefined,
     }).engine;
-    return new VirtualMachine(config, engine);
+    return new VirtualMachine(config, engine, options.image ?? null);
   }
 
   /** Boots the guest, runs `argv`, collects its output, and powers the guest off. */
   async run(argv: string[], o: RunCallOptions = {}): Promise<RunResult> {
     if (this.#closed) throw new SkiffError("this VirtualMachine has been disposed");
-    if (argv.length === 0) throw new SkiffError("run: no command given");
+    if (argv.length === 0 && this.#image === null) throw new SkiffError("run: no command given");
     const abort = new AbortController();
     this.#running.add(abort);
     const onAbort = () => abort.abort(o.signal?.reason);
@@ -153,12 +180,29 @@ export class VirtualMachine implements AsyncDisposable {
     );
     const stdout = collector(), stderr = collector();
     const input = typeof o.stdin === "string" ? new TextEncoder().encode(o.stdin) : o.stdin;
-    const workload: Workload = {
-      argv,
-      env: { PATH: GUEST_PATH, HOME: "/", ...o.env },
-      workdir: o.workdir ?? "/",
-    };
     try {
+      const image = await this.#prepared(abort.signal);
+      let workload: Workload;
+      if (image) {
+        let cmd;
+        try {
+          cmd = imageCommand(image, { argv, workdir: o.workdir, user: o.user });
+        } catch (e) {
+          throw e instanceof ImageRunError ? new SkiffError(e.message) : e;
+        }
+        workload = {
+          argv: cmd.argv,
+          env: { ...cmd.env, ...o.env },
+          workdir: cmd.workdir,
+          ...(cmd.user ? { user: cmd.user } : {}),
+        };
+      } else {
+        workload = {
+          argv,
+          env: { PATH: GUEST_PATH, HOME: "/", ...o.env },
+          workdir: o.workdir ?? "/",
+        };
+      }
       const status = await this.engine.run(this.config, workload, {
         stdin: input?.length ? ReadableStream.from([input]) : null,
         stdout: stdout.stream,

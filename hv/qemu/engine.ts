@@ -16,8 +16,7 @@ import { findKernel, type KernelInfo } from "../kernel/mod.ts";
 import { DEFAULT_PORTS, parseStatusLine } from "../../init/mod.ts";
 import { guestInitramfs } from "../engine/guest_init.ts";
 import { FuseServer } from "../../devices/fuse/server.ts";
-import type { PassthroughFs } from "../../devices/fuse/passthrough.ts";
-import { shareFileSystem } from "../engine/share_fs.ts";
+import { type ShareBackend, shareFileSystem } from "../engine/share_fs.ts";
 import { VhostUserServer } from "../../devices/vhost_user/backend.ts";
 import { VirtioFsDevice } from "../../devices/vhost_user/fs.ts";
 import { QemuProcess } from "./process.ts";
@@ -172,7 +171,7 @@ export class QemuEngine implements Engine {
     const { info, image } = await this.#kernel(config);
     const dir = await Deno.makeTempDir({ prefix: "skiff-qemu-" });
     const servers: VhostUserServer[] = [];
-    const backends: PassthroughFs[] = [];
+    const backends: ShareBackend[] = [];
     let vm: QemuProcess | null = null;
     let stack: NetStack | null = null;
     let net: StreamListener | null = null;

@@ -383,6 +383,11 @@ export interface SpawnOptions {
   status: VarRef;
   /** Receives the terminating signal number, or 0 when the child exited normally. */
   signal?: VarRef;
+  /**
+   * Credentials the child takes before exec when `enabled` is not 0:
+   * setgroups(ngroups, groups) (a u32 array), setgid, then setuid.
+   */
+  user?: { enabled: Val; uid: Val; gid: Val; ngroups: Val; groups: Val };
 }
 
 /** The argv pointer and argv[0] of {@link SpawnOptions.argv}. */
@@ -482,6 +487,17 @@ export function spawn(o: SpawnOptions): Fragment {
       f.push(sys(SYS.dup2, [fd, n], { step: `dup2 to fd ${n}`, fail: childFail }));
     }
   });
+  if (o.user) {
+    // Groups and gid first: after setuid the child may no longer change them.
+    const asIs = uniqueLabel("nouser");
+    f.push(
+      { op: "branch", cond: "eq", a: o.user.enabled, b: 0, target: asIs },
+      sys(SYS.setgroups, [o.user.ngroups, o.user.groups], { step: "setgroups", fail: childFail }),
+      sys(SYS.setgid, [o.user.gid], { step: "setgid", fail: childFail }),
+      sys(SYS.setuid, [o.user.uid], { step: "setuid", fail: childFail }),
+      label(asIs),
+    );
+  }
   f.push(
     childExec(o, childFail, true),
     label(childFail),
