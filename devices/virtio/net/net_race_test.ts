@@ -83,3 +83,18 @@ Deno.test("virtio-net race: receive writes frames into guest buffers and reads n
   mem.assertNoReadBack("rx");
   for (const w of writable) deepStrictEqual(mem.readCounts(w), new Array(w.length).fill(0));
 });
+
+Deno.test("virtio-net: a transmit chain longer than any frame is dropped without being read", () => {
+  const { mem, dev, drv, sent } = setup();
+  const q = drv.queues[1];
+  const head = q.add([{ data: new Uint8Array(64) }], { publish: false });
+  // The guest points the descriptor at 1 MiB of its memory.
+  q.writeDesc(q.rings.desc, head, 0x200000, 1 << 20, 0, 0);
+  q.publish();
+  mem.clear();
+  drv.kick(1);
+  deepStrictEqual(sent, []);
+  strictEqual(dev.counters.txDropped, 1);
+  deepStrictEqual(mem.readCounts({ addr: 0x200000, length: 1 << 20 }).filter((n) => n > 0), []);
+  deepStrictEqual(q.takeUsed().map((u) => [u.head, u.len]), [[head, 0]]);
+});
