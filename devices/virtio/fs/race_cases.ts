@@ -111,25 +111,31 @@ function send(
 
 function world(makeRig: (server: FuseServer) => FsRig): World {
   const base = Deno.makeTempDirSync({ prefix: "skiff-fsrace-" });
-  const share = `${base}/share`;
-  Deno.mkdirSync(`${share}/a`, { recursive: true });
-  Deno.mkdirSync(`${share}/c`);
-  Deno.writeTextFileSync(`${share}/a/b`, "inner");
-  Deno.writeTextFileSync(`${share}/file`, "hello");
-  Deno.writeTextFileSync(`${base}/x`, SECRET);
-  Deno.chmodSync(`${base}/x`, 0o600);
-  const fs = new PassthroughFs(share);
-  const rig = makeRig(new FuseServer(fs));
-  const w: World = { base, share, rig, fs, unique: 1n };
-  const init = send(
-    w,
-    "header + arguments",
-    Op.INIT,
-    0,
-    cat(le([4, 7], [4, 37], [4, 1 << 20], [4, 0xffffffff], [4, 0]), new Uint8Array(44)),
-  );
-  strictEqual(init.error, 0, "INIT");
-  return w;
+  let fs: PassthroughFs | null = null;
+  try {
+    const share = `${base}/share`;
+    Deno.mkdirSync(`${share}/a`, { recursive: true });
+    Deno.mkdirSync(`${share}/c`);
+    Deno.writeTextFileSync(`${share}/a/b`, "inner");
+    Deno.writeTextFileSync(`${share}/file`, "hello");
+    Deno.writeTextFileSync(`${base}/x`, SECRET);
+    Deno.chmodSync(`${base}/x`, 0o600);
+    fs = new PassthroughFs(share);
+    const w: World = { base, share, rig: makeRig(new FuseServer(fs)), fs, unique: 1n };
+    const init = send(
+      w,
+      "header + arguments",
+      Op.INIT,
+      0,
+      cat(le([4, 7], [4, 37], [4, 1 << 20], [4, 0xffffffff], [4, 0]), new Uint8Array(44)),
+    );
+    strictEqual(init.error, 0, "INIT");
+    return w;
+  } catch (e) {
+    fs?.close();
+    Deno.removeSync(base, { recursive: true });
+    throw e;
+  }
 }
 
 function dispose(w: World): void {
