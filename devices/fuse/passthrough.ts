@@ -9,6 +9,9 @@
  *   the server, ever (including ones just created), no `/proc` magic links.
  * - Names from the client are one component: empty, `.`, `..`, or
  *   containing `/` is EINVAL (NUL cannot occur: names are NUL-terminated).
+ *   Each name is copied once into a private buffer and only the copy is
+ *   checked and used (also for the hidden-path and xattr-namespace checks),
+ *   so the check always holds for what reaches the host.
  * - Operations on a node use its O_PATH fd with `*at(fd, "", AT_EMPTY_PATH |
  *   AT_SYMLINK_NOFOLLOW)`; only where the kernel has no fd form (chmod,
  *   truncate, xattrs, reopening an O_PATH fd for I/O) the server uses
@@ -443,18 +446,25 @@ export class PassthroughFs extends FileSystem {
     }
   }
 
-  /** Validates a client name (one path component) and returns it NUL-terminated in `buf`. */
+  /**
+   * Copies a client name into `buf`, validates the copy as one path component
+   * and returns it NUL-terminated in `buf`. The copy comes first and is all a
+   * caller uses afterwards (see {@link bare}): `name` is read exactly once, so
+   * even a name in memory someone else can change could not be turned into
+   * `..` or `a/b` between the check and the use.
+   */
   #cname(name: Uint8Array, buf: Uint8Array<ArrayBuffer>): Uint8Array<ArrayBuffer> {
     const n = name.length;
     if (n === 0 || n > 4096) throw new FuseError(n ? Errno.ENAMETOOLONG : Errno.EINVAL, "name");
-    if (n <= 2 && name[0] === DOT && (n === 1 || name[1] === DOT)) {
-      throw new FuseError(Errno.EINVAL, "name is . or ..");
-    }
-    if (name.indexOf(SLASH) >= 0 || name.indexOf(0) >= 0) {
-      throw new FuseError(Errno.EINVAL, "name contains / or NUL");
-    }
     buf.set(name);
     buf[n] = 0;
+    const c = buf.subarray(0, n);
+    if (n <= 2 && c[0] === DOT && (n === 1 || c[1] === DOT)) {
+      throw new FuseError(Errno.EINVAL, "name is . or ..");
+    }
+    if (c.indexOf(SLASH) >= 0 || c.indexOf(0) >= 0) {
+      throw new FuseError(Errno.EINVAL, "name contains / or NUL");
+    }
     return buf.subarray(0, n + 1);
   }
 
@@ -463,9 +473,18 @@ export class PassthroughFs extends FileSystem {
    * The statx of the result is left in the scratch buffer.
    */
   #lookupIn(parent: Node, name: Uint8Array): Entry {
+    this.#lookable(parent);
+    return this.#lookupC(parent, this.#cname(name, this.#name1));
+  }
+
+  #lookable(parent: Node): void {
     if (parent.type !== S.IFDIR) throw new FuseError(Errno.ENOTDIR);
     if (parent.foreign) throw FuseError.of(Errno.ENOENT);
-    const c = this.#cname(name, this.#name1);
+  }
+
+  /** {@link #lookupIn} of a name already validated by {@link #cname} (NUL-terminated `c`). */
+  #lookupC(parent: Node, c: Uint8Array<ArrayBuffer>): Entry {
+    this.#lookable(parent);
     // One statx of a single validated component (no '/', not . or ..) with
     // AT_SYMLINK_NOFOLLOW cannot leave `parent`, and is all a lookup needs: the node
     // gets its O_PATH fd lazily (#fd: openat2 RESOLVE_BENEATH|NO_SYMLINKS from the
@@ -482,7 +501,7 @@ export class PassthroughFs extends FileSystem {
       ),
     );
     if (st < 0) throw FuseError.of(-st);
-    return this.#adopt(parent, name, -1);
+    return this.#adopt(parent, bare(c), -1);
   }
 
   /**
@@ -704,7 +723,7 @@ export class PassthroughFs extends FileSystem {
     const t = cpath(target);
     const rc = this.#asCaller(ctx, () => r(sys.symlinkat(t, this.#fd(dir), c)));
     if (rc < 0) throw FuseError.of(-rc);
-    return this.#lookupIn(dir, name);
+    return this.#lookupC(dir, c);
   }
 
   override mknod(
@@ -732,7 +751,7 @@ export class PassthroughFs extends FileSystem {
       (BigInt(major >>> 12) << 32n);
     const rc = this.#asCaller(ctx, () => r(sys.mknodat(this.#fd(dir), c, mode, dev)));
     if (rc < 0) throw FuseError.of(-rc);
-    return this.#lookupIn(dir, name);
+    return this.#lookupC(dir, c);
   }
 
   override mkdir(ctx: Context, parent: number, name: Uint8Array, mode: number, _u: number): Entry {
@@ -741,14 +760,14 @@ export class PassthroughFs extends FileSystem {
     const c = this.#cname(name, this.#name1);
     const rc = this.#asCaller(ctx, () => r(sys.mkdirat(this.#fd(dir), c, mode & 0o7777)));
     if (rc < 0) throw FuseError.of(-rc);
-    return this.#lookupIn(dir, name);
+    return this.#lookupC(dir, c);
   }
 
   #remove(parent: number, name: Uint8Array, flags: number): void {
     this.#enterCreds();
     const dir = this.#mutableDir(parent);
-    this.#refuseHidden(dir, name, Errno.ENOENT);
     const c = this.#cname(name, this.#name1);
+    this.#refuseHidden(dir, c, Errno.ENOENT);
     const victim = this.#detachChild(dir, c);
     if (victim) this.#pin(victim);
     const rc = r(sys.unlinkat(this.#fd(dir), c, flags));
@@ -784,11 +803,11 @@ export class PassthroughFs extends FileSystem {
     if (flags & ~3) throw new FuseError(Errno.EINVAL, `rename flags ${flags}`);
     const from = this.#mutableDir(olddir);
     const to = this.#mutableDir(newdir);
-    // A hidden entry can neither be moved out nor replaced (nor exchanged) by another.
-    this.#refuseHidden(from, oldname, Errno.ENOENT);
-    this.#refuseHidden(to, newname, Errno.EACCES);
     const c1 = this.#cname(oldname, this.#name1);
     const c2 = this.#cname(newname, this.#name2);
+    // A hidden entry can neither be moved out nor replaced (nor exchanged) by another.
+    this.#refuseHidden(from, c1, Errno.ENOENT);
+    this.#refuseHidden(to, c2, Errno.EACCES);
     const moving = this.#detachChild(from, c1);
     const replaced = this.#detachChild(to, c2);
     const exchange = (flags & 2) !== 0;
@@ -798,8 +817,8 @@ export class PassthroughFs extends FileSystem {
       if (replaced && !exchange) this.#unpin(replaced);
       throw FuseError.of(-rc);
     }
-    if (moving) this.#setParent(moving, to, newname);
-    if (replaced && exchange) this.#setParent(replaced, from, oldname);
+    if (moving) this.#setParent(moving, to, bare(c2));
+    if (replaced && exchange) this.#setParent(replaced, from, bare(c1));
   }
 
   override link(_ctx: Context, nodeid: number, newparent: number, newname: Uint8Array): Entry {
@@ -817,7 +836,7 @@ export class PassthroughFs extends FileSystem {
       rc = r(sys.linkat(AT.FDCWD, procFd(fd), dfd, c, AT.SYMLINK_FOLLOW));
     }
     if (rc < 0) throw FuseError.of(-rc);
-    return this.#lookupIn(dir, newname);
+    return this.#lookupC(dir, c);
   }
 
   override open(_ctx: Context, nodeid: number, flags: number): Opened {
@@ -922,9 +941,25 @@ export class PassthroughFs extends FileSystem {
     if (rc < 0) throw FuseError.of(-rc);
   }
 
+  /** A NUL-terminated copy of an xattr name (the copy is what is checked and used). */
   #xname(name: Uint8Array): Uint8Array<ArrayBuffer> {
     if (name.length === 0 || name.length > 255) throw new FuseError(Errno.ERANGE, "xattr name");
-    return cpath(name);
+    const n = cpath(name);
+    if (n.indexOf(0) !== n.length - 1) throw new FuseError(Errno.EINVAL, "xattr name with NUL");
+    return n;
+  }
+
+  /**
+   * {@link #xname}, refusing the names a guest must not change: `trusted.*`
+   * and `security.capability` (host file capabilities). Checked on the copy.
+   */
+  #changeableXname(name: Uint8Array, verb: string): Uint8Array<ArrayBuffer> {
+    const n = this.#xname(name);
+    const s = new TextDecoder().decode(bare(n));
+    if (s.startsWith("trusted.") || s === "security.capability") {
+      throw new FuseError(Errno.EPERM, `${verb} ${s} is not allowed`);
+    }
+    return n;
   }
 
   override setxattr(
@@ -937,11 +972,7 @@ export class PassthroughFs extends FileSystem {
     this.#enterCreds();
     if (this.#ro) throw new FuseError(Errno.EROFS);
     const node = this.#node(nodeid);
-    const n = this.#xname(name);
-    const s = new TextDecoder().decode(name);
-    if (s.startsWith("trusted.") || s === "security.capability") {
-      throw new FuseError(Errno.EPERM, `setting ${s} is not allowed`);
-    }
+    const n = this.#changeableXname(name, "setting");
     if (node.type === S.IFLNK) throw new FuseError(Errno.EPERM);
     const rc = r(
       sys.setxattr(procFd(this.#fd(node)), n, value.slice(), BigInt(value.length), flags & 3),
@@ -974,11 +1005,7 @@ export class PassthroughFs extends FileSystem {
     this.#enterCreds();
     if (this.#ro) throw new FuseError(Errno.EROFS);
     const node = this.#node(nodeid);
-    const n = this.#xname(name);
-    const s = new TextDecoder().decode(name);
-    if (s.startsWith("trusted.") || s === "security.capability") {
-      throw new FuseError(Errno.EPERM, `removing ${s} is not allowed`);
-    }
+    const n = this.#changeableXname(name, "removing");
     if (node.type === S.IFLNK) throw new FuseError(Errno.ENODATA);
     const rc = r(sys.removexattr(procFd(this.#fd(node)), n));
     if (rc < 0) throw FuseError.of(-rc);
@@ -1093,18 +1120,22 @@ export class PassthroughFs extends FileSystem {
   }
 
   /**
-   * Throws `errno` when `name` in `dir` is a hidden path: it does not exist
-   * for the client, so it must not be removed or renamed over either. Uses
-   * the `#name2` buffer: call before building names in it.
+   * Throws `errno` when `c` (a name validated by {@link #cname}) in `dir` is a
+   * hidden path: it does not exist for the client, so it must not be removed
+   * or renamed over either.
    */
-  #refuseHidden(dir: Node, name: Uint8Array, errno: number): void {
-    if (this.#hidden.size > 0 && this.#isHiddenName(dir, name)) {
+  #refuseHidden(dir: Node, c: Uint8Array<ArrayBuffer>, errno: number): void {
+    if (this.#hidden.size > 0 && this.#isHiddenC(dir, c)) {
       throw new FuseError(errno, "hidden path");
     }
   }
 
+  /** Whether directory entry `name` of `dir` is hidden. Uses the `#name2` buffer. */
   #isHiddenName(dir: Node, name: Uint8Array): boolean {
-    const c = this.#cname(name, this.#name2);
+    return this.#isHiddenC(dir, this.#cname(name, this.#name2));
+  }
+
+  #isHiddenC(dir: Node, c: Uint8Array<ArrayBuffer>): boolean {
     const st = r(sys.statx(this.#fd(dir), c, AT.SYMLINK_NOFOLLOW, STATX.BASIC_STATS, this.#stx));
     return st >= 0 && this.#hidden.has(this.#key());
   }
@@ -1162,7 +1193,7 @@ export class PassthroughFs extends FileSystem {
       ));
     if (fd === -Errno.EEXIST && !(flags & O.EXCL)) {
       // Lost a race with another creator: open what is there, if it is a regular file.
-      const entry = this.#lookupIn(dir, name);
+      const entry = this.#lookupC(dir, c);
       const node = this.#byId.get(entry.nodeid)!;
       try {
         const ofd = this.#reopen(node, pass);
@@ -1184,7 +1215,7 @@ export class PassthroughFs extends FileSystem {
       sys.close(fd);
       throw new FuseError(Errno.EIO, "created file vanished");
     }
-    const entry = this.#adopt(dir, name, pfd);
+    const entry = this.#adopt(dir, bare(c), pfd);
     const node = this.#byId.get(entry.nodeid)!;
     return {
       entry,
@@ -1369,4 +1400,9 @@ function fromBase64(s: string): Uint8Array {
   const out = new Uint8Array(t.length);
   for (let i = 0; i < t.length; i++) out[i] = t.charCodeAt(i);
   return out;
+}
+
+/** A NUL-terminated name without its NUL (a view of the same private copy). */
+function bare(c: Uint8Array<ArrayBuffer>): Uint8Array<ArrayBuffer> {
+  return c.subarray(0, c.length - 1);
 }

@@ -6,6 +6,13 @@
  * buffers, bogus lengths, unknown opcodes, unknown node ids or handles)
  * gets an error reply.
  *
+ * A request must be VMM-private memory that nobody else changes while it
+ * is served — never a view of guest memory: the server and its backend
+ * read a name or a length more than once (check, then use). `/dev/fuse`
+ * reads requests into a private buffer; the virtio-fs and vhost-user fs
+ * adapters copy each request out of guest memory first (`RequestBuffer`).
+ * Reply buffers may be guest memory: the server only writes them.
+ *
  * @module
  */
 

@@ -200,10 +200,16 @@ export class Mailbox implements Disposable {
     await this.#run(MB_CMD.SHUTDOWN, new Uint8Array(0), 0n, options);
   }
 
-  /** Copies `length` bytes at `offset` of the data region (output a payload left there). */
+  /**
+   * Copies `length` bytes at `offset` of the data region (output a payload
+   * left there). The data region is guest memory: the result is a private
+   * copy, read once, for the caller to validate and use.
+   */
   readData(offset: number, length: number): Uint8Array {
     this.#checkRange(offset, length);
-    return this.#memory!.slice(this.dataBase + offset, length).slice();
+    const out = new Uint8Array(length);
+    this.#memory!.read(this.dataBase + offset, out);
+    return out;
   }
 
   /** Writes bytes into the data region at `offset` (input for a payload beyond its own code). */

@@ -29,6 +29,7 @@ import {
   Req,
   REQ_NAMES,
   u64Payload,
+  validateMemTable,
   VRING_IDX_MASK,
   VRING_NOFD_MASK,
   type VringAddr,
@@ -291,8 +292,15 @@ export class VhostUserBackend {
       closeAll(fds);
       throw new Error(`SET_MEM_TABLE: ${regions.length} regions but ${fds.length} fds`);
     }
+    try {
+      validateMemTable(regions);
+    } catch (e) {
+      closeAll(fds);
+      throw e;
+    }
     const mapped: MemoryRegion[] = [];
     const owned: { ptr: Deno.PointerObject; size: number; fd?: number }[] = [];
+    let mem: RegionMemory;
     try {
       for (const [i, r] of regions.entries()) {
         const off = Number(r.mmapOffset);
@@ -310,13 +318,14 @@ export class VhostUserBackend {
           fdOffset: off,
         });
       }
+      mem = new RegionMemory(mapped, owned);
     } catch (e) {
       for (const o of owned) libc.munmap(o.ptr, BigInt(o.size));
       closeAll(fds);
       throw e;
     }
     const old = this.#mem;
-    this.#mem = new RegionMemory(mapped, owned);
+    this.#mem = mem;
     this.#userRegions = regions;
     for (const r of this.#rings) this.#translate(r);
     old?.[Symbol.dispose]();

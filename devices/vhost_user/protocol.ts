@@ -204,3 +204,47 @@ export function readMemTable(p: Uint8Array): MemRegionDesc[] {
   }
   return out;
 }
+
+const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+const U64 = 1n << 64n;
+
+/**
+ * Checks a memory table before anything is mapped: every region non-empty,
+ * its guest-physical range and its mapping (`mmap_offset + size`) within
+ * 2^53 (guest addresses are JS numbers here), its front-end address range
+ * not wrapping, and no two regions overlapping in guest-physical or
+ * front-end address space (ring addresses are translated through the
+ * table, so each address must name one region). Throws a RangeError naming
+ * the region and its values.
+ */
+export function validateMemTable(regions: readonly MemRegionDesc[]): void {
+  const hex = (v: bigint) => `0x${v.toString(16)}`;
+  regions.forEach((r, i) => {
+    const what = `SET_MEM_TABLE region ${i} (guest ${hex(r.guestPhysAddr)}+${hex(r.memorySize)})`;
+    if (r.memorySize === 0n) throw new RangeError(`${what} is empty`);
+    if (r.guestPhysAddr + r.memorySize > SAFE) {
+      throw new RangeError(`${what} ends above 2^53`);
+    }
+    if (r.mmapOffset + r.memorySize > SAFE) {
+      throw new RangeError(`${what}: mmap offset ${hex(r.mmapOffset)} + size is above 2^53`);
+    }
+    if (r.userspaceAddr + r.memorySize > U64) {
+      throw new RangeError(`${what}: front-end address ${hex(r.userspaceAddr)} + size wraps`);
+    }
+    for (let j = 0; j < i; j++) {
+      const o = regions[j];
+      if (
+        r.guestPhysAddr < o.guestPhysAddr + o.memorySize &&
+        o.guestPhysAddr < r.guestPhysAddr + r.memorySize
+      ) {
+        throw new RangeError(`${what} overlaps region ${j} in guest-physical space`);
+      }
+      if (
+        r.userspaceAddr < o.userspaceAddr + o.memorySize &&
+        o.userspaceAddr < r.userspaceAddr + r.memorySize
+      ) {
+        throw new RangeError(`${what} overlaps region ${j} in front-end address space`);
+      }
+    }
+  });
+}

@@ -7,6 +7,13 @@
  * validated when it was popped, so these only fail if the memory map changed
  * in between (then {@link GuestMemoryError} propagates to the transport).
  *
+ * Guest memory is shared with vCPUs that keep running while a device works,
+ * so the reader only ever *copies* device-readable bytes into VMM-private
+ * memory (`GuestMemory.read`); it hands out no views of them. Code that
+ * parses a request parses the copy: validating a view and reading it again
+ * would be a double fetch. The writer may write through views (writes are
+ * fine), but nothing written is read back.
+ *
  * @module
  */
 
@@ -67,7 +74,7 @@ export class ChainReader {
   readInto(dest: Uint8Array): number {
     let done = 0;
     for (let s = this.#cur.next(dest.length); s; s = this.#cur.next(dest.length - done)) {
-      dest.set(this.#mem.slice(s[0], s[1]), done);
+      this.#mem.read(s[0], dest.subarray(done, done + s[1]));
       done += s[1];
     }
     return done;
@@ -86,20 +93,6 @@ export class ChainReader {
   /** Everything left (copied). */
   readAll(): Uint8Array<ArrayBuffer> {
     return this.readExact(this.remaining);
-  }
-
-  /**
-   * Zero-copy views of the next `n` bytes (fewer if fewer remain), one per
-   * guest buffer touched. Valid while guest memory stays mapped.
-   */
-  slices(n: number): Uint8Array<ArrayBuffer>[] {
-    const out: Uint8Array<ArrayBuffer>[] = [];
-    let left = n;
-    for (let s = this.#cur.next(left); s; s = this.#cur.next(left)) {
-      out.push(this.#mem.slice(s[0], s[1]));
-      left -= s[1];
-    }
-    return out;
   }
 
   /** Skips `n` bytes (or what remains). */
@@ -133,7 +126,7 @@ export class ChainWriter {
   writeSome(src: Uint8Array): number {
     let done = 0;
     for (let s = this.#cur.next(src.length); s; s = this.#cur.next(src.length - done)) {
-      this.#mem.slice(s[0], s[1]).set(src.subarray(done, done + s[1]));
+      this.#mem.write(s[0], src.subarray(done, done + s[1]));
       done += s[1];
     }
     this.#written += done;
@@ -152,7 +145,8 @@ export class ChainWriter {
 
   /**
    * Zero-copy views of the next `n` writable bytes (fewer if less room), one
-   * per guest buffer; counted as written.
+   * per guest buffer; counted as written. For writing only: the guest can
+   * change these bytes at any time, so nothing may be read back from them.
    */
   slices(n: number): Uint8Array<ArrayBuffer>[] {
     const out: Uint8Array<ArrayBuffer>[] = [];
@@ -162,6 +156,48 @@ export class ChainWriter {
       left -= s[1];
       this.#written += s[1];
     }
+    return out;
+  }
+}
+
+/**
+ * A VMM-private buffer a chain's device-readable bytes are copied into, once,
+ * before anything parses them — how the FUSE adapters (virtio-fs, vhost-user
+ * fs) hand requests to the server, which reads a name or a length more than
+ * once. Reused from request to request (no allocation per request) and grown
+ * on demand up to {@link limit}.
+ */
+export class RequestBuffer {
+  /** Most bytes copied per request; a longer chain is cut here. */
+  readonly limit: number;
+  #buf: Uint8Array<ArrayBuffer>;
+
+  /**
+   * @param limit most bytes per request (e.g. `FuseServer.requestBufferSize`)
+   * @param initial starting capacity (grows up to `limit`)
+   */
+  constructor(limit: number, initial = 64 << 10) {
+    if (!Number.isSafeInteger(limit) || limit < 1) {
+      throw new RangeError(`request buffer limit ${limit} is not a positive integer`);
+    }
+    this.limit = limit;
+    this.#buf = new Uint8Array(Math.min(limit, initial));
+  }
+
+  /**
+   * Copies the device-readable bytes of `chain` — at most {@link limit}: a
+   * request cannot be longer, and a guest must not make the VMM allocate
+   * what it likes; the parser then sees a request shorter than its header
+   * says and rejects it — and returns the copy. The result is a view of
+   * this buffer, valid until the next call: consume it synchronously.
+   */
+  copy(mem: GuestMemory, chain: DescriptorChain): Uint8Array<ArrayBuffer> {
+    const n = Math.min(chain.readableLength, this.limit);
+    if (n > this.#buf.length) {
+      this.#buf = new Uint8Array(Math.min(this.limit, Math.max(n, 2 * this.#buf.length)));
+    }
+    const out = this.#buf.subarray(0, n);
+    new ChainReader(mem, chain).readInto(out);
     return out;
   }
 }

@@ -30,6 +30,13 @@ export interface MockUsed {
   written: Uint8Array;
 }
 
+/** Where a buffer of a chain was placed in guest memory. */
+export interface MockPlaced {
+  addr: number;
+  len: number;
+  writable: boolean;
+}
+
 /** Ring addresses of a queue a {@link MockQueueDriver} lays out. */
 export interface MockRingLayout {
   desc: number;
@@ -51,7 +58,10 @@ export class MockQueueDriver {
   #free: number[];
   #availIdx = 0;
   #lastUsed = 0;
-  #chains = new Map<number, { writable: { addr: number; len: number }[]; descs: number[] }>();
+  #chains = new Map<
+    number,
+    { writable: { addr: number; len: number }[]; descs: number[]; buffers: MockPlaced[] }
+  >();
 
   /**
    * @param mem guest memory
@@ -152,9 +162,35 @@ export class MockQueueDriver {
       head = ids[0];
       descs.push(...ids);
     }
-    this.#chains.set(head, { writable, descs });
+    const placed = entries.map((e) => ({
+      addr: e.addr,
+      len: e.len,
+      writable: (e.flags & VIRTQ_DESC_F_WRITE) !== 0,
+    }));
+    this.#chains.set(head, { writable, descs, buffers: placed });
     this.pushAvail(head, opts.publish ?? true);
     return head;
+  }
+
+  /** Where the buffers of the outstanding chain `head` lie in guest memory, in chain order. */
+  buffers(head: number): MockPlaced[] {
+    const c = this.#chains.get(head);
+    if (!c) throw new Error(`mock driver: no outstanding chain with head ${head}`);
+    return c.buffers.map((b) => ({ ...b }));
+  }
+
+  /**
+   * Guest address of byte `offset` of the chain's device-readable bytes
+   * (the readable buffers concatenated).
+   */
+  readableAddr(head: number, offset: number): number {
+    let off = offset;
+    for (const b of this.buffers(head)) {
+      if (b.writable) continue;
+      if (off < b.len) return b.addr + off;
+      off -= b.len;
+    }
+    throw new RangeError(`mock driver: chain ${head} has no readable byte ${offset}`);
   }
 
   #take(): number {

@@ -9,6 +9,11 @@
  * {@link VirtqueueErrorKind}); the transport catches it and sets
  * DEVICE_NEEDS_RESET (§2.1.2) instead of letting the guest crash the VMM.
  *
+ * The rings are guest memory that running vCPUs can change at any moment,
+ * so each field is read exactly once into a local, and that local is what
+ * gets checked and used (a second read could return another value than the
+ * one validated); nothing the device wrote is read back.
+ *
  * @module
  */
 
@@ -232,13 +237,14 @@ export class Queue {
   /** Number of chains the driver has made available and the device has not popped. */
   pending(mem: GuestMemory): number {
     this.#check(mem);
-    const n = (this.availIdx(mem) - this.#nextAvail) & 0xffff;
+    // Read once: the driver may move it at any time; the error names the value checked.
+    const idx = this.availIdx(mem);
+    const n = (idx - this.#nextAvail) & 0xffff;
     if (n > this.size) {
       throw new VirtqueueError(
         "bad-avail-index",
-        `available index ${
-          this.availIdx(mem)
-        } is ${n} ahead of ${this.#nextAvail}, more than queue size ${this.size}`,
+        `available index ${idx} is ${n} ahead of ${this.#nextAvail}, ` +
+          `more than queue size ${this.size}`,
       );
     }
     return n;
@@ -465,12 +471,9 @@ export class Queue {
       }
       // With EVENT_IDX "disable" is simply not moving avail_event forward.
     } else {
-      const flags = this.#read16(mem, this.usedRing);
-      this.#write16(
-        mem,
-        this.usedRing,
-        enable ? flags & ~VIRTQ_USED_F_NO_NOTIFY : flags | VIRTQ_USED_F_NO_NOTIFY,
-      );
+      // used->flags belongs to the device and NO_NOTIFY is its only defined bit
+      // (§2.7.8): write it outright rather than read back what the guest can change.
+      this.#write16(mem, this.usedRing, enable ? 0 : VIRTQ_USED_F_NO_NOTIFY);
     }
     return enable && this.pending(mem) > 0;
   }

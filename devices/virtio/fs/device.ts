@@ -5,11 +5,18 @@
  * whole FUSE request in its device-readable buffers and room for the reply
  * in its device-writable ones (§5.11.6).
  *
+ * The guest's vCPUs keep running while a request is served, so the request
+ * is copied once into VMM-private memory and the server parses only that
+ * copy (it reads names and lengths more than once: on a view of guest
+ * memory a vCPU could turn a checked name into `../x` between the check and
+ * the use). Replies are written straight into the guest's buffers and never
+ * read back.
+ *
  * @module
  */
 
 import type { FuseServer, FuseServerState } from "../../fuse/server.ts";
-import { ChainReader } from "../chain.ts";
+import { RequestBuffer } from "../chain.ts";
 import { DEVICE_ID, type DeviceContext, type VirtioDevice } from "../device.ts";
 import type { DescriptorChain } from "../queue.ts";
 
@@ -43,6 +50,7 @@ export class VirtioFs implements VirtioDevice {
   readonly server: FuseServer;
   #tag: Uint8Array;
   #ctx: DeviceContext | null = null;
+  #request: RequestBuffer;
   /** Requests served (for tests and diagnostics). */
   requests = 0;
 
@@ -58,6 +66,7 @@ export class VirtioFs implements VirtioDevice {
     this.tag = opts.tag;
     this.#tag = tag;
     this.server = opts.server;
+    this.#request = new RequestBuffer(opts.server.requestBufferSize);
     this.queueMaxSizes = Array.from({ length: 1 + n }, () => QUEUE_SIZE);
   }
 
@@ -97,10 +106,10 @@ export class VirtioFs implements VirtioDevice {
   /** One request → reply written into the chain's writable buffers; returns the reply length. */
   #serve(ctx: DeviceContext, c: DescriptorChain): number {
     this.requests++;
-    // A request in one buffer is handed over zero-copy; a scattered one is gathered.
-    const request = c.readable.length === 1
-      ? ctx.mem.slice(c.readable[0].addr, c.readable[0].len)
-      : new ChainReader(ctx.mem, c).readAll();
+    // Copied once, then parsed: never a view of guest memory (see the module doc).
+    const request = this.#request.copy(ctx.mem, c);
+    // Views of the writable buffers: the reply (and READ data, by preadv) goes
+    // straight to the guest; the server only writes them.
     const iov = c.writable.filter((s) => s.len > 0).map((s) => ctx.mem.slice(s.addr, s.len));
     // FORGET / BATCH_FORGET / INTERRUPT take no reply: handleV returns 0.
     if (iov.length === 0) {

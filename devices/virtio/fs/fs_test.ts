@@ -102,3 +102,24 @@ Deno.test("virtio-fs: save/restore carries the server state", () => {
   dev2.restore(state);
   strictEqual(dev2.server.proto?.major, 7);
 });
+
+Deno.test("virtio-fs: a request longer than the server takes is cut at its size and refused", () => {
+  const mem = RegionMemory.fromBytes(4 << 20);
+  const server = new FuseServer(new FileSystem(), { maxWrite: 4096 });
+  const dev = new VirtioFs({ tag: "t", server });
+  const t = new VirtioMmioTransport(dev, mem, () => {});
+  const drv = new MockMmioDriver(t, mem, 0x10000, 0x3e0000);
+  drv.init(ALL, dev.queueMaxSizes.length, 16);
+  const q = drv.queues[1];
+  q.add([{ data: request(26, 1n, 0n, initArgs()) }, { writable: 96 }]);
+  drv.kick(1);
+  strictEqual(reply(q.takeUsed()[0].written).error, 0);
+  // A WRITE of 12 KiB: more than this server's request size (4 KiB + a page).
+  const big = request(16, 2n, 1n, new Uint8Array(40 + (12 << 10)));
+  ok(big.length > server.requestBufferSize);
+  q.add([{ data: big.subarray(0, 40) }, { data: big.subarray(40) }, { writable: 64 }]);
+  drv.kick(1);
+  const r = reply(q.takeUsed()[0].written);
+  strictEqual(r.unique, 2n);
+  strictEqual(r.error, -22, "EINVAL: the header's length exceeds what was taken");
+});

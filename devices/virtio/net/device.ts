@@ -38,6 +38,13 @@ export const NET_S_LINK_UP = 1;
 const QUEUE_SIZE = 256;
 /** Frames held for the guest while it has no receive buffers; more are dropped (and counted). */
 const MAX_PENDING_FRAMES = 1024;
+/**
+ * Longest transmit chain taken: the header and the largest Ethernet frame
+ * (64 KiB MTU, 14-byte header, 4-byte VLAN tag). GSO is not offered, so
+ * anything longer is no frame; it is dropped without being copied, so a
+ * guest cannot make the VMM allocate whatever its chain claims.
+ */
+const MAX_TX_CHAIN = NET_HDR_LEN + 65535 + 18;
 
 /** The network stack's side of the attachment. */
 export interface NetLink {
@@ -135,13 +142,23 @@ export class VirtioNet implements VirtioDevice {
     return true;
   }
 
-  /** Guest → host: strip the header, complete partial checksums, hand frames to the link. */
+  /**
+   * Guest → host: copy the chain once (the guest may rewrite its buffers at
+   * any time), then strip the header, complete partial checksums and hand
+   * the frame to the link — all on the copy.
+   */
   #transmit(): void {
     const ctx = this.#ctx;
     if (!ctx) return;
     const q = ctx.queues[1];
     let any = false;
     for (let c = q.pop(ctx.mem); c; c = q.pop(ctx.mem)) {
+      if (c.readableLength > MAX_TX_CHAIN) {
+        q.addUsed(ctx.mem, c.head, 0);
+        any = true;
+        this.counters.txDropped++;
+        continue;
+      }
       const bytes = new ChainReader(ctx.mem, c).readAll();
       q.addUsed(ctx.mem, c.head, 0);
       any = true;
