@@ -240,6 +240,13 @@ async function planMachine(config: VmConfig, opts: MachineOptions): Promise<Mach
     throw new ConfigError(`--cpus ${config.cpus}: the kvm engine boots 1–255 vCPUs`);
   }
   const workload = opts.workloadDevices ?? true;
+  if (workload && config.cpus > 1) {
+    // The virtio transports keep register state per vCPU Worker
+    // (devices/virtio/mmio_remote.ts): refused, not silently run on one.
+    throw new ConfigError(
+      `--cpus ${config.cpus}: the kvm engine runs one vCPU for now; use --cpus 1 or --engine qemu`,
+    );
+  }
   const emulated = opts.emulated ?? isEmulatedKvm();
   const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
   // The ELF vmlinux skips the bzImage's self-decompression (~80 s where guest code is emulated).
@@ -458,12 +465,6 @@ async function buildPlanned(p: MachinePlan, opts: MachineOptions): Promise<KvmMa
   try {
     const vm = Vm.create({ memory });
     cleanups.push(() => vm.close());
-    if (p.cpus < config.cpus) {
-      progress(
-        `skiff: kvm engine: using 1 vCPU (asked for ${config.cpus}): ` +
-          "virtio transports keep per-vCPU state",
-      );
-    }
     const devices = attachDevices(vm, memory, p, opts, cleanups);
     let kernel: LoadedKernel;
     try {
