@@ -10,18 +10,18 @@
 import { strictEqual } from "node:assert/strict";
 import { hostTest } from "../tests/requirements.ts";
 import { QemuProcess } from "../hv/qemu/process.ts";
-import { readAll, testKernel } from "../hv/qemu/testing.ts";
+import { assertKernel, readAll, testKernel } from "../hv/qemu/testing.ts";
 import { defaultInitConfig } from "./config.ts";
 import { MAILBOX_RDINIT, mailboxInitramfs } from "./mailbox_mode.ts";
 
 const kernel = await testKernel();
-if (typeof kernel === "string") console.error(`skiff-test-skip: mailbox mode qemu test: ${kernel}`);
 const DEADLINE_MS = 120_000;
 
 hostTest("mailbox-mode init under QEMU: setup, ports, then the mailbox check (no device here)", [
+  "kernel",
   "qemu",
 ], async () => {
-  if (typeof kernel === "string") return;
+  assertKernel(kernel);
   const dir = await Deno.makeTempDir({ prefix: "skiff-mbmode-q-" });
   let vm: QemuProcess | null = null;
   let timer: ReturnType<typeof setTimeout> | undefined;

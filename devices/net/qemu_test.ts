@@ -8,18 +8,24 @@
 import { ok, strictEqual } from "node:assert/strict";
 import { hostTest } from "../../tests/requirements.ts";
 import { QemuProcess } from "../../hv/qemu/process.ts";
-import { busyboxInitramfs, PORT_FUNCTION, runGuest, testKernel } from "../../hv/qemu/testing.ts";
+import {
+  assertKernel,
+  busyboxInitramfs,
+  PORT_FUNCTION,
+  runGuest,
+  testKernel,
+} from "../../hv/qemu/testing.ts";
 import { NetStack } from "./stack.ts";
 import { listenStream } from "./stream.ts";
 
 const kernel = await testKernel();
-if (typeof kernel === "string") console.error(`skiff-test-skip: net QEMU guest tests: ${kernel}`);
 
 hostTest("net L3q: a Linux guest under QEMU gets DHCP, DNS and HTTP from host loopback", [
+  "kernel",
   "qemu",
   "cpio",
 ], async () => {
-  if (typeof kernel === "string") return;
+  assertKernel(kernel);
   const body = new Uint8Array(1 << 20);
   crypto.getRandomValues(body.subarray(0, 65536));
   for (let o = 65536; o < body.length; o += 65536) body.copyWithin(o, 0, 65536);

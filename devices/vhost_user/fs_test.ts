@@ -3,18 +3,24 @@ import { hostTest } from "../../tests/requirements.ts";
 import { FuseServer } from "../fuse/server.ts";
 import { PassthroughFs } from "../fuse/passthrough.ts";
 import { QemuProcess } from "../../hv/qemu/process.ts";
-import { busyboxInitramfs, PORT_FUNCTION, runGuest, testKernel } from "../../hv/qemu/testing.ts";
+import {
+  assertKernel,
+  busyboxInitramfs,
+  PORT_FUNCTION,
+  runGuest,
+  testKernel,
+} from "../../hv/qemu/testing.ts";
 import { VhostUserServer } from "./backend.ts";
 import { VirtioFsDevice } from "./fs.ts";
 
 const kernel = await testKernel();
-if (typeof kernel === "string") console.error(`skiff-test-skip: vhost-user guest tests: ${kernel}`);
 
 hostTest("vhost-user-fs: a Linux guest under QEMU mounts, lists, reads and writes", [
+  "kernel",
   "qemu",
   "cpio",
 ], async () => {
-  if (typeof kernel === "string") return;
+  assertKernel(kernel);
   const dir = await Deno.makeTempDir({ prefix: "skiff-vutest-" });
   const share = await Deno.makeTempDir({ prefix: "skiff-vushare-" });
   try {
@@ -83,10 +89,11 @@ hostTest("vhost-user-fs: a Linux guest under QEMU mounts, lists, reads and write
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
 hostTest("skiff virtiofsd: QEMU's guest mounts the share read-only; the CLI exits 0 after", [
+  "kernel",
   "qemu",
   "cpio",
 ], async () => {
-  if (typeof kernel === "string") return;
+  assertKernel(kernel);
   const dir = await Deno.makeTempDir({ prefix: "skiff-vdtest-" });
   const share = await Deno.makeTempDir({ prefix: "skiff-vdshare-" });
   const socketPath = `${dir}/vfsd.sock`;

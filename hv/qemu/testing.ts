@@ -10,7 +10,11 @@
 import { findKernel, type KernelInfo, kernelModules } from "../kernel/mod.ts";
 import type { QemuProcess } from "./process.ts";
 
-/** The cached default kernel, or a reason why there is none (tests then skip). */
+/**
+ * The cached default kernel, or why there is none. Tests that use it are
+ * registered with the `kernel` requirement (tests/requirements.ts), so they
+ * are ignored, with that reason printed, when it is missing.
+ */
 export async function testKernel(): Promise<KernelInfo | string> {
   try {
     const k = await findKernel();
@@ -18,6 +22,18 @@ export async function testKernel(): Promise<KernelInfo | string> {
     return k;
   } catch (e) {
     return (e as Error).message;
+  }
+}
+
+/**
+ * Narrows {@link testKernel}'s result inside a test registered with the
+ * `kernel` requirement. Such a test is ignored without a kernel, so reaching
+ * this without one means the test forgot the requirement: it fails, never
+ * passes.
+ */
+export function assertKernel(k: KernelInfo | string): asserts k is KernelInfo {
+  if (typeof k === "string") {
+    throw new Error(`no guest kernel (${k}): register the test with the "kernel" requirement`);
   }
 }
 
