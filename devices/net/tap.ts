@@ -15,6 +15,7 @@
 
 import { check, cstr, errno, eventfd, libc, O, open, SysError } from "../../kvm_ffi/libc.ts";
 import type { NetLink, NetStack, PartialChecksum } from "./stack.ts";
+import { runtimeModuleUrl } from "../../hv/module_url.ts";
 
 /** TUNSETIFF = _IOW('T', 202, int) (linux/if_tun.h). */
 const TUNSETIFF = 0x400454can;
@@ -158,7 +159,7 @@ export class TapDevice implements NetLink, AsyncDisposable {
     const lensBuf = new SharedArrayBuffer(SLOTS * 4);
     const ctrl = new Int32Array(ctrlBuf);
     this.#ctrl = ctrl;
-    const worker = new Worker(new URL("./tap_worker.ts", import.meta.url), { type: "module" });
+    const worker = new Worker(runtimeModuleUrl("devices/net/tap_worker.ts"), { type: "module" });
     this.#worker = worker;
     const init: TapWorkerInit = {
       fd: this.fd,

@@ -14,6 +14,7 @@
 import type { DeviceContext, DeviceSpec, WorkerDevice } from "../device.ts";
 import { LAYOUT } from "../boot/layout.ts";
 import { SLEEP } from "./tables.ts";
+import { runtimeModuleUrl } from "../module_url.ts";
 
 /** Whether a sleep control register value asks for S5 (soft off). */
 export function isPowerOff(value: number): boolean {
@@ -41,7 +42,7 @@ export function create(_config: unknown, ctx: DeviceContext): WorkerDevice {
 export function sleepSpec(port: number = LAYOUT.SLEEP_PORT, name = "acpi-sleep"): DeviceSpec {
   return {
     name,
-    module: new URL("./sleep.ts", import.meta.url).href,
+    module: runtimeModuleUrl("hv/acpi/sleep.ts"),
     ports: [{ base: port, length: 2 }],
   };
 }
