@@ -149,8 +149,14 @@ export class TapDevice implements NetLink, AsyncDisposable {
     if (r < 0) this.writeErrors++;
   }
 
-  /** Attaches this device to `stack` and starts feeding it the frames the device reads. */
-  serve(stack: NetStack): void {
+  /**
+   * Attaches this device to `stack` and starts feeding it the frames the
+   * device reads. Resolves once the reader Worker runs: a Worker can take
+   * seconds to start on a busy machine, and a peer that sends before then
+   * (ARP gives up after 3 s) must not find nobody reading. Rejects if the
+   * Worker fails to start.
+   */
+  serve(stack: NetStack): Promise<void> {
     if (this.#worker) throw new Error(`tap ${this.name}: already serving`);
     stack.attach(this);
     this.#wakeFd = eventfd(0);
@@ -161,6 +167,15 @@ export class TapDevice implements NetLink, AsyncDisposable {
     this.#ctrl = ctrl;
     const worker = new Worker(runtimeModuleUrl("devices/net/tap_worker.ts"), { type: "module" });
     this.#worker = worker;
+    const running = new Promise<void>((resolve, reject) => {
+      worker.onmessage = (e: MessageEvent) => {
+        if (e.data === "running") resolve();
+      };
+      worker.onerror = (e: ErrorEvent) => {
+        e.preventDefault();
+        reject(new Error(`tap ${this.name}: the reader Worker failed: ${e.message}`));
+      };
+    });
     const init: TapWorkerInit = {
       fd: this.fd,
       wakeFd: this.#wakeFd,
@@ -198,6 +213,7 @@ export class TapDevice implements NetLink, AsyncDisposable {
         }
       }
     })();
+    return running;
   }
 
   /** Stops the reader and closes the device (the kernel removes a non-persistent TAP). */
