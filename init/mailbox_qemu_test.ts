@@ -49,12 +49,14 @@ import {
 } from "./ir/mod.ts";
 import { encodeRecord } from "./record.ts";
 import { mailboxProgram } from "./mailbox_loop.ts";
+import { GUEST_HANG_MS } from "../tests/waits.ts";
 
 const kernel = await testKernel();
 
 const SHM_SIZE = 1 << 20;
 const PCI_DEV = "/sys/bus/pci/devices/0000:00:02.0";
-const DEADLINE_MS = 120_000;
+/** Bound on one guest run, only to catch a hang (a run takes seconds; more on a busy machine). */
+const DEADLINE_MS = GUEST_HANG_MS;
 
 /**
  * The guest's TSC rate in kHz (TCG runs the guest TSC at the host's rate).

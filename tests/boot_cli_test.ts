@@ -4,6 +4,7 @@
  */
 
 import { doesNotMatch, match, strictEqual } from "node:assert/strict";
+import { HANG_MS } from "./waits.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -13,7 +14,7 @@ async function skiff(args: string[], env: Record<string, string> = {}) {
     env,
     stdout: "piped",
     stderr: "piped",
-    signal: AbortSignal.timeout(60_000),
+    signal: AbortSignal.timeout(HANG_MS), // only catches a hang
   }).output();
   const dec = new TextDecoder();
   return { code: r.code, stdout: dec.decode(r.stdout), stderr: dec.decode(r.stderr) };

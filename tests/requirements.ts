@@ -29,6 +29,7 @@ export type Requirement =
   | "lz4"
   | "stress-ng"
   | "file"
+  | "python3"
   | "kernel"
   | "denort";
 
@@ -47,6 +48,7 @@ const TOOLS: Partial<Record<Requirement, string>> = {
   lz4: "lz4",
   "stress-ng": "stress-ng",
   file: "file",
+  python3: "python3",
 };
 
 /**

@@ -9,6 +9,7 @@
 import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { hostTest } from "./requirements.ts";
+import { GUEST_HANG_MS } from "./waits.ts";
 import { assertKernel, testKernel } from "../hv/qemu/testing.ts";
 
 const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
@@ -20,8 +21,8 @@ interface Run {
   stderr: string;
 }
 
-/** Runs `skiff run --engine qemu ARGS` with `stdin`, a private TMPDIR, and a deadline. */
-async function skiffRun(args: string[], stdin = "", deadlineMs = 120_000): Promise<Run> {
+/** Runs `skiff run --engine qemu ARGS` with `stdin`, a private TMPDIR, and a bound that catches a hang. */
+async function skiffRun(args: string[], stdin = "", deadlineMs = GUEST_HANG_MS): Promise<Run> {
   const tmp = await Deno.makeTempDir({ prefix: "skiff-runtest-" });
   try {
     const child = new Deno.Command(Deno.execPath(), {
@@ -144,7 +145,7 @@ hostTest("skiff run (qemu): --timeout stops the VM with exit 124 and cleans up",
 });
 
 hostTest("skiff run: a missing volume is an error before boot", [], async () => {
-  const r = await skiffRun(["--volume", "/no/such/dir:/x", "--", "true"], "", 30_000);
+  const r = await skiffRun(["--volume", "/no/such/dir:/x", "--", "true"]);
   strictEqual(r.code, 125);
   match(r.stderr, /host path \/no\/such\/dir does not exist/);
 });
@@ -162,7 +163,7 @@ hostTest("skiff boot (qemu): an interactive shell on the console; its exit code 
       stdout: "piped",
       stderr: "piped",
     }).spawn();
-    const timer = setTimeout(() => child.kill("SIGKILL"), 120_000);
+    const timer = setTimeout(() => child.kill("SIGKILL"), GUEST_HANG_MS); // only catches a hang
     const reader = child.stdout.getReader();
     const td = new TextDecoder();
     let out = "";
@@ -223,6 +224,7 @@ hostTest("skiff run (qemu) --net: host loopback only with --net=host-loopback, b
 
 hostTest("skiff run (qemu) --publish: a host port reaches a server in the guest", [
   ...needs,
+  "python3",
 ], async () => {
   assertKernel(kernel);
   const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -252,7 +254,8 @@ hostTest("skiff run (qemu) --publish: a host port reaches a server in the guest"
       stderr: "piped",
     }).spawn();
     let got = "";
-    const deadline = Date.now() + 120_000;
+    // Until the guest's server answers (bounded only to catch a hang).
+    const deadline = Date.now() + GUEST_HANG_MS;
     while (Date.now() < deadline && !got) {
       try {
         const res = await fetch(`http://127.0.0.1:${port}/index.html`);

@@ -86,11 +86,13 @@ export async function busyboxInitramfs(
 /**
  * A shell function for busybox test scripts: `port NAME` prints the device of
  * the virtio-console port called NAME. Ports register asynchronously after
- * virtio_console loads, so it polls for up to 10 s before giving /dev/null.
+ * virtio_console loads, so it polls until the port is there — for up to
+ * 5 minutes, which only catches a port that never comes (a busy host makes
+ * a TCG guest slow) — before giving /dev/null.
  */
 export const PORT_FUNCTION = [
   "port() {",
-  "  for i in $(seq 100); do",
+  "  for i in $(seq 3000); do",
   "    for p in /sys/class/virtio-ports/*; do",
   '      [ -e "$p/name" ] && [ "$(cat "$p/name")" = "$1" ] && { echo "/dev/${p##*/}"; return; }',
   "    done",
@@ -151,7 +153,7 @@ export interface GuestOutput {
  */
 export async function runGuest(
   vm: QemuProcess,
-  deadlineMs = 120_000,
+  deadlineMs = 10 * 60_000,
 ): Promise<GuestOutput> {
   const ports = [...vm.ports].map(([name, conn]) => [name, collect(conn)] as const);
   const con = vm.console ? collect(vm.console) : null;
