@@ -400,7 +400,9 @@ const COMMANDS: Record<string, Command> = {
         }
         const text = await kernelInfoText();
         if (text === null) {
-          console.error("skiff kernel info: no kernel is cached; run `skiff kernel fetch`");
+          console.error(
+            "skiff kernel info: no kernel is cached; run `skiff setup` or `skiff kernel fetch`",
+          );
           return 1;
         }
         console.log(text);

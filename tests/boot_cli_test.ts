@@ -40,14 +40,14 @@ Deno.test("skiff boot: flag errors are one line and exit 125", async () => {
   }
 });
 
-Deno.test("skiff boot: without a cached kernel it says to run skiff kernel fetch", async () => {
+Deno.test("skiff boot: without a cached kernel it says to run skiff setup or skiff kernel fetch", async () => {
   const cache = await Deno.makeTempDir({ prefix: "skiff-empty-cache-" });
   try {
     const r = await skiff(["boot", "--console-log", `${cache}/log`, "--timeout", "5"], {
       XDG_CACHE_HOME: cache,
     });
     strictEqual(r.code, 125, r.stderr);
-    match(r.stderr, /run `skiff kernel fetch`/);
+    match(r.stderr, /run `skiff setup` or `skiff kernel fetch`/);
     doesNotMatch(r.stderr, /\n\s+at /); // no stack trace
     strictEqual(r.stderr.trim().split("\n").length, 1, r.stderr);
   } finally {
