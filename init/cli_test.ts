@@ -36,22 +36,39 @@ Deno.test("skiff init build --out writes a static x86-64 ELF; bad usage exits 12
   }
 });
 
-hostTest("skiff initramfs build --out FILE -- CMD lists init and virtio_mmio.ko", [
-  "kernel",
-  "cpio",
-], async () => {
-  assertKernel(kernel);
-  const dir = await Deno.makeTempDir({ prefix: "skiff-initcli-" });
-  try {
-    const out = `${dir}/initrd.gz`;
-    const r = await skiff("initramfs", "build", "--out", out, "--", "echo", "hi");
-    strictEqual(r.code, 0, r.err);
-    const list = await run("sh", ["-c", `gzip -dc '${out}' | cpio -t --quiet`]);
-    strictEqual(list.code, 0, list.err);
-    const names = list.out.trim().split("\n");
-    ok(names.includes("init"), names.join(" "));
-    ok(names.some((n) => n.endsWith("virtio_mmio.ko")), names.join(" "));
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+hostTest(
+  "skiff initramfs build --out FILE -- CMD --help: the record gets CMD; cpio lists init and virtio_mmio.ko",
+  [
+    "kernel",
+    "cpio",
+  ],
+  async () => {
+    assertKernel(kernel);
+    const dir = await Deno.makeTempDir({ prefix: "skiff-initcli-" });
+    try {
+      const out = `${dir}/initrd.gz`;
+      // --help after -- is the guest command's (the record holds it), not a request for help.
+      const r = await skiff(
+        "initramfs",
+        "build",
+        "--out",
+        out,
+        "--",
+        "ls",
+        "--skiff-arg",
+        "--help",
+      );
+      strictEqual(r.code, 0, r.err);
+      strictEqual(r.out, "", "no help printed");
+      const raw = await run("sh", ["-c", `gzip -dc '${out}' | grep -a -c -- --skiff-arg`]);
+      strictEqual(raw.out.trim(), "1", "the command record holds the arguments");
+      const list = await run("sh", ["-c", `gzip -dc '${out}' | cpio -t --quiet`]);
+      strictEqual(list.code, 0, list.err);
+      const names = list.out.trim().split("\n");
+      ok(names.includes("init"), names.join(" "));
+      ok(names.some((n) => n.endsWith("virtio_mmio.ko")), names.join(" "));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
