@@ -30,6 +30,11 @@ interface Command {
   help: string;
   /** Runs the command; resolves to the process exit code. */
   run(args: string[]): Promise<number>;
+  /**
+   * The part of `args` that is skiff's (where `--help` asks for this help);
+   * the rest belongs to a guest command. Default: all of `args`.
+   */
+  ownArgs?(args: string[]): string[];
 }
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
@@ -48,42 +53,96 @@ export function parseFlags<O extends Options>(
 }
 
 /**
- * Splits `OPTIONS [--] CMD ARGS…`: options end at `--` or at the first
- * argument that is neither an option nor an option's value, so
- * `skiff run ls -l` runs `ls -l`.
+ * Where a command's own options end in `args`: at `--` (its index) or at the
+ * first argument that is neither an option nor an option's value. What
+ * follows belongs to the guest command, so `skiff run ls --help` runs
+ * `ls --help`. `optionalValue` names options whose value may be left out
+ * (`--net` alone means `--net=on`), which therefore never take the next
+ * argument as their value.
+ */
+export function optionsEnd<O extends Options>(
+  args: string[],
+  options: O,
+  optionalValue: Record<string, string> = {},
+): number {
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === "--" || !a.startsWith("-")) return i;
+    const name = a.replace(/^--?/, "").split("=")[0];
+    if (!a.includes("=") && options[name]?.type === "string" && optionalValue[name] === undefined) {
+      i++;
+    }
+  }
+  return args.length;
+}
+
+/**
+ * Splits `OPTIONS [--] CMD ARGS…` at {@link optionsEnd}, so `skiff run ls -l`
+ * runs `ls -l`, and parses the options.
  */
 export function splitCommand<O extends Options>(
-  argsIn: string[],
+  args: string[],
   options: O,
   optionalValue: Record<string, string> = {},
 ) {
+  const end = optionsEnd(args, options, optionalValue);
+  const command = args[end] === "--" ? args.slice(end + 1) : args.slice(end);
   // `--net` alone means `--net=on` (parseArgs has no optional option values).
-  const cut = argsIn.indexOf("--");
-  const args = argsIn.map((a, i) =>
-    (cut < 0 || i < cut) && a.startsWith("--") && optionalValue[a.slice(2)] !== undefined
+  const own = args.slice(0, end).map((a) =>
+    a.startsWith("--") && optionalValue[a.slice(2)] !== undefined
       ? `${a}=${optionalValue[a.slice(2)]}`
       : a
   );
-  let end = args.indexOf("--");
-  let rest = end < 0 ? [] : args.slice(end + 1);
-  if (end < 0) {
-    end = args.length;
-    for (let i = 0; i < args.length; i++) {
-      const a = args[i];
-      if (!a.startsWith("-")) {
-        end = i;
-        rest = args.slice(i);
-        break;
-      }
-      const name = a.replace(/^--?/, "").split("=")[0];
-      if (!a.includes("=") && options[name]?.type === "string") i++;
-    }
-  }
-  const { values } = parseFlags(args.slice(0, end), options);
-  return { values, command: rest };
+  const { values } = parseFlags(own, options);
+  return { values, command };
 }
 
+/** `skiff run`'s options (before the guest command). */
+const RUN_OPTIONS = {
+  engine: { type: "string" },
+  cpus: { type: "string" },
+  memory: { type: "string" },
+  env: { type: "string", multiple: true },
+  workdir: { type: "string" },
+  volume: { type: "string", multiple: true },
+  timeout: { type: "string" },
+  kernel: { type: "string" },
+  modules: { type: "string" },
+  "cmdline-extra": { type: "string" },
+  hostname: { type: "string" },
+  snapshot: { type: "boolean" },
+  "no-snapshot": { type: "boolean" },
+  verbose: { type: "boolean" },
+  net: { type: "string" },
+  publish: { type: "string", multiple: true },
+  image: { type: "string" },
+  user: { type: "string" },
+} as const satisfies Options;
+/** `--net` alone means `--net=on`. */
+const RUN_OPTIONAL_VALUES = { net: "on" };
+
 const COMMANDS: Record<string, Command> = {
+  setup: {
+    summary: "make `skiff run` work here: fetch the default kernel, install QEMU if needed",
+    help: [
+      "Usage: skiff setup",
+      "",
+      "Gets this machine ready for `skiff run`, doing only what is not done yet:",
+      "- fetches the default guest kernel when none is cached (as `skiff kernel fetch` does:",
+      "  Debian's linux-image-cloud-amd64 through apt-get download, with progress on stderr);",
+      "- where /dev/kvm cannot run guests natively (absent, or emulated such as kvm_pvm) and",
+      "  qemu-system-x86_64 is missing, installs Debian's qemu-system-x86 with apt-get, as",
+      "  root or through sudo (running `apt-get update` first, also when apt does not know",
+      "  the kernel package yet).",
+      "Without root or sudo it prints the command to run as root and exits 125. Running it",
+      "again changes nothing; `skiff kernel fetch` updates the kernel.",
+    ].join("\n"),
+    async run(args) {
+      parseFlags(args, {});
+      const { setup } = await import("./hv/cli/setup.ts");
+      return await setup();
+    },
+  },
   init: {
     summary: "write skiff's generated guest init (a static x86-64 ELF)",
     help: [
@@ -144,6 +203,7 @@ const COMMANDS: Record<string, Command> = {
       await Deno.writeFile(values.out, await buildInitramfs({ kernel, config }));
       return 0;
     },
+    ownArgs: (args) => args.includes("--") ? args.slice(0, args.indexOf("--")) : args,
   },
   boot: {
     summary: "an interactive guest shell, or (--console-log) the kernel's boot log on skiff's KVM",
@@ -342,7 +402,9 @@ const COMMANDS: Record<string, Command> = {
         }
         const text = await kernelInfoText();
         if (text === null) {
-          console.error("skiff kernel info: no kernel is cached; run `skiff kernel fetch`");
+          console.error(
+            "skiff kernel info: no kernel is cached; run `skiff setup` or `skiff kernel fetch`",
+          );
           return 1;
         }
         console.log(text);
@@ -374,7 +436,7 @@ const COMMANDS: Record<string, Command> = {
       "                          /etc/group, or the host's without --image)",
       "  --engine kvm|qemu|auto  VMM to use (default auto: kvm when /dev/kvm runs guests,",
       "                          else QEMU in software mode)",
-      "  --cpus N                vCPUs (default 1)",
+      "  --cpus N                vCPUs (default 1; the kvm engine runs one for now)",
       "  --memory MiB            guest RAM (default 512)",
       "  --env K=V               set a variable (repeatable; --env K copies the host's)",
       "  --workdir DIR           guest working directory (default: the current directory)",
@@ -396,26 +458,7 @@ const COMMANDS: Record<string, Command> = {
       "on stderr); 130/143 when stopped by Ctrl-C/SIGTERM.",
     ].join("\n"),
     async run(args) {
-      const { values, command } = splitCommand(args, {
-        engine: { type: "string" },
-        cpus: { type: "string" },
-        memory: { type: "string" },
-        env: { type: "string", multiple: true },
-        workdir: { type: "string" },
-        volume: { type: "string", multiple: true },
-        timeout: { type: "string" },
-        kernel: { type: "string" },
-        modules: { type: "string" },
-        "cmdline-extra": { type: "string" },
-        hostname: { type: "string" },
-        snapshot: { type: "boolean" },
-        "no-snapshot": { type: "boolean" },
-        verbose: { type: "boolean" },
-        net: { type: "string" },
-        publish: { type: "string", multiple: true },
-        image: { type: "string" },
-        user: { type: "string" },
-      }, { net: "on" });
+      const { values, command } = splitCommand(args, RUN_OPTIONS, RUN_OPTIONAL_VALUES);
       const engine = values.engine ?? "auto";
       if (engine !== "kvm" && engine !== "qemu" && engine !== "auto") {
         throw new UsageError(`--engine ${engine}: expected kvm, qemu or auto`);
@@ -451,6 +494,7 @@ const COMMANDS: Record<string, Command> = {
         snapshot: values["no-snapshot"] ? false : values.snapshot ? true : undefined,
       });
     },
+    ownArgs: (args) => args.slice(0, optionsEnd(args, RUN_OPTIONS, RUN_OPTIONAL_VALUES)),
   },
   image: {
     summary: "pull, list or remove OCI images (the guest roots of skiff run --image)",
@@ -576,6 +620,17 @@ function mainHelp(): string {
   ].join("\n");
 }
 
+/**
+ * Whether `skiff NAME ARGS…` asks for NAME's help: `--help` among the
+ * command's own arguments, not among a guest command's (`skiff run ls
+ * --help` runs `ls --help`; `skiff run --help` is run's help).
+ */
+export function commandHelpAsked(name: string, args: string[]): boolean {
+  const command = COMMANDS[name];
+  if (!command) return false;
+  return (command.ownArgs?.(args) ?? args).includes("--help");
+}
+
 /** Runs the CLI with `args`; resolves to the exit code. */
 export async function main(args: string[]): Promise<number> {
   const [name, ...rest] = args;
@@ -593,7 +648,7 @@ export async function main(args: string[]): Promise<number> {
     console.error(`skiff: unknown command '${name}' (see skiff --help)`);
     return EXIT_FAILURE;
   }
-  if (rest.includes("--help") && !rest.slice(0, rest.indexOf("--help")).includes("--")) {
+  if (commandHelpAsked(name, rest)) {
     console.log(command.help);
     return 0;
   }

@@ -18,6 +18,7 @@ import {
   type WorkerInit,
   type WorkerMessage,
 } from "./worker_protocol.ts";
+import { runtimeModuleUrl } from "./module_url.ts";
 
 /** A vCPU's run state as the host sees it. */
 export type RunState = "created" | "running" | "paused" | "stopped";
@@ -71,7 +72,7 @@ export class Vcpu {
     }
     installKickHandler();
     if (opts.paused) Atomics.store(this.#ctl, CTL.CMD, CMD.PAUSE);
-    const worker = new Worker(new URL("./worker.ts", import.meta.url).href, { type: "module" });
+    const worker = new Worker(runtimeModuleUrl("hv/worker.ts"), { type: "module" });
     this.#worker = worker;
     this.#state = opts.paused ? "paused" : "running";
     return new Promise<void>((resolve) => {

@@ -6,6 +6,7 @@ import { compileElf } from "./codegen/mod.ts";
 import { bootProgram } from "./boot_program.ts";
 import { encodeRecord, type RecordSpec } from "./record.ts";
 import { parseStatusLine } from "./config.ts";
+import { HANG_MS } from "../tests/waits.ts";
 
 const NEEDS = ["root", "unshare"] as const;
 const PORTS = { stdin: "p.in", stdout: "p.out", stderr: "p.err", status: "p.status" };
@@ -71,7 +72,7 @@ async function runNative(
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const timer = setTimeout(() => child.kill("SIGKILL"), 30000);
+  const timer = setTimeout(() => child.kill("SIGKILL"), HANG_MS); // only catches a hang
   const out = await child.output();
   clearTimeout(timer);
   const read = (n: string) => Deno.readTextFile(`${ports}/${n}`);

@@ -1,13 +1,12 @@
 import { deepStrictEqual, match, ok, strictEqual, throws } from "node:assert/strict";
-import { hostTest, onPath } from "../tests/requirements.ts";
+import { hostTest } from "../tests/requirements.ts";
 import { gzip, withParents, writeCpio } from "./cpio.ts";
 import { buildInitElf, buildInitramfs, initramfsEntries, initramfsParts } from "./initramfs.ts";
 import { defaultInitConfig } from "./config.ts";
 import { decodeRecord } from "./record.ts";
-import { testKernel } from "../hv/qemu/testing.ts";
+import { assertKernel, testKernel } from "../hv/qemu/testing.ts";
 
 const kernel = await testKernel();
-if (typeof kernel === "string") console.error(`skiff-test-skip: initramfs tests: ${kernel}`);
 
 async function run(cmd: string, args: string[], stdin?: Uint8Array) {
   const p = new Deno.Command(cmd, {
@@ -88,9 +87,10 @@ hostTest("cpio: GNU cpio lists and extracts what skiff wrote (gzip'd)", ["cpio"]
 });
 
 hostTest("initramfs: init, modules in modules.dep order, record; cpio -t lists them", [
+  "kernel",
   "cpio",
 ], async () => {
-  if (typeof kernel === "string") return;
+  assertKernel(kernel);
   const config = defaultInitConfig(["echo", "hi"]);
   config.net = { address: "10.42.0.2", prefixLength: 24, gateway: "10.42.0.1", dns: "10.42.0.1" };
   const entries = await initramfsEntries({
@@ -133,6 +133,7 @@ hostTest("initramfs: init, modules in modules.dep order, record; cpio -t lists t
 
 hostTest("init ELF: file(1) and objdump agree it is a static x86-64 executable", [
   "objdump",
+  "file",
 ], async () => {
   const dir = await Deno.makeTempDir({ prefix: "skiff-initelf-" });
   try {
@@ -169,11 +170,9 @@ hostTest("init ELF: file(1) and objdump agree it is a static x86-64 executable",
         `no syscall ${nr}`,
       );
     }
-    if (onPath("file")) {
-      const f = await run("file", [exe]);
-      match(f.stdout, /ELF 64-bit LSB executable, x86-64/);
-      match(f.stdout, /statically linked/);
-    }
+    const f = await run("file", [exe]);
+    match(f.stdout, /ELF 64-bit LSB executable, x86-64/);
+    match(f.stdout, /statically linked/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -23,9 +23,11 @@ import { compileElf, compilePayload, PAYLOAD_ARG } from "./codegen/mod.ts";
 import { exit, mkdirP, O, seq, str, SYS, sys } from "./ir/mod.ts";
 import { decodeRecord, encodeRecord, type RecordSpec } from "./record.ts";
 import { MAILBOX_DATA_VA, mailboxProgram } from "./mailbox_loop.ts";
+import { HANG_MS, hangBound } from "../tests/waits.ts";
 
 const DATA_SIZE = 64 << 10;
-const DEADLINE = { timeoutMs: 20_000 };
+/** Bound on each mailbox wait, only to catch a hang. */
+const DEADLINE = { timeoutMs: HANG_MS };
 
 function record(dir: string, argv: string[], extra: Partial<RecordSpec> = {}): Uint8Array {
   return encodeRecord({
@@ -81,10 +83,7 @@ async function withNativeInit(
       return s;
     });
     await fn(mb, dir, child);
-    const status = await Promise.race([
-      exited,
-      new Promise<never>((_, rej) => setTimeout(() => rej(new Error("init did not exit")), 10_000)),
-    ]);
+    const status = await hangBound(exited, () => "init did not exit");
     await errText;
     strictEqual(status.code, 0, stderr);
     await child.stdout.cancel();

@@ -31,9 +31,11 @@ import {
   mailboxInitramfs,
 } from "./mailbox_mode.ts";
 import { initramfsEntries } from "./initramfs.ts";
+import { HANG_MS, hangBound } from "../tests/waits.ts";
 
 const DATA_SIZE = 64 << 10;
-const DEADLINE = { timeoutMs: 20_000 };
+/** Bound on each mailbox wait, only to catch a hang. */
+const DEADLINE = { timeoutMs: HANG_MS };
 const PORTS = { stdin: "p.in", stdout: "p.out", stderr: "p.err", status: "p.status" };
 
 function spec(dir: string, argv: string[], extra: Partial<RecordSpec> = {}): RecordSpec {
@@ -175,10 +177,7 @@ hostTest("mailbox mode (native): boot setup, READY, then command records", [
     // A second command in the same init.
     strictEqual(await mb.runCommand(encodeRecord(spec(dir, ["sh", "-c", "exit 0"])), DEADLINE), 0);
     await mb.shutdown(DEADLINE);
-    const st = await Promise.race([
-      child.status,
-      new Promise<never>((_, rej) => setTimeout(() => rej(new Error("init did not exit")), 10_000)),
-    ]);
+    const st = await hangBound(child.status, () => "init did not exit");
     await errText;
     strictEqual(st.code, 0, initErr);
     await child.stdout.cancel();

@@ -144,22 +144,52 @@ Deno.test("list shows key, size on disk, age and origin; clear removes entries a
 
 Deno.test("two processes racing to create one entry both succeed and one entry survives", async () => {
   await withDir(async (root) => {
-    const start = join(root, "go");
     const cacheRoot = join(root, "cache");
     const helper = new URL("./testdata/race_writer.ts", import.meta.url).pathname;
-    const spawn = (tag: string) =>
+    const writers = ["one", "two"].map((tag) =>
       new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", helper, cacheRoot, KEY, start, tag],
+        args: ["run", "-A", helper, cacheRoot, KEY, tag],
+        stdin: "piped",
         stdout: "piped",
         stderr: "piped",
-      }).output();
-    const runs = [spawn("one"), spawn("two")];
-    await new Promise((r) => setTimeout(r, 1500)); // let both reach the barrier
-    Deno.writeTextFileSync(start, "");
-    const outs = await Promise.all(runs);
+      }).spawn()
+    );
+    // A barrier: both have their memory ready before either is told to store.
+    const readers = writers.map((w) => w.stdout.getReader());
+    const dec = new TextDecoder();
+    for (const r of readers) {
+      let text = "";
+      while (!text.includes("ready\n")) {
+        const { value, done } = await r.read();
+        if (done) break;
+        text += dec.decode(value);
+      }
+      strictEqual(text, "ready\n");
+    }
+    const go = new TextEncoder().encode("\n");
+    await Promise.all(writers.map(async (w) => {
+      const s = w.stdin.getWriter();
+      await s.write(go);
+      await s.close();
+    }));
+    const outs = await Promise.all(writers.map(async (w, i) => {
+      const [status, rest, err] = await Promise.all([
+        w.status,
+        (async () => {
+          let t = "";
+          for (;;) {
+            const { value, done } = await readers[i].read();
+            if (done) return t;
+            t += dec.decode(value);
+          }
+        })(),
+        new Response(w.stderr).text(),
+      ]);
+      return { code: status.code, stdout: rest, stderr: err };
+    }));
     const results = outs.map((o) => {
-      strictEqual(o.code, 0, new TextDecoder().decode(o.stderr));
-      return new TextDecoder().decode(o.stdout).trim();
+      strictEqual(o.code, 0, o.stderr);
+      return o.stdout.trim();
     });
     deepStrictEqual(results.sort(), ["exists", "published"]);
     deepStrictEqual([...Deno.readDirSync(cacheRoot)].map((e) => e.name), [KEY]);

@@ -4,6 +4,7 @@
  */
 
 import { doesNotMatch, match, strictEqual } from "node:assert/strict";
+import { HANG_MS } from "./waits.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -13,7 +14,7 @@ async function skiff(args: string[], env: Record<string, string> = {}) {
     env,
     stdout: "piped",
     stderr: "piped",
-    signal: AbortSignal.timeout(60_000),
+    signal: AbortSignal.timeout(HANG_MS), // only catches a hang
   }).output();
   const dec = new TextDecoder();
   return { code: r.code, stdout: dec.decode(r.stdout), stderr: dec.decode(r.stderr) };
@@ -39,14 +40,14 @@ Deno.test("skiff boot: flag errors are one line and exit 125", async () => {
   }
 });
 
-Deno.test("skiff boot: without a cached kernel it says to run skiff kernel fetch", async () => {
+Deno.test("skiff boot: without a cached kernel it says to run skiff setup or skiff kernel fetch", async () => {
   const cache = await Deno.makeTempDir({ prefix: "skiff-empty-cache-" });
   try {
     const r = await skiff(["boot", "--console-log", `${cache}/log`, "--timeout", "5"], {
       XDG_CACHE_HOME: cache,
     });
     strictEqual(r.code, 125, r.stderr);
-    match(r.stderr, /run `skiff kernel fetch`/);
+    match(r.stderr, /run `skiff setup` or `skiff kernel fetch`/);
     doesNotMatch(r.stderr, /\n\s+at /); // no stack trace
     strictEqual(r.stderr.trim().split("\n").length, 1, r.stderr);
   } finally {

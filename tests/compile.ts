@@ -1,6 +1,8 @@
 /**
  * `deno task compile`: builds one self-contained executable `dist/skiff` with
- * `deno compile`, and the single-file bundle `dist/skiff.js` with `deno bundle`.
+ * `deno compile` (every module skiff loads by URL at run time — Worker entry
+ * points and Worker-side devices, hv/module_url.ts — named with `--include`),
+ * and the bundle `dist/skiff.js` with its runtime modules (tests/bundle.ts).
  *
  * `deno compile` needs its `denort` base binary, which it downloads from the
  * Deno download site unless `DENORT_BIN` points at one. Where neither works
@@ -9,6 +11,8 @@
  *
  * @module
  */
+
+import { buildBundle, compileArgs } from "./bundle.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const deno = Deno.execPath();
@@ -23,23 +27,7 @@ async function run(args: string[]): Promise<{ ok: boolean; stderr: string }> {
   return { ok: out.success, stderr };
 }
 
-/** Worker entry points must be named explicitly for `deno compile`. */
-async function workerFiles(): Promise<string[]> {
-  const found: string[] = [];
-  async function walk(dir: string) {
-    for await (const e of Deno.readDir(`${root}${dir}`)) {
-      if (e.name.startsWith(".") || e.name === "dist") continue;
-      const rel = dir ? `${dir}/${e.name}` : e.name;
-      if (e.isDirectory) await walk(rel);
-      else if (e.name.endsWith("_worker.ts")) found.push(rel);
-    }
-  }
-  await walk("");
-  return found;
-}
-
-const includes = (await workerFiles()).flatMap((f) => ["--include", f]);
-const compile = await run(["compile", "-A", ...includes, "--output", "dist/skiff", "main.ts"]);
+const compile = await run(compileArgs("dist/skiff"));
 let code = 0;
 if (compile.ok) {
   console.log("compile: dist/skiff");
@@ -56,10 +44,11 @@ if (compile.ok) {
   console.error(compile.stderr);
   code = 1;
 }
-const bundle = await run(["bundle", "--platform", "deno", "--output", "dist/skiff.js", "main.ts"]);
-if (bundle.ok) console.log("bundle: dist/skiff.js");
-else {
-  console.error(bundle.stderr);
+try {
+  await buildBundle(`${root}dist`);
+  console.log("bundle: dist/skiff.js");
+} catch (e) {
+  console.error((e as Error).message);
   code = 1;
 }
 Deno.exit(code);

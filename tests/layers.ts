@@ -76,10 +76,16 @@ function stripComments(src: string): string {
   return src.replace(/\/\*[\s\S]*?\*\//g, "").replace(/(^|[^:"'`])\/\/.*$/gm, "$1");
 }
 
+/** `runtimeModuleUrl("dir/file.ts")` (hv/module_url.ts): a run-time load by repository path. */
+const RUNTIME_URL = /\bruntimeModuleUrl\(\s*["']([^"']+\.ts)["']/g;
+
 const SPECIFIER =
   /(?:\bfrom\s*|\bimport\s*\(\s*|\bimport\s+|new\s+URL\(\s*)["'](\.\.?\/[^"']+\.ts)["']/g;
 
-/** Every relative `.ts` import (static, dynamic, Worker URL) of the modules under the root. */
+/**
+ * Every relative `.ts` import of the modules under the root: static, dynamic,
+ * `new URL(…)` Worker URLs and `runtimeModuleUrl(…)` run-time loads.
+ */
 export function importEdges(root = ROOT): ImportEdge[] {
   const edges: ImportEdge[] = [];
   const walk = (dir: string) => {
@@ -92,6 +98,7 @@ export function importEdges(root = ROOT): ImportEdge[] {
         for (const m of src.matchAll(SPECIFIER)) {
           edges.push({ from: path, to: relative(root, resolve(root, dirname(path), m[1])) });
         }
+        for (const m of src.matchAll(RUNTIME_URL)) edges.push({ from: path, to: m[1] });
       }
     }
   };

@@ -5,16 +5,16 @@
 
 import { deepStrictEqual, match, rejects, strictEqual, throws } from "node:assert/strict";
 import { hostTest } from "./requirements.ts";
-import { testKernel } from "../hv/qemu/testing.ts";
+import { assertKernel, testKernel } from "../hv/qemu/testing.ts";
 import { ConfigError, VirtualMachine } from "../mod.ts";
 
 const kernel = await testKernel();
-if (typeof kernel === "string") console.error(`skiff-test-skip: VirtualMachine (qemu): ${kernel}`);
 
 hostTest("VirtualMachine: runs commands with stdin, env, workdir and a volume; output apart", [
+  "kernel",
   "qemu",
 ], async () => {
-  if (typeof kernel === "string") return;
+  assertKernel(kernel);
   const vol = await Deno.makeTempDir({ prefix: "skiff-libtest-" });
   try {
     await using vm = VirtualMachine.create({
@@ -37,8 +37,8 @@ hostTest("VirtualMachine: runs commands with stdin, env, workdir and a volume; o
   }
 });
 
-hostTest("VirtualMachine: a timeout stops the VM and rejects", ["qemu"], async () => {
-  if (typeof kernel === "string") return;
+hostTest("VirtualMachine: a timeout stops the VM and rejects", ["kernel", "qemu"], async () => {
+  assertKernel(kernel);
   await using vm = VirtualMachine.create({ engine: "qemu", memoryMiB: 256 });
   await rejects(vm.run(["sleep", "600"], { timeoutMs: 8000 }), /timed out after 8000 ms/);
 });

@@ -13,17 +13,12 @@ import { match, ok, strictEqual } from "node:assert/strict";
 import { join } from "node:path";
 import { hostTest } from "./requirements.ts";
 import { bootWithConsoleLog, type ConsoleBootResult } from "../hv/kvm/console_boot.ts";
-import { findKernel } from "../hv/kernel/cache.ts";
 import { E820 } from "../hv/boot/layout.ts";
 
 const hex = (n: number, width = 16) => n.toString(16).padStart(width, "0");
 
-let kernelMissing: string | null = null;
-try {
-  await findKernel();
-} catch (e) {
-  kernelMissing = (e as Error).message;
-}
+/** Bound on the boot, only to catch a hang (seconds). */
+const BOUND_S = 900;
 
 const NAME = "linux boot on /dev/kvm: Linux prints skiff's cmdline, e820 map, ACPI tables and CPUs";
 
@@ -31,15 +26,16 @@ async function bootTest(): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "skiff-boot-" });
   const logPath = join(dir, "console.log");
   const progress: string[] = [];
-  // Hard deadline: the boot's own timeout stops the VM at 180 s (≈30–50 s needed alone; the
-  // suite runs it beside other tests on 2 cores); the signal is a second line.
-  const signal = AbortSignal.timeout(195_000);
+  // The boot ends by itself (the emulator stops it, or the kernel panics and reboots) in
+  // ≈30–50 s alone and a few times that on a busy machine (guest code is emulated on the
+  // CPU time it gets). The VM's own timeout only catches a hang; the signal is a second line.
+  const signal = AbortSignal.timeout(BOUND_S * 1000 + 15_000);
   let r: ConsoleBootResult | undefined;
   let log = "";
   try {
     const boot = bootWithConsoleLog({
       consoleLog: logPath,
-      timeoutSeconds: 180,
+      timeoutSeconds: BOUND_S,
       cpus: 2,
       memoryMiB: 256,
       cmdlineExtra: "skiff.test=linux_boot",
@@ -52,8 +48,10 @@ async function bootTest(): Promise<void> {
     const hung = new Promise<never>((_, reject) => {
       timer = setTimeout(async () => {
         const sofar = await Deno.readTextFile(logPath).catch(() => "");
-        reject(new Error(`the boot did not end within 200 s\n--- console ---\n${sofar}`));
-      }, 200_000);
+        reject(
+          new Error(`the boot did not end within ${BOUND_S + 30} s\n--- console ---\n${sofar}`),
+        );
+      }, BOUND_S * 1000 + 30_000);
     });
     try {
       r = await Promise.race([boot, hung]);
@@ -116,6 +114,4 @@ async function bootTest(): Promise<void> {
   }
 }
 
-if (kernelMissing) console.error(`skiff-test-skip: ${NAME}: ${kernelMissing}`);
-if (kernelMissing) Deno.test({ name: NAME, ignore: true, fn: bootTest });
-else hostTest(NAME, ["kvm"], bootTest);
+hostTest(NAME, ["kvm", "kernel"], bootTest);

@@ -1,11 +1,13 @@
 /**
- * Host requirements of tests that need real devices or tools. A test whose
- * requirement is missing is registered as ignored and the reason is printed
- * (`skiff-test-skip: <test>: <reason>`), never passed silently. `.ci/run`
- * reports those lines.
+ * Host requirements of tests that need real devices, tools or the cached
+ * guest kernel. A test whose requirement is missing is registered as ignored
+ * and the reason is printed (`skiff-test-skip: <test>: <reason>`), never
+ * passed silently. `.ci/run` reports those lines.
  *
  * @module
  */
+
+import { findKernel } from "../hv/kernel/mod.ts";
 
 /** A named host requirement. */
 export type Requirement =
@@ -23,7 +25,13 @@ export type Requirement =
   | "slirp4netns"
   | "iperf3"
   | "fio"
-  | "curl";
+  | "curl"
+  | "lz4"
+  | "stress-ng"
+  | "file"
+  | "python3"
+  | "kernel"
+  | "denort";
 
 const TOOLS: Partial<Record<Requirement, string>> = {
   qemu: "qemu-system-x86_64",
@@ -37,7 +45,22 @@ const TOOLS: Partial<Record<Requirement, string>> = {
   fio: "fio",
   curl: "curl",
   unshare: "unshare",
+  lz4: "lz4",
+  "stress-ng": "stress-ng",
+  file: "file",
+  python3: "python3",
 };
+
+/**
+ * Why the default guest kernel (what `skiff setup` / `skiff kernel fetch`
+ * caches, bzImage and vmlinux) cannot be used, or null. Probed once per
+ * test process, when this module loads.
+ */
+const kernelWhy: string | null = await findKernel().then(
+  (k) => k.bzImage ? null : `the cached kernel ${k.version} has no bzImage (run tests/setup)`,
+  // KernelMissingError: "no kernel is cached; run `skiff kernel fetch` …"
+  (e) => `${String((e as Error).message).split(";")[0]} (run tests/setup)`,
+);
 
 const cache = new Map<Requirement, string | null>();
 
@@ -63,9 +86,46 @@ export function onPath(name: string): boolean {
   return false;
 }
 
+/**
+ * Whether `deno compile` can get its `denort` base binary: `DENORT_BIN`, or
+ * the Deno download site, which it fetches it from (DESIGN.md: this
+ * workplace reaches only package registries).
+ */
+async function probeDenort(): Promise<string | null> {
+  if (Deno.env.get("DENORT_BIN")) return null;
+  try {
+    // A bound that only catches a resolver that hangs.
+    await Deno.resolveDns("dl.deno.land", "A", { signal: AbortSignal.timeout(120_000) });
+    return null;
+  } catch (e) {
+    return `deno compile cannot obtain its denort base binary: DENORT_BIN is not set and ` +
+      `dl.deno.land cannot be reached (${(e as Error).message})`;
+  }
+}
+
+/** Requirements probed asynchronously, only by the test files that use them. */
+const ASYNC_PROBES: Partial<Record<Requirement, () => Promise<string | null>>> = {
+  denort: probeDenort,
+};
+
+/**
+ * Probes requirements that need asynchronous work (e.g. a network lookup);
+ * a test file awaits this at its top level before registering tests that
+ * need them.
+ */
+export async function probeRequirements(reqs: readonly Requirement[]): Promise<void> {
+  for (const req of reqs) {
+    const probe = ASYNC_PROBES[req];
+    if (probe && !cache.has(req)) cache.set(req, await probe());
+  }
+}
+
 /** Why `req` is unmet on this host, or null when it is met. */
 export function missing(req: Requirement): string | null {
   if (cache.has(req)) return cache.get(req)!;
+  if (ASYNC_PROBES[req]) {
+    throw new Error(`requirement ${req}: await probeRequirements(["${req}"]) before hostTest`);
+  }
   let why: string | null = null;
   switch (req) {
     case "kvm":
@@ -79,6 +139,9 @@ export function missing(req: Requirement): string | null {
       break;
     case "root":
       why = Deno.uid() === 0 ? null : "needs root";
+      break;
+    case "kernel":
+      why = kernelWhy;
       break;
     default: {
       const tool = TOOLS[req]!;

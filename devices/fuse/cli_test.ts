@@ -13,13 +13,14 @@
 
 import { ok, strictEqual } from "node:assert/strict";
 import { hostTest } from "../../tests/requirements.ts";
+import { HANG_MS } from "../../tests/waits.ts";
 
 const SKIFF = new URL("../../skiff", import.meta.url).pathname;
 const SOURCE = "/usr/share/doc";
-/** Hard limits: mount appearing, the whole diff, the exit after SIGINT. */
-const MOUNT_MS = 60_000;
-const DIFF_S = 120;
-const EXIT_MS = 15_000;
+/** Bounds (only to catch a hang): mount appearing, the whole diff, the exit after SIGINT. */
+const MOUNT_MS = HANG_MS;
+const DIFF_S = HANG_MS / 1000;
+const EXIT_MS = HANG_MS;
 
 function isMountpoint(path: string): boolean {
   const mountinfo = Deno.readTextFileSync("/proc/self/mountinfo");

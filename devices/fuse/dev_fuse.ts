@@ -14,6 +14,7 @@ import { O } from "../../kvm_ffi/libc.ts";
 import type { PassthroughOptions } from "./passthrough.ts";
 import { cpath, r, sys } from "./sys.ts";
 import type { LoopStats } from "./dev_fuse_loop.ts";
+import { runtimeModuleUrl } from "../../hv/module_url.ts";
 
 /** Options of {@link mountDevFuse}. */
 export interface DevFuseOptions extends PassthroughOptions {
@@ -75,7 +76,9 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   const fd = r(sys.openat(-100, cpath("/dev/fuse"), O.RDWR | O.CLOEXEC, 0));
   if (fd < 0) throw new Error(`open(/dev/fuse) failed: errno ${-fd}`);
 
-  const worker = new Worker(new URL("./dev_fuse_worker.ts", import.meta.url), { type: "module" });
+  const worker = new Worker(runtimeModuleUrl("devices/fuse/dev_fuse_worker.ts"), {
+    type: "module",
+  });
   let settle!: (s: LoopStats) => void;
   let fail!: (e: Error) => void;
   const done = new Promise<LoopStats>((res, rej) => {

@@ -14,6 +14,7 @@
 import type { DeviceContext, DeviceSpec, WorkerDevice } from "../../hv/device.ts";
 import { LAYOUT } from "../../hv/boot/layout.ts";
 import { SLEEP } from "../../hv/acpi/tables.ts";
+import { runtimeModuleUrl } from "../../hv/module_url.ts";
 
 /** Whether a sleep control register value asks for S5 (soft off). */
 export function isPowerOff(value: number): boolean {
@@ -41,7 +42,7 @@ export function create(_config: unknown, ctx: DeviceContext): WorkerDevice {
 export function sleepSpec(port: number = LAYOUT.SLEEP_PORT, name = "acpi-sleep"): DeviceSpec {
   return {
     name,
-    module: new URL("./acpi_sleep.ts", import.meta.url).href,
+    module: runtimeModuleUrl("devices/legacy/acpi_sleep.ts"),
     ports: [{ base: port, length: 2 }],
   };
 }

@@ -7,6 +7,7 @@
  */
 
 import type { DeviceContext, DeviceSpec, WorkerDevice } from "../../hv/device.ts";
+import { runtimeModuleUrl } from "../../hv/module_url.ts";
 
 /** The conventional debug-exit port (QEMU's default iobase). */
 export const DEBUG_EXIT_PORT = 0x501;
@@ -29,7 +30,7 @@ export function create(_config: unknown, ctx: DeviceContext): WorkerDevice {
 export function debugExitSpec(port: number = DEBUG_EXIT_PORT, name = "debug-exit"): DeviceSpec {
   return {
     name,
-    module: new URL("./debug_exit.ts", import.meta.url).href,
+    module: runtimeModuleUrl("devices/legacy/debug_exit.ts"),
     ports: [{ base: port, length: 4 }],
   };
 }

@@ -17,6 +17,7 @@
  */
 
 import type { DeviceContext, DeviceSpec, WorkerDevice } from "../../hv/device.ts";
+import { runtimeModuleUrl } from "../../hv/module_url.ts";
 
 /** Ports. */
 export const I8042 = { DATA: 0x60, COMMAND: 0x64, IRQ_KBD: 1 } as const;
@@ -204,7 +205,7 @@ export class I8042Device {
   spec(): DeviceSpec {
     return {
       name: this.name,
-      module: new URL("./i8042.ts", import.meta.url).href,
+      module: runtimeModuleUrl("devices/legacy/i8042.ts"),
       config: { state: this.state },
       ports: [{ base: I8042.DATA, length: 1 }, { base: I8042.COMMAND, length: 1 }],
     };

@@ -20,6 +20,7 @@
  */
 
 import type { DeviceContext, DeviceSpec, WorkerDevice } from "../../hv/device.ts";
+import { runtimeModuleUrl } from "../../hv/module_url.ts";
 
 /** COM1's port base and IRQ on a PC. */
 export const COM1 = { base: 0x3f8, irq: 4 } as const;
@@ -474,7 +475,7 @@ export class Uart {
   spec(): DeviceSpec {
     return {
       name: this.name,
-      module: new URL("./uart.ts", import.meta.url).href,
+      module: runtimeModuleUrl("devices/legacy/uart.ts"),
       config: { state: this.state, irq: this.irq } satisfies UartConfig,
       ports: [{ base: this.base, length: 8 }],
     };

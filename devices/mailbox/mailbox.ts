@@ -26,6 +26,7 @@ import {
   MB_STATE,
   MB_WINDOW_SIZE,
 } from "./registers.ts";
+import { runtimeModuleUrl } from "../../hv/module_url.ts";
 
 /** What {@link Mailbox.attach} needs from a VM (hv's `Vm` has it). */
 export interface MailboxVm {
@@ -122,7 +123,7 @@ export class Mailbox implements Disposable {
     const config: MailboxDeviceConfig = { registers: this.#shared, waitMs: this.#waitMs };
     return {
       name: this.name,
-      module: new URL("./device.ts", import.meta.url).href,
+      module: runtimeModuleUrl("devices/mailbox/device.ts"),
       config,
       mmio: [{ base: this.regsBase, length: MB_WINDOW_SIZE }],
     };

@@ -7,8 +7,10 @@ import { compilePayload, PAYLOAD_ARG } from "../../init/codegen/mod.ts";
 import { exit, seq, v } from "../../init/ir/mod.ts";
 import { MB_REG, MB_STATE } from "./mod.ts";
 import { mailboxTestGuest, SHUTDOWN_CODE } from "./testdata/guest.ts";
+import { HANG_MS } from "../../tests/waits.ts";
 
-const DEADLINE = { timeoutMs: 30_000 };
+/** Bound on each wait, only to catch a hang. */
+const DEADLINE = { timeoutMs: HANG_MS };
 
 /** arg * 3 + 1, computed by a codegen payload. */
 export function triple(): Uint8Array {
@@ -31,7 +33,7 @@ hostTest("mailbox on /dev/kvm: ready, payloads run in the guest, results, shutdo
   await guest.vm.start();
   const stopped = guest.vm.wait();
   mb.failWhen(stopped);
-  const watchdog = setTimeout(() => guest.vm.stop(), 60_000);
+  const watchdog = setTimeout(() => guest.vm.stop(), HANG_MS + 60_000); // only catches a hang
   try {
     await mb.ready(DEADLINE);
     strictEqual(mb.registers.state, MB_STATE.READY);
@@ -41,6 +43,7 @@ hostTest("mailbox on /dev/kvm: ready, payloads run in the guest, results, shutdo
     const before = vcpu.exitCount;
     await new Promise((r) => setTimeout(r, 300));
     const idleExits = vcpu.exitCount - before;
+    // A busy machine only lowers the count (each blocked wait lasts at least its 10 ms).
     ok(idleExits < 100, `an idle guest exited ${idleExits} times in 300 ms`);
 
     strictEqual(await mb.runPayload(triple(), 5n, DEADLINE), 16n);

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { hostTest } from "../../tests/requirements.ts";
 import { readSnapshot } from "../../snapshot/store.ts";
 import { SHUTDOWN_CODE } from "./testdata/guest.ts";
+import { HANG_MS } from "../../tests/waits.ts";
 
 const HELPER = new URL("./testdata/snap_run.ts", import.meta.url).pathname;
 
@@ -16,7 +17,7 @@ async function helper(...args: string[]): Promise<Record<string, unknown>> {
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const timer = setTimeout(() => p.kill("SIGKILL"), 90_000);
+  const timer = setTimeout(() => p.kill("SIGKILL"), HANG_MS); // only catches a hang
   const r = await p.output();
   clearTimeout(timer);
   strictEqual(r.code, 0, `snap_run ${args[0]} failed:\n${new TextDecoder().decode(r.stderr)}`);

@@ -9,6 +9,7 @@ import dgram from "node:dgram";
 import { hostTest } from "../../tests/requirements.ts";
 import type { NetConfig } from "./config.ts";
 import { type NetnsTap, serveTapInNetns } from "./netns.ts";
+import { HANG_MS } from "../../tests/waits.ts";
 
 const GUEST_TOOL = new URL("./testdata/guest_tool.ts", import.meta.url).pathname;
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
@@ -25,11 +26,11 @@ async function ipCmd(args: string[]): Promise<void> {
   if (!o.success) throw new Error(`ip ${args.join(" ")}: ${dec.decode(o.stderr)}`);
 }
 
-/** Runs `args` inside `ns`, killed after `ms`; resolves to exit code and output. */
+/** Runs `args` inside `ns`, killed after `ms` (only catches a hang); resolves to exit code and output. */
 async function inNs(
   ns: string,
   args: string[],
-  ms = 30_000,
+  ms = HANG_MS,
 ): Promise<{ code: number; stdout: string; stderr: string }> {
   const o = await new Deno.Command("ip", {
     args: ["netns", "exec", ns, ...args],
@@ -44,7 +45,7 @@ async function inNs(
 async function guestTool(
   ns: string,
   args: string[],
-  ms = 30_000,
+  ms = HANG_MS,
 ): Promise<Record<string, unknown>> {
   // No update check: it would look up Deno's download site through the stack.
   const r = await inNs(ns, [
@@ -66,13 +67,15 @@ async function guestTool(
 }
 
 /**
- * Creates a namespace, serves it with a stack configured by `config`, runs
- * `fn` with a hard deadline, then removes everything.
+ * Creates a namespace, serves it with a stack configured by `config` (the
+ * TAP's reader runs before this returns, so the namespace's first frame is
+ * read), runs `fn` with a bound that only catches a hang, then removes
+ * everything.
  */
 async function withNetns(
   config: NetConfig,
   fn: (ns: string, served: NetnsTap) => Promise<void>,
-  deadlineMs = 60_000,
+  deadlineMs = HANG_MS + 60_000,
 ): Promise<void> {
   const ns = nsName();
   await ipCmd(["netns", "add", ns]);
@@ -124,14 +127,14 @@ hostTest(
         const r = await inNs(ns, [
           "sh",
           "-c",
-          `curl -sS --max-time 90 http://10.42.0.1:${srv.addr.port}/ | sha256sum`,
-        ], 100_000);
+          `curl -sS http://10.42.0.1:${srv.addr.port}/ | sha256sum`,
+        ]);
         const why = `curl: ${r.stderr}; stack: ${JSON.stringify(served.stack.counters())}`;
         strictEqual(r.stderr, "", why);
         strictEqual(r.stdout.split(" ")[0], want, why);
         const c = served.stack.counters();
         ok(c.tcpOpened >= 1 && c.txBytes > body.length, JSON.stringify(c));
-      }, 110_000);
+      });
     } finally {
       await srv.shutdown();
     }
@@ -182,7 +185,7 @@ hostTest(
       await withNetns({ hostsFile }, async (ns, served) => {
         const r = await guestTool(ns, ["dns", "10.42.0.1", "ALIAS.example"]);
         deepStrictEqual(r, { rcode: 0, addrs: ["10.9.8.7"] });
-        strictEqual(served.stack.counters().dnsQueries, 1);
+        ok(served.stack.counters().dnsQueries >= 1); // the client resends while unanswered
       });
     } finally {
       await Deno.remove(hostsFile);
@@ -319,11 +322,7 @@ hostTest("net L3: 100 concurrent connections all complete", [...NEEDS], async ()
   })().catch(() => {});
   try {
     await withNetns({ hostLoopback: true }, async (ns, served) => {
-      const r = await guestTool(
-        ns,
-        ["conns", "10.42.0.1", String(l.addr.port), "100", "20000"],
-        50_000,
-      );
+      const r = await guestTool(ns, ["conns", "10.42.0.1", String(l.addr.port), "100", "20000"]);
       deepStrictEqual(r, { ok: 100, errors: [] });
       ok(served.stack.counters().tcpOpened >= 100);
     });
@@ -344,13 +343,7 @@ hostTest("net L3: host loopback is unreachable without host-loopback", [...NEEDS
   })().catch(() => {});
   try {
     await withNetns({}, async (ns, served) => {
-      const r = await inNs(ns, [
-        "curl",
-        "-sS",
-        "--max-time",
-        "10",
-        `http://10.42.0.1:${l.addr.port}/`,
-      ]);
+      const r = await inNs(ns, ["curl", "-sS", `http://10.42.0.1:${l.addr.port}/`]);
       strictEqual(r.code, 7, r.stderr); // curl: could not connect (the stack answered RST)
       strictEqual(accepted, 0);
       ok(served.stack.counters().tcpRefused >= 1);
@@ -376,7 +369,7 @@ hostTest(
       stdout: "null",
       stderr: "piped",
     }).spawn();
-    const killer = setTimeout(() => child.kill("SIGKILL"), 60_000);
+    const killer = setTimeout(() => child.kill("SIGKILL"), HANG_MS); // only catches a hang
     try {
       const reader = child.stderr.getReader();
       let err = "";
@@ -385,14 +378,8 @@ hostTest(
         if (done) throw new Error(`skiff net tap exited early: ${err}`);
         err += dec.decode(value);
       }
-      const r = await inNs(ns, [
-        "curl",
-        "-sS",
-        "--max-time",
-        "10",
-        `http://10.42.0.1:${srv.addr.port}/`,
-      ]);
-      strictEqual(r.stdout, "from the host\n");
+      const r = await inNs(ns, ["curl", "-sS", `http://10.42.0.1:${srv.addr.port}/`]);
+      strictEqual(r.stdout, "from the host\n", r.stderr);
       child.kill("SIGTERM");
       reader.releaseLock();
       child.stderr.cancel().catch(() => {});

@@ -53,7 +53,7 @@ export async function serveTapInNetns(netns: string, config: NetConfig = {}): Pr
     await inNs(["link", "set", "dev", dev, "up"]);
     await inNs(["link", "set", "dev", "lo", "up"]);
     await inNs(["route", "replace", "default", "via", formatIpv4(c.gatewayIp), "dev", dev]);
-    tap.serve(stack);
+    await tap.serve(stack);
   } catch (e) {
     await tap?.close();
     await stack.close();

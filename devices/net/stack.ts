@@ -82,6 +82,12 @@ export interface PartialChecksum {
 export interface NetStackOptions {
   /** How host sockets are opened (default: Deno's networking). */
   sockets?: HostSockets;
+  /**
+   * The clock of the protocol timers (TCP retransmission, TIME_WAIT, ARP and
+   * reassembly), in milliseconds (default `performance.now`). Tests inject
+   * one to fire a timer without waiting for it.
+   */
+  now?: () => number;
 }
 
 /** One IPv4 datagram under reassembly (RFC 791 §3.2; RFC 815). */
@@ -140,15 +146,18 @@ export class NetStack implements AsyncDisposable {
   readonly ready: Promise<void>;
   #nextEphemeral = EPHEMERAL_FIRST;
   #env: TcpEnv;
+  #now: () => number;
 
   /** Creates the stack and opens the `--publish` listeners (throws if a port is taken). */
   constructor(config: NetConfig = {}, options: NetStackOptions = {}) {
     this.config = resolveConfig(config);
     this.#sockets = options.sockets ?? denoSockets;
+    this.#now = options.now ?? (() => performance.now());
     this.#dns = new DnsServer(this.#sockets, this.config.hostsFile, this.config.resolvConf);
     this.#env = {
       cfg: this.config,
       counters: this.#counters,
+      now: this.#now,
       ipv4Frame: (src, proto, l4Len) => this.#ipv4Frame(src, proto, l4Len),
       transmit: (f, partial) => this.#transmit(f, partial),
       partialChecksums: () => this.#link?.partialChecksums === true,
@@ -365,7 +374,7 @@ export class NetStack implements AsyncDisposable {
   #transmit(f: Uint8Array, partial?: PartialChecksum): void {
     if (this.#guestMac) return this.#send(f, partial);
     if (this.#pending.length < MAX_PENDING_FRAMES) this.#pending.push({ f, partial });
-    const now = performance.now();
+    const now = this.#now();
     if (now - this.#lastArp < 500) return;
     this.#lastArp = now;
     const r = new Uint8Array(ETH_HLEN + 28);
@@ -437,7 +446,7 @@ export class NetStack implements AsyncDisposable {
     let r = this.#frags.get(key);
     if (!r) {
       if (this.#frags.size >= MAX_REASSEMBLIES) return void c.dropFragment++;
-      r = { parts: [], total: -1, got: 0, deadline: performance.now() + REASM_TIMEOUT };
+      r = { parts: [], total: -1, got: 0, deadline: this.#now() + REASM_TIMEOUT };
       this.#frags.set(key, r);
     }
     const end = off + len;
@@ -554,7 +563,7 @@ export class NetStack implements AsyncDisposable {
     if (dst === cfg.gatewayIp) {
       const pub = this.#udpPublished.get(dport);
       if (pub) {
-        pub.lastUsed = performance.now();
+        pub.lastUsed = this.#now();
         pub.sock.send(payload.slice(), pub.hostname, pub.port);
         return;
       }
@@ -632,9 +641,9 @@ export class NetStack implements AsyncDisposable {
         return void this.#counters.dropFlowLimit++;
       }
       this.#udpClients.set(ck, gw);
-      this.#udpPublished.set(gw, { sock, hostname, port, lastUsed: performance.now() });
+      this.#udpPublished.set(gw, { sock, hostname, port, lastUsed: this.#now() });
     }
-    this.#udpPublished.get(gw)!.lastUsed = performance.now();
+    this.#udpPublished.get(gw)!.lastUsed = this.#now();
     this.#sendUdp(this.config.gatewayIp, gw, guestPort, data);
   }
 
@@ -790,7 +799,7 @@ export class NetStack implements AsyncDisposable {
   }
 
   #tick(): void {
-    const now = performance.now();
+    const now = this.#now();
     for (const conn of [...this.#tcp.values()]) conn.tick(now);
     for (const [k, f] of this.#udp) {
       if (now - f.lastUsed > this.config.udpIdleMs) {

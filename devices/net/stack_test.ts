@@ -16,6 +16,7 @@ import {
   udp,
 } from "./testdata/frames.ts";
 import { checksum, ETH_HLEN, PROTO, TCP_FLAG, u16, u32 } from "./wire.ts";
+import { until } from "../../tests/waits.ts";
 
 /** A fake host TCP socket: records writes, serves queued reads. */
 class FakeTcp implements HostTcp {
@@ -72,12 +73,14 @@ class FakeSockets implements HostSockets {
   }
 }
 
+/** A stack on fake sockets and a fake clock (`clock.ms`, advanced by the test). */
 function setup(config = {}) {
   const sockets = new FakeSockets();
-  const stack = new NetStack(config, { sockets });
+  const clock = { ms: 1_000_000 };
+  const stack = new NetStack(config, { sockets, now: () => clock.ms });
   const out: Uint8Array[] = [];
   stack.attach({ send: (f) => void out.push(f) });
-  return { stack, out, sockets, [Symbol.asyncDispose]: () => stack.close() };
+  return { stack, out, sockets, clock, [Symbol.asyncDispose]: () => stack.close() };
 }
 
 const tick = () => new Promise((r) => setTimeout(r, 0));
@@ -385,11 +388,16 @@ Deno.test("tcp: three duplicate ACKs trigger fast retransmit; silence triggers t
   for (let i = 0; i < 3; i++) s.stack.input(dup);
   deepStrictEqual(seqs(), [iss + 1]);
   strictEqual(s.stack.counters().tcpRetransmits, 1);
-  // No more ACKs: the retransmission timer (initially 1 s, RFC 6298) resends from SND.UNA.
+  // No more ACKs: the retransmission timer (initially 1 s, RFC 6298 §2.1) resends from
+  // SND.UNA once the clock passes it; nothing is resent before.
   s.out.length = 0;
-  await new Promise((r) => setTimeout(r, 1300));
-  ok(seqs()[0] === iss + 1, JSON.stringify(seqs()));
-  ok(s.stack.counters().tcpRetransmits >= 2);
+  s.clock.ms += 900;
+  for (let i = 0; i < 5; i++) await new Promise((r) => setTimeout(r, 30)); // several timer ticks
+  deepStrictEqual(seqs(), [], "resent before the RTO");
+  s.clock.ms += 200;
+  // The stack's timer tick sees the clock within a few milliseconds.
+  await until(() => s.stack.counters().tcpRetransmits >= 2, "the RTO retransmission");
+  strictEqual(seqs()[0], iss + 1, JSON.stringify(seqs()));
 });
 
 Deno.test("tcp: a SYN flood is capped at maxHalfOpen; flows at maxFlows", async () => {

@@ -15,6 +15,7 @@
 
 import { check, cstr, errno, eventfd, libc, O, open, SysError } from "../../kvm_ffi/libc.ts";
 import type { NetLink, NetStack, PartialChecksum } from "./stack.ts";
+import { runtimeModuleUrl } from "../../hv/module_url.ts";
 
 /** TUNSETIFF = _IOW('T', 202, int) (linux/if_tun.h). */
 const TUNSETIFF = 0x400454can;
@@ -148,8 +149,14 @@ export class TapDevice implements NetLink, AsyncDisposable {
     if (r < 0) this.writeErrors++;
   }
 
-  /** Attaches this device to `stack` and starts feeding it the frames the device reads. */
-  serve(stack: NetStack): void {
+  /**
+   * Attaches this device to `stack` and starts feeding it the frames the
+   * device reads. Resolves once the reader Worker runs: a Worker can take
+   * seconds to start on a busy machine, and a peer that sends before then
+   * (ARP gives up after 3 s) must not find nobody reading. Rejects if the
+   * Worker fails to start.
+   */
+  serve(stack: NetStack): Promise<void> {
     if (this.#worker) throw new Error(`tap ${this.name}: already serving`);
     stack.attach(this);
     this.#wakeFd = eventfd(0);
@@ -158,8 +165,17 @@ export class TapDevice implements NetLink, AsyncDisposable {
     const lensBuf = new SharedArrayBuffer(SLOTS * 4);
     const ctrl = new Int32Array(ctrlBuf);
     this.#ctrl = ctrl;
-    const worker = new Worker(new URL("./tap_worker.ts", import.meta.url), { type: "module" });
+    const worker = new Worker(runtimeModuleUrl("devices/net/tap_worker.ts"), { type: "module" });
     this.#worker = worker;
+    const running = new Promise<void>((resolve, reject) => {
+      worker.onmessage = (e: MessageEvent) => {
+        if (e.data === "running") resolve();
+      };
+      worker.onerror = (e: ErrorEvent) => {
+        e.preventDefault();
+        reject(new Error(`tap ${this.name}: the reader Worker failed: ${e.message}`));
+      };
+    });
     const init: TapWorkerInit = {
       fd: this.fd,
       wakeFd: this.#wakeFd,
@@ -197,6 +213,7 @@ export class TapDevice implements NetLink, AsyncDisposable {
         }
       }
     })();
+    return running;
   }
 
   /** Stops the reader and closes the device (the kernel removes a non-persistent TAP). */

@@ -29,6 +29,8 @@ self.onmessage = (e: MessageEvent<TapWorkerInit>) => {
     { length: slots },
     (_, i) => ring.subarray(i * slotSize, (i + 1) * slotSize) as unknown as Uint8Array<ArrayBuffer>,
   );
+  // serve() waits for this: from here on every frame is read.
+  self.postMessage("running");
   while (Atomics.load(ctrl, CTRL.STOP) === 0) {
     // Wait for a free slot.
     const rp = Atomics.load(ctrl, CTRL.READ);

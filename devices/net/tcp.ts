@@ -36,6 +36,8 @@ export type TcpState =
 export interface TcpEnv {
   readonly cfg: ResolvedNetConfig;
   readonly counters: NetCounters;
+  /** The timers' clock in milliseconds (`NetStackOptions.now`). */
+  now(): number;
   /** A frame with Ethernet and IPv4 headers written for `l4Len` bytes from `src` to the guest; returns the L4 offset. */
   ipv4Frame(src: number, proto: number, l4Len: number): { frame: Uint8Array; off: number };
   /** Sends a finished frame to the guest (`partial`: the link completes the L4 checksum). */
@@ -103,7 +105,7 @@ export class TcpConn {
 
   #env: TcpEnv;
   #host: HostTcp | null = null;
-  #created = performance.now();
+  #created: number;
 
   // Send side (towards the guest).
   #iss = (Math.random() * 0x100000000) >>> 0;
@@ -139,7 +141,7 @@ export class TcpConn {
   #guestFin = false;
   #hostWriteClosed = false;
 
-  // Timers (performance.now() ms; 0 = off).
+  // Timers (env.now() ms; 0 = off).
   #rto = RTO_INITIAL;
   #srtt = 0;
   #rttvar = 0;
@@ -165,6 +167,7 @@ export class TcpConn {
     state: TcpState,
   ) {
     this.#env = env;
+    this.#created = env.now();
     this.guestPort = guestPort;
     this.remoteIp = remoteIp;
     this.remotePort = remotePort;
@@ -276,7 +279,7 @@ export class TcpConn {
     if (this.state === "TIME_WAIT") {
       if (f & TCP_FLAG.FIN) {
         this.#sendAck();
-        this.#deadline = performance.now() + this.#env.cfg.timeWaitMs;
+        this.#deadline = this.#env.now() + this.#env.cfg.timeWaitMs;
       }
       return;
     }
@@ -427,11 +430,11 @@ export class TcpConn {
       this.#dupAcks = 0;
       this.#retries = 0;
       if (this.#rttSeq >= 0 && le(this.#rttSeq, ack)) {
-        this.#sampleRtt(performance.now() - this.#rttTime);
+        this.#sampleRtt(this.#env.now() - this.#rttTime);
         this.#rttSeq = -1;
       }
       this.#rto = this.#srtt ? this.#computeRto() : this.#rto;
-      this.#rtoDeadline = this.#sndNxt !== this.#sndUna ? performance.now() + this.#rto : 0;
+      this.#rtoDeadline = this.#sndNxt !== this.#sndUna ? this.#env.now() + this.#rto : 0;
       if (this.#finAcked) {
         if (this.state === "FIN_WAIT_1") this.state = "FIN_WAIT_2";
         else if (this.state === "CLOSING") this.#enterTimeWait();
@@ -549,7 +552,7 @@ export class TcpConn {
         const room = this.#sndWnd - inFlight;
         if (room <= 0) {
           if (inFlight === 0 && this.#rtoDeadline === 0) {
-            this.#rtoDeadline = performance.now() + this.#rto; // persist timer
+            this.#rtoDeadline = this.#env.now() + this.#rto; // persist timer
           }
           return;
         }
@@ -562,11 +565,11 @@ export class TcpConn {
         this.#sendData(this.#sndNxt, n);
         if (this.#rttSeq < 0) {
           this.#rttSeq = add(this.#sndNxt, n);
-          this.#rttTime = performance.now();
+          this.#rttTime = this.#env.now();
         }
         this.#sndNxt = add(this.#sndNxt, n);
         if (lt(this.#sndMax, this.#sndNxt)) this.#sndMax = this.#sndNxt;
-        if (this.#rtoDeadline === 0) this.#rtoDeadline = performance.now() + this.#rto;
+        if (this.#rtoDeadline === 0) this.#rtoDeadline = this.#env.now() + this.#rto;
       } else if (unsent === 0 && this.#hostEof && !this.#finSent) {
         this.#finSent = true;
         this.#sendSegment(this.#sndNxt, TCP_FLAG.FIN | TCP_FLAG.ACK, null, 0);
@@ -574,7 +577,7 @@ export class TcpConn {
         if (lt(this.#sndMax, this.#sndNxt)) this.#sndMax = this.#sndNxt;
         if (this.state === "ESTABLISHED") this.state = "FIN_WAIT_1";
         else if (this.state === "CLOSE_WAIT") this.state = "LAST_ACK";
-        if (this.#rtoDeadline === 0) this.#rtoDeadline = performance.now() + this.#rto;
+        if (this.#rtoDeadline === 0) this.#rtoDeadline = this.#env.now() + this.#rto;
         return;
       } else {
         return;
@@ -712,7 +715,7 @@ export class TcpConn {
       wantScale ? opts : opts.subarray(0, 4),
       0,
     );
-    if (this.#rtoDeadline === 0) this.#rtoDeadline = performance.now() + this.#rto;
+    if (this.#rtoDeadline === 0) this.#rtoDeadline = this.#env.now() + this.#rto;
   }
 
   #sendRst(seq: number, ack: number, withAck: boolean): void {
@@ -833,7 +836,7 @@ export class TcpConn {
   #enterTimeWait(): void {
     this.state = "TIME_WAIT";
     this.#rtoDeadline = 0;
-    this.#deadline = performance.now() + this.#env.cfg.timeWaitMs;
+    this.#deadline = this.#env.now() + this.#env.cfg.timeWaitMs;
     if (!this.#writing) this.#closeHost();
   }
 

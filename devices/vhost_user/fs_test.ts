@@ -3,18 +3,25 @@ import { hostTest } from "../../tests/requirements.ts";
 import { FuseServer } from "../fuse/server.ts";
 import { PassthroughFs } from "../fuse/passthrough.ts";
 import { QemuProcess } from "../../hv/qemu/process.ts";
-import { busyboxInitramfs, PORT_FUNCTION, runGuest, testKernel } from "../../hv/qemu/testing.ts";
+import {
+  assertKernel,
+  busyboxInitramfs,
+  PORT_FUNCTION,
+  runGuest,
+  testKernel,
+} from "../../hv/qemu/testing.ts";
 import { VhostUserServer } from "./backend.ts";
 import { VirtioFsDevice } from "./fs.ts";
+import { HANG_MS, until } from "../../tests/waits.ts";
 
 const kernel = await testKernel();
-if (typeof kernel === "string") console.error(`skiff-test-skip: vhost-user guest tests: ${kernel}`);
 
 hostTest("vhost-user-fs: a Linux guest under QEMU mounts, lists, reads and writes", [
+  "kernel",
   "qemu",
   "cpio",
 ], async () => {
-  if (typeof kernel === "string") return;
+  assertKernel(kernel);
   const dir = await Deno.makeTempDir({ prefix: "skiff-vutest-" });
   const share = await Deno.makeTempDir({ prefix: "skiff-vushare-" });
   try {
@@ -70,7 +77,7 @@ hostTest("vhost-user-fs: a Linux guest under QEMU mounts, lists, reads and write
     }
     // The back-end ends on its own once QEMU has gone (`once`); bounded wait.
     let timer: ReturnType<typeof setTimeout> | undefined;
-    const stuck = new Promise<string>((r) => timer = setTimeout(() => r("stuck"), 10_000));
+    const stuck = new Promise<string>((r) => timer = setTimeout(() => r("stuck"), HANG_MS));
     const ended = await Promise.race([server.done.then(() => "ended"), stuck]);
     clearTimeout(timer);
     strictEqual(ended, "ended", "vhost-user server did not end after QEMU exited");
@@ -83,10 +90,11 @@ hostTest("vhost-user-fs: a Linux guest under QEMU mounts, lists, reads and write
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 
 hostTest("skiff virtiofsd: QEMU's guest mounts the share read-only; the CLI exits 0 after", [
+  "kernel",
   "qemu",
   "cpio",
 ], async () => {
-  if (typeof kernel === "string") return;
+  assertKernel(kernel);
   const dir = await Deno.makeTempDir({ prefix: "skiff-vdtest-" });
   const share = await Deno.makeTempDir({ prefix: "skiff-vdshare-" });
   const socketPath = `${dir}/vfsd.sock`;
@@ -108,14 +116,14 @@ hostTest("skiff virtiofsd: QEMU's guest mounts the share read-only; the CLI exit
       stderr: "piped",
     }).spawn();
     const daemonOut = daemon.output();
-    for (let i = 0; i < 200; i++) {
+    await until(() => {
       try {
-        await Deno.lstat(socketPath);
-        break;
+        Deno.lstatSync(socketPath);
+        return true;
       } catch {
-        await new Promise((r) => setTimeout(r, 50));
+        return false;
       }
-    }
+    }, `skiff virtiofsd's socket ${socketPath}`);
     const initrd = await busyboxInitramfs(
       dir,
       kernel,
@@ -152,7 +160,7 @@ hostTest("skiff virtiofsd: QEMU's guest mounts the share read-only; the CLI exit
       timer = setTimeout(() => {
         daemon.kill("SIGKILL");
         r(null);
-      }, 15_000)
+      }, HANG_MS)
     );
     const result = await Promise.race([daemonOut, killed]);
     clearTimeout(timer);

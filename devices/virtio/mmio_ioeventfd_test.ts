@@ -13,6 +13,8 @@ import { MMIO } from "./mmio.ts";
 import { type IoeventfdVm, VirtioMmioHost } from "./mmio_remote.ts";
 import { Queue } from "./queue.ts";
 import { signalEventfd } from "../../kvm_ffi/eventfd.ts";
+import { libc, POLL } from "../../kvm_ffi/libc.ts";
+import { HANG_MS } from "../../tests/waits.ts";
 
 const BASE = 0xd000_0000;
 
@@ -56,8 +58,17 @@ class FakeVm implements IoeventfdVm {
   }
 }
 
+/** Whether `fd` has something to read (poll(2) without waiting). */
+function readable(fd: number): boolean {
+  const pfd = new Uint8Array(8);
+  const dv = new DataView(pfd.buffer);
+  dv.setInt32(0, fd, true);
+  dv.setInt16(4, POLL.IN, true);
+  return libc.poll(pfd, 1n, 0) > 0 && (dv.getInt16(6, true) & POLL.IN) !== 0;
+}
+
 async function until(what: string, cond: () => boolean): Promise<void> {
-  const deadline = Date.now() + 5000;
+  const deadline = Date.now() + HANG_MS; // only catches a hang
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 5));
@@ -85,7 +96,8 @@ Deno.test("mmio ioeventfds: one per queue at QueueNotify; notifies reach the dev
     // A notify that arrives before the transport's activate message (another
     // channel) finds no queues; activation then serves every ready queue.
     signalEventfd(vm.calls[1].fd);
-    await new Promise((r) => setTimeout(r, 50));
+    // The host has read (and handled) the notify once the eventfd is empty again.
+    await until("the early notify read", () => !readable(vm.calls[1].fd));
     deepStrictEqual(dev.notified, []);
     host.handle({ type: "activate", features: String(dev.features), queues: readyQueues() });
     deepStrictEqual(dev.notified.sort(), [0, 1]);
@@ -95,7 +107,7 @@ Deno.test("mmio ioeventfds: one per queue at QueueNotify; notifies reach the dev
     signalEventfd(vm.calls[0].fd);
     signalEventfd(vm.calls[0].fd); // two writes before the host looks: one notify
     await until("notify of queue 0", () => dev.notified.length === 2);
-    await new Promise((r) => setTimeout(r, 20));
+    await until("both writes read", () => !readable(vm.calls[0].fd));
     deepStrictEqual(dev.notified, [1, 0]);
   } finally {
     await io[Symbol.asyncDispose]();

@@ -18,7 +18,7 @@
  *
  * Limitation: the transport's register state lives per Worker, so a VM with
  * virtio devices must have one vCPU that touches them (the kvm engine runs
- * one vCPU; see the report in hv/kvm_engine.ts).
+ * one vCPU; see hv/kvm/plan.ts).
  *
  * @module
  */
@@ -38,6 +38,7 @@ import {
 import { Queue, type QueueState } from "./queue.ts";
 import { close, EFD, eventfd, libc } from "../../kvm_ffi/libc.ts";
 import { drainEventfd, StopSignal, waitReadable } from "../../kvm_ffi/eventfd.ts";
+import { runtimeModuleUrl } from "../../hv/module_url.ts";
 
 /** Bytes of device config space mirrored in the shared buffer. */
 export const CONFIG_MIRROR = 256;
@@ -235,7 +236,7 @@ export class VirtioMmioHost {
   spec(name: string, base: number, gsi: number, irqfd?: number): DeviceSpec {
     return {
       name,
-      module: new URL("./mmio_remote.ts", import.meta.url).href,
+      module: runtimeModuleUrl("devices/virtio/mmio_remote.ts"),
       config: this.workerConfig(gsi, irqfd),
       mmio: [{ base, length: MMIO_WINDOW }],
     };

@@ -2,7 +2,7 @@ import { deepStrictEqual, match, strictEqual, throws } from "node:assert/strict"
 import { ConfigError } from "../errors.ts";
 import { GUEST_PATH } from "../config.ts";
 import { parseNet, parseTimeout, parseVolume, runConfig } from "./run_options.ts";
-import { splitCommand } from "../../main.ts";
+import { commandHelpAsked, main, splitCommand } from "../../main.ts";
 
 Deno.test("runConfig: defaults — host / read-only root, cwd shared read-only and used as workdir", () => {
   const { config, workload } = runConfig({ argv: ["uname", "-a"], cwd: "/tmp", hostEnv: {} });
@@ -92,6 +92,48 @@ Deno.test("splitCommand: options end at -- or at the command", () => {
   deepStrictEqual(splitCommand(["--cpus=2", "ls"], opts).values.cpus, "2");
   deepStrictEqual(splitCommand([], opts).command, []);
   throws(() => splitCommand(["--bogus", "ls"], opts), /bogus/);
+  // --net alone never takes the next argument as its value.
+  const net = { ...opts, net: { type: "string" } } as const;
+  const r = splitCommand(["--net", "curl", "-s", "x"], net, { net: "on" });
+  deepStrictEqual([r.values.net, r.command], ["on", ["curl", "-s", "x"]]);
+  deepStrictEqual(splitCommand(["--", "--help"], opts).command, ["--help"]);
+});
+
+Deno.test("CLI: arguments after the command word belong to the command", async () => {
+  // run's own --help, wherever among run's options.
+  strictEqual(commandHelpAsked("run", ["--help"]), true);
+  strictEqual(commandHelpAsked("run", ["--memory", "256", "--help"]), true);
+  strictEqual(commandHelpAsked("run", ["--net", "--help"]), true);
+  // --help after the command (or after --) is the command's.
+  strictEqual(commandHelpAsked("run", ["ls", "--help"]), false);
+  strictEqual(commandHelpAsked("run", ["--", "ls", "--help"]), false);
+  strictEqual(commandHelpAsked("run", ["--memory", "256", "ls", "-l", "--help"]), false);
+  strictEqual(commandHelpAsked("initramfs", ["build", "--out", "x", "--", "ls", "--help"]), false);
+  strictEqual(commandHelpAsked("initramfs", ["build", "--help"]), true);
+  strictEqual(commandHelpAsked("kernel", ["fetch", "--help"]), true);
+  strictEqual(commandHelpAsked("setup", ["--help"]), true);
+  const split = splitCommand(["--memory", "256", "ls", "-l", "--help"], {
+    memory: { type: "string" },
+  });
+  deepStrictEqual([split.values.memory, split.command], ["256", ["ls", "-l", "--help"]]);
+
+  // Through main(): run's help is printed; a command's --help reaches the command
+  // (here it fails on --memory before anything boots, proving run parsed it).
+  const out: string[] = [];
+  const err: string[] = [];
+  const [log, error] = [console.log, console.error];
+  console.log = (...a: unknown[]) => void out.push(a.join(" "));
+  console.error = (...a: unknown[]) => void err.push(a.join(" "));
+  try {
+    strictEqual(await main(["run", "--help"]), 0);
+    strictEqual(await main(["run", "--memory", "32", "ls", "--help"]), 125);
+  } finally {
+    console.log = log;
+    console.error = error;
+  }
+  match(out.join("\n"), /^Usage: skiff run /);
+  strictEqual(out.length, 1, "help printed once");
+  match(err.join("\n"), /--memory 32/);
 });
 
 Deno.test("parseNet: --net, --net=host-loopback, --publish; errors name the value", () => {

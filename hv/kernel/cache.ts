@@ -62,7 +62,7 @@ export interface KernelJson {
 /** No kernel is cached (or the chosen one is missing); the message says what to run. */
 export class KernelMissingError extends SkiffError {
   constructor(detail = "no kernel is cached") {
-    super(`${detail}; run \`skiff kernel fetch\` (or pass --kernel PATH)`);
+    super(`${detail}; run \`skiff setup\` or \`skiff kernel fetch\` (or pass --kernel PATH)`);
   }
 }
 

@@ -70,7 +70,10 @@ Deno.test("findKernel: the default cached kernel, with absolute paths", async ()
     deepStrictEqual(bootImage(k, "bzimage").format, "bzimage");
     // A cached file gone missing is reported, not booted.
     await Deno.remove(join(dir, "vmlinux"));
-    await rejects(findKernel({ cacheDir: root }), /vmlinux is missing; run `skiff kernel fetch`/);
+    await rejects(
+      findKernel({ cacheDir: root }),
+      /vmlinux is missing; run `skiff setup` or `skiff kernel fetch`/,
+    );
   });
 });
 

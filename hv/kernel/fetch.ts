@@ -28,6 +28,9 @@ export const DEFAULT_KERNEL_PACKAGE = "linux-image-cloud-amd64";
 /** Fetching the kernel failed; the message says which step and what to do. */
 export class KernelFetchError extends SkiffError {}
 
+/** apt's package lists do not know a package (a fresh machine needs `apt-get update`). */
+export class AptListsError extends KernelFetchError {}
+
 /** A Debian package as `apt-cache show` describes it. */
 export interface AptPackage {
   package: string;
@@ -46,23 +49,55 @@ export interface FetchProgress {
   status(text: string): void;
 }
 
-/** Progress on stderr: in-place updates on a terminal, plain lines elsewhere. */
-export function stderrProgress(): FetchProgress {
+/** Options of {@link stderrProgress} (injectable for tests). */
+export interface StderrProgressOptions {
+  /** Whether stderr is a terminal (default: asked). */
+  tty?: boolean;
+  /** Writes text (default: stderr). */
+  write?: (text: string) => void;
+  /** Milliseconds clock (default `performance.now`). */
+  now?: () => number;
+  /** Off a terminal, the shortest interval between two status lines (default 3000 ms). */
+  statusIntervalMs?: number;
+}
+
+/**
+ * Progress on stderr: in-place updates on a terminal; elsewhere (a log, CI)
+ * plain lines, with status updates sampled to one every few seconds so a
+ * long download shows that it advances without flooding the log.
+ */
+export function stderrProgress(opts: StderrProgressOptions = {}): FetchProgress {
   const enc = new TextEncoder();
-  const tty = Deno.stderr.isTerminal();
+  const tty = opts.tty ?? Deno.stderr.isTerminal();
+  const write = opts.write ?? ((s: string) => void Deno.stderr.writeSync(enc.encode(s)));
+  const now = opts.now ?? (() => performance.now());
+  const every = opts.statusIntervalMs ?? 3000;
   let pending = false;
-  const write = (s: string) => Deno.stderr.writeSync(enc.encode(s));
+  let lastStatus = -Infinity;
   return {
     line(text) {
       write((pending ? "\r\x1b[K" : "") + text + "\n");
       pending = false;
     },
     status(text) {
-      if (!tty) return;
-      write("\r\x1b[K" + text);
-      pending = true;
+      if (tty) {
+        write("\r\x1b[K" + text);
+        pending = true;
+        return;
+      }
+      const t = now();
+      if (t - lastStatus < every) return;
+      lastStatus = t;
+      write(text + "\n");
     },
   };
+}
+
+/** `  downloading: 42% (11.2 of 26.7 MiB)`, or without a total when the size is unknown. */
+export function downloadStatus(got: number, total: number): string {
+  if (total <= 0) return `  downloading: ${mib(got)}`;
+  const pct = Math.min(100, Math.floor((got / total) * 100));
+  return `  downloading: ${pct}% (${(got / (1 << 20)).toFixed(1)} of ${mib(total)})`;
 }
 
 /** Parses `apt-cache show --no-all-versions` output (first stanza). */
@@ -114,7 +149,7 @@ async function run(
 }
 
 const UPDATE_HINT = "the apt package lists do not know it: run `apt-get update` as root " +
-  "(tests/setup does) and retry";
+  "(\`skiff setup\` does) and retry";
 
 /** `apt-cache show --no-all-versions PKG`, parsed; throws {@link KernelFetchError} with the apt-get update hint. */
 export async function aptShow(pkg: string): Promise<AptPackage> {
@@ -122,7 +157,7 @@ export async function aptShow(pkg: string): Promise<AptPackage> {
   const parsed = r.code === 0 ? parseAptShow(r.stdout) : undefined;
   if (!parsed) {
     const why = r.stderr.trim().split("\n").pop() ?? "";
-    throw new KernelFetchError(
+    throw new AptListsError(
       `apt-cache cannot find ${pkg}${why ? ` (${why})` : ""}; ${UPDATE_HINT}`,
     );
   }
@@ -145,7 +180,7 @@ function mib(n: number): string {
   return `${(n / (1 << 20)).toFixed(1)} MiB`;
 }
 
-/** Downloads `pkg` with `apt-get download` into `dir`, streaming apt's progress; returns the .deb path. */
+/** Downloads `pkg` with `apt-get download` into `dir`, reporting its size as it grows; returns the .deb path. */
 async function download(pkg: AptPackage, dir: string, progress: FetchProgress): Promise<string> {
   progress.line(
     `skiff: downloading ${pkg.package} ${pkg.version}${pkg.size ? ` (${mib(pkg.size)})` : ""}`,
@@ -160,16 +195,22 @@ async function download(pkg: AptPackage, dir: string, progress: FetchProgress): 
     stderr: "piped",
   }).spawn();
   const errText = new Response(child.stderr).text();
-  const dec = new TextDecoder();
-  for await (const chunk of child.stdout) {
-    for (const part of dec.decode(chunk, { stream: true }).split(/[\r\n]+/)) {
-      if (part.trim()) progress.status(`  ${part.trim()}`);
-    }
-    // apt's own byte counter is only shown on terminals; report what has arrived.
-    const partial = await debSize(dir);
-    if (partial) progress.status(`  ${mib(partial)}${pkg.size ? ` of ${mib(pkg.size)}` : ""}`);
+  const outText = new Response(child.stdout).text();
+  // apt writes nothing while a file arrives when it is not on a terminal: watch the file grow.
+  let done = false;
+  const report = async () => {
+    const got = await debSize(dir);
+    if (!done) progress.status(downloadStatus(got, pkg.size));
+  };
+  const timer = setInterval(() => void report(), 1000);
+  let status: Deno.CommandStatus;
+  try {
+    status = await child.status;
+  } finally {
+    done = true;
+    clearInterval(timer);
   }
-  const status = await child.status;
+  await outText;
   const stderr = (await errText).trim();
   if (!status.success) {
     const last = stderr.split("\n").filter((l) => l.startsWith("E:")).pop() ?? stderr;

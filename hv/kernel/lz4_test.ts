@@ -1,5 +1,5 @@
 import { deepStrictEqual, strictEqual, throws } from "node:assert/strict";
-import { onPath } from "../../tests/requirements.ts";
+import { hostTest } from "../../tests/requirements.ts";
 import { decodeLz4Block, decodeLz4Legacy, Lz4Error } from "./lz4.ts";
 import { lz4LegacyLiterals } from "./testdata.ts";
 
@@ -57,11 +57,9 @@ Deno.test("lz4 legacy: multi-block frame, trailing size, expected size mismatch"
   throws(() => decodeLz4Legacy(frame.subarray(0, frame.length - 10)), Lz4Error);
 });
 
-Deno.test("lz4 legacy: matches the lz4 CLI on compressible data (reference decoder)", async () => {
-  if (!onPath("lz4")) {
-    console.error("skiff-test-skip: lz4 CLI reference: lz4 is not installed (run tests/setup)");
-    return;
-  }
+hostTest("lz4 legacy: matches the lz4 CLI on compressible data (reference decoder)", [
+  "lz4",
+], async () => {
   const data = new Uint8Array(3 << 20);
   let x = 1;
   for (let i = 0; i < data.length; i++) {

@@ -21,6 +21,7 @@ export {
 } from "./cache.ts";
 export type { KernelFormat, KernelInfo, KernelJson } from "./cache.ts";
 export {
+  AptListsError,
   DEFAULT_KERNEL_PACKAGE,
   extractVmlinux,
   fetchKernel,

@@ -68,12 +68,6 @@ export async function buildPlanned(p: MachinePlan, opts: MachineOptions): Promis
   try {
     const vm = Vm.create({ memory });
     cleanups.push(() => vm.close());
-    if (p.cpus < config.cpus) {
-      progress(
-        `skiff: kvm engine: using 1 vCPU (asked for ${config.cpus}): ` +
-          "virtio transports keep per-vCPU state",
-      );
-    }
     const devices = attachDevices(vm, memory, p, opts, cleanups);
     let kernel: LoadedKernel;
     try {

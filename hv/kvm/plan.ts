@@ -92,6 +92,13 @@ export async function planMachine(config: VmConfig, opts: MachineOptions): Promi
     throw new ConfigError(`--cpus ${config.cpus}: the kvm engine boots 1–255 vCPUs`);
   }
   const workload = opts.workloadDevices ?? true;
+  if (workload && config.cpus > 1) {
+    // The virtio transports keep register state per vCPU Worker
+    // (devices/virtio/mmio_remote.ts): refused, not silently run on one.
+    throw new ConfigError(
+      `--cpus ${config.cpus}: the kvm engine runs one vCPU for now; use --cpus 1 or --engine qemu`,
+    );
+  }
   const emulated = opts.emulated ?? isEmulatedKvm();
   const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
   // The ELF vmlinux skips the bzImage's self-decompression (~80 s where guest code is emulated).

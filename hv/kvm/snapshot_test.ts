@@ -18,6 +18,7 @@ import { STATE_FILE } from "../../snapshot/format.ts";
 import { mailboxKernelCode, standInElf } from "./testdata/mailbox_kernel.ts";
 import { Assembler } from "../../init/asm/mod.ts";
 import { isEmulatedKvm } from "./emulated.ts";
+import { HANG_MS } from "../../tests/waits.ts";
 
 const HELPER = new URL("./testdata/kvm_snapshot_run.ts", import.meta.url).pathname;
 
@@ -42,7 +43,7 @@ async function run(
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const timer = setTimeout(() => p.kill("SIGKILL"), 90_000);
+  const timer = setTimeout(() => p.kill("SIGKILL"), HANG_MS); // only catches a hang
   const r = await p.output();
   clearTimeout(timer);
   const err = new TextDecoder().decode(r.stderr);
@@ -163,7 +164,7 @@ async function cli(
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const timer = setTimeout(() => p.kill("SIGKILL"), 90_000);
+  const timer = setTimeout(() => p.kill("SIGKILL"), HANG_MS); // only catches a hang
   const r = await p.output();
   clearTimeout(timer);
   return { code: r.code, stderr: new TextDecoder().decode(r.stderr) };

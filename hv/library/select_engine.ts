@@ -100,7 +100,7 @@ export function chooseEngine(choice: EngineChoice, host: HostProbe = realHost): 
     case "qemu":
       if (qemuWhy) {
         throw new EngineUnavailableError(
-          `engine qemu is unavailable: ${qemuWhy} (apt-get install qemu-system-x86)`,
+          `engine qemu is unavailable: ${qemuWhy} (\`skiff setup\` installs it: apt-get install qemu-system-x86)`,
         );
       }
       return { name: "qemu", why: `--engine qemu (accel ${accel})`, qemuAccel: accel };
@@ -114,7 +114,7 @@ export function chooseEngine(choice: EngineChoice, host: HostProbe = realHost): 
       throw new EngineUnavailableError(
         `no engine can run guests here: ${kvmWhy}, and ${qemuWhy}. ` +
           "Either run on a host with hardware virtualization (/dev/kvm), " +
-          "or install QEMU (apt-get install qemu-system-x86) for --engine qemu",
+          "or install QEMU for --engine qemu (`skiff setup` does: apt-get install qemu-system-x86)",
       );
     default:
       throw new EngineUnavailableError(`unknown engine '${choice}' (kvm, qemu or auto)`);

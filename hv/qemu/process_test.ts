@@ -2,7 +2,7 @@ import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
 import { hostTest } from "../../tests/requirements.ts";
 import { hostTscKhz, qemuArgs, withTcgClock } from "./cmdline.ts";
 import { QemuProcess } from "./process.ts";
-import { busyboxInitramfs, PORT_FUNCTION, runGuest, testKernel } from "./testing.ts";
+import { assertKernel, busyboxInitramfs, PORT_FUNCTION, runGuest, testKernel } from "./testing.ts";
 
 Deno.test("qemuArgs: microvm, shared memfd RAM, ports and fs devices", () => {
   const args = qemuArgs({
@@ -63,14 +63,13 @@ Deno.test("qemuArgs: rejects bad sizes, ids and tags", () => {
 });
 
 const kernel = await testKernel();
-const needs = ["qemu", "cpio"] as const;
-if (typeof kernel === "string") console.error(`skiff-test-skip: qemu guest tests: ${kernel}`);
+const needs = ["qemu", "cpio", "kernel"] as const;
 
 hostTest(
   "QemuProcess: guest writes to a named port, QMP answers, cleanup",
   [...needs],
   async () => {
-    if (typeof kernel === "string") return;
+    assertKernel(kernel);
     const dir = await Deno.makeTempDir({ prefix: "skiff-qtest-" });
     try {
       const initrd = await busyboxInitramfs(
@@ -113,7 +112,7 @@ hostTest(
 );
 
 hostTest("QemuProcess: stop() kills a running guest, QMP quit works", [...needs], async () => {
-  if (typeof kernel === "string") return;
+  assertKernel(kernel);
   const dir = await Deno.makeTempDir({ prefix: "skiff-qtest-" });
   try {
     const initrd = await busyboxInitramfs(dir, kernel, "sleep 1000", []);

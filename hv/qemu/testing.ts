@@ -10,7 +10,11 @@
 import { findKernel, type KernelInfo, kernelModules } from "../kernel/mod.ts";
 import type { QemuProcess } from "./process.ts";
 
-/** The cached default kernel, or a reason why there is none (tests then skip). */
+/**
+ * The cached default kernel, or why there is none. Tests that use it are
+ * registered with the `kernel` requirement (tests/requirements.ts), so they
+ * are ignored, with that reason printed, when it is missing.
+ */
 export async function testKernel(): Promise<KernelInfo | string> {
   try {
     const k = await findKernel();
@@ -18,6 +22,18 @@ export async function testKernel(): Promise<KernelInfo | string> {
     return k;
   } catch (e) {
     return (e as Error).message;
+  }
+}
+
+/**
+ * Narrows {@link testKernel}'s result inside a test registered with the
+ * `kernel` requirement. Such a test is ignored without a kernel, so reaching
+ * this without one means the test forgot the requirement: it fails, never
+ * passes.
+ */
+export function assertKernel(k: KernelInfo | string): asserts k is KernelInfo {
+  if (typeof k === "string") {
+    throw new Error(`no guest kernel (${k}): register the test with the "kernel" requirement`);
   }
 }
 
@@ -70,11 +86,13 @@ export async function busyboxInitramfs(
 /**
  * A shell function for busybox test scripts: `port NAME` prints the device of
  * the virtio-console port called NAME. Ports register asynchronously after
- * virtio_console loads, so it polls for up to 10 s before giving /dev/null.
+ * virtio_console loads, so it polls until the port is there — for up to
+ * 5 minutes, which only catches a port that never comes (a busy host makes
+ * a TCG guest slow) — before giving /dev/null.
  */
 export const PORT_FUNCTION = [
   "port() {",
-  "  for i in $(seq 100); do",
+  "  for i in $(seq 3000); do",
   "    for p in /sys/class/virtio-ports/*; do",
   '      [ -e "$p/name" ] && [ "$(cat "$p/name")" = "$1" ] && { echo "/dev/${p##*/}"; return; }',
   "    done",
@@ -135,7 +153,7 @@ export interface GuestOutput {
  */
 export async function runGuest(
   vm: QemuProcess,
-  deadlineMs = 120_000,
+  deadlineMs = 10 * 60_000,
 ): Promise<GuestOutput> {
   const ports = [...vm.ports].map(([name, conn]) => [name, collect(conn)] as const);
   const con = vm.console ? collect(vm.console) : null;

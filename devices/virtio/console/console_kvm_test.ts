@@ -15,6 +15,7 @@ import { hostTest } from "../../../tests/requirements.ts";
 import { MMIO, MMIO_MAGIC } from "../mmio.ts";
 import { VirtioMmioHost } from "../mmio_remote.ts";
 import { VirtioConsole } from "./device.ts";
+import { HANG_MS } from "../../../tests/waits.ts";
 
 const RAM = 8 << 20;
 const BASE = 0xd000_0000;
@@ -30,8 +31,8 @@ const FLAG = 0x302200;
 const RX_SEEN = 0x302204;
 const IDT = 0x380000;
 
-/** Hard limit for the guest (it needs well under a second when alone). */
-const DEADLINE_MS = 30_000;
+/** Bound on the guest, only to catch a hang (it needs well under a second when alone). */
+const DEADLINE_MS = HANG_MS;
 
 /** Waits for the VM to stop; past `ms`, stops it and fails with `state()`. */
 async function waitOrStop(vm: Vm, ms: number, state: () => string): Promise<VmStop> {
