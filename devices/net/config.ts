@@ -246,3 +246,8 @@ export function zeroCounters(): NetCounters {
     internalErrors: 0,
   };
 }
+
+/** The counter names in a fixed order (how the loop publishes them in shared memory). */
+export const COUNTER_KEYS: readonly (keyof NetCounters)[] = Object.keys(
+  zeroCounters(),
+) as (keyof NetCounters)[];

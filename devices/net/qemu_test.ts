@@ -9,7 +9,7 @@ import { ok, strictEqual } from "node:assert/strict";
 import { hostTest } from "../../tests/requirements.ts";
 import { QemuProcess } from "../../hv/qemu/process.ts";
 import { busyboxInitramfs, PORT_FUNCTION, runGuest, testKernel } from "../../hv/qemu/testing.ts";
-import { NetStack } from "./stack.ts";
+import { NetStack } from "./service.ts";
 import { listenStream } from "./stream.ts";
 
 const kernel = await testKernel();

@@ -1,12 +1,17 @@
 /**
- * The user-mode TCP/IP stack: terminates the guest's Ethernet frames (ARP,
+ * The user-mode TCP/IP engine: terminates the guest's Ethernet frames (ARP,
  * IPv4 with reassembly, ICMP echo, UDP, TCP, DHCP, DNS) and carries the
- * guest's flows over host sockets (NAT). See `mod.ts` for the attachment API.
+ * guest's flows over host sockets (NAT). It is synchronous and callback
+ * driven: the poll loop (`loop.ts`, in its Worker) feeds it frames and
+ * socket readiness; unit tests drive it in-process with fake sockets. See
+ * `mod.ts` for the attachment API ({@link NetStack} in `service.ts` runs
+ * this engine in its loop).
  *
  * @module
  */
 
 import {
+  COUNTER_KEYS,
   type NetConfig,
   type NetCounters,
   resolveConfig,
@@ -15,7 +20,14 @@ import {
 } from "./config.ts";
 import { dhcpReply } from "./dhcp.ts";
 import { DnsServer } from "./dns.ts";
-import { denoSockets, type HostSockets, type HostTcpListener, type HostUdp } from "./host.ts";
+import {
+  eventLoopScheduler,
+  type HostSockets,
+  type HostTcp,
+  type HostTcpListener,
+  type HostUdp,
+  type Scheduler,
+} from "./host.ts";
 import { TcpConn, type TcpEnv } from "./tcp.ts";
 import { UdpFlow } from "./udp.ts";
 import {
@@ -78,10 +90,12 @@ export interface PartialChecksum {
   headerLength?: number;
 }
 
-/** Options besides the {@link NetConfig}. */
-export interface NetStackOptions {
-  /** How host sockets are opened (default: Deno's networking). */
-  sockets?: HostSockets;
+/** What the engine runs on besides its {@link NetConfig}. */
+export interface NetEngineOptions {
+  /** How host sockets are opened (`PollSockets` in the loop, fakes in tests). */
+  sockets: HostSockets;
+  /** Timers and end-of-batch work (default: the JavaScript event loop). */
+  scheduler?: Scheduler;
 }
 
 /** One IPv4 datagram under reassembly (RFC 791 §3.2; RFC 815). */
@@ -100,12 +114,13 @@ const MAX_REASSEMBLIES = 16;
 const MAX_PENDING_FRAMES = 64;
 const EPHEMERAL_FIRST = 49152;
 
-/** The stack. Create one per VM, attach a link, feed it the guest's frames with {@link input}. */
-export class NetStack implements AsyncDisposable {
+/** The engine. Create one per VM, attach a link, feed it the guest's frames with {@link input}. */
+export class NetEngine implements AsyncDisposable {
   /** The configuration with defaults applied. */
   readonly config: ResolvedNetConfig;
   #counters: NetCounters = zeroCounters();
   #sockets: HostSockets;
+  #scheduler: Scheduler;
   #link: NetLink | null = null;
   #guestMac: Uint8Array | null = null;
   #pending: { f: Uint8Array; partial?: PartialChecksum }[] = [];
@@ -120,8 +135,8 @@ export class NetStack implements AsyncDisposable {
   #acks = new Set<TcpConn>();
   #ackScheduled = false;
   #delayedAcks = new Set<TcpConn>();
-  #delayedTimer: ReturnType<typeof setTimeout> | undefined;
-  #timer: ReturnType<typeof setInterval>;
+  #cancelDelayed: (() => void) | null = null;
+  #cancelTick: () => void;
   #closed = false;
   #dns: DnsServer;
   #tcpListeners: HostTcpListener[] = [];
@@ -133,19 +148,20 @@ export class NetStack implements AsyncDisposable {
   >();
   /** Published UDP: `rule|client address|client port` → gateway port. */
   #udpClients = new Map<string, number>();
-  /**
-   * Settles once every `--publish` listener is bound; rejects naming the rule
-   * whose port could not be bound (TCP listeners throw from the constructor).
-   */
-  readonly ready: Promise<void>;
   #nextEphemeral = EPHEMERAL_FIRST;
   #env: TcpEnv;
 
-  /** Creates the stack and opens the `--publish` listeners (throws if a port is taken). */
-  constructor(config: NetConfig = {}, options: NetStackOptions = {}) {
+  /** Creates the engine and opens the `--publish` listeners (throws naming a taken port). */
+  constructor(config: NetConfig, options: NetEngineOptions) {
     this.config = resolveConfig(config);
-    this.#sockets = options.sockets ?? denoSockets;
-    this.#dns = new DnsServer(this.#sockets, this.config.hostsFile, this.config.resolvConf);
+    this.#sockets = options.sockets;
+    this.#scheduler = options.scheduler ?? eventLoopScheduler;
+    this.#dns = new DnsServer(
+      this.#sockets,
+      this.config.hostsFile,
+      this.config.resolvConf,
+      this.#scheduler,
+    );
     this.#env = {
       cfg: this.config,
       counters: this.#counters,
@@ -158,42 +174,44 @@ export class NetStack implements AsyncDisposable {
       },
       bufferFree: () => this.config.maxBufferedBytes - this.#buffered,
       requestAck: (c, delayed) => this.#requestAck(c, delayed),
+      ackSent: (c) => this.#ackSent(c),
+      defer: (fn) => this.#scheduler.defer(fn),
       release: (c) => {
         if (this.#tcp.get(c.key) === c) this.#tcp.delete(c.key);
         this.#acks.delete(c);
         this.#delayedAcks.delete(c);
       },
     };
-    const waits: Promise<void>[] = [];
     try {
       this.config.publish.forEach((rule, i) => {
-        if (rule.proto === "tcp") {
-          const l = this.#sockets.listenTcp(rule.hostIp, rule.hostPort);
-          this.#tcpListeners.push(l);
-          this.#acceptLoop(l, rule.guestPort).catch(() => {});
-          return;
-        }
-        const holder: { sock: HostUdp | null } = { sock: null };
-        waits.push(
-          this.#sockets.openUdp(
+        const what = `${rule.hostIp}:${rule.hostPort}/${rule.proto}`;
+        try {
+          if (rule.proto === "tcp") {
+            this.#tcpListeners.push(
+              this.#sockets.listenTcp(
+                rule.hostIp,
+                rule.hostPort,
+                (host) => this.#accepted(host, rule.guestPort),
+              ),
+            );
+            return;
+          }
+          const holder: { sock: HostUdp | null } = { sock: null };
+          holder.sock = this.#sockets.openUdp(
             (data, host, port) =>
               this.#udpPublishIn(i, holder.sock, rule.guestPort, data, host, port),
             { hostname: rule.hostIp, port: rule.hostPort },
-          ).then((sock) => {
-            if (this.#closed) return sock.close();
-            holder.sock = sock;
-            this.#udpListeners.push(sock);
-          }),
-        );
+          );
+          this.#udpListeners.push(holder.sock);
+        } catch (e) {
+          throw new Error(`net: cannot listen on --publish ${what}: ${(e as Error).message}`);
+        }
       });
     } catch (e) {
       this.#closeListeners();
       throw e;
     }
-    this.ready = Promise.all(waits).then(() => {});
-    this.ready.catch(() => {}); // observed by whoever awaits it; never an unhandled rejection
-    this.#timer = setInterval(() => this.#tick(), TICK_MS);
-    Deno.unrefTimer(this.#timer);
+    this.#cancelTick = this.#scheduler.after(TICK_MS, () => this.#tick());
   }
 
   /** The host addresses of the TCP `--publish` listeners, in rule order (useful with port 0). */
@@ -206,9 +224,12 @@ export class NetStack implements AsyncDisposable {
     this.#link = link;
   }
 
-  /** Detaches the link; frames for the guest are dropped until the next {@link attach}. */
-  detach(): void {
-    this.#link = null;
+  /**
+   * Detaches the link (only `link`, when given and still attached); frames
+   * for the guest are dropped until the next {@link attach}.
+   */
+  detach(link?: NetLink): void {
+    if (link === undefined || this.#link === link) this.#link = null;
   }
 
   /** A snapshot of the counters. */
@@ -219,6 +240,18 @@ export class NetStack implements AsyncDisposable {
       udpActive: this.#udp.size,
       bufferedBytes: this.#buffered,
     };
+  }
+
+  /**
+   * Writes the counters into `out` in {@link COUNTER_KEYS} order without
+   * allocating (the loop publishes them to the host thread after each turn).
+   */
+  writeCounters(out: Float64Array): void {
+    const c = this.#counters;
+    c.tcpActive = this.#tcp.size;
+    c.udpActive = this.#udp.size;
+    c.bufferedBytes = this.#buffered;
+    for (let i = 0; i < COUNTER_KEYS.length; i++) out[i] = c[COUNTER_KEYS[i]];
   }
 
   /**
@@ -233,14 +266,16 @@ export class NetStack implements AsyncDisposable {
     this.#frags.clear();
   }
 
-  /** Resets all connections, closes listeners and stops the timers. */
+  /** Resets all connections, closes listeners and host sockets, and stops the timers. */
   close(): Promise<void> {
     if (this.#closed) return Promise.resolve();
     this.resetConnections();
     this.#closed = true;
-    clearInterval(this.#timer);
-    clearTimeout(this.#delayedTimer);
+    this.#cancelTick();
+    this.#cancelDelayed?.();
+    this.#cancelDelayed = null;
     this.#delayedAcks.clear();
+    this.#dns.close();
     this.#closeListeners();
     this.#link = null;
     return Promise.resolve();
@@ -286,9 +321,15 @@ export class NetStack implements AsyncDisposable {
     } catch (e) {
       // A bug, not bad input (bad input is counted on its own path): count it
       // so tests notice, but never let a guest frame crash the VMM.
-      c.internalErrors++;
-      if (c.internalErrors <= 3) console.error("skiff net: internal error on a guest frame:", e);
+      this.internalError(e);
     }
+  }
+
+  /** Counts (and reports the first few of) exceptions caught around the engine: bugs, not bad input. */
+  internalError(e: unknown): void {
+    const c = this.#counters;
+    c.internalErrors++;
+    if (c.internalErrors <= 3) console.error("skiff net: internal error:", e);
   }
 
   // ---- Ethernet and ARP ----
@@ -543,19 +584,18 @@ export class NetStack implements AsyncDisposable {
     }
     if (src !== cfg.guestIp) return void c.dropSpoofed++;
     if (dst === cfg.dnsIp && dport === 53) {
-      const q = payload.slice();
-      this.#dns.answer(q).then((r) => {
-        if (!r || this.#closed) return;
+      this.#dns.answer(payload, (r) => {
+        if (this.#closed) return;
         c.dnsQueries++;
         this.#sendUdp(cfg.dnsIp, 53, sport, r);
-      }).catch(() => {});
+      });
       return;
     }
     if (dst === cfg.gatewayIp) {
       const pub = this.#udpPublished.get(dport);
       if (pub) {
         pub.lastUsed = performance.now();
-        pub.sock.send(payload.slice(), pub.hostname, pub.port);
+        pub.sock.send(payload, pub.hostname, pub.port);
         return;
       }
     }
@@ -569,22 +609,21 @@ export class NetStack implements AsyncDisposable {
         return;
       }
       if (this.#tcp.size + this.#udp.size >= cfg.maxFlows) return void c.dropFlowLimit++;
+      try {
+        flow = new UdpFlow(
+          key,
+          this.#sockets,
+          host,
+          dport,
+          (data) => this.#sendUdp(dst, dport, sport, data),
+        );
+      } catch {
+        return void c.dropFlowLimit++; // no host socket to be had (EMFILE, …)
+      }
       c.udpFlows++;
-      const f: UdpFlow = new UdpFlow(
-        key,
-        this.#sockets,
-        host,
-        dport,
-        (data) => this.#sendUdp(dst, dport, sport, data),
-        () => {
-          f.close();
-          if (this.#udp.get(key) === f) this.#udp.delete(key);
-        },
-      );
-      flow = f;
       this.#udp.set(key, flow);
     }
-    flow.send(payload.slice());
+    flow.send(payload);
   }
 
   /** Sends a UDP datagram to the guest (dropped when it would need fragmenting). */
@@ -708,10 +747,7 @@ export class NetStack implements AsyncDisposable {
     const nc = new TcpConn(this.#env, seg.sport, dst, seg.dport, "CONNECTING");
     nc.acceptSyn(seg);
     this.#tcp.set(key, nc);
-    this.#sockets.connectTcp(host, seg.dport).then(
-      (h) => nc.hostConnected(h),
-      () => nc.hostFailed(),
-    );
+    nc.connect(this.#sockets, host, seg.dport);
   }
 
   /** A reset for a segment that belongs to no connection (RFC 9293 §3.10.7.1). */
@@ -737,43 +773,35 @@ export class NetStack implements AsyncDisposable {
     this.#transmit(frame);
   }
 
-  async #acceptLoop(l: HostTcpListener, guestPort: number): Promise<void> {
-    for (;;) {
-      const host = await l.accept();
-      if (this.#closed) {
-        host.close();
-        return;
-      }
-      this.#counters.publishAccepted++;
-      if (this.#tcp.size + this.#udp.size >= this.config.maxFlows) {
-        this.#counters.dropFlowLimit++;
-        host.close();
-        continue;
-      }
-      host.setNoDelay?.(true);
-      let port: number;
-      try {
-        port = this.#ephemeral();
-      } catch {
-        host.close();
-        continue;
-      }
-      const conn = new TcpConn(this.#env, guestPort, this.config.gatewayIp, port, "SYN_SENT");
-      this.#tcp.set(conn.key, conn);
-      conn.openActive(host);
+  /** A connection accepted on a published port: a new connection towards the guest. */
+  #accepted(host: HostTcp, guestPort: number): void {
+    if (this.#closed) return host.close();
+    this.#counters.publishAccepted++;
+    if (this.#tcp.size + this.#udp.size >= this.config.maxFlows) {
+      this.#counters.dropFlowLimit++;
+      return host.close();
     }
+    let port: number;
+    try {
+      port = this.#ephemeral();
+    } catch {
+      return host.close();
+    }
+    const conn = new TcpConn(this.#env, guestPort, this.config.gatewayIp, port, "SYN_SENT");
+    this.#tcp.set(conn.key, conn);
+    conn.openActive(host);
   }
 
   #requestAck(conn: TcpConn, delayed: boolean): void {
     if (delayed) {
       this.#delayedAcks.add(conn);
-      if (this.#delayedTimer === undefined) {
-        this.#delayedTimer = setTimeout(() => {
-          this.#delayedTimer = undefined;
+      if (this.#cancelDelayed === null) {
+        this.#cancelDelayed = this.#scheduler.after(DELAYED_ACK_MS, () => {
+          this.#cancelDelayed = null;
           const acks = [...this.#delayedAcks];
           this.#delayedAcks.clear();
           for (const a of acks) a.flushAck();
-        }, DELAYED_ACK_MS);
+        });
       }
       return;
     }
@@ -781,7 +809,7 @@ export class NetStack implements AsyncDisposable {
     this.#acks.add(conn);
     if (this.#ackScheduled) return;
     this.#ackScheduled = true;
-    queueMicrotask(() => {
+    this.#scheduler.defer(() => {
       this.#ackScheduled = false;
       const acks = [...this.#acks];
       this.#acks.clear();
@@ -789,7 +817,18 @@ export class NetStack implements AsyncDisposable {
     });
   }
 
+  /** A segment to the guest carried `conn`'s pending ACK (a reply piggybacked it). */
+  #ackSent(conn: TcpConn): void {
+    this.#acks.delete(conn);
+    if (this.#delayedAcks.delete(conn) && this.#delayedAcks.size === 0) {
+      // Nothing left for the delayed-ACK timer: do not wake up for it.
+      this.#cancelDelayed?.();
+      this.#cancelDelayed = null;
+    }
+  }
+
   #tick(): void {
+    this.#cancelTick = this.#scheduler.after(TICK_MS, () => this.#tick());
     const now = performance.now();
     for (const conn of [...this.#tcp.values()]) conn.tick(now);
     for (const [k, f] of this.#udp) {

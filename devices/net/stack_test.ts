@@ -2,8 +2,8 @@
 
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
 import { parsePublish, resolveConfig } from "./config.ts";
-import type { HostSockets, HostTcp, HostUdp } from "./host.ts";
-import { NetStack } from "./stack.ts";
+import type { HostSockets, HostTcp, HostTcpEvents, HostUdp } from "./host.ts";
+import { NetEngine } from "./stack.ts";
 import {
   arpRequest,
   dhcpDiscover,
@@ -17,35 +17,49 @@ import {
 } from "./testdata/frames.ts";
 import { checksum, ETH_HLEN, PROTO, TCP_FLAG, u16, u32 } from "./wire.ts";
 
-/** A fake host TCP socket: records writes, serves queued reads. */
+/**
+ * A fake host TCP socket: records writes, serves queued reads, and reports
+ * readiness from a macrotask as the poll loop would.
+ */
 class FakeTcp implements HostTcp {
+  events: HostTcpEvents;
   written: number[] = [];
   closed = false;
   writeClosed = false;
+  reading = false;
   #reads: (Uint8Array | null)[] = [];
-  #waiter: (() => void) | null = null;
+  constructor(events: HostTcpEvents) {
+    this.events = events;
+  }
   push(d: Uint8Array | null): void {
     this.#reads.push(d);
-    this.#waiter?.();
+    this.#poke();
   }
-  async read(p: Uint8Array): Promise<number | null> {
-    while (this.#reads.length === 0) await new Promise<void>((r) => this.#waiter = r);
+  #poke(): void {
+    setTimeout(() => {
+      if (this.reading && !this.closed && this.#reads.length > 0) this.events.readable();
+    }, 0);
+  }
+  read(p: Uint8Array): number | null {
+    if (this.#reads.length === 0) return 0;
     const d = this.#reads.shift()!;
     if (d === null) return null;
     p.set(d);
     return d.length;
   }
-  write(p: Uint8Array): Promise<number> {
+  write(p: Uint8Array): number {
     this.written.push(...p);
-    return Promise.resolve(p.length);
+    return p.length;
   }
-  closeWrite(): Promise<void> {
+  setReading(on: boolean): void {
+    this.reading = on;
+    if (on) this.#poke();
+  }
+  shutdownWrite(): void {
     this.writeClosed = true;
-    return Promise.resolve();
   }
   close(): void {
     this.closed = true;
-    this.#waiter?.();
   }
 }
 
@@ -54,18 +68,19 @@ class FakeSockets implements HostSockets {
   connects: string[] = [];
   udpSent: string[] = [];
   conns: FakeTcp[] = [];
-  connectTcp(hostname: string, port: number): Promise<HostTcp> {
+  connectTcp(hostname: string, port: number, events: HostTcpEvents): HostTcp {
     this.connects.push(`${hostname}:${port}`);
-    if (hostname !== "10.0.0.9") return Promise.reject(new Error("refused"));
-    const c = new FakeTcp();
-    this.conns.push(c);
-    return Promise.resolve(c);
+    const c = new FakeTcp(events);
+    const ok = hostname === "10.0.0.9";
+    if (ok) this.conns.push(c);
+    queueMicrotask(() => c.events.connected(ok));
+    return c;
   }
-  openUdp(): Promise<HostUdp> {
-    return Promise.resolve({
+  openUdp(): HostUdp {
+    return {
       send: (_p: Uint8Array, h: string, port: number) => void this.udpSent.push(`${h}:${port}`),
       close() {},
-    });
+    };
   }
   listenTcp(): never {
     throw new Error("no listeners in this test");
@@ -74,7 +89,7 @@ class FakeSockets implements HostSockets {
 
 function setup(config = {}) {
   const sockets = new FakeSockets();
-  const stack = new NetStack(config, { sockets });
+  const stack = new NetEngine(config, { sockets });
   const out: Uint8Array[] = [];
   stack.attach({ send: (f) => void out.push(f) });
   return { stack, out, sockets, [Symbol.asyncDispose]: () => stack.close() };
@@ -394,11 +409,11 @@ Deno.test("tcp: three duplicate ACKs trigger fast retransmit; silence triggers t
 
 Deno.test("tcp: a SYN flood is capped at maxHalfOpen; flows at maxFlows", async () => {
   const sockets = new FakeSockets();
-  sockets.connectTcp = (h: string, p: number) => {
+  sockets.connectTcp = (h: string, p: number, events: HostTcpEvents) => {
     sockets.connects.push(`${h}:${p}`);
-    return new Promise<HostTcp>(() => {}); // the host never answers
+    return new FakeTcp(events); // the host never answers
   };
-  await using stack = new NetStack({ maxHalfOpen: 50, maxFlows: 80 }, { sockets });
+  await using stack = new NetEngine({ maxHalfOpen: 50, maxFlows: 80 }, { sockets });
   stack.attach({ send() {} });
   for (let i = 0; i < 1000; i++) {
     stack.input(

@@ -7,13 +7,16 @@
  *
  * The stack terminates the guest's TCP: bytes the guest sends are written to
  * the host socket, bytes read from the host socket are sent to the guest.
- * No congestion control: the link to the guest is a local one.
+ * No congestion control: the link to the guest is a local one. The host
+ * socket is non-blocking and driven by readiness callbacks from the loop:
+ * reading pauses while the send buffer towards the guest is full, and the
+ * receive window offered to the guest shrinks while bytes wait for the host.
  *
  * @module
  */
 
 import type { NetCounters, ResolvedNetConfig } from "./config.ts";
-import type { HostTcp } from "./host.ts";
+import type { HostSockets, HostTcp, HostTcpEvents } from "./host.ts";
 import type { PartialChecksum } from "./stack.ts";
 import { PROTO, pseudoSum, put16, put32, sum16, TCP_FLAG, type TcpSegment } from "./wire.ts";
 import { fold } from "./wire.ts";
@@ -53,6 +56,10 @@ export interface TcpEnv {
    * or with `delayed` within about a millisecond (a reply may carry it).
    */
   requestAck(conn: TcpConn, delayed: boolean): void;
+  /** A segment carried the requested ACK: the request is void. */
+  ackSent(conn: TcpConn): void;
+  /** Runs `fn` once the current batch of events is processed. */
+  defer(fn: () => void): void;
   /** Removes the connection from the stack's table. */
   release(conn: TcpConn): void;
 }
@@ -65,6 +72,8 @@ const RTO_MAX = 60_000;
 const OUR_WSCALE = 7;
 /** Host read size. */
 const READ_SIZE = 256 * 1024;
+/** Small segments for the host are gathered into one write up to this size. */
+const WRITE_GATHER = 256 * 1024;
 /** How long a host connect may take before the guest is reset. */
 const CONNECT_TIMEOUT = 30_000;
 /** FIN_WAIT_2 without the guest's FIN (as Linux tcp_fin_timeout). */
@@ -121,7 +130,8 @@ export class TcpConn {
   #finSent = false;
   #finAcked = false;
   #dupAcks = 0;
-  #spaceWaiter: (() => void) | null = null;
+  /** Reading from the host is paused: the send buffer (or the stack's budget) is full. */
+  #readPaused = false;
   #readBuf: Uint8Array | null = null;
 
   // Receive side (from the guest).
@@ -135,7 +145,11 @@ export class TcpConn {
   #ooo: { seq: number; data: Uint8Array; fin: boolean }[] = [];
   #oooBytes = 0;
   #toHostBytes = 0;
-  #writing = false;
+  #gather: Uint8Array | null = null;
+  /** A flush to the host is scheduled for the end of the batch. */
+  #flushQueued = false;
+  /** A short write to the host waits for the socket to drain. */
+  #waitingWritable = false;
   #guestFin = false;
   #hostWriteClosed = false;
 
@@ -156,6 +170,15 @@ export class TcpConn {
   #ackSent = 0;
   /** Largest segment seen from the guest (for the every-second-segment ACK rule). */
   #rcvMss = 536;
+  /** What the host socket reports. */
+  #events: HostTcpEvents = {
+    connected: (ok) => ok ? this.#hostConnected() : this.hostFailed(),
+    readable: () => this.#onReadable(),
+    writable: () => {
+      this.#waitingWritable = false;
+      this.#flushToHost();
+    },
+  };
 
   constructor(
     env: TcpEnv,
@@ -190,18 +213,25 @@ export class TcpConn {
     this.#negotiate(seg);
   }
 
-  /** Guest-initiated: the host connect succeeded; answer the SYN. */
-  hostConnected(host: HostTcp): void {
-    if (this.#done) {
-      host.close();
-      return;
+  /**
+   * Guest-initiated, after {@link acceptSyn}: connects to `hostname:port`;
+   * the SYN is answered once the host accepts, reset if it refuses.
+   */
+  connect(sockets: HostSockets, hostname: string, port: number): void {
+    try {
+      this.#host = sockets.connectTcp(hostname, port, this.#events);
+    } catch {
+      this.hostFailed();
     }
-    this.#host = host;
+  }
+
+  #hostConnected(): void {
+    if (this.#done) return;
     this.state = "SYN_RCVD";
     this.#sendSyn(true);
   }
 
-  /** Guest-initiated: the host refused or failed; reset the guest. */
+  /** Guest-initiated: the host refused, failed or timed out; reset the guest. */
   hostFailed(): void {
     if (this.#done) return;
     this.#env.counters.tcpRefused++;
@@ -209,9 +239,10 @@ export class TcpConn {
     this.#release();
   }
 
-  /** Host-initiated (published port): sends the SYN to the guest. */
+  /** Host-initiated (published port): takes the accepted `host` and sends the SYN to the guest. */
   openActive(host: HostTcp): void {
     this.#host = host;
+    host.events = this.#events;
     this.state = "SYN_SENT";
     this.#sendSyn(false);
   }
@@ -488,26 +519,39 @@ export class TcpConn {
         n = 0;
       }
     }
-    const w = this.#spaceWaiter;
-    if (w) {
-      this.#spaceWaiter = null;
-      w();
-    }
+    this.#maybeResumeReading();
   }
 
   // ---- host → guest ----
 
   #startReading(): void {
-    this.#readLoop().catch(() => {});
+    this.#host?.setReading(true);
   }
 
-  async #readLoop(): Promise<void> {
+  /** Whether the send buffer and the stack's budget have room for another read. */
+  #roomToRead(): boolean {
+    return this.#sndBufLen < this.#env.cfg.tcpBufferBytes && this.#env.bufferFree() > 0;
+  }
+
+  #maybeResumeReading(): void {
+    if (!this.#readPaused || this.#done || !this.#roomToRead()) return;
+    this.#readPaused = false;
+    this.#host?.setReading(true);
+  }
+
+  /** The host socket is readable: reads while there is room, then sends what the window allows. */
+  #onReadable(): void {
+    const host = this.#host;
+    if (this.#done || !host || this.#hostEof) return;
     const max = this.#env.cfg.tcpBufferBytes;
-    while (!this.#done && !this.#hostEof) {
-      while (!this.#done && (this.#sndBufLen >= max || this.#env.bufferFree() <= 0)) {
-        await new Promise<void>((r) => this.#spaceWaiter = r);
+    for (;;) {
+      if (!this.#roomToRead()) {
+        // Flow control: the host's bytes wait in its socket (its window
+        // closes) until the guest acknowledges what we hold.
+        this.#readPaused = true;
+        host.setReading(false);
+        break;
       }
-      if (this.#done || !this.#host) return;
       // One read buffer is reused while reads are small (interactive traffic);
       // a read that fills most of it keeps it and a new one is made.
       const size = Math.min(READ_SIZE, max - this.#sndBufLen + 1024);
@@ -515,26 +559,28 @@ export class TcpConn {
       const buf = this.#readBuf.subarray(0, size);
       let n: number | null;
       try {
-        n = await this.#host.read(buf);
+        n = host.read(buf);
       } catch {
-        if (!this.#done) this.#abort(true);
+        this.#abort(true);
         return;
       }
-      if (this.#done) return;
+      if (n === 0) break;
       if (n === null) {
         this.#hostEof = true;
-      } else if (n > 0) {
-        if (n < buf.length / 4) {
-          this.#sndChunks.push(buf.slice(0, n));
-        } else {
-          this.#sndChunks.push(buf.subarray(0, n));
-          this.#readBuf = null;
-        }
-        this.#sndBufLen += n;
-        this.#env.buffered(n);
+        host.setReading(false);
+        break;
       }
-      this.#trySend();
+      if (n < buf.length / 4) {
+        this.#sndChunks.push(buf.slice(0, n));
+      } else {
+        this.#sndChunks.push(buf.subarray(0, n));
+        this.#readBuf = null;
+      }
+      this.#sndBufLen += n;
+      this.#env.buffered(n);
+      if (n < size) break; // drained for now; the loop reports more
     }
+    this.#trySend();
   }
 
   /** Sends what the guest's window allows, then the FIN once the host is done. */
@@ -608,47 +654,78 @@ export class TcpConn {
 
   // ---- stack → host ----
 
+  /** Schedules a flush of the guest's bytes to the host at the end of the batch (one write for many segments). */
   #kickWriter(): void {
-    if (!this.#writing && this.#host) this.#writeLoop().catch(() => {});
+    if (this.#flushQueued || this.#waitingWritable || !this.#host) return;
+    this.#flushQueued = true;
+    this.#env.defer(() => {
+      this.#flushQueued = false;
+      this.#flushToHost();
+    });
   }
 
-  async #writeLoop(): Promise<void> {
-    this.#writing = true;
-    const host = this.#host!;
-    try {
-      while (this.#toHost.length > 0 && !this.#aborted) {
-        let chunk: Uint8Array;
-        if (this.#toHost.length === 1) {
-          chunk = this.#toHost.shift()!;
-        } else {
-          let total = 0;
-          let k = 0;
-          while (k < this.#toHost.length && total < 1 << 20) total += this.#toHost[k++].length;
-          chunk = new Uint8Array(total);
-          let o = 0;
-          for (const c of this.#toHost.splice(0, k)) {
-            chunk.set(c, o);
-            o += c.length;
-          }
-        }
+  /** Writes what the guest sent until the host socket is full; then FIN and close when due. */
+  #flushToHost(): void {
+    const host = this.#host;
+    if (!host || this.#aborted || this.#waitingWritable) return;
+    while (this.#toHost.length > 0) {
+      let chunk = this.#toHost[0];
+      if (this.#toHost.length > 1 && chunk.length < WRITE_GATHER) {
+        // Many small segments (MTU-sized): one copy and one write instead of a write each.
+        let total = 0;
+        let k = 0;
+        while (k < this.#toHost.length && total < WRITE_GATHER) total += this.#toHost[k++].length;
+        if (!this.#gather || this.#gather.length < total) this.#gather = new Uint8Array(total);
         let o = 0;
-        while (o < chunk.length) o += await host.write(chunk.subarray(o));
-        if (this.#aborted) break;
-        this.#toHostBytes -= chunk.length;
-        this.#env.buffered(-chunk.length);
-        this.#maybeWindowUpdate();
+        for (let i = 0; i < k; i++) {
+          this.#gather.set(this.#toHost[i], o);
+          o += this.#toHost[i].length;
+        }
+        chunk = this.#gather.subarray(0, total);
       }
-      if (this.#guestFin && !this.#hostWriteClosed && !this.#aborted) {
-        this.#hostWriteClosed = true;
-        await host.closeWrite().catch(() => {});
+      let n: number;
+      try {
+        n = host.write(chunk);
+      } catch {
+        if (!this.#done) return this.#abort(true);
+        // Released already (the guest is gone): drop what the host refused.
+        this.#consumeToHost(this.#toHostBytes);
+        this.#closeHost();
+        return;
       }
-    } catch {
-      this.#writing = false;
-      if (!this.#done) this.#abort(true);
-      return;
+      this.#consumeToHost(n);
+      if (n < chunk.length) {
+        this.#waitingWritable = true; // the short write armed a writable event
+        break;
+      }
     }
-    this.#writing = false;
+    this.#maybeWindowUpdate();
+    if (this.#toHost.length > 0) return;
+    if (this.#guestFin && !this.#hostWriteClosed) {
+      this.#hostWriteClosed = true;
+      try {
+        host.shutdownWrite();
+      } catch {
+        // the host is gone; its reset shows on the next read
+      }
+    }
     if (this.#done || this.state === "TIME_WAIT") this.#closeHost();
+  }
+
+  /** Drops `n` written bytes from the front of the queue to the host. */
+  #consumeToHost(n: number): void {
+    this.#toHostBytes -= n;
+    this.#env.buffered(-n);
+    while (n > 0) {
+      const c = this.#toHost[0];
+      if (c.length <= n) {
+        n -= c.length;
+        this.#toHost.shift();
+      } else {
+        this.#toHost[0] = c.subarray(n);
+        n = 0;
+      }
+    }
   }
 
   /** The receive window we can offer the guest now. */
@@ -762,6 +839,7 @@ export class TcpConn {
     if (opts) frame.set(opts, off + 20);
     if (fill && n > 0) fill(frame, off + hlen);
     if (flags & TCP_FLAG.ACK) {
+      if (this.#ackPending) this.#env.ackSent(this);
       this.#ackPending = false;
       this.#ackSent = ack;
     }
@@ -785,6 +863,8 @@ export class TcpConn {
   /** Runs timers; called by the stack every few tens of ms. */
   tick(now: number): void {
     if (this.#done) return;
+    // The stack-wide budget may have been freed by other connections.
+    this.#maybeResumeReading();
     if (this.state === "CONNECTING") {
       if (now - this.#created > CONNECT_TIMEOUT) this.hostFailed();
       return;
@@ -834,7 +914,7 @@ export class TcpConn {
     this.state = "TIME_WAIT";
     this.#rtoDeadline = 0;
     this.#deadline = performance.now() + this.#env.cfg.timeWaitMs;
-    if (!this.#writing) this.#closeHost();
+    if (this.#toHost.length === 0) this.#closeHost();
   }
 
   /** Resets the guest side and closes the host side (snapshot restore, stack close, errors). */
@@ -865,16 +945,13 @@ export class TcpConn {
     this.#sndChunks = [];
     this.#oooBytes = 0;
     this.#ooo = [];
-    if (this.#aborted || !this.#writing) {
+    // Bytes the guest sent before its FIN still go to the host; the flush
+    // closes the socket once they are written.
+    if (this.#aborted || this.#toHost.length === 0) {
       this.#env.buffered(-this.#toHostBytes);
       this.#toHostBytes = 0;
       this.#toHost = [];
       this.#closeHost();
-    }
-    const w = this.#spaceWaiter;
-    if (w) {
-      this.#spaceWaiter = null;
-      w();
     }
     this.#env.release(this);
   }
