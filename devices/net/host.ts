@@ -86,8 +86,13 @@ export interface HostSockets {
   ): HostTcpListener;
 }
 
-/** Timers and end-of-batch work for the engine. */
+/** Time, timers and end-of-batch work for the engine. */
 export interface Scheduler {
+  /**
+   * The current time in ms (`performance.now()`'s clock); the loop reads the
+   * clock once per turn (a clock read costs as much as a small syscall here).
+   */
+  now(): number;
   /** Runs `fn` once the current batch of events is processed, before the loop waits again. */
   defer(fn: () => void): void;
   /** Runs `fn` once after `ms`; returns a function that cancels it. */
@@ -100,6 +105,7 @@ export interface Scheduler {
  * keep the process alive until the engine is closed.
  */
 export const eventLoopScheduler: Scheduler = {
+  now: () => performance.now(),
   defer: queueMicrotask,
   after(ms, fn) {
     const t = setTimeout(fn, ms);

@@ -75,6 +75,8 @@ interface Attachment {
  * turn.
  */
 class RingPort implements NetLink, Attachment {
+  /** Each frame is copied into the ring before {@link send} returns. */
+  readonly consumesFrames = true;
   #engine: NetEngine;
   #poller: Poller;
   #toLoop: FrameRing;

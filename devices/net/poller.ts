@@ -70,6 +70,7 @@ export class Poller implements Scheduler {
   #timerSeq = 0;
   #deferred: (() => void)[] = [];
   #onError: (e: unknown) => void;
+  #now = performance.now();
   #closed = false;
 
   /** `onError` receives exceptions thrown by handlers (the loop keeps running). */
@@ -118,11 +119,16 @@ export class Poller implements Scheduler {
 
   /** Runs `fn` once after `ms`; returns a canceller. */
   after(ms: number, fn: () => void): () => void {
-    const t: Timer = { at: performance.now() + ms, seq: this.#timerSeq++, fn, cancelled: false };
+    const t: Timer = { at: this.#now + ms, seq: this.#timerSeq++, fn, cancelled: false };
     this.#push(t);
     return () => {
       t.cancelled = true;
     };
+  }
+
+  /** The time read when the current turn's wait ended. */
+  now(): number {
+    return this.#now;
   }
 
   /** Whether work is queued that must run without waiting. */
@@ -141,11 +147,12 @@ export class Poller implements Scheduler {
     else {
       const next = this.#nextTimer();
       if (next) {
-        const ms = Math.max(0, Math.ceil(next.at - performance.now()));
+        const ms = Math.max(0, Math.ceil(next.at - this.#now));
         timeout = timeout < 0 ? ms : Math.min(timeout, ms);
       }
     }
     const n = libc.epoll_wait(this.#epfd, this.#buf, MAX_EVENTS, timeout);
+    this.#now = performance.now();
     if (n < 0) {
       const e = lastErrno();
       if (e !== EINTR) throw new Error(`epoll_wait failed: errno ${e}`);
@@ -168,7 +175,7 @@ export class Poller implements Scheduler {
   }
 
   #runTimers(): void {
-    const now = performance.now();
+    const now = this.#now;
     for (let t = this.#nextTimer(); t && t.at <= now; t = this.#nextTimer()) {
       this.#pop();
       try {

@@ -11,9 +11,9 @@
  */
 
 import {
-  COUNTER_KEYS,
   type NetConfig,
   type NetCounters,
+  packCounters,
   resolveConfig,
   type ResolvedNetConfig,
   zeroCounters,
@@ -76,6 +76,12 @@ export interface NetLink {
    * its own header without copying.
    */
   readonly headroom?: number;
+  /**
+   * {@link send} is done with the frame when it returns (it wrote or copied
+   * it): the stack then builds frames in one reused buffer instead of a new
+   * one each (a typed array allocation costs about a microsecond here).
+   */
+  readonly consumesFrames?: boolean;
 }
 
 /** Where a link completes a partial checksum (see {@link NetLink.send}). */
@@ -112,6 +118,10 @@ const DELAYED_ACK_MS = 1;
 const REASM_TIMEOUT = 30_000; // RFC 791: 15 s lower bound; Linux uses 30 s
 const MAX_REASSEMBLIES = 16;
 const MAX_PENDING_FRAMES = 64;
+/** The reused frame buffer: headroom, Ethernet, IPv4 and the largest L4 payload (64 KiB TSO). */
+const SCRATCH_BYTES = 256 + 65536 + 128;
+/** Header bytes cleared in a reused frame (Ethernet, IPv4, L4 header with options). */
+const HEADER_CLEAR = ETH_HLEN + 20 + 64;
 const EPHEMERAL_FIRST = 49152;
 
 /** The engine. Create one per VM, attach a link, feed it the guest's frames with {@link input}. */
@@ -124,6 +134,7 @@ export class NetEngine implements AsyncDisposable {
   #link: NetLink | null = null;
   #guestMac: Uint8Array | null = null;
   #pending: { f: Uint8Array; partial?: PartialChecksum }[] = [];
+  #scratch = new Uint8Array(SCRATCH_BYTES);
   /** Whether the frame being processed had its L4 checksum checked by a trusted link. */
   #trusted = false;
   #lastArp = 0;
@@ -176,6 +187,7 @@ export class NetEngine implements AsyncDisposable {
       requestAck: (c, delayed) => this.#requestAck(c, delayed),
       ackSent: (c) => this.#ackSent(c),
       defer: (fn) => this.#scheduler.defer(fn),
+      now: () => this.#scheduler.now(),
       release: (c) => {
         if (this.#tcp.get(c.key) === c) this.#tcp.delete(c.key);
         this.#acks.delete(c);
@@ -243,7 +255,7 @@ export class NetEngine implements AsyncDisposable {
   }
 
   /**
-   * Writes the counters into `out` in {@link COUNTER_KEYS} order without
+   * Writes the counters into `out` in `COUNTER_KEYS` order without
    * allocating (the loop publishes them to the host thread after each turn).
    */
   writeCounters(out: Float64Array): void {
@@ -251,7 +263,7 @@ export class NetEngine implements AsyncDisposable {
     c.tcpActive = this.#tcp.size;
     c.udpActive = this.#udp.size;
     c.bufferedBytes = this.#buffered;
-    for (let i = 0; i < COUNTER_KEYS.length; i++) out[i] = c[COUNTER_KEYS[i]];
+    packCounters(c, out);
   }
 
   /**
@@ -405,8 +417,17 @@ export class NetEngine implements AsyncDisposable {
   /** Sends an IPv4 frame, holding it until the guest's MAC is known (ARP request). */
   #transmit(f: Uint8Array, partial?: PartialChecksum): void {
     if (this.#guestMac) return this.#send(f, partial);
-    if (this.#pending.length < MAX_PENDING_FRAMES) this.#pending.push({ f, partial });
-    const now = performance.now();
+    if (this.#pending.length < MAX_PENDING_FRAMES) {
+      if (f.buffer === this.#scratch.buffer) {
+        // Held beyond this call: it needs its own buffer (with the same headroom).
+        const room = this.#link?.headroom ?? 0;
+        const own = new Uint8Array(room + f.length).subarray(room);
+        own.set(f);
+        f = own;
+      }
+      this.#pending.push({ f, partial });
+    }
+    const now = this.#scheduler.now();
     if (now - this.#lastArp < 500) return;
     this.#lastArp = now;
     const r = new Uint8Array(ETH_HLEN + 28);
@@ -424,9 +445,17 @@ export class NetEngine implements AsyncDisposable {
   }
 
   #ipv4Frame(src: number, proto: number, l4Len: number): { frame: Uint8Array; off: number } {
-    const room = this.#link?.headroom ?? 0;
+    const link = this.#link;
+    const room = link?.headroom ?? 0;
     const size = ETH_HLEN + 20 + l4Len;
-    const frame = room > 0 ? new Uint8Array(room + size).subarray(room) : new Uint8Array(size);
+    let frame: Uint8Array;
+    if (link?.consumesFrames && room + size <= this.#scratch.length) {
+      // Frames are built and sent one at a time: reuse one buffer.
+      frame = this.#scratch.subarray(room, room + size);
+      frame.fill(0, 0, Math.min(size, HEADER_CLEAR));
+    } else {
+      frame = room > 0 ? new Uint8Array(room + size).subarray(room) : new Uint8Array(size);
+    }
     writeEth(frame, this.#guestMac ?? BROADCAST_MAC, this.config.gatewayMac, ETHERTYPE_IPV4);
     writeIpv4(frame, ETH_HLEN, src, this.config.guestIp, proto, 20 + l4Len, this.#ipId++);
     return { frame, off: ETH_HLEN + 20 };
@@ -478,7 +507,7 @@ export class NetEngine implements AsyncDisposable {
     let r = this.#frags.get(key);
     if (!r) {
       if (this.#frags.size >= MAX_REASSEMBLIES) return void c.dropFragment++;
-      r = { parts: [], total: -1, got: 0, deadline: performance.now() + REASM_TIMEOUT };
+      r = { parts: [], total: -1, got: 0, deadline: this.#scheduler.now() + REASM_TIMEOUT };
       this.#frags.set(key, r);
     }
     const end = off + len;
@@ -594,7 +623,7 @@ export class NetEngine implements AsyncDisposable {
     if (dst === cfg.gatewayIp) {
       const pub = this.#udpPublished.get(dport);
       if (pub) {
-        pub.lastUsed = performance.now();
+        pub.lastUsed = this.#scheduler.now();
         pub.sock.send(payload, pub.hostname, pub.port);
         return;
       }
@@ -613,6 +642,7 @@ export class NetEngine implements AsyncDisposable {
         flow = new UdpFlow(
           key,
           this.#sockets,
+          this.#scheduler,
           host,
           dport,
           (data) => this.#sendUdp(dst, dport, sport, data),
@@ -671,9 +701,9 @@ export class NetEngine implements AsyncDisposable {
         return void this.#counters.dropFlowLimit++;
       }
       this.#udpClients.set(ck, gw);
-      this.#udpPublished.set(gw, { sock, hostname, port, lastUsed: performance.now() });
+      this.#udpPublished.set(gw, { sock, hostname, port, lastUsed: this.#scheduler.now() });
     }
-    this.#udpPublished.get(gw)!.lastUsed = performance.now();
+    this.#udpPublished.get(gw)!.lastUsed = this.#scheduler.now();
     this.#sendUdp(this.config.gatewayIp, gw, guestPort, data);
   }
 
@@ -829,7 +859,7 @@ export class NetEngine implements AsyncDisposable {
 
   #tick(): void {
     this.#cancelTick = this.#scheduler.after(TICK_MS, () => this.#tick());
-    const now = performance.now();
+    const now = this.#scheduler.now();
     for (const conn of [...this.#tcp.values()]) conn.tick(now);
     for (const [k, f] of this.#udp) {
       if (now - f.lastUsed > this.config.udpIdleMs) {

@@ -37,6 +37,8 @@ const MAX_FRAME = 65536 + 14;
 const MAX_QUEUED = 8 << 20;
 /** The length prefix. */
 const PREFIX = 4;
+/** First size of the queue for the peer. */
+const OUT_MIN = 256 * 1024;
 
 /** Counters of one stream attachment. */
 export interface StreamCounters {
@@ -55,8 +57,8 @@ export interface StreamCounters {
  * (a length above 65 550 bytes), or {@link close} is called.
  */
 export class StreamLink implements NetLink {
-  /** Room for the length prefix before frames the engine builds. */
-  readonly headroom = PREFIX;
+  /** Each frame is copied into the queue for the peer before {@link send} returns. */
+  readonly consumesFrames = true;
   /** What went through. */
   readonly counters: StreamCounters = { framesIn: 0, framesOut: 0, dropped: 0 };
   #engine: NetEngine;
@@ -68,11 +70,12 @@ export class StreamLink implements NetLink {
   #onEnd: (c: StreamCounters) => void;
   #in = new Uint8Array(4 * MAX_FRAME);
   #have = 0;
-  #out: Uint8Array[] = [];
+  /** Bytes for the peer: `#out[#outStart, #outStart + #queued)`, grown by doubling up to MAX_QUEUED. */
+  #out = new Uint8Array(OUT_MIN);
+  #outStart = 0;
   #queued = 0;
   #flushQueued = false;
   #waitingWritable = false;
-  #gather: Uint8Array<ArrayBuffer> | null = null;
   #ended = false;
 
   /** Takes ownership of the listening socket `listenFd`. */
@@ -147,21 +150,32 @@ export class StreamLink implements NetLink {
   /** Queues one frame for the peer; the queue is written at the end of the loop's turn. */
   send(frame: Uint8Array): void {
     if (this.#ended || this.#fd < 0) return;
-    if (this.#queued + frame.length + PREFIX > MAX_QUEUED) {
+    const need = PREFIX + frame.length;
+    if (this.#queued + need > MAX_QUEUED) {
       this.counters.dropped++;
       return;
     }
-    let rec: Uint8Array;
-    if (frame.byteOffset >= PREFIX) {
-      // The engine left headroom: write the prefix in place.
-      rec = new Uint8Array(frame.buffer, frame.byteOffset - PREFIX, frame.length + PREFIX);
-    } else {
-      rec = new Uint8Array(frame.length + PREFIX);
-      rec.set(frame, PREFIX);
+    let out = this.#out;
+    if (this.#outStart + this.#queued + need > out.length) {
+      if (this.#queued + need <= out.length) {
+        out.copyWithin(0, this.#outStart, this.#outStart + this.#queued);
+      } else {
+        let cap = out.length * 2;
+        while (cap < this.#queued + need) cap *= 2;
+        const bigger = new Uint8Array(cap);
+        bigger.set(out.subarray(this.#outStart, this.#outStart + this.#queued));
+        out = this.#out = bigger;
+      }
+      this.#outStart = 0;
     }
-    new DataView(rec.buffer, rec.byteOffset, PREFIX).setUint32(0, frame.length);
-    this.#out.push(rec);
-    this.#queued += rec.length;
+    const at = this.#outStart + this.#queued;
+    const len = frame.length;
+    out[at] = len >>> 24;
+    out[at + 1] = (len >>> 16) & 255;
+    out[at + 2] = (len >>> 8) & 255;
+    out[at + 3] = len & 255;
+    out.set(frame, at + PREFIX);
+    this.#queued += need;
     this.counters.framesOut++;
     if (!this.#flushQueued && !this.#waitingWritable) {
       this.#flushQueued = true;
@@ -173,51 +187,27 @@ export class StreamLink implements NetLink {
   }
 
   #flush(): void {
-    while (!this.#ended && this.#out.length > 0 && !this.#waitingWritable) {
-      let chunk = this.#out[0];
-      if (this.#out.length > 1) {
-        // One write for the turn's frames.
-        const total = Math.min(this.#queued, 1 << 20);
-        if (!this.#gather || this.#gather.length < total) this.#gather = new Uint8Array(total);
-        let o = 0;
-        for (const r of this.#out) {
-          if (o + r.length > total) break;
-          this.#gather.set(r, o);
-          o += r.length;
-        }
-        if (o > chunk.length) chunk = this.#gather.subarray(0, o);
-      }
-      const n = Number(
-        libc.send(
-          this.#fd,
-          chunk as Uint8Array<ArrayBuffer>,
-          BigInt(chunk.length),
-          MSG_NOSIGNAL | MSG_DONTWAIT,
-        ),
-      );
-      if (n < 0) {
-        const e = lastErrno();
-        if (e !== EAGAIN && e !== EINTR) return this.close();
-      }
-      this.#consume(Math.max(0, n));
-      if (n < chunk.length) {
-        this.#waitingWritable = true;
-        this.#watch?.set(EPOLL.IN | EPOLL.OUT);
-      }
+    if (this.#ended || this.#queued === 0 || this.#waitingWritable) return;
+    const chunk = this.#out.subarray(this.#outStart, this.#outStart + this.#queued);
+    const n = Number(
+      libc.send(
+        this.#fd,
+        chunk as Uint8Array<ArrayBuffer>,
+        BigInt(chunk.length),
+        MSG_NOSIGNAL | MSG_DONTWAIT,
+      ),
+    );
+    if (n < 0) {
+      const e = lastErrno();
+      if (e !== EAGAIN && e !== EINTR) return this.close();
     }
-  }
-
-  #consume(n: number): void {
-    this.#queued -= n;
-    while (n > 0) {
-      const r = this.#out[0];
-      if (r.length <= n) {
-        n -= r.length;
-        this.#out.shift();
-      } else {
-        this.#out[0] = r.subarray(n);
-        n = 0;
-      }
+    const sent = Math.max(0, n);
+    this.#queued -= sent;
+    this.#outStart = this.#queued === 0 ? 0 : this.#outStart + sent;
+    if (this.#queued > 0) {
+      // The peer is slow: wait until its socket drains.
+      this.#waitingWritable = true;
+      this.#watch?.set(EPOLL.IN | EPOLL.OUT);
     }
   }
 
@@ -231,7 +221,7 @@ export class StreamLink implements NetLink {
       this.#watch?.close();
       libc.close(this.#fd);
     }
-    this.#out = [];
+    this.#queued = 0;
     this.#onEnd({ ...this.counters });
   }
 }

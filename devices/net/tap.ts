@@ -41,6 +41,8 @@ const READ_SIZE = 65536 + 1024;
 const READ_SIZE_N = BigInt(READ_SIZE);
 /** Frames read per readiness event before other fds get a turn. */
 const READ_BATCH = 64;
+/** A frame at least this large suggests a bulk transfer with more frames queued. */
+const BULK_FRAME = 4096;
 
 /** A TAP device owned by this process; removed by the kernel when closed. */
 export class TapDevice implements AsyncDisposable {
@@ -122,6 +124,8 @@ export class TapLink implements NetLink {
    * them whole, as GRO would have merged them.
    */
   readonly tsoMax = 65535 - 20 - 60;
+  /** Each frame is written before {@link send} returns. */
+  readonly consumesFrames = true;
   /** Frames the kernel refused on write (e.g. the device is down). */
   writeErrors = 0;
   #fd: number;
@@ -148,6 +152,10 @@ export class TapLink implements NetLink {
       // local kernel needs no verification.
       const trusted = (buf[0] & (NEEDS_CSUM | DATA_VALID)) !== 0;
       this.#engine.input(buf.subarray(VNET_HDR_LEN, n), trusted);
+      // After a small frame (interactive traffic) another read would most
+      // likely be an EAGAIN: leave it to epoll, which reports the fd again
+      // if more is queued. Bulk traffic reads on.
+      if (n < BULK_FRAME) return;
     }
   }
 

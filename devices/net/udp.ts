@@ -5,15 +5,16 @@
  * @module
  */
 
-import type { HostSockets, HostUdp } from "./host.ts";
+import type { HostSockets, HostUdp, Scheduler } from "./host.ts";
 
 /** One guest UDP flow carried by a host socket. */
 export class UdpFlow {
   /** Table key `guestPort|remoteIp|remotePort`. */
   readonly key: string;
-  /** When the flow last carried a datagram (performance.now()). */
-  lastUsed: number = performance.now();
+  /** When the flow last carried a datagram (the scheduler's clock). */
+  lastUsed: number;
   #sock: HostUdp;
+  #clock: Scheduler;
   #hostname: string;
   #port: number;
   #closed = false;
@@ -26,23 +27,26 @@ export class UdpFlow {
   constructor(
     key: string,
     sockets: HostSockets,
+    clock: Scheduler,
     hostname: string,
     port: number,
     deliver: (data: Uint8Array) => void,
   ) {
     this.key = key;
+    this.#clock = clock;
+    this.lastUsed = clock.now();
     this.#hostname = hostname;
     this.#port = port;
     this.#sock = sockets.openUdp((data, from, fromPort) => {
       if (this.#closed || from !== hostname || fromPort !== port) return;
-      this.lastUsed = performance.now();
+      this.lastUsed = this.#clock.now();
       deliver(data);
     });
   }
 
   /** Sends a guest datagram to the target (`data` is only read during the call). */
   send(data: Uint8Array): void {
-    this.lastUsed = performance.now();
+    this.lastUsed = this.#clock.now();
     if (!this.#closed) this.#sock.send(data, this.#hostname, this.#port);
   }
 
