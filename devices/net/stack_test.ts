@@ -433,3 +433,117 @@ Deno.test("tcp: a SYN flood is capped at maxHalfOpen; flows at maxFlows", async 
   strictEqual(stack.counters().udpActive, 30);
   strictEqual(stack.counters().dropFlowLimit, 70);
 });
+
+/** A byte of the host's endless stream at `offset`. */
+const pattern = (offset: number) => (offset * 7 + (offset >> 8)) & 255;
+
+Deno.test("tcp flow control: a guest that does not acknowledge stops reads from the host at the buffer size; nothing is lost", async () => {
+  const max = 64 * 1024;
+  await using s = setup({ tcpBufferBytes: max });
+  s.stack.input(arpRequest());
+  const iss = await handshake(s, 40040);
+  await tick();
+  const host = s.sockets.conns[0];
+  // An endless host: every read fills the buffer with the next bytes of the stream.
+  let produced = 0;
+  host.read = (p: Uint8Array) => {
+    for (let i = 0; i < p.length; i++) p[i] = pattern(produced + i);
+    produced += p.length;
+    return p.length;
+  };
+  host.push(new Uint8Array(0)); // readable
+  await tick();
+  await tick();
+  ok(!host.reading, "reading paused");
+  const held = s.stack.counters().bufferedBytes;
+  ok(held >= max && held <= max + 1024, `buffered ${held}`);
+  strictEqual(produced, held);
+  // The guest now acknowledges everything (its window was 65535 bytes, unscaled).
+  const segs = () => s.out.splice(0).filter((f) => f.length > ETH_HLEN + 40);
+  const got = new Map<number, Uint8Array>();
+  const collect = () => {
+    for (const f of segs()) got.set(u32(f, ETH_HLEN + 24), f.subarray(ETH_HLEN + 40));
+  };
+  collect();
+  let acked = iss + 1;
+  for (let round = 0; round < 50 && produced < 4 * max; round++) {
+    const sent = [...got.entries()].reduce((m, [seq, d]) => Math.max(m, seq + d.length), acked);
+    acked = sent;
+    s.stack.input(
+      ipv4(
+        PROTO.TCP,
+        tcp({ sport: 40040, dport: 80, seq: 1001, ack: acked, flags: TCP_FLAG.ACK }),
+        { dst: 0x0a000009 },
+      ),
+    );
+    await tick();
+    await tick();
+    collect();
+    ok(s.stack.counters().bufferedBytes <= max + 1024);
+  }
+  ok(produced >= 4 * max, `the host stream went on after acknowledgments: ${produced}`);
+  // Every byte sent to the guest is the host's stream, in order, without gaps.
+  let next = iss + 1;
+  for (const seq of [...got.keys()].sort((a, b) => a - b)) {
+    strictEqual(seq, next);
+    const d = got.get(seq)!;
+    for (let i = 0; i < d.length; i++) {
+      if (d[i] !== pattern(seq - iss - 1 + i)) throw new Error(`byte ${seq - iss - 1 + i} differs`);
+    }
+    next = seq + d.length;
+  }
+});
+
+Deno.test("tcp flow control: a host that does not read closes the guest's window; nothing is lost", async () => {
+  const max = 64 * 1024;
+  await using s = setup({ tcpBufferBytes: max });
+  s.stack.input(arpRequest());
+  const iss = await handshake(s, 40050);
+  await tick();
+  const host = s.sockets.conns[0];
+  // A host whose socket is full: it takes nothing until told otherwise.
+  let open = false;
+  const written: number[] = [];
+  host.write = (p: Uint8Array) => {
+    if (!open) return 0;
+    written.push(...p);
+    return p.length;
+  };
+  const dst = 0x0a000009;
+  const wndOf = (f: Uint8Array) => u16(f, ETH_HLEN + 34); // no window scaling: the SYN had none
+  let seq = 1001;
+  const send = (n: number) => {
+    const payload = new Uint8Array(n).map((_, i) => pattern(seq - 1001 + i));
+    s.stack.input(
+      ipv4(
+        PROTO.TCP,
+        tcp({ sport: 40050, dport: 80, seq, ack: iss + 1, flags: TCP_FLAG.ACK, payload }),
+        { dst },
+      ),
+    );
+  };
+  // The guest keeps sending full segments; what is accepted moves RCV.NXT.
+  let accepted = 0;
+  for (let i = 0; i < 100; i++) {
+    send(1460);
+    await tick();
+    const acks = s.out.splice(0).filter((f) => f[ETH_HLEN + 33] & TCP_FLAG.ACK);
+    if (acks.length > 0) {
+      const last = acks[acks.length - 1];
+      seq = u32(last, ETH_HLEN + 28); // the guest resends from what was acknowledged
+      accepted = seq - 1001;
+      if (wndOf(last) === 0) break;
+    }
+  }
+  ok(accepted >= max - 1460 && accepted <= max, `accepted ${accepted}`);
+  strictEqual(s.stack.counters().bufferedBytes, accepted);
+  // The host drains: every accepted byte arrives in order, and the window reopens.
+  open = true;
+  host.events.writable();
+  await tick();
+  strictEqual(written.length, accepted);
+  ok(written.every((b, i) => b === pattern(i)));
+  strictEqual(s.stack.counters().bufferedBytes, 0);
+  const update = s.out.filter((f) => f[ETH_HLEN + 33] & TCP_FLAG.ACK).pop();
+  ok(update && wndOf(update) >= max / 2, "a window update was sent");
+});
