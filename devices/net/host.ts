@@ -89,8 +89,9 @@ export interface HostSockets {
 /** Time, timers and end-of-batch work for the engine. */
 export interface Scheduler {
   /**
-   * The current time in ms (`performance.now()`'s clock); the loop reads the
-   * clock once per turn (a clock read costs as much as a small syscall here).
+   * The current time in ms on a monotonic clock (only differences matter);
+   * the loop reads the clock once per turn (a clock read costs as much as a
+   * small syscall here).
    */
   now(): number;
   /** Runs `fn` once the current batch of events is processed, before the loop waits again. */

@@ -98,7 +98,7 @@ class RingPort implements NetLink, Attachment {
   }
 
   #readable(): void {
-    libc.read(this.#wakeFd, this.#eventBuf, 8n); // reset the eventfd
+    libc.read_n(this.#wakeFd, this.#eventBuf, 8n); // reset the eventfd
     this.#drain();
   }
 
@@ -164,7 +164,7 @@ export class NetLoop {
     this.#sockets.close(); // prebound sockets no rule adopted (none, normally)
     const fd = init.controlFd;
     this.#controlWatch = this.#poller.watch(fd, EPOLL.IN, () => {
-      libc.read(fd, this.#controlBuf, 8n); // the command itself arrives as a message
+      libc.read_n(fd, this.#controlBuf, 8n); // the command itself arrives as a message
     });
     this.engine.writeCounters(this.#counters);
   }

@@ -134,7 +134,7 @@ class PollTcp implements HostTcp {
   }
 
   read(p: Uint8Array): number | null {
-    const n = Number(libc.read(this.#fd, p as Uint8Array<ArrayBuffer>, BigInt(p.length)));
+    const n = libc.read_n(this.#fd, p as Uint8Array<ArrayBuffer>, BigInt(p.length));
     if (n > 0) return n;
     if (n === 0) return null;
     const e = lastErrno();
@@ -143,13 +143,11 @@ class PollTcp implements HostTcp {
   }
 
   write(p: Uint8Array): number {
-    const n = Number(
-      libc.send(
-        this.#fd,
-        p as Uint8Array<ArrayBuffer>,
-        BigInt(p.length),
-        MSG_NOSIGNAL | MSG_DONTWAIT,
-      ),
+    const n = libc.send_n(
+      this.#fd,
+      p as Uint8Array<ArrayBuffer>,
+      BigInt(p.length),
+      MSG_NOSIGNAL | MSG_DONTWAIT,
     );
     if (n >= 0) {
       if (n < p.length) this.#armWrite();
@@ -212,9 +210,7 @@ class PollUdp implements HostUdp {
   #readable(): void {
     for (let i = 0; i < BATCH && !this.#closed; i++) {
       this.#fromLen[0] = 16;
-      const n = Number(
-        libc.recvfrom(this.#fd, this.#buf, UDP_MAX_N, 0, this.#from, this.#fromLenBytes),
-      );
+      const n = libc.recvfrom_n(this.#fd, this.#buf, UDP_MAX_N, 0, this.#from, this.#fromLenBytes);
       if (n < 0) return; // EAGAIN, or an ICMP error queued for this socket: nothing to deliver
       const f = this.#from;
       const ip = ((f[4] << 24) | (f[5] << 16) | (f[6] << 8) | f[7]) >>> 0;

@@ -119,12 +119,10 @@ export class StreamLink implements NetLink {
 
   #readable(): void {
     const buf = this.#in;
-    const n = Number(
-      libc.read(
-        this.#fd,
-        buf.subarray(this.#have) as Uint8Array<ArrayBuffer>,
-        BigInt(buf.length - this.#have),
-      ),
+    const n = libc.read_n(
+      this.#fd,
+      buf.subarray(this.#have) as Uint8Array<ArrayBuffer>,
+      BigInt(buf.length - this.#have),
     );
     if (n === 0) return this.close(); // the peer went away
     if (n < 0) {
@@ -189,13 +187,11 @@ export class StreamLink implements NetLink {
   #flush(): void {
     if (this.#ended || this.#queued === 0 || this.#waitingWritable) return;
     const chunk = this.#out.subarray(this.#outStart, this.#outStart + this.#queued);
-    const n = Number(
-      libc.send(
-        this.#fd,
-        chunk as Uint8Array<ArrayBuffer>,
-        BigInt(chunk.length),
-        MSG_NOSIGNAL | MSG_DONTWAIT,
-      ),
+    const n = libc.send_n(
+      this.#fd,
+      chunk as Uint8Array<ArrayBuffer>,
+      BigInt(chunk.length),
+      MSG_NOSIGNAL | MSG_DONTWAIT,
     );
     if (n < 0) {
       const e = lastErrno();

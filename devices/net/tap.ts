@@ -145,7 +145,7 @@ export class TapLink implements NetLink {
   #readable(): void {
     const buf = this.#buf;
     for (let i = 0; i < READ_BATCH && !this.#closed; i++) {
-      const n = Number(libc.read(this.#fd, buf, READ_SIZE_N));
+      const n = libc.read_n(this.#fd, buf, READ_SIZE_N);
       if (n <= 0) return; // EAGAIN: drained (level-triggered epoll reports more)
       if (n <= VNET_HDR_LEN) continue;
       // A partial (NEEDS_CSUM) or checked (DATA_VALID) checksum from the
@@ -177,7 +177,7 @@ export class TapLink implements NetLink {
       buf = new Uint8Array(frame.length + VNET_HDR_LEN);
       buf.set(frame, VNET_HDR_LEN);
     }
-    buf.fill(0, 0, VNET_HDR_LEN);
+    for (let i = 0; i < VNET_HDR_LEN; i++) buf[i] = 0;
     if (partial) {
       buf[0] = NEEDS_CSUM;
       if (partial.tsoSize) {
@@ -192,7 +192,7 @@ export class TapLink implements NetLink {
       buf[8] = partial.offset & 255; // csum_offset
       buf[9] = partial.offset >> 8;
     }
-    const r = libc.write(this.#fd, buf, BigInt(buf.length));
+    const r = libc.write_n(this.#fd, buf, BigInt(buf.length));
     if (r < 0) this.writeErrors++;
   }
 
