@@ -338,7 +338,11 @@ export class TcpConn {
       this.#trySend();
       return;
     }
-    this.#deliver(rel < 0 ? seg.payload.subarray(-rel) : seg.payload, fin);
+    // A segment with PSH ends what the guest's application wrote (RFC 9293
+    // §3.9.1): hand it to the host now rather than at the end of the batch,
+    // which only gathers the segments of a bulk transfer.
+    const push = (f & TCP_FLAG.PSH) !== 0 && this.#ooo.length === 0;
+    this.#deliver(rel < 0 ? seg.payload.subarray(-rel) : seg.payload, fin, push);
     while (this.#ooo.length > 0 && !this.#done) {
       const i = this.#ooo.findIndex((o) => diff(o.seq, this.#rcvNxt) <= 0);
       if (i < 0) break;
@@ -358,7 +362,7 @@ export class TcpConn {
   }
 
   /** Appends in-order guest data (and its FIN) for the host. */
-  #deliver(payload: Uint8Array, fin: boolean): void {
+  #deliver(payload: Uint8Array, fin: boolean, push = false): void {
     if (payload.length > 0) {
       if (this.#receiving()) {
         const room = Math.max(diff(this.#rcvEdge, this.#rcvNxt), this.#rcvWindow());
@@ -369,7 +373,8 @@ export class TcpConn {
         if (payload.length > 0) {
           this.#queueToHost(payload);
           this.#rcvNxt = add(this.#rcvNxt, payload.length);
-          this.#kickWriter();
+          if (push && !this.#flushQueued) this.#flushToHost();
+          else this.#kickWriter();
         }
         const mss = Math.min(payload.length, this.#env.cfg.mtu - 40);
         if (mss > this.#rcvMss) this.#rcvMss = mss;
