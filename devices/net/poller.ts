@@ -31,7 +31,7 @@ const EPOLL_CLOEXEC = 0o2000000;
 const EVENT_SIZE = 12;
 const MAX_EVENTS = 256;
 /** Deferred callbacks run per turn before the rest waits for the next one (a loop guard). */
-const MAX_DEFERRED_ROUNDS = 64;
+const MAX_DEFERRED = 65536;
 
 /** Called with the ready event bits of a watched fd. */
 export type WatchHandler = (events: number) => void;
@@ -202,17 +202,18 @@ export class Poller implements Scheduler {
   }
 
   #runDeferred(): void {
-    for (let round = 0; round < MAX_DEFERRED_ROUNDS && this.#deferred.length > 0; round++) {
-      const batch = this.#deferred;
-      this.#deferred = [];
-      for (const fn of batch) {
-        try {
-          fn();
-        } catch (e) {
-          this.#onError(e);
-        }
+    // Work deferred by deferred work runs in the same pass, up to a bound.
+    const q = this.#deferred;
+    let i = 0;
+    for (; i < q.length && i < MAX_DEFERRED; i++) {
+      try {
+        q[i]();
+      } catch (e) {
+        this.#onError(e);
       }
     }
+    if (i === q.length) q.length = 0;
+    else q.splice(0, i);
   }
 
   /** The earliest live timer (cancelled ones are dropped on the way). */
@@ -232,7 +233,9 @@ export class Poller implements Scheduler {
     for (let i = h.length - 1; i > 0;) {
       const p = (i - 1) >> 1;
       if (!this.#less(h[i], h[p])) break;
-      [h[i], h[p]] = [h[p], h[i]];
+      const t = h[i];
+      h[i] = h[p];
+      h[p] = t;
       i = p;
     }
   }
@@ -248,7 +251,9 @@ export class Poller implements Scheduler {
       if (l < h.length && this.#less(h[l], h[m])) m = l;
       if (r < h.length && this.#less(h[r], h[m])) m = r;
       if (m === i) break;
-      [h[i], h[m]] = [h[m], h[i]];
+      const t = h[i];
+      h[i] = h[m];
+      h[m] = t;
       i = m;
     }
   }
