@@ -19,7 +19,7 @@ export const RUNTIME_MODULES = [
   "hv/worker.ts",
   "devices/legacy/acpi_sleep.ts",
   "devices/fuse/dev_fuse_worker.ts",
-  "devices/net/tap_worker.ts",
+  "devices/net/loop_worker.ts",
   "devices/legacy/uart.ts",
   "devices/legacy/i8042.ts",
   "devices/legacy/debug_exit.ts",

@@ -23,7 +23,7 @@ Deno.test("runtimeModuleUrl: the source file from the tree, the sibling bundle f
     runtimeModuleUrl("devices/legacy/uart.ts", "file:///opt/skiff/dist/hv-worker.js"),
     "file:///opt/skiff/dist/devices-legacy-uart.js",
   );
-  strictEqual(bundledName("devices/net/tap_worker.ts"), "devices-net-tap_worker.js");
+  strictEqual(bundledName("devices/net/loop_worker.ts"), "devices-net-loop_worker.js");
   // The real one, from the tree.
   strictEqual(runtimeModuleUrl("hv/worker.ts"), new URL("./worker.ts", import.meta.url).href);
   const names = RUNTIME_MODULES.map(bundledName);

@@ -61,6 +61,36 @@ const SYMBOLS = {
   sigaction: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   /** dlsym(3) (in libc since glibc 2.34); handle null is RTLD_DEFAULT. */
   dlsym: { parameters: ["pointer", "buffer"], result: "pointer" },
+  /** Host sockets of the network stack's poll loop (devices/net). */
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
+  getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
+  sendto: { parameters: ["i32", "buffer", "usize", "i32", "buffer", "u32"], result: "isize" },
+  recvfrom: {
+    parameters: ["i32", "buffer", "usize", "i32", "buffer", "buffer"],
+    result: "isize",
+  },
+  /**
+   * The network loop's hot calls with the low 32 bits of their ssize_t
+   * result (its lengths stay below 2 GiB): a number instead of a BigInt,
+   * whose conversion costs more than the call itself.
+   */
+  read_n: { name: "read", parameters: ["i32", "buffer", "usize"], result: "i32" },
+  write_n: { name: "write", parameters: ["i32", "buffer", "usize"], result: "i32" },
+  send_n: { name: "send", parameters: ["i32", "buffer", "usize", "i32"], result: "i32" },
+  recvfrom_n: {
+    name: "recvfrom",
+    parameters: ["i32", "buffer", "usize", "i32", "buffer", "buffer"],
+    result: "i32",
+  },
+  /** clock_gettime(2) into a `struct timespec` buffer. */
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
+  /** epoll(7): one wait over every fd of the network stack's loop. */
+  epoll_create1: { parameters: ["i32"], result: "i32" },
+  epoll_ctl: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  epoll_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const lib = Deno.dlopen("libc.so.6", SYMBOLS);

@@ -246,3 +246,42 @@ export function zeroCounters(): NetCounters {
     internalErrors: 0,
   };
 }
+
+/** The counter names in a fixed order (how the loop publishes them in shared memory). */
+export const COUNTER_KEYS: readonly (keyof NetCounters)[] = Object.keys(
+  zeroCounters(),
+) as (keyof NetCounters)[];
+
+/**
+ * Copies `c` into `out` in {@link COUNTER_KEYS} order. Written out (not a
+ * loop over the keys) so each read is a monomorphic property load: the loop
+ * publishes after every turn. `config_test.ts` checks the order.
+ */
+export function packCounters(c: NetCounters, out: Float64Array): void {
+  out[0] = c.rxFrames;
+  out[1] = c.rxBytes;
+  out[2] = c.txFrames;
+  out[3] = c.txBytes;
+  out[4] = c.dropMalformed;
+  out[5] = c.dropChecksum;
+  out[6] = c.dropUnsupported;
+  out[7] = c.dropSpoofed;
+  out[8] = c.dropFlowLimit;
+  out[9] = c.dropSynFlood;
+  out[10] = c.dropFragment;
+  out[11] = c.tcpResetsSent;
+  out[12] = c.tcpRefused;
+  out[13] = c.tcpOpened;
+  out[14] = c.tcpRetransmits;
+  out[15] = c.udpFlows;
+  out[16] = c.reassembled;
+  out[17] = c.arpReplies;
+  out[18] = c.icmpEchoReplies;
+  out[19] = c.dhcpReplies;
+  out[20] = c.dnsQueries;
+  out[21] = c.publishAccepted;
+  out[22] = c.tcpActive;
+  out[23] = c.udpActive;
+  out[24] = c.bufferedBytes;
+  out[25] = c.internalErrors;
+}

@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { HostSockets } from "./host.ts";
+import { eventLoopScheduler, type HostSockets, type HostUdp, type Scheduler } from "./host.ts";
 import { put16, put32, u16 } from "./wire.ts";
 
 /** RFC 1035 §4.1.1 header length. */
@@ -127,15 +127,28 @@ function respond(
   return out;
 }
 
+/** One query waiting for an upstream resolver. */
+interface Forward {
+  sock: HostUdp | null;
+  cancelTimer: () => void;
+}
+
 /** The DNS server. */
 export class DnsServer {
   #sockets: HostSockets;
+  #scheduler: Scheduler;
   #hostsFile: string;
   #resolvConf: string;
-  #pending = 0;
+  #pending = new Set<Forward>();
 
-  constructor(sockets: HostSockets, hostsFile: string, resolvConf: string) {
+  constructor(
+    sockets: HostSockets,
+    hostsFile: string,
+    resolvConf: string,
+    scheduler: Scheduler = eventLoopScheduler,
+  ) {
     this.#sockets = sockets;
+    this.#scheduler = scheduler;
     this.#hostsFile = hostsFile;
     this.#resolvConf = resolvConf;
   }
@@ -157,52 +170,69 @@ export class DnsServer {
     }
   }
 
-  /** Answers the query `q`; null when it is not worth answering (malformed, flooding). */
-  async answer(q: Uint8Array): Promise<Uint8Array | null> {
+  /**
+   * Answers the query `q` (only read during the call): `reply` gets the
+   * response, at once for hosts-file names, later for forwarded ones.
+   * Returns false when the query is not worth answering (malformed, or too
+   * many waiting for upstream); `reply` is then never called.
+   */
+  answer(q: Uint8Array, reply: (r: Uint8Array) => void): boolean {
     const question = parseQuestion(q);
-    if (!question) return null;
-    if (question.cls !== 1) return respond(q, question, 4, []); // NOTIMP
+    if (!question) return false;
+    if (question.cls !== 1) {
+      reply(respond(q, question, 4, [])); // NOTIMP
+      return true;
+    }
     const addrs = this.#hosts().get(question.name);
     if (addrs) {
       const want = question.type;
       const rd = addrs.map((a) =>
         want === TYPE_A ? ipv4Bytes(a) : want === TYPE_AAAA && a.includes(":") ? ipv6Bytes(a) : null
       ).filter((x): x is Uint8Array => x !== null);
-      return respond(q, question, 0, rd); // NOERROR (empty = NODATA)
+      reply(respond(q, question, 0, rd)); // NOERROR (empty = NODATA)
+      return true;
     }
-    if (this.#pending >= MAX_PENDING) return null;
-    this.#pending++;
-    try {
-      for (const server of this.upstreams()) {
-        const r = await this.#forward(q, server);
-        if (r) return r;
-      }
-    } finally {
-      this.#pending--;
-    }
-    return respond(q, question, 2, []); // SERVFAIL
+    if (this.#pending.size >= MAX_PENDING) return false;
+    const query = q.slice();
+    const servers = this.upstreams();
+    const next = (i: number): void => {
+      if (i >= servers.length) return reply(respond(query, question, 2, [])); // SERVFAIL
+      this.#forward(query, servers[i], (r) => r ? reply(r) : next(i + 1));
+    };
+    next(0);
+    return true;
   }
 
-  async #forward(q: Uint8Array, server: string): Promise<Uint8Array | null> {
-    let done: (r: Uint8Array | null) => void = () => {};
-    const result = new Promise<Uint8Array | null>((r) => done = r);
-    let sock;
+  /** Asks `server`; `done` gets its answer, or null on a timeout or when no socket opens. */
+  #forward(q: Uint8Array, server: string, done: (r: Uint8Array | null) => void): void {
+    const f: Forward = { sock: null, cancelTimer: () => {} };
+    const finish = (r: Uint8Array | null) => {
+      if (!this.#pending.delete(f)) return;
+      f.cancelTimer();
+      f.sock?.close();
+      done(r);
+    };
+    this.#pending.add(f);
     try {
-      sock = await this.#sockets.openUdp((data, from, port) => {
+      f.sock = this.#sockets.openUdp((data, from, port) => {
         if (from !== server || port !== 53) return;
         if (data.length < HDR || data[0] !== q[0] || data[1] !== q[1]) return;
-        done(data.slice());
+        finish(data);
       });
     } catch {
-      return null;
+      this.#pending.delete(f);
+      return done(null);
     }
-    const timer = setTimeout(() => done(null), UPSTREAM_TIMEOUT);
-    try {
-      sock.send(q, server, 53);
-      return await result;
-    } finally {
-      clearTimeout(timer);
-      sock.close();
+    f.cancelTimer = this.#scheduler.after(UPSTREAM_TIMEOUT, () => finish(null));
+    f.sock.send(q, server, 53);
+  }
+
+  /** Drops every query waiting for upstream (their sockets and timers). */
+  close(): void {
+    for (const f of this.#pending) {
+      f.cancelTimer();
+      f.sock?.close();
     }
+    this.#pending.clear();
   }
 }

@@ -6,8 +6,8 @@
  */
 
 import { ok, strictEqual } from "node:assert/strict";
-import type { HostSockets, HostTcp, HostUdp } from "./host.ts";
-import { NetStack } from "./stack.ts";
+import type { HostSockets, HostTcp, HostTcpEvents, HostUdp } from "./host.ts";
+import { NetEngine } from "./stack.ts";
 import {
   arpRequest,
   dhcpDiscover,
@@ -29,38 +29,41 @@ function rng(seed: number): () => number {
   };
 }
 
+/** A host that accepts every byte and never answers. */
 class SilentTcp implements HostTcp {
-  read(): Promise<number | null> {
-    return new Promise(() => {}); // the host never answers
+  constructor(public events: HostTcpEvents) {}
+  read(): number | null {
+    return 0;
   }
-  write(p: Uint8Array): Promise<number> {
-    return Promise.resolve(p.length);
+  write(p: Uint8Array): number {
+    return p.length;
   }
-  closeWrite(): Promise<void> {
-    return Promise.resolve();
-  }
+  setReading(): void {}
+  shutdownWrite(): void {}
   close(): void {}
 }
 
 Deno.test("fuzz: 120 000 random and mutated frames never throw; counters move", async () => {
   const reached: string[] = [];
   const sockets: HostSockets = {
-    connectTcp(h, p) {
+    connectTcp(h, p, events) {
       reached.push(`${h}:${p}`);
       // Half the connects succeed (exercising established paths), half fail.
-      return p & 1 ? Promise.reject(new Error("refused")) : Promise.resolve(new SilentTcp());
+      const sock = new SilentTcp(events);
+      queueMicrotask(() => sock.events.connected((p & 1) === 0));
+      return sock;
     },
-    openUdp(): Promise<HostUdp> {
-      return Promise.resolve({
+    openUdp(): HostUdp {
+      return {
         send: (_d, h, p) => void reached.push(`${h}:${p}`),
         close() {},
-      });
+      };
     },
     listenTcp() {
       throw new Error("no listeners");
     },
   };
-  await using stack = new NetStack({ maxFlows: 200, maxBufferedBytes: 1 << 20 }, { sockets });
+  await using stack = new NetEngine({ maxFlows: 200, maxBufferedBytes: 1 << 20 }, { sockets });
   let sent = 0;
   stack.attach({ send: () => void sent++ });
   const rand = rng(12345);

@@ -9,7 +9,7 @@
  */
 
 import type { NetConfig } from "./config.ts";
-import { NetStack } from "./stack.ts";
+import { NetStack } from "./service.ts";
 import { TapDevice } from "./tap.ts";
 import { formatIpv4 } from "./wire.ts";
 

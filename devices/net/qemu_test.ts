@@ -15,7 +15,7 @@ import {
   runGuest,
   testKernel,
 } from "../../hv/qemu/testing.ts";
-import { NetStack } from "./stack.ts";
+import { NetStack } from "./service.ts";
 import { listenStream } from "./stream.ts";
 
 const kernel = await testKernel();

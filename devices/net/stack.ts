@@ -1,7 +1,11 @@
 /**
- * The user-mode TCP/IP stack: terminates the guest's Ethernet frames (ARP,
+ * The user-mode TCP/IP engine: terminates the guest's Ethernet frames (ARP,
  * IPv4 with reassembly, ICMP echo, UDP, TCP, DHCP, DNS) and carries the
- * guest's flows over host sockets (NAT). See `mod.ts` for the attachment API.
+ * guest's flows over host sockets (NAT). It is synchronous and callback
+ * driven: the poll loop (`loop.ts`, in its Worker) feeds it frames and
+ * socket readiness; unit tests drive it in-process with fake sockets. See
+ * `mod.ts` for the attachment API ({@link NetStack} in `service.ts` runs
+ * this engine in its loop).
  *
  * @module
  */
@@ -9,13 +13,21 @@
 import {
   type NetConfig,
   type NetCounters,
+  packCounters,
   resolveConfig,
   type ResolvedNetConfig,
   zeroCounters,
 } from "./config.ts";
 import { dhcpReply } from "./dhcp.ts";
 import { DnsServer } from "./dns.ts";
-import { denoSockets, type HostSockets, type HostTcpListener, type HostUdp } from "./host.ts";
+import {
+  eventLoopScheduler,
+  type HostSockets,
+  type HostTcp,
+  type HostTcpListener,
+  type HostUdp,
+  type Scheduler,
+} from "./host.ts";
 import { TcpConn, type TcpEnv } from "./tcp.ts";
 import { UdpFlow } from "./udp.ts";
 import {
@@ -64,6 +76,12 @@ export interface NetLink {
    * its own header without copying.
    */
   readonly headroom?: number;
+  /**
+   * {@link send} is done with the frame when it returns (it wrote or copied
+   * it): the stack then builds frames in one reused buffer instead of a new
+   * one each (a typed array allocation costs about a microsecond here).
+   */
+  readonly consumesFrames?: boolean;
 }
 
 /** Where a link completes a partial checksum (see {@link NetLink.send}). */
@@ -78,16 +96,12 @@ export interface PartialChecksum {
   headerLength?: number;
 }
 
-/** Options besides the {@link NetConfig}. */
-export interface NetStackOptions {
-  /** How host sockets are opened (default: Deno's networking). */
-  sockets?: HostSockets;
-  /**
-   * The clock of the protocol timers (TCP retransmission, TIME_WAIT, ARP and
-   * reassembly), in milliseconds (default `performance.now`). Tests inject
-   * one to fire a timer without waiting for it.
-   */
-  now?: () => number;
+/** What the engine runs on besides its {@link NetConfig}. */
+export interface NetEngineOptions {
+  /** How host sockets are opened (`PollSockets` in the loop, fakes in tests). */
+  sockets: HostSockets;
+  /** Timers and end-of-batch work (default: the JavaScript event loop). */
+  scheduler?: Scheduler;
 }
 
 /** One IPv4 datagram under reassembly (RFC 791 §3.2; RFC 815). */
@@ -104,17 +118,23 @@ const DELAYED_ACK_MS = 1;
 const REASM_TIMEOUT = 30_000; // RFC 791: 15 s lower bound; Linux uses 30 s
 const MAX_REASSEMBLIES = 16;
 const MAX_PENDING_FRAMES = 64;
+/** The reused frame buffer: headroom, Ethernet, IPv4 and the largest L4 payload (64 KiB TSO). */
+const SCRATCH_BYTES = 256 + 65536 + 128;
+/** Header bytes cleared in a reused frame (Ethernet, IPv4, L4 header with options). */
+const HEADER_CLEAR = ETH_HLEN + 20 + 64;
 const EPHEMERAL_FIRST = 49152;
 
-/** The stack. Create one per VM, attach a link, feed it the guest's frames with {@link input}. */
-export class NetStack implements AsyncDisposable {
+/** The engine. Create one per VM, attach a link, feed it the guest's frames with {@link input}. */
+export class NetEngine implements AsyncDisposable {
   /** The configuration with defaults applied. */
   readonly config: ResolvedNetConfig;
   #counters: NetCounters = zeroCounters();
   #sockets: HostSockets;
+  #scheduler: Scheduler;
   #link: NetLink | null = null;
   #guestMac: Uint8Array | null = null;
   #pending: { f: Uint8Array; partial?: PartialChecksum }[] = [];
+  #scratch = new Uint8Array(SCRATCH_BYTES);
   /** Whether the frame being processed had its L4 checksum checked by a trusted link. */
   #trusted = false;
   #lastArp = 0;
@@ -126,8 +146,8 @@ export class NetStack implements AsyncDisposable {
   #acks = new Set<TcpConn>();
   #ackScheduled = false;
   #delayedAcks = new Set<TcpConn>();
-  #delayedTimer: ReturnType<typeof setTimeout> | undefined;
-  #timer: ReturnType<typeof setInterval>;
+  #cancelDelayed: (() => void) | null = null;
+  #cancelTick: () => void;
   #closed = false;
   #dns: DnsServer;
   #tcpListeners: HostTcpListener[] = [];
@@ -139,25 +159,23 @@ export class NetStack implements AsyncDisposable {
   >();
   /** Published UDP: `rule|client address|client port` → gateway port. */
   #udpClients = new Map<string, number>();
-  /**
-   * Settles once every `--publish` listener is bound; rejects naming the rule
-   * whose port could not be bound (TCP listeners throw from the constructor).
-   */
-  readonly ready: Promise<void>;
   #nextEphemeral = EPHEMERAL_FIRST;
   #env: TcpEnv;
-  #now: () => number;
 
-  /** Creates the stack and opens the `--publish` listeners (throws if a port is taken). */
-  constructor(config: NetConfig = {}, options: NetStackOptions = {}) {
+  /** Creates the engine and opens the `--publish` listeners (throws naming a taken port). */
+  constructor(config: NetConfig, options: NetEngineOptions) {
     this.config = resolveConfig(config);
-    this.#sockets = options.sockets ?? denoSockets;
-    this.#now = options.now ?? (() => performance.now());
-    this.#dns = new DnsServer(this.#sockets, this.config.hostsFile, this.config.resolvConf);
+    this.#sockets = options.sockets;
+    this.#scheduler = options.scheduler ?? eventLoopScheduler;
+    this.#dns = new DnsServer(
+      this.#sockets,
+      this.config.hostsFile,
+      this.config.resolvConf,
+      this.#scheduler,
+    );
     this.#env = {
       cfg: this.config,
       counters: this.#counters,
-      now: this.#now,
       ipv4Frame: (src, proto, l4Len) => this.#ipv4Frame(src, proto, l4Len),
       transmit: (f, partial) => this.#transmit(f, partial),
       partialChecksums: () => this.#link?.partialChecksums === true,
@@ -167,42 +185,45 @@ export class NetStack implements AsyncDisposable {
       },
       bufferFree: () => this.config.maxBufferedBytes - this.#buffered,
       requestAck: (c, delayed) => this.#requestAck(c, delayed),
+      ackSent: (c) => this.#ackSent(c),
+      defer: (fn) => this.#scheduler.defer(fn),
+      now: () => this.#scheduler.now(),
       release: (c) => {
         if (this.#tcp.get(c.key) === c) this.#tcp.delete(c.key);
         this.#acks.delete(c);
         this.#delayedAcks.delete(c);
       },
     };
-    const waits: Promise<void>[] = [];
     try {
       this.config.publish.forEach((rule, i) => {
-        if (rule.proto === "tcp") {
-          const l = this.#sockets.listenTcp(rule.hostIp, rule.hostPort);
-          this.#tcpListeners.push(l);
-          this.#acceptLoop(l, rule.guestPort).catch(() => {});
-          return;
-        }
-        const holder: { sock: HostUdp | null } = { sock: null };
-        waits.push(
-          this.#sockets.openUdp(
+        const what = `${rule.hostIp}:${rule.hostPort}/${rule.proto}`;
+        try {
+          if (rule.proto === "tcp") {
+            this.#tcpListeners.push(
+              this.#sockets.listenTcp(
+                rule.hostIp,
+                rule.hostPort,
+                (host) => this.#accepted(host, rule.guestPort),
+              ),
+            );
+            return;
+          }
+          const holder: { sock: HostUdp | null } = { sock: null };
+          holder.sock = this.#sockets.openUdp(
             (data, host, port) =>
               this.#udpPublishIn(i, holder.sock, rule.guestPort, data, host, port),
             { hostname: rule.hostIp, port: rule.hostPort },
-          ).then((sock) => {
-            if (this.#closed) return sock.close();
-            holder.sock = sock;
-            this.#udpListeners.push(sock);
-          }),
-        );
+          );
+          this.#udpListeners.push(holder.sock);
+        } catch (e) {
+          throw new Error(`net: cannot listen on --publish ${what}: ${(e as Error).message}`);
+        }
       });
     } catch (e) {
       this.#closeListeners();
       throw e;
     }
-    this.ready = Promise.all(waits).then(() => {});
-    this.ready.catch(() => {}); // observed by whoever awaits it; never an unhandled rejection
-    this.#timer = setInterval(() => this.#tick(), TICK_MS);
-    Deno.unrefTimer(this.#timer);
+    this.#cancelTick = this.#scheduler.after(TICK_MS, () => this.#tick());
   }
 
   /** The host addresses of the TCP `--publish` listeners, in rule order (useful with port 0). */
@@ -215,9 +236,12 @@ export class NetStack implements AsyncDisposable {
     this.#link = link;
   }
 
-  /** Detaches the link; frames for the guest are dropped until the next {@link attach}. */
-  detach(): void {
-    this.#link = null;
+  /**
+   * Detaches the link (only `link`, when given and still attached); frames
+   * for the guest are dropped until the next {@link attach}.
+   */
+  detach(link?: NetLink): void {
+    if (link === undefined || this.#link === link) this.#link = null;
   }
 
   /** A snapshot of the counters. */
@@ -228,6 +252,18 @@ export class NetStack implements AsyncDisposable {
       udpActive: this.#udp.size,
       bufferedBytes: this.#buffered,
     };
+  }
+
+  /**
+   * Writes the counters into `out` in `COUNTER_KEYS` order without
+   * allocating (the loop publishes them to the host thread after each turn).
+   */
+  writeCounters(out: Float64Array): void {
+    const c = this.#counters;
+    c.tcpActive = this.#tcp.size;
+    c.udpActive = this.#udp.size;
+    c.bufferedBytes = this.#buffered;
+    packCounters(c, out);
   }
 
   /**
@@ -242,14 +278,16 @@ export class NetStack implements AsyncDisposable {
     this.#frags.clear();
   }
 
-  /** Resets all connections, closes listeners and stops the timers. */
+  /** Resets all connections, closes listeners and host sockets, and stops the timers. */
   close(): Promise<void> {
     if (this.#closed) return Promise.resolve();
     this.resetConnections();
     this.#closed = true;
-    clearInterval(this.#timer);
-    clearTimeout(this.#delayedTimer);
+    this.#cancelTick();
+    this.#cancelDelayed?.();
+    this.#cancelDelayed = null;
     this.#delayedAcks.clear();
+    this.#dns.close();
     this.#closeListeners();
     this.#link = null;
     return Promise.resolve();
@@ -295,9 +333,15 @@ export class NetStack implements AsyncDisposable {
     } catch (e) {
       // A bug, not bad input (bad input is counted on its own path): count it
       // so tests notice, but never let a guest frame crash the VMM.
-      c.internalErrors++;
-      if (c.internalErrors <= 3) console.error("skiff net: internal error on a guest frame:", e);
+      this.internalError(e);
     }
+  }
+
+  /** Counts (and reports the first few of) exceptions caught around the engine: bugs, not bad input. */
+  internalError(e: unknown): void {
+    const c = this.#counters;
+    c.internalErrors++;
+    if (c.internalErrors <= 3) console.error("skiff net: internal error:", e);
   }
 
   // ---- Ethernet and ARP ----
@@ -373,8 +417,17 @@ export class NetStack implements AsyncDisposable {
   /** Sends an IPv4 frame, holding it until the guest's MAC is known (ARP request). */
   #transmit(f: Uint8Array, partial?: PartialChecksum): void {
     if (this.#guestMac) return this.#send(f, partial);
-    if (this.#pending.length < MAX_PENDING_FRAMES) this.#pending.push({ f, partial });
-    const now = this.#now();
+    if (this.#pending.length < MAX_PENDING_FRAMES) {
+      if (f.buffer === this.#scratch.buffer) {
+        // Held beyond this call: it needs its own buffer (with the same headroom).
+        const room = this.#link?.headroom ?? 0;
+        const own = new Uint8Array(room + f.length).subarray(room);
+        own.set(f);
+        f = own;
+      }
+      this.#pending.push({ f, partial });
+    }
+    const now = this.#scheduler.now();
     if (now - this.#lastArp < 500) return;
     this.#lastArp = now;
     const r = new Uint8Array(ETH_HLEN + 28);
@@ -392,9 +445,17 @@ export class NetStack implements AsyncDisposable {
   }
 
   #ipv4Frame(src: number, proto: number, l4Len: number): { frame: Uint8Array; off: number } {
-    const room = this.#link?.headroom ?? 0;
+    const link = this.#link;
+    const room = link?.headroom ?? 0;
     const size = ETH_HLEN + 20 + l4Len;
-    const frame = room > 0 ? new Uint8Array(room + size).subarray(room) : new Uint8Array(size);
+    let frame: Uint8Array;
+    if (link?.consumesFrames && room + size <= this.#scratch.length) {
+      // Frames are built and sent one at a time: reuse one buffer.
+      frame = this.#scratch.subarray(room, room + size);
+      frame.fill(0, 0, Math.min(size, HEADER_CLEAR));
+    } else {
+      frame = room > 0 ? new Uint8Array(room + size).subarray(room) : new Uint8Array(size);
+    }
     writeEth(frame, this.#guestMac ?? BROADCAST_MAC, this.config.gatewayMac, ETHERTYPE_IPV4);
     writeIpv4(frame, ETH_HLEN, src, this.config.guestIp, proto, 20 + l4Len, this.#ipId++);
     return { frame, off: ETH_HLEN + 20 };
@@ -446,7 +507,7 @@ export class NetStack implements AsyncDisposable {
     let r = this.#frags.get(key);
     if (!r) {
       if (this.#frags.size >= MAX_REASSEMBLIES) return void c.dropFragment++;
-      r = { parts: [], total: -1, got: 0, deadline: this.#now() + REASM_TIMEOUT };
+      r = { parts: [], total: -1, got: 0, deadline: this.#scheduler.now() + REASM_TIMEOUT };
       this.#frags.set(key, r);
     }
     const end = off + len;
@@ -552,19 +613,18 @@ export class NetStack implements AsyncDisposable {
     }
     if (src !== cfg.guestIp) return void c.dropSpoofed++;
     if (dst === cfg.dnsIp && dport === 53) {
-      const q = payload.slice();
-      this.#dns.answer(q).then((r) => {
-        if (!r || this.#closed) return;
+      this.#dns.answer(payload, (r) => {
+        if (this.#closed) return;
         c.dnsQueries++;
         this.#sendUdp(cfg.dnsIp, 53, sport, r);
-      }).catch(() => {});
+      });
       return;
     }
     if (dst === cfg.gatewayIp) {
       const pub = this.#udpPublished.get(dport);
       if (pub) {
-        pub.lastUsed = this.#now();
-        pub.sock.send(payload.slice(), pub.hostname, pub.port);
+        pub.lastUsed = this.#scheduler.now();
+        pub.sock.send(payload, pub.hostname, pub.port);
         return;
       }
     }
@@ -578,22 +638,22 @@ export class NetStack implements AsyncDisposable {
         return;
       }
       if (this.#tcp.size + this.#udp.size >= cfg.maxFlows) return void c.dropFlowLimit++;
+      try {
+        flow = new UdpFlow(
+          key,
+          this.#sockets,
+          this.#scheduler,
+          host,
+          dport,
+          (data) => this.#sendUdp(dst, dport, sport, data),
+        );
+      } catch {
+        return void c.dropFlowLimit++; // no host socket to be had (EMFILE, …)
+      }
       c.udpFlows++;
-      const f: UdpFlow = new UdpFlow(
-        key,
-        this.#sockets,
-        host,
-        dport,
-        (data) => this.#sendUdp(dst, dport, sport, data),
-        () => {
-          f.close();
-          if (this.#udp.get(key) === f) this.#udp.delete(key);
-        },
-      );
-      flow = f;
       this.#udp.set(key, flow);
     }
-    flow.send(payload.slice());
+    flow.send(payload);
   }
 
   /** Sends a UDP datagram to the guest (dropped when it would need fragmenting). */
@@ -641,9 +701,9 @@ export class NetStack implements AsyncDisposable {
         return void this.#counters.dropFlowLimit++;
       }
       this.#udpClients.set(ck, gw);
-      this.#udpPublished.set(gw, { sock, hostname, port, lastUsed: this.#now() });
+      this.#udpPublished.set(gw, { sock, hostname, port, lastUsed: this.#scheduler.now() });
     }
-    this.#udpPublished.get(gw)!.lastUsed = this.#now();
+    this.#udpPublished.get(gw)!.lastUsed = this.#scheduler.now();
     this.#sendUdp(this.config.gatewayIp, gw, guestPort, data);
   }
 
@@ -717,10 +777,7 @@ export class NetStack implements AsyncDisposable {
     const nc = new TcpConn(this.#env, seg.sport, dst, seg.dport, "CONNECTING");
     nc.acceptSyn(seg);
     this.#tcp.set(key, nc);
-    this.#sockets.connectTcp(host, seg.dport).then(
-      (h) => nc.hostConnected(h),
-      () => nc.hostFailed(),
-    );
+    nc.connect(this.#sockets, host, seg.dport);
   }
 
   /** A reset for a segment that belongs to no connection (RFC 9293 §3.10.7.1). */
@@ -746,43 +803,35 @@ export class NetStack implements AsyncDisposable {
     this.#transmit(frame);
   }
 
-  async #acceptLoop(l: HostTcpListener, guestPort: number): Promise<void> {
-    for (;;) {
-      const host = await l.accept();
-      if (this.#closed) {
-        host.close();
-        return;
-      }
-      this.#counters.publishAccepted++;
-      if (this.#tcp.size + this.#udp.size >= this.config.maxFlows) {
-        this.#counters.dropFlowLimit++;
-        host.close();
-        continue;
-      }
-      host.setNoDelay?.(true);
-      let port: number;
-      try {
-        port = this.#ephemeral();
-      } catch {
-        host.close();
-        continue;
-      }
-      const conn = new TcpConn(this.#env, guestPort, this.config.gatewayIp, port, "SYN_SENT");
-      this.#tcp.set(conn.key, conn);
-      conn.openActive(host);
+  /** A connection accepted on a published port: a new connection towards the guest. */
+  #accepted(host: HostTcp, guestPort: number): void {
+    if (this.#closed) return host.close();
+    this.#counters.publishAccepted++;
+    if (this.#tcp.size + this.#udp.size >= this.config.maxFlows) {
+      this.#counters.dropFlowLimit++;
+      return host.close();
     }
+    let port: number;
+    try {
+      port = this.#ephemeral();
+    } catch {
+      return host.close();
+    }
+    const conn = new TcpConn(this.#env, guestPort, this.config.gatewayIp, port, "SYN_SENT");
+    this.#tcp.set(conn.key, conn);
+    conn.openActive(host);
   }
 
   #requestAck(conn: TcpConn, delayed: boolean): void {
     if (delayed) {
       this.#delayedAcks.add(conn);
-      if (this.#delayedTimer === undefined) {
-        this.#delayedTimer = setTimeout(() => {
-          this.#delayedTimer = undefined;
+      if (this.#cancelDelayed === null) {
+        this.#cancelDelayed = this.#scheduler.after(DELAYED_ACK_MS, () => {
+          this.#cancelDelayed = null;
           const acks = [...this.#delayedAcks];
           this.#delayedAcks.clear();
           for (const a of acks) a.flushAck();
-        }, DELAYED_ACK_MS);
+        });
       }
       return;
     }
@@ -790,7 +839,7 @@ export class NetStack implements AsyncDisposable {
     this.#acks.add(conn);
     if (this.#ackScheduled) return;
     this.#ackScheduled = true;
-    queueMicrotask(() => {
+    this.#scheduler.defer(() => {
       this.#ackScheduled = false;
       const acks = [...this.#acks];
       this.#acks.clear();
@@ -798,8 +847,19 @@ export class NetStack implements AsyncDisposable {
     });
   }
 
+  /** A segment to the guest carried `conn`'s pending ACK (a reply piggybacked it). */
+  #ackSent(conn: TcpConn): void {
+    this.#acks.delete(conn);
+    if (this.#delayedAcks.delete(conn) && this.#delayedAcks.size === 0) {
+      // Nothing left for the delayed-ACK timer: do not wake up for it.
+      this.#cancelDelayed?.();
+      this.#cancelDelayed = null;
+    }
+  }
+
   #tick(): void {
-    const now = this.#now();
+    this.#cancelTick = this.#scheduler.after(TICK_MS, () => this.#tick());
+    const now = this.#scheduler.now();
     for (const conn of [...this.#tcp.values()]) conn.tick(now);
     for (const [k, f] of this.#udp) {
       if (now - f.lastUsed > this.config.udpIdleMs) {

@@ -2,8 +2,8 @@
 
 import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
 import { parsePublish, resolveConfig } from "./config.ts";
-import type { HostSockets, HostTcp, HostUdp } from "./host.ts";
-import { NetStack } from "./stack.ts";
+import type { HostSockets, HostTcp, HostTcpEvents, HostUdp, Scheduler } from "./host.ts";
+import { NetEngine } from "./stack.ts";
 import {
   arpRequest,
   dhcpDiscover,
@@ -16,37 +16,50 @@ import {
   udp,
 } from "./testdata/frames.ts";
 import { checksum, ETH_HLEN, PROTO, TCP_FLAG, u16, u32 } from "./wire.ts";
-import { until } from "../../tests/waits.ts";
 
-/** A fake host TCP socket: records writes, serves queued reads. */
+/**
+ * A fake host TCP socket: records writes, serves queued reads, and reports
+ * readiness from a macrotask as the poll loop would.
+ */
 class FakeTcp implements HostTcp {
+  events: HostTcpEvents;
   written: number[] = [];
   closed = false;
   writeClosed = false;
+  reading = false;
   #reads: (Uint8Array | null)[] = [];
-  #waiter: (() => void) | null = null;
+  constructor(events: HostTcpEvents) {
+    this.events = events;
+  }
   push(d: Uint8Array | null): void {
     this.#reads.push(d);
-    this.#waiter?.();
+    this.#poke();
   }
-  async read(p: Uint8Array): Promise<number | null> {
-    while (this.#reads.length === 0) await new Promise<void>((r) => this.#waiter = r);
+  #poke(): void {
+    setTimeout(() => {
+      if (this.reading && !this.closed && this.#reads.length > 0) this.events.readable();
+    }, 0);
+  }
+  read(p: Uint8Array): number | null {
+    if (this.#reads.length === 0) return 0;
     const d = this.#reads.shift()!;
     if (d === null) return null;
     p.set(d);
     return d.length;
   }
-  write(p: Uint8Array): Promise<number> {
+  write(p: Uint8Array): number {
     this.written.push(...p);
-    return Promise.resolve(p.length);
+    return p.length;
   }
-  closeWrite(): Promise<void> {
+  setReading(on: boolean): void {
+    this.reading = on;
+    if (on) this.#poke();
+  }
+  shutdownWrite(): void {
     this.writeClosed = true;
-    return Promise.resolve();
   }
   close(): void {
     this.closed = true;
-    this.#waiter?.();
   }
 }
 
@@ -55,18 +68,19 @@ class FakeSockets implements HostSockets {
   connects: string[] = [];
   udpSent: string[] = [];
   conns: FakeTcp[] = [];
-  connectTcp(hostname: string, port: number): Promise<HostTcp> {
+  connectTcp(hostname: string, port: number, events: HostTcpEvents): HostTcp {
     this.connects.push(`${hostname}:${port}`);
-    if (hostname !== "10.0.0.9") return Promise.reject(new Error("refused"));
-    const c = new FakeTcp();
-    this.conns.push(c);
-    return Promise.resolve(c);
+    const c = new FakeTcp(events);
+    const ok = hostname === "10.0.0.9";
+    if (ok) this.conns.push(c);
+    queueMicrotask(() => c.events.connected(ok));
+    return c;
   }
-  openUdp(): Promise<HostUdp> {
-    return Promise.resolve({
+  openUdp(): HostUdp {
+    return {
       send: (_p: Uint8Array, h: string, port: number) => void this.udpSent.push(`${h}:${port}`),
       close() {},
-    });
+    };
   }
   listenTcp(): never {
     throw new Error("no listeners in this test");
@@ -74,10 +88,45 @@ class FakeSockets implements HostSockets {
 }
 
 /** A stack on fake sockets and a fake clock (`clock.ms`, advanced by the test). */
-function setup(config = {}) {
+/**
+ * A {@link Scheduler} whose time moves only when the test says: protocol
+ * timers fire on {@link ManualClock.advance}, never because the machine was
+ * slow (deferred work still runs as microtasks, as on the event loop).
+ */
+class ManualClock implements Scheduler {
+  ms = 1_000_000;
+  #timers = new Set<{ at: number; fn: () => void }>();
+  now(): number {
+    return this.ms;
+  }
+  defer(fn: () => void): void {
+    queueMicrotask(fn);
+  }
+  after(ms: number, fn: () => void): () => void {
+    const t = { at: this.ms + ms, fn };
+    this.#timers.add(t);
+    return () => this.#timers.delete(t);
+  }
+  /** Moves the clock on by `ms` and runs every timer now due, earliest first. */
+  advance(ms: number): void {
+    this.ms += ms;
+    for (;;) {
+      const due = [...this.#timers].filter((t) => t.at <= this.ms).sort((a, b) => a.at - b.at)[0];
+      if (!due) return;
+      this.#timers.delete(due);
+      due.fn();
+    }
+  }
+}
+
+/**
+ * An engine on fake sockets; with `manualClock` its protocol timers run on a
+ * {@link ManualClock} instead of the event loop's.
+ */
+function setup(config = {}, manualClock = false) {
   const sockets = new FakeSockets();
-  const clock = { ms: 1_000_000 };
-  const stack = new NetStack(config, { sockets, now: () => clock.ms });
+  const clock = new ManualClock();
+  const stack = new NetEngine(config, { sockets, ...(manualClock ? { scheduler: clock } : {}) });
   const out: Uint8Array[] = [];
   stack.attach({ send: (f) => void out.push(f) });
   return { stack, out, sockets, clock, [Symbol.asyncDispose]: () => stack.close() };
@@ -365,7 +414,7 @@ Deno.test("tcp: resetConnections (snapshot restore) resets open connections", as
 });
 
 Deno.test("tcp: three duplicate ACKs trigger fast retransmit; silence triggers the RTO", async () => {
-  await using s = setup();
+  await using s = setup({}, true);
   s.stack.input(arpRequest());
   const iss = await handshake(s, 40030);
   const dst = 0x0a000009;
@@ -391,22 +440,22 @@ Deno.test("tcp: three duplicate ACKs trigger fast retransmit; silence triggers t
   // No more ACKs: the retransmission timer (initially 1 s, RFC 6298 §2.1) resends from
   // SND.UNA once the clock passes it; nothing is resent before.
   s.out.length = 0;
-  s.clock.ms += 900;
-  for (let i = 0; i < 5; i++) await new Promise((r) => setTimeout(r, 30)); // several timer ticks
+  s.clock.advance(900);
+  await tick();
   deepStrictEqual(seqs(), [], "resent before the RTO");
-  s.clock.ms += 200;
-  // The stack's timer tick sees the clock within a few milliseconds.
-  await until(() => s.stack.counters().tcpRetransmits >= 2, "the RTO retransmission");
+  s.clock.advance(200);
+  await tick();
+  strictEqual(s.stack.counters().tcpRetransmits, 2);
   strictEqual(seqs()[0], iss + 1, JSON.stringify(seqs()));
 });
 
 Deno.test("tcp: a SYN flood is capped at maxHalfOpen; flows at maxFlows", async () => {
   const sockets = new FakeSockets();
-  sockets.connectTcp = (h: string, p: number) => {
+  sockets.connectTcp = (h: string, p: number, events: HostTcpEvents) => {
     sockets.connects.push(`${h}:${p}`);
-    return new Promise<HostTcp>(() => {}); // the host never answers
+    return new FakeTcp(events); // the host never answers
   };
-  await using stack = new NetStack({ maxHalfOpen: 50, maxFlows: 80 }, { sockets });
+  await using stack = new NetEngine({ maxHalfOpen: 50, maxFlows: 80 }, { sockets });
   stack.attach({ send() {} });
   for (let i = 0; i < 1000; i++) {
     stack.input(
@@ -425,4 +474,118 @@ Deno.test("tcp: a SYN flood is capped at maxHalfOpen; flows at maxFlows", async 
   }
   strictEqual(stack.counters().udpActive, 30);
   strictEqual(stack.counters().dropFlowLimit, 70);
+});
+
+/** A byte of the host's endless stream at `offset`. */
+const pattern = (offset: number) => (offset * 7 + (offset >> 8)) & 255;
+
+Deno.test("tcp flow control: a guest that does not acknowledge stops reads from the host at the buffer size; nothing is lost", async () => {
+  const max = 64 * 1024;
+  await using s = setup({ tcpBufferBytes: max });
+  s.stack.input(arpRequest());
+  const iss = await handshake(s, 40040);
+  await tick();
+  const host = s.sockets.conns[0];
+  // An endless host: every read fills the buffer with the next bytes of the stream.
+  let produced = 0;
+  host.read = (p: Uint8Array) => {
+    for (let i = 0; i < p.length; i++) p[i] = pattern(produced + i);
+    produced += p.length;
+    return p.length;
+  };
+  host.push(new Uint8Array(0)); // readable
+  await tick();
+  await tick();
+  ok(!host.reading, "reading paused");
+  const held = s.stack.counters().bufferedBytes;
+  ok(held >= max && held <= max + 1024, `buffered ${held}`);
+  strictEqual(produced, held);
+  // The guest now acknowledges everything (its window was 65535 bytes, unscaled).
+  const segs = () => s.out.splice(0).filter((f) => f.length > ETH_HLEN + 40);
+  const got = new Map<number, Uint8Array>();
+  const collect = () => {
+    for (const f of segs()) got.set(u32(f, ETH_HLEN + 24), f.subarray(ETH_HLEN + 40));
+  };
+  collect();
+  let acked = iss + 1;
+  for (let round = 0; round < 50 && produced < 4 * max; round++) {
+    const sent = [...got.entries()].reduce((m, [seq, d]) => Math.max(m, seq + d.length), acked);
+    acked = sent;
+    s.stack.input(
+      ipv4(
+        PROTO.TCP,
+        tcp({ sport: 40040, dport: 80, seq: 1001, ack: acked, flags: TCP_FLAG.ACK }),
+        { dst: 0x0a000009 },
+      ),
+    );
+    await tick();
+    await tick();
+    collect();
+    ok(s.stack.counters().bufferedBytes <= max + 1024);
+  }
+  ok(produced >= 4 * max, `the host stream went on after acknowledgments: ${produced}`);
+  // Every byte sent to the guest is the host's stream, in order, without gaps.
+  let next = iss + 1;
+  for (const seq of [...got.keys()].sort((a, b) => a - b)) {
+    strictEqual(seq, next);
+    const d = got.get(seq)!;
+    for (let i = 0; i < d.length; i++) {
+      if (d[i] !== pattern(seq - iss - 1 + i)) throw new Error(`byte ${seq - iss - 1 + i} differs`);
+    }
+    next = seq + d.length;
+  }
+});
+
+Deno.test("tcp flow control: a host that does not read closes the guest's window; nothing is lost", async () => {
+  const max = 64 * 1024;
+  await using s = setup({ tcpBufferBytes: max });
+  s.stack.input(arpRequest());
+  const iss = await handshake(s, 40050);
+  await tick();
+  const host = s.sockets.conns[0];
+  // A host whose socket is full: it takes nothing until told otherwise.
+  let open = false;
+  const written: number[] = [];
+  host.write = (p: Uint8Array) => {
+    if (!open) return 0;
+    written.push(...p);
+    return p.length;
+  };
+  const dst = 0x0a000009;
+  const wndOf = (f: Uint8Array) => u16(f, ETH_HLEN + 34); // no window scaling: the SYN had none
+  let seq = 1001;
+  const send = (n: number) => {
+    const payload = new Uint8Array(n).map((_, i) => pattern(seq - 1001 + i));
+    s.stack.input(
+      ipv4(
+        PROTO.TCP,
+        tcp({ sport: 40050, dport: 80, seq, ack: iss + 1, flags: TCP_FLAG.ACK, payload }),
+        { dst },
+      ),
+    );
+  };
+  // The guest keeps sending full segments; what is accepted moves RCV.NXT.
+  let accepted = 0;
+  for (let i = 0; i < 100; i++) {
+    send(1460);
+    await tick();
+    const acks = s.out.splice(0).filter((f) => f[ETH_HLEN + 33] & TCP_FLAG.ACK);
+    if (acks.length > 0) {
+      const last = acks[acks.length - 1];
+      seq = u32(last, ETH_HLEN + 28); // the guest resends from what was acknowledged
+      accepted = seq - 1001;
+      if (wndOf(last) === 0) break;
+    }
+  }
+  ok(accepted >= max - 1460 && accepted <= max, `accepted ${accepted}`);
+  strictEqual(s.stack.counters().bufferedBytes, accepted);
+  // The host drains: every accepted byte arrives in order, and the window reopens.
+  open = true;
+  host.events.writable();
+  await tick();
+  strictEqual(written.length, accepted);
+  ok(written.every((b, i) => b === pattern(i)));
+  strictEqual(s.stack.counters().bufferedBytes, 0);
+  const update = s.out.filter((f) => f[ETH_HLEN + 33] & TCP_FLAG.ACK).pop();
+  ok(update && wndOf(update) >= max / 2, "a window update was sent");
 });

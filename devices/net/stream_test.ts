@@ -1,7 +1,7 @@
 /** L0 tests of the QEMU stream attachment over a real Unix socket. */
 
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
-import { NetStack } from "./stack.ts";
+import { NetStack } from "./service.ts";
 import { listenStream } from "./stream.ts";
 import { arpRequest, icmpEcho, ipv4 } from "./testdata/frames.ts";
 import { ETH_HLEN, PROTO, u16 } from "./wire.ts";

@@ -1,21 +1,21 @@
 /**
  * The TAP attachment: a `/dev/net/tun` TAP device (TUNSETIFF, IFF_TAP |
- * IFF_NO_PI) whose frames feed a {@link NetStack}.
+ * IFF_NO_PI | IFF_VNET_HDR) whose frames feed the network stack.
  *
- * Frames are read by a Worker (`tap_worker.ts`) with plain read(2) calls into
- * a ring of slots in a SharedArrayBuffer; the main thread wakes with
- * `Atomics.waitAsync` and hands a whole batch of frames to the stack without
- * copying them. Frames for the guest are written with a synchronous write(2)
- * (a TAP write does not block). A FFI `nonblocking: true` read costs a thread
- * hand-off per frame instead (≈60 µs per call here, see DESIGN.md), which caps
- * a 64 KiB-MTU link far below a Gbit/s.
+ * {@link TapDevice} opens the device on the host thread; {@link NetStack}'s
+ * loop then owns the reading and writing ({@link TapLink}, in the loop's
+ * Worker): the TAP fd is one more fd in the loop's epoll, read without
+ * blocking when it is ready, and written with a synchronous write(2) (a TAP
+ * write does not block). Frames carry a virtio-net header, so the kernel
+ * hands over partial checksums and 64 KiB TSO frames, and takes them back.
  *
  * @module
  */
 
-import { check, cstr, errno, eventfd, libc, O, open, SysError } from "../../kvm_ffi/libc.ts";
-import type { NetLink, NetStack, PartialChecksum } from "./stack.ts";
-import { runtimeModuleUrl } from "../../hv/module_url.ts";
+import { check, cstr, errno, libc, O, open, SysError } from "../../kvm_ffi/libc.ts";
+import type { NetEngine, NetLink, PartialChecksum } from "./stack.ts";
+import { EPOLL, type Poller, type Watch } from "./poller.ts";
+import type { NetStack } from "./service.ts";
 
 /** TUNSETIFF = _IOW('T', 202, int) (linux/if_tun.h). */
 const TUNSETIFF = 0x400454can;
@@ -36,49 +36,21 @@ const NEEDS_CSUM = 1, DATA_VALID = 2;
 const GSO_TCPV4 = 1;
 /** IFNAMSIZ (linux/if.h). */
 const IFNAMSIZ = 16;
-/**
- * Ring slots; each holds one vnet header and frame up to the largest the
- * kernel sends (a 64 KiB TSO frame plus headers).
- */
-const SLOTS = 128; // a power of two (ring indices are masked)
-const SLOT_SIZE = 65536 + 1024;
-
-/** Control words shared with the worker (Int32Array indices). */
-export const CTRL = { WRITE: 0, READ: 1, STOP: 2 } as const;
-
-/** The message that starts `tap_worker.ts`. */
-export interface TapWorkerInit {
-  fd: number;
-  wakeFd: number;
-  ctrl: SharedArrayBuffer;
-  ring: SharedArrayBuffer;
-  lens: SharedArrayBuffer;
-  slots: number;
-  slotSize: number;
-}
+/** Read buffer: one vnet header and the largest frame the kernel sends (a 64 KiB TSO frame). */
+const READ_SIZE = 65536 + 1024;
+const READ_SIZE_N = BigInt(READ_SIZE);
+/** Frames read per readiness event before other fds get a turn. */
+const READ_BATCH = 64;
+/** A frame at least this large suggests a bulk transfer with more frames queued. */
+const BULK_FRAME = 4096;
 
 /** A TAP device owned by this process; removed by the kernel when closed. */
-export class TapDevice implements NetLink, AsyncDisposable {
-  /** Frames carry a vnet header, so TCP checksums are left to the kernel (CHECKSUM_PARTIAL). */
-  readonly partialChecksums = true;
-  /** Room for the vnet header before frames the stack builds. */
-  readonly headroom = VNET_HDR_LEN;
-  /**
-   * TCP frames up to ~64 KiB go to the kernel as one TSO frame
-   * (VIRTIO_NET_HDR_GSO_TCPV4), whatever the MTU: the receiving stack takes
-   * them whole, as GRO would have merged them.
-   */
-  readonly tsoMax = 65535 - 20 - 60;
+export class TapDevice implements AsyncDisposable {
   /** The interface name the kernel gave the device. */
   readonly name: string;
-  /** The tun file descriptor. */
+  /** The tun file descriptor (non-blocking). */
   readonly fd: number;
-  /** Frames the kernel refused on write (e.g. the device is down). */
-  writeErrors = 0;
-  #wakeFd = -1;
-  #worker: Worker | null = null;
-  #ctrl: Int32Array<SharedArrayBuffer> | null = null;
-  #pump: Promise<void> | null = null;
+  #served: { detach(): Promise<void> } | null = null;
   #closed = false;
 
   private constructor(fd: number, name: string) {
@@ -113,6 +85,81 @@ export class TapDevice implements NetLink, AsyncDisposable {
   }
 
   /**
+   * Hands the device to `stack`'s loop, which reads its frames and attaches
+   * it as the stack's link. The device keeps owning the fd.
+   */
+  serve(stack: NetStack): void {
+    if (this.#served) throw new Error(`tap ${this.name}: already serving`);
+    if (this.#closed) throw new Error(`tap ${this.name}: closed`);
+    this.#served = stack.serveTap(this.fd);
+  }
+
+  /** Detaches the device from its stack's loop and closes it (the kernel removes a non-persistent TAP). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    // The loop lets go of the fd first, so its number is never reused under it.
+    await this.#served?.detach();
+    check(`close(tap ${this.name})`, libc.close(this.fd));
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+/**
+ * The loop's side of a TAP device: reads frames when the fd is ready and
+ * feeds them to the engine; writes the engine's frames behind a vnet header.
+ */
+export class TapLink implements NetLink {
+  /** Frames carry a vnet header, so TCP checksums are left to the kernel (CHECKSUM_PARTIAL). */
+  readonly partialChecksums = true;
+  /** Room for the vnet header before frames the stack builds. */
+  readonly headroom = VNET_HDR_LEN;
+  /**
+   * TCP frames up to ~64 KiB go to the kernel as one TSO frame
+   * (VIRTIO_NET_HDR_GSO_TCPV4), whatever the MTU: the receiving stack takes
+   * them whole, as GRO would have merged them.
+   */
+  readonly tsoMax = 65535 - 20 - 60;
+  /** Each frame is written before {@link send} returns. */
+  readonly consumesFrames = true;
+  /** Frames the kernel refused on write (e.g. the device is down). */
+  writeErrors = 0;
+  #fd: number;
+  #engine: NetEngine;
+  #watch: Watch;
+  #buf = new Uint8Array(READ_SIZE);
+  #closed = false;
+
+  /** Starts reading `fd` in `poller` into `engine` and attaches as its link. */
+  constructor(fd: number, engine: NetEngine, poller: Poller) {
+    this.#fd = fd;
+    this.#engine = engine;
+    this.#watch = poller.watch(fd, EPOLL.IN, () => this.#readable());
+    engine.attach(this);
+  }
+
+  #readable(): void {
+    const buf = this.#buf;
+    for (let i = 0; i < READ_BATCH && !this.#closed; i++) {
+      const n = libc.read_n(this.#fd, buf, READ_SIZE_N);
+      if (n <= 0) return; // EAGAIN: drained (level-triggered epoll reports more)
+      if (n <= VNET_HDR_LEN) continue;
+      // A partial (NEEDS_CSUM) or checked (DATA_VALID) checksum from the
+      // local kernel needs no verification.
+      const trusted = (buf[0] & (NEEDS_CSUM | DATA_VALID)) !== 0;
+      this.#engine.input(buf.subarray(VNET_HDR_LEN, n), trusted);
+      // After a small frame (interactive traffic) another read would most
+      // likely be an EAGAIN: leave it to epoll, which reports the fd again
+      // if more is queued. Bulk traffic reads on.
+      if (n < BULK_FRAME) return;
+    }
+  }
+
+  /**
    * Writes one frame to the device (towards the kernel's side of the TAP),
    * behind a vnet header: NEEDS_CSUM for a `partial` checksum, else
    * DATA_VALID is not claimed and the kernel checks the checksums itself.
@@ -130,7 +177,7 @@ export class TapDevice implements NetLink, AsyncDisposable {
       buf = new Uint8Array(frame.length + VNET_HDR_LEN);
       buf.set(frame, VNET_HDR_LEN);
     }
-    buf.fill(0, 0, VNET_HDR_LEN);
+    for (let i = 0; i < VNET_HDR_LEN; i++) buf[i] = 0;
     if (partial) {
       buf[0] = NEEDS_CSUM;
       if (partial.tsoSize) {
@@ -145,109 +192,15 @@ export class TapDevice implements NetLink, AsyncDisposable {
       buf[8] = partial.offset & 255; // csum_offset
       buf[9] = partial.offset >> 8;
     }
-    const r = libc.write(this.fd, buf, BigInt(buf.length));
+    const r = libc.write_n(this.#fd, buf, BigInt(buf.length));
     if (r < 0) this.writeErrors++;
   }
 
-  /**
-   * Attaches this device to `stack` and starts feeding it the frames the
-   * device reads. Resolves once the reader Worker runs: a Worker can take
-   * seconds to start on a busy machine, and a peer that sends before then
-   * (ARP gives up after 3 s) must not find nobody reading. Rejects if the
-   * Worker fails to start.
-   */
-  serve(stack: NetStack): Promise<void> {
-    if (this.#worker) throw new Error(`tap ${this.name}: already serving`);
-    stack.attach(this);
-    this.#wakeFd = eventfd(0);
-    const ctrlBuf = new SharedArrayBuffer(16);
-    const ring = new SharedArrayBuffer(SLOTS * SLOT_SIZE);
-    const lensBuf = new SharedArrayBuffer(SLOTS * 4);
-    const ctrl = new Int32Array(ctrlBuf);
-    this.#ctrl = ctrl;
-    const worker = new Worker(runtimeModuleUrl("devices/net/tap_worker.ts"), { type: "module" });
-    this.#worker = worker;
-    const running = new Promise<void>((resolve, reject) => {
-      worker.onmessage = (e: MessageEvent) => {
-        if (e.data === "running") resolve();
-      };
-      worker.onerror = (e: ErrorEvent) => {
-        e.preventDefault();
-        reject(new Error(`tap ${this.name}: the reader Worker failed: ${e.message}`));
-      };
-    });
-    const init: TapWorkerInit = {
-      fd: this.fd,
-      wakeFd: this.#wakeFd,
-      ctrl: ctrlBuf,
-      ring,
-      lens: lensBuf,
-      slots: SLOTS,
-      slotSize: SLOT_SIZE,
-    };
-    worker.postMessage(init);
-    const data = new Uint8Array(ring);
-    const lens = new Int32Array(lensBuf);
-    this.#pump = (async () => {
-      let rp = 0;
-      while (!this.#closed) {
-        const wp = Atomics.load(ctrl, CTRL.WRITE);
-        if (wp === rp) {
-          const w = Atomics.waitAsync(ctrl, CTRL.WRITE, wp);
-          if (w.async) await w.value;
-          continue;
-        }
-        while (rp !== wp && !this.#closed) {
-          // Indices wrap at 2^31 (| 0); SLOTS is a power of two, so & stays in range.
-          const at = (rp & (SLOTS - 1)) * SLOT_SIZE;
-          const len = lens[rp & (SLOTS - 1)];
-          if (len > VNET_HDR_LEN) {
-            // A partial (NEEDS_CSUM) or checked (DATA_VALID) checksum from the
-            // local kernel needs no verification.
-            const trusted = (data[at] & (NEEDS_CSUM | DATA_VALID)) !== 0;
-            stack.input(data.subarray(at + VNET_HDR_LEN, at + len), trusted);
-          }
-          rp = (rp + 1) | 0;
-          Atomics.store(ctrl, CTRL.READ, rp);
-          Atomics.notify(ctrl, CTRL.READ);
-        }
-      }
-    })();
-    return running;
-  }
-
-  /** Stops the reader and closes the device (the kernel removes a non-persistent TAP). */
-  async close(): Promise<void> {
+  /** Stops reading and detaches from the engine; the fd stays open (its {@link TapDevice} closes it). */
+  close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    const ctrl = this.#ctrl;
-    if (ctrl && this.#worker) {
-      Atomics.store(ctrl, CTRL.STOP, 1);
-      Atomics.notify(ctrl, CTRL.READ);
-      Atomics.add(ctrl, CTRL.WRITE, 0);
-      Atomics.notify(ctrl, CTRL.WRITE);
-      const one = new BigUint64Array([1n]);
-      libc.write(this.#wakeFd, new Uint8Array(one.buffer), 8n);
-      await new Promise<void>((resolve) => {
-        const w = this.#worker!;
-        const t = setTimeout(resolve, 1000);
-        w.onmessage = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
-      this.#worker.terminate();
-      this.#worker = null;
-      // Wake the pump so it sees #closed.
-      Atomics.notify(ctrl, CTRL.WRITE);
-      await Promise.race([this.#pump, new Promise((r) => setTimeout(r, 50))]);
-    }
-    if (this.#wakeFd >= 0) libc.close(this.#wakeFd);
-    check(`close(tap ${this.name})`, libc.close(this.fd));
-  }
-
-  /** Same as {@link close}. */
-  [Symbol.asyncDispose](): Promise<void> {
-    return this.close();
+    this.#watch.close();
+    this.#engine.detach(this);
   }
 }

@@ -5,62 +5,55 @@
  * @module
  */
 
-import type { HostSockets, HostUdp } from "./host.ts";
+import type { HostSockets, HostUdp, Scheduler } from "./host.ts";
 
 /** One guest UDP flow carried by a host socket. */
 export class UdpFlow {
   /** Table key `guestPort|remoteIp|remotePort`. */
   readonly key: string;
-  /** When the flow last carried a datagram (performance.now()). */
-  lastUsed: number = performance.now();
-  #sock: HostUdp | null = null;
-  #queue: Uint8Array[] = [];
+  /** When the flow last carried a datagram (the scheduler's clock). */
+  lastUsed: number;
+  #sock: HostUdp;
+  #clock: Scheduler;
   #hostname: string;
   #port: number;
   #closed = false;
 
   /**
-   * Starts the flow; `deliver` receives each reply from the target (the bytes
-   * are only valid during the call); `onError` runs once if the socket cannot
-   * be opened.
+   * Opens the flow's host socket (throws when none can be made); `deliver`
+   * receives each reply from the target (the bytes are only valid during the
+   * call).
    */
   constructor(
     key: string,
     sockets: HostSockets,
+    clock: Scheduler,
     hostname: string,
     port: number,
     deliver: (data: Uint8Array) => void,
-    onError: () => void,
   ) {
     this.key = key;
+    this.#clock = clock;
+    this.lastUsed = clock.now();
     this.#hostname = hostname;
     this.#port = port;
-    sockets.openUdp((data, from, fromPort) => {
+    this.#sock = sockets.openUdp((data, from, fromPort) => {
       if (this.#closed || from !== hostname || fromPort !== port) return;
-      this.lastUsed = performance.now();
+      this.lastUsed = this.#clock.now();
       deliver(data);
-    }).then((s) => {
-      if (this.#closed) return s.close();
-      this.#sock = s;
-      for (const d of this.#queue) s.send(d, hostname, port);
-      this.#queue = [];
-    }, () => {
-      if (!this.#closed) onError();
     });
   }
 
-  /** Sends a guest datagram to the target (the flow keeps `data`). */
+  /** Sends a guest datagram to the target (`data` is only read during the call). */
   send(data: Uint8Array): void {
-    this.lastUsed = performance.now();
-    if (this.#sock) this.#sock.send(data, this.#hostname, this.#port);
-    else if (this.#queue.length < 64) this.#queue.push(data);
+    this.lastUsed = this.#clock.now();
+    if (!this.#closed) this.#sock.send(data, this.#hostname, this.#port);
   }
 
   /** Closes the host socket. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#queue = [];
-    this.#sock?.close();
+    this.#sock.close();
   }
 }

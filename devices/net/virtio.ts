@@ -7,7 +7,7 @@
  */
 
 import type { VirtioNet } from "../virtio/net/device.ts";
-import type { NetStack } from "./stack.ts";
+import type { NetStack } from "./service.ts";
 
 /** Connects `dev` and `stack` both ways; returns a function that detaches them. */
 export function attachVirtioNet(stack: NetStack, dev: VirtioNet): () => void {

@@ -11,7 +11,8 @@ import { PORT_NAMES, VirtioConsole } from "../../devices/virtio/console/device.t
 import { shareFileSystem } from "../engine/share_fs.ts";
 import { VirtioFs } from "../../devices/virtio/fs/device.ts";
 import { VirtioNet } from "../../devices/virtio/net/device.ts";
-import { NetStack } from "../../devices/net/stack.ts";
+import { NetStack } from "../../devices/net/service.ts";
+import { ConfigError } from "../errors.ts";
 import { attachVirtioNet } from "../../devices/net/virtio.ts";
 import { VirtioMmioHost } from "../../devices/virtio/mmio_remote.ts";
 import { type MmioState } from "../../devices/virtio/mmio.ts";
@@ -112,16 +113,22 @@ export function attachDevices(
       // skiff's user-mode network stack terminates the guest's frames.
       const net = new VirtioNet({ mac: new Uint8Array([0x52, 0x54, 0, 0x6b, 0x69, 0x66]) });
       const options = p.config.net!;
-      const stack = new NetStack({
-        hostLoopback: options.hostLoopback,
-        publish: options.publish.map((r) => ({
-          hostIp: r.hostIp,
-          hostPort: r.hostPort,
-          guestPort: r.guestPort,
-          proto: r.protocol,
-        })),
-      });
-      stack.ready.catch((e) => console.error(`skiff: --publish: ${(e as Error).message}`));
+      let stack: NetStack;
+      try {
+        // Binds the --publish ports now: a taken one fails before the guest runs.
+        stack = new NetStack({
+          hostLoopback: options.hostLoopback,
+          publish: options.publish.map((r) => ({
+            hostIp: r.hostIp,
+            hostPort: r.hostPort,
+            guestPort: r.guestPort,
+            proto: r.protocol,
+          })),
+        });
+      } catch (e) {
+        throw new ConfigError((e as Error).message, { cause: e });
+      }
+      stack.ready.catch((e) => console.error(`skiff: ${(e as Error).message}`));
       const detach = attachVirtioNet(stack, net);
       cleanups.push(async () => {
         detach();

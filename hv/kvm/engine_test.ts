@@ -321,7 +321,7 @@ hostTest(
   "skiff run --engine kvm --cpus 2: one line naming the flag, exit 125",
   ["kvm"],
   async () => {
-    const main = new URL("../main.ts", import.meta.url).pathname;
+    const main = new URL("../../main.ts", import.meta.url).pathname;
     const r = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", main, "run", "--engine", "kvm", "--cpus", "2", "--", "true"],
       stdin: "null",

@@ -20,7 +20,7 @@ import { type ShareBackend, shareFileSystem } from "../engine/share_fs.ts";
 import { VhostUserServer } from "../../devices/vhost_user/backend.ts";
 import { VirtioFsDevice } from "../../devices/vhost_user/fs.ts";
 import { QemuProcess } from "./process.ts";
-import { NetStack } from "../../devices/net/stack.ts";
+import { NetStack } from "../../devices/net/service.ts";
 import { listenStream, type StreamListener } from "../../devices/net/stream.ts";
 import { GUEST_PATH } from "../config.ts";
 import type { FsDeviceSpec } from "./cmdline.ts";
@@ -197,16 +197,16 @@ export class QemuEngine implements Engine {
         await guestInitramfs(info, config, workload),
       );
       if (config.net) {
-        stack = new NetStack({
-          hostLoopback: config.net.hostLoopback,
-          publish: config.net.publish.map((p) => ({
-            hostIp: p.hostIp,
-            hostPort: p.hostPort,
-            guestPort: p.guestPort,
-            proto: p.protocol,
-          })),
-        });
         try {
+          stack = new NetStack({
+            hostLoopback: config.net.hostLoopback,
+            publish: config.net.publish.map((p) => ({
+              hostIp: p.hostIp,
+              hostPort: p.hostPort,
+              guestPort: p.guestPort,
+              proto: p.protocol,
+            })),
+          });
           await stack.ready;
         } catch (e) {
           throw new ConfigError((e as Error).message);

@@ -1,0 +1,244 @@
+/**
+ * The network stack's loop, the part that runs in its Worker
+ * (`loop_worker.ts`): one {@link Poller} over the guest's frame sources (a
+ * TAP fd, a QEMU stream socket, a frame ring from the host thread) and every
+ * host socket of the {@link NetEngine}, so a request/response through the
+ * stack costs one wake-up. The host thread talks to it through
+ * {@link LoopCommand} messages (each announced by a counter in shared
+ * memory and a control eventfd, so a loop blocked in epoll_wait notices
+ * them) and reads its counters from shared memory.
+ *
+ * @module
+ */
+
+import { libc } from "../../kvm_ffi/libc.ts";
+import type { NetConfig } from "./config.ts";
+import { EPOLL, Poller, type Watch } from "./poller.ts";
+import { FrameRing, type FrameRingBuffers } from "./ring.ts";
+import { PollSockets } from "./sockets.ts";
+import { NetEngine, type NetLink } from "./stack.ts";
+import { type StreamCounters, StreamLink } from "./stream.ts";
+import { TapLink } from "./tap.ts";
+
+/** Control words shared by the host thread and the loop (Int32Array indices). */
+export const CONTROL = {
+  /** Commands posted by the host thread (incremented before each postMessage). */
+  POSTED: 0,
+} as const;
+
+/** The first message: everything the loop needs to start. */
+export interface LoopInit {
+  t: "init";
+  config: NetConfig;
+  /** `--publish` sockets bound by the host thread, by requested address (see `sockets.ts`). */
+  prebound: [string, number[]][];
+  /** Float64Array of the counters in `COUNTER_KEYS` order (config.ts). */
+  counters: SharedArrayBuffer;
+  /** Int32Array of {@link CONTROL} words. */
+  control: SharedArrayBuffer;
+  /** An eventfd the host thread writes after posting a command. */
+  controlFd: number;
+}
+
+/** A command from the host thread. Those with an `id` are answered with a `done` event. */
+export type LoopCommand =
+  | { t: "tap"; id: number; fd: number }
+  | { t: "stream"; id: number; fd: number }
+  | {
+    t: "port";
+    id: number;
+    toLoop: FrameRingBuffers;
+    fromLoop: FrameRingBuffers;
+    wakeFd: number;
+  }
+  | { t: "link"; id: number; on: boolean }
+  | { t: "detach"; id: number; target: number }
+  | { t: "reset"; id: number }
+  | { t: "close"; id: number };
+
+/** What the loop tells the host thread. */
+export type LoopEvent =
+  | { t: "ready" }
+  | { t: "error"; message: string }
+  | { t: "done"; id: number }
+  | { t: "stream-end"; id: number; counters: StreamCounters };
+
+/** Something attached to the loop that can be detached by id. */
+interface Attachment {
+  close(): void;
+}
+
+/**
+ * The loop's side of a frame-ring port: frames the host thread pushes are
+ * fed to the engine when `wakeFd` fires; as the engine's link, frames for
+ * the guest go into the other ring and the host thread is notified once per
+ * turn.
+ */
+class RingPort implements NetLink, Attachment {
+  /** Each frame is copied into the ring before {@link send} returns. */
+  readonly consumesFrames = true;
+  #engine: NetEngine;
+  #poller: Poller;
+  #toLoop: FrameRing;
+  #fromLoop: FrameRing;
+  #wakeFd: number;
+  #watch: Watch;
+  #eventBuf = new Uint8Array(8);
+  #notifyQueued = false;
+  #closed = false;
+
+  constructor(engine: NetEngine, poller: Poller, cmd: Extract<LoopCommand, { t: "port" }>) {
+    this.#engine = engine;
+    this.#poller = poller;
+    this.#toLoop = new FrameRing(cmd.toLoop);
+    this.#fromLoop = new FrameRing(cmd.fromLoop);
+    this.#wakeFd = cmd.wakeFd;
+    this.#watch = poller.watch(cmd.wakeFd, EPOLL.IN, () => this.#readable());
+    poller.defer(() => this.#drain()); // frames pushed before the loop knew the port
+  }
+
+  #readable(): void {
+    libc.read_n(this.#wakeFd, this.#eventBuf, 8n); // reset the eventfd
+    this.#drain();
+  }
+
+  #drain(): void {
+    for (let f = this.#toLoop.peek(); f && !this.#closed; f = this.#toLoop.peek()) {
+      this.#engine.input(f);
+      this.#toLoop.release();
+    }
+  }
+
+  send(frame: Uint8Array): void {
+    if (this.#closed || !this.#fromLoop.push(frame) || this.#notifyQueued) return;
+    this.#notifyQueued = true;
+    this.#poller.defer(() => {
+      this.#notifyQueued = false;
+      const w = this.#fromLoop.headWord;
+      Atomics.notify(w.array, w.index);
+    });
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#watch.close();
+    this.#engine.detach(this);
+  }
+}
+
+/** The loop: builds the engine from {@link LoopInit} and serves commands between turns. */
+export class NetLoop {
+  /** The engine. */
+  readonly engine: NetEngine;
+  #poller: Poller;
+  #sockets: PollSockets;
+  #post: (e: LoopEvent) => void;
+  #counters: Float64Array<SharedArrayBuffer>;
+  #controlWatch: Watch;
+  #controlBuf = new Uint8Array(8);
+  #attachments = new Map<number, Attachment>();
+  #port: RingPort | null = null;
+  #closed = false;
+
+  /** Starts the engine (adopting the prebound `--publish` sockets); events go to `post`. */
+  constructor(init: LoopInit, post: (e: LoopEvent) => void) {
+    this.#counters = new Float64Array(init.counters);
+    // Counters first, so the host thread never sees an event before what led to it.
+    this.#post = (e) => {
+      this.engine?.writeCounters(this.#counters);
+      post(e);
+    };
+    this.#poller = new Poller((e) => this.engine?.internalError(e));
+    this.#sockets = new PollSockets(this.#poller, new Map(init.prebound));
+    try {
+      this.engine = new NetEngine(init.config, {
+        sockets: this.#sockets,
+        scheduler: this.#poller,
+      });
+    } catch (e) {
+      this.#sockets.close();
+      this.#poller.close();
+      throw e;
+    }
+    this.#sockets.close(); // prebound sockets no rule adopted (none, normally)
+    const fd = init.controlFd;
+    this.#controlWatch = this.#poller.watch(fd, EPOLL.IN, () => {
+      libc.read_n(fd, this.#controlBuf, 8n); // the command itself arrives as a message
+    });
+    this.engine.writeCounters(this.#counters);
+  }
+
+  /** Whether {@link close} ran. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Runs turns until `stop()` is true (a command is waiting) or the loop is closed. */
+  run(stop: () => boolean): void {
+    while (!this.#closed && !stop()) {
+      this.#poller.turn();
+      this.engine.writeCounters(this.#counters);
+    }
+  }
+
+  /** Carries out one command from the host thread (and answers it, also when it throws). */
+  handle(cmd: LoopCommand): void {
+    try {
+      if (!this.#closed) this.#handle(cmd);
+    } finally {
+      if (!this.#closed) this.engine.writeCounters(this.#counters);
+      this.#post({ t: "done", id: cmd.id });
+    }
+  }
+
+  #handle(cmd: LoopCommand): void {
+    switch (cmd.t) {
+      case "tap":
+        this.#attachments.set(cmd.id, new TapLink(cmd.fd, this.engine, this.#poller));
+        break;
+      case "stream": {
+        const id = cmd.id;
+        const link = new StreamLink(cmd.fd, this.engine, this.#poller, (counters) => {
+          this.#attachments.delete(id);
+          this.#post({ t: "stream-end", id, counters });
+        });
+        this.#attachments.set(id, link);
+        break;
+      }
+      case "port":
+        this.#port?.close();
+        this.#port = new RingPort(this.engine, this.#poller, cmd);
+        this.#attachments.set(cmd.id, this.#port);
+        break;
+      case "link":
+        if (this.#port) {
+          if (cmd.on) this.engine.attach(this.#port);
+          else this.engine.detach(this.#port);
+        }
+        break;
+      case "detach":
+        this.#attachments.get(cmd.target)?.close();
+        this.#attachments.delete(cmd.target);
+        break;
+      case "reset":
+        this.engine.resetConnections();
+        break;
+      case "close":
+        this.close();
+        break;
+    }
+  }
+
+  /** Stops the engine (resets connections), ends every attachment, closes the epoll fd. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    void this.engine.close();
+    for (const a of [...this.#attachments.values()]) a.close();
+    this.#attachments.clear();
+    this.#controlWatch.close();
+    this.engine.writeCounters(this.#counters);
+    this.#poller.close();
+  }
+}
