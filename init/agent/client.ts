@@ -521,13 +521,14 @@ export class AgentClient {
         // The command exited without reading all of it: as with a pipe, not an error here.
       }
     };
-    const [stdout, stderr, status] = await guarded(o.signal, () => {}, () =>
-      Promise.all([
-        collect(child.stdout),
-        collect(o.stderr === "stdout" ? null : child.stderr),
-        child.status,
-        feed(),
-      ]));
+    // Aborting kills the command (spawn's signal); then this rejects with the reason.
+    const [stdout, stderr, status] = await Promise.all([
+      collect(child.stdout),
+      collect(o.stderr === "stdout" ? null : child.stderr),
+      child.status,
+      feed(),
+    ]);
+    o.signal?.throwIfAborted();
     const dec = new TextDecoder();
     return {
       ...status,
