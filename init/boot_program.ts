@@ -190,19 +190,33 @@ export function earlyMounts(prefix = ""): Fragment {
 
 /**
  * Loads the kernel modules named by the NULL-terminated array of paths at
- * `list`, in order (`finit_module`; an already loaded module is fine).
+ * `list`, in order (`finit_module`; an already loaded module is fine). With
+ * `stepArg`, the module's path is stored there while it loads, so an error
+ * handler that appends it names the module (steps `open module` and
+ * `load module`); without, the steps are `open module (path)` and
+ * `finit_module (path)`.
  */
-export function loadModuleList(list: Val): Fragment {
+export function loadModuleList(list: Val, stepArg?: VarRef): Fragment {
   const p = v("__mod_p");
   const path = v("__mod_path");
   const loop = uniqueLabel("mods");
   const done = uniqueLabel("modsdone");
+  const fd = v("__mod_fd");
+  const load = stepArg
+    ? seq(
+      set(stepArg, path),
+      sys(SYS.open, [path, O.RDONLY | O.CLOEXEC, 0], { step: "open module", dst: fd }),
+      sys(SYS.finit_module, [fd, str(""), 0], { step: "load module", allow: [E.EEXIST] }),
+      sys(SYS.close, [fd]),
+      set(stepArg, 0),
+    )
+    : loadModule(path);
   return seq(
     set(p, list),
     label(loop),
     field(path, p, 0),
     branch("eq", path, 0, done),
-    loadModule(path),
+    load,
     { op: "arith", kind: "add", dst: p, a: p, b: 8 },
     jump(loop),
     label(done),

@@ -303,7 +303,7 @@ function boot(o: AgentOptions): Fragment {
       fail(`read ${path}`, E.EINVAL),
       label(ver),
       load(A.t, rec, BOOT.MODULES),
-      loadModuleList(A.t),
+      loadModuleList(A.t, A.stepArg),
     );
   }
   f.push(
