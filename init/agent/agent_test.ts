@@ -400,6 +400,20 @@ hostTest(
       e2 instanceof AgentStepError && e2.step === `mount ${d}/w2` && e2.errno === "ENOENT",
       String(e2),
     );
+    // EINVAL is retried too (virtio-fs's "tag not found"); real bad options fail after the wait.
+    const e3 = await a.setup({
+      mounts: [{
+        source: "tmpfs",
+        target: `${d}/w3`,
+        fsType: "tmpfs",
+        data: "nosuch=1",
+        waitMs: 60,
+      }],
+    }).then(() => null, (e) => e);
+    ok(
+      e3 instanceof AgentStepError && e3.step === `mount ${d}/w3` && e3.errno === "EINVAL",
+      String(e3),
+    );
     await rejects(a.setup({ mounts: [{ target: "relative" }] }), /absolute/);
   },
 );

@@ -140,7 +140,12 @@ export const MOUNT = {
 
 /** Mount entry operation bits. */
 export const MOUNT_OP = {
-  /** Retry ENOENT, ENODEV and ENXIO (a hot-plugged device not there yet) for WAIT_MS. */
+  /**
+   * Retry ENOENT, ENODEV, ENXIO and EINVAL (a hot-plugged device not there
+   * yet) for WAIT_MS. EINVAL because virtio-fs reports an unknown tag so
+   * (fs/fuse/virtio_fs.c `virtio_fs_get_tree`; checked with the Debian 6.1
+   * kernel): bad options then fail only after WAIT_MS.
+   */
   WAIT: 1,
   /** Only make the target directory (e.g. an overlay's upper and work directories). */
   MKDIR_ONLY: 2,

@@ -92,6 +92,8 @@ export function setup(): Fragment {
     branch("eq", r, -E.ENOENT, retry),
     branch("eq", r, -E.ENODEV, retry),
     branch("eq", r, -E.ENXIO, retry),
+    // virtio-fs: "tag not found" is EINVAL (fs/fuse/virtio_fs.c virtio_fs_get_tree).
+    branch("eq", r, -E.EINVAL, retry),
     jump(failed),
     label(retry),
     { op: "call", routine: "sleep_ms", args: [RETRY_MS] },

@@ -103,6 +103,12 @@ class UnixListener implements AgentListener {
     this.port = port;
     this.#path = path;
     this.#release = release;
+    // A socket file left by an earlier run of this directory would make listen fail.
+    try {
+      Deno.removeSync(path);
+    } catch {
+      // none
+    }
     this.#listener = Deno.listen({ transport: "unix", path });
   }
 

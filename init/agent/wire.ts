@@ -45,7 +45,7 @@ export interface MountSpec {
   /** Options string, or null. */
   data?: string | null;
   /**
-   * Retry ENOENT/ENODEV/ENXIO for this long (ms) — a hot-plugged device or a
+   * Retry ENOENT/ENODEV/ENXIO/EINVAL for this long (ms) — a hot-plugged device or a
    * tag that appears a little later. 0 or absent: fail at once.
    */
   waitMs?: number;
