@@ -254,6 +254,7 @@ export class AgentChild implements AsyncDisposable {
   #stderr: ReadableStream<Uint8Array> | null;
   #conns: AgentConnection[];
   #done = false;
+  #dropped = false;
   #signal?: AbortSignal;
   #onAbort = () => void this.#drop();
 
@@ -287,6 +288,8 @@ export class AgentChild implements AsyncDisposable {
         this.#done = true;
         signal?.removeEventListener("abort", this.#onAbort);
         control.close();
+        // Nobody reads the command's stdin any more.
+        streams.stdin?.close();
       }
     })();
     this.status.catch(() => {});
@@ -319,12 +322,14 @@ export class AgentChild implements AsyncDisposable {
    */
   async kill(signal: AgentSignal = "SIGTERM", o: { group?: boolean } = {}): Promise<void> {
     if (this.#done) throw new AgentError(`command ${this.pid} has already ended`);
+    if (this.#dropped) throw new AgentError(`command ${this.pid} is being killed (dropped)`);
     await this.#controlWriter.write(encodeSignalFrame(signalNumber(signal), o.group ?? false));
   }
 
   /** Half-closes the control connection: the supervisor SIGKILLs the group and reports it. */
   async #drop(): Promise<void> {
-    if (this.#done) return;
+    if (this.#done || this.#dropped) return;
+    this.#dropped = true;
     await this.#controlWriter.close().catch(() => {});
   }
 
