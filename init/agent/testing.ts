@@ -39,6 +39,27 @@ export interface NativeAgent extends AsyncDisposable {
   stderr(): string;
 }
 
+/**
+ * Directories and processes of agents not disposed yet: removed when the
+ * process unloads (a test runner that stops on an uncaught error skips
+ * `await using`), so nothing is left behind.
+ */
+const live = new Map<string, Deno.ChildProcess>();
+globalThis.addEventListener("unload", () => {
+  for (const [dir, child] of live) {
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // gone
+    }
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch {
+      // gone
+    }
+  }
+});
+
 /** The host pid of `parent`'s only child (from /proc/PID/task/PID/children). */
 async function childOf(parent: number, signal: AbortSignal): Promise<number> {
   for (;;) {
@@ -68,6 +89,7 @@ export async function startNativeAgent(o: NativeAgentOptions = {}): Promise<Nati
     stdout: "piped",
     stderr: "piped",
   }).spawn();
+  live.set(dir, child);
   let stderr = "";
   const errDone = child.stderr.pipeThrough(new TextDecoderStream()).pipeTo(
     new WritableStream({ write: (s) => void (stderr += s) }),
@@ -84,6 +106,7 @@ export async function startNativeAgent(o: NativeAgentOptions = {}): Promise<Nati
     }
     await exited.catch(() => {});
     await Deno.remove(dir, { recursive: true }).catch(() => {});
+    live.delete(dir);
   };
   const signal = AbortSignal.timeout(START_TIMEOUT_MS);
   const timedOut = new Promise<never>((_, reject) => {
@@ -145,6 +168,7 @@ export async function startNativeAgent(o: NativeAgentOptions = {}): Promise<Nati
       await exited;
       await outDone;
       await Deno.remove(dir, { recursive: true });
+      live.delete(dir);
     },
   };
 }
