@@ -7,6 +7,7 @@ import { AgentStepError } from "./errors.ts";
 import { AGENT_PORT } from "./protocol.ts";
 import { ReplyReader } from "./reply_reader.ts";
 import { encodeExec, encodePoweroff, frameRequest } from "./wire.ts";
+import { overlayRootMounts } from "./mounts.ts";
 
 const NEEDS = ["unshare", "root"] as const;
 
@@ -603,5 +604,42 @@ hostTest(
     await rejects(p.status, /without a reply|closed/);
     await agent[Symbol.asyncDispose]();
     strictEqual(await Deno.stat(dir).then(() => true, () => false), false);
+  },
+);
+
+hostTest(
+  "agent (native): overlayRootMounts — commands chroot into a writable overlay root",
+  NEEDS,
+  async () => {
+    await using agent = await startNativeAgent();
+    const a = agent.client;
+    const at = `${agent.dir}/mnt/root`;
+    // The host's root file system (no submounts) stands in for the virtio-fs root.
+    await a.setup({
+      mounts: overlayRootMounts({
+        lower: { source: "/", flags: 4096 /* MS_BIND */ },
+        at,
+        layers: `${agent.dir}/mnt/layers`,
+      }),
+    });
+    const r = await a.exec([
+      "sh",
+      "-c",
+      "echo hi > /skiff-agent-new; cat /skiff-agent-new; cat /proc/self/comm; test -c /dev/null && echo dev; " +
+      "stat -f -c %T /tmp /run; touch /usr/skiff-agent-x && echo upper",
+    ], { root: at, cwd: "/usr" });
+    strictEqual(r.stdoutText, "hi\ncat\ndev\ntmpfs\ntmpfs\nupper\n", r.stderrText);
+    // Written into the tmpfs upper layer, not the host.
+    strictEqual(await Deno.stat("/skiff-agent-new").then(() => true, () => false), false);
+    strictEqual(await Deno.stat("/usr/skiff-agent-x").then(() => true, () => false), false);
+    const m = overlayRootMounts({ lower: { tag: "root" } });
+    deepStrictEqual(m[0], {
+      source: "root",
+      target: "/mnt/layers/lower",
+      fsType: "virtiofs",
+      flags: 1,
+      waitMs: 10_000,
+    });
+    strictEqual(m[4].target, "/mnt/root");
   },
 );

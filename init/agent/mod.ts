@@ -44,5 +44,7 @@ export type {
 export type { AgentConnection, AgentListener, AgentTransport } from "./transport.ts";
 export { UnixConnection, UnixTransport } from "./unix_transport.ts";
 export { AgentError, AgentProtocolError, AgentRequestError, AgentStepError } from "./errors.ts";
+export { overlayRootMounts } from "./mounts.ts";
+export type { OverlayRootOptions } from "./mounts.ts";
 export { encodeBootRecord, parseReply } from "./wire.ts";
 export type { MountSpec, NetSpec, Reply, SetupSpec } from "./wire.ts";
