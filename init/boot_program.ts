@@ -144,6 +144,128 @@ export function findPort(
   );
 }
 
+/** Pseudo file systems every init mounts (path, type, flags, data), after /dev. */
+const PSEUDO_MOUNTS: readonly [string, string, number, string | null][] = [
+  ["/proc", "proc", MS.NOSUID | MS.NODEV | MS.NOEXEC, null],
+  ["/sys", "sysfs", MS.NOSUID | MS.NODEV | MS.NOEXEC, null],
+  ["/dev/pts", "devpts", MS.NOSUID | MS.NOEXEC, "mode=0620,ptmxmode=0666"],
+  ["/dev/shm", "tmpfs", MS.NOSUID | MS.NODEV, "mode=1777"],
+  ["/tmp", "tmpfs", MS.NOSUID | MS.NODEV, "mode=1777"],
+  ["/run", "tmpfs", MS.NOSUID | MS.NODEV, "mode=0755"],
+];
+
+/**
+ * The first steps of every skiff init: devtmpfs on `<prefix>/dev`, /dev/kmsg
+ * opened into {@link KMSG}, fds 0–2 taken, then /proc, /sys, /dev/pts,
+ * /dev/shm, /tmp and /run (all under `prefix`, which the native test
+ * variants set). A failing mount is a checked step (`mount /proc`, …).
+ */
+export function earlyMounts(prefix = ""): Fragment {
+  const P = prefix;
+  const fd = v("__early_fd");
+  const body = seq(
+    set(KMSG, -1),
+    // /dev first: /dev/kmsg and /dev/null live there.
+    mkdirP(`${P}/dev`),
+    mount("devtmpfs", `${P}/dev`, "devtmpfs", MS.NOSUID, "mode=0755"),
+    openKmsg(),
+  );
+  // The kernel gives init /dev/console as 0/1/2 when the initramfs has it; make
+  // sure 0–2 are taken anyway so no later open lands there and a dup2 clobbers it.
+  const again = uniqueLabel("fds");
+  const done = uniqueLabel("fdsdone");
+  body.push(
+    label(again),
+    sys(SYS.open, [str(`${P}/dev/null`), O.RDWR, 0], { dst: fd }),
+    branch("lt", fd, 0, done),
+    branch("lt", fd, 3, again),
+    sys(SYS.close, [fd]),
+    label(done),
+  );
+  for (const [path, type, flags, data] of PSEUDO_MOUNTS) {
+    body.push(mkdirP(`${P}${path}`), mount(type, `${P}${path}`, type, flags, data));
+  }
+  return body;
+}
+
+/**
+ * Loads the kernel modules named by the NULL-terminated array of paths at
+ * `list`, in order (`finit_module`; an already loaded module is fine). With
+ * `stepArg`, the module's path is stored there while it loads, so an error
+ * handler that appends it names the module (steps `open module` and
+ * `load module`); without, the steps are `open module (path)` and
+ * `finit_module (path)`.
+ */
+export function loadModuleList(list: Val, stepArg?: VarRef): Fragment {
+  const p = v("__mod_p");
+  const path = v("__mod_path");
+  const loop = uniqueLabel("mods");
+  const done = uniqueLabel("modsdone");
+  const fd = v("__mod_fd");
+  const load = stepArg
+    ? seq(
+      set(stepArg, path),
+      sys(SYS.open, [path, O.RDONLY | O.CLOEXEC, 0], { step: "open module", dst: fd }),
+      sys(SYS.finit_module, [fd, str(""), 0], { step: "load module", allow: [E.EEXIST] }),
+      sys(SYS.close, [fd]),
+      set(stepArg, 0),
+    )
+    : loadModule(path);
+  return seq(
+    set(p, list),
+    label(loop),
+    field(path, p, 0),
+    branch("eq", path, 0, done),
+    load,
+    { op: "arith", kind: "add", dst: p, a: p, b: 8 },
+    jump(loop),
+    label(done),
+  );
+}
+
+/**
+ * Writes `error <step>[ <arg>]: <ERRNO_NAME>` plus a newline at `at` (the
+ * status line format `parseStatusLine` reads; an errno without a name is
+ * `errno-N`); `end` receives the address of the terminating NUL. `arg` is a
+ * run-time string pointer appended to the step when non-zero (a path).
+ * Uses only routines, never checked system calls, so error handlers can use it.
+ */
+export function errorStatusLine(at: Val, step: Val, errno: Val, end: VarRef, arg?: Val): Fragment {
+  const name = v("__esl_name");
+  const c = v("__esl_c");
+  const unnamed = uniqueLabel("unnamed");
+  const named = uniqueLabel("named");
+  const noArg = uniqueLabel("noarg");
+  const f = seq(
+    { op: "call", routine: "strcpy", args: [at, str("error ")], dst: end },
+    { op: "call", routine: "strcpy", args: [end, step], dst: end },
+  );
+  if (arg !== undefined) {
+    f.push(
+      branch("eq", arg, 0, noArg),
+      { op: "call", routine: "strcpy", args: [end, str(" ")], dst: end },
+      { op: "call", routine: "strcpy", args: [end, arg], dst: end },
+      label(noArg),
+    );
+  }
+  f.push(
+    { op: "call", routine: "strcpy", args: [end, str(": ")], dst: end },
+    branch("geu", errno, LINUX_ERRNO_NAMES.length, unnamed),
+    { op: "arith", kind: "mul", dst: name, a: errno, b: 16 },
+    { op: "arith", kind: "add", dst: name, a: name, b: bytes(errnoTable()) },
+    { op: "load", dst: c, addr: name, offset: 0, size: 1 },
+    branch("eq", c, 0, unnamed),
+    { op: "call", routine: "strcpy", args: [end, name], dst: end },
+    jump(named),
+    label(unnamed),
+    { op: "call", routine: "strcpy", args: [end, str("errno-")], dst: end },
+    { op: "call", routine: "utoa", args: [end, errno], dst: end },
+    label(named),
+    { op: "call", routine: "strcpy", args: [end, str("\n")], dst: end },
+  );
+  return f;
+}
+
 /** Builds the one-shot boot program. */
 export function bootProgram(o: BootOptions = {}): Program {
   const P = o.native?.fsRoot ?? "";
@@ -161,37 +283,8 @@ export function bootProgram(o: BootOptions = {}): Program {
     set(statusFd, -1),
     set(recOk, 0),
     set(stepOverride, 0),
-    set(KMSG, -1),
-    // /dev first: /dev/kmsg and /dev/null live there.
-    mkdirP(`${P}/dev`),
-    mount("devtmpfs", `${P}/dev`, "devtmpfs", MS.NOSUID, "mode=0755"),
-    openKmsg(),
+    earlyMounts(P),
   );
-  // The kernel gives init /dev/console as 0/1/2 when the initramfs has it; make
-  // sure 0–2 are taken anyway so no later open lands there and a dup2 clobbers it.
-  {
-    const again = uniqueLabel("fds");
-    const done = uniqueLabel("fdsdone");
-    body.push(
-      label(again),
-      sys(SYS.open, [str(`${P}/dev/null`), O.RDWR, 0], { dst: tmp }),
-      branch("lt", tmp, 0, done),
-      branch("lt", tmp, 3, again),
-      sys(SYS.close, [tmp]),
-      label(done),
-    );
-  }
-  const pseudo: [string, string, number, string | null][] = [
-    ["/proc", "proc", MS.NOSUID | MS.NODEV | MS.NOEXEC, null],
-    ["/sys", "sysfs", MS.NOSUID | MS.NODEV | MS.NOEXEC, null],
-    ["/dev/pts", "devpts", MS.NOSUID | MS.NOEXEC, "mode=0620,ptmxmode=0666"],
-    ["/dev/shm", "tmpfs", MS.NOSUID | MS.NODEV, "mode=1777"],
-    ["/tmp", "tmpfs", MS.NOSUID | MS.NODEV, "mode=1777"],
-    ["/run", "tmpfs", MS.NOSUID | MS.NODEV, "mode=0755"],
-  ];
-  for (const [path, type, flags, data] of pseudo) {
-    body.push(mkdirP(`${P}${path}`), mount(type, `${P}${path}`, type, flags, data));
-  }
 
   // ---- the record
   if (o.record && "bytes" in o.record) {
@@ -229,20 +322,8 @@ export function bootProgram(o: BootOptions = {}): Program {
 
   // ---- kernel modules, in the host's order
   if (!o.native) {
-    const p = v("mod_p");
-    const path = v("mod_path");
-    const loop = uniqueLabel("mods");
-    const done = uniqueLabel("modsdone");
-    body.push(
-      field(p, rec, REC.MODULES),
-      label(loop),
-      field(path, p, 0),
-      branch("eq", path, 0, done),
-      loadModule(path),
-      { op: "arith", kind: "add", dst: p, a: p, b: 8 },
-      jump(loop),
-      label(done),
-    );
+    const list = v("mod_list");
+    body.push(field(list, rec, REC.MODULES), loadModuleList(list));
   }
   body.push(loopbackUp());
 
@@ -472,11 +553,7 @@ function errorHandler(
   const q = v("err_q");
   const start = v("err_start");
   const step = v("err_stepname");
-  const name = v("err_name");
-  const tab = v("err_tab");
   const haveStep = uniqueLabel("havestep");
-  const unnamed = uniqueLabel("unnamed");
-  const named = uniqueLabel("named");
   const noPort = uniqueLabel("noport");
   const write = uniqueLabel("errwrite");
   const portName = v("err_port_name");
@@ -487,22 +564,7 @@ function errorHandler(
     label(haveStep),
     // "<3>" makes the kernel log it as an error (shown on the console even with `quiet`).
     { op: "call", routine: "strcpy", args: [line, str("<3>skiff-init: ")], dst: start },
-    { op: "call", routine: "strcpy", args: [start, str("error ")], dst: q },
-    { op: "call", routine: "strcpy", args: [q, step], dst: q },
-    { op: "call", routine: "strcpy", args: [q, str(": ")], dst: q },
-    branch("geu", ERR_NO, LINUX_ERRNO_NAMES.length, unnamed),
-    set(tab, bytes(errnoTable())),
-    { op: "arith", kind: "mul", dst: name, a: ERR_NO, b: 16 },
-    { op: "arith", kind: "add", dst: name, a: name, b: tab },
-    { op: "load", dst: v("err_c"), addr: name, offset: 0, size: 1 },
-    branch("eq", v("err_c"), 0, unnamed),
-    { op: "call", routine: "strcpy", args: [q, name], dst: q },
-    jump(named),
-    label(unnamed),
-    { op: "call", routine: "strcpy", args: [q, str("errno-")], dst: q },
-    { op: "call", routine: "utoa", args: [q, ERR_NO], dst: q },
-    label(named),
-    { op: "call", routine: "strcpy", args: [q, str("\n")] },
+    errorStatusLine(start, step, ERR_NO, q),
     log(KMSG, line),
     { op: "arith", kind: "add", dst: q, a: line, b: 3 },
     log(2, q),

@@ -46,12 +46,18 @@ let genericElf: Uint8Array | undefined;
 /** Directories every initramfs has (mount points and the record's directory). */
 const BASE_DIRS = ["dev", "proc", "sys", "tmp", "run", "mnt", "etc", "skiff"];
 
-/** The module files to load for `o`, in order, as paths relative to the modules directory. */
-async function moduleOrder(o: InitramfsOptions): Promise<string[]> {
-  // A kernel without a modules directory (`--kernel` with no `--modules`) is
-  // taken to have its drivers built in: the init then loads no modules.
-  if (!o.kernel.modulesDir) return [];
-  const order = (await kernelModules(o.kernel)).loadOrder(modulesFor(o.config));
+/**
+ * The module files to load for module `names` (with their dependencies), in
+ * order, as paths relative to the kernel's modules directory (`modules.dep`).
+ * A kernel without a modules directory (`--kernel` with no `--modules`) is
+ * taken to have its drivers built in: nothing to load.
+ */
+export async function moduleLoadOrder(
+  kernel: KernelInfo,
+  names: readonly string[],
+): Promise<string[]> {
+  if (!kernel.modulesDir) return [];
+  const order = (await kernelModules(kernel)).loadOrder(names);
   for (const rel of order) {
     if (!rel.endsWith(".ko")) {
       // finit_module takes compressed modules only with MODULE_INIT_COMPRESSED_FILE;
@@ -62,21 +68,27 @@ async function moduleOrder(o: InitramfsOptions): Promise<string[]> {
   return order;
 }
 
+/** The module files to load for `o`, in order, as paths relative to the modules directory. */
+function moduleOrder(o: InitramfsOptions): Promise<string[]> {
+  return moduleLoadOrder(o.kernel, modulesFor(o.config));
+}
+
 /** The fixed part: /dev/console, mount points, /init and the modules. */
 async function baseEntries(
-  o: InitramfsOptions,
+  kernel: KernelInfo,
   order: string[],
+  init: Uint8Array,
 ): Promise<{ entries: CpioEntry[]; modules: string[] }> {
-  const guestDir = `/lib/modules/${o.kernel.version}`;
+  const guestDir = `/lib/modules/${kernel.version}`;
   const entries: CpioEntry[] = [
     { kind: "dir", path: "dev" },
     { kind: "chardev", path: "dev/console", major: 5, minor: 1, mode: 0o600 },
     ...BASE_DIRS.filter((d) => d !== "dev").map((path) => ({ kind: "dir" as const, path })),
-    { kind: "file", path: "init", data: buildInitElf(), mode: 0o755 },
+    { kind: "file", path: "init", data: init, mode: 0o755 },
   ];
   const modules: string[] = [];
   for (const rel of order) {
-    const data = await Deno.readFile(`${o.kernel.modulesDir}/${rel}`);
+    const data = await Deno.readFile(`${kernel.modulesDir}/${rel}`);
     entries.push({ kind: "file", path: `${guestDir}/${rel}`, data, mode: 0o644 });
     modules.push(`${guestDir}/${rel}`);
   }
@@ -85,10 +97,19 @@ async function baseEntries(
 
 /** The per-run part: the record and the extra files. */
 function tailEntries(o: InitramfsOptions, modules: string[]): CpioEntry[] {
-  const entries: CpioEntry[] = [
-    { kind: "file", path: RECORD_PATH, data: recordFor(o.config, modules), mode: 0o644 },
-  ];
-  for (const f of o.extraFiles ?? []) {
+  return extraEntries([
+    { path: RECORD_PATH, data: recordFor(o.config, modules) },
+    ...(o.extraFiles ?? []),
+  ]);
+}
+
+/**
+ * cpio entries for files with absolute guest paths, with the parent
+ * directories the fixed part does not already make.
+ */
+export function extraEntries(files: readonly ExtraFile[]): CpioEntry[] {
+  const entries: CpioEntry[] = [];
+  for (const f of files) {
     if (!f.path.startsWith("/")) throw new Error(`extra file path must be absolute: ${f.path}`);
     entries.push({ kind: "file", path: f.path, data: f.data, mode: f.mode ?? 0o644 });
   }
@@ -99,13 +120,43 @@ function tailEntries(o: InitramfsOptions, modules: string[]): CpioEntry[] {
 
 /** The cpio entries (uncompressed) of the initramfs for `o`: the fixed part, then the per-run part. */
 export async function initramfsEntries(o: InitramfsOptions): Promise<CpioEntry[]> {
-  const base = await baseEntries(o, await moduleOrder(o));
+  const base = await baseEntries(o.kernel, await moduleOrder(o), buildInitElf());
   return [...base.entries, ...tailEntries(o, base.modules)];
 }
 
-// gzip'd fixed parts by kernel, module files (path, size, mtime) and init.
+// gzip'd fixed parts by init, kernel and module files (path, size, mtime).
 const baseCache = new Map<string, Promise<{ gz: Uint8Array; modules: string[] }>>();
 const BASE_CACHE_MAX = 8;
+
+/**
+ * The gzip'd fixed part (/init, /dev/console, mount points, the modules in
+ * `order`) for `kernel`, built once per init (`initName` names the
+ * generator of `init()`'s bytes) and module set in this process; with the
+ * module paths as the guest sees them.
+ */
+export async function initramfsBase(
+  kernel: KernelInfo,
+  order: string[],
+  initName: string,
+  init: () => Uint8Array,
+): Promise<{ gz: Uint8Array; modules: string[] }> {
+  const stamps = await Promise.all(order.map(async (rel) => {
+    const st = await Deno.stat(`${kernel.modulesDir}/${rel}`);
+    return `${rel}:${st.size}:${st.mtime?.getTime() ?? 0}`;
+  }));
+  const key = [initName, kernel.version, kernel.modulesDir ?? "", ...stamps].join("\0");
+  let base = baseCache.get(key);
+  if (!base) {
+    base = baseEntries(kernel, order, init()).then(async ({ entries, modules }) => ({
+      gz: await gzip(writeCpio(entries)),
+      modules,
+    }));
+    base.catch(() => baseCache.delete(key));
+    if (baseCache.size >= BASE_CACHE_MAX) baseCache.delete(baseCache.keys().next().value!);
+    baseCache.set(key, base);
+  }
+  return await base;
+}
 
 /**
  * The initramfs as two gzip'd cpio archives, as the kernel accepts them
@@ -118,22 +169,7 @@ export async function initramfsParts(
   o: InitramfsOptions,
 ): Promise<{ base: Uint8Array; tail: Uint8Array }> {
   const order = await moduleOrder(o);
-  const stamps = await Promise.all(order.map(async (rel) => {
-    const st = await Deno.stat(`${o.kernel.modulesDir}/${rel}`);
-    return `${rel}:${st.size}:${st.mtime?.getTime() ?? 0}`;
-  }));
-  const key = [o.kernel.version, o.kernel.modulesDir ?? "", ...stamps].join("\0");
-  let base = baseCache.get(key);
-  if (!base) {
-    base = baseEntries(o, order).then(async ({ entries, modules }) => ({
-      gz: await gzip(writeCpio(entries)),
-      modules,
-    }));
-    base.catch(() => baseCache.delete(key));
-    if (baseCache.size >= BASE_CACHE_MAX) baseCache.delete(baseCache.keys().next().value!);
-    baseCache.set(key, base);
-  }
-  const { gz, modules } = await base;
+  const { gz, modules } = await initramfsBase(o.kernel, order, "one-shot", () => buildInitElf());
   return { base: gz, tail: await gzip(writeCpio(tailEntries(o, modules))) };
 }
 

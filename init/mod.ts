@@ -1,7 +1,8 @@
 /**
  * skiff's guest init: the x86-64 assembler (`asm/`), the IR (`ir/`), code
  * generation (`codegen/`), the boot program, its command record and the
- * initramfs.
+ * initramfs. The long-lived init — the vsock agent, its initramfs and host
+ * client — is `agent/mod.ts` (protocol: `agent/AGENT.md`).
  *
  * @example
  * ```ts

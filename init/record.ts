@@ -138,20 +138,31 @@ export function netmaskOf(prefixLength: number): string {
   return [24, 16, 8, 0].map((s) => (m >>> s) & 0xff).join(".");
 }
 
-class Writer {
+/**
+ * Builds a relocatable blob in the record style: pointer slots hold offsets
+ * and are listed in the relocation table that {@link RecordWriter.finish}
+ * appends, so the init's `relocate` routine can turn them into addresses.
+ * The first {@link REC.HEADER_SIZE}… bytes are the caller's: it reserves its
+ * header (at least the 24-byte common part) before anything else.
+ */
+export class RecordWriter {
   #buf = new Uint8Array(4096);
   #len = 0;
+  /** Offsets of the pointer slots written so far. */
   readonly relocs: number[] = [];
 
+  /** Bytes written so far. */
   get length(): number {
     return this.#len;
   }
+  /** Appends `n` zero bytes; returns their offset. */
   reserve(n: number): number {
     const at = this.#len;
     this.#grow(at + n);
     this.#len += n;
     return at;
   }
+  /** Pads with zeros to a multiple of `n`. */
   align(n: number) {
     this.reserve((n - (this.#len % n)) % n);
   }
@@ -163,12 +174,15 @@ class Writer {
     b.set(this.#buf.subarray(0, this.#len));
     this.#buf = b;
   }
+  /** A view of the whole buffer (valid until the next append). */
   get view(): DataView {
     return new DataView(this.#buf.buffer);
   }
+  /** Stores a u32 at `at`. */
   u32(at: number, x: number) {
     this.view.setUint32(at, x >>> 0, true);
   }
+  /** Stores a u64 at `at`. */
   u64(at: number, x: number | bigint) {
     this.view.setBigUint64(at, BigInt(x), true);
   }
@@ -183,6 +197,7 @@ class Writer {
     this.#buf.set(b, at);
     return at;
   }
+  /** Appends a NUL-terminated UTF-8 string; `what` names it in the error for a NUL inside. */
   str(s: string, what: string): number {
     if (s.includes("\0")) {
       throw new RecordError(`${what} contains a NUL byte: ${JSON.stringify(s)}`);
@@ -196,8 +211,25 @@ class Writer {
     list.forEach((s, i) => this.ptr(at + 8 * i, this.str(s, `${what}[${i}]`)));
     return at;
   }
+  /** A copy of the bytes written. */
   bytes(): Uint8Array {
     return this.#buf.slice(0, this.#len);
+  }
+  /**
+   * Writes the common header fields (magic, `version`), appends the
+   * relocation table, pads to 8 bytes, stores the size and returns the blob.
+   */
+  finish(version: number): Uint8Array {
+    this.u64(REC.MAGIC, RECORD_MAGIC);
+    this.u32(REC.VERSION, version);
+    this.align(4);
+    const relocs = this.reserve(4 * this.relocs.length);
+    this.u32(REC.NRELOCS, this.relocs.length);
+    this.u32(REC.RELOCS, relocs);
+    this.relocs.forEach((r, i) => this.u32(relocs + 4 * i, r));
+    this.align(8);
+    this.u32(REC.SIZE, this.length);
+    return this.bytes();
   }
 }
 
@@ -219,10 +251,8 @@ export function encodeRecord(spec: RecordSpec): Uint8Array {
   if (spec.hostname === "" || new TextEncoder().encode(spec.hostname).length > 64) {
     throw new RecordError(`bad hostname '${spec.hostname}' (1..64 bytes)`);
   }
-  const w = new Writer();
+  const w = new RecordWriter();
   w.reserve(REC.HEADER_SIZE);
-  w.u64(REC.MAGIC, RECORD_MAGIC);
-  w.u32(REC.VERSION, RECORD_VERSION);
   w.u64(REC.FLAGS, (spec.net ? REC_FLAGS.NET : 0) | (spec.user ? REC_FLAGS.USER : 0));
   if (spec.rootTag !== null) w.ptr(REC.ROOT_TAG, w.str(spec.rootTag, "root tag"));
   w.ptr(REC.HOSTNAME, w.str(spec.hostname, "hostname"));
@@ -277,14 +307,7 @@ export function encodeRecord(spec: RecordSpec): Uint8Array {
     u.groups.forEach((g, i) => w.u32(groups + 4 * i, id(g, "group")));
     w.ptr(REC.GROUPS, groups);
   }
-  w.align(4);
-  const relocs = w.reserve(4 * w.relocs.length);
-  w.u32(REC.NRELOCS, w.relocs.length);
-  w.u32(REC.RELOCS, relocs);
-  w.relocs.forEach((r, i) => w.u32(relocs + 4 * i, r));
-  w.align(8);
-  w.u32(REC.SIZE, w.length);
-  return w.bytes();
+  return w.finish(RECORD_VERSION);
 }
 
 /**

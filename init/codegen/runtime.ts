@@ -27,6 +27,8 @@ export const ROUTINE_DEPS: Record<Routine, Routine[]> = {
   mkdir_p: ["strcpy"],
   execvp: ["strcpy"],
   read_file: [],
+  read_full: [],
+  write_all: [],
   find_port: ["strcpy", "read_file", "streq"],
   write_error: ["strcpy", "utoa", "write_str"],
   relocate: [],
@@ -231,6 +233,44 @@ export function emitRoutine(a: Assembler, r: Routine, data: RuntimeData): void {
       a.mov("rdi", "rbx");
       sys(SYS.close);
       a.mov("rax", "r14");
+      a.label(L("out"));
+      restore();
+      a.ret();
+      return;
+    }
+    case "read_full":
+    case "write_all": {
+      // rbx = fd, r12 = buffer, r13 = length, r14 = bytes done.
+      const restore = pushSaved(a, ["rbx", "r12", "r13", "r14"]);
+      a.mov("rbx", "rdi");
+      a.mov("r12", "rsi");
+      a.mov("r13", "rdx");
+      a.xor("r14d", "r14d");
+      a.label(L("loop"));
+      a.mov("rdx", "r13");
+      a.sub("rdx", "r14");
+      a.je(L("done"));
+      a.mov("rdi", "rbx");
+      a.lea("rsi", mem({ base: "r12", index: "r14" }));
+      sys(r === "read_full" ? SYS.read : SYS.write);
+      a.cmp("rax", -E.EINTR);
+      a.je(L("loop"));
+      a.test("rax", "rax");
+      a.js(L("out"));
+      // read: 0 is the end of the file; write: 0 cannot happen for n > 0, stop rather than spin.
+      a.je(L("done"));
+      a.add("r14", "rax");
+      a.jmp(L("loop"));
+      a.label(L("done"));
+      a.mov("rax", "r14");
+      if (r === "write_all") {
+        a.cmp("r14", "r13");
+        a.je(L("all"));
+        a.mov("rax", -E.EIO);
+        a.jmp(L("out"));
+        a.label(L("all"));
+        a.xor("eax", "eax");
+      }
       a.label(L("out"));
       restore();
       a.ret();

@@ -195,16 +195,29 @@ export function loadModule(path: StrArg): Fragment {
   );
 }
 
-function ifreq(name: string): Fragment {
-  const b = new TextEncoder().encode(name);
-  if (b.length === 0 || b.length > 15) throw new Error(`bad interface name '${name}'`);
+/**
+ * Fills the `struct ifreq` scratch buffer with interface `name`: a literal
+ * (checked here: 1–15 bytes) or a run-time string pointer (the caller keeps
+ * it within IFNAMSIZ - 1 bytes).
+ */
+function ifreq(name: string | Val): Fragment {
   const req = buf("__ifreq", NET.IFREQ_SIZE);
   const f = seq();
   for (let i = 0; i < NET.IFREQ_SIZE; i += 8) {
     f.push({ op: "store", addr: req, offset: i, size: 8, src: 0 });
   }
+  if (typeof name !== "string") {
+    return f.push({ op: "call", routine: "strcpy", args: [req, name] });
+  }
+  const b = new TextEncoder().encode(name);
+  if (b.length === 0 || b.length > 15) throw new Error(`bad interface name '${name}'`);
   b.forEach((c, i) => f.push({ op: "store", addr: req, offset: i, size: 1, src: c }));
   return f;
+}
+
+/** " NAME" for a literal interface name, "" for a run-time one (steps name it elsewhere). */
+function ifSuffix(name: string | Val): string {
+  return typeof name === "string" ? ` ${name}` : "";
 }
 
 function inetSocket(): Fragment {
@@ -216,19 +229,22 @@ function inetSocket(): Fragment {
   );
 }
 
-/** Sets IFF_UP | IFF_RUNNING on interface `name` (SIOCGIFFLAGS / SIOCSIFFLAGS). */
-export function interfaceUp(name: string): Fragment {
+/**
+ * Sets IFF_UP | IFF_RUNNING on interface `name` (SIOCGIFFLAGS / SIOCSIFFLAGS).
+ * A run-time name leaves it out of the step names.
+ */
+export function interfaceUp(name: string | Val): Fragment {
   const req = buf("__ifreq", NET.IFREQ_SIZE);
   const sock = v("__sock");
   const flags = v("__ifflags");
   return seq(
     inetSocket(),
     ifreq(name),
-    sys(SYS.ioctl, [sock, NET.SIOCGIFFLAGS, req], { step: `get flags of ${name}` }),
+    sys(SYS.ioctl, [sock, NET.SIOCGIFFLAGS, req], { step: `get flags of${ifSuffix(name)}` }),
     { op: "load", dst: flags, addr: req, offset: 16, size: 2 },
     { op: "arith", kind: "or", dst: flags, a: flags, b: NET.IFF_UP | NET.IFF_RUNNING },
     { op: "store", addr: req, offset: 16, size: 2, src: flags },
-    sys(SYS.ioctl, [sock, NET.SIOCSIFFLAGS, req], { step: `bring up ${name}` }),
+    sys(SYS.ioctl, [sock, NET.SIOCSIFFLAGS, req], { step: `bring up${ifSuffix(name)}` }),
     sys(SYS.close, [sock]),
   );
 }
@@ -261,7 +277,7 @@ function sockaddrIn(addr: Val, at: Val, offset: number): Op[] {
  * from {@link ipv4} (run-time values allowed).
  */
 export function interfaceAddress(
-  name: string,
+  name: string | Val,
   address: string | Val,
   netmask: string | Val,
 ): Fragment {
@@ -273,9 +289,9 @@ export function interfaceAddress(
     inetSocket(),
     ifreq(name),
     ...sockaddrIn(a, req, 16),
-    sys(SYS.ioctl, [sock, NET.SIOCSIFADDR, req], { step: `set address of ${name}` }),
+    sys(SYS.ioctl, [sock, NET.SIOCSIFADDR, req], { step: `set address of${ifSuffix(name)}` }),
     ...sockaddrIn(m, req, 16),
-    sys(SYS.ioctl, [sock, NET.SIOCSIFNETMASK, req], { step: `set netmask of ${name}` }),
+    sys(SYS.ioctl, [sock, NET.SIOCSIFNETMASK, req], { step: `set netmask of${ifSuffix(name)}` }),
     sys(SYS.close, [sock]),
     interfaceUp(name),
   );
@@ -400,7 +416,13 @@ function argvOf(argv: StrArg[] | Val): { ptr: Val; first: Val } {
   return { ptr: argv, first };
 }
 
-function childExec(
+/**
+ * The exec part of a child: execvp(argv[0]) with `o.path` as the search
+ * list. A command that is not found (with `notFoundExits`) prints
+ * `skiff: CMD: command not found` on fd 2 and exits 127; any other failure
+ * is step `exec` with its errno, reported through `failLabel`.
+ */
+export function childExec(
   o: Pick<SpawnOptions, "argv" | "envp" | "path">,
   failLabel: string,
   notFoundExits: boolean,

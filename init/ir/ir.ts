@@ -94,7 +94,11 @@ export type Routine =
   /** (base) → 0 or -EINVAL: turns a command record's offsets into pointers (see init/record.ts) */
   | "relocate"
   /** (path, buf, size) → bytes read or -errno (whole file, up to size) */
-  | "read_file";
+  | "read_file"
+  /** (fd, buf, n) → bytes read (fewer than n only at end of file) or -errno; retries EINTR */
+  | "read_full"
+  /** (fd, buf, n) → 0 once all n bytes are written, or -errno; retries EINTR and short writes */
+  | "write_all";
 
 /** One IR operation. */
 export type Op =

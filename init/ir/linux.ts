@@ -12,14 +12,23 @@ export const SYS = {
   open: 2,
   close: 3,
   fstat: 5,
+  poll: 7,
   lseek: 8,
   mmap: 9,
   munmap: 11,
+  rt_sigaction: 13,
+  rt_sigprocmask: 14,
   ioctl: 16,
   nanosleep: 35,
+  dup: 32,
   dup2: 33,
   getpid: 39,
   socket: 41,
+  connect: 42,
+  shutdown: 48,
+  bind: 49,
+  listen: 50,
+  setsockopt: 54,
   fork: 57,
   execve: 59,
   exit: 60,
@@ -31,11 +40,14 @@ export const SYS = {
   unlink: 87,
   symlink: 88,
   chmod: 90,
+  fchmod: 91,
+  fchown: 93,
   umask: 95,
   setuid: 105,
   setgid: 106,
-  setgroups: 116,
+  getppid: 110,
   setsid: 112,
+  setgroups: 116,
   mknod: 133,
   chroot: 161,
   sync: 162,
@@ -47,7 +59,9 @@ export const SYS = {
   clock_settime: 227,
   exit_group: 231,
   openat: 257,
+  accept4: 288,
   finit_module: 313,
+  pidfd_open: 434,
 } as const;
 
 /** open(2) flags (`include/uapi/asm-generic/fcntl.h`). */
@@ -118,11 +132,60 @@ export const E = {
   EACCES: 13,
   EBUSY: 16,
   EEXIST: 17,
+  ENXIO: 6,
+  E2BIG: 7,
+  ENODEV: 19,
   ENOTDIR: 20,
   EINVAL: 22,
+  EMFILE: 24,
   EFBIG: 27,
   ENOSPC: 28,
+  EPIPE: 32,
   ENAMETOOLONG: 36,
+  EPROTO: 71,
+  EMSGSIZE: 90,
+  EPROTONOSUPPORT: 93,
+} as const;
+
+/** Signal numbers (`arch/x86/include/uapi/asm/signal.h`) and `rt_sigaction` values. */
+export const SIG = {
+  HUP: 1,
+  INT: 2,
+  KILL: 9,
+  PIPE: 13,
+  TERM: 15,
+  CHLD: 17,
+  STOP: 19,
+  /** Highest signal number (`_NSIG` = 64). */
+  MAX: 64,
+  /** `SIG_DFL` / `SIG_IGN` handler values. */
+  DFL: 0,
+  IGN: 1,
+  /** `SIG_SETMASK` for `rt_sigprocmask`. */
+  SETMASK: 2,
+  /** sizeof(struct sigaction) as the kernel takes it on x86-64: handler, flags, restorer, mask. */
+  SIGACTION_SIZE: 32,
+  /** sizeof(sigset_t) the kernel expects (`_NSIG / 8`). */
+  SIGSET_SIZE: 8,
+} as const;
+
+/** Sockets: families (`include/linux/socket.h`), vsock addresses (`include/uapi/linux/vm_sockets.h`), poll bits (`include/uapi/asm-generic/poll.h`). */
+export const SOCK = {
+  AF_UNIX: 1,
+  AF_VSOCK: 40,
+  SOCK_STREAM: 1,
+  SOCK_CLOEXEC: 0o2000000,
+  /** `shutdown(2)` how: stop writing. */
+  SHUT_WR: 1,
+  /** sizeof(struct sockaddr_vm): family u16, reserved u16, port u32, cid u32, flags u8, zero[3]. */
+  SOCKADDR_VM_SIZE: 16,
+  /** sizeof(struct sockaddr_un): family u16 + 108 path bytes. */
+  SOCKADDR_UN_SIZE: 110,
+  VMADDR_CID_ANY: 0xffffffff,
+  VMADDR_CID_HOST: 2,
+  POLLIN: 0x1,
+  /** sizeof(struct pollfd): fd i32, events i16, revents i16. */
+  POLLFD_SIZE: 8,
 } as const;
 
 /** Names of errno 1–40 (index = errno), for the init's error messages. */

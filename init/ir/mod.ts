@@ -18,4 +18,4 @@
 
 export * from "./ir.ts";
 export * from "./helpers.ts";
-export { E, ERRNO_NAMES, MS, NET, O, REBOOT, SYS } from "./linux.ts";
+export { E, ERRNO_NAMES, MS, NET, O, REBOOT, SIG, SOCK, SYS } from "./linux.ts";
