@@ -1,18 +1,19 @@
 /**
  * L0 tests of {@link VirtioMmioHost.attachIoeventfds} with real eventfds and
  * a stand-in VM: the registrations (QueueNotify address, 4 bytes, one
- * datamatch per queue), notifies reaching the device, a notify that
- * overtakes activation still being served, and deassignment on dispose.
- * The L1 test on /dev/kvm is in console/console_kvm_test.ts.
+ * datamatch per queue), notifies reaching the device, a restored device's
+ * queues served once when the eventfds are attached, and deassignment on
+ * dispose. The L1 test on /dev/kvm is in console/console_kvm_test.ts.
  */
 
 import { deepStrictEqual, ok } from "node:assert/strict";
 import { RegionMemory } from "../../hv/memory.ts";
 import type { DeviceContext, VirtioDevice } from "./device.ts";
-import { MMIO } from "./mmio.ts";
-import { type IoeventfdVm, VirtioMmioHost } from "./mmio_remote.ts";
-import { Queue } from "./queue.ts";
+import { MMIO, VirtioMmioTransport } from "./mmio.ts";
+import { type IoeventfdVm, VirtioMmioHost } from "./mmio_host.ts";
+import { MockMmioDriver } from "./mock_driver.ts";
 import { signalEventfd } from "../../kvm_ffi/eventfd.ts";
+import { libc } from "../../kvm_ffi/libc.ts";
 
 const BASE = 0xd000_0000;
 
@@ -56,46 +57,46 @@ class FakeVm implements IoeventfdVm {
   }
 }
 
+/** Whether eventfd `fd` has a count waiting (poll with a zero timeout). */
+function readable(fd: number): boolean {
+  const pfd = new Uint8Array(8);
+  const dv = new DataView(pfd.buffer);
+  dv.setInt32(0, fd, true);
+  dv.setInt16(4, 1, true); // POLLIN
+  return libc.poll(pfd, 1n, 0) > 0 && (dv.getInt16(6, true) & 1) !== 0;
+}
+
 async function until(what: string, cond: () => boolean): Promise<void> {
-  const deadline = Date.now() + 5000;
+  const deadline = Date.now() + 120_000;
   while (!cond()) {
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 5));
   }
 }
 
-function readyQueues(): ReturnType<Queue["save"]>[] {
-  return [0, 1].map(() => {
-    const q = new Queue(8);
-    q.ready = true;
-    return q.save();
-  });
-}
-
 Deno.test("mmio ioeventfds: one per queue at QueueNotify; notifies reach the device; dispose deassigns", async () => {
   const dev = new SpyDevice();
-  const host = new VirtioMmioHost(dev, RegionMemory.fromBytes(1 << 16), { irq: () => {} });
+  const mem = RegionMemory.fromBytes(1 << 20);
+  const t = new VirtioMmioTransport(dev, mem, () => {});
   const vm = new FakeVm();
-  const io = host.attachIoeventfds(vm, BASE);
+  const io = t.host.attachIoeventfds(vm, BASE);
   try {
     deepStrictEqual(
       vm.calls.map((c) => [c.addr, c.len, c.datamatch, c.deassign]),
       [[BASE + MMIO.QUEUE_NOTIFY, 4, 0n, undefined], [BASE + MMIO.QUEUE_NOTIFY, 4, 1n, undefined]],
     );
-    // A notify that arrives before the transport's activate message (another
-    // channel) finds no queues; activation then serves every ready queue.
+    // Before DRIVER_OK a notify finds no active device and is dropped.
     signalEventfd(vm.calls[1].fd);
-    await new Promise((r) => setTimeout(r, 50));
+    await until("the early notify to be read", () => readable(vm.calls[1].fd) === false);
     deepStrictEqual(dev.notified, []);
-    host.handle({ type: "activate", features: String(dev.features), queues: readyQueues() });
-    deepStrictEqual(dev.notified.sort(), [0, 1]);
-    dev.notified = [];
+    new MockMmioDriver(t, mem, 0x10000, 0x80000).init((1n << 64n) - 1n, 2, 8);
+    ok(t.active);
     signalEventfd(vm.calls[1].fd);
     await until("notify of queue 1", () => dev.notified.length === 1);
     signalEventfd(vm.calls[0].fd);
     signalEventfd(vm.calls[0].fd); // two writes before the host looks: one notify
     await until("notify of queue 0", () => dev.notified.length === 2);
-    await new Promise((r) => setTimeout(r, 20));
+    await until("the eventfd to be drained", () => readable(vm.calls[0].fd) === false);
     deepStrictEqual(dev.notified, [1, 0]);
   } finally {
     await io[Symbol.asyncDispose]();
@@ -105,6 +106,23 @@ Deno.test("mmio ioeventfds: one per queue at QueueNotify; notifies reach the dev
     vm.calls.slice(2).map((c) => [c.fd, c.addr, c.datamatch, c.deassign]),
     assigned.map((c) => [c.fd, c.addr, c.datamatch, true]),
   );
+});
+
+Deno.test("mmio ioeventfds: a restored active device gets every ready queue served once", async () => {
+  const mem = RegionMemory.fromBytes(1 << 20);
+  const t = new VirtioMmioTransport(new SpyDevice(), mem, () => {});
+  new MockMmioDriver(t, mem, 0x10000, 0x80000).init((1n << 64n) - 1n, 2, 8);
+  const state = JSON.parse(JSON.stringify(t.host.save()));
+  const dev = new SpyDevice();
+  const host = new VirtioMmioHost(dev, mem, { irq: () => {}, state });
+  ok(host.active);
+  deepStrictEqual(dev.notified, [], "no eventfds yet: nothing served");
+  const io = host.attachIoeventfds(new FakeVm(), BASE);
+  try {
+    deepStrictEqual(dev.notified, [0, 1]);
+  } finally {
+    await io[Symbol.asyncDispose]();
+  }
 });
 
 Deno.test("mmio ioeventfds: a failing registration undoes the ones before it", () => {

@@ -13,7 +13,7 @@ import { VirtioFs } from "../../devices/virtio/fs/device.ts";
 import { VirtioNet } from "../../devices/virtio/net/device.ts";
 import { NetStack } from "../../devices/net/stack.ts";
 import { attachVirtioNet } from "../../devices/net/virtio.ts";
-import { VirtioMmioHost } from "../../devices/virtio/mmio_remote.ts";
+import { VirtioMmioHost } from "../../devices/virtio/mmio_host.ts";
 import { type MmioState } from "../../devices/virtio/mmio.ts";
 import { type VirtioDevice } from "../../devices/virtio/device.ts";
 import { FuseServer } from "../../devices/fuse/server.ts";
@@ -139,7 +139,10 @@ export function attachDevices(
     });
     // A restored transport's state must be in its Worker config (host.spec).
     const saved = states?.[slot.name];
-    if (saved) host.restore(saved as MmioState);
+    if (saved) {
+      device.restore((saved as MmioState).device);
+      host.restore(saved);
+    }
     vm.onDeviceMessage(slot.name, (m) => host.handle(m));
     vm.addDevice(host.spec(slot.name, base, gsi));
     virtio.push({ name: slot.name, base, gsi, host });
@@ -159,7 +162,10 @@ export function attachDevices(
     m.set("uart", { save: () => uart.save(), restore: (s) => uart.restore(s as UartSnapshot) });
     for (const v of virtio) {
       // Restored before the Workers were made (above); nothing more to do then.
-      m.set(v.name, { save: () => v.host.save(), restore: () => {} });
+      m.set(v.name, {
+        save: () => ({ ...v.host.save(), device: v.host.device.save() }),
+        restore: () => {},
+      });
     }
     if (mailbox) m.set("mailbox", mailbox);
     return m;
