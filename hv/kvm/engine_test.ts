@@ -294,7 +294,7 @@ hostTest(
           workloadDevices: false,
         });
         strictEqual(m.vm.vcpus.length, 3);
-        strictEqual(m.virtio.length, 0);
+        deepStrictEqual(m.virtio.map((v) => v.name), ["virtio-console"]);
         const madt = m.acpi.tables.find((t) => t.signature === "APIC")!.bytes;
         strictEqual(madt.length, 44 + 3 * 8 + 12);
       }
