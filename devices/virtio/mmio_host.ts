@@ -29,7 +29,7 @@
 
 import type { DeviceSpec } from "../../hv/device.ts";
 import type { GuestMemory, MemoryRegion } from "../../hv/memory.ts";
-import { drainEventfd, StopSignal, waitReadable } from "../../kvm_ffi/eventfd.ts";
+import { drainEventfd, StopSignal, waitAnyReadable } from "../../kvm_ffi/eventfd.ts";
 import { close, EFD, eventfd } from "../../kvm_ffi/libc.ts";
 import { bit, type DeviceContext, FEATURE, STATUS, type VirtioDevice } from "./device.ts";
 import {
@@ -169,6 +169,7 @@ export class VirtioMmioHost {
   readonly #reg: SharedLock;
   #held = false;
   #ioeventfds = 0;
+  #seenEpoch = 0;
   #activation: Activation | null = null;
   #idle: Queue[];
 
@@ -247,6 +248,11 @@ export class VirtioMmioHost {
       (status & (STATUS.FAILED | STATUS.DEVICE_NEEDS_RESET)) === 0;
     const a = this.#activation;
     if (a && (a.epoch !== epoch || !want)) this.#deactivate();
+    if (epoch !== this.#seenEpoch) {
+      // A driver starting over reads config space next: give it the current one.
+      this.#seenEpoch = epoch;
+      this.refreshConfig(false);
+    }
     if (!this.#activation && want) this.#activate(epoch, null);
   }
 
@@ -452,8 +458,8 @@ export class VirtioMmioHost {
   /**
    * Serves the driver's QueueNotify writes through KVM ioeventfds: one per
    * queue at `base` + QueueNotify (4 bytes, datamatch = queue index), so a
-   * notify never leaves `KVM_RUN`, whichever vCPU writes it; the eventfds
-   * are polled here on the FFI thread pool (as vhost-user kicks are).
+   * notify never leaves `KVM_RUN`, whichever vCPU writes it; one `poll` on
+   * the FFI thread pool waits for all of them (as vhost-user kicks are).
    * Writes that match no queue still exit and reach a register half. Call
    * before the VM starts; dispose (await) to stop polling and deassign.
    */
@@ -489,13 +495,16 @@ export class VirtioMmioHost {
       this.#enter();
       this.#serveAll();
     }
-    for (const [index, fd] of fds.entries()) {
-      loops.push((async () => {
-        while (await waitReadable(fd, stop) === "ready") {
-          if (drainEventfd(fd) > 0n) this.handle({ type: "notify", index });
+    // One pool thread waits for all of this device's queues.
+    loops.push((async () => {
+      for (;;) {
+        const ready = await waitAnyReadable(fds, stop);
+        if (ready === "stopped") return;
+        for (const fd of ready) {
+          if (drainEventfd(fd) > 0n) this.handle({ type: "notify", index: fds.indexOf(fd) });
         }
-      })());
-    }
+      }
+    })());
     let disposed = false;
     return {
       [Symbol.asyncDispose]: async () => {
