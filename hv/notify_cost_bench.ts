@@ -48,7 +48,7 @@ const IDT = 0x380000;
 const DEADLINE_MS = 60_000;
 
 /** Notify and interrupt mechanisms of one variant. */
-interface Variant {
+export interface Variant {
   notify: "mmio-exit" | "ioeventfd";
   irq: "irq-line" | "irqfd";
 }
@@ -113,7 +113,7 @@ async function waitOrStop(vm: Vm, what: string): Promise<VmStop> {
 }
 
 /** One run of `trips` round trips; returns µs per round trip. */
-async function runVariant(v: Variant, trips: number): Promise<number> {
+export async function runVariant(v: Variant, trips: number): Promise<number> {
   const what = `${v.notify}+${v.irq}`;
   using memory = RegionMemory.memfd([{ guestAddr: 0, size: RAM }], "skiff-notify-cost");
   const vm = Vm.create({ memory, pit: false });

@@ -12,7 +12,8 @@
  *   reads the device's registers and config, and submits `rounds`
  *   requests on its own queue, sleeping in `hlt` until its reply arrives.
  *   With `barrierAt`, each vCPU rings the doorbell after that many rounds
- *   and waits for the host's GO word (a quiet point to snapshot).
+ *   and waits for the host's GO word (a quiet point to snapshot); with
+ *   `marks`, vCPU 0 writes ports 0x81/0x82 around its rounds (a timer).
  * - {@link resetPrograms}: two vCPUs; vCPU 1 keeps notifying its queue
  *   while vCPU 0 resets the device, fills the old used ring with markers,
  *   rings the doorbell (the test then runs the device's held completion,
@@ -224,7 +225,7 @@ function isr(): Uint8Array {
 
 /** Programs of the N-vCPU request test (see the module doc). */
 export function smpPrograms(
-  opts: { cpus: number; rounds: number; barrierAt?: number },
+  opts: { cpus: number; rounds: number; barrierAt?: number; marks?: boolean },
 ): { programs: Uint8Array[]; isr: Uint8Array } {
   const { cpus, rounds } = opts;
   const programs = Array.from({ length: cpus }, (_, i) => {
@@ -246,6 +247,7 @@ export function smpPrograms(
     a.sti();
     touchRegisters(a, cpus, fail);
     chain(a, i);
+    if (opts.marks && i === 0) a.out(0x81, "al"); // timer start (benchmarks)
     a.xor("r12d", "r12d");
     a.label("round");
     submit(a, i);
@@ -275,6 +277,7 @@ export function smpPrograms(
     a.inc("r12d");
     a.cmp("r12d", rounds);
     a.jne("round");
+    if (opts.marks && i === 0) a.out(0x82, "al"); // timer end
     a.mov(abs(F.result(i)), OK);
     a.jmp("done");
     failures(a, i, fail, "done");

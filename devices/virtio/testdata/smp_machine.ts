@@ -10,6 +10,7 @@
  */
 
 import { debugExitSpec } from "../../legacy/debug_exit.ts";
+import type { DeviceSpec } from "../../../hv/device.ts";
 import type { RegionMemory } from "../../../hv/memory.ts";
 import { Vm, type VmStop } from "../../../hv/vm.ts";
 import { DoorbellHost } from "../../../hv/testing/doorbell_device.ts";
@@ -39,21 +40,36 @@ export interface SmpMachine extends AsyncDisposable {
   persist(): Map<string, { save(): unknown; restore(state: unknown): void }>;
 }
 
+/** Options of {@link smpMachine}. */
+export interface SmpMachineOptions {
+  /** Interrupts through an irqfd (default) or `KVM_IRQ_LINE`. */
+  irq?: "irqfd" | "irq-line";
+  /** More devices (a benchmark's timer). */
+  devices?: DeviceSpec[];
+}
+
 /** Builds the VM over `memory`; with `saved`, the device is constructed from that state. */
-export function smpMachine(memory: RegionMemory, cpus: number, saved?: SmpDeviceState): SmpMachine {
+export function smpMachine(
+  memory: RegionMemory,
+  cpus: number,
+  saved?: SmpDeviceState,
+  opts: SmpMachineOptions = {},
+): SmpMachine {
   const vm = Vm.create({ memory, pit: false });
   const irqfd = eventfd(0, EFD.CLOEXEC);
   const errors: unknown[] = [];
   try {
-    vm.irqfd(irqfd, L.GSI);
+    const line = opts.irq === "irq-line";
+    if (!line) vm.irqfd(irqfd, L.GSI);
     const device = new SmpTestDevice(cpus);
     if (saved) device.restore(saved.device);
     const host = new VirtioMmioHost(device, memory, {
-      irq: () => signalEventfd(irqfd),
+      irq: line ? () => vm.pulseIrq(L.GSI) : () => signalEventfd(irqfd),
       onDeviceError: (e) => errors.push(e),
       state: saved?.transport,
     });
-    vm.addDevice(host.spec("smp", L.BASE, L.GSI, irqfd));
+    vm.addDevice(host.spec("smp", L.BASE, L.GSI, line ? undefined : irqfd));
+    for (const d of opts.devices ?? []) vm.addDevice(d);
     vm.onDeviceMessage("smp", (m) => host.handle(m));
     const ioeventfds = host.attachIoeventfds(vm, L.BASE);
     const doorbell = new DoorbellHost("doorbell", L.DOORBELL, true);
