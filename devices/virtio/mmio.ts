@@ -130,7 +130,6 @@ export class VirtioMmioTransport {
 
   /** Restores {@link save}'s state; re-activates the device when it was active. */
   restore(s: MmioState): void {
-    this.device.restore(s.device);
-    this.host.restore(s);
+    this.host.restore(s, () => this.device.restore(s.device));
   }
 }

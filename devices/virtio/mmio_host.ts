@@ -546,13 +546,15 @@ export class VirtioMmioHost {
   /**
    * Restores a {@link save}d state (checked: a `StateError` names a bad
    * field) before the VM runs: registers into the shared words, and an
-   * active device activated with its saved ring positions. Restore the
-   * device's own state first.
+   * active device activated with its saved ring positions. The device's own
+   * state must be restored before that: already (a new device), or by
+   * `restoreDevice`, called once a device that was active has been reset.
    */
-  restore(state: unknown): void {
+  restore(state: unknown, restoreDevice?: () => void): void {
     const st = parseMmioTransportState(state, this.info.queueMaxSizes);
     this.#enter();
     this.#deactivate();
+    restoreDevice?.();
     const s = this.shared;
     this.#reg.with(() => {
       s.store(W.STATUS, st.status);
