@@ -257,11 +257,13 @@ export class VirtioMmioHost {
   }
 
   #activate(epoch: number, saved: readonly QueueState[] | null): void {
-    const features = this.shared.driverFeatures();
-    const eventIdx = (features & bit(FEATURE.RING_EVENT_IDX)) !== 0n;
-    const queues = this.#reg.with(() =>
-      this.info.queueMaxSizes.map((_, i) => this.shared.queue(i, eventIdx))
-    );
+    // One consistent read of the negotiated features and queue configuration.
+    const { features, queues } = this.#reg.with(() => {
+      const features = this.shared.driverFeatures();
+      const eventIdx = (features & bit(FEATURE.RING_EVENT_IDX)) !== 0n;
+      const queues = this.info.queueMaxSizes.map((_, i) => this.shared.queue(i, eventIdx));
+      return { features, queues };
+    });
     if (saved) queues.forEach((q, i) => q.restore(saved[i]));
     const a: Activation = { epoch, queues, features, mem: this.#mem };
     a.mem = new GuardedMemory(this.#mem, () => this.#guard(a));
