@@ -44,9 +44,11 @@ export class VirtioMmioTransport {
   readonly host: VirtioMmioHost;
   /** The register half. */
   readonly registers: MmioRegisters;
+  readonly #irq: IrqCallback;
 
   constructor(device: VirtioDevice, mem: GuestMemory, irq: IrqCallback, opts: MmioOptions = {}) {
     this.device = device;
+    this.#irq = irq;
     this.host = new VirtioMmioHost(device, mem, {
       irq: () => irq(true),
       onDeviceError: opts.onDeviceError,
@@ -131,5 +133,6 @@ export class VirtioMmioTransport {
   /** Restores {@link save}'s state; re-activates the device when it was active. */
   restore(s: MmioState): void {
     this.host.restore(s, () => this.device.restore(s.device));
+    if (this.registers.interruptStatus !== 0) this.#irq(true);
   }
 }

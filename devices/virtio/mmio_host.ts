@@ -168,7 +168,6 @@ export class VirtioMmioHost {
   readonly #dev: SharedLock;
   readonly #reg: SharedLock;
   #held = false;
-  #ioeventfds = 0;
   #seenEpoch = 0;
   #activation: Activation | null = null;
   #idle: Queue[];
@@ -290,15 +289,18 @@ export class VirtioMmioHost {
       return;
     }
     this.refreshConfig(false);
-    if (saved && this.#ioeventfds > 0) this.#serveAll();
   }
 
   /**
-   * Looks at every ready queue once (a spurious notify is harmless): a
-   * restored device may have lost notifications that were still in an
-   * eventfd at capture.
+   * Finishes a restore once the VM's interrupt controllers have their state
+   * back (and before the vCPUs run): raises the interrupt if InterruptStatus
+   * is set, and looks at every ready queue once — notifications that were
+   * still in an eventfd at capture are not in the snapshot (a spurious
+   * notify is harmless).
    */
-  #serveAll(): void {
+  resumeAfterRestore(): void {
+    this.reconcile();
+    if (this.shared.load(W.INT_STATUS) !== 0) this.#irq();
     const a = this.#activation;
     a?.queues.forEach((q, i) => {
       if (q.ready && this.#activation === a) this.#serve(a, i);
@@ -491,12 +493,6 @@ export class VirtioMmioHost {
       stop[Symbol.dispose]();
       throw e;
     }
-    this.#ioeventfds++;
-    // Notifications before this (a restored device's) may have gone nowhere.
-    if (this.active) {
-      this.#enter();
-      this.#serveAll();
-    }
     // One pool thread waits for all of this device's queues.
     loops.push((async () => {
       for (;;) {
@@ -512,7 +508,6 @@ export class VirtioMmioHost {
       [Symbol.asyncDispose]: async () => {
         if (disposed) return;
         disposed = true;
-        this.#ioeventfds--;
         stop.fire();
         await Promise.all(loops);
         detach();
@@ -548,7 +543,8 @@ export class VirtioMmioHost {
   /**
    * Restores a {@link save}d state (checked: a `StateError` names a bad
    * field) before the VM runs: registers into the shared words, and an
-   * active device activated with its saved ring positions. The device's own
+   * active device activated with its saved ring positions; call
+   * {@link resumeAfterRestore} once the VM state is back. The device's own
    * state must be restored before that: already (a new device), or by
    * `restoreDevice`, called once a device that was active has been reset.
    */
@@ -574,6 +570,5 @@ export class VirtioMmioHost {
     const want = (st.status & STATUS.DRIVER_OK) !== 0 &&
       (st.status & (STATUS.FAILED | STATUS.DEVICE_NEEDS_RESET)) === 0;
     if (want) this.#activate(Atomics.load(s.words, W.EPOCH), st.queues);
-    if (st.interruptStatus !== 0) this.#irq();
   }
 }

@@ -165,7 +165,7 @@ export class DeviceManager {
   /** The virtio devices in slot order. */
   readonly virtio: VirtioSlot[] = [];
   readonly #opts: DeviceManagerOptions;
-  readonly #records = new Map<string, () => DeviceRecord>();
+  readonly #records = new Map<string, { save: () => DeviceRecord; resume?: () => void }>();
   #log = "";
 
   constructor(vm: Vm, memory: RegionMemory, opts: DeviceManagerOptions) {
@@ -174,12 +174,20 @@ export class DeviceManager {
     this.#opts = opts;
   }
 
-  /** The one way a device goes onto the VM: its spec, its messages, its record. */
-  #place(spec: DeviceSpec, record: () => DeviceRecord, onMessage?: (m: unknown) => void): void {
+  /**
+   * The one way a device goes onto the VM: its spec, its messages, its
+   * record, and what a restore does once the VM state is back (`resume`).
+   */
+  #place(
+    spec: DeviceSpec,
+    record: () => DeviceRecord,
+    onMessage?: (m: unknown) => void,
+    resume?: () => void,
+  ): void {
     if (this.#records.has(spec.name)) throw new Error(`device ${spec.name} is placed twice`);
     this.vm.addDevice(spec);
     if (onMessage) this.vm.onDeviceMessage(spec.name, onMessage);
-    this.#records.set(spec.name, record);
+    this.#records.set(spec.name, { save: record, resume });
   }
 
   /** The 8250 UART (ttyS0) at `port` with interrupt `gsi`; `state` from a snapshot. */
@@ -290,13 +298,18 @@ export class DeviceManager {
         onDeviceError: (e) => this.#opts.onDeviceError?.(name, e),
         state: saved?.transport as MmioTransportState | undefined,
       }));
-    this.#place(host.spec(name, base, gsi), () => ({
-      kind: `virtio-${kind}`,
-      args,
-      placement: { mmio: [{ base, length: MMIO_WINDOW }], gsi },
-      transport: host.save(),
-      state: device.save(),
-    }), (m) => host.handle(m));
+    this.#place(
+      host.spec(name, base, gsi),
+      () => ({
+        kind: `virtio-${kind}`,
+        args,
+        placement: { mmio: [{ base, length: MMIO_WINDOW }], gsi },
+        transport: host.save(),
+        state: device.save(),
+      }),
+      (m) => host.handle(m),
+      () => host.resumeAfterRestore(),
+    );
     const io = host.attachIoeventfds(vm, base);
     this.#opts.cleanups.push(async () => await io[Symbol.asyncDispose]());
     const slot = { name, base, gsi, host };
@@ -334,11 +347,18 @@ export class DeviceManager {
   }
 
   /**
-   * Each device's record by name, for `captureHvVm`. No `restore`: a
-   * restore constructs the devices from these records.
+   * Each device's record by name, for `captureHvVm`. Nothing is put back
+   * by `restore`: a restore constructs the devices from these records; a
+   * virtio device's `restore` only replays the notifications that were
+   * still in its eventfds at capture, once the VM state is back.
    */
   persist(): Map<string, Persist> {
-    return new Map([...this.#records].map(([name, record]) => [name, { save: record }]));
+    return new Map(
+      [...this.#records].map(([name, r]) => [name, {
+        save: r.save,
+        ...(r.resume ? { restore: r.resume } : {}),
+      }]),
+    );
   }
 
   /** The last kernel log text (UART), for diagnostics. */

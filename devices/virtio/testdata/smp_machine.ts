@@ -86,8 +86,9 @@ export function smpMachine(
       persist: () =>
         new Map([["smp", {
           save: () => ({ transport: host.save(), device: device.save() }),
-          // Constructed from its state (above); nothing is patched in afterwards.
-          restore: () => {},
+          // Constructed from its state (above); once the VM state is back,
+          // notifications lost with the eventfds are replayed.
+          restore: () => host.resumeAfterRestore(),
         }]]),
       async [Symbol.asyncDispose]() {
         await ioeventfds[Symbol.asyncDispose]();
