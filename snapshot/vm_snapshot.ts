@@ -46,9 +46,10 @@ export interface Persist {
   save(): unknown;
   /**
    * Puts back what {@link save} returned (after a JSON round trip); throws on
-   * state it cannot accept. Absent for a device the restore's `build`
-   * already constructed from its saved state (Firecracker's way: the
-   * snapshot says what to build), which then only has to exist.
+   * state it cannot accept. Runs after VM and vCPU state. A device the
+   * restore's `build` already constructed from its saved state (Firecracker's
+   * way: the snapshot says what to build) has nothing to put back: it has no
+   * `restore`, or one for what must wait for the VM state.
    */
   restore?(state: unknown): void;
 }
