@@ -23,7 +23,7 @@ export const RUNTIME_MODULES = [
   "devices/legacy/uart.ts",
   "devices/legacy/i8042.ts",
   "devices/legacy/debug_exit.ts",
-  "devices/virtio/mmio_remote.ts",
+  "devices/virtio/mmio_worker.ts",
   "devices/mailbox/device.ts",
 ] as const;
 

@@ -1,12 +1,12 @@
 /**
  * Notify/interrupt round trip: a guest writes a doorbell (as a virtio driver
  * writes QueueNotify), the host's main thread — where skiff's virtio devices
- * live (devices/virtio/mmio_remote.ts) — sees it and raises an interrupt, and
+ * live (devices/virtio/mmio_host.ts) — sees it and raises an interrupt, and
  * the guest sleeps in `hlt` until its handler ran. Measured four ways:
  *
  * - notify by **MMIO exit** (the vCPU Worker's bus device posts a message to
- *   the main thread, today's path) or by **ioeventfd** (KVM signals an
- *   eventfd in the kernel without leaving `KVM_RUN`; the main thread waits
+ *   the main thread) or by **ioeventfd**, the kvm engine's path (KVM signals
+ *   an eventfd in the kernel without leaving `KVM_RUN`; the main thread waits
  *   for it with `poll` on the FFI thread pool, as devices/vhost_user does);
  * - interrupt by **KVM_IRQ_LINE** (assert + deassert, two ioctls) or by
  *   **irqfd** (one eventfd write; KVM injects it).
@@ -48,7 +48,7 @@ const IDT = 0x380000;
 const DEADLINE_MS = 60_000;
 
 /** Notify and interrupt mechanisms of one variant. */
-interface Variant {
+export interface Variant {
   notify: "mmio-exit" | "ioeventfd";
   irq: "irq-line" | "irqfd";
 }
@@ -113,7 +113,7 @@ async function waitOrStop(vm: Vm, what: string): Promise<VmStop> {
 }
 
 /** One run of `trips` round trips; returns µs per round trip. */
-async function runVariant(v: Variant, trips: number): Promise<number> {
+export async function runVariant(v: Variant, trips: number): Promise<number> {
   const what = `${v.notify}+${v.irq}`;
   using memory = RegionMemory.memfd([{ guestAddr: 0, size: RAM }], "skiff-notify-cost");
   const vm = Vm.create({ memory, pit: false });

@@ -73,3 +73,32 @@ export function signalEventfd(fd: number): void {
   one[0] = 1;
   libc.write(fd, one, 8n);
 }
+
+/**
+ * Waits until at least one of `fds` is readable (or has hung up): resolves
+ * with those fds, or "stopped" once `stop` fires. One pool thread waits for
+ * them all (a device's queues), where {@link waitReadable} takes one per fd.
+ */
+export async function waitAnyReadable(
+  fds: readonly number[],
+  stop: StopSignal,
+): Promise<number[] | "stopped"> {
+  const n = fds.length + 1;
+  const pfd = new Uint8Array(8 * n);
+  const dv = new DataView(pfd.buffer);
+  for (;;) {
+    if (stop.fired) return "stopped";
+    [...fds, stop.fd].forEach((fd, i) => {
+      dv.setInt32(8 * i, fd, true);
+      dv.setInt16(8 * i + 4, POLL.IN, true);
+      dv.setInt16(8 * i + 6, 0, true);
+    });
+    const r = await libc.poll_nb(pfd, BigInt(n), -1);
+    if (stop.fired || dv.getInt16(8 * fds.length + 6, true) !== 0) return "stopped";
+    if (r > 0) {
+      const ready = fds.filter((_, i) => dv.getInt16(8 * i + 6, true) !== 0);
+      if (ready.length > 0) return ready;
+    }
+    // r < 0 is EINTR on the pool thread (its errno is not ours): poll again.
+  }
+}

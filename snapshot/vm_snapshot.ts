@@ -44,8 +44,14 @@ export interface Persist {
    * the capture fail naming the path, e.g. `$.devices.fs0.nodes: cannot encode`.
    */
   save(): unknown;
-  /** Puts back what {@link save} returned (after a JSON round trip); throws on state it cannot accept. */
-  restore(state: unknown): void;
+  /**
+   * Puts back what {@link save} returned (after a JSON round trip); throws on
+   * state it cannot accept. Runs after VM and vCPU state. A device the
+   * restore's `build` already constructed from its saved state (Firecracker's
+   * way: the snapshot says what to build) has nothing to put back: it has no
+   * `restore`, or one for what must wait for the VM state.
+   */
+  restore?(state: unknown): void;
 }
 
 /** Everything capture and restore touch in a VM. */
@@ -113,7 +119,7 @@ export function restoreState(m: MachineParts, manifest: SnapshotManifest, path: 
   }
   restoreVmState(m.vm, manifest.vm, path);
   m.vcpus.forEach((v, i) => restoreVcpuState(v, manifest.vcpus[i], path));
-  for (const [id, dev] of m.devices) dev.restore(manifest.devices[id]);
+  for (const [id, dev] of m.devices) dev.restore?.(manifest.devices[id]);
 }
 
 /** What {@link restoreVm}'s `build` callback receives. */

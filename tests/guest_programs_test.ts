@@ -1,7 +1,8 @@
 /**
  * L1: small guest programs (assembled by init/asm) on /dev/kvm, exercising
  * the vCPU loop, exits, buses, the UART with its interrupt, multi-vCPU runs,
- * host stop/pause and the fatal-exit errors.
+ * SMP bring-up through the in-kernel local APIC (INIT/SIPI), host
+ * stop/pause and the fatal-exit errors.
  */
 
 import { deepStrictEqual, match, ok, rejects, strictEqual } from "node:assert/strict";
@@ -14,6 +15,11 @@ import { debugExitSpec } from "../devices/legacy/debug_exit.ts";
 import { Uart } from "../devices/legacy/uart.ts";
 import { I8042Device } from "../devices/legacy/i8042.ts";
 import { VmExitError } from "../hv/errors.ts";
+import { RegionMemory } from "../hv/memory.ts";
+import { Vm } from "../hv/vm.ts";
+import { setupLongMode } from "../hv/x86/long_mode.ts";
+import { createVcpus } from "../hv/kvm/builder.ts";
+import { KVM_MP_STATE } from "../kvm_ffi/kvm_sys.ts";
 
 const COM1 = 0x3f8;
 const EXIT_PORT = 0x501;
@@ -202,6 +208,65 @@ hostTest("two vCPUs run at the same time and both finish", ["kvm"], async () => 
     "hlt",
   ]);
 });
+
+hostTest(
+  "SMP bring-up: APs wait for INIT/SIPI; the BSP starts each through its local APIC, each reads its APIC ID",
+  ["kvm"],
+  async () => {
+    // vCPUs as the kvm engine creates them (per-vCPU CPUID), only vCPU 0 set up.
+    const CPUS = 3, SEEN = 0x6000, TRAMPOLINE = 0x8000;
+    using memory = RegionMemory.memfd([{ guestAddr: 0, size: 4 << 20 }], "skiff-sipi-test");
+    await using vm = Vm.create({ memory, pit: false });
+    vm.addDevice(debugExitSpec());
+    createVcpus(vm, CPUS, true);
+    deepStrictEqual(vm.vcpus.map((v) => v.fd.getMpState()), [
+      KVM_MP_STATE.RUNNABLE,
+      KVM_MP_STATE.UNINITIALIZED,
+      KVM_MP_STATE.UNINITIALIZED,
+    ]);
+    // The AP's real-mode trampoline (SIPI vector 8 → CS:IP 0800:0000): mark
+    // SEEN + its initial APIC ID from CPUID leaf 1, then sleep.
+    memory.write(
+      TRAMPOLINE,
+      new Uint8Array([
+        ...[0x66, 0xb8, 1, 0, 0, 0], // mov eax, 1
+        ...[0x0f, 0xa2], // cpuid
+        ...[0x66, 0xc1, 0xeb, 24], // shr ebx, 24
+        ...[0xc6, 0x87, SEEN & 0xff, SEEN >> 8, 1], // mov byte [bx + SEEN], 1
+        ...[0xfa, 0xf4, 0xeb, 0xfc], // cli; hlt; jmp back
+      ]),
+    );
+    const a = new Assembler();
+    const icr = (off: number) => mem({ base: "rbx", disp: off, size: 32 });
+    a.mov("ebx", 0xfee00000);
+    a.mov(icr(0xf0), 0x1ff);
+    for (let id = 1; id < CPUS; id++) {
+      a.mov(icr(0x310), id << 24);
+      a.mov(icr(0x300), 0x4500); // INIT, level assert
+      a.mov(icr(0x310), id << 24);
+      a.mov(icr(0x300), 0x4600 | (TRAMPOLINE >> 12)); // STARTUP
+    }
+    a.label("wait");
+    a.pause();
+    a.mov("al", mem({ disp: SEEN + 1, size: 8 }));
+    a.and("al", mem({ disp: SEEN + 2, size: 8 }));
+    a.je("wait");
+    a.movzx("eax", mem({ disp: SEEN, size: 8 })); // 0: vCPU 0 ran no trampoline
+    a.shl("eax", 8);
+    a.or("al", mem({ disp: SEEN + 1, size: 8 }));
+    a.mov("dx", 0x501);
+    a.out("dx", "eax");
+    a.hlt();
+    memory.write(0x100000, a.assemble({ origin: 0x100000 }).bytes);
+    setupLongMode(memory, vm.vcpus[0].fd, { entry: 0x100000, stack: 0x80000 });
+    await vm.start();
+    const timer = setTimeout(() => vm.stop(), 120_000); // only catches a hang
+    const stop = await vm.wait();
+    clearTimeout(timer);
+    deepStrictEqual([stop.kind, stop.code], ["poweroff", 1]);
+    deepStrictEqual([...memory.slice(SEEN, CPUS)], [0, 1, 1]);
+  },
+);
 
 hostTest("the host pauses, inspects, resumes and stops a spinning guest", ["kvm"], async () => {
   // The guest counts in RAX and stores each count at COUNTER, where the host watches it.

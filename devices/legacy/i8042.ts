@@ -18,6 +18,7 @@
 
 import type { DeviceContext, DeviceSpec, WorkerDevice } from "../../hv/device.ts";
 import { runtimeModuleUrl } from "../../hv/module_url.ts";
+import { parseI8042Snapshot } from "./i8042_persist.ts";
 
 /** Ports. */
 export const I8042 = { DATA: 0x60, COMMAND: 0x64, IRQ_KBD: 1 } as const;
@@ -210,10 +211,12 @@ export class I8042Device {
       ports: [{ base: I8042.DATA, length: 1 }, { base: I8042.COMMAND, length: 1 }],
     };
   }
+  /** The controller's state for a snapshot. */
   save(): I8042Snapshot {
     return this.#regs.save();
   }
-  restore(snap: I8042Snapshot): void {
-    this.#regs.restore(snap);
+  /** Restores a {@link save}d state (before the VM runs); a bad one throws `StateError`. */
+  restore(state: unknown): void {
+    this.#regs.restore(parseI8042Snapshot(state));
   }
 }

@@ -19,5 +19,7 @@ export {
 export type { UartConfig, UartOptions, UartSnapshot, UartVm } from "./uart.ts";
 export { I8042, I8042_CTR, I8042_STATUS, I8042Device, I8042Registers } from "./i8042.ts";
 export type { I8042Snapshot } from "./i8042.ts";
+export { parseUartSnapshot } from "./uart_persist.ts";
+export { parseI8042Snapshot } from "./i8042_persist.ts";
 export { DEBUG_EXIT_PORT, debugExitSpec } from "./debug_exit.ts";
 export { isPowerOff, sleepSpec } from "./acpi_sleep.ts";

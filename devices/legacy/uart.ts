@@ -21,6 +21,7 @@
 
 import type { DeviceContext, DeviceSpec, WorkerDevice } from "../../hv/device.ts";
 import { runtimeModuleUrl } from "../../hv/module_url.ts";
+import { parseUartSnapshot } from "./uart_persist.ts";
 
 /** COM1's port base and IRQ on a PC. */
 export const COM1 = { base: 0x3f8, irq: 4 } as const;
@@ -543,8 +544,9 @@ export class Uart {
     }
   }
 
-  /** Restores a {@link save}d state (before the VM runs). */
-  restore(snap: UartSnapshot): void {
+  /** Restores a {@link save}d state (before the VM runs); a bad one throws `StateError`. */
+  restore(state: unknown): void {
+    const snap = parseUartSnapshot(state);
     this.#regs.lock();
     try {
       this.#regs.restore(snap);

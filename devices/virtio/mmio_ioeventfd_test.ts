@@ -1,17 +1,17 @@
 /**
  * L0 tests of {@link VirtioMmioHost.attachIoeventfds} with real eventfds and
  * a stand-in VM: the registrations (QueueNotify address, 4 bytes, one
- * datamatch per queue), notifies reaching the device, a notify that
- * overtakes activation still being served, and deassignment on dispose.
- * The L1 test on /dev/kvm is in console/console_kvm_test.ts.
+ * datamatch per queue), notifies reaching the device, a restored device's
+ * queues served once when its restore is finished, and deassignment on
+ * dispose. The L1 test on /dev/kvm is in console/console_kvm_test.ts.
  */
 
 import { deepStrictEqual, ok } from "node:assert/strict";
 import { RegionMemory } from "../../hv/memory.ts";
 import type { DeviceContext, VirtioDevice } from "./device.ts";
-import { MMIO } from "./mmio.ts";
-import { type IoeventfdVm, VirtioMmioHost } from "./mmio_remote.ts";
-import { Queue } from "./queue.ts";
+import { MMIO, VirtioMmioTransport } from "./mmio.ts";
+import { type IoeventfdVm, VirtioMmioHost } from "./mmio_host.ts";
+import { MockMmioDriver } from "./mock_driver.ts";
 import { signalEventfd } from "../../kvm_ffi/eventfd.ts";
 import { libc, POLL } from "../../kvm_ffi/libc.ts";
 import { HANG_MS } from "../../tests/waits.ts";
@@ -75,33 +75,24 @@ async function until(what: string, cond: () => boolean): Promise<void> {
   }
 }
 
-function readyQueues(): ReturnType<Queue["save"]>[] {
-  return [0, 1].map(() => {
-    const q = new Queue(8);
-    q.ready = true;
-    return q.save();
-  });
-}
-
 Deno.test("mmio ioeventfds: one per queue at QueueNotify; notifies reach the device; dispose deassigns", async () => {
   const dev = new SpyDevice();
-  const host = new VirtioMmioHost(dev, RegionMemory.fromBytes(1 << 16), { irq: () => {} });
+  const mem = RegionMemory.fromBytes(1 << 20);
+  const t = new VirtioMmioTransport(dev, mem, () => {});
   const vm = new FakeVm();
-  const io = host.attachIoeventfds(vm, BASE);
+  const io = t.host.attachIoeventfds(vm, BASE);
   try {
     deepStrictEqual(
       vm.calls.map((c) => [c.addr, c.len, c.datamatch, c.deassign]),
       [[BASE + MMIO.QUEUE_NOTIFY, 4, 0n, undefined], [BASE + MMIO.QUEUE_NOTIFY, 4, 1n, undefined]],
     );
-    // A notify that arrives before the transport's activate message (another
-    // channel) finds no queues; activation then serves every ready queue.
+    // Before DRIVER_OK a notify finds no active device and is dropped.
     signalEventfd(vm.calls[1].fd);
     // The host has read (and handled) the notify once the eventfd is empty again.
     await until("the early notify read", () => !readable(vm.calls[1].fd));
     deepStrictEqual(dev.notified, []);
-    host.handle({ type: "activate", features: String(dev.features), queues: readyQueues() });
-    deepStrictEqual(dev.notified.sort(), [0, 1]);
-    dev.notified = [];
+    new MockMmioDriver(t, mem, 0x10000, 0x80000).init((1n << 64n) - 1n, 2, 8);
+    ok(t.active);
     signalEventfd(vm.calls[1].fd);
     await until("notify of queue 1", () => dev.notified.length === 1);
     signalEventfd(vm.calls[0].fd);
@@ -117,6 +108,21 @@ Deno.test("mmio ioeventfds: one per queue at QueueNotify; notifies reach the dev
     vm.calls.slice(2).map((c) => [c.fd, c.addr, c.datamatch, c.deassign]),
     assigned.map((c) => [c.fd, c.addr, c.datamatch, true]),
   );
+});
+
+Deno.test("mmio: a restored active device gets every ready queue served once after the VM state", () => {
+  const mem = RegionMemory.fromBytes(1 << 20);
+  const t = new VirtioMmioTransport(new SpyDevice(), mem, () => {});
+  new MockMmioDriver(t, mem, 0x10000, 0x80000).init((1n << 64n) - 1n, 2, 8);
+  const state = JSON.parse(JSON.stringify(t.host.save()));
+  const dev = new SpyDevice();
+  let irqs = 0;
+  const host = new VirtioMmioHost(dev, mem, { irq: () => irqs++, state });
+  ok(host.active);
+  deepStrictEqual(dev.notified, [], "nothing served while the VM state is not back");
+  host.resumeAfterRestore();
+  deepStrictEqual(dev.notified, [0, 1], "notifications lost with the eventfds are replayed");
+  deepStrictEqual(irqs, 0, "no interrupt was pending");
 });
 
 Deno.test("mmio ioeventfds: a failing registration undoes the ones before it", () => {

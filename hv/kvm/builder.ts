@@ -16,8 +16,16 @@ import { type VmConfig } from "../config.ts";
 import { RegionMemory } from "../memory.ts";
 import { Vm } from "../vm.ts";
 import { setupLongMode } from "../x86/long_mode.ts";
+import { cpuidForVcpu } from "../x86/cpuid.ts";
 import { MachineOptions, MachinePlan, planMachine } from "./plan.ts";
-import { attachDevices, disposer, KvmDevices } from "./device_manager.ts";
+import {
+  createDevices,
+  type DeviceManagerOptions,
+  devicesOf,
+  disposer,
+  KvmDevices,
+} from "./device_manager.ts";
+import { planBackends } from "./backends.ts";
 
 /** Bytes in a MiB. */
 const MiB = 1 << 20;
@@ -41,10 +49,11 @@ export interface KvmMachine extends KvmDevices, AsyncDisposable {
  * Builds (but does not start) a machine for `config`. The caller disposes
  * it (`await using`), which stops the vCPUs and releases fds and memory.
  *
- * vCPUs: the virtio transports keep register state per vCPU Worker
- * (devices/virtio/mmio_remote.ts), so a machine with virtio devices runs
- * one vCPU; without them (`workloadDevices: false` and `cpus` > 1) it runs
- * `config.cpus`, each listed in the MADT.
+ * vCPUs: `config.cpus`, each listed in the MADT with its own APIC ID in
+ * CPUID. vCPU 0 (the BSP) starts in long mode at the kernel's entry; the
+ * others are left as KVM creates them with an in-kernel irqchip
+ * (`KVM_MP_STATE_UNINITIALIZED`): their `KVM_RUN` waits in the kernel until
+ * the guest's INIT/SIPI through the local APIC starts them.
  */
 export async function buildKvmMachine(
   config: VmConfig,
@@ -68,7 +77,9 @@ export async function buildPlanned(p: MachinePlan, opts: MachineOptions): Promis
   try {
     const vm = Vm.create({ memory });
     cleanups.push(() => vm.close());
-    const devices = attachDevices(vm, memory, p, opts, cleanups);
+    createVcpus(vm, p.cpus, true);
+    const dm = createDevices(vm, memory, p, deviceOptions(p, opts, cleanups));
+    const devices = devicesOf(dm);
     let kernel: LoadedKernel;
     try {
       kernel = loadKernel(memory, kernelBytes, p.image.path);
@@ -93,10 +104,7 @@ export async function buildPlanned(p: MachinePlan, opts: MachineOptions): Promis
         throw new ConfigError((e as Error).message, { cause: e });
       }
     }
-    const acpi = writeAcpiTables(memory, {
-      cpus: p.cpus,
-      virtio: devices.virtio.map((v) => ({ base: v.base, gsi: v.gsi })),
-    });
+    const acpi = writeAcpiTables(memory, { cpus: p.cpus, virtio: dm.dsdtEntries() });
     const e820 = layout.e820();
     memory.write(
       LAYOUT.ZERO_PAGE,
@@ -115,8 +123,6 @@ export async function buildPlanned(p: MachinePlan, opts: MachineOptions): Promis
     });
 
     return {
-      vm,
-      memory,
       ...devices,
       cmdline: p.cmdline,
       kernel,
@@ -131,4 +137,34 @@ export async function buildPlanned(p: MachinePlan, opts: MachineOptions): Promis
     await dispose();
     throw e;
   }
+}
+
+/**
+ * Creates `cpus` vCPUs; with `cpuid`, each gets the supported CPUID with
+ * its own APIC ID and the CPU count (hv/x86/cpuid.ts). A restore whose
+ * snapshot carries every vCPU's CPUID skips it: the restore sets the saved
+ * table, and fetching the supported one would add ~0.8 ms.
+ */
+export function createVcpus(vm: Vm, cpus: number, cpuid: boolean): void {
+  const supported = cpuid ? vm.kvm.supportedCpuid() : null;
+  for (let i = 0; i < cpus; i++) {
+    const v = vm.createVcpu();
+    if (supported) v.fd.setCpuid2(cpuidForVcpu(supported, i, cpus));
+  }
+}
+
+/** The device manager's options for plan `p`: the run's back-ends, console and error log. */
+export function deviceOptions(
+  p: MachinePlan,
+  opts: MachineOptions,
+  cleanups: (() => void | Promise<void>)[],
+): DeviceManagerOptions {
+  return {
+    backends: planBackends(p, cleanups),
+    cleanups,
+    onConsole: opts.onConsole,
+    onDeviceError: (name, e) => {
+      if (p.config.verbose) console.error(`skiff: ${name}: ${(e as Error).message ?? e}`);
+    },
+  };
 }

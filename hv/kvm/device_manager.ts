@@ -1,36 +1,43 @@
 /**
- * The kvm engine's device manager: puts the vCPUs, the legacy devices and
- * each planned virtio device on the VM (MMIO window and GSI by slot, as
- * Firecracker's `MmioDeviceManager`), builds their back-ends, and gives
- * every device's state to snapshots by name.
+ * The kvm engine's device manager (after Firecracker's `MmioDeviceManager`
+ * and its `DeviceStates`): puts every device on the VM the same way — one
+ * `#place` that adds its Worker spec, routes its messages and keeps its
+ * record — allocates virtio MMIO windows and GSIs by slot, gives the DSDT
+ * its entries, and records for each device what it is (kind), what it is
+ * made from (constructor arguments), where it sits (placement), its
+ * transport state and its own state. A snapshot holds those records, so a
+ * restore **constructs** each device from them (`restoreDevices`) instead of
+ * re-planning the configuration and patching state into existing objects.
+ * Host resources behind devices (FUSE servers, the network stack) are not
+ * in a record: the engine hands them in ({@link DeviceBackends}).
  *
  * @module
  */
 
-import { PORT_NAMES, VirtioConsole } from "../../devices/virtio/console/device.ts";
-import { shareFileSystem } from "../engine/share_fs.ts";
+import { VirtioConsole } from "../../devices/virtio/console/device.ts";
 import { VirtioFs } from "../../devices/virtio/fs/device.ts";
 import { VirtioNet } from "../../devices/virtio/net/device.ts";
-import { NetStack } from "../../devices/net/service.ts";
-import { ConfigError } from "../errors.ts";
 import { attachVirtioNet } from "../../devices/net/virtio.ts";
-import { VirtioMmioHost } from "../../devices/virtio/mmio_remote.ts";
-import { type MmioState } from "../../devices/virtio/mmio.ts";
-import { type VirtioDevice } from "../../devices/virtio/device.ts";
-import { FuseServer } from "../../devices/fuse/server.ts";
-import { Uart, type UartSnapshot } from "../../devices/legacy/uart.ts";
-import { I8042Device } from "../../devices/legacy/i8042.ts";
-import { Mailbox } from "../../devices/mailbox/mailbox.ts";
-import { LAYOUT, MemoryLayout } from "../boot/layout.ts";
+import { VirtioMmioHost } from "../../devices/virtio/mmio_host.ts";
+import { MMIO_WINDOW } from "../../devices/virtio/mmio_regs.ts";
+import type { MmioTransportState } from "../../devices/virtio/mmio_persist.ts";
+import type { VirtioDevice } from "../../devices/virtio/device.ts";
+import { COM1, Uart } from "../../devices/legacy/uart.ts";
+import { I8042, I8042Device } from "../../devices/legacy/i8042.ts";
 import { sleepSpec } from "../../devices/legacy/acpi_sleep.ts";
-import { RegionMemory } from "../memory.ts";
-import { Vm } from "../vm.ts";
-import { type Persist } from "../../snapshot/vm_snapshot.ts";
-import { MachineOptions, MachinePlan } from "./plan.ts";
+import { Mailbox, type MailboxOptions } from "../../devices/mailbox/mailbox.ts";
+import type { AcpiVirtioDevice } from "../acpi/tables.ts";
+import { LAYOUT, MemoryLayout } from "../boot/layout.ts";
+import type { AddressRange, DeviceSpec } from "../device.ts";
+import type { RegionMemory } from "../memory.ts";
+import type { Vm } from "../vm.ts";
+import type { Persist } from "../../snapshot/vm_snapshot.ts";
+import type { DeviceBackends } from "./backends.ts";
+import type { MachinePlan } from "./plan.ts";
 
 /** One virtio device of a machine: where it is, and its host half. */
 export interface VirtioSlot {
-  /** Device name (also the vm.onDeviceMessage key and its snapshot id). */
+  /** Device name (its snapshot id and `vm.onDeviceMessage` key). */
   name: string;
   /** MMIO window base. */
   base: number;
@@ -38,141 +45,75 @@ export interface VirtioSlot {
   gsi: number;
   host: VirtioMmioHost;
 }
-/** The devices of a machine, cold-booted or restored. */
+
+/** The device kinds the kvm engine builds. */
+export const DEVICE_KINDS = [
+  "uart",
+  "i8042",
+  "acpi-sleep",
+  "virtio-console",
+  "virtio-fs",
+  "virtio-net",
+  "mailbox",
+] as const;
+/** One of {@link DEVICE_KINDS}. */
+export type DeviceKind = typeof DEVICE_KINDS[number];
+
+/** Where a device sits. */
+export interface Placement {
+  ports?: AddressRange[];
+  mmio?: AddressRange[];
+  gsi?: number;
+}
+
+/** A device in a snapshot: enough to construct it again (records.ts checks one). */
+export interface DeviceRecord {
+  kind: DeviceKind;
+  /** Constructor arguments (what the device is made of, without host back-ends). */
+  args: Record<string, unknown>;
+  placement: Placement;
+  /** virtio devices: the transport's registers and queues. */
+  transport?: MmioTransportState;
+  /** The device's own state (its persist file checks it). */
+  state: unknown;
+}
+
+/** The devices of a machine, cold-booted or restored, as the engine and workload use them. */
 export interface KvmDevices {
   vm: Vm;
   memory: RegionMemory;
   uart: Uart;
-  /** The virtio console (port 0 is hvc0), or null when the machine has no virtio devices. */
+  /** The virtio console (port 0 is hvc0). */
   console: VirtioConsole | null;
   virtio: VirtioSlot[];
-  /** skiff's mailbox, when the machine has one ({@link MachineOptions.mailbox}). */
+  /** skiff's mailbox, when the machine has one (`MachineOptions.mailbox`). */
   mailbox: Mailbox | null;
   /** Kernel command line (of the boot; a restored machine keeps its snapshot's). */
   cmdline: string;
   /** Whether guest code is emulated on this host (kvm_pvm). */
   emulated: boolean;
-  /** Device state adapters by snapshot id: the UART, each virtio device, the mailbox. */
+  /** Every device's snapshot record by name ({@link DeviceManager.persist}). */
   persist(): Map<string, Persist>;
   /** The last kernel log text (UART), for diagnostics. */
   log(): string;
 }
-/**
- * Adds the vCPUs and devices of `p` to `vm` over `memory`. With `states` (a
- * restore), each virtio transport gets its saved state before its Worker
- * spec is made, and the mailbox uses the data region already in `memory`.
- */
-export function attachDevices(
-  vm: Vm,
-  memory: RegionMemory,
-  p: MachinePlan,
-  opts: MachineOptions,
-  cleanups: (() => void | Promise<void>)[],
-  states?: Record<string, unknown>,
-  savedCpuid = false,
-): Omit<KvmDevices, "vm" | "memory" | "cmdline" | "emulated"> {
-  // A restore whose snapshot has every vCPU's CPUID sets that table itself;
-  // fetching and setting the supported one would add ~0.8 ms to it.
-  const cpuid = savedCpuid ? null : vm.kvm.supportedCpuid();
-  for (let i = 0; i < p.cpus; i++) {
-    const v = vm.createVcpu();
-    if (cpuid) v.fd.setCpuid2(cpuid);
-  }
 
-  let log = "";
-  const dec = new TextDecoder();
-  const uart = new Uart({
-    output: (b) => {
-      log = (log + dec.decode(b, { stream: true })).slice(-8192);
-      opts.onConsole?.(b);
-    },
-  });
-  uart.attach(vm);
-  vm.addDevice(new I8042Device().spec());
-  vm.addDevice(sleepSpec());
-
-  const virtio: VirtioSlot[] = [];
-  let consoleDev: VirtioConsole | null = null;
-  p.virtio.forEach((slot, i) => {
-    let device: VirtioDevice;
-    if (slot.kind === "console") {
-      consoleDev = new VirtioConsole(
-        p.workload
-          ? {
-            portNames: [PORT_NAMES.stdin, PORT_NAMES.stdout, PORT_NAMES.stderr, PORT_NAMES.status],
-          }
-          : {},
-      );
-      device = consoleDev;
-    } else if (slot.kind === "fs") {
-      const s = slot.share!;
-      const fs = shareFileSystem(s);
-      cleanups.push(() => fs.close());
-      device = new VirtioFs({ tag: s.tag, server: new FuseServer(fs) });
-    } else {
-      // skiff's user-mode network stack terminates the guest's frames.
-      const net = new VirtioNet({ mac: new Uint8Array([0x52, 0x54, 0, 0x6b, 0x69, 0x66]) });
-      const options = p.config.net!;
-      let stack: NetStack;
-      try {
-        // Binds the --publish ports now: a taken one fails before the guest runs.
-        stack = new NetStack({
-          hostLoopback: options.hostLoopback,
-          publish: options.publish.map((r) => ({
-            hostIp: r.hostIp,
-            hostPort: r.hostPort,
-            guestPort: r.guestPort,
-            proto: r.protocol,
-          })),
-        });
-      } catch (e) {
-        throw new ConfigError((e as Error).message, { cause: e });
-      }
-      stack.ready.catch((e) => console.error(`skiff: ${(e as Error).message}`));
-      const detach = attachVirtioNet(stack, net);
-      cleanups.push(async () => {
-        detach();
-        await stack[Symbol.asyncDispose]();
-      });
-      device = net;
-    }
-    const base = MemoryLayout.virtioMmioBase(i);
-    const gsi = LAYOUT.DEVICE_IRQ_FIRST + i;
-    const host = new VirtioMmioHost(device, memory, {
-      irq: () => vm.pulseIrq(gsi),
-      onDeviceError: (e) => {
-        if (p.config.verbose) console.error(`skiff: ${slot.name}: ${(e as Error).message ?? e}`);
-      },
-    });
-    // A restored transport's state must be in its Worker config (host.spec).
-    const saved = states?.[slot.name];
-    if (saved) host.restore(saved as MmioState);
-    vm.onDeviceMessage(slot.name, (m) => host.handle(m));
-    vm.addDevice(host.spec(slot.name, base, gsi));
-    virtio.push({ name: slot.name, base, gsi, host });
-  });
-
-  let mailbox: Mailbox | null = null;
-  if (p.mailbox) {
-    const mb = new Mailbox(p.mailbox);
-    cleanups.push(() => mb[Symbol.dispose]());
-    // A restore's memory already holds the data region (it is saved with RAM).
-    mb.attach(vm, states ? memory : undefined);
-    mailbox = mb;
-  }
-
-  const persist = () => {
-    const m = new Map<string, Persist>();
-    m.set("uart", { save: () => uart.save(), restore: (s) => uart.restore(s as UartSnapshot) });
-    for (const v of virtio) {
-      // Restored before the Workers were made (above); nothing more to do then.
-      m.set(v.name, { save: () => v.host.save(), restore: () => {} });
-    }
-    if (mailbox) m.set("mailbox", mailbox);
-    return m;
+/** The {@link KvmDevices} fields a device manager provides. */
+export function devicesOf(dm: DeviceManager): Omit<KvmDevices, "cmdline" | "emulated"> {
+  if (!dm.uart) throw new Error("the machine has no UART");
+  return {
+    vm: dm.vm,
+    memory: dm.memory,
+    uart: dm.uart,
+    console: dm.console,
+    virtio: dm.virtio,
+    mailbox: dm.mailbox,
+    persist: () => dm.persist(),
+    log: () => dm.log(),
   };
-  return { uart, console: consoleDev, virtio, mailbox, persist, log: () => log };
 }
+
+/** Runs `cleanups` in reverse order, each once, ignoring failures (one must not keep the others). */
 export function disposer(cleanups: (() => void | Promise<void>)[]): () => Promise<void> {
   return async () => {
     for (const c of cleanups.reverse()) {
@@ -184,4 +125,260 @@ export function disposer(cleanups: (() => void | Promise<void>)[]): () => Promis
     }
     cleanups.length = 0;
   };
+}
+
+/** Options of {@link DeviceManager}. */
+export interface DeviceManagerOptions {
+  /** Host resources behind devices. */
+  backends: DeviceBackends;
+  /** Releases (run in reverse order with the machine). */
+  cleanups: (() => void | Promise<void>)[];
+  /** Serial console (ttyS0) output. */
+  onConsole?: (bytes: Uint8Array) => void;
+  /** Guest errors that put a virtio device into DEVICE_NEEDS_RESET (logs). */
+  onDeviceError?: (device: string, error: unknown) => void;
+}
+
+/** Runs `fn`; a failure's message gets `what: ` in front (which part of a record was bad). */
+function step<T>(what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof Error) e.message = `${what}: ${e.message}`;
+    throw e;
+  }
+}
+
+/** A device a record names cannot be made here (its back-end is missing); the message says which. */
+export class DeviceBackendError extends Error {}
+
+/** The devices of one machine, cold-booted or restored. */
+export class DeviceManager {
+  readonly vm: Vm;
+  readonly memory: RegionMemory;
+  /** The serial console. */
+  uart: Uart | null = null;
+  /** The virtio console (port 0 is hvc0). */
+  console: VirtioConsole | null = null;
+  /** skiff's mailbox, when the machine has one. */
+  mailbox: Mailbox | null = null;
+  /** The virtio devices in slot order. */
+  readonly virtio: VirtioSlot[] = [];
+  readonly #opts: DeviceManagerOptions;
+  readonly #records = new Map<string, { save: () => DeviceRecord; resume?: () => void }>();
+  #log = "";
+
+  constructor(vm: Vm, memory: RegionMemory, opts: DeviceManagerOptions) {
+    this.vm = vm;
+    this.memory = memory;
+    this.#opts = opts;
+  }
+
+  /**
+   * The one way a device goes onto the VM: its spec, its messages, its
+   * record, and what a restore does once the VM state is back (`resume`).
+   */
+  #place(
+    spec: DeviceSpec,
+    record: () => DeviceRecord,
+    onMessage?: (m: unknown) => void,
+    resume?: () => void,
+  ): void {
+    if (this.#records.has(spec.name)) throw new Error(`device ${spec.name} is placed twice`);
+    this.vm.addDevice(spec);
+    if (onMessage) this.vm.onDeviceMessage(spec.name, onMessage);
+    this.#records.set(spec.name, { save: record, resume });
+  }
+
+  /** The 8250 UART (ttyS0) at `port` with interrupt `gsi`; `state` from a snapshot. */
+  addUart(name: string, port: number = COM1.base, gsi: number = COM1.irq, state?: unknown): void {
+    const dec = new TextDecoder();
+    const uart = new Uart({
+      name,
+      base: port,
+      irq: gsi,
+      output: (b) => {
+        this.#log = (this.#log + dec.decode(b, { stream: true })).slice(-8192);
+        this.#opts.onConsole?.(b);
+      },
+    });
+    if (state !== undefined) step("state", () => uart.restore(state));
+    // The Uart's own attach wires its interrupt line and output to the VM.
+    let onMessage: ((m: unknown) => void) | undefined;
+    uart.attach({
+      addDevice: (spec) =>
+        this.#place(spec, () => ({
+          kind: "uart",
+          args: {},
+          placement: { ports: [{ base: port, length: 8 }], gsi },
+          state: uart.save(),
+        }), (m) => onMessage?.(m)),
+      onDeviceMessage: (_n, fn) => onMessage = fn,
+      setIrqLine: (g, level) => this.vm.setIrqLine(g, level),
+    });
+    this.uart = uart;
+  }
+
+  /** The i8042 (reset line) at ports 0x60/0x64; `state` from a snapshot. */
+  addI8042(name: string, state?: unknown): void {
+    const dev = new I8042Device(name);
+    if (state !== undefined) step("state", () => dev.restore(state));
+    this.#place(dev.spec(), () => ({
+      kind: "i8042",
+      args: {},
+      placement: { ports: [{ base: I8042.DATA, length: 1 }, { base: I8042.COMMAND, length: 1 }] },
+      state: dev.save(),
+    }));
+  }
+
+  /** The ACPI sleep registers at `port` (power-off); stateless. */
+  addSleep(name: string, port: number = LAYOUT.SLEEP_PORT): void {
+    this.#place(sleepSpec(port, name), () => ({
+      kind: "acpi-sleep",
+      args: {},
+      placement: { ports: [{ base: port, length: 2 }] },
+      state: null,
+    }));
+  }
+
+  /** The next free virtio slot: window and GSI (as Firecracker's MMIO allocator). */
+  allocateVirtio(): { base: number; gsi: number } {
+    const i = this.virtio.length;
+    const gsi = LAYOUT.DEVICE_IRQ_FIRST + i;
+    if (gsi > LAYOUT.DEVICE_IRQ_LAST) {
+      throw new RangeError(
+        `too many virtio devices: GSIs ${LAYOUT.DEVICE_IRQ_FIRST}–${LAYOUT.DEVICE_IRQ_LAST}`,
+      );
+    }
+    return { base: MemoryLayout.virtioMmioBase(i), gsi };
+  }
+
+  #virtioDevice(name: string, kind: "console" | "fs" | "net", args: Record<string, unknown>) {
+    if (kind === "console") {
+      const dev = new VirtioConsole({ portNames: args.ports as string[] });
+      this.console = dev;
+      return dev;
+    }
+    if (kind === "fs") {
+      const tag = args.tag as string;
+      const server = this.#opts.backends.fs(tag);
+      if (!server) throw new DeviceBackendError(`${name}: this run has no share tagged ${tag}`);
+      return new VirtioFs({ tag, server });
+    }
+    const stack = this.#opts.backends.net();
+    if (!stack) throw new DeviceBackendError(`${name}: this run has no network (--net)`);
+    const net = new VirtioNet({ mac: Uint8Array.from(args.mac as number[]) });
+    const detach = attachVirtioNet(stack, net);
+    this.#opts.cleanups.push(detach);
+    return net;
+  }
+
+  /**
+   * A virtio device of `kind` made from `args`, behind the shared MMIO
+   * transport at `at` (default: the next slot). `saved` (a restore) holds
+   * its state and its transport's: the device is constructed from them.
+   * Notifications come through ioeventfds; interrupts go out through
+   * `KVM_IRQ_LINE` (an irqfd to an IOAPIC pin is injected from a kernel
+   * workqueue, slower here: hv/notify_cost_bench.ts).
+   */
+  addVirtio(
+    name: string,
+    kind: "console" | "fs" | "net",
+    args: Record<string, unknown>,
+    at: { base: number; gsi: number } = this.allocateVirtio(),
+    saved?: { transport: unknown; state: unknown },
+  ): VirtioSlot {
+    const { base, gsi } = at;
+    const device: VirtioDevice = this.#virtioDevice(name, kind, args);
+    if (saved) step("state", () => device.restore(saved.state));
+    const vm = this.vm;
+    const host = step("transport", () =>
+      new VirtioMmioHost(device, this.memory, {
+        irq: () => vm.pulseIrq(gsi),
+        onDeviceError: (e) => this.#opts.onDeviceError?.(name, e),
+        state: saved?.transport as MmioTransportState | undefined,
+      }));
+    this.#place(
+      host.spec(name, base, gsi),
+      () => ({
+        kind: `virtio-${kind}`,
+        args,
+        placement: { mmio: [{ base, length: MMIO_WINDOW }], gsi },
+        transport: host.save(),
+        state: device.save(),
+      }),
+      (m) => host.handle(m),
+      () => host.resumeAfterRestore(),
+    );
+    const io = host.attachIoeventfds(vm, base);
+    this.#opts.cleanups.push(async () => await io[Symbol.asyncDispose]());
+    const slot = { name, base, gsi, host };
+    this.virtio.push(slot);
+    return slot;
+  }
+
+  /**
+   * skiff's mailbox: registers at `args.regsBase`, data region in its own
+   * memory slot — or, restoring, in `memory` (saved with RAM).
+   */
+  addMailbox(args: MailboxOptions, state?: unknown): void {
+    const mb = new Mailbox(args);
+    this.#opts.cleanups.push(() => mb[Symbol.dispose]());
+    const restoring = state !== undefined;
+    let onMessage: ((m: unknown) => void) | undefined;
+    mb.attach({
+      addMemory: (m) => this.vm.addMemory(m),
+      addDevice: (spec) =>
+        this.#place(spec, () => ({
+          kind: "mailbox",
+          args: { regsBase: mb.regsBase, dataBase: mb.dataBase, dataSize: mb.dataSize },
+          placement: { mmio: spec.mmio },
+          state: mb.save(),
+        }), (m) => onMessage?.(m)),
+      onDeviceMessage: (_n, fn) => onMessage = (m) => fn(m, -1),
+    }, restoring ? this.memory : undefined);
+    if (restoring) step("state", () => mb.restore(state));
+    this.mailbox = mb;
+  }
+
+  /** The DSDT's virtio entries, in slot order. */
+  dsdtEntries(): AcpiVirtioDevice[] {
+    return this.virtio.map((v) => ({ base: v.base, gsi: v.gsi }));
+  }
+
+  /**
+   * Each device's record by name, for `captureHvVm`. Nothing is put back
+   * by `restore`: a restore constructs the devices from these records; a
+   * virtio device's `restore` only replays the notifications that were
+   * still in its eventfds at capture, once the VM state is back.
+   */
+  persist(): Map<string, Persist> {
+    return new Map(
+      [...this.#records].map(([name, r]) => [name, {
+        save: r.save,
+        ...(r.resume ? { restore: r.resume } : {}),
+      }]),
+    );
+  }
+
+  /** The last kernel log text (UART), for diagnostics. */
+  log(): string {
+    return this.#log;
+  }
+}
+
+/** The devices of plan `p` on a cold boot, in the order a restore finds them. */
+export function createDevices(
+  vm: Vm,
+  memory: RegionMemory,
+  p: MachinePlan,
+  opts: DeviceManagerOptions,
+): DeviceManager {
+  const dm = new DeviceManager(vm, memory, opts);
+  dm.addUart("uart0");
+  dm.addI8042("i8042");
+  dm.addSleep("acpi-sleep");
+  for (const v of p.virtio) dm.addVirtio(v.name, v.kind, v.args);
+  if (p.mailbox) dm.addMailbox(p.mailbox);
+  return dm;
 }

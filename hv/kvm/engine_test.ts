@@ -294,45 +294,10 @@ hostTest(
           workloadDevices: false,
         });
         strictEqual(m.vm.vcpus.length, 3);
-        strictEqual(m.virtio.length, 0);
+        deepStrictEqual(m.virtio.map((v) => v.name), ["virtio-console"]);
         const madt = m.acpi.tables.find((t) => t.signature === "APIC")!.bytes;
         strictEqual(madt.length, 44 + 3 * 8 + 12);
       }
     });
-  },
-);
-
-Deno.test("kvm engine: --cpus 2 is refused before anything boots (one vCPU for now)", async () => {
-  // No /dev/kvm is touched: the check comes before the kernel, the VM and the cache.
-  const engine = new KvmEngine({ snapshot: false, onNote: null });
-  await rejects(
-    engine.run(
-      { ...config("/no/such/kernel"), cpus: 2 },
-      { argv: ["true"], env: {}, workdir: "/" },
-      { stdin: null, stdout: new WritableStream(), stderr: new WritableStream() },
-    ),
-    (e) =>
-      e instanceof ConfigError &&
-      e.message === "--cpus 2: the kvm engine runs one vCPU for now; use --cpus 1 or --engine qemu",
-  );
-});
-
-hostTest(
-  "skiff run --engine kvm --cpus 2: one line naming the flag, exit 125",
-  ["kvm"],
-  async () => {
-    const main = new URL("../../main.ts", import.meta.url).pathname;
-    const r = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", main, "run", "--engine", "kvm", "--cpus", "2", "--", "true"],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const err = new TextDecoder().decode(r.stderr);
-    strictEqual(r.code, 125, err);
-    strictEqual(
-      err,
-      "skiff run: --cpus 2: the kvm engine runs one vCPU for now; use --cpus 1 or --engine qemu\n",
-    );
   },
 );

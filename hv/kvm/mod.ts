@@ -1,6 +1,7 @@
 /**
  * The kvm engine (skiff's own VMM over /dev/kvm): orchestration (engine.ts),
- * resources (plan.ts), devices (device_manager.ts), boot (builder.ts),
+ * resources (plan.ts), devices (device_manager.ts with their snapshot records
+ * in device_records.ts, host back-ends in backends.ts), boot (builder.ts),
  * snapshot restore (persist.ts), workload I/O (workload.ts), the emulated-KVM
  * handling (emulated.ts) and `skiff boot --console-log` (console_boot.ts).
  *
@@ -12,7 +13,16 @@ export type { KvmEngineOptions, SnapshotOutcome } from "./engine.ts";
 export { buildKvmMachine } from "./builder.ts";
 export type { KvmMachine } from "./builder.ts";
 export type { RestoredKvmMachine } from "./persist.ts";
-export type { KvmDevices, VirtioSlot } from "./device_manager.ts";
+export type {
+  DeviceKind,
+  DeviceRecord,
+  KvmDevices,
+  Placement,
+  VirtioSlot,
+} from "./device_manager.ts";
+export { DeviceManager } from "./device_manager.ts";
+export { restoreDevices } from "./device_records.ts";
+export type { DeviceBackends } from "./backends.ts";
 export {
   baseCmdline,
   KVM_VMM_VERSION,

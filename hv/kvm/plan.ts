@@ -51,7 +51,7 @@ export interface MachineOptions {
    * Add the workload's virtio devices: the console with the stdin/stdout/
    * stderr/status ports, a virtio-fs per share, virtio-net with `net`
    * (default true). Without them the machine has the plain virtio console
-   * (hvc0) when it has one vCPU, and no virtio device otherwise.
+   * (hvc0) only.
    */
   workloadDevices?: boolean;
   /** Override the emulated-KVM detection (tests). */
@@ -69,6 +69,12 @@ export interface MachineOptions {
   /** More kernel command-line options, after the base ones and before `config.cmdlineExtra`. */
   cmdline?: string;
 }
+/** A planned virtio device: its name (snapshot id) and what it is made from. */
+export type PlannedVirtio =
+  | { name: string; kind: "console"; args: { ports: string[] } }
+  | { name: string; kind: "fs"; args: { tag: string }; share: Share }
+  | { name: string; kind: "net"; args: { mac: number[] } };
+
 /** What a machine is built from, worked out before any KVM resource exists. */
 export interface MachinePlan {
   config: VmConfig;
@@ -77,13 +83,18 @@ export interface MachinePlan {
   shares: Share[];
   workload: boolean;
   emulated: boolean;
+  /** vCPUs (`--cpus`): vCPU 0 boots, the others wait for the kernel's INIT/SIPI. */
   cpus: number;
-  virtio: { name: string; kind: "console" | "fs" | "net"; share?: Share }[];
+  /** The virtio devices in slot order (slot i: window i, GSI first + i). */
+  virtio: PlannedVirtio[];
   mailbox: MailboxOptions | null;
   cmdline: string;
 }
+/** The guest NIC's MAC address: locally administered (52:54:00 as QEMU's), then "kif". */
+export const GUEST_MAC: readonly number[] = [0x52, 0x54, 0, 0x6b, 0x69, 0x66];
 /** Version of the machine layout and device state a snapshot holds (part of the cache key). */
-export const KVM_VMM_VERSION = "skiff-kvm-1";
+export const KVM_VMM_VERSION = "skiff-kvm-2";
+/** Works out the machine for `config` (checks, kernel, devices, command line); creates nothing. */
 export async function planMachine(config: VmConfig, opts: MachineOptions): Promise<MachinePlan> {
   if (!Number.isInteger(config.memoryMiB) || config.memoryMiB < 64) {
     throw new ConfigError(`--memory ${config.memoryMiB}: the kvm engine needs at least 64 MiB`);
@@ -92,13 +103,6 @@ export async function planMachine(config: VmConfig, opts: MachineOptions): Promi
     throw new ConfigError(`--cpus ${config.cpus}: the kvm engine boots 1–255 vCPUs`);
   }
   const workload = opts.workloadDevices ?? true;
-  if (workload && config.cpus > 1) {
-    // The virtio transports keep register state per vCPU Worker
-    // (devices/virtio/mmio_remote.ts): refused, not silently run on one.
-    throw new ConfigError(
-      `--cpus ${config.cpus}: the kvm engine runs one vCPU for now; use --cpus 1 or --engine qemu`,
-    );
-  }
   const emulated = opts.emulated ?? isEmulatedKvm();
   const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
   // The ELF vmlinux skips the bzImage's self-decompression (~80 s where guest code is emulated).
@@ -112,11 +116,21 @@ export async function planMachine(config: VmConfig, opts: MachineOptions): Promi
       );
     }
   }
-  const wantVirtio = workload || config.cpus === 1;
-  const virtio: MachinePlan["virtio"] = [];
-  if (wantVirtio) virtio.push({ name: "virtio-console", kind: "console" });
-  for (const s of shares) virtio.push({ name: `virtio-fs-${s.tag}`, kind: "fs", share: s });
-  if (workload && config.net) virtio.push({ name: "virtio-net", kind: "net" });
+  const virtio: PlannedVirtio[] = [{
+    name: "virtio-console",
+    kind: "console",
+    args: {
+      ports: workload
+        ? [PORT_NAMES.stdin, PORT_NAMES.stdout, PORT_NAMES.stderr, PORT_NAMES.status]
+        : [],
+    },
+  }];
+  for (const s of shares) {
+    virtio.push({ name: `virtio-fs-${s.tag}`, kind: "fs", args: { tag: s.tag }, share: s });
+  }
+  if (workload && config.net) {
+    virtio.push({ name: "virtio-net", kind: "net", args: { mac: [...GUEST_MAC] } });
+  }
   if (LAYOUT.DEVICE_IRQ_FIRST + virtio.length - 1 > LAYOUT.DEVICE_IRQ_LAST) {
     throw new ConfigError(
       `too many virtio devices: ${virtio.length} (GSIs ${LAYOUT.DEVICE_IRQ_FIRST}–${LAYOUT.DEVICE_IRQ_LAST})`,
@@ -135,7 +149,7 @@ export async function planMachine(config: VmConfig, opts: MachineOptions): Promi
     shares,
     workload,
     emulated,
-    cpus: wantVirtio ? 1 : config.cpus,
+    cpus: config.cpus,
     virtio,
     mailbox: opts.mailbox ? (opts.mailbox === true ? {} : opts.mailbox) : null,
     cmdline,
@@ -152,9 +166,7 @@ export function planDevices(p: MachinePlan): unknown[] {
       kind: v.kind,
       base: MemoryLayout.virtioMmioBase(i),
       gsi: LAYOUT.DEVICE_IRQ_FIRST + i,
-      ...(v.kind === "console" && p.workload
-        ? { ports: [PORT_NAMES.stdin, PORT_NAMES.stdout, PORT_NAMES.stderr, PORT_NAMES.status] }
-        : {}),
+      ...v.args,
     })),
     ...(p.mailbox
       ? [{

@@ -14,7 +14,9 @@ import { deepStrictEqual, match, notStrictEqual, ok, strictEqual } from "node:as
 import { join } from "node:path";
 import { hostTest } from "../../tests/requirements.ts";
 import { SnapshotCache } from "../../snapshot/cache.ts";
-import { STATE_FILE } from "../../snapshot/format.ts";
+import { encodeManifest, STATE_FILE } from "../../snapshot/format.ts";
+import { readSnapshot } from "../../snapshot/store.ts";
+import { KVM_MP_STATE } from "../../kvm_ffi/kvm_sys.ts";
 import { mailboxKernelCode, standInElf } from "./testdata/mailbox_kernel.ts";
 import { Assembler } from "../../init/asm/mod.ts";
 import { isEmulatedKvm } from "./emulated.ts";
@@ -36,10 +38,11 @@ async function run(
   cache: string,
   snapshot: "on" | "off",
   arg0: string,
+  cpus = 1,
 ): Promise<RunResult> {
   const out = join(dir, `run-${crypto.randomUUID()}.json`);
   const p = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", HELPER, kernel, cache, snapshot, arg0, out],
+    args: ["run", "-A", HELPER, kernel, cache, snapshot, arg0, String(cpus), out],
     stdout: "piped",
     stderr: "piped",
   }).spawn();
@@ -140,6 +143,78 @@ hostTest(
       notStrictEqual(await Deno.readFile(state), bytes);
       const again = await run(dir, kernel, cacheDir, "on", "1");
       deepStrictEqual([again.status?.code, again.outcomes[0].from], [1, "snapshot"]);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+hostTest(
+  "kvm engine --cpus 2: the AP waits for SIPI; every vCPU and each device record captured, restored in a new process",
+  ["kvm"],
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "skiff-kvm-smp-" });
+    try {
+      const kernel = join(dir, "vmlinux");
+      await Deno.writeFile(kernel, standInElf(mailboxKernelCode()));
+      const cacheDir = join(dir, "cache", "snapshots");
+      const miss = await run(dir, kernel, cacheDir, "on", "3", 2);
+      deepStrictEqual(miss.status, { kind: "exited", code: 3 }, JSON.stringify(miss));
+      deepStrictEqual(miss.outcomes.map((o) => [o.from, o.captured]), [["boot", true]]);
+      const [entry] = new SnapshotCache(cacheDir).list();
+      const m = readSnapshot(entry.dir).manifest;
+      strictEqual(m.vcpus.length, 2);
+      // vCPU 1 was never started by the stand-in kernel: still waiting for INIT/SIPI.
+      const mp = (v: Record<string, unknown>) =>
+        new DataView((v.mp_state as Uint8Array).slice().buffer).getUint32(0, true);
+      deepStrictEqual([mp(m.vcpus[0]), mp(m.vcpus[1])], [
+        KVM_MP_STATE.RUNNABLE,
+        KVM_MP_STATE.UNINITIALIZED,
+      ]);
+      const kinds = Object.fromEntries(
+        Object.entries(m.devices).map(([id, r]) => [id, (r as { kind: string }).kind]),
+      );
+      deepStrictEqual(kinds, {
+        "uart0": "uart",
+        "i8042": "i8042",
+        "acpi-sleep": "acpi-sleep",
+        "virtio-console": "virtio-console",
+        "mailbox": "mailbox",
+      });
+      const hit = await run(dir, kernel, cacheDir, "on", "5", 2);
+      deepStrictEqual(hit.status, { kind: "exited", code: 5 }, JSON.stringify(hit));
+      deepStrictEqual(hit.outcomes.map((o) => [o.from, o.key]), [["snapshot", entry.key]]);
+      deepStrictEqual(lines(hit.log), ["cmd 5"]);
+      // --cpus is part of the key: one vCPU does not use the 2-vCPU snapshot.
+      const one = await run(dir, kernel, cacheDir, "on", "4", 1);
+      deepStrictEqual(one.outcomes.map((o) => [o.from, o.captured]), [["boot", true]]);
+      notStrictEqual(one.outcomes[0].key, entry.key);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+);
+
+hostTest(
+  "kvm engine: a corrupt device record is one warning naming the device, then a cold boot",
+  ["kvm"],
+  async () => {
+    const dir = await Deno.makeTempDir({ prefix: "skiff-kvm-rec-" });
+    try {
+      const kernel = join(dir, "vmlinux");
+      await Deno.writeFile(kernel, standInElf(mailboxKernelCode()));
+      const cacheDir = join(dir, "cache", "snapshots");
+      await run(dir, kernel, cacheDir, "on", "1");
+      const [entry] = new SnapshotCache(cacheDir).list();
+      const snap = readSnapshot(entry.dir);
+      const devices = snap.manifest.devices as Record<string, { state: Record<string, unknown> }>;
+      devices.i8042.state.ctr = "open";
+      await Deno.writeTextFile(join(entry.dir, STATE_FILE), encodeManifest(snap.manifest));
+      const r = await run(dir, kernel, cacheDir, "on", "2");
+      deepStrictEqual(r.status, { kind: "exited", code: 2 }, JSON.stringify(r));
+      strictEqual(r.warnings.length, 1, JSON.stringify(r.warnings));
+      match(r.warnings[0], /device i8042: state: \$\.ctr: expected an integer/);
+      deepStrictEqual(r.outcomes.map((o) => [o.from, o.captured]), [["boot", true]]);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }

@@ -2,8 +2,8 @@
  * An MMIO doorbell for notify-cost measurements: every guest write that
  * reaches it (i.e. was not absorbed by an ioeventfd in the kernel) is counted
  * in a shared word and, when `post` is set, posted to the host thread's
- * `Vm.onDeviceMessage` listener — the path a virtio QueueNotify takes
- * through devices/virtio/mmio_remote.ts.
+ * `Vm.onDeviceMessage` listener — the path a virtio QueueNotify that no
+ * ioeventfd absorbed takes (devices/virtio/mmio_worker.ts).
  *
  * @module
  */

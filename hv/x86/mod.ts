@@ -5,3 +5,4 @@
  */
 
 export * from "./long_mode.ts";
+export * from "./cpuid.ts";

@@ -13,7 +13,7 @@ import { setupLongMode, X86_BOOT } from "../../../hv/x86/long_mode.ts";
 import { DEBUG_EXIT_PORT, debugExitSpec } from "../../legacy/debug_exit.ts";
 import { hostTest } from "../../../tests/requirements.ts";
 import { MMIO, MMIO_MAGIC } from "../mmio.ts";
-import { VirtioMmioHost } from "../mmio_remote.ts";
+import { VirtioMmioHost } from "../mmio_host.ts";
 import { VirtioConsole } from "./device.ts";
 import { HANG_MS } from "../../../tests/waits.ts";
 

@@ -10,6 +10,7 @@
  * @module
  */
 
+import { parseConsoleState } from "./persist.ts";
 import { ChainReader, ChainWriter } from "../chain.ts";
 import { bit, DEVICE_ID, type DeviceContext, type VirtioDevice } from "../device.ts";
 import type { Queue } from "../queue.ts";
@@ -405,10 +406,7 @@ export class VirtioConsole implements VirtioDevice {
   }
 
   restore(state: unknown): void {
-    const s = state as ConsoleState;
-    if (!s || !Array.isArray(s.ports) || s.ports.length !== this.ports.length) {
-      throw new RangeError(`console state does not match ${this.ports.length} ports`);
-    }
+    const s = parseConsoleState(state, this.ports.length);
     this.#deviceReady = !!s.ready;
     this.#control = s.control.map((m) => Uint8Array.from(m));
     s.ports.forEach((ps, i) => {

@@ -5,3 +5,4 @@
  */
 
 export * from "./device.ts";
+export * from "./persist.ts";

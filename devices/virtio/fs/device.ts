@@ -15,6 +15,7 @@
  * @module
  */
 
+import { parseVirtioFsState } from "./persist.ts";
 import type { FuseServer, FuseServerState } from "../../fuse/server.ts";
 import { RequestBuffer } from "../chain.ts";
 import { DEVICE_ID, type DeviceContext, type VirtioDevice } from "../device.ts";
@@ -124,10 +125,6 @@ export class VirtioFs implements VirtioDevice {
   }
 
   restore(state: unknown): void {
-    const s = state as VirtioFsState;
-    if (!s || typeof s !== "object" || !("server" in s)) {
-      throw new RangeError("virtio-fs state has no server state");
-    }
-    this.server.restore(s.server);
+    this.server.restore(parseVirtioFsState(state).server);
   }
 }

@@ -15,6 +15,7 @@
  * @module
  */
 
+import { type NetState, parseNetState } from "./persist.ts";
 import { ChainReader, ChainWriter } from "../chain.ts";
 import { bit, DEVICE_ID, type DeviceContext, type VirtioDevice } from "../device.ts";
 
@@ -239,13 +240,12 @@ export class VirtioNet implements VirtioDevice {
     if (any) ctx.signalUsed(0);
   }
 
-  save(): unknown {
+  save(): NetState {
     return { linkUp: this.#linkUp, pending: this.#pending.length };
   }
 
   restore(state: unknown): void {
-    const s = state as { linkUp?: boolean } | null;
-    this.#linkUp = s?.linkUp ?? true;
+    this.#linkUp = parseNetState(state).linkUp;
     // Frames in flight are not kept across a snapshot: TCP retransmits, and the
     // stack resets connections on restore anyway (issue 9).
     this.#pending = [];

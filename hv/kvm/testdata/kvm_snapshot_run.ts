@@ -1,12 +1,14 @@
 // Test helper run as its own process by hv/kvm_snapshot_test.ts:
-//   kvm_snapshot_run.ts KERNEL CACHE_DIR on|off ARG0 OUT.json
+//   kvm_snapshot_run.ts KERNEL CACHE_DIR on|off ARG0 [CPUS] OUT.json
 // Runs `KvmEngine.run` (mailbox mode) with the stand-in kernel and a cache
 // rooted at CACHE_DIR (or none with "off"), and writes what happened as JSON.
 import { KvmEngine, type SnapshotOutcome } from "../engine.ts";
 import { SnapshotCache } from "../../../snapshot/cache.ts";
 import type { VmConfig } from "../../config.ts";
 
-const [kernel, cacheDir, snapshot, arg0, out] = Deno.args;
+const [kernel, cacheDir, snapshot, arg0] = Deno.args;
+const cpus = Deno.args.length > 5 ? Number(Deno.args[4]) : 1;
+const out = Deno.args[Deno.args.length - 1];
 // Bounds that only catch a hang (the test kills this process later still).
 const watchdog = setTimeout(() => {
   console.error("kvm_snapshot_run: no end after 4 minutes");
@@ -25,7 +27,7 @@ const engine = new KvmEngine({
 });
 const config: VmConfig = {
   kernel,
-  cpus: 1,
+  cpus,
   memoryMiB: 64,
   cmdlineExtra: "",
   root: null,
