@@ -121,6 +121,8 @@ export class QmpClient {
   /** Every event received, in order (a session is short: no need to trim). */
   readonly events: QmpEvent[] = [];
   #eventListeners = new Set<(e: QmpEvent) => void>();
+  /** Called once when the connection closes (pending {@link waitEvent}s). */
+  #closeListeners = new Set<() => void>();
 
   /** Wraps an accepted or connected QMP stream; call {@link handshake} next. */
   constructor(conn: Deno.Conn) {
@@ -154,6 +156,8 @@ export class QmpClient {
       failure = new QmpError(`QMP connection failed: ${(e as Error).message}`);
     }
     this.#closed = true;
+    for (const l of this.#closeListeners) l();
+    this.#closeListeners.clear();
     this.#rejectGreeting(failure);
     for (const p of this.#pending.values()) p.reject(failure);
     this.#pending.clear();
@@ -263,6 +267,11 @@ export class QmpClient {
     return this.#closed;
   }
 
+  /** Event waits ({@link waitEvent}) still pending (diagnostics and tests). */
+  get pendingWaits(): number {
+    return this.#closeListeners.size;
+  }
+
   /** Resolves once the connection has closed (QEMU exited or {@link close} was called). */
   get ended(): Promise<void> {
     return this.#reader;
@@ -285,6 +294,7 @@ export class QmpClient {
         unsubscribe();
         clearTimeout(timer);
         o.signal?.removeEventListener("abort", onAbort);
+        this.#closeListeners.delete(onClose);
       };
       const unsubscribe = this.onEvent((e) => {
         if (!match(e)) return;
@@ -299,12 +309,14 @@ export class QmpClient {
         cleanup();
         reject(o.signal!.reason ?? new DOMException("aborted", "AbortError"));
       };
-      if (o.signal?.aborted) return onAbort();
-      o.signal?.addEventListener("abort", onAbort, { once: true });
-      this.#reader.then(() => {
+      const onClose = () => {
         cleanup();
         reject(new QmpError(`QMP connection closed while waiting for ${what}`));
-      });
+      };
+      if (o.signal?.aborted) return onAbort();
+      if (this.#closed) return onClose();
+      o.signal?.addEventListener("abort", onAbort, { once: true });
+      this.#closeListeners.add(onClose);
     });
   }
 
@@ -342,16 +354,23 @@ export class QmpClient {
    * {@link QmpError}.
    */
   async waitMigration(o: QmpWaitOptions = {}): Promise<MigrationInfo> {
+    // Cancelled when the migration had ended before (no timer left behind).
+    const done = new AbortController();
     const ended = this.waitEvent(
       (e) => e.event === "MIGRATION" && MIGRATION_DONE.has(String(e.data?.status)),
       "end of the migration",
-      o,
+      { ...o, signal: o.signal ? AbortSignal.any([o.signal, done.signal]) : done.signal },
     );
     ended.catch(() => {});
-    let info = await this.queryMigrate();
-    if (!MIGRATION_DONE.has(info.status)) {
-      await ended;
+    let info: MigrationInfo;
+    try {
       info = await this.queryMigrate();
+      if (!MIGRATION_DONE.has(info.status)) {
+        await ended;
+        info = await this.queryMigrate();
+      }
+    } finally {
+      done.abort();
     }
     if (info.status !== "completed") {
       throw new MigrationError(
@@ -405,13 +424,19 @@ export class QmpClient {
    * makes this wait until `timeoutMs`.
    */
   async deviceDel(id: string, o: QmpWaitOptions = {}): Promise<void> {
+    const refused = new AbortController();
     const deleted = this.waitEvent(
       (e) => e.event === "DEVICE_DELETED" && e.data?.device === id,
       `DEVICE_DELETED for '${id}'`,
-      o,
+      { ...o, signal: o.signal ? AbortSignal.any([o.signal, refused.signal]) : refused.signal },
     );
     deleted.catch(() => {});
-    await this.execute("device_del", { id });
+    try {
+      await this.execute("device_del", { id });
+    } catch (e) {
+      refused.abort(); // no event will come: drop the waiter and its timer
+      throw e;
+    }
     await deleted;
   }
 
