@@ -6,6 +6,7 @@ import { machineDescription, pcieLayoutOf, qemuArgs, type QemuLaunchSpec } from 
 import { HotplugSlots, NoFreeSlotError, planPcie } from "./slots.ts";
 import { shellQuotePath } from "./qmp.ts";
 import { qemuSnapshotKey, resolveBinary } from "./snapshot_key.ts";
+import { QemuRamDir } from "./persist.ts";
 import type { VmConfig } from "../config.ts";
 
 const config: VmConfig = {
@@ -221,4 +222,33 @@ Deno.test("resolveBinary: PATH lookup, paths as given, a clear error when missin
   ok(resolveBinary("sh").endsWith("/sh"));
   strictEqual(resolveBinary("/x/y"), "/x/y");
   throws(() => resolveBinary("no-such-binary-skiff"), /no-such-binary-skiff is not on PATH/);
+});
+
+Deno.test("QemuRamDir: private, removed on dispose; sweep removes only dirs of dead processes", () => {
+  const root = Deno.makeTempDirSync({ prefix: "skiff-ramroot-" });
+  try {
+    let path: string;
+    {
+      using ram = QemuRamDir.create(root);
+      path = ram.dir;
+      strictEqual((Deno.statSync(ram.dir).mode ?? 0) & 0o777, 0o700);
+      strictEqual(ram.ramFile, join(ram.dir, "ram"));
+      ok(ram.dir.startsWith(join(root, `skiff-ram-${Deno.pid}-`)), ram.dir);
+    }
+    throws(() => Deno.statSync(path), Deno.errors.NotFound);
+    const live = QemuRamDir.create(root);
+    // A pid above the kernel's maximum (4194304) never runs.
+    const dead = join(root, "skiff-ram-4194305-abc");
+    Deno.mkdirSync(dead);
+    Deno.writeTextFileSync(join(dead, "ram"), "x");
+    const other = join(root, "not-skiff");
+    Deno.mkdirSync(other);
+    deepStrictEqual(QemuRamDir.sweep(root), [dead]);
+    ok(Deno.statSync(live.dir).isDirectory);
+    ok(Deno.statSync(other).isDirectory);
+    live.remove();
+    throws(() => QemuRamDir.create(join(root, "missing")), /cannot create a RAM directory in/);
+  } finally {
+    Deno.removeSync(root, { recursive: true });
+  }
 });

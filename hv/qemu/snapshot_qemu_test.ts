@@ -216,31 +216,53 @@ qemuTest(
         state: sha(`${entry}/${QEMU_STATE_FILE}`),
       };
 
-      await t.step("restore in a new QEMU → hot-plug → mount → read", async () => {
-        const ram = ramDir();
-        const sd = await sockDir("restore");
-        const timings: Record<string, number> = {};
-        const vm = await restoreQemu(entry, { ...launch(sd, ram), timings });
-        try {
-          deepStrictEqual(Object.keys(timings), ["copy", "start", "load"]);
-          strictEqual((await vm.qmp.status()).status, "paused");
-          const con = new ShellConsole(vm.console!);
-          await using server = serveShare(`${sd}/fs.sock`, share);
-          // Plugged while paused (the vhost-user handshake happens then), then cont.
-          const r = await plugMountRead(vm, con, {
-            id: "fs0",
-            socketPath: `${sd}/fs.sock`,
-            tag: "restored",
-            file: "hello",
-            cont: true,
-          });
-          strictEqual(r.out, "hello from the host", `console:\n${con.text.slice(-2000)}`);
-          strictEqual((await con.run("cat /tmp/mark")).out.trim(), "before-capture");
-          void server;
-        } finally {
-          await vm.stop();
-        }
-      });
+      await t.step(
+        "restore in a new QEMU → hot-plug → mount → read; capture it again",
+        async () => {
+          const ram = ramDir();
+          const sd = await sockDir("restore");
+          const timings: Record<string, number> = {};
+          const vm = await restoreQemu(entry, { ...launch(sd, ram), timings });
+          try {
+            deepStrictEqual(Object.keys(timings), ["copy", "start", "load"]);
+            strictEqual((await vm.qmp.status()).status, "paused");
+            const con = new ShellConsole(vm.console!);
+            await using server = serveShare(`${sd}/fs.sock`, share);
+            // Plugged while paused (the vhost-user handshake happens then), then cont.
+            const r = await plugMountRead(vm, con, {
+              id: "fs0",
+              socketPath: `${sd}/fs.sock`,
+              tag: "restored",
+              file: "hello",
+              cont: true,
+            });
+            strictEqual(r.out, "hello from the host", `console:\n${con.text.slice(-2000)}`);
+            strictEqual((await con.run("cat /tmp/mark")).out.trim(), "before-capture");
+            // A restored VM is captured again (devices out first) and that restores too.
+            strictEqual((await con.run("echo after-restore > /tmp/mark2")).code, 0);
+            await umountUnplug(con, r.device, "restored");
+            const again = `${dir}/entry-again`;
+            const cap = await captureQemu(vm, again);
+            strictEqual(await cap.published, "published");
+            await vm.stop();
+            const ram2 = ramDir();
+            const vm2 = await restoreQemu(again, launch(await sockDir("restore-again"), ram2));
+            try {
+              await vm2.qmp.cont();
+              const con2 = new ShellConsole(vm2.console!);
+              strictEqual(
+                (await con2.run("cat /tmp/mark /tmp/mark2")).out.trim(),
+                "before-capture\nafter-restore",
+              );
+            } finally {
+              await vm2.stop();
+            }
+            void server;
+          } finally {
+            await vm.stop();
+          }
+        },
+      );
 
       await t.step("two restores side by side, each with its own RAM", async () => {
         const started = await Promise.all(["a", "b"].map(async (name) => {
