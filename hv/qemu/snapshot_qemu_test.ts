@@ -7,7 +7,6 @@
 // exit) with an overall bound that only catches hangs.
 import { deepStrictEqual, match, ok, rejects, strictEqual } from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { join } from "node:path";
 import { hostTest } from "../../tests/requirements.ts";
 import { bootCached } from "../../snapshot/boot_cached.ts";
 import { SnapshotCache } from "../../snapshot/cache.ts";
@@ -156,7 +155,7 @@ qemuTest(
             }
             strictEqual(vm.slots.free, 4, "refused plugs free their port");
             // The chardev of the refused plug was removed: the same id plugs now.
-            await using server = serveShare(`${sd}/fs.sock`, share);
+            await using _server = serveShare(`${sd}/fs.sock`, share);
             const r = await plugMountRead(vm, con, {
               id: "fs9",
               socketPath: `${sd}/fs.sock`,
