@@ -169,6 +169,8 @@ export interface QemuCapture {
    * Resolves once the entry is written and published (`"exists"` when
    * another writer was first) and the staging files are gone; rejects with
    * a {@link SnapshotError}. Always settles; the staging is removed either way.
+   * The staging lives in the RAM file's directory: keep that directory (and
+   * the process) until this settles, or the entry is lost.
    */
   published: Promise<PublishResult>;
 }
@@ -178,7 +180,8 @@ export interface QemuCapture {
  * directory `dir` (a cache entry path). The guest is paused (`stop`), QEMU
  * writes its device state, and the RAM file is copied sparse to a staging
  * file beside it; then this resolves and the guest may `cont` while the
- * entry is written on a Worker (`published`). The guest is left paused.
+ * entry is written on a Worker (`published`). The guest is left paused
+ * (`postmigrate`); `cont` resumes it.
  *
  * Refuses (a {@link QemuCaptureError}, before pausing) a QEMU without a RAM
  * file or with a device in a hot-plug port: the stream would not describe
