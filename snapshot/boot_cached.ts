@@ -17,17 +17,23 @@
 import type { SnapshotCache } from "./cache.ts";
 import type { Snapshot } from "./store.ts";
 
-/** What {@link bootCached} needs from the engine. */
-export interface BootCachedOptions<T> {
+/** What {@link bootCached} needs from the engine (`S`: the engine's validated entry). */
+export interface BootCachedOptions<T, S extends { dir: string } = Snapshot> {
   /** The cache, or null when snapshots are off (`--no-snapshot`). */
   cache: SnapshotCache | null;
   /** The key from `snapshotKey(parts)`. */
   key: string;
   /**
+   * Opens and validates an entry directory, throwing a `SnapshotError` when
+   * it is unusable (default: the kvm format's `readSnapshot`; the qemu
+   * engine passes `readQemuEntry`).
+   */
+  read?: (dir: string) => S;
+  /**
    * Builds a ready-to-run VM from a validated snapshot (e.g. with `restoreVm`);
    * on failure it releases whatever it built and throws.
    */
-  restore(snapshot: Snapshot): T | Promise<T>;
+  restore(snapshot: S): T | Promise<T>;
   /** Cold-boots a VM up to the ready doorbell, paused there. */
   boot(): Promise<T>;
   /** Captures the paused, freshly booted VM into snapshot directory `dir` (e.g. with `captureVm`). */
@@ -46,10 +52,12 @@ export interface BootCachedResult<T> {
 }
 
 /** Restores from the cache or boots (and captures); never fails because of the cache. */
-export async function bootCached<T>(o: BootCachedOptions<T>): Promise<BootCachedResult<T>> {
+export async function bootCached<T, S extends { dir: string } = Snapshot>(
+  o: BootCachedOptions<T, S>,
+): Promise<BootCachedResult<T>> {
   const warn = o.warn ?? ((m: string) => console.error(`skiff: ${m}`));
   if (o.cache) {
-    const snapshot = o.cache.lookup(o.key);
+    const snapshot = o.read ? o.cache.lookupWith(o.key, o.read) : o.cache.lookup(o.key) as S | null;
     if (snapshot) {
       try {
         return { vm: await o.restore(snapshot), from: "snapshot", captured: false };

@@ -15,7 +15,7 @@
 import { join } from "node:path";
 import { canonicalJson, sha256Hex, toJsonData } from "./codec.ts";
 import { SnapshotError } from "./errors.ts";
-import { MEMORY_FILE, STATE_FILE } from "./format.ts";
+import { isQemuEntry, readQemuEntry } from "./qemu_entry.ts";
 import {
   type PublishResult,
   readSnapshot,
@@ -68,6 +68,8 @@ export interface CacheEntry {
   dir: string;
   /** Bytes allocated on disk (sparse holes excluded). */
   diskBytes: number;
+  /** The engine whose entry it is: `kvm` (state.json + memory) or `qemu` (qemu.json + ram + state). */
+  engine: string;
   /** Logical size of the memory file (the guest's memory size). */
   memoryBytes: number;
   /** Creation time, from state.json (or the directory's mtime when unreadable). */
@@ -106,6 +108,15 @@ export class SnapshotCache {
    * validation is reported in one line, deleted, and reported as a miss.
    */
   lookup(key: string): Snapshot | null {
+    return this.lookupWith(key, readSnapshot);
+  }
+
+  /**
+   * {@link lookup} for any entry format: `read` validates the directory and
+   * throws (a {@link SnapshotError}) when it is unusable; the entry is then
+   * reported in one line, deleted, and null returned (a miss).
+   */
+  lookupWith<S>(key: string, read: (dir: string) => S): S | null {
     const dir = this.pathOf(key);
     try {
       Deno.statSync(dir);
@@ -113,7 +124,7 @@ export class SnapshotCache {
       return null;
     }
     try {
-      return readSnapshot(dir);
+      return read(dir);
     } catch (e) {
       const why = e instanceof SnapshotError ? e.message : `snapshot ${dir}: ${String(e)}`;
       this.discard(key, why);
@@ -156,15 +167,24 @@ export class SnapshotCache {
         key: ent.name,
         dir,
         diskBytes: diskUsage(dir),
+        engine: "kvm",
         memoryBytes: 0,
         createdAt: Deno.statSync(dir).mtime ?? new Date(0),
         source: null,
       };
       try {
-        const snap = readSnapshot(dir);
-        entry.createdAt = new Date(snap.manifest.createdAt);
-        entry.memoryBytes = snap.manifest.memory.fileSize;
-        entry.source = snap.manifest.source as Record<string, unknown>;
+        if (isQemuEntry(dir)) {
+          entry.engine = "qemu";
+          const q = readQemuEntry(dir);
+          entry.createdAt = new Date(q.manifest.createdAt);
+          entry.memoryBytes = q.manifest.ram.fileSize;
+          entry.source = q.manifest.source as Record<string, unknown>;
+        } else {
+          const snap = readSnapshot(dir);
+          entry.createdAt = new Date(snap.manifest.createdAt);
+          entry.memoryBytes = snap.manifest.memory.fileSize;
+          entry.source = snap.manifest.source as Record<string, unknown>;
+        }
       } catch (e) {
         entry.problem = e instanceof SnapshotError ? e.message : String(e);
       }
@@ -197,16 +217,21 @@ export class SnapshotCache {
   }
 }
 
-/** Bytes allocated on disk by the files of a snapshot directory. */
+/** Bytes allocated on disk by the files of a snapshot directory (either engine's). */
 function diskUsage(dir: string): number {
   let total = 0;
-  for (const name of [STATE_FILE, MEMORY_FILE]) {
-    try {
-      const st = Deno.statSync(join(dir, name));
-      total += st.blocks !== null ? st.blocks * 512 : st.size;
-    } catch {
-      // missing file: counted as nothing
+  try {
+    for (const ent of Deno.readDirSync(dir)) {
+      if (!ent.isFile) continue;
+      try {
+        const st = Deno.statSync(join(dir, ent.name));
+        total += st.blocks !== null ? st.blocks * 512 : st.size;
+      } catch {
+        // removed meanwhile: counted as nothing
+      }
     }
+  } catch {
+    // unreadable directory: counted as nothing
   }
   return total;
 }

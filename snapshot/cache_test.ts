@@ -131,7 +131,8 @@ Deno.test("list shows key, size on disk, age and origin; clear removes entries a
     ok(good.diskBytes > 0 && good.diskBytes < 64 * 1024, `diskBytes ${good.diskBytes}`);
     ok(entries.find((e) => e.key !== KEY)!.problem?.includes("does not parse"));
     const table = listTable(entries, good.createdAt.getTime() + 125_000);
-    match(table[0], /^KEY +ON DISK +MEMORY +AGE +BUILT FROM$/);
+    match(table[0], /^KEY +ENGINE +ON DISK +MEMORY +AGE +BUILT FROM$/);
+    strictEqual(good.engine, "kvm");
     ok(
       table.some((l) => l.startsWith("aaaaaaaaaaaaaaaa") && / 2m +test=store$/.test(l)),
       table.join("\n"),

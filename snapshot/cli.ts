@@ -46,12 +46,13 @@ export function describeSource(source: Record<string, unknown> | null): string {
 export function listTable(entries: CacheEntry[], now = Date.now()): string[] {
   const rows = entries.map((e) => [
     e.key.slice(0, 16),
+    e.engine,
     formatBytes(e.diskBytes),
     e.memoryBytes ? formatBytes(e.memoryBytes) : "-",
     formatAge(now - e.createdAt.getTime()),
     e.problem ? `UNUSABLE: ${e.problem}` : describeSource(e.source),
   ]);
-  const header = ["KEY", "ON DISK", "MEMORY", "AGE", "BUILT FROM"];
+  const header = ["KEY", "ENGINE", "ON DISK", "MEMORY", "AGE", "BUILT FROM"];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
   const fmt = (r: string[]) =>
     r.map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]))).join("  ");

@@ -30,7 +30,7 @@ Deno.test("skiff snapshot list|clear through the CLI", async () => {
     strictEqual(r.code, 0, r.err);
     const lines = r.out.trimEnd().split("\n");
     strictEqual(lines.length, 2);
-    match(lines[1], /^cccccccccccccccc +\d+(\.\d)? KiB +4\.0 MiB +\d+s +test=store$/);
+    match(lines[1], /^cccccccccccccccc +kvm +\d+(\.\d)? KiB +4\.0 MiB +\d+s +test=store$/);
 
     r = await skiff(home, "snapshot", "list", "--json");
     const json = JSON.parse(r.out);

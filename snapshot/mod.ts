@@ -69,3 +69,18 @@ export {
   restoreHvVm,
 } from "./hv_snapshot.ts";
 export { type VmKey, type VmKeyInput, vmSnapshotKey } from "./vm_key.ts";
+export {
+  isQemuEntry,
+  QEMU_ENTRY_VERSION,
+  QEMU_MANIFEST,
+  QEMU_RAM_FILE,
+  QEMU_STATE_FILE,
+  type QemuEntry,
+  type QemuEntryContents,
+  type QemuEntryManifest,
+  readQemuEntry,
+  type ReadQemuEntryOptions,
+  writeQemuEntry,
+  writeQemuEntryInWorker,
+} from "./qemu_entry.ts";
+export { copySparse, type SparseCopyResult } from "./sparse_copy.ts";

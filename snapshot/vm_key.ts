@@ -32,6 +32,11 @@ export interface VmKeyInput {
    * guest-visible layout changes), so snapshots of an older skiff miss.
    */
   vmmVersion: string;
+  /**
+   * The engine the entry is for (`kvm`, `qemu`). Part of the key when given,
+   * so two engines never share an entry; shown as `engine` in `source`.
+   */
+  engine?: string;
   /** Where the content-hash memo lives (default: skiff's cache directory). */
   memoDir?: string;
 }
@@ -53,6 +58,7 @@ export async function vmSnapshotKey(input: VmKeyInput): Promise<VmKey> {
     : sha256Hex(input.initramfs);
   const { verbose: _verbose, ...config } = input.config;
   const parts = {
+    ...(input.engine === undefined ? {} : { engine: input.engine }),
     format: FORMAT_VERSION,
     vmm: input.vmmVersion,
     kernelSha256,
@@ -62,6 +68,7 @@ export async function vmSnapshotKey(input: VmKeyInput): Promise<VmKey> {
     devices: toJsonData(input.devices),
   };
   const source: Record<string, StateValue> = {
+    ...(input.engine === undefined ? {} : { engine: input.engine }),
     kernel: `${basename(input.kernelPath)}@${kernelSha256.slice(0, 12)}`,
     initramfs: initramfsSha256.slice(0, 12),
     mem: `${input.config.memoryMiB}MiB`,

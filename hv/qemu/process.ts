@@ -8,8 +8,9 @@
  * @module
  */
 
-import { qemuArgs, type QemuLaunchSpec, type SerialPortSpec } from "./cmdline.ts";
+import { pcieLayoutOf, qemuArgs, type QemuLaunchSpec, type SerialPortSpec } from "./cmdline.ts";
 import { type QemuVersion, QmpClient } from "./qmp.ts";
+import { HotplugSlots } from "./slots.ts";
 
 /** Default QEMU binary (looked up on PATH). */
 export const QEMU_BINARY = "qemu-system-x86_64";
@@ -60,6 +61,12 @@ export class QemuProcess implements AsyncDisposable {
   readonly pid: number;
   /** Resolves when QEMU has exited. */
   readonly exited: Promise<Deno.CommandStatus>;
+  /** The full launch spec (socket paths filled in). */
+  readonly spec: QemuLaunchSpec;
+  /** QEMU's arguments (without the binary), for `--verbose`. */
+  readonly args: readonly string[];
+  /** Free and used hot-plug root ports (none on microvm). */
+  readonly slots: HotplugSlots;
   #child: Deno.ChildProcess;
   #output: { text: string };
   #status: Deno.CommandStatus | null = null;
@@ -72,8 +79,13 @@ export class QemuProcess implements AsyncDisposable {
     version: QemuVersion,
     console: Deno.Conn | null,
     ports: Map<string, Deno.Conn>,
+    spec: QemuLaunchSpec,
+    args: string[],
   ) {
     this.#child = child;
+    this.spec = spec;
+    this.args = args;
+    this.slots = new HotplugSlots(pcieLayoutOf(spec)?.rootPorts ?? []);
     this.pid = child.pid;
     this.exited = exited;
     this.#output = output;
@@ -116,12 +128,21 @@ export class QemuProcess implements AsyncDisposable {
         const { path, l } = listen(`port${i}`);
         return { spec: { id: `port${i}`, name, socketPath: path }, l };
       });
-      const args = qemuArgs({
-        ...opts,
+      const {
+        dir: _dir,
+        portNames: _names,
+        console: _console,
+        binary: _binary,
+        startTimeoutMs: _startTimeoutMs,
+        ...launch
+      } = opts;
+      const spec: QemuLaunchSpec = {
+        ...launch,
         qmpSocket: qmpL.path,
         consoleSocket: conL?.path ?? null,
         ports: portLs.map((p) => p.spec),
-      });
+      };
+      const args = qemuArgs(spec);
       child = new Deno.Command(opts.binary ?? QEMU_BINARY, {
         args,
         stdin: "null",
@@ -173,7 +194,7 @@ export class QemuProcess implements AsyncDisposable {
         const version = await Promise.race([qmp.handshake(), died]);
         const ports = new Map<string, Deno.Conn>();
         portLs.forEach((p, i) => ports.set(p.spec.name, portConns[i]!));
-        return new QemuProcess(child, exited, output, qmp, version, conConn, ports);
+        return new QemuProcess(child, exited, output, qmp, version, conConn, ports, spec, args);
       } finally {
         clearTimeout(timer);
       }

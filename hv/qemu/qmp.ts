@@ -25,10 +25,75 @@ export interface QmpEvent {
 
 /** A command answered with `{"error": …}`, or the connection failing. */
 export class QmpError extends Error {
-  constructor(message: string, readonly errorClass?: string) {
+  /**
+   * @param message what failed, naming the command and QEMU's message
+   * @param errorClass QEMU's error class (e.g. `GenericError`, `DeviceNotFound`)
+   * @param command the QMP command, when one failed
+   * @param qemuMessage QEMU's own description (`desc`), when it sent one
+   */
+  constructor(
+    message: string,
+    readonly errorClass?: string,
+    readonly command?: string,
+    readonly qemuMessage?: string,
+  ) {
     super(message);
     this.name = "QmpError";
   }
+}
+
+/** A migration that ended in `failed` or `cancelled`, or never ended within its bound. */
+export class MigrationError extends QmpError {
+  constructor(message: string, readonly status: string) {
+    super(message, undefined, "migrate");
+    this.name = "MigrationError";
+  }
+}
+
+/** `query-migrate`'s answer, reduced to what skiff reads (QAPI `MigrationInfo`). */
+export interface MigrationInfo {
+  /** `none`, `setup`, `active`, `device`, `completed`, `failed`, `cancelled`, … */
+  status: string;
+  /** Why it failed, when it did (source side). */
+  "error-desc"?: string;
+  /** Milliseconds the migration took, once completed (source side). */
+  "total-time"?: number;
+  /** Reasons a migration is blocked right now (QEMU ≥ 6.0). */
+  "blocked-reasons"?: string[];
+}
+
+/** Migration states after which nothing changes (QAPI `MigrationStatus`). */
+const MIGRATION_DONE = new Set(["completed", "failed", "cancelled"]);
+
+/** A device on a PCI bus, from `query-pci` (QAPI `PciDeviceInfo`, reduced). */
+export interface PciDeviceInfo {
+  bus: number;
+  slot: number;
+  function: number;
+  /** The device's `id`, when it has one. */
+  qdev_id: string;
+  class_info: { desc?: string; class: number };
+  id: { vendor: number; device: number };
+  /** Set on bridges and root ports: the bus behind them. */
+  pci_bridge?: { bus: { number: number }; devices?: PciDeviceInfo[] };
+}
+
+/** Options of the waiting helpers: an abort signal and a bound that only catches hangs. */
+export interface QmpWaitOptions {
+  signal?: AbortSignal;
+  /** Give up after this many ms (default 60 000: a hang, not a slow machine). */
+  timeoutMs?: number;
+}
+
+const DEFAULT_WAIT_MS = 60_000;
+
+/**
+ * Quotes `path` for the `/bin/sh -c` that QEMU's `exec:` migration URI runs.
+ * Paths with a quote or a newline are refused rather than escaped.
+ */
+export function shellQuotePath(path: string): string {
+  if (/['\n\0]/.test(path)) throw new RangeError(`path ${JSON.stringify(path)} cannot be quoted`);
+  return `'${path}'`;
 }
 
 /** Oldest QEMU skiff drives: 7.2 brought `-netdev stream` and a stable microvm ACPI. */
@@ -56,6 +121,8 @@ export class QmpClient {
   /** Every event received, in order (a session is short: no need to trim). */
   readonly events: QmpEvent[] = [];
   #eventListeners = new Set<(e: QmpEvent) => void>();
+  /** Called once when the connection closes (pending {@link waitEvent}s). */
+  #closeListeners = new Set<() => void>();
 
   /** Wraps an accepted or connected QMP stream; call {@link handshake} next. */
   constructor(conn: Deno.Conn) {
@@ -89,6 +156,8 @@ export class QmpClient {
       failure = new QmpError(`QMP connection failed: ${(e as Error).message}`);
     }
     this.#closed = true;
+    for (const l of this.#closeListeners) l();
+    this.#closeListeners.clear();
     this.#rejectGreeting(failure);
     for (const p of this.#pending.values()) p.reject(failure);
     this.#pending.clear();
@@ -120,7 +189,14 @@ export class QmpClient {
     this.#pending.delete(id);
     if ("error" in msg) {
       const err = msg.error as { class?: string; desc?: string };
-      p.reject(new QmpError(`QMP ${p.command} failed: ${err.desc ?? line}`, err.class));
+      p.reject(
+        new QmpError(
+          `QMP ${p.command} failed: ${err.desc ?? line}`,
+          err.class,
+          p.command,
+          err.desc,
+        ),
+      );
     } else {
       p.resolve(msg.return);
     }
@@ -189,6 +265,194 @@ export class QmpClient {
   /** True once the connection has closed. */
   get closed(): boolean {
     return this.#closed;
+  }
+
+  /** Event waits ({@link waitEvent}) still pending (diagnostics and tests). */
+  get pendingWaits(): number {
+    return this.#closeListeners.size;
+  }
+
+  /** Resolves once the connection has closed (QEMU exited or {@link close} was called). */
+  get ended(): Promise<void> {
+    return this.#reader;
+  }
+
+  /**
+   * Waits for the first event (from now on) that `match` accepts. Rejects
+   * when the connection closes, `signal` aborts or `timeoutMs` passes.
+   * Subscribe before sending the command that causes the event, or it may
+   * be missed: call this first and await it after.
+   */
+  waitEvent(
+    match: (e: QmpEvent) => boolean,
+    what: string,
+    o: QmpWaitOptions = {},
+  ): Promise<QmpEvent> {
+    const limit = o.timeoutMs ?? DEFAULT_WAIT_MS;
+    return new Promise<QmpEvent>((resolve, reject) => {
+      const cleanup = () => {
+        unsubscribe();
+        clearTimeout(timer);
+        o.signal?.removeEventListener("abort", onAbort);
+        this.#closeListeners.delete(onClose);
+      };
+      const unsubscribe = this.onEvent((e) => {
+        if (!match(e)) return;
+        cleanup();
+        resolve(e);
+      });
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new QmpError(`QMP: no ${what} within ${limit} ms`));
+      }, limit);
+      const onAbort = () => {
+        cleanup();
+        reject(o.signal!.reason ?? new DOMException("aborted", "AbortError"));
+      };
+      const onClose = () => {
+        cleanup();
+        reject(new QmpError(`QMP connection closed while waiting for ${what}`));
+      };
+      if (o.signal?.aborted) return onAbort();
+      if (this.#closed) return onClose();
+      o.signal?.addEventListener("abort", onAbort, { once: true });
+      this.#closeListeners.add(onClose);
+    });
+  }
+
+  // ---- typed commands (QAPI schema, qapi/*.json of QEMU 7.2) ----
+
+  /** `stop`: pauses the vCPUs (run state `paused`). */
+  async stop(): Promise<void> {
+    await this.execute("stop");
+  }
+
+  /** `cont`: resumes the vCPUs (also after an incoming migration started with `-S`). */
+  async cont(): Promise<void> {
+    await this.execute("cont");
+  }
+
+  /** `migrate-set-capabilities`: e.g. `{ events: true, "x-ignore-shared": true }`. */
+  async setMigrationCapabilities(caps: Record<string, boolean>): Promise<void> {
+    await this.execute("migrate-set-capabilities", {
+      capabilities: Object.entries(caps).map(([capability, state]) => ({ capability, state })),
+    });
+  }
+
+  /** `query-migrate`. */
+  async queryMigrate(): Promise<MigrationInfo> {
+    return await this.execute("query-migrate") as MigrationInfo;
+  }
+
+  /**
+   * Waits until the current migration (outgoing or incoming) ends, from
+   * `MIGRATION` events (capability `events` must be on) and one
+   * `query-migrate` for a migration that ended before the wait began.
+   * Resolves with `completed`; throws {@link MigrationError} for `failed` or
+   * `cancelled` (with QEMU's reason when it gives one). A QEMU that exits on
+   * a failed incoming migration (7.2 does) rejects with a closed-connection
+   * {@link QmpError}.
+   */
+  async waitMigration(o: QmpWaitOptions = {}): Promise<MigrationInfo> {
+    // Cancelled when the migration had ended before (no timer left behind).
+    const done = new AbortController();
+    const ended = this.waitEvent(
+      (e) => e.event === "MIGRATION" && MIGRATION_DONE.has(String(e.data?.status)),
+      "end of the migration",
+      { ...o, signal: o.signal ? AbortSignal.any([o.signal, done.signal]) : done.signal },
+    );
+    ended.catch(() => {});
+    let info: MigrationInfo;
+    try {
+      info = await this.queryMigrate();
+      if (!MIGRATION_DONE.has(info.status)) {
+        await ended;
+        info = await this.queryMigrate();
+      }
+    } finally {
+      done.abort();
+    }
+    if (info.status !== "completed") {
+      throw new MigrationError(
+        `migration ${info.status}${info["error-desc"] ? `: ${info["error-desc"]}` : ""}`,
+        info.status,
+      );
+    }
+    return info;
+  }
+
+  /**
+   * `migrate` to a file through `exec:cat > FILE` (QEMU 7.2 has no `file:`
+   * URI; passing an fd with `getfd` needs SCM_RIGHTS on the QMP socket,
+   * which a Deno `Conn` cannot send) and waits for completion.
+   */
+  async migrateToFile(path: string, o: QmpWaitOptions = {}): Promise<MigrationInfo> {
+    await this.execute("migrate", { uri: `exec:cat > ${shellQuotePath(path)}` });
+    return await this.waitMigration(o);
+  }
+
+  /** `migrate-incoming` from a file (`exec:cat FILE`; QEMU started `-incoming defer`) and waits. */
+  async migrateIncomingFromFile(path: string, o: QmpWaitOptions = {}): Promise<MigrationInfo> {
+    await this.execute("migrate-incoming", { uri: `exec:cat ${shellQuotePath(path)}` });
+    return await this.waitMigration(o);
+  }
+
+  /** `chardev-add` of a Unix socket client connecting to `path` (a back-end listening there). */
+  async chardevAddSocket(id: string, path: string): Promise<void> {
+    await this.execute("chardev-add", {
+      id,
+      backend: {
+        type: "socket",
+        data: { addr: { type: "unix", data: { path } }, server: false },
+      },
+    });
+  }
+
+  /** `chardev-remove`. */
+  async chardevRemove(id: string): Promise<void> {
+    await this.execute("chardev-remove", { id });
+  }
+
+  /** `device_add` of `driver` with id `id` and its properties (`bus`, `chardev`, `tag`…). */
+  async deviceAdd(driver: string, id: string, props: Record<string, unknown> = {}): Promise<void> {
+    await this.execute("device_add", { driver, id, ...props });
+  }
+
+  /**
+   * `device_del`, then waits for its `DEVICE_DELETED` event: on q35 the guest
+   * has to acknowledge the ACPI eject, so a paused or unresponsive guest
+   * makes this wait until `timeoutMs`.
+   */
+  async deviceDel(id: string, o: QmpWaitOptions = {}): Promise<void> {
+    const refused = new AbortController();
+    const deleted = this.waitEvent(
+      (e) => e.event === "DEVICE_DELETED" && e.data?.device === id,
+      `DEVICE_DELETED for '${id}'`,
+      { ...o, signal: o.signal ? AbortSignal.any([o.signal, refused.signal]) : refused.signal },
+    );
+    deleted.catch(() => {});
+    try {
+      await this.execute("device_del", { id });
+    } catch (e) {
+      refused.abort(); // no event will come: drop the waiter and its timer
+      throw e;
+    }
+    await deleted;
+  }
+
+  /** `netdev_add` (e.g. `{type: "stream", id, server: false, addr: {…}}` or `{type: "vhost-user", id, chardev}`). */
+  async netdevAdd(args: { type: string; id: string } & Record<string, unknown>): Promise<void> {
+    await this.execute("netdev_add", args);
+  }
+
+  /** `netdev_del`. */
+  async netdevDel(id: string): Promise<void> {
+    await this.execute("netdev_del", { id });
+  }
+
+  /** `query-pci`: every PCI bus with its devices (bridges list theirs under `pci_bridge`). */
+  async queryPci(): Promise<{ bus: number; devices: PciDeviceInfo[] }[]> {
+    return await this.execute("query-pci") as { bus: number; devices: PciDeviceInfo[] }[];
   }
 
   /** Closes the connection and waits for the reader to finish. */

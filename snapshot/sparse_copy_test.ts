@@ -1,0 +1,67 @@
+import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
+import { join } from "node:path";
+import { copySparse } from "./sparse_copy.ts";
+
+function withDir(fn: (dir: string) => void): void {
+  const dir = Deno.makeTempDirSync({ prefix: "skiff-sparse-" });
+  try {
+    fn(dir);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+}
+
+/** Temp dirs on disk and on tmpfs: the copy goes both ways in the qemu engine. */
+const DIRS = ["/tmp", "/dev/shm"].filter((d) => {
+  try {
+    return Deno.statSync(d).isDirectory;
+  } catch {
+    return false;
+  }
+});
+
+Deno.test("copySparse keeps content and holes, disk ↔ tmpfs", () => {
+  withDir((disk) => {
+    const src = join(disk, "src");
+    using f = Deno.openSync(src, { write: true, create: true });
+    f.truncateSync(64 << 20);
+    const data = new Uint8Array(3 * 4096).map((_, i) => (i * 7 + 1) & 0xff);
+    f.seekSync(16 << 20, Deno.SeekMode.Start);
+    f.writeSync(data);
+    f.seekSync((64 << 20) - 4096, Deno.SeekMode.Start);
+    f.writeSync(data.subarray(0, 4096));
+    for (const root of DIRS) {
+      const dst = Deno.makeTempDirSync({ dir: root, prefix: "skiff-sparse-dst-" });
+      try {
+        const r = copySparse(src, join(dst, "copy"));
+        strictEqual(r.size, 64 << 20);
+        strictEqual(r.dataBytes, 4 * 4096);
+        const st = Deno.statSync(join(dst, "copy"));
+        strictEqual(st.size, 64 << 20);
+        ok(st.blocks! * 512 < 1 << 20, `${root}: ${st.blocks! * 512} bytes allocated, holes lost`);
+        const copy = Deno.readFileSync(join(dst, "copy"));
+        deepStrictEqual(copy.subarray(16 << 20, (16 << 20) + data.length), data);
+        deepStrictEqual(copy.subarray((64 << 20) - 4096), data.subarray(0, 4096));
+        ok(copy.subarray(0, 16 << 20).every((b) => b === 0));
+        strictEqual((st.mode ?? 0) & 0o777, 0o600);
+      } finally {
+        Deno.removeSync(dst, { recursive: true });
+      }
+    }
+  });
+});
+
+Deno.test("copySparse refuses an existing target and a missing source, leaving nothing", () => {
+  withDir((dir) => {
+    const src = join(dir, "src");
+    Deno.writeTextFileSync(src, "x");
+    Deno.writeTextFileSync(join(dir, "taken"), "keep");
+    throws(() => copySparse(src, join(dir, "taken")), /EEXIST/);
+    strictEqual(Deno.readTextFileSync(join(dir, "taken")), "keep");
+    throws(() => copySparse(join(dir, "missing"), join(dir, "out")), /ENOENT/);
+    throws(() => Deno.statSync(join(dir, "out")), Deno.errors.NotFound);
+    // An empty file copies as an empty file.
+    Deno.writeFileSync(join(dir, "empty"), new Uint8Array());
+    deepStrictEqual(copySparse(join(dir, "empty"), join(dir, "empty2")), { size: 0, dataBytes: 0 });
+  });
+});
