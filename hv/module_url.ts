@@ -25,6 +25,7 @@ export const RUNTIME_MODULES = [
   "devices/legacy/debug_exit.ts",
   "devices/virtio/mmio_worker.ts",
   "devices/mailbox/device.ts",
+  "snapshot/qemu_entry_worker.ts",
 ] as const;
 
 /** A module of {@link RUNTIME_MODULES}. */

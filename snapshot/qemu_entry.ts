@@ -11,6 +11,7 @@
  * @module
  */
 
+import { runtimeModuleUrl } from "../hv/module_url.ts";
 import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { close, libc, MAP, mmap, munmap, O, open, PROT, viewAt } from "../kvm_ffi/libc.ts";
@@ -335,7 +336,7 @@ export function writeQemuEntryInWorker(
   dir: string,
   contents: QemuEntryContents,
 ): Promise<PublishResult> {
-  const worker = new Worker(new URL("./qemu_entry_worker.ts", import.meta.url), {
+  const worker = new Worker(runtimeModuleUrl("snapshot/qemu_entry_worker.ts"), {
     type: "module",
   });
   return new Promise<PublishResult>((resolve, reject) => {
