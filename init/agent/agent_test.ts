@@ -643,3 +643,21 @@ hostTest(
     strictEqual(m[4].target, "/mnt/root");
   },
 );
+
+hostTest(
+  "agent (native): a command runs as the uid, gid and supplementary groups asked for",
+  NEEDS,
+  async () => {
+    await using agent = await startNativeAgent();
+    const r = await agent.client.exec(["sh", "-c", "id -u; id -g; id -G"], {
+      uid: 1234,
+      gid: 100,
+      groups: [27, 4242],
+    });
+    strictEqual(r.code, 0, r.stderrText);
+    strictEqual(r.stdoutText, "1234\n100\n100 27 4242\n");
+    // With a gid and no groups the command keeps none of root's.
+    const none = await agent.client.exec(["id", "-G"], { uid: 1234, gid: 100 });
+    strictEqual(none.stdoutText, "100\n");
+  },
+);

@@ -106,6 +106,8 @@ export interface AgentSpawnOptions {
   /** uid and gid to run as (default: root). */
   uid?: number;
   gid?: number;
+  /** Supplementary groups, with a gid (default: none). */
+  groups?: readonly number[];
   /** "piped": a {@link AgentChild.stdin} stream; "null" (default): /dev/null. */
   stdin?: "piped" | "null";
   /** "piped" (default): a readable stream; "null": /dev/null. */
@@ -437,6 +439,7 @@ export class AgentClient {
       path: pathEntry ? pathEntry.slice(5) : AGENT_DEFAULT_PATH,
       uid: o.uid ?? null,
       gid: o.gid ?? null,
+      groups: o.groups ?? [],
       ports: { stdin: 0, stdout: 0, stderr: 0 },
     };
     encodeExec(spec); // refuse bad input before listening

@@ -261,7 +261,7 @@ function handler(o: AgentOptions, name: string): Fragment {
   f.push(
     fail("request kind", E.EINVAL),
     label(labels.SETUP),
-    setup(),
+    setup({ clock: !o.native }),
     label(labels.EXEC),
     execRequest(o),
     label(labels.KILL),

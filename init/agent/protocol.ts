@@ -85,6 +85,8 @@ export const LIMITS = {
   MAX_LINE: 16384,
   /** Longest wait for a hot-plugged device or interface (ms). */
   MAX_WAIT_MS: 600_000,
+  /** Most supplementary groups an EXEC carries (Linux NGROUPS_MAX is 65536; images need a few). */
+  MAX_GROUPS: 256,
 } as const;
 
 /** Size of the payload's common part (magic, version, size, relocation count, table offset). */
@@ -108,7 +110,10 @@ export const SETUP = {
   NET_WAIT_MS: 68,
   /** ptr: interface name (e.g. eth0). */
   NET_IFNAME: 72,
-  SIZE: 80,
+  /** u64 ×2: wall-clock time to set (CLOCK_REALTIME seconds, nanoseconds), with {@link SETUP_FLAGS.CLOCK}. */
+  CLOCK_SEC: 80,
+  CLOCK_NSEC: 88,
+  SIZE: 96,
 } as const;
 
 /** SETUP flag bits. */
@@ -117,6 +122,11 @@ export const SETUP_FLAGS = {
   HOSTNAME: 1,
   /** Configure the interface (wait, address, netmask, up, default route). */
   NET: 2,
+  /**
+   * Set the wall clock first: a VM restored from a snapshot wakes with the
+   * time of its capture (its monotonic clock carries on; CLOCK_REALTIME does not).
+   */
+  CLOCK: 4,
 } as const;
 
 /** A SETUP mount entry (48 bytes). */
@@ -172,7 +182,11 @@ export const EXEC = {
   STDERR: 80,
   /** u32 reserved, 0. */
   FLAGS: 84,
-  SIZE: 88,
+  /** ptr: u32 supplementary group ids (with a gid; none: the command gets no supplementary groups). */
+  GROUPS: 88,
+  /** u64: number of supplementary groups (≤ {@link LIMITS.MAX_GROUPS}). */
+  NGROUPS: 96,
+  SIZE: 104,
 } as const;
 
 /** KILL payload fields. */

@@ -23,6 +23,7 @@ import {
   O,
   seq,
   set,
+  setClock,
   SYS,
   sys,
   uniqueLabel,
@@ -44,7 +45,7 @@ import {
 import { A, enterRoot, EX, load, reply, replyNumber, RETRY_MS, STAT } from "./state.ts";
 
 /** SETUP: the mount entries in order, the host name, the network; then `ok`. */
-export function setup(): Fragment {
+export function setup(o: { clock: boolean }): Fragment {
   const req = A.req;
   const p = v("ag_m_p");
   const i = v("ag_m_i");
@@ -64,7 +65,21 @@ export function setup(): Fragment {
   const next = uniqueLabel("ag_mountnext");
   const failed = uniqueLabel("ag_mountfail");
   const retry = uniqueLabel("ag_mountretry");
+  const noClock = uniqueLabel("ag_noclock");
   const f = seq(
+    // The clock first: a restored VM wakes with its capture's wall-clock time.
+    // The native variant ignores it: CLOCK_REALTIME has no namespace, it is the host's.
+    ...(o.clock
+      ? [
+        load(A.t, req, SETUP.FLAGS),
+        { op: "arith", kind: "and", dst: A.t, a: A.t, b: SETUP_FLAGS.CLOCK } as const,
+        branch("eq", A.t, 0, noClock),
+        load(v("ag_s_sec"), req, SETUP.CLOCK_SEC),
+        load(v("ag_s_nsec"), req, SETUP.CLOCK_NSEC),
+        setClock(v("ag_s_sec"), v("ag_s_nsec")),
+        label(noClock),
+      ]
+      : []),
     load(p, req, SETUP.MOUNTS),
     load(n, req, SETUP.NMOUNTS),
     set(i, 0),

@@ -73,6 +73,8 @@ export interface SetupSpec {
   hostname?: string | null;
   /** Network setup, or null. */
   net?: NetSpec | null;
+  /** Wall-clock time to set first (ms since the epoch, e.g. `Date.now()`), or null to leave it. */
+  clockMs?: number | null;
 }
 
 /** An EXEC request. */
@@ -89,6 +91,8 @@ export interface ExecSpec {
   /** uid/gid to switch to, or null to stay root. */
   uid: number | null;
   gid: number | null;
+  /** Supplementary groups with a gid (default none). */
+  groups?: readonly number[];
   /** Host ports of stdin, stdout, stderr (0 = /dev/null; stderr = stdout shares it). */
   ports: { stdin: number; stdout: number; stderr: number };
 }
@@ -183,8 +187,17 @@ export function encodeSetup(spec: SetupSpec): Uint8Array {
     );
     if (net.waitMs !== undefined) checkWait(net.waitMs, "interface wait");
   }
+  const clockMs = spec.clockMs ?? null;
+  if (clockMs !== null) {
+    check(Number.isSafeInteger(clockMs) && clockMs > 0, `bad clock time ${clockMs}`);
+  }
   return payload("SETUP request", SETUP.SIZE, (w) => {
     let flags = 0;
+    if (clockMs !== null) {
+      flags |= SETUP_FLAGS.CLOCK;
+      w.u64(SETUP.CLOCK_SEC, Math.floor(clockMs / 1000));
+      w.u64(SETUP.CLOCK_NSEC, (clockMs % 1000) * 1_000_000);
+    }
     if (spec.hostname != null) {
       flags |= SETUP_FLAGS.HOSTNAME;
       w.ptr(SETUP.HOSTNAME, w.str(spec.hostname, "host name"));
@@ -227,8 +240,22 @@ export function encodeExec(spec: ExecSpec): Uint8Array {
   checkPath(spec.argv[0], "command", false);
   const uid = checkId(spec.uid, "uid");
   const gid = checkId(spec.gid, "gid");
+  const groups = spec.groups ?? [];
+  check(
+    groups.length <= LIMITS.MAX_GROUPS,
+    `${groups.length} groups (at most ${LIMITS.MAX_GROUPS})`,
+  );
+  check(groups.length === 0 || spec.gid !== null, "supplementary groups need a gid");
+  groups.forEach((g) => checkId(g, "group"));
   for (const [k, p] of Object.entries(spec.ports)) checkU32(p, `${k} port`);
   return payload("EXEC request", EXEC.SIZE, (w) => {
+    if (groups.length > 0) {
+      w.align(8);
+      const at = w.reserve(4 * groups.length);
+      groups.forEach((g, i) => w.u32(at + 4 * i, g));
+      w.ptr(EXEC.GROUPS, at);
+      w.u64(EXEC.NGROUPS, groups.length);
+    }
     w.ptr(EXEC.ARGV, w.strv(spec.argv, "argv"));
     w.ptr(EXEC.ENVP, w.strv(spec.env, "env"));
     w.ptr(EXEC.CWD, w.str(spec.cwd, "working directory"));

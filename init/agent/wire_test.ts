@@ -90,6 +90,25 @@ Deno.test("agent wire: EXEC payload layout", () => {
   deepStrictEqual([r.u32(EXEC.UID), r.u32(EXEC.GID)], [1000, NO_ID]);
   deepStrictEqual([r.u32(EXEC.STDIN), r.u32(EXEC.STDOUT), r.u32(EXEC.STDERR)], [0, 1025, 1025]);
   ok(b.length >= EXEC.SIZE);
+  strictEqual(r.ptr(EXEC.GROUPS), null, "no supplementary groups: a NULL list");
+  strictEqual(r.d.getBigUint64(EXEC.NGROUPS, true), 0n);
+  const spec = {
+    argv: ["id"],
+    env: [],
+    cwd: "/",
+    root: "",
+    path: "",
+    uid: 1000,
+    gid: 100,
+    ports: { stdin: 0, stdout: 0, stderr: 0 },
+  };
+  const g = reader(encodeExec({ ...spec, groups: [27, 100, 4242] }));
+  const list = g.ptr(EXEC.GROUPS)!;
+  strictEqual(list % 8, 0);
+  strictEqual(g.d.getBigUint64(EXEC.NGROUPS, true), 3n);
+  deepStrictEqual([g.u32(list), g.u32(list + 4), g.u32(list + 8)], [27, 100, 4242]);
+  throws(() => encodeExec({ ...spec, gid: null, groups: [1] }), /groups need a gid/);
+  throws(() => encodeExec({ ...spec, groups: Array(257).fill(1) }), /257 groups/);
   // An empty root is an empty string (the agent's own root), not a NULL.
   strictEqual(
     reader(encodeExec({
@@ -168,6 +187,12 @@ Deno.test("agent wire: SETUP payload layout", () => {
   ]);
   strictEqual(r.str(SETUP.NET_IFNAME), "eth0");
   strictEqual(r.u32(SETUP.NET_WAIT_MS), 10_000);
+  // The clock: seconds and nanoseconds of the host's wall clock, flagged.
+  const clocked = reader(encodeSetup({ clockMs: 1_764_650_000_123 }));
+  strictEqual(Number(clocked.d.getBigUint64(SETUP.FLAGS, true)), SETUP_FLAGS.CLOCK);
+  strictEqual(clocked.d.getBigUint64(SETUP.CLOCK_SEC, true), 1_764_650_000n);
+  strictEqual(clocked.d.getBigUint64(SETUP.CLOCK_NSEC, true), 123_000_000n);
+  throws(() => encodeSetup({ clockMs: -5 }), /bad clock time/);
   // Nothing asked: no flags, no table entries.
   const empty = reader(encodeSetup({}));
   strictEqual(Number(empty.d.getBigUint64(SETUP.FLAGS, true)), 0);
