@@ -1,7 +1,7 @@
 /**
  * virtio devices over the virtio-mmio transport (virtio 1.2): split
  * virtqueues, chain readers/writers, the device/transport split, the mmio
- * transport, and the console, fs and net devices.
+ * transport, and the console, fs, net and vsock devices.
  *
  * @module
  */
@@ -14,3 +14,4 @@ export * as console from "./console/mod.ts";
 export * from "./mmio_remote.ts";
 export * as fs from "./fs/mod.ts";
 export * as net from "./net/mod.ts";
+export * as vsock from "./vsock/mod.ts";
