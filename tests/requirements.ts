@@ -23,7 +23,8 @@ export type Requirement =
   | "slirp4netns"
   | "iperf3"
   | "fio"
-  | "curl";
+  | "curl"
+  | "socat";
 
 const TOOLS: Partial<Record<Requirement, string>> = {
   qemu: "qemu-system-x86_64",
@@ -37,6 +38,7 @@ const TOOLS: Partial<Record<Requirement, string>> = {
   fio: "fio",
   curl: "curl",
   unshare: "unshare",
+  socat: "socat",
 };
 
 const cache = new Map<Requirement, string | null>();

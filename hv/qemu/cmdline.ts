@@ -3,8 +3,9 @@
  * the Debian kernel finds the virtio-mmio devices through the DSDT), guest RAM
  * from a shared memfd (so a vhost-user back-end can map it), no default
  * devices, the serial console and every virtio-serial port on Unix sockets
- * that skiff listens on (QEMU connects as the client), and one
- * `vhost-user-fs-device` per virtio-fs share.
+ * that skiff listens on (QEMU connects as the client), one
+ * `vhost-user-fs-device` per virtio-fs share, and optionally a
+ * `vhost-user-vsock-device`.
  *
  * @module
  */
@@ -26,6 +27,14 @@ export interface FsDeviceSpec {
   /** virtio-fs tag (≤ 36 bytes, virtio 1.2 §5.11.4). */
   tag: string;
   /** The vhost-user back-end's Unix socket. */
+  socketPath: string;
+}
+
+/** A virtio-vsock device served over vhost-user (`vhost-user-vsock-device`). */
+export interface VsockDeviceSpec {
+  /** Chardev id (unique). */
+  id: string;
+  /** The vhost-user back-end's Unix socket (it supplies the guest CID through GET_CONFIG). */
   socketPath: string;
 }
 
@@ -53,6 +62,8 @@ export interface QemuLaunchSpec {
   netSocket?: string | null;
   /** Guest MAC address for the NIC. */
   mac?: string;
+  /** A vhost-user virtio-vsock device, or null. */
+  vsock?: VsockDeviceSpec | null;
 }
 
 /**
@@ -107,7 +118,7 @@ export function qemuArgs(spec: QemuLaunchSpec): string[] {
     throw new RangeError(`memoryMiB must be an integer ≥ 64, got ${spec.memoryMiB}`);
   }
   const ids = new Set<string>();
-  for (const { id } of [...spec.ports, ...spec.fs]) {
+  for (const { id } of [...spec.ports, ...spec.fs, ...(spec.vsock ? [spec.vsock] : [])]) {
     if (!ID.test(id) || ids.has(id) || id === "mem" || id === "qmp" || id === "con") {
       throw new RangeError(`bad or duplicate chardev id '${id}'`);
     }
@@ -176,6 +187,14 @@ export function qemuArgs(spec: QemuLaunchSpec): string[] {
       `socket,id=${f.id},path=${e(f.socketPath)}`,
       "-device",
       `vhost-user-fs-device,chardev=${f.id},tag=${e(f.tag)}`,
+    );
+  }
+  if (spec.vsock) {
+    args.push(
+      "-chardev",
+      `socket,id=${spec.vsock.id},path=${e(spec.vsock.socketPath)}`,
+      "-device",
+      `vhost-user-vsock-device,chardev=${spec.vsock.id}`,
     );
   }
   if (spec.netSocket) {

@@ -75,6 +75,12 @@ export interface VsockStreamStats {
   pendingWrite: number;
   /** Bytes the guest can still accept (its credit as last advertised). */
   peerCredit: number;
+  /**
+   * Bytes the guest may still send as it sees it (our `buf_alloc` minus what it
+   * sent since our last advertised `fwd_cnt`): 0 means a slow host reader has
+   * stopped the guest's writer.
+   */
+  guestCredit: number;
   /** Total guest → host bytes received. */
   received: number;
   /** Total host → guest bytes delivered. */
@@ -247,6 +253,7 @@ export class Connection implements VsockStream {
       buffered: this.#rxBytes,
       pendingWrite: this.#tx ? this.#tx.bytes.length - this.#tx.off : 0,
       peerCredit: this.#peerCredit(),
+      guestCredit: this.#host.bufferSize - ((this.#rxCnt - this.#lastFwdSent) >>> 0),
       received: this.#received,
       sent: this.#sent,
     };
