@@ -187,6 +187,7 @@ export class Connection implements VsockStream {
   #peerShutdown = 0;
   #writeError: unknown = null;
   #writeController: WritableStreamDefaultController | null = null;
+  #closeWriteCall: Promise<void> | null = null;
 
   // Guest → host.
   #rx: { buf: Uint8Array; start: number; end: number; block: boolean }[] = [];
@@ -269,8 +270,9 @@ export class Connection implements VsockStream {
   // ---- host API ------------------------------------------------------------
 
   closeWrite(): Promise<void> {
-    if (!this.writable.locked) return this.writable.close();
-    return this.#closeWrite();
+    // Once: later calls share the first one's outcome.
+    this.#closeWriteCall ??= this.writable.locked ? this.#closeWrite() : this.writable.close();
+    return this.#closeWriteCall;
   }
 
   close(): void {

@@ -289,6 +289,7 @@ Deno.test("vsock: closeWrite sends SHUTDOWN(SEND) after the data; the guest's fu
   w.releaseLock();
   const closing = settle(s.closeWrite());
   await until("shutdown", () => closing.done, () => g.poll());
+  await s.closeWrite(); // idempotent
   deepStrictEqual([...gs.read()], [1, 2, 3]);
   strictEqual(gs.peerShutdown, SHUTDOWN.SEND);
   await rejects(s.writable.getWriter().write(new Uint8Array(1)));
@@ -512,4 +513,61 @@ Deno.test("vsock: with EVENT_IDX the device re-arms avail_event when it waits fo
   g.postRx(4);
   await until("connected", () => c.done, () => g.poll());
   ok(c.value);
+});
+
+Deno.test("vsock: fuzz — 20000 random packets never throw and stay within the device's bounds", async () => {
+  const bufferSize = 16 * 1024;
+  const { dev, g } = setup({ bufferSize, maxConnections: 8 });
+  const r = prng(7);
+  const int = (n: number) => Math.floor(r() * n);
+  const accepted: VsockStream[] = [];
+  dev.listen(1, (s) => accepted.push(s));
+  dev.listen(2);
+  g.listening.add(100);
+  const pick = <T>(xs: T[]) => xs[int(xs.length)];
+  for (let i = 0; i < 20_000; i++) {
+    const op = int(10) === 0 ? int(65536) : int(9);
+    const len = pick([0, 1, 100, 4096, 65536, 65537, int(2 ** 32)]);
+    const payload = new Uint8Array(Math.min(len, int(4) === 0 ? 70_000 : 5000));
+    g.tx.takeUsed();
+    if (g.tx.freeDescriptors < 2) {
+      g.poll();
+      g.drv.kick(1);
+      continue;
+    }
+    g.send({
+      srcCid: int(20) === 0 ? int(10) : CID,
+      dstCid: int(20) === 0 ? int(10) : HOST_CID,
+      srcPort: pick([100, 101, 102, int(2 ** 32)]),
+      dstPort: pick([1, 2, 3, 0x40000000, int(2 ** 32)]),
+      type: int(20) === 0 ? int(4) : VSOCK_TYPE.STREAM,
+      op,
+      len,
+      flags: int(8),
+      bufAlloc: pick([0, 1, 65536, 0xffffffff, int(2 ** 32)]),
+      fwdCnt: int(2 ** 32),
+    }, payload);
+    if (int(50) === 0) dev.connect(100).catch(() => {});
+    if (int(20) === 0 && accepted.length) {
+      const s = pick(accepted);
+      if (!s.writable.locked) {
+        const w = s.writable.getWriter();
+        w.write(new Uint8Array(int(100_000))).catch(() => {});
+        w.releaseLock();
+      }
+    }
+    if (int(3) === 0) g.poll();
+    ok(dev.connectionCount <= 8, `${dev.connectionCount} connections`);
+    for (const s of accepted) ok(s.stats.buffered <= bufferSize);
+    if (int(200) === 0) await new Promise((r) => setTimeout(r, 0));
+  }
+  ok(dev.active, "the device survived");
+  ok(accepted.length > 0, "some REQUESTs became connections");
+  const c = dev.counters;
+  ok(c.badLength > 0 && c.unknownOp > 0 && c.droppedCid > 0 && c.refused > 0, JSON.stringify(c));
+  for (const s of accepted) s.close();
+  // Still works afterwards.
+  const fresh = await guestConnect(dev, g, 9000, 7777);
+  fresh.gs.write(new Uint8Array([42]));
+  deepStrictEqual([...(await fresh.s.readable.getReader().read()).value!], [42]);
 });
