@@ -31,7 +31,8 @@ export type Requirement =
   | "file"
   | "python3"
   | "kernel"
-  | "denort";
+  | "denort"
+  | "socat";
 
 const TOOLS: Partial<Record<Requirement, string>> = {
   qemu: "qemu-system-x86_64",
@@ -49,6 +50,7 @@ const TOOLS: Partial<Record<Requirement, string>> = {
   "stress-ng": "stress-ng",
   file: "file",
   python3: "python3",
+  socat: "socat",
 };
 
 /**

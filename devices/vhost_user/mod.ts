@@ -2,7 +2,9 @@
  * vhost-user back-ends (QEMU docs/interop/vhost-user.rst): the protocol over
  * a Unix socket, guest memory received as memfd regions, kick/call eventfds,
  * and virtio-fs served by skiff's FUSE server — a drop-in for QEMU's
- * `vhost-user-fs-device` (`skiff virtiofsd`).
+ * `vhost-user-fs-device` (`skiff virtiofsd`). {@link VhostUserVirtioServer}
+ * serves any `VirtioDevice` (devices/virtio) the same way, e.g. virtio-vsock
+ * to QEMU's `vhost-user-vsock-device`.
  *
  * ```ts
  * const fs = new PassthroughFs("/srv", { readOnly: true });
@@ -23,6 +25,13 @@ export {
   VIRTIO_RING_F_INDIRECT_DESC,
 } from "./backend.ts";
 export { VirtioFsDevice } from "./fs.ts";
+export { MemTable } from "./mem_table.ts";
+export {
+  VhostUserVirtioBackend,
+  type VhostUserVirtioOptions,
+  VhostUserVirtioServer,
+  type VhostUserVirtioServerOptions,
+} from "./virtio_backend.ts";
 export * from "./protocol.ts";
 export { UnixConn, UnixListener } from "./socket.ts";
 export { StopSignal } from "../../kvm_ffi/eventfd.ts";

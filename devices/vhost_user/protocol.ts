@@ -248,3 +248,46 @@ export function validateMemTable(regions: readonly MemRegionDesc[]): void {
     }
   });
 }
+
+/** `VHOST_USER_MAX_CONFIG_SIZE` (QEMU hw/virtio/vhost-user.c): largest config region in a message. */
+export const MAX_CONFIG_SIZE = 256;
+/** Bytes before the region in GET_CONFIG/SET_CONFIG: offset u32, size u32, flags u32. */
+export const CONFIG_HEADER_SIZE = 12;
+
+/** A GET_CONFIG / SET_CONFIG payload (`VhostUserConfig`). */
+export interface ConfigMsg {
+  /** Offset in the device's config space. */
+  offset: number;
+  /** Bytes of config space. */
+  size: number;
+  /** SET_CONFIG: 0 from the front-end (driver write), 1 during migration. */
+  flags: number;
+  /** The config bytes (SET_CONFIG; GET_CONFIG's request carries room for them). */
+  region: Uint8Array;
+}
+
+/** Parses a `VhostUserConfig` payload; throws when `size` exceeds the region or 256 bytes. */
+export function readConfigMsg(p: Uint8Array, what: string): ConfigMsg {
+  const dv = need(p, CONFIG_HEADER_SIZE, what);
+  const offset = dv.getUint32(0, true);
+  const size = dv.getUint32(4, true);
+  const flags = dv.getUint32(8, true);
+  if (size > MAX_CONFIG_SIZE || offset > MAX_CONFIG_SIZE) {
+    throw new RangeError(`vhost-user ${what}: ${size} bytes at offset ${offset} exceed 256`);
+  }
+  if (p.length < CONFIG_HEADER_SIZE + size && what !== "GET_CONFIG") {
+    throw new RangeError(`vhost-user ${what}: ${size} config bytes but ${p.length - 12} present`);
+  }
+  return { offset, size, flags, region: p.slice(CONFIG_HEADER_SIZE, CONFIG_HEADER_SIZE + size) };
+}
+
+/** Encodes a `VhostUserConfig` payload (the GET_CONFIG reply). */
+export function configPayload(m: ConfigMsg): Uint8Array {
+  const b = new Uint8Array(CONFIG_HEADER_SIZE + m.size);
+  const dv = new DataView(b.buffer);
+  dv.setUint32(0, m.offset, true);
+  dv.setUint32(4, m.size, true);
+  dv.setUint32(8, m.flags, true);
+  b.set(m.region.subarray(0, m.size), CONFIG_HEADER_SIZE);
+  return b;
+}

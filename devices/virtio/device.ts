@@ -38,6 +38,7 @@ export const DEVICE_ID = {
   NET: 1,
   BLOCK: 2,
   CONSOLE: 3,
+  VSOCK: 19,
   FS: 26,
 } as const;
 

@@ -11,6 +11,7 @@ import { VirtioMmioTransport } from "./mmio.ts";
 import { PORT_NAMES, VirtioConsole } from "./console/device.ts";
 import { VirtioFs } from "./fs/device.ts";
 import { VirtioNet } from "./net/device.ts";
+import { VirtioVsock } from "./vsock/device.ts";
 import { FileSystem } from "../fuse/filesystem.ts";
 import { FuseServer } from "../fuse/server.ts";
 
@@ -200,5 +201,16 @@ fuzzDevice(
     return new VirtioNet({ mac: new Uint8Array([2, 0, 0, 0, 0, 1]) });
   },
   0x4e7,
+  30_000,
+);
+
+fuzzDevice(
+  "virtio-vsock",
+  () => {
+    const dev = new VirtioVsock({ guestCid: 3 });
+    dev.listen(1, () => {});
+    return dev;
+  },
+  0x75c,
   30_000,
 );

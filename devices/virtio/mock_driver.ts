@@ -331,10 +331,11 @@ export class MockMmioDriver {
 
   /**
    * Resets, negotiates `wanted ∩ offered` features, sets up `queueCount`
-   * queues (size min(QueueNumMax, `queueSize`)) and sets DRIVER_OK. Returns
-   * the negotiated features; throws if the device refused FEATURES_OK.
+   * queues (size min(QueueNumMax, `queueSize`), each with `heapBytes` of
+   * buffer space) and sets DRIVER_OK. Returns the negotiated features;
+   * throws if the device refused FEATURES_OK.
    */
-  init(wanted: bigint, queueCount: number, queueSize = 16): bigint {
+  init(wanted: bigint, queueCount: number, queueSize = 16, heapBytes = 0x4000): bigint {
     this.w32(0x070, 0);
     this.w32(0x070, 1);
     this.w32(0x070, 1 | 2);
@@ -354,7 +355,6 @@ export class MockMmioDriver {
       if (max === 0) throw new Error(`queue ${i} does not exist`);
       const size = Math.min(max, queueSize);
       const ringBytes = 16 * size + 6 + 2 * size + 4 + 6 + 8 * size;
-      const heapBytes = 0x4000;
       const base = Math.ceil(this.#area / 4096) * 4096;
       if (base + ringBytes + heapBytes > this.#areaEnd) throw new Error("mock driver: area full");
       const q = new MockQueueDriver(this.mem, size, base, base + ringBytes + 64, heapBytes);

@@ -15,6 +15,9 @@
  *   (hv/qemu/hotplug.ts), so the machine can be captured by migration
  *   (hv/qemu/persist.ts). virtio-serial is `virtio-serial-pci` on `pcie.0`.
  *
+ * On microvm an optional `vhost-user-vsock-device` may be on the command
+ * line too (tests of the vsock device); on q35 vsock is hot-plugged.
+ *
  * Guest RAM is shared (`share=on`), so a vhost-user back-end can map it: a
  * memfd, or a file the caller names (on tmpfs), which is what a snapshot
  * copies. No default devices; the serial console and every virtio-serial
@@ -42,6 +45,14 @@ export interface FsDeviceSpec {
   /** virtio-fs tag (≤ 36 bytes, virtio 1.2 §5.11.4). */
   tag: string;
   /** The vhost-user back-end's Unix socket. */
+  socketPath: string;
+}
+
+/** A virtio-vsock device served over vhost-user (`vhost-user-vsock-device`). */
+export interface VsockDeviceSpec {
+  /** Chardev id (unique). */
+  id: string;
+  /** The vhost-user back-end's Unix socket (it supplies the guest CID through GET_CONFIG). */
   socketPath: string;
 }
 
@@ -84,6 +95,8 @@ export interface QemuLaunchSpec {
    * `migrate-incoming` and stays paused after it until `cont`).
    */
   incoming?: boolean;
+  /** A vhost-user virtio-vsock device, or null. */
+  vsock?: VsockDeviceSpec | null;
 }
 
 /** The machine types skiff drives. */
@@ -183,19 +196,19 @@ export function qemuArgs(spec: QemuLaunchSpec): string[] {
   if (machine !== "microvm" && machine !== "q35") {
     throw new RangeError(`machine must be "microvm" or "q35", got ${JSON.stringify(machine)}`);
   }
-  if (machine === "q35" && (spec.fs.length > 0 || spec.netSocket)) {
+  if (machine === "q35" && (spec.fs.length > 0 || spec.netSocket || spec.vsock)) {
     // A vhost-user device on the command line would make the machine
     // unmigratable (QEMU 7.2: "non-migratable device …/vhost-user-fs"), and
     // one path for cold boots and restores is the point of q35 here.
     throw new RangeError(
-      "q35 takes no virtio-fs or network device on the command line: hot-plug them (hv/qemu/hotplug.ts)",
+      "q35 takes no virtio-fs, vsock or network device on the command line: hot-plug them (hv/qemu/hotplug.ts)",
     );
   }
   if (machine === "microvm" && spec.rootPorts !== undefined) {
     throw new RangeError("rootPorts needs machine q35 (microvm hot-plug is not used by skiff)");
   }
   const ids = new Set<string>();
-  for (const { id } of [...spec.ports, ...spec.fs]) {
+  for (const { id } of [...spec.ports, ...spec.fs, ...(spec.vsock ? [spec.vsock] : [])]) {
     if (!ID.test(id) || ids.has(id) || RESERVED_IDS.has(id) || /^rp\d+$/.test(id)) {
       throw new RangeError(`bad or duplicate chardev id '${id}'`);
     }
@@ -292,6 +305,14 @@ export function qemuArgs(spec: QemuLaunchSpec): string[] {
       `socket,id=${f.id},path=${e(f.socketPath)}`,
       "-device",
       `vhost-user-fs-device,chardev=${f.id},tag=${e(f.tag)}`,
+    );
+  }
+  if (spec.vsock) {
+    args.push(
+      "-chardev",
+      `socket,id=${spec.vsock.id},path=${e(spec.vsock.socketPath)}`,
+      "-device",
+      `vhost-user-vsock-device,chardev=${spec.vsock.id}`,
     );
   }
   if (spec.netSocket) {

@@ -30,6 +30,32 @@ Deno.test("qemuArgs: microvm, shared memfd RAM, ports and fs devices", () => {
   ]);
 });
 
+Deno.test("qemuArgs: a vhost-user vsock device; its chardev id must be unique", () => {
+  const spec = {
+    accel: "tcg" as const,
+    cpus: 1,
+    memoryMiB: 128,
+    kernel: "/k",
+    initrd: "/i",
+    append: "",
+    qmpSocket: "/q",
+    consoleSocket: null,
+    ports: [],
+    fs: [{ id: "fs0", tag: "root", socketPath: "/d/fs0.sock" }],
+  };
+  const joined = qemuArgs({ ...spec, vsock: { id: "vsock0", socketPath: "/d/v.sock" } }).join(" ");
+  ok(joined.includes("-chardev socket,id=vsock0,path=/d/v.sock"));
+  ok(joined.includes("-device vhost-user-vsock-device,chardev=vsock0"));
+  ok(!qemuArgs(spec).join(" ").includes("vsock"));
+  let threw = false;
+  try {
+    qemuArgs({ ...spec, vsock: { id: "fs0", socketPath: "/d/v.sock" } });
+  } catch (e) {
+    threw = e instanceof RangeError;
+  }
+  ok(threw, "duplicate chardev id");
+});
+
 Deno.test("qemuArgs: rejects bad sizes, ids and tags", () => {
   const base = {
     accel: "tcg" as const,
