@@ -87,6 +87,9 @@ export interface MmioHostOptions {
 }
 
 /** One activation: from DRIVER_OK until reset, failure or FAILED. */
+/** Most serve-and-re-arm rounds for one notification (then the next notification goes on). */
+const SERVE_ROUNDS = 64;
+
 interface Activation {
   epoch: number;
   queues: Queue[];
@@ -359,9 +362,22 @@ export class VirtioMmioHost {
     this.#irq();
   }
 
+  /**
+   * Serves a notified queue, then re-arms its notifications — with EVENT_IDX
+   * that means moving `avail_event` on (§2.7.10): a driver that sees it
+   * unmoved stops notifying after the first batch — and serves again while
+   * buffers arrived meanwhile and the device keeps consuming them (a device
+   * that leaves buffers posted, as vsock rx waiting for data, ends the loop).
+   */
   #serve(a: Activation, index: number): void {
+    const q = a.queues[index];
     try {
-      this.device.queueNotify(index);
+      for (let round = 0; round < SERVE_ROUNDS; round++) {
+        const before = q.nextAvail;
+        this.device.queueNotify(index);
+        if (this.#activation !== a || !q.ready) return;
+        if (!q.setNotification(a.mem, true) || q.nextAvail === before) return;
+      }
     } catch (e) {
       this.#fail(a, e);
     }

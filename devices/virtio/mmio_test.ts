@@ -103,6 +103,13 @@ Deno.test("mmio: negotiation, queue setup, notify and used interrupt", () => {
   deepStrictEqual(dev.notified, [0]);
   const used = q.takeUsed();
   strictEqual(td.decode(used[0].written), "ping");
+  // EVENT_IDX (§2.7.10): the device moved avail_event past what it consumed, so
+  // the driver notifies for the next buffer (unmoved, Linux would stay silent).
+  strictEqual(q.availEvent, 1);
+  q.add([{ data: te.encode("pong") }, { writable: 8 }]);
+  drv.kick(0);
+  strictEqual(q.availEvent, 2);
+  strictEqual(td.decode(q.takeUsed()[0].written), "pong");
   deepStrictEqual(irqs, [true]);
   strictEqual(drv.r32(MMIO.INTERRUPT_STATUS), INT.USED_BUFFER);
   strictEqual(drv.ackInterrupt(), INT.USED_BUFFER);
