@@ -2,7 +2,8 @@
  * One qemu-engine VM's session from READY on: the guest's devices are
  * hot-plugged into the (paused) QEMU — skiff's vsock device and its one
  * virtio-fs device (the share mux), both served by the shared device code
- * through the vhost-user adapter, and a NIC behind skiff's network stack —
+ * through the vhost-user adapter, and a NIC — skiff's virtio-net device
+ * model behind the same adapter, attached to skiff's network stack —
  * then `cont`, the guest agent reached over vsock, and the session set up
  * (shares mounted, network, host name, clock).
  *
@@ -22,7 +23,8 @@ import { VirtioFs } from "../../devices/virtio/fs/device.ts";
 import { VirtioVsock } from "../../devices/virtio/vsock/device.ts";
 import { VhostUserVirtioServer } from "../../devices/vhost_user/virtio_backend.ts";
 import { NetStack } from "../../devices/net/service.ts";
-import { listenStream, type StreamListener } from "../../devices/net/stream.ts";
+import { attachVirtioNet } from "../../devices/net/virtio.ts";
+import { VirtioNet } from "../../devices/virtio/net/device.ts";
 import { AgentClient } from "../../init/agent/client.ts";
 import type { VmConfig } from "../config.ts";
 import { ConfigError, VmError } from "../errors.ts";
@@ -46,6 +48,11 @@ export const GUEST_CID = 3;
 export const GUEST_MAC = "52:54:00:6b:69:66";
 /** Bound on waiting for the hot-plugged vsock device to be up (only catches hangs). */
 const AGENT_WAIT_MS = 120_000;
+
+/** `aa:bb:…` as six bytes. */
+function macBytes(mac: string): Uint8Array {
+  return Uint8Array.from(mac.split(":").map((h) => parseInt(h, 16)));
+}
 
 /** Waits until `cond()` holds, checking every few milliseconds; rejects after `ms` or on abort. */
 async function until(cond: () => boolean, ms: number, what: string, signal?: AbortSignal) {
@@ -83,7 +90,9 @@ export class QemuSession implements AsyncDisposable {
   #plugged: PluggedDevice[] = [];
   #detachShares: (() => void) | null = null;
   #stack: NetStack | null = null;
-  #net: StreamListener | null = null;
+  /** The NIC's device model (the same as the kvm engine's), served to QEMU over vhost-user. */
+  #nic: VirtioNet | null = null;
+  #detachNic: (() => void) | null = null;
   #plugs = 0;
 
   private constructor(vm: QemuProcess, dir: string, config: VmConfig) {
@@ -124,6 +133,8 @@ export class QemuSession implements AsyncDisposable {
           throw new ConfigError((e as Error).message, { cause: e });
         }
         await s.#stack.ready;
+        s.#nic = new VirtioNet({ mac: macBytes(GUEST_MAC) });
+        s.#detachNic = attachVirtioNet(s.#stack, s.#nic);
       }
       if (sharesOf(config).length > 0) s.#detachShares = attachShares(s.mux, config);
       await s.resume(o);
@@ -150,7 +161,13 @@ export class QemuSession implements AsyncDisposable {
       const fs = new VirtioFs({ tag: MUX_TAG, server: new FuseServer(this.mux) });
       this.#servers.push(new VhostUserVirtioServer(fsPath, fs, { once: true, log: serverLog }));
     }
-    if (this.#stack) this.#net = listenStream(this.#stack, `${dir}/net${n}.sock`);
+    let netPath: string | null = null;
+    if (this.#nic) {
+      netPath = `${dir}/net${n}.sock`;
+      this.#servers.push(
+        new VhostUserVirtioServer(netPath, this.#nic, { once: true, log: serverLog }),
+      );
+    }
     const t0 = performance.now();
     this.#plugged.push(await plugVsock(vm, { id: `vsock${n}`, socketPath: vsockPath }));
     if (fsPath) {
@@ -158,19 +175,25 @@ export class QemuSession implements AsyncDisposable {
         await plugVirtioFs(vm, { id: `fs${n}`, socketPath: fsPath, tag: MUX_TAG }),
       );
     }
-    if (this.#net) {
+    if (netPath) {
       this.#plugged.push(
         await plugNet(vm, {
           id: `nic${n}`,
-          backend: { type: "stream", socketPath: this.#net.path },
+          backend: { type: "vhost-user", socketPath: netPath },
           mac: GUEST_MAC,
         }),
       );
     }
     await vm.qmp.cont();
     log(`qemu: devices plugged in ${Math.round(performance.now() - t0)} ms; waiting for the agent`);
-    const exited = vm.exited.then(() => {
-      throw new VmError(`QEMU exited before the guest agent answered${o.console?.tail() ?? ""}`);
+    const exited = vm.exited.then((st) => {
+      throw new VmError(
+        `QEMU exited (${
+          st.signal ? `signal ${st.signal}` : `code ${st.code}`
+        }) before the guest agent answered${o.console?.tail() ?? ""}${
+          vm.diagnostics ? `; QEMU: ${vm.diagnostics}` : ""
+        }`,
+      );
     });
     exited.catch(() => {});
     await Promise.race([
@@ -214,8 +237,6 @@ export class QemuSession implements AsyncDisposable {
     this.#plugged = [];
     for (const s of this.#servers) await s.close().catch(() => {});
     this.#servers = [];
-    await this.#net?.close().catch(() => {});
-    this.#net = null;
   }
 
   /** Releases the back-ends (after QEMU is gone). */
@@ -225,8 +246,8 @@ export class QemuSession implements AsyncDisposable {
     this.#plugged = [];
     this.#detachShares?.();
     this.#detachShares = null;
-    await this.#net?.close().catch(() => {});
-    this.#net = null;
+    this.#detachNic?.();
+    this.#detachNic = null;
     await this.#stack?.close().catch(() => {});
     this.#stack = null;
   }

@@ -243,5 +243,20 @@ export function plugNet(vm: QemuProcess, n: NetPlug): Promise<PluggedDevice> {
     // No option ROM: the guest boots by -kernel, and the ROM would be a RAM
     // block a later migration target does not have.
     romfile: "",
+    // With a vhost-user back-end, QEMU 7.2 crashes (SIGSEGV in vhost_net_start →
+    // msix_set_vector_notifiers, seen here with gdb) when the guest starts a
+    // hot-plugged virtio-net-pci using MSI-X: no MSI-X vectors (INTx) and no
+    // control queue, whose notifier the back-end does not own either. Nothing
+    // the control queue offers (MAC filters, VLANs, multiqueue) is used by skiff.
+    ...(b.type === "vhost-user"
+      ? {
+        ctrl_vq: false,
+        ctrl_rx: false,
+        ctrl_vlan: false,
+        ctrl_mac_addr: false,
+        mq: false,
+        vectors: 0,
+      }
+      : {}),
   });
 }
