@@ -71,7 +71,7 @@ export const SIZES = {
   /** Connection slots. */
   CONNS: 64,
   /** Bytes of one connection slot in the table. */
-  CONN: 256,
+  CONN: 1024,
   /** Receive ring per connection (the `buf_alloc` the stand-in advertises). */
   CONN_RING: 256 * KiB,
   /** Largest request payload the stand-in takes (the real agent: 1 MiB). */

@@ -9,8 +9,8 @@
  *   (the virtio windows, IOAPIC and local APIC included, so user-mode MMIO
  *   reaches the VMM like any MMIO); a GDT with kernel and user segments and a
  *   64-bit TSS (RSP0 for interrupts from CPL3); an IDT.
- * - **Boot** (CPL0, ~25 instructions): load them, enable the local APIC with
- *   a periodic timer (a safety net: no wait can outlast a lost wake-up by
+ * - **Boot** (CPL0, ~25 instructions): load them, enable the local APIC (LINT0
+ *   masked, so the 8259 behind KVM's virtual wire stays out) with a periodic timer (a safety net: no wait can outlast a lost wake-up by
  *   more than one period), and `iretq` to CPL3 with interrupts off.
  * - **Gates from CPL3**: kvm_pvm turns `int n` in user mode into #UD at the
  *   `int` instruction (measured), so the #UD handler looks at the faulting
@@ -84,6 +84,7 @@ const T = {
 const APIC = {
   EOI: LAYOUT.LAPIC_ADDR + 0xb0,
   SVR: LAYOUT.LAPIC_ADDR + 0xf0,
+  LVT_LINT0: LAYOUT.LAPIC_ADDR + 0x350,
   LVT_TIMER: LAYOUT.LAPIC_ADDR + 0x320,
   TIMER_INIT: LAYOUT.LAPIC_ADDR + 0x380,
   TIMER_DIV: LAYOUT.LAPIC_ADDR + 0x3e0,
@@ -129,6 +130,10 @@ export function emitBoot(a: Assembler, opts: BootOptions): void {
   a.mov("esp", STANDIN.KSTACK_TOP);
   // Local APIC on (SVR bit 8) with the spurious vector; the timer as a safety net.
   a.mov(abs32(APIC.SVR), 0x100 | VEC.SPURIOUS);
+  // LINT0 masked: KVM resets the BSP's LVT0 to ExtINT (the BIOS's virtual wire) and routes
+  // GSIs 0–15 to its 8259 too, and an unprogrammed 8259 hands IRQ n over as vector n — the
+  // vsock device's GSI 6 arrived as #UD before this (measured).
+  a.mov(abs32(APIC.LVT_LINT0), 1 << 16);
   if (opts.timerTicks) {
     a.mov(abs32(APIC.TIMER_DIV), 0xb); // divide by 1
     a.mov(abs32(APIC.LVT_TIMER), VEC.TIMER | (1 << 17)); // periodic
@@ -145,11 +150,11 @@ export function emitBoot(a: Assembler, opts: BootOptions): void {
   a.mov("es", "ax");
   a.iretq();
 
-  // int 0x80 (interrupt gate: IF is clear here): wait for one interrupt.
+  // int 0x80 (interrupt gate: IF is clear here): wait for one interrupt. No `cli` after the
+  // hlt: iretq restores the caller's IF = 0, and an interrupt in between is harmless.
   a.label("k_idle");
   a.sti();
   a.hlt();
-  a.cli();
   a.iretq();
 
   // Device and timer interrupts, spurious: EOI (not for spurious) and return.
