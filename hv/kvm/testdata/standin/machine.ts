@@ -30,6 +30,7 @@ import { captureHvVm, restoreHvVm } from "../../../../snapshot/hv_snapshot.ts";
 import type { Persist } from "../../../../snapshot/vm_snapshot.ts";
 import type { PublishResult } from "../../../../snapshot/store.ts";
 import { AGENT_READY_MARKER, GUEST_CID } from "../../../../init/agent/protocol.ts";
+import { AgentClient } from "../../../../init/agent/client.ts";
 import type {
   AgentConnection,
   AgentListener,
@@ -239,6 +240,8 @@ export class VsockTransport implements AgentTransport {
   #nextPort = 20000;
   /** Every stream it handed out (tests look at their flow-control stats). */
   readonly streams: VsockStream[] = [];
+  /** The host ports of its listeners, in order. */
+  readonly listened: number[] = [];
 
   constructor(vsock: VirtioVsock) {
     this.#vsock = vsock;
@@ -255,6 +258,7 @@ export class VsockTransport implements AgentTransport {
     for (;;) {
       try {
         const l = this.#vsock.listen(port);
+        this.listened.push(port);
         const streams = this.streams;
         return Promise.resolve({
           port,
@@ -279,5 +283,42 @@ export class VsockTransport implements AgentTransport {
         port = this.#nextPort++; // taken: try the next
       }
     }
+  }
+}
+
+/** A started stand-in with an agent client (cold-booted to READY, or restored). */
+export interface StandinSession extends AsyncDisposable {
+  machine: StandinMachine;
+  client: AgentClient;
+  transport: VsockTransport;
+  /** Settles when the VM stops. */
+  stopped: Promise<VmStop>;
+}
+
+/**
+ * Starts `m` (built by {@link buildStandin}: waits for READY; restored: the
+ * agent is already past it) and gives a client; disposing stops the VM and
+ * releases the machine.
+ */
+export async function startSession(
+  m: StandinMachine,
+  o: { cold: boolean; signal: AbortSignal },
+): Promise<StandinSession> {
+  try {
+    await m.vm.start();
+    const stopped = m.vm.wait();
+    stopped.catch(() => {});
+    if (o.cold) await waitReady(m, stopped, o.signal);
+    const transport = new VsockTransport(m.vsock);
+    return {
+      machine: m,
+      client: new AgentClient(transport),
+      transport,
+      stopped,
+      [Symbol.asyncDispose]: () => m[Symbol.asyncDispose](),
+    };
+  } catch (e) {
+    await m[Symbol.asyncDispose]();
+    throw e;
   }
 }
