@@ -1,16 +1,48 @@
 /**
- * skiff's library API: boot Linux micro-VMs from Deno programs and tests.
+ * skiff's library: boot Linux micro-VMs from Deno programs and tests, run
+ * commands in them, move files, capture and restore them.
+ *
+ * ```ts
+ * import { VirtualMachine } from "./mod.ts";
+ *
+ * await using vm = await VirtualMachine.boot({ memoryMiB: 256 });
+ * const r = await vm.exec(["uname", "-s"]);
+ * console.log(r.stdoutText); // "Linux\n"
+ * ```
+ *
+ * This module is the stable surface: {@link VirtualMachine}, its options and
+ * results, and skiff's errors. The layers below are modules of their own,
+ * importable by path and documented there (ARCHITECTURE.md draws them):
+ * `hv/mod.ts` (the VMM core: memory, VM, vCPUs), `hv/kvm/mod.ts` and
+ * `hv/qemu/engine.ts` (the engines), `devices/virtio/mod.ts`,
+ * `devices/fuse/mod.ts`, `devices/net/mod.ts`, `devices/vhost_user/mod.ts`
+ * (device models and back-ends), `init/mod.ts` and `init/agent/mod.ts` (the
+ * guest init and its agent), `snapshot/mod.ts` (the snapshot format and
+ * cache) and `image/mod.ts` (OCI images).
  *
  * @module
  */
 
 export { VirtualMachine } from "./hv/library/virtual_machine.ts";
 export type {
-  RunCallOptions,
-  RunResult,
+  ChildProcess,
+  CommandOutput,
+  ExecOptions,
+  NetworkOptions,
+  SpawnOptions,
   VirtualMachineOptions,
   VolumeOptions,
 } from "./hv/library/virtual_machine.ts";
+export type {
+  GuestSignal,
+  GuestUser,
+  ProcessStatus,
+  SnapshotRef,
+  VmOrigin,
+  VmStats,
+} from "./hv/engine/types.ts";
+export type { PortForward } from "./hv/config.ts";
+export type { EngineChoice } from "./hv/library/select_engine.ts";
 export {
   ConfigError,
   EngineUnavailableError,
@@ -19,93 +51,4 @@ export {
   VmExitError,
   VmTimeoutError,
 } from "./hv/errors.ts";
-export { exitCodeOf } from "./hv/config.ts";
-export type { ConsoleIO, Engine, WorkloadIO } from "./hv/engine/types.ts";
-export type { ExitStatus, Share, VmConfig, Workload } from "./hv/config.ts";
-export { chooseEngine, selectEngine } from "./hv/library/select_engine.ts";
-export type { EngineChoice } from "./hv/library/select_engine.ts";
-export { QemuEngine } from "./hv/qemu/engine.ts";
-export { GuestMemoryError, RegionMemory } from "./hv/memory.ts";
-export type { GuestMemory, MemoryRegion } from "./hv/memory.ts";
-export { SysError } from "./kvm_ffi/libc.ts";
-export {
-  bootCached,
-  captureHvVm,
-  restoreHvVm,
-  SnapshotCache,
-  SnapshotError,
-  snapshotKey,
-} from "./snapshot/mod.ts";
-export type { Persist, SnapshotProblem } from "./snapshot/mod.ts";
-export { Mailbox, MAILBOX_LAYOUT, MB_CMD, MB_STATE } from "./devices/mailbox/mod.ts";
-export type { MailboxCallOptions, MailboxOptions, MailboxSnapshot } from "./devices/mailbox/mod.ts";
-export {
-  buildInitElf,
-  buildInitramfs,
-  DEFAULT_PORTS,
-  defaultInitConfig,
-  encodeRecord,
-  parseStatusLine,
-} from "./init/mod.ts";
-export type {
-  InitCommand,
-  InitConfig,
-  InitNet,
-  InitPorts,
-  InitShare,
-  InitStatus,
-  RecordSpec,
-} from "./init/mod.ts";
-export { MAILBOX_DATA_VA, mailboxLoop, mailboxProgram } from "./init/mailbox_loop.ts";
-export type { MailboxLoopOptions, MailboxProgramOptions } from "./init/mailbox_loop.ts";
-export {
-  buildMailboxInitElf,
-  MAILBOX_INIT_PATH,
-  MAILBOX_RDINIT,
-  mailboxBootProgram,
-  mailboxInitramfs,
-} from "./init/mailbox_mode.ts";
-export type { MailboxBootOptions } from "./init/mailbox_mode.ts";
-export { buildKvmMachine, isEmulatedKvm, KvmEngine } from "./hv/kvm/mod.ts";
-export type {
-  KvmDevices,
-  KvmEngineOptions,
-  KvmMachine,
-  MachineOptions,
-  RestoredKvmMachine,
-  SnapshotOutcome,
-} from "./hv/kvm/mod.ts";
-export { bootWithConsoleLog } from "./hv/kvm/mod.ts";
-export type { ConsoleBootOptions, ConsoleBootResult } from "./hv/kvm/mod.ts";
-export { buildAcpiTables, writeAcpiTables } from "./hv/acpi/mod.ts";
-export { sleepSpec } from "./devices/legacy/mod.ts";
-export type { AcpiOptions, AcpiTables, AcpiVirtioDevice } from "./hv/acpi/mod.ts";
-export {
-  attachVirtioNet,
-  listenStream,
-  NetStack,
-  parsePublish,
-  serveStream,
-  serveTapInNetns,
-} from "./devices/net/mod.ts";
-export type {
-  NetConfig,
-  NetCounters,
-  NetLink,
-  PublishRule,
-  StreamListener,
-} from "./devices/net/mod.ts";
-export {
-  DigestMismatchError,
-  imageCommand,
-  ImageRunError,
-  ImageStore,
-  parseReference,
-  prepareImage,
-  PullError,
-  pullImage,
-  UnpackError,
-} from "./image/mod.ts";
-export type { ImageRecord, ImageRef, PreparedImage, PullOptions } from "./image/mod.ts";
-export { LayeredFs } from "./devices/fuse/layered.ts";
-export type { LayeredOptions } from "./devices/fuse/layered.ts";
+export { SnapshotError } from "./snapshot/errors.ts";

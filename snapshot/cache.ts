@@ -60,6 +60,15 @@ export function snapshotKey(parts: SnapshotKeyParts): string {
 
 const KEY_RE = /^[0-9a-f]{64}$/;
 
+/**
+ * A fresh random key, for a snapshot of a running VM (`vm.snapshot()`):
+ * it matches no configuration's key, so only its holder restores it.
+ */
+export function randomSnapshotKey(): string {
+  return [...crypto.getRandomValues(new Uint8Array(32))]
+    .map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 /** One entry as listed by {@link SnapshotCache.list}. */
 export interface CacheEntry {
   /** The cache key (directory name). */

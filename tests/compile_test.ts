@@ -21,7 +21,8 @@ import { fileURLToPath } from "node:url";
 import { hostTest, probeRequirements } from "./requirements.ts";
 import { buildBundle, compileArgs, MAIN_BUNDLE } from "./bundle.ts";
 import { bundledName, RUNTIME_MODULES } from "../hv/module_url.ts";
-import { mailboxKernelCode, standInElf } from "../hv/kvm/testdata/mailbox_kernel.ts";
+import { standInElf } from "../hv/kvm/testdata/mailbox_kernel.ts";
+import { Assembler } from "../init/asm/mod.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const deno = Deno.execPath();
@@ -138,9 +139,16 @@ hostTest(
   ["kvm"],
   async () => {
     await using copy = await shippedCopy();
-    // A stand-in kernel that answers the mailbox: argv ["3"] exits 3 (hv/testdata).
+    // A stand-in kernel that runs until an instruction it cannot (ud2, or
+    // cmpxchg16b where guest code is emulated): the VM ran, so the vCPU Worker
+    // and every device module loaded from the bundle, and the stop is the
+    // one explained line.
     const kernel = join(copy.dir, "vmlinux");
-    await Deno.writeFile(kernel, standInElf(mailboxKernelCode()));
+    const a = new Assembler();
+    a.mov("eax", 0x6000);
+    a.emit([0x48, 0x0f, 0xc7, 0x08]); // cmpxchg16b [rax]
+    a.ud2();
+    await Deno.writeFile(kernel, standInElf(a.assemble({ origin: 16 << 20 }).bytes));
     const r = await copy.skiff([
       "run",
       "--engine",
@@ -151,9 +159,10 @@ hostTest(
       "--memory",
       "64",
       "--",
-      "3",
+      "true",
     ]);
-    strictEqual(r.code, 3, r.err);
+    strictEqual(r.code, 125, r.err);
+    match(r.err, /^skiff run: guest stopped: /m);
     ok(!/Module not found|worker failed/i.test(r.err), r.err);
   },
 );

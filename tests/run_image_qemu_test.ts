@@ -146,7 +146,7 @@ imageTest(
 );
 
 imageTest(
-  "VirtualMachine.create({ image }) (qemu): the image's Cmd, Env and WorkingDir, and a command of its own",
+  "VirtualMachine.boot({ image }) (qemu): the image's Cmd, Env and WorkingDir, and a command of its own",
   ["qemu-system-x86_64"],
   async () => {
     if (kernelMissing) throw new Error(kernelMissing);
@@ -157,10 +157,10 @@ imageTest(
         store: new ImageStore(`${base}/store`),
         progress: null,
       });
-      await using vm = VirtualMachine.create({ engine: "qemu", image, memoryMiB: 256 });
-      const def = await vm.run([], { timeoutMs: 120_000 });
+      await using vm = await VirtualMachine.boot({ engine: "qemu", image, memoryMiB: 256 });
+      const def = await vm.exec([], { timeoutMs: 120_000 });
       deepStrictEqual([def.code, def.stdoutText], [0, "default-cmd in /srv\n"], def.stderrText);
-      const own = await vm.run(["sh", "-c", 'echo "$GREETING"; cat /etc/os-release; id -u'], {
+      const own = await vm.exec(["sh", "-c", 'echo "$GREETING"; cat /etc/os-release; id -u'], {
         user: "app",
         timeoutMs: 120_000,
       });

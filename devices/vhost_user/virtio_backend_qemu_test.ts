@@ -6,20 +6,24 @@ import { hostTest } from "../../tests/requirements.ts";
 import { FuseServer } from "../fuse/server.ts";
 import { PassthroughFs } from "../fuse/passthrough.ts";
 import { QemuProcess } from "../../hv/qemu/process.ts";
-import { busyboxInitramfs, PORT_FUNCTION, runGuest, testKernel } from "../../hv/qemu/testing.ts";
+import {
+  assertKernel,
+  busyboxInitramfs,
+  PORT_FUNCTION,
+  runGuest,
+  testKernel,
+} from "../../hv/qemu/testing.ts";
 import { VirtioFs } from "../virtio/fs/device.ts";
 import { VhostUserVirtioServer } from "./virtio_backend.ts";
 
 const kernel = await testKernel();
-if (typeof kernel === "string") {
-  console.error(`skiff-test-skip: vhost-user adapter test: ${kernel}`);
-}
 
 hostTest("vhost-user adapter: devices/virtio's VirtioFs serves QEMU's vhost-user-fs-device", [
   "qemu",
+  "kernel",
   "cpio",
 ], async () => {
-  if (typeof kernel === "string") return;
+  assertKernel(kernel);
   const dir = await Deno.makeTempDir({ prefix: "skiff-vuadapt-" });
   const share = await Deno.makeTempDir({ prefix: "skiff-vuadshare-" });
   try {

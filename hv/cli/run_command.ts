@@ -10,7 +10,7 @@ import { type Engine } from "../engine/types.ts";
 import { EngineUnavailableError, EXIT_TIMEOUT, SkiffError, VmTimeoutError } from "../errors.ts";
 import { exitCodeOf, type VmConfig, type Workload } from "../config.ts";
 import { type EngineChoice, selectEngine } from "../library/select_engine.ts";
-import { KvmEngine } from "../kvm/mod.ts";
+import { runOn } from "../engine/run.ts";
 
 /** Options of {@link runCommand}. */
 export interface RunCommandOptions {
@@ -47,14 +47,9 @@ export async function runCommand(
   if (!engine) {
     const { engine: chosen, decision } = selectEngine(o.engine, {
       log,
-      // `--snapshot`/`--no-snapshot` reach the kvm engine (its default: the cache is on).
-      kvm: () => new KvmEngine({ snapshot: o.snapshot }),
     });
     log?.(`engine ${decision.name} (${decision.why})`);
     engine = chosen;
-  }
-  if (o.snapshot === true && engine.name === "qemu") {
-    console.error("skiff run: snapshots are not offered on the qemu engine yet; booting normally");
   }
   const abort = new AbortController();
   let interrupted: Deno.Signal | null = null;
@@ -68,11 +63,14 @@ export async function runCommand(
     o.timeoutSeconds * 1000,
   );
   try {
-    const status = await engine.run(config, workload, {
+    const status = await runOn(engine, config, workload, {
       stdin: Deno.stdin.readable,
       stdout: Deno.stdout.writable,
       stderr: Deno.stderr.writable,
-    }, abort.signal);
+    }, { signal: abort.signal, snapshot: o.snapshot, log });
+    // A timeout or a signal kills the command, whose status then says SIGKILL:
+    // the reason it was killed is what skiff exits with.
+    if (abort.signal.aborted) throw abort.signal.reason;
     return exitCodeOf(status);
   } catch (e) {
     const reason = abort.signal.aborted ? abort.signal.reason : e;

@@ -1,5 +1,5 @@
 /**
- * A cheap identity of the mailbox-mode initramfs, for the snapshot-cache key
+ * A cheap identity of the guest initramfs (the agent's, and the mailbox mode's), for the snapshot-cache key
  * on the hit path: everything its bytes are made from — the source of the
  * code that generates the init programs (`init/**` and the mailbox register
  * layout), the kernel release, each module file's content hash, and the
@@ -16,6 +16,8 @@ import { fileURLToPath } from "node:url";
 import { type KernelInfo, kernelModules } from "../kernel/mod.ts";
 import { type InitConfig, modulesFor, recordFor } from "../../init/config.ts";
 import { bootInitConfig, MAILBOX_INIT_PATH } from "../../init/mailbox_mode.ts";
+import { AGENT_MODULES } from "../../init/agent/initramfs.ts";
+import { moduleLoadOrder } from "../../init/initramfs.ts";
 import { canonicalJson, sha256Hex } from "../../snapshot/codec.ts";
 import { contentHash } from "../../snapshot/content_hash.ts";
 
@@ -94,6 +96,33 @@ export async function mailboxInitramfsIdentity(
       release: kernel.version,
       modules,
       record: sha256Hex(recordFor(boot, guestModules)),
+    })),
+  );
+}
+
+/**
+ * The identity of `agentInitramfs(kernel)`'s output (init/agent): the init
+ * generator's source, the kernel release, and each module's content hash in
+ * load order — the agent's initramfs has nothing per run in it. Null when
+ * the init's source is not readable here.
+ */
+export async function agentInitramfsIdentity(
+  kernel: KernelInfo,
+  memoDir?: string,
+): Promise<string | null> {
+  const source = await initSourceHash();
+  if (source === null) return null;
+  const order = await moduleLoadOrder(kernel, AGENT_MODULES);
+  const modules: [string, string][] = [];
+  for (const rel of order) {
+    modules.push([rel, await contentHash(join(kernel.modulesDir!, rel), memoDir)]);
+  }
+  return sha256Hex(
+    new TextEncoder().encode(canonicalJson({
+      kind: "skiff-agent-initramfs",
+      source,
+      release: kernel.version,
+      modules,
     })),
   );
 }

@@ -160,7 +160,7 @@ export function deviceOptions(
   cleanups: (() => void | Promise<void>)[],
 ): DeviceManagerOptions {
   return {
-    backends: planBackends(p, cleanups),
+    backends: opts.backends ?? planBackends(p, cleanups),
     cleanups,
     onConsole: opts.onConsole,
     onDeviceError: (name, e) => {

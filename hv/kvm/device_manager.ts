@@ -17,6 +17,7 @@
 import { VirtioConsole } from "../../devices/virtio/console/device.ts";
 import { VirtioFs } from "../../devices/virtio/fs/device.ts";
 import { VirtioNet } from "../../devices/virtio/net/device.ts";
+import { VirtioVsock } from "../../devices/virtio/vsock/device.ts";
 import { attachVirtioNet } from "../../devices/net/virtio.ts";
 import { VirtioMmioHost } from "../../devices/virtio/mmio_host.ts";
 import { MMIO_WINDOW } from "../../devices/virtio/mmio_regs.ts";
@@ -54,10 +55,14 @@ export const DEVICE_KINDS = [
   "virtio-console",
   "virtio-fs",
   "virtio-net",
+  "virtio-vsock",
   "mailbox",
 ] as const;
 /** One of {@link DEVICE_KINDS}. */
 export type DeviceKind = typeof DEVICE_KINDS[number];
+
+/** The virtio device kinds (a record's kind without the `virtio-` prefix). */
+export type VirtioKind = "console" | "fs" | "net" | "vsock";
 
 /** Where a device sits. */
 export interface Placement {
@@ -88,6 +93,10 @@ export interface KvmDevices {
   virtio: VirtioSlot[];
   /** skiff's mailbox, when the machine has one (`MachineOptions.mailbox`). */
   mailbox: Mailbox | null;
+  /** The vsock device (agent mode). */
+  vsock: VirtioVsock | null;
+  /** The NIC (agent mode: attached to a network stack per session). */
+  net: VirtioNet | null;
   /** Kernel command line (of the boot; a restored machine keeps its snapshot's). */
   cmdline: string;
   /** Whether guest code is emulated on this host (kvm_pvm). */
@@ -108,6 +117,8 @@ export function devicesOf(dm: DeviceManager): Omit<KvmDevices, "cmdline" | "emul
     console: dm.console,
     virtio: dm.virtio,
     mailbox: dm.mailbox,
+    vsock: dm.vsock,
+    net: dm.net,
     persist: () => dm.persist(),
     log: () => dm.log(),
   };
@@ -162,6 +173,10 @@ export class DeviceManager {
   console: VirtioConsole | null = null;
   /** skiff's mailbox, when the machine has one. */
   mailbox: Mailbox | null = null;
+  /** The vsock device (the guest agent's transport), when the machine has one. */
+  vsock: VirtioVsock | null = null;
+  /** The NIC, when the machine has one (attached to a network stack, or not). */
+  net: VirtioNet | null = null;
   /** The virtio devices in slot order. */
   readonly virtio: VirtioSlot[] = [];
   readonly #opts: DeviceManagerOptions;
@@ -253,7 +268,12 @@ export class DeviceManager {
     return { base: MemoryLayout.virtioMmioBase(i), gsi };
   }
 
-  #virtioDevice(name: string, kind: "console" | "fs" | "net", args: Record<string, unknown>) {
+  #virtioDevice(name: string, kind: VirtioKind, args: Record<string, unknown>) {
+    if (kind === "vsock") {
+      const dev = new VirtioVsock({ guestCid: args.guestCid as number });
+      this.vsock = dev;
+      return dev;
+    }
     if (kind === "console") {
       const dev = new VirtioConsole({ portNames: args.ports as string[] });
       this.console = dev;
@@ -265,11 +285,11 @@ export class DeviceManager {
       if (!server) throw new DeviceBackendError(`${name}: this run has no share tagged ${tag}`);
       return new VirtioFs({ tag, server });
     }
-    const stack = this.#opts.backends.net();
-    if (!stack) throw new DeviceBackendError(`${name}: this run has no network (--net)`);
     const net = new VirtioNet({ mac: Uint8Array.from(args.mac as number[]) });
-    const detach = attachVirtioNet(stack, net);
-    this.#opts.cleanups.push(detach);
+    this.net = net;
+    // Without a stack (a machine whose network is attached per session) the NIC drops frames.
+    const stack = this.#opts.backends.net();
+    if (stack) this.#opts.cleanups.push(attachVirtioNet(stack, net));
     return net;
   }
 
@@ -283,7 +303,7 @@ export class DeviceManager {
    */
   addVirtio(
     name: string,
-    kind: "console" | "fs" | "net",
+    kind: VirtioKind,
     args: Record<string, unknown>,
     at: { base: number; gsi: number } = this.allocateVirtio(),
     saved?: { transport: unknown; state: unknown },

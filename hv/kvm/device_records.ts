@@ -13,6 +13,7 @@ import * as check from "../state.ts";
 import { StateError } from "../state.ts";
 import { I8042 } from "../../devices/legacy/i8042.ts";
 import { FS_TAG_LEN } from "../../devices/virtio/fs/device.ts";
+import { isGuestCid } from "../../devices/virtio/vsock/persist.ts";
 import { MMIO_WINDOW } from "../../devices/virtio/mmio_regs.ts";
 import { SnapshotError } from "../../snapshot/errors.ts";
 import { LAYOUT } from "../boot/layout.ts";
@@ -138,6 +139,15 @@ function construct(dm: DeviceManager, name: string, r: DeviceRecord): void {
       const mac = check.field(args, "mac", "$.args", (x, p) => check.array(x, p, { length: 6 }))
         .map((b, i) => check.u8(b, `$.args.mac[${i}]`));
       dm.addVirtio(name, "net", { mac }, at, saved);
+      return;
+    }
+    case "virtio-vsock": {
+      const guestCid = check.field(args, "guestCid", "$.args", (x, p) => {
+        const cid = check.u32(x, p);
+        if (!isGuestCid(cid)) throw new StateError(p, `${cid} is not a guest CID`);
+        return cid;
+      });
+      dm.addVirtio(name, "vsock", { guestCid }, at, saved);
       return;
     }
   }

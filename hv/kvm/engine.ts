@@ -31,8 +31,9 @@
 import { dirname } from "node:path";
 import { guestInitramfs, initConfigFor } from "../engine/guest_init.ts";
 import { findKernel } from "../kernel/cache.ts";
-import { ConfigError, VmError, VmTimeoutError } from "../errors.ts";
-import { type Engine, type WorkloadIO } from "../engine/types.ts";
+import { ConfigError, SkiffError, VmError, VmTimeoutError } from "../errors.ts";
+import type { BootOptions, Engine, RunningVm, SnapshotRef, WorkloadIO } from "../engine/types.ts";
+import { bootAgentVm } from "./agent_boot.ts";
 import { type ExitStatus, type VmConfig, type Workload } from "../config.ts";
 import { MAILBOX_RDINIT, mailboxInitramfs } from "../../init/mailbox_mode.ts";
 import { mailboxInitramfsIdentity } from "../engine/init_identity.ts";
@@ -42,7 +43,7 @@ import { bootCached } from "../../snapshot/boot_cached.ts";
 import { captureHvVm } from "../../snapshot/hv_snapshot.ts";
 import { vmSnapshotKey } from "../../snapshot/vm_key.ts";
 import { type StateValue } from "../../snapshot/codec.ts";
-import { EMULATED_NOTE } from "./emulated.ts";
+import { EMULATED_NOTE, isEmulatedKvm } from "./emulated.ts";
 import { KVM_VMM_VERSION, MachineOptions, planDevices, planMachine } from "./plan.ts";
 import { KvmDevices } from "./device_manager.ts";
 import { buildKvmMachine, buildPlanned, KvmMachine } from "./builder.ts";
@@ -102,6 +103,31 @@ export class KvmEngine implements Engine {
 
   constructor(opts: KvmEngineOptions = {}) {
     this.#opts = opts;
+  }
+
+  /**
+   * Boots the guest agent (or restores it from the snapshot cache) and sets
+   * the session up: hv/kvm/agent_boot.ts.
+   */
+  boot(config: VmConfig, o: BootOptions = {}): Promise<RunningVm> {
+    const warn = this.#opts.onWarning ?? ((l: string) => console.error(`skiff: ${l}`));
+    const log = o.log ?? (config.verbose ? (l: string) => console.error(`skiff: ${l}`) : undefined);
+    if (this.#opts.onNote !== null && isEmulatedKvm()) {
+      (this.#opts.onNote ?? ((l: string) => console.error(l)))(EMULATED_NOTE);
+    }
+    return bootAgentVm(config, {
+      ...o,
+      log,
+      snapshot: o.snapshot ?? this.#opts.snapshot,
+      cache: this.#opts.cache,
+      warn,
+      onConsole: this.#opts.onKernelLog ??
+        (config.verbose ? (b: Uint8Array) => Deno.stderr.writeSync(b) : undefined),
+    });
+  }
+
+  restore(_snapshot: SnapshotRef, _config?: VmConfig, _o?: BootOptions): Promise<RunningVm> {
+    return Promise.reject(new SkiffError("restoring a captured VM is not supported yet"));
   }
 
   #machineOptions(config: VmConfig): MachineOptions {

@@ -16,6 +16,8 @@ import { bootImage, findKernel, type KernelInfo } from "../kernel/cache.ts";
 import { ConfigError } from "../errors.ts";
 import { checkShareDir, type Share, type VmConfig } from "../config.ts";
 import { EMULATED_KVM_CMDLINE, isEmulatedKvm } from "./emulated.ts";
+import { MUX_TAG } from "../engine/session.ts";
+import type { DeviceBackends } from "./backends.ts";
 
 /** First virtio-mmio window (3 GiB: the start of the 32-bit MMIO hole). */
 export const VIRTIO_BASE = LAYOUT.VIRTIO_MMIO_START;
@@ -54,6 +56,15 @@ export interface MachineOptions {
    * (hvc0) only.
    */
   workloadDevices?: boolean;
+  /**
+   * The guest agent's device set (init/agent): vsock to reach the agent, one
+   * virtio-fs device (the share mux, mounted after READY) and a NIC (attached
+   * to a network stack per session). Nothing of a run's shares or network is
+   * in the machine, so one snapshot serves every command and share.
+   */
+  agent?: boolean;
+  /** The host back-ends of the devices (default: built from the plan's shares and network). */
+  backends?: DeviceBackends;
   /** Override the emulated-KVM detection (tests). */
   emulated?: boolean;
   /**
@@ -72,8 +83,9 @@ export interface MachineOptions {
 /** A planned virtio device: its name (snapshot id) and what it is made from. */
 export type PlannedVirtio =
   | { name: string; kind: "console"; args: { ports: string[] } }
-  | { name: string; kind: "fs"; args: { tag: string }; share: Share }
-  | { name: string; kind: "net"; args: { mac: number[] } };
+  | { name: string; kind: "fs"; args: { tag: string } }
+  | { name: string; kind: "net"; args: { mac: number[] } }
+  | { name: string; kind: "vsock"; args: { guestCid: number } };
 
 /** What a machine is built from, worked out before any KVM resource exists. */
 export interface MachinePlan {
@@ -116,7 +128,7 @@ export async function planMachine(config: VmConfig, opts: MachineOptions): Promi
       );
     }
   }
-  const virtio: PlannedVirtio[] = [{
+  const virtio: PlannedVirtio[] = opts.agent ? agentDevices() : [{
     name: "virtio-console",
     kind: "console",
     args: {
@@ -125,10 +137,10 @@ export async function planMachine(config: VmConfig, opts: MachineOptions): Promi
         : [],
     },
   }];
-  for (const s of shares) {
-    virtio.push({ name: `virtio-fs-${s.tag}`, kind: "fs", args: { tag: s.tag }, share: s });
+  for (const s of opts.agent ? [] : shares) {
+    virtio.push({ name: `virtio-fs-${s.tag}`, kind: "fs", args: { tag: s.tag } });
   }
-  if (workload && config.net) {
+  if (!opts.agent && workload && config.net) {
     virtio.push({ name: "virtio-net", kind: "net", args: { mac: [...GUEST_MAC] } });
   }
   if (LAYOUT.DEVICE_IRQ_FIRST + virtio.length - 1 > LAYOUT.DEVICE_IRQ_LAST) {
@@ -138,7 +150,7 @@ export async function planMachine(config: VmConfig, opts: MachineOptions): Promi
   }
   const cmdline = [
     baseCmdline(emulated),
-    workload ? `skiff.hostname=${config.hostname}` : "",
+    workload && !opts.agent ? `skiff.hostname=${config.hostname}` : "",
     opts.cmdline ?? "",
     config.cmdlineExtra,
   ].filter(Boolean).join(" ");
@@ -155,6 +167,18 @@ export async function planMachine(config: VmConfig, opts: MachineOptions): Promi
     cmdline,
   };
 }
+/** The guest vsock CID (virtio 1.2 §5.10.4: 3 is the first CID a guest may have). */
+export const AGENT_GUEST_CID = 3;
+
+/** The agent mode's devices: vsock, the one virtio-fs device (the share mux), a NIC. */
+function agentDevices(): PlannedVirtio[] {
+  return [
+    { name: "virtio-vsock", kind: "vsock", args: { guestCid: AGENT_GUEST_CID } },
+    { name: "virtio-fs", kind: "fs", args: { tag: MUX_TAG } },
+    { name: "virtio-net", kind: "net", args: { mac: [...GUEST_MAC] } },
+  ];
+}
+
 /** The devices as the snapshot-cache key sees them (placement and configuration). */
 export function planDevices(p: MachinePlan): unknown[] {
   return [

@@ -1,30 +1,45 @@
 /**
- * The library's entry point: a configured micro-VM that runs commands from
- * Deno programs and tests.
+ * skiff from Deno programs and tests: a booted micro-VM that runs commands,
+ * shaped like `Deno.Command`.
  *
  * ```ts
- * await using vm = VirtualMachine.create({ memoryMiB: 256 });
- * const r = await vm.run(["sh", "-c", "uname -r; exit 3"]);
- * console.log(r.code, r.stdoutText);
+ * import { VirtualMachine } from "../../mod.ts";
+ *
+ * await using vm = await VirtualMachine.boot({ memoryMiB: 256 });
+ * const r = await vm.exec(["sh", "-c", "uname -s; exit 3"]);
+ * console.log(r.code, r.stdoutText); // 3 "Linux\n"
  * ```
  *
- * Each {@link VirtualMachine.run} boots the configured guest (on the kvm
- * engine, restored from the snapshot cache when one matches) and powers it
- * off when the command ends; disposing the object stops whatever still runs.
+ * {@link VirtualMachine.boot} restores the configured guest from the
+ * snapshot cache when it holds one (else cold-boots it and captures it), with
+ * the shares, network and host name set up; commands then run in the same
+ * VM until it is stopped or disposed. {@link VirtualMachine.snapshot}
+ * captures a running VM and {@link VirtualMachine.restore} starts any number
+ * of independent copies of it.
  *
  * @module
  */
 
-import { type Engine } from "../engine/types.ts";
+import type {
+  Engine,
+  ExecResult,
+  GuestProcess,
+  GuestUser,
+  RunningVm,
+  SnapshotRef,
+  VmOrigin,
+  VmStats,
+} from "../engine/types.ts";
 import {
-  exitCodeOf,
-  type ExitStatus,
+  defaultRootShare,
+  GUEST_PATH,
+  type NetOptions,
+  type PortForward,
   type Share,
   type VmConfig,
-  type Workload,
+  volumeShare,
 } from "../config.ts";
-import { SkiffError } from "../errors.ts";
-import { defaultRootShare, GUEST_PATH, volumeShare } from "../config.ts";
+import { ConfigError, SkiffError } from "../errors.ts";
 import {
   imageCommand,
   imageRootShare,
@@ -42,7 +57,15 @@ export interface VolumeOptions {
   readOnly?: boolean;
 }
 
-/** Options of {@link VirtualMachine.create}; every field has a default. */
+/** The guest network: skiff's user-mode stack (guest 10.42.0.2, gateway and DNS 10.42.0.1). */
+export interface NetworkOptions {
+  /** The host's own loopback reachable at 10.42.0.1 (default false). */
+  hostLoopback?: boolean;
+  /** Host ports forwarded into the guest. */
+  publish?: PortForward[];
+}
+
+/** Options of {@link VirtualMachine.boot}; every field has a default. */
 export interface VirtualMachineOptions {
   /** "kvm", "qemu" or "auto" (default): as `skiff run --engine`. */
   engine?: EngineChoice;
@@ -56,90 +79,95 @@ export interface VirtualMachineOptions {
   root?: Share | null;
   /**
    * An OCI image as the root instead (a reference as `skiff run --image` takes,
-   * pulled on the first run when missing, or a {@link prepareImage} result);
-   * its config shapes each command (Entrypoint, Cmd, Env, WorkingDir, User).
+   * pulled when missing, or a `prepareImage` result); its config gives each
+   * command's defaults (Entrypoint, Env, WorkingDir, User).
    */
   image?: string | PreparedImage;
+  /** The network (true: the defaults); default none (loopback only). */
+  net?: boolean | NetworkOptions;
   kernel?: string;
   modules?: string;
   cmdlineExtra?: string;
   hostname?: string;
-  /** Engine choice and guest console on stderr. */
+  /** Use the snapshot cache (default true). */
+  snapshot?: boolean;
+  /** Engine choice, hit or miss, and the guest console on stderr. */
   verbose?: boolean;
-}
-
-/** Options of one {@link VirtualMachine.run}. */
-export interface RunCallOptions {
-  /** Bytes for the command's stdin (default: empty, EOF at once). */
-  stdin?: string | Uint8Array;
-  /** Added to the default environment (PATH, HOME). */
-  env?: Record<string, string>;
-  /** Working directory in the guest (default "/", or the image's WorkingDir). */
-  workdir?: string;
-  /** Run as `NAME|UID[:GROUP|GID]` of the image (default: its User, or root). */
-  user?: string;
-  /** Stops the VM after this many milliseconds (rejects with the abort reason). */
-  timeoutMs?: number;
+  /** Aborting stops the boot. */
   signal?: AbortSignal;
 }
 
-/** What a command did. */
-export interface RunResult {
-  status: ExitStatus;
-  /** The exit code a shell would report (128+N for signal N). */
-  code: number;
-  stdout: Uint8Array;
-  stderr: Uint8Array;
-  /** stdout decoded as UTF-8. */
-  readonly stdoutText: string;
-  /** stderr decoded as UTF-8. */
-  readonly stderrText: string;
+/** Options of {@link VirtualMachine.spawn}. */
+export interface SpawnOptions {
+  /** Added to the default environment (PATH, HOME; an image's Env). */
+  env?: Record<string, string>;
+  /** Working directory (default "/", or the image's WorkingDir). */
+  cwd?: string;
+  /** Run as `NAME|UID[:GROUP|GID]` (of the image, or the host's user database), or a uid/gid. */
+  user?: string | GuestUser;
+  /** "piped" gives a writable `stdin`; "null" (default) is /dev/null. */
+  stdin?: "piped" | "null";
+  /** "piped" (default) or "null". */
+  stdout?: "piped" | "null";
+  /** "piped" (default), "null", or "stdout" (merged into stdout). */
+  stderr?: "piped" | "null" | "stdout";
+  /** Aborting kills the process. */
+  signal?: AbortSignal;
 }
 
-function collector(): { stream: WritableStream<Uint8Array>; bytes(): Uint8Array } {
-  const chunks: Uint8Array[] = [];
-  return {
-    stream: new WritableStream({ write: (c) => void chunks.push(c.slice()) }),
-    bytes() {
-      const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-      let at = 0;
-      for (const c of chunks) {
-        out.set(c, at);
-        at += c.length;
-      }
-      return out;
-    },
-  };
+/** Options of {@link VirtualMachine.exec}. */
+export interface ExecOptions extends Omit<SpawnOptions, "stdin" | "stdout" | "stderr"> {
+  /** Bytes or text for stdin (default: none, EOF at once). */
+  stdin?: Uint8Array | string;
+  /** Kill the command after this many milliseconds (rejects with a `VmTimeoutError`). */
+  timeoutMs?: number;
 }
 
-/** A configured micro-VM; see the module documentation. */
+/** A guest process's streams and status; see {@link VirtualMachine.spawn}. */
+export type ChildProcess = GuestProcess;
+/** What {@link VirtualMachine.exec} resolves to. */
+export type CommandOutput = ExecResult;
+
+/** The command defaults of a VM: an image's, or the plain ones. */
+interface Defaults {
+  env: Record<string, string>;
+  cwd: string;
+  user: GuestUser | null;
+  image: PreparedImage | null;
+}
+
+/** A booted micro-VM; see the module documentation. */
 export class VirtualMachine implements AsyncDisposable {
-  /** The VM configuration every run boots. */
-  readonly config: VmConfig;
+  readonly #vm: RunningVm;
+  readonly #defaults: Defaults;
+
+  private constructor(vm: RunningVm, defaults: Defaults) {
+    this.#vm = vm;
+    this.#defaults = defaults;
+  }
+
   /** The engine running it ("kvm" or "qemu"). */
-  readonly engine: Engine;
-  #running = new Set<AbortController>();
-  #closed = false;
-  #image: string | PreparedImage | null;
-
-  private constructor(config: VmConfig, engine: Engine, image: string | PreparedImage | null) {
-    this.config = config;
-    this.engine = engine;
-    this.#image = image;
-    if (image !== null && typeof image !== "string") this.config.root = imageRootShare(image);
+  get engine(): "kvm" | "qemu" {
+    return this.#vm.engine;
   }
 
-  /** The image, pulled on first use; null without one. */
-  async #prepared(signal: AbortSignal): Promise<PreparedImage | null> {
-    if (typeof this.#image === "string") {
-      this.#image = await prepareImage(this.#image, { signal, progress: null });
-      this.config.root = imageRootShare(this.#image);
-    }
-    return this.#image;
+  /** The configuration it was booted with. */
+  get config(): VmConfig {
+    return this.#vm.config;
   }
 
-  /** Validates the options (shares must exist) and picks the engine; boots nothing yet. */
-  static create(options: VirtualMachineOptions = {}): VirtualMachine {
+  /** Whether it was restored or cold-booted, the cache key, and how long it took to be ready. */
+  get origin(): VmOrigin {
+    return this.#vm.origin;
+  }
+
+  /** Resolves when the VM has stopped (rejects on a VM failure). */
+  get stopped(): Promise<void> {
+    return this.#vm.stopped;
+  }
+
+  /** Validates `options` into a configuration and the engine (no VM yet). */
+  static async #prepare(options: VirtualMachineOptions) {
     const volumes = (options.volumes ?? []).map((v, i) =>
       volumeShare(
         { ...v, readOnly: v.readOnly ?? false },
@@ -148,94 +176,197 @@ export class VirtualMachine implements AsyncDisposable {
         `volume ${v.hostPath}:${v.guestPath}`,
       )
     );
+    let image: PreparedImage | null = null;
+    if (options.image !== undefined) {
+      image = typeof options.image === "string"
+        ? await prepareImage(options.image, { signal: options.signal, progress: null })
+        : options.image;
+    }
+    const net: NetOptions | null = options.net
+      ? {
+        hostLoopback: options.net === true ? false : options.net.hostLoopback ?? false,
+        publish: options.net === true ? [] : options.net.publish ?? [],
+      }
+      : null;
     const config: VmConfig = {
       kernel: options.kernel,
       modules: options.modules,
       cpus: options.cpus ?? 1,
       memoryMiB: options.memoryMiB ?? 512,
       cmdlineExtra: options.cmdlineExtra ?? "",
-      root: options.root === undefined ? defaultRootShare() : options.root,
+      root: image
+        ? imageRootShare(image)
+        : options.root === undefined
+        ? defaultRootShare()
+        : options.root,
       volumes,
-      net: null,
+      net,
       hostname: options.hostname ?? "skiff",
       verbose: options.verbose ?? false,
     };
     const engine = options.engineInstance ?? selectEngine(options.engine ?? "auto", {
       log: config.verbose ? (l) => console.error(`skiff: ${l}`) : undefined,
     }).engine;
-    return new VirtualMachine(config, engine, options.image ?? null);
+    let defaults: Defaults = { env: { PATH: GUEST_PATH, HOME: "/" }, cwd: "/", user: null, image };
+    if (image) {
+      try {
+        const cmd = imageCommand(image, { argv: ["true"] });
+        defaults = { env: cmd.env, cwd: cmd.workdir, user: cmd.user, image };
+      } catch (e) {
+        throw e instanceof ImageRunError ? new ConfigError(e.message) : e;
+      }
+    }
+    return { config, engine, defaults };
   }
 
-  /** Boots the guest, runs `argv`, collects its output, and powers the guest off. */
-  async run(argv: string[], o: RunCallOptions = {}): Promise<RunResult> {
-    if (this.#closed) throw new SkiffError("this VirtualMachine has been disposed");
-    if (argv.length === 0 && this.#image === null) throw new SkiffError("run: no command given");
-    const abort = new AbortController();
-    this.#running.add(abort);
-    const onAbort = () => abort.abort(o.signal?.reason);
-    o.signal?.addEventListener("abort", onAbort, { once: true });
-    const timer = o.timeoutMs === undefined ? undefined : setTimeout(
-      () => abort.abort(new SkiffError(`run timed out after ${o.timeoutMs} ms`)),
-      o.timeoutMs,
-    );
-    const stdout = collector(), stderr = collector();
-    const input = typeof o.stdin === "string" ? new TextEncoder().encode(o.stdin) : o.stdin;
+  /** Boots a VM for `options` (restored from the snapshot cache when it holds one). */
+  static async boot(options: VirtualMachineOptions = {}): Promise<VirtualMachine> {
+    const { config, engine, defaults } = await VirtualMachine.#prepare(options);
+    const vm = await engine.boot(config, { signal: options.signal, snapshot: options.snapshot });
+    return new VirtualMachine(vm, defaults);
+  }
+
+  /**
+   * Starts a VM from a snapshot {@link VirtualMachine.snapshot} took: it
+   * continues where it was captured (its files, its processes' effects), with
+   * the snapshot's shares and network, or `options`' where it gives them (the
+   * kernel, memory and vCPUs are the snapshot's). Restore one snapshot as
+   * often as you like: each copy has its own state.
+   */
+  static async restore(
+    snapshot: SnapshotRef,
+    options: VirtualMachineOptions = {},
+  ): Promise<VirtualMachine> {
+    const { config: given, engine, defaults } = await VirtualMachine.#prepare({
+      engine: snapshot.engine,
+      ...options,
+    });
+    // What a restore cannot change comes from the snapshot; shares, network
+    // and host name from `options` where it gives them.
+    const s = snapshot.config;
+    const config: VmConfig = {
+      ...given,
+      kernel: s.kernel,
+      modules: s.modules,
+      cpus: s.cpus,
+      memoryMiB: s.memoryMiB,
+      cmdlineExtra: s.cmdlineExtra,
+      root: options.root !== undefined || options.image !== undefined ? given.root : s.root,
+      volumes: options.volumes !== undefined ? given.volumes : s.volumes,
+      net: options.net !== undefined ? given.net : s.net,
+      hostname: options.hostname ?? s.hostname,
+    };
+    if (engine.name !== snapshot.engine) {
+      throw new ConfigError(
+        `snapshot ${snapshot.dir} is of the ${snapshot.engine} engine, not ${engine.name}`,
+      );
+    }
+    const vm = await engine.restore(snapshot, config, { signal: options.signal });
+    return new VirtualMachine(vm, defaults);
+  }
+
+  /** Boots a VM for `options`, runs `argv`, and stops the VM: `boot` + `exec` + `stop`. */
+  static async run(
+    argv: readonly string[],
+    options: VirtualMachineOptions & ExecOptions = {},
+  ): Promise<CommandOutput> {
+    await using vm = await VirtualMachine.boot(options);
+    return await vm.exec(argv, options);
+  }
+
+  #user(u: string | GuestUser | undefined): GuestUser | undefined {
+    if (u === undefined) return this.#defaults.user ?? undefined;
+    if (typeof u !== "string") return u;
+    const image = this.#defaults.image;
     try {
-      const image = await this.#prepared(abort.signal);
-      let workload: Workload;
       if (image) {
-        let cmd;
-        try {
-          cmd = imageCommand(image, { argv, workdir: o.workdir, user: o.user });
-        } catch (e) {
-          throw e instanceof ImageRunError ? new SkiffError(e.message) : e;
-        }
-        workload = {
-          argv: cmd.argv,
-          env: { ...cmd.env, ...o.env },
-          workdir: cmd.workdir,
-          ...(cmd.user ? { user: cmd.user } : {}),
-        };
-      } else {
-        workload = {
-          argv,
-          env: { PATH: GUEST_PATH, HOME: "/", ...o.env },
-          workdir: o.workdir ?? "/",
-        };
+        const cmd = imageCommand(image, { argv: ["true"], user: u });
+        return cmd.user ?? undefined;
       }
-      const status = await this.engine.run(this.config, workload, {
-        stdin: input?.length ? ReadableStream.from([input]) : null,
-        stdout: stdout.stream,
-        stderr: stderr.stream,
-      }, abort.signal);
-      const out = stdout.bytes(), err = stderr.bytes();
-      return {
-        status,
-        code: exitCodeOf(status),
-        stdout: out,
-        stderr: err,
-        get stdoutText() {
-          return new TextDecoder().decode(out);
-        },
-        get stderrText() {
-          return new TextDecoder().decode(err);
-        },
-      };
     } catch (e) {
-      if (abort.signal.aborted && abort.signal.reason instanceof Error) throw abort.signal.reason;
-      throw e;
-    } finally {
-      clearTimeout(timer);
-      o.signal?.removeEventListener("abort", onAbort);
-      this.#running.delete(abort);
+      throw e instanceof ImageRunError ? new ConfigError(e.message) : e;
+    }
+    throw new ConfigError(`user ${u}: a user name needs an image; give { uid, gid } instead`);
+  }
+
+  #argv(argv: readonly string[]): readonly string[] {
+    const image = this.#defaults.image;
+    if (!image) {
+      if (argv.length === 0) throw new SkiffError("no command given");
+      return argv;
+    }
+    try {
+      return imageCommand(image, { argv: [...argv] }).argv;
+    } catch (e) {
+      throw e instanceof ImageRunError ? new ConfigError(e.message) : e;
     }
   }
 
-  /** Stops every run still in progress; later runs are refused. */
-  async [Symbol.asyncDispose](): Promise<void> {
-    this.#closed = true;
-    for (const a of this.#running) a.abort(new SkiffError("VirtualMachine disposed"));
-    // Give the engines a moment to release their VMs before returning.
-    while (this.#running.size > 0) await new Promise((r) => setTimeout(r, 10));
+  /**
+   * Starts `argv` with its own streams (`stdin`, `stdout`, `stderr` as Web
+   * streams with backpressure) and resolves once it runs; its `status`
+   * settles when it ends. Dispose it (`await using`) to kill it if still running.
+   */
+  spawn(argv: readonly string[], o: SpawnOptions = {}): Promise<ChildProcess> {
+    const user = this.#user(o.user);
+    return this.#vm.spawn(this.#argv(argv), {
+      env: { ...this.#defaults.env, ...o.env },
+      cwd: o.cwd ?? this.#defaults.cwd,
+      ...(user ? { user } : {}),
+      stdin: o.stdin,
+      stdout: o.stdout,
+      stderr: o.stderr,
+      signal: o.signal,
+    });
+  }
+
+  /** Runs `argv` to its end and collects its output (bytes and text). */
+  async exec(argv: readonly string[], o: ExecOptions = {}): Promise<CommandOutput> {
+    const user = this.#user(o.user);
+    return await this.#vm.exec(this.#argv(argv), {
+      env: { ...this.#defaults.env, ...o.env },
+      cwd: o.cwd ?? this.#defaults.cwd,
+      ...(user ? { user } : {}),
+      stdin: o.stdin,
+      timeoutMs: o.timeoutMs,
+      signal: o.signal,
+    });
+  }
+
+  /** Writes `data` to `path` in the guest (byte-exact, any size; `mode` default 0o644). */
+  writeFile(
+    path: string,
+    data: Uint8Array | string | ReadableStream<Uint8Array>,
+    o: { mode?: number; signal?: AbortSignal } = {},
+  ): Promise<void> {
+    return this.#vm.writeFile(path, data, o);
+  }
+
+  /** Reads `path` from the guest. */
+  readFile(path: string, o: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
+    return this.#vm.readFile(path, o);
+  }
+
+  /** Guest memory in use and in all (bytes), CPU time since boot (ms), process count. */
+  stats(o: { signal?: AbortSignal } = {}): Promise<VmStats> {
+    return this.#vm.stats(o);
+  }
+
+  /**
+   * Captures the running VM — into `dir`, or the snapshot cache — and lets
+   * it go on; {@link VirtualMachine.restore} starts copies of it.
+   */
+  snapshot(o: { dir?: string; signal?: AbortSignal } = {}): Promise<SnapshotRef> {
+    return this.#vm.snapshot(o);
+  }
+
+  /** Stops the VM and releases everything. Idempotent. */
+  stop(): Promise<void> {
+    return this.#vm.stop();
+  }
+
+  /** {@link stop} for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.stop();
   }
 }

@@ -1,29 +1,37 @@
 /**
- * The qemu engine: skiff drives a QEMU `microvm` process (as Kata drives
- * Cloud Hypervisor) and keeps everything above the CPU its own — the kernel
- * from skiff's cache, skiff's generated init and initramfs, skiff's FUSE
- * server behind every share (served over vhost-user), and the console
- * protocol (named virtio-serial ports for stdin, stdout, stderr and the exit
- * status that the init's one-shot mode writes).
+ * The qemu engine: skiff drives a QEMU process (as Kata drives Cloud
+ * Hypervisor) and keeps everything above the CPU its own — the kernel from
+ * skiff's cache, skiff's guest agent as the init, skiff's FUSE server, vsock
+ * and network stack behind the guest's devices.
+ *
+ * A boot restores the VM from the snapshot cache when it holds one for this
+ * configuration (q35, RAM file on tmpfs, `x-ignore-shared` migration: see
+ * hv/qemu/persist.ts); otherwise it cold-boots the agent to READY and
+ * captures it there. Either way the session's devices are then hot-plugged
+ * and set up (hv/qemu/guest.ts), so one snapshot serves every command,
+ * working directory, share and network.
  *
  * @module
  */
 
-import { ConfigError, VmError } from "../errors.ts";
-import { type ConsoleIO, type Engine, type WorkloadIO } from "../engine/types.ts";
-import { type ExitStatus, type Share, type VmConfig, type Workload } from "../config.ts";
-import { findKernel, type KernelInfo } from "../kernel/mod.ts";
-import { DEFAULT_PORTS, parseStatusLine } from "../../init/mod.ts";
-import { guestInitramfs } from "../engine/guest_init.ts";
-import { FuseServer } from "../../devices/fuse/server.ts";
-import { type ShareBackend, shareFileSystem } from "../engine/share_fs.ts";
-import { VhostUserServer } from "../../devices/vhost_user/backend.ts";
-import { VirtioFsDevice } from "../../devices/vhost_user/fs.ts";
-import { QemuProcess } from "./process.ts";
-import { NetStack } from "../../devices/net/service.ts";
-import { listenStream, type StreamListener } from "../../devices/net/stream.ts";
-import { GUEST_PATH } from "../config.ts";
-import type { FsDeviceSpec } from "./cmdline.ts";
+import { dirname } from "node:path";
+import { agentInitramfs } from "../../init/agent/initramfs.ts";
+import { randomSnapshotKey, SnapshotCache } from "../../snapshot/cache.ts";
+import { bootCached } from "../../snapshot/boot_cached.ts";
+import { type QemuEntry, readQemuEntry } from "../../snapshot/qemu_entry.ts";
+import { type ExitStatus, GUEST_PATH, type VmConfig } from "../config.ts";
+import { ConfigError, SkiffError, VmError } from "../errors.ts";
+import { findKernel } from "../kernel/mod.ts";
+import { AgentVm } from "../engine/agent_vm.ts";
+import { agentInitramfsIdentity } from "../engine/init_identity.ts";
+import { rootDirOf } from "../engine/session.ts";
+import { abortRace } from "../abort.ts";
+import type { BootOptions, ConsoleIO, Engine, RunningVm, SnapshotRef } from "../engine/types.ts";
+import { ConsoleWatch } from "./console.ts";
+import { QemuSession } from "./guest.ts";
+import { captureQemu, type QemuCapture, QemuRamDir, restoreQemu } from "./persist.ts";
+import { QemuProcess, type QemuStartOptions } from "./process.ts";
+import { qemuSnapshotKey } from "./snapshot_key.ts";
 
 /** Options of {@link QemuEngine}. */
 export interface QemuEngineOptions {
@@ -33,95 +41,23 @@ export interface QemuEngineOptions {
   binary?: string;
   /** Progress and diagnostics (`--verbose`); default: silent. */
   log?: (line: string) => void;
+  /** The snapshot cache (default: skiff's, `${XDG_CACHE_HOME:-~/.cache}/skiff/snapshots`). */
+  cache?: SnapshotCache;
+  /** Use the cache (default true; `--no-snapshot` is false). */
+  snapshot?: boolean;
+  /** One-line cache warnings (a bad entry deleted, …); default: stderr. */
+  onWarning?: (line: string) => void;
 }
 
-/** The guest NIC's MAC address (locally administered). */
-const GUEST_MAC = "52:54:00:6b:69:66";
+/** Bound on a cold boot reaching READY (a TCG boot takes 2–5 s; this only catches hangs). */
+const READY_WAIT_MS = 10 * 60_000;
 
 /** The guest kernel's command line for a skiff guest under QEMU. */
 export function qemuKernelCmdline(config: VmConfig): string {
   // quiet: the console is only read on failure; panic=-1 + -no-reboot make a
   // guest panic end QEMU instead of hanging.
-  const base = "console=ttyS0 quiet panic=-1 rdinit=/init";
+  const base = "console=ttyS0 quiet panic=-1";
   return config.cmdlineExtra ? `${base} ${config.cmdlineExtra}` : base;
-}
-
-/** The shares in the order they get virtio-fs devices: the root first. */
-function sharesOf(config: VmConfig): Share[] {
-  return [...(config.root ? [config.root] : []), ...config.volumes];
-}
-
-/**
- * Copies `from` into a port connection, then (with `eof`) half-closes it so
- * the guest reads EOF. Returns a function that stops forwarding (a terminal on stdin
- * may never reach EOF).
- */
-function feed(
-  from: ReadableStream<Uint8Array> | null,
-  to: Deno.Conn,
-  eof = true,
-): () => void {
-  const reader = from?.getReader();
-  (async () => {
-    try {
-      for (;;) {
-        const r = await reader?.read();
-        if (!r || r.done) break;
-        await to.write(r.value);
-      }
-    } catch {
-      // The guest side went away, or forwarding was stopped.
-    } finally {
-      try {
-        if (eof) await (to as Deno.UnixConn).closeWrite();
-      } catch {
-        // already closed
-      }
-    }
-  })();
-  return () => {
-    reader?.cancel().catch(() => {});
-  };
-}
-
-/** Calls `onChunk` with each chunk read from `from` until EOF or a read error. */
-async function readChunks(
-  from: Deno.Conn,
-  onChunk: (chunk: Uint8Array) => void | Promise<void>,
-): Promise<void> {
-  const buf = new Uint8Array(65536);
-  for (;;) {
-    let n: number | null;
-    try {
-      n = await from.read(buf);
-    } catch {
-      return;
-    }
-    if (n === null) return;
-    await onChunk(buf.subarray(0, n));
-  }
-}
-
-/** Copies a port connection to a host stream until EOF. */
-async function drain(from: Deno.Conn, to: WritableStream<Uint8Array>): Promise<void> {
-  const writer = to.getWriter();
-  try {
-    await readChunks(from, (chunk) => writer.write(chunk.slice()));
-  } finally {
-    writer.releaseLock();
-  }
-}
-
-/** Reads a connection to EOF as text, keeping at most the last `keep` characters. */
-async function text(from: Deno.Conn, keep = 8192, mirror?: (s: string) => void): Promise<string> {
-  const decoder = new TextDecoder();
-  let out = "";
-  await readChunks(from, (chunk) => {
-    const s = decoder.decode(chunk, { stream: true });
-    mirror?.(s);
-    out = (out + s).slice(-keep);
-  });
-  return out;
 }
 
 const encoder = new TextEncoder();
@@ -130,10 +66,9 @@ function mirrorToStderr(s: string): void {
   Deno.stderr.writeSync(encoder.encode(s));
 }
 
-/** The last lines of a console log, for error messages. */
-function tail(consoleText: string, lines = 6): string {
-  const t = consoleText.trim().split("\n").slice(-lines).join("\n");
-  return t ? `; console:\n${t}` : "";
+/** The parts of a configuration a booted (not yet set up) VM depends on: the cache key's. */
+function bootedConfig(config: VmConfig): VmConfig {
+  return { ...config, root: null, volumes: [], net: null, hostname: "", verbose: false };
 }
 
 /** The qemu engine. */
@@ -145,171 +80,276 @@ export class QemuEngine implements Engine {
     this.#opts = opts;
   }
 
-  async #kernel(config: VmConfig): Promise<{ info: KernelInfo; image: string }> {
-    const info = await findKernel({ kernel: config.kernel, modules: config.modules });
-    // QEMU boots the bzImage directly; an ELF vmlinux works only with a PVH note.
-    const image = info.bzImage ?? info.vmlinux;
-    if (!image) throw new VmError(`kernel ${info.version} has neither a bzImage nor a vmlinux`);
-    return { info, image };
+  #log(config: VmConfig, o: BootOptions): (line: string) => void {
+    return o.log ?? this.#opts.log ??
+      (config.verbose ? (l: string) => console.error(`skiff: ${l}`) : () => {});
+  }
+
+  async boot(config: VmConfig, o: BootOptions = {}): Promise<RunningVm> {
+    return (await this.#start(config, o)).vm;
   }
 
   /**
-   * Boots a VM that runs `workload` through the init's one-shot mode, hands
-   * the running QEMU to `attach`, and returns the exit status the init
-   * reported. Everything (QEMU, back-ends, sockets, temp dir) is released
-   * before it returns or throws.
+   * Starts a copy of a VM {@link RunningVm.snapshot} captured, with
+   * `config`'s shares and network (default: the ones it had).
    */
-  async #boot(
+  async restore(
+    snapshot: SnapshotRef,
+    config: VmConfig = snapshot.config,
+    o: BootOptions = {},
+  ): Promise<RunningVm> {
+    if (snapshot.engine !== "qemu") {
+      throw new ConfigError(`snapshot ${snapshot.dir} is of the ${snapshot.engine} engine`);
+    }
+    const booted = JSON.stringify(bootedConfig(snapshot.config));
+    if (JSON.stringify(bootedConfig(config)) !== booted) {
+      throw new ConfigError(
+        "a restore may change the shares, network and host name, not the kernel, memory or vCPUs",
+      );
+    }
+    return (await this.#start(config, o, snapshot)).vm;
+  }
+
+  /** Boots (or restores) and sets the session up; the console stays readable for a shell. */
+  async #start(
     config: VmConfig,
-    workload: Workload,
-    mode: { interactive: boolean },
-    signal: AbortSignal | undefined,
-    attach: (vm: QemuProcess) => Promise<void>,
-  ): Promise<ExitStatus> {
-    signal?.throwIfAborted();
-    const log = this.#opts.log ?? (() => {});
-    const { info, image } = await this.#kernel(config);
+    o: BootOptions,
+    from?: SnapshotRef,
+  ): Promise<{ vm: RunningVm; console: ConsoleWatch; process: QemuProcess }> {
+    o.signal?.throwIfAborted();
+    const t0 = performance.now();
+    const log = this.#log(config, o);
+    QemuRamDir.sweep();
+    const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
+    // QEMU boots the bzImage directly; an ELF vmlinux works only with a PVH note.
+    const image = kernel.bzImage ?? kernel.vmlinux;
+    if (!image) throw new VmError(`kernel ${kernel.version} has neither a bzImage nor a vmlinux`);
+    if (!Number.isInteger(config.memoryMiB) || config.memoryMiB < 64) {
+      throw new ConfigError(`--memory ${config.memoryMiB}: at least 64 MiB`);
+    }
     const dir = await Deno.makeTempDir({ prefix: "skiff-qemu-" });
-    const servers: VhostUserServer[] = [];
-    const backends: ShareBackend[] = [];
+    await Deno.chmod(dir, 0o700);
+    const ram = QemuRamDir.create();
     let vm: QemuProcess | null = null;
-    let stack: NetStack | null = null;
-    let net: StreamListener | null = null;
+    let consoleWatch: ConsoleWatch | null = null;
+    let capture: QemuCapture | null = null;
+    const release = async () => {
+      if (vm) await vm.stop(1000).catch(() => {});
+      // The entry is written from the RAM dir's staging: let it finish first.
+      await capture?.published.catch((e) => warn(`snapshot not saved: ${(e as Error).message}`));
+      ram.remove();
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    };
+    const warn = this.#opts.onWarning ?? ((l: string) => console.error(`skiff: ${l}`));
     try {
-      await Deno.chmod(dir, 0o700);
-      const fs: FsDeviceSpec[] = [];
-      for (const [i, share] of sharesOf(config).entries()) {
-        const socketPath = `${dir}/fs${i}.sock`;
-        const backend = shareFileSystem(share);
-        backends.push(backend);
-        servers.push(
-          new VhostUserServer(socketPath, new VirtioFsDevice(new FuseServer(backend)), {
-            once: true,
-            log,
-          }),
-        );
-        fs.push({ id: `fs${i}`, tag: share.tag, socketPath });
-      }
-      log(`qemu: building the initramfs (kernel ${info.version})`);
-      const initrd = `${dir}/initramfs.cpio.gz`;
-      await Deno.writeFile(
-        initrd,
-        await guestInitramfs(info, config, workload),
-      );
-      if (config.net) {
-        try {
-          stack = new NetStack({
-            hostLoopback: config.net.hostLoopback,
-            publish: config.net.publish.map((p) => ({
-              hostIp: p.hostIp,
-              hostPort: p.hostPort,
-              guestPort: p.guestPort,
-              proto: p.protocol,
-            })),
-          });
-          await stack.ready;
-        } catch (e) {
-          throw new ConfigError((e as Error).message);
-        }
-        net = listenStream(stack, `${dir}/net.sock`);
-      }
-      const ports = DEFAULT_PORTS;
-      log(
-        `qemu: starting ${this.#opts.binary ?? "qemu-system-x86_64"} (accel ${this.#opts.accel})`,
-      );
-      vm = await QemuProcess.start({
+      const launch = (initrd: string): QemuStartOptions & { ramFile: string } => ({
         dir,
+        machine: "q35",
         accel: this.#opts.accel,
         cpus: config.cpus,
         memoryMiB: config.memoryMiB,
         kernel: image,
         initrd,
         append: qemuKernelCmdline(config),
-        portNames: [ports.stdin, ports.stdout, ports.stderr, ports.status],
+        ramFile: ram.ramFile,
+        portNames: [],
         console: true,
-        fs,
-        netSocket: net?.path ?? null,
-        mac: GUEST_MAC,
+        fs: [],
         binary: this.#opts.binary,
       });
-      const started = vm;
-      const onAbort = () => void started.stop(500);
-      signal?.addEventListener("abort", onAbort, { once: true });
-      try {
-        const [, statusText, consoleText, exit] = await Promise.all([
-          attach(started),
-          text(started.ports.get(ports.status)!, 1024),
-          // In interactive mode the console is the terminal (attach reads it).
-          mode.interactive
-            ? Promise.resolve("")
-            : text(started.console!, 16384, config.verbose ? mirrorToStderr : undefined),
-          started.exited,
-        ]);
-        signal?.throwIfAborted();
-        const line = statusText.trim().split("\n").at(-1) ?? "";
-        const status = line ? parseStatusLine(line) : null;
-        if (!status) {
-          throw new VmError(
-            `the guest stopped without reporting an exit status (QEMU exit code ${exit.code})${
-              tail(consoleText)
-            }${started.diagnostics ? `; QEMU: ${started.diagnostics}` : ""}`,
-          );
+      const useCache = !from && (o.snapshot ?? this.#opts.snapshot) !== false;
+      let cache: SnapshotCache | null = null;
+      let key = "";
+      let source: Record<string, string> = {};
+      if (useCache) {
+        try {
+          cache = this.#opts.cache ?? new SnapshotCache(undefined, { warn });
+          const memoDir = dirname(cache.root);
+          const identity = await agentInitramfsIdentity(kernel, memoDir);
+          const k = await qemuSnapshotKey({
+            kernelPath: image,
+            initramfs: identity === null
+              ? await agentInitramfs(kernel)
+              : encoder.encode(`identity:${identity}`),
+            config: bootedConfig(config),
+            launch: { ...launch("/initrd"), qmpSocket: "/q", consoleSocket: "/c", ports: [] },
+            binary: this.#opts.binary,
+            memoDir,
+          });
+          key = k.key;
+          source = { ...k.source as Record<string, string>, kernel: kernel.version };
+        } catch (e) {
+          warn(`snapshot cache unavailable, booting without it: ${(e as Error).message ?? e}`);
+          cache = null;
         }
-        if (status.kind === "error") {
-          throw new VmError(`the guest init failed at '${status.step}': ${status.errno}`);
-        }
-        return status;
-      } finally {
-        signal?.removeEventListener("abort", onAbort);
       }
-    } finally {
-      if (vm) await vm.stop(1000);
-      for (const s of servers) await s.close().catch(() => {});
-      for (const b of backends) b.close();
-      await net?.close().catch(() => {});
-      await stack?.[Symbol.asyncDispose]().catch(() => {});
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
+      const watch = (p: QemuProcess) => {
+        consoleWatch = new ConsoleWatch(p.console!, config.verbose ? mirrorToStderr : undefined);
+        return consoleWatch;
+      };
+      const restore = async (entry: QemuEntry) => {
+        // QEMU reads the initrd only at a cold boot: a restore needs a file, not the image.
+        const placeholder = `${dir}/initrd.restore`;
+        await Deno.writeFile(placeholder, new Uint8Array(0));
+        const { machine: _m, incoming: _i, ...start } = launch(placeholder);
+        const p = await restoreQemu(entry, { ...start, signal: o.signal });
+        vm = p;
+        watch(p);
+        log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
+        log(`qemu: restored snapshot ${entry.dir}`);
+        return p;
+      };
+      const r = from
+        ? { vm: await restore(readQemuEntry(from.dir)), from: "snapshot" as const, captured: false }
+        : await bootCached({
+          cache,
+          key,
+          warn,
+          read: readQemuEntry,
+          restore,
+          boot: async () => {
+            log(`qemu: cold boot (kernel ${kernel.version}, accel ${this.#opts.accel})`);
+            const initrd = `${dir}/initramfs.cpio.gz`;
+            await Deno.writeFile(initrd, await agentInitramfs(kernel));
+            const p = await QemuProcess.start(launch(initrd));
+            vm = p;
+            log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
+            const w = watch(p);
+            const exited = p.exited.then(() => {
+              throw new VmError(
+                `QEMU exited before the guest was ready${w.tail()}${
+                  p.diagnostics ? `; QEMU: ${p.diagnostics}` : ""
+                }`,
+              );
+            });
+            exited.catch(() => {});
+            let timer: ReturnType<typeof setTimeout> | undefined;
+            const hang = new Promise<never>((_, reject) => {
+              timer = setTimeout(
+                () =>
+                  reject(
+                    new VmError(
+                      `the guest was not ready after ${READY_WAIT_MS / 1000} s${w.tail()}`,
+                    ),
+                  ),
+                READY_WAIT_MS,
+              );
+            });
+            using aborted = abortRace(o.signal);
+            try {
+              await Promise.race([w.ready, exited, hang, aborted.promise]);
+            } finally {
+              clearTimeout(timer);
+            }
+            log(`qemu: guest ready after ${Math.round(performance.now() - t0)} ms`);
+            return p;
+          },
+          capture: async (p, entryDir) => {
+            capture = await captureQemu(p, entryDir, { source, signal: o.signal });
+            log(`qemu: captured the booted guest (paused ${Math.round(capture.pausedMs)} ms)`);
+          },
+        });
+      const running = r.vm as QemuProcess;
+      log(
+        `qemu: ${r.from === "snapshot" ? "snapshot hit" : "snapshot miss"}${
+          cache ? ` (key ${key.slice(0, 12)})` : " (cache off)"
+        }`,
+      );
+      const session = await QemuSession.start(running, dir, config, {
+        signal: o.signal,
+        log,
+        console: consoleWatch ?? undefined,
+        resume: from !== undefined,
+      });
+      const origin = {
+        from: r.from,
+        captured: r.captured,
+        key: cache ? key : null,
+        readyMs: performance.now() - t0,
+      };
+      log(`qemu: ready for commands after ${Math.round(origin.readyMs)} ms`);
+      let stopping: Promise<void> | null = null;
+      const stop = () =>
+        stopping ??= (async () => {
+          await running.stop(1000).catch(() => {});
+          await session.close();
+          await release();
+        })();
+      // However QEMU ends (stopped, powered off, crashed), everything is released.
+      const stopped = running.exited.then(() => stop());
+      const agentVm = new AgentVm({
+        engine: "qemu",
+        origin,
+        config,
+        agent: session.agent,
+        root: rootDirOf(config),
+        machine: {
+          stop,
+          stopped,
+          snapshot: async ({ dir: target, signal }) => {
+            const entry = target ??
+              (cache ?? new SnapshotCache(undefined, { warn })).pathOf(randomSnapshotKey());
+            await session.suspend({ signal });
+            const c = await captureQemu(running, entry, {
+              source: { ...source, vm: "running" },
+              signal,
+            });
+            // The caller may restore it at once: it must be on disk first.
+            const published = await c.published;
+            if (published === "exists") {
+              throw new SkiffError(`snapshot ${entry} exists already; give another directory`);
+            }
+            await session.resume({ signal, log, resume: true });
+            log(
+              `qemu: captured the running VM into ${entry} (paused ${Math.round(c.pausedMs)} ms)`,
+            );
+            return { engine: "qemu", dir: entry, config };
+          },
+        },
+      });
+      return { vm: agentVm, console: consoleWatch!, process: running };
+    } catch (e) {
+      await release();
+      throw e;
     }
-  }
-
-  /** Boots, runs the workload through the init's one-shot mode, and stops. */
-  run(
-    config: VmConfig,
-    workload: Workload,
-    io: WorkloadIO,
-    signal?: AbortSignal,
-  ): Promise<ExitStatus> {
-    const ports = DEFAULT_PORTS;
-    return this.#boot(config, workload, { interactive: false }, signal, async (vm) => {
-      const get = (name: string) => vm.ports.get(name)!;
-      const stopFeeding = feed(io.stdin, get(ports.stdin));
-      await Promise.all([
-        drain(get(ports.stdout), io.stdout),
-        drain(get(ports.stderr), io.stderr),
-      ]).finally(stopFeeding);
-    });
   }
 
   /**
    * An interactive shell on the guest's serial console (/dev/ttyS0, a tty)
-   * as its controlling terminal; resolves when the shell exits and the guest
-   * has powered off. The kernel's own messages are limited to emergencies.
+   * as its controlling terminal: the console's bytes go to `io.output` and
+   * `io.input` to the console; resolves when the shell exits. The kernel's
+   * console messages are turned down to emergencies first.
    */
-  shell(config: VmConfig, io: ConsoleIO, signal?: AbortSignal): Promise<ExitStatus> {
-    const size = io.size?.();
-    const stty = size ? `stty rows ${size.rows} cols ${size.columns} </dev/ttyS0; ` : "";
-    const workload: Workload = {
+  async shell(config: VmConfig, io: ConsoleIO, signal?: AbortSignal): Promise<ExitStatus> {
+    const { vm, console: con, process } = await this.#start(config, { signal });
+    await using _vm = vm;
+    const writer = io.output.getWriter();
+    con.tap = (b) => void writer.write(b).catch(() => {});
+    const tty = process.console!;
+    const stopInput = new AbortController();
+    io.input.pipeTo(
+      new WritableStream({ write: async (b) => void await tty.write(b) }),
+      { signal: stopInput.signal },
+    ).catch(() => {});
+    try {
+      const size = io.size?.();
+      const stty = size ? `stty rows ${size.rows} cols ${size.columns}; ` : "";
       // util-linux `setsid -c` makes ttyS0 the shell's controlling terminal,
-      // so job control and Ctrl-C work as on a real console.
-      argv: ["/bin/sh", "-c", `${stty}exec setsid -c /bin/sh -i </dev/ttyS0 >/dev/ttyS0 2>&1`],
-      env: { PATH: GUEST_PATH, HOME: "/", TERM: Deno.env.get("TERM") ?? "linux" },
-      workdir: "/",
-    };
-    const quiet = { ...config, cmdlineExtra: `${config.cmdlineExtra} loglevel=1`.trim() };
-    return this.#boot(quiet, workload, { interactive: true }, signal, async (vm) => {
-      // No EOF on the console: QEMU would take it as a disconnect and drop the output.
-      const stopFeeding = feed(io.input, vm.console!, false);
-      await drain(vm.console!, io.output).finally(stopFeeding);
-    });
+      // so job control and Ctrl-C work as on a real console; `-w` waits for
+      // it (the agent made this command a session leader, so setsid forks).
+      const r = await vm.exec([
+        "/bin/sh",
+        "-c",
+        `echo 1 >/proc/sys/kernel/printk; exec </dev/ttyS0 >/dev/ttyS0 2>&1; ${stty}` +
+        "exec setsid -w -c /bin/sh -i",
+      ], { env: { PATH: GUEST_PATH, HOME: "/", TERM: Deno.env.get("TERM") ?? "linux" }, signal });
+      return r.signal !== null
+        ? { kind: "signaled", signal: r.signal }
+        : { kind: "exited", code: r.code };
+    } finally {
+      stopInput.abort();
+      con.tap = null;
+      writer.releaseLock();
+    }
   }
 }

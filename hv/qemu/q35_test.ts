@@ -81,9 +81,10 @@ Deno.test("q35: serial ports on virtio-serial-pci after the root ports; -incomin
 Deno.test("q35 refuses vhost-user and network devices on the command line; microvm refuses root ports", () => {
   throws(
     () => qemuArgs({ ...base, fs: [{ id: "fs0", tag: "root", socketPath: "/s" }] }),
-    /q35 takes no virtio-fs or network device on the command line/,
+    /q35 takes no virtio-fs, vsock or network device on the command line/,
   );
   throws(() => qemuArgs({ ...base, netSocket: "/n" }), /hot-plug them/);
+  throws(() => qemuArgs({ ...base, vsock: { id: "v0", socketPath: "/v" } }), /hot-plug them/);
   throws(
     () => qemuArgs({ ...base, machine: "microvm", rootPorts: 2 }),
     /rootPorts needs machine q35/,

@@ -16,7 +16,6 @@ import { encodeBootRecord } from "./wire.ts";
 import { type CpioEntry, gzip, writeCpio } from "../cpio.ts";
 
 const kernel = await testKernel();
-if (typeof kernel === "string") console.error(`skiff-test-skip: agent qemu tests: ${kernel}`);
 /** Hang guard only (boot ≈ 3 s; TCG on a loaded 2-core host is slower). */
 const DEADLINE_MS = 120_000;
 
@@ -77,6 +76,7 @@ async function boot(
 
 hostTest("agent under QEMU: modules load and it listens on vsock before any vsock device exists", [
   "qemu",
+  "kernel",
 ], async () => {
   const r = await boot((t) =>
     t.includes(AGENT_READY_MARKER) || t.includes(AGENT_BOOT_ERROR_PREFIX)
@@ -88,6 +88,7 @@ hostTest("agent under QEMU: modules load and it listens on vsock before any vsoc
 
 hostTest("agent under QEMU: a boot failure names the step on the console and powers off", [
   "qemu",
+  "kernel",
 ], async () => {
   const bad: CpioEntry = {
     kind: "file",

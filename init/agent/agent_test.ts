@@ -661,3 +661,35 @@ hostTest(
     strictEqual(none.stdoutText, "100\n");
   },
 );
+
+hostTest(
+  "agent (native): setup — UMOUNT detaches a mount with what is under it; an unmounted target is fine",
+  NEEDS,
+  async () => {
+    await using agent = await startNativeAgent();
+    const a = agent.client;
+    const d = `${agent.dir}/u`;
+    const MS_BIND = 4096;
+    await Deno.mkdir(`${d}/src`, { recursive: true });
+    await a.setup({
+      mounts: [
+        { source: "tmpfs", target: `${d}/t`, fsType: "tmpfs" },
+        { source: `${d}/src`, target: `${d}/t/inner`, flags: MS_BIND },
+      ],
+    });
+    strictEqual(
+      (await a.exec(["sh", "-c", `echo x > ${d}/t/file; ls ${d}/t`])).stdoutText,
+      "file\ninner\n",
+    );
+    await a.setup({
+      mounts: [{ target: `${d}/t`, umount: true }, { target: `${d}/never`, umount: true }],
+    });
+    strictEqual(
+      (await a.exec(["ls", "-A", `${d}/t`])).stdoutText,
+      "",
+      "the tmpfs and its bind are gone",
+    );
+    const mounts = (await a.exec(["cat", "/proc/self/mountinfo"])).stdoutText;
+    ok(!mounts.includes(`${d}/t`), mounts);
+  },
+);

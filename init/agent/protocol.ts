@@ -159,7 +159,17 @@ export const MOUNT_OP = {
   WAIT: 1,
   /** Only make the target directory (e.g. an overlay's upper and work directories). */
   MKDIR_ONLY: 2,
+  /**
+   * Detach the mount at the target and everything under it
+   * (`umount2(MNT_DETACH)`, as `umount -l`); a target that is not mounted
+   * (EINVAL) or absent (ENOENT) is fine. Used before a snapshot of a running
+   * VM, whose hot-plugged file-system device must go.
+   */
+  UMOUNT: 4,
 } as const;
+
+/** `umount2` flag: lazy unmount (linux/fs.h MNT_DETACH). */
+export const MNT_DETACH = 2;
 
 /** EXEC payload fields. */
 export const EXEC = {

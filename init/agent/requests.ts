@@ -33,6 +33,7 @@ import {
   IO_BUFFER_SIZE,
   KILL,
   KILL_FLAGS,
+  MNT_DETACH,
   MOUNT,
   MOUNT_OP,
   NO_ID,
@@ -66,6 +67,7 @@ export function setup(o: { clock: boolean }): Fragment {
   const failed = uniqueLabel("ag_mountfail");
   const retry = uniqueLabel("ag_mountretry");
   const noClock = uniqueLabel("ag_noclock");
+  const mountIt = uniqueLabel("ag_mountit");
   const f = seq(
     // The clock first: a restored VM wakes with its capture's wall-clock time.
     // The native variant ignores it: CLOCK_REALTIME has no namespace, it is the host's.
@@ -93,6 +95,11 @@ export function setup(o: { clock: boolean }): Fragment {
     load(op, p, MOUNT.OP, 4),
     load(waitMs, p, MOUNT.WAIT_MS, 4),
     set(A.stepArg, tgt),
+    { op: "arith", kind: "and", dst: A.t, a: op, b: MOUNT_OP.UMOUNT },
+    branch("eq", A.t, 0, mountIt),
+    sys(SYS.umount2, [tgt, MNT_DETACH], { step: "umount", allow: [E.EINVAL, E.ENOENT] }),
+    jump(next),
+    label(mountIt),
     { op: "call", routine: "mkdir_p", args: [tgt], dst: r },
     checkNeg(r, "mkdir"),
     { op: "arith", kind: "and", dst: A.t, a: op, b: MOUNT_OP.MKDIR_ONLY },

@@ -51,6 +51,8 @@ export interface MountSpec {
   waitMs?: number;
   /** Only make the target directory. */
   mkdirOnly?: boolean;
+  /** Detach what is mounted at the target, with everything under it (`umount -l`). */
+  umount?: boolean;
 }
 
 /** SETUP's network part: wait for the interface, address it, bring it up, default route. */
@@ -213,7 +215,8 @@ export function encodeSetup(spec: SetupSpec): Uint8Array {
       if (m.fsType != null) w.ptr(at + MOUNT.FSTYPE, w.str(m.fsType, "mount type"));
       w.u64(at + MOUNT.FLAGS, m.flags ?? 0);
       if (m.data != null) w.ptr(at + MOUNT.DATA, w.str(m.data, "mount data"));
-      const op = (m.waitMs ? MOUNT_OP.WAIT : 0) | (m.mkdirOnly ? MOUNT_OP.MKDIR_ONLY : 0);
+      const op = (m.waitMs ? MOUNT_OP.WAIT : 0) | (m.mkdirOnly ? MOUNT_OP.MKDIR_ONLY : 0) |
+        (m.umount ? MOUNT_OP.UMOUNT : 0);
       w.u32(at + MOUNT.OP, op);
       w.u32(at + MOUNT.WAIT_MS, m.waitMs ?? 0);
     });

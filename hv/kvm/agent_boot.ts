@@ -1,0 +1,285 @@
+/**
+ * The kvm engine's boot, the same protocol as the qemu engine's: the guest
+ * agent (init/agent) is the init; the machine has a vsock device, one
+ * virtio-fs device (the share mux) and a NIC, none of them tied to a run.
+ * A boot restores the machine from the snapshot cache or cold-boots it to
+ * the agent's READY marker on ttyS0 and captures it there; then the session
+ * attaches the run's shares to the mux and its network stack to the NIC,
+ * starts (or resumes) the vCPUs, and sets the guest up through the agent.
+ *
+ * @module
+ */
+
+import { dirname } from "node:path";
+import { FuseServer } from "../../devices/fuse/server.ts";
+import { ShareMux } from "../../devices/fuse/mux.ts";
+import { NetStack } from "../../devices/net/service.ts";
+import { attachVirtioNet } from "../../devices/net/virtio.ts";
+import { AgentClient } from "../../init/agent/client.ts";
+import { agentInitramfs } from "../../init/agent/initramfs.ts";
+import { AGENT_BOOT_ERROR_PREFIX, AGENT_READY_MARKER } from "../../init/agent/protocol.ts";
+import { randomSnapshotKey, SnapshotCache } from "../../snapshot/cache.ts";
+import { bootCached } from "../../snapshot/boot_cached.ts";
+import { captureHvVm } from "../../snapshot/hv_snapshot.ts";
+import { vmSnapshotKey } from "../../snapshot/vm_key.ts";
+import type { StateValue } from "../../snapshot/codec.ts";
+import type { VmConfig } from "../config.ts";
+import { ConfigError, VmError } from "../errors.ts";
+import { abortRace } from "../abort.ts";
+import { AgentVm } from "../engine/agent_vm.ts";
+import { agentInitramfsIdentity } from "../engine/init_identity.ts";
+import { attachShares, MUX_TAG, rootDirOf, sessionFiles, sessionSetup } from "../engine/session.ts";
+import type { BootOptions, RunningVm } from "../engine/types.ts";
+import { VsockAgentTransport } from "../engine/vsock_transport.ts";
+import type { DeviceBackends } from "./backends.ts";
+import { buildPlanned } from "./builder.ts";
+import type { KvmDevices } from "./device_manager.ts";
+import { explainExit } from "./emulated.ts";
+import { restorePlanned } from "./persist.ts";
+import { KVM_VMM_VERSION, type MachineOptions, planDevices, planMachine } from "./plan.ts";
+
+/** Bound on a cold boot reaching READY (only catches hangs; emulated KVM boots slowly). */
+const READY_WAIT_MS = 10 * 60_000;
+/** Bound on the vsock device coming up after the vCPUs start (only catches hangs). */
+const AGENT_WAIT_MS = 120_000;
+
+/** What {@link bootAgentVm} needs from the engine. */
+export interface AgentBootOptions extends BootOptions {
+  /** Kernel log (UART) as it arrives. */
+  onConsole?: (bytes: Uint8Array) => void;
+  /** The snapshot cache (default: skiff's). */
+  cache?: SnapshotCache;
+  /** One-line cache warnings. */
+  warn: (line: string) => void;
+  /** Emulated-KVM detection override (tests). */
+  emulated?: boolean;
+}
+
+/** The parts of a configuration the booted machine depends on (the cache key's). */
+function bootedConfig(config: VmConfig): VmConfig {
+  return { ...config, root: null, volumes: [], net: null, hostname: "", verbose: false };
+}
+
+/** Watches the UART text for the agent's READY marker (or its boot error). */
+class ReadyWatch {
+  #seen = "";
+  #resolve!: () => void;
+  #reject!: (e: Error) => void;
+  readonly promise = new Promise<void>((res, rej) => {
+    this.#resolve = res;
+    this.#reject = rej;
+  });
+  #dec = new TextDecoder();
+
+  constructor() {
+    this.promise.catch(() => {});
+  }
+
+  feed(b: Uint8Array): void {
+    this.#seen = (this.#seen + this.#dec.decode(b, { stream: true })).slice(-8192);
+    if (this.#seen.includes(AGENT_READY_MARKER)) this.#resolve();
+    const e = this.#seen.indexOf(AGENT_BOOT_ERROR_PREFIX);
+    const end = e < 0 ? -1 : this.#seen.indexOf("\n", e);
+    if (end >= 0) {
+      this.#reject(
+        new VmError(
+          `the guest init failed at ${this.#seen.slice(e + AGENT_BOOT_ERROR_PREFIX.length, end)}`,
+        ),
+      );
+    }
+  }
+}
+
+/** Waits until `cond()` holds, checking every few milliseconds; rejects after `ms`. */
+async function until(cond: () => boolean, ms: number, what: string, stop: Promise<never>) {
+  const end = performance.now() + ms;
+  let delay = 1;
+  while (!cond()) {
+    if (performance.now() > end) throw new VmError(`timed out waiting for ${what}`);
+    await Promise.race([new Promise((r) => setTimeout(r, delay)), stop]);
+    delay = Math.min(delay * 2, 20);
+  }
+}
+
+/** Boots (or restores) a kvm-engine VM for `config` and sets its session up. */
+export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promise<RunningVm> {
+  o.signal?.throwIfAborted();
+  const t0 = performance.now();
+  const log = o.log ?? (() => {});
+  const ready = new ReadyWatch();
+  const mux = new ShareMux();
+  const fuse = new FuseServer(mux);
+  const backends: DeviceBackends = {
+    fs: (tag) => (tag === MUX_TAG ? fuse : null),
+    net: () => null, // attached per session below
+  };
+  const mopts: MachineOptions = {
+    agent: true,
+    backends,
+    emulated: o.emulated,
+    onConsole: (b) => {
+      ready.feed(b);
+      o.onConsole?.(b);
+    },
+    progress: config.verbose ? log : undefined,
+  };
+  const plan = await planMachine(bootedConfig(config), mopts);
+  let cache: SnapshotCache | null = null;
+  let key = "";
+  let source: Record<string, StateValue> = {};
+  if (o.snapshot !== false) {
+    try {
+      cache = o.cache ?? new SnapshotCache(undefined, { warn: o.warn });
+      const memoDir = dirname(cache.root);
+      const identity = await agentInitramfsIdentity(plan.kernel, memoDir);
+      const k = await vmSnapshotKey({
+        kernelPath: plan.image.path,
+        initramfs: identity === null
+          ? await agentInitramfs(plan.kernel)
+          : new TextEncoder().encode(`identity:${identity}`),
+        cmdline: plan.cmdline,
+        config: bootedConfig(config),
+        devices: planDevices(plan),
+        vmmVersion: KVM_VMM_VERSION,
+        memoDir,
+      });
+      key = k.key;
+      source = { ...k.source, engine: "kvm" } as Record<string, StateValue>;
+    } catch (e) {
+      o.warn(`snapshot cache unavailable, booting without it: ${(e as Error).message ?? e}`);
+      cache = null;
+    }
+  }
+  using aborted = abortRace(o.signal);
+  let stopWait: Promise<never> = aborted.promise;
+  const r = await bootCached<KvmDevices & AsyncDisposable>({
+    cache,
+    key,
+    warn: o.warn,
+    restore: (snap) => restorePlanned(plan, snap.dir, mopts),
+    boot: async () => {
+      const m = await buildPlanned(plan, { ...mopts, initrd: await agentInitramfs(plan.kernel) });
+      try {
+        await m.vm.start();
+        const stopped = m.vm.wait().then((s): never => {
+          throw new VmError(`the guest stopped (${s.kind}) before its init was ready`);
+        }, (e): never => {
+          throw explainExit(e, m.log(), m.emulated);
+        });
+        stopped.catch(() => {});
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const hang = new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new VmError("the guest was not ready in time")),
+            READY_WAIT_MS,
+          );
+        });
+        try {
+          await Promise.race([ready.promise, stopped, hang, aborted.promise]);
+        } finally {
+          clearTimeout(timer);
+        }
+        await m.vm.pause();
+        return m;
+      } catch (e) {
+        await m[Symbol.asyncDispose]();
+        throw e;
+      }
+    },
+    capture: (m, dir) => captureHvVm(m.vm, dir, { devices: m.persist(), source }),
+  });
+  const m = r.vm;
+  let stack: NetStack | null = null;
+  let detachShares: (() => void) | null = null;
+  let detachNet: (() => void) | null = null;
+  let stopping: Promise<void> | null = null;
+  const stop = () =>
+    stopping ??= (async () => {
+      await m.vm.stop().catch(() => {});
+      detachNet?.();
+      await stack?.close().catch(() => {});
+      await m[Symbol.asyncDispose]();
+      detachShares?.();
+    })();
+  try {
+    detachShares = attachShares(mux, config);
+    if (config.net) {
+      try {
+        stack = new NetStack({
+          hostLoopback: config.net.hostLoopback,
+          publish: config.net.publish.map((p) => ({
+            hostIp: p.hostIp,
+            hostPort: p.hostPort,
+            guestPort: p.guestPort,
+            proto: p.protocol,
+          })),
+        });
+      } catch (e) {
+        throw new ConfigError((e as Error).message, { cause: e });
+      }
+      await stack.ready;
+      detachNet = attachVirtioNet(stack, m.net!);
+    }
+    if (r.from === "boot") m.vm.resume();
+    else await m.vm.start();
+    const died = m.vm.wait().then((s): never => {
+      throw new VmError(`the guest stopped (${s.kind}) before its agent answered`);
+    }, (e): never => {
+      throw explainExit(e, m.log(), m.emulated);
+    });
+    died.catch(() => {});
+    stopWait = Promise.race([died, aborted.promise]);
+    const vsock = m.vsock!;
+    await until(() => vsock.active, AGENT_WAIT_MS, "the guest's vsock device", stopWait);
+    const agent = new AgentClient(new VsockAgentTransport(vsock));
+    await Promise.race([agent.setup(sessionSetup(config), { signal: o.signal }), stopWait]);
+    for (const f of sessionFiles(config)) {
+      await agent.writeFile(f.path, f.content, {
+        mode: 0o644,
+        root: rootDirOf(config),
+        replace: true,
+        signal: o.signal,
+      });
+    }
+    const origin = {
+      from: r.from,
+      captured: r.captured,
+      key: cache ? key : null,
+      readyMs: performance.now() - t0,
+    };
+    log(
+      `kvm: ${r.from === "snapshot" ? "snapshot hit" : "snapshot miss"}; ready after ${
+        Math.round(origin.readyMs)
+      } ms`,
+    );
+    const stopped = m.vm.wait().then(() => stop(), async (e) => {
+      await stop();
+      throw explainExit(e, m.log(), m.emulated);
+    });
+    return new AgentVm({
+      engine: "kvm",
+      origin,
+      config,
+      agent,
+      root: rootDirOf(config),
+      machine: {
+        stop,
+        stopped,
+        snapshot: async ({ dir }) => {
+          const target = dir ?? (cache ?? new SnapshotCache(undefined, { warn: o.warn }))
+            .pathOf(randomSnapshotKey());
+          await m.vm.pause();
+          try {
+            await captureHvVm(m.vm, target, { devices: m.persist(), source });
+          } finally {
+            m.vm.resume();
+          }
+          return { engine: "kvm", dir: target, config };
+        },
+      },
+    });
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}

@@ -1,0 +1,237 @@
+/**
+ * One qemu-engine VM's session from READY on: the guest's devices are
+ * hot-plugged into the (paused) QEMU — skiff's vsock device and its one
+ * virtio-fs device (the share mux), both served by the shared device code
+ * through the vhost-user adapter, and a NIC behind skiff's network stack —
+ * then `cont`, the guest agent reached over vsock, and the session set up
+ * (shares mounted, network, host name, clock).
+ *
+ * Hot-plugging after READY is what lets a snapshot be captured at READY:
+ * QEMU 7.2 cannot migrate vhost-user devices ("non-migratable device"), and
+ * the spike measured 16–36 ms per ACPI hot-plug on q35. For the same reason
+ * a capture of a running VM first lets go of the file systems and unplugs
+ * the devices ({@link QemuSession.suspend}), then plugs them back
+ * ({@link QemuSession.resume}).
+ *
+ * @module
+ */
+
+import { FuseServer } from "../../devices/fuse/server.ts";
+import { ShareMux } from "../../devices/fuse/mux.ts";
+import { VirtioFs } from "../../devices/virtio/fs/device.ts";
+import { VirtioVsock } from "../../devices/virtio/vsock/device.ts";
+import { VhostUserVirtioServer } from "../../devices/vhost_user/virtio_backend.ts";
+import { NetStack } from "../../devices/net/service.ts";
+import { listenStream, type StreamListener } from "../../devices/net/stream.ts";
+import { AgentClient } from "../../init/agent/client.ts";
+import type { VmConfig } from "../config.ts";
+import { ConfigError, VmError } from "../errors.ts";
+import {
+  attachShares,
+  MUX_TAG,
+  rootDirOf,
+  sessionFiles,
+  sessionSetup,
+  sessionTeardown,
+  sharesOf,
+} from "../engine/session.ts";
+import { VsockAgentTransport } from "../engine/vsock_transport.ts";
+import type { ConsoleWatch } from "./console.ts";
+import { type PluggedDevice, plugNet, plugVirtioFs, plugVsock } from "./hotplug.ts";
+import type { QemuProcess } from "./process.ts";
+
+/** The guest's vsock CID (virtio 1.2 §5.10.4: 3 is the first CID a guest may have). */
+export const GUEST_CID = 3;
+/** The guest NIC's MAC address (locally administered). */
+export const GUEST_MAC = "52:54:00:6b:69:66";
+/** Bound on waiting for the hot-plugged vsock device to be up (only catches hangs). */
+const AGENT_WAIT_MS = 120_000;
+
+/** Waits until `cond()` holds, checking every few milliseconds; rejects after `ms` or on abort. */
+async function until(cond: () => boolean, ms: number, what: string, signal?: AbortSignal) {
+  const end = performance.now() + ms;
+  let delay = 1;
+  while (!cond()) {
+    signal?.throwIfAborted();
+    if (performance.now() > end) throw new VmError(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 20);
+  }
+}
+
+/** Options of {@link QemuSession.start} and {@link QemuSession.resume}. */
+export interface SessionOptions {
+  signal?: AbortSignal;
+  log?: (line: string) => void;
+  /** For the console's tail in error messages. */
+  console?: ConsoleWatch;
+  /** The guest was suspended before its capture: mount its overlay's upper again, do not replace it. */
+  resume?: boolean;
+}
+
+/** The devices and back-ends a session adds to a running QEMU. */
+export class QemuSession implements AsyncDisposable {
+  /** The guest agent's transport; the same device across suspends (it is reset by each unplug). */
+  readonly vsock: VirtioVsock;
+  readonly agent: AgentClient;
+  /** The one file-system device's back-end; the run's shares are attached to it. */
+  readonly mux: ShareMux;
+  readonly #vm: QemuProcess;
+  readonly #dir: string;
+  readonly #config: VmConfig;
+  #servers: VhostUserVirtioServer[] = [];
+  #plugged: PluggedDevice[] = [];
+  #detachShares: (() => void) | null = null;
+  #stack: NetStack | null = null;
+  #net: StreamListener | null = null;
+  #plugs = 0;
+
+  private constructor(vm: QemuProcess, dir: string, config: VmConfig) {
+    this.#vm = vm;
+    this.#dir = dir;
+    this.#config = config;
+    this.vsock = new VirtioVsock({ guestCid: GUEST_CID });
+    this.agent = new AgentClient(new VsockAgentTransport(this.vsock));
+    this.mux = new ShareMux();
+  }
+
+  /**
+   * Attaches `config`'s shares and network, hot-plugs the devices into the
+   * paused `vm`, resumes it, waits for the agent and sets the session up.
+   * On failure everything it started is released.
+   */
+  static async start(
+    vm: QemuProcess,
+    dir: string,
+    config: VmConfig,
+    o: SessionOptions = {},
+  ): Promise<QemuSession> {
+    const s = new QemuSession(vm, dir, config);
+    try {
+      if (config.net) {
+        try {
+          // Binds the --publish ports now: a taken one fails before the guest runs.
+          s.#stack = new NetStack({
+            hostLoopback: config.net.hostLoopback,
+            publish: config.net.publish.map((p) => ({
+              hostIp: p.hostIp,
+              hostPort: p.hostPort,
+              guestPort: p.guestPort,
+              proto: p.protocol,
+            })),
+          });
+        } catch (e) {
+          throw new ConfigError((e as Error).message, { cause: e });
+        }
+        await s.#stack.ready;
+      }
+      if (sharesOf(config).length > 0) s.#detachShares = attachShares(s.mux, config);
+      await s.resume(o);
+      return s;
+    } catch (e) {
+      await s.close();
+      throw e;
+    }
+  }
+
+  /** Hot-plugs the devices (new vhost-user servers for the same devices), `cont`, session setup. */
+  async resume(o: SessionOptions = {}): Promise<void> {
+    const vm = this.#vm, dir = this.#dir, config = this.#config;
+    const log = o.log ?? (() => {});
+    const serverLog = (m: string) => log(`vhost-user: ${m}`);
+    const n = this.#plugs++;
+    const vsockPath = `${dir}/vsock${n}.sock`;
+    this.#servers.push(
+      new VhostUserVirtioServer(vsockPath, this.vsock, { once: true, log: serverLog }),
+    );
+    let fsPath: string | null = null;
+    if (this.#detachShares) {
+      fsPath = `${dir}/fs${n}.sock`;
+      const fs = new VirtioFs({ tag: MUX_TAG, server: new FuseServer(this.mux) });
+      this.#servers.push(new VhostUserVirtioServer(fsPath, fs, { once: true, log: serverLog }));
+    }
+    if (this.#stack) this.#net = listenStream(this.#stack, `${dir}/net${n}.sock`);
+    const t0 = performance.now();
+    this.#plugged.push(await plugVsock(vm, { id: `vsock${n}`, socketPath: vsockPath }));
+    if (fsPath) {
+      this.#plugged.push(
+        await plugVirtioFs(vm, { id: `fs${n}`, socketPath: fsPath, tag: MUX_TAG }),
+      );
+    }
+    if (this.#net) {
+      this.#plugged.push(
+        await plugNet(vm, {
+          id: `nic${n}`,
+          backend: { type: "stream", socketPath: this.#net.path },
+          mac: GUEST_MAC,
+        }),
+      );
+    }
+    await vm.qmp.cont();
+    log(`qemu: devices plugged in ${Math.round(performance.now() - t0)} ms; waiting for the agent`);
+    const exited = vm.exited.then(() => {
+      throw new VmError(`QEMU exited before the guest agent answered${o.console?.tail() ?? ""}`);
+    });
+    exited.catch(() => {});
+    await Promise.race([
+      until(() => this.vsock.active, AGENT_WAIT_MS, "the guest's vsock device", o.signal),
+      exited,
+    ]);
+    log(
+      `qemu: the guest agent is reachable ${
+        Math.round(performance.now() - t0)
+      } ms after the hot-plug`,
+    );
+    await Promise.race([
+      this.agent.setup(sessionSetup(config, { resume: o.resume }), { signal: o.signal }),
+      exited,
+    ]);
+    log(
+      `qemu: shares, network and host name set up ${
+        Math.round(performance.now() - t0)
+      } ms after the hot-plug`,
+    );
+    if (!o.resume) {
+      for (const f of sessionFiles(config)) {
+        await this.agent.writeFile(f.path, f.content, {
+          mode: 0o644,
+          root: rootDirOf(config),
+          replace: true,
+          signal: o.signal,
+        });
+      }
+    }
+    log(`qemu: session ready ${Math.round(performance.now() - t0)} ms after the hot-plug`);
+  }
+
+  /**
+   * Lets go of the guest's file systems (lazily) and unplugs every device,
+   * so that QEMU can capture the VM; {@link resume} plugs them back.
+   */
+  async suspend(o: { signal?: AbortSignal } = {}): Promise<void> {
+    await this.agent.setup(sessionTeardown(), { signal: o.signal });
+    for (const d of this.#plugged.reverse()) await d.unplug({ signal: o.signal });
+    this.#plugged = [];
+    for (const s of this.#servers) await s.close().catch(() => {});
+    this.#servers = [];
+    await this.#net?.close().catch(() => {});
+    this.#net = null;
+  }
+
+  /** Releases the back-ends (after QEMU is gone). */
+  async close(): Promise<void> {
+    for (const s of this.#servers) await s.close().catch(() => {});
+    this.#servers = [];
+    this.#plugged = [];
+    this.#detachShares?.();
+    this.#detachShares = null;
+    await this.#net?.close().catch(() => {});
+    this.#net = null;
+    await this.#stack?.close().catch(() => {});
+    this.#stack = null;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
