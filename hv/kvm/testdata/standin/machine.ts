@@ -8,8 +8,10 @@
  * device from its record (the builder's from theirs, the vsock device from
  * its state and transport state).
  *
- * Until the kvm engine boots the agent itself, this is how L1 tests drive
- * the stand-in.
+ * The kvm engine boots the same stand-in through `KvmEngine.boot`
+ * (agent_kvm_test.ts); this harness is for what the engine keeps inside: the
+ * device's host side (stream stats, raw connections, counters) and
+ * snapshots restored outside the cache.
  *
  * @module
  */

@@ -19,7 +19,7 @@
 
 import { type Assembler, mem, rip } from "../../../../init/asm/mod.ts";
 import { SIZES } from "./layout.ts";
-import { at, C, CF, CS, F, G, g } from "./structs.ts";
+import { at, C, CF, CS, F, G, g, P, PS } from "./structs.ts";
 import { StringPool } from "./strings.ts";
 import { KIND, MIN_PAYLOAD, REQUEST_MAGIC } from "../../../../init/agent/protocol.ts";
 import { RECORD_MAGIC } from "../../../../init/codegen/mod.ts";
@@ -293,9 +293,14 @@ export function emitRequests(a: Assembler, s: StringPool): void {
   a.label("r_exec");
   a.mov("r12", c(C.PROC, 64));
   a.test("r12", "r12");
-  a.jnz("r_exec_l");
+  a.jnz("r_exec_run");
   a.mov(c(C.PHASE), PH.DONE);
   a.jmp("r_ret");
+  a.label("r_exec_run");
+  // Signal frames and EOF count once the command runs (its supervisor reads this connection only
+  // after `pid N`; a refused stream is answered first).
+  a.cmp(at("r12", P.STATE), PS.RUNNING);
+  a.jne("r_ret");
   a.label("r_exec_l");
   a.mov("rdi", "rbx");
   a.call("c_avail");
