@@ -99,6 +99,18 @@ export interface PassthroughOptions {
   maxCachedFds?: number;
 }
 
+/**
+ * A host inode's identity, (dev, ino): one number while the dev's index (in the
+ * order devs were first seen) is below 256 and the inode number below 2^45 — the
+ * usual case, and a number key costs no string building per lookup — else the
+ * text `maj:min:ino`. {@link PassthroughState} always holds the text form.
+ */
+type NodeKey = number | string;
+/** Inode numbers below this share a number key with their dev's index. */
+const INO_SPAN = 2 ** 45;
+const INO_SPAN_BIG = 2n ** 45n;
+const TWO32 = 2 ** 32;
+
 /** One node (inode) the client knows. */
 class Node {
   fd = -1;
@@ -108,11 +120,18 @@ class Node {
   detached = false;
   /** Reopening by path found another file (restore or host rename). */
   stale = false;
+  /**
+   * Open handles of this node that hold a real (non-O_PATH) fd, newest last: fd-based
+   * calls (fstat, fgetxattr, fchmod, ftruncate) on one of them skip the
+   * `/proc/self/fd` walk or the lazy O_PATH open the node's own fd would need.
+   */
+  open: Handle[] | null = null;
   constructor(
     readonly id: number,
     public parent: Node | null,
-    public name: Uint8Array,
-    readonly key: string,
+    /** The name in `parent`, one byte per char (latin1): a string costs less than bytes to keep. */
+    public name: string,
+    readonly key: NodeKey,
     public type: number,
     public foreign: boolean,
   ) {}
@@ -200,13 +219,16 @@ export class PassthroughFs extends FileSystem {
   #rootNode: Node;
   #rootMnt = 0n;
   #byId = new Map<number, Node>();
-  #byKey = new Map<string, Node>();
+  #byKey = new Map<NodeKey, Node>();
+  /** Dev numbers (maj * 2^20 + min) → index, and back ({@link NodeKey}). */
+  #devs = new Map<number, number>();
+  #devList: [number, number][] = [];
   #lru = new Map<Node, true>();
   #maxFds: number;
   #handles = new Map<number, Handle>();
   #nextId = 2;
   #nextFh = 1;
-  #hidden = new Set<string>();
+  #hidden = new Set<NodeKey>();
   #hiddenIno = new Set<bigint>();
   #stx = new Uint8Array(STATX_OFF.size_of);
   #stxv = new DataView(this.#stx.buffer);
@@ -215,6 +237,7 @@ export class PassthroughFs extends FileSystem {
   #xbuf = new Uint8Array(XATTR_MAX);
   #dirBufs: Uint8Array<ArrayBuffer>[] = [];
   #isRoot: boolean;
+  #groups: readonly number[] = [];
 
   constructor(root: string, options: PassthroughOptions = {}) {
     super();
@@ -222,6 +245,7 @@ export class PassthroughFs extends FileSystem {
     this.#ro = options.readOnly ?? false;
     this.#crossMounts = options.crossMounts ?? true;
     this.#creds = options.credentials;
+    if (this.#creds) this.#groups = this.#creds.groups ?? [this.#creds.gid];
     this.#entryTimeout = options.entryTimeout ?? 1;
     this.#attrTimeout = options.attrTimeout ?? 1;
     this.#allowDevices = options.allowDevices ?? false;
@@ -235,7 +259,7 @@ export class PassthroughFs extends FileSystem {
     const st = this.#statFd(fd);
     if (st < 0) throw new FuseError(-st, `cannot stat share root ${root}`);
     this.#rootMnt = this.#stxv.getBigUint64(STATX_OFF.mnt_id, true);
-    this.#rootNode = new Node(1, null, new Uint8Array(0), this.#key(), S.IFDIR, false);
+    this.#rootNode = new Node(1, null, "", this.#key(), S.IFDIR, false);
     this.#rootNode.fd = fd;
     this.#rootNode.lookups = 1;
     this.#byId.set(1, this.#rootNode);
@@ -264,7 +288,7 @@ export class PassthroughFs extends FileSystem {
 
   #enterCreds(): void {
     const c = this.#creds;
-    if (c) setThreadCreds(c.uid, c.gid, c.groups ?? [c.gid]);
+    if (c) setThreadCreds(c.uid, c.gid, this.#groups);
     else if (this.#isRoot) setThreadCreds(0, 0);
   }
 
@@ -309,12 +333,68 @@ export class PassthroughFs extends FileSystem {
     );
   }
 
-  /** `dev:ino` of the last statx. */
-  #key(): string {
+  /** The {@link NodeKey} of the last statx. */
+  #key(): NodeKey {
     const v = this.#stxv;
-    return `${v.getUint32(STATX_OFF.dev_major, true)}:${v.getUint32(STATX_OFF.dev_minor, true)}:${
-      v.getBigUint64(STATX_OFF.ino, true)
-    }`;
+    return this.#keyOf(
+      v.getUint32(STATX_OFF.dev_major, true),
+      v.getUint32(STATX_OFF.dev_minor, true),
+      v.getUint32(STATX_OFF.ino, true),
+      v.getUint32(STATX_OFF.ino + 4, true),
+    );
+  }
+
+  /** The {@link NodeKey} of dev `maj:min`, inode `hi * 2^32 + lo`. */
+  #keyOf(maj: number, min: number, lo: number, hi: number): NodeKey {
+    // Linux dev numbers are 12 + 20 bits (MINORBITS): maj * 2^20 + min is exact.
+    const dev = maj * 0x100000 + min;
+    let d = this.#devs.get(dev);
+    if (d === undefined) {
+      d = this.#devList.length;
+      this.#devs.set(dev, d);
+      this.#devList.push([maj, min]);
+    }
+    if (d < 256 && hi < 0x2000) return d * INO_SPAN + hi * TWO32 + lo;
+    return `${maj}:${min}:${(BigInt(hi) << 32n) | BigInt(lo)}`;
+  }
+
+  /** The key of inode `ino` on the same dev as `dir`. */
+  #childKey(dir: Node, ino: bigint): NodeKey {
+    const k = dir.key;
+    if (typeof k === "number" && ino < INO_SPAN_BIG) {
+      return Math.floor(k / INO_SPAN) * INO_SPAN + Number(ino);
+    }
+    const [maj, min] = this.#devOf(k);
+    return this.#keyOf(maj, min, Number(ino & 0xffffffffn), Number(ino >> 32n));
+  }
+
+  #devOf(k: NodeKey): [number, number] {
+    if (typeof k === "number") return this.#devList[Math.floor(k / INO_SPAN)];
+    const [maj, min] = k.split(":");
+    return [Number(maj), Number(min)];
+  }
+
+  /** A key as text, `maj:min:ino` (the saved form). */
+  #keyText(k: NodeKey): string {
+    if (typeof k === "string") return k;
+    const d = Math.floor(k / INO_SPAN);
+    const [maj, min] = this.#devList[d];
+    return `${maj}:${min}:${k - d * INO_SPAN}`;
+  }
+
+  /** The key of saved text `maj:min:ino`. */
+  #keyFromText(t: string): NodeKey {
+    const parts = t.split(":");
+    if (parts.length !== 3 || !/^\d+$/.test(parts[2])) {
+      throw new Error(`PassthroughFs.restore: bad node key ${JSON.stringify(t)}`);
+    }
+    const ino = BigInt(parts[2]);
+    return this.#keyOf(
+      Number(parts[0]),
+      Number(parts[1]),
+      Number(ino & 0xffffffffn),
+      Number((ino >> 32n) & 0xffffffffn),
+    );
   }
 
   /** The last statx as FUSE attributes. */
@@ -374,7 +454,7 @@ export class PassthroughFs extends FileSystem {
     }
     if (node.stale || node.detached) throw new FuseError(Errno.ESTALE, `node ${node.id}`);
     // Walk up to the nearest ancestor with an open fd, collecting names.
-    const names: Uint8Array[] = [];
+    const names: string[] = [];
     let a: Node = node;
     while (a.fd < 0) {
       if (!a.parent) throw new FuseError(Errno.ESTALE, `node ${node.id} has no path`);
@@ -386,8 +466,8 @@ export class PassthroughFs extends FileSystem {
     const path = new Uint8Array(len);
     let p = 0;
     for (let i = names.length - 1; i >= 0; i--) {
-      path.set(names[i], p);
-      p += names[i].length;
+      const n = names[i];
+      for (let j = 0; j < n.length; j++) path[p++] = n.charCodeAt(j);
       path[p++] = i === 0 ? 0 : SLASH;
     }
     const fd = openat2(a.fd, path, O.PATH | O.NOFOLLOW | O.CLOEXEC, 0, RESOLVE_SAFE);
@@ -428,7 +508,7 @@ export class PassthroughFs extends FileSystem {
         this.#maybeDrop(old);
       }
     }
-    node.name = name.slice();
+    node.name = latin1(name);
   }
 
   #maybeDrop(node: Node): void {
@@ -457,6 +537,19 @@ export class PassthroughFs extends FileSystem {
     const n = name.length;
     if (n === 0 || n > 4096) throw new FuseError(n ? Errno.ENAMETOOLONG : Errno.EINVAL, "name");
     buf.set(name);
+    return this.#checkName(buf, n);
+  }
+
+  /** {@link #cname} of a stored (latin1) node name. */
+  #cnameOf(name: string, buf: Uint8Array<ArrayBuffer>): Uint8Array<ArrayBuffer> {
+    const n = name.length;
+    if (n === 0 || n > 4096) throw new FuseError(n ? Errno.ENAMETOOLONG : Errno.EINVAL, "name");
+    for (let i = 0; i < n; i++) buf[i] = name.charCodeAt(i);
+    return this.#checkName(buf, n);
+  }
+
+  /** Validates the name copied into `buf[0..n)` as one component; NUL-terminates it. */
+  #checkName(buf: Uint8Array<ArrayBuffer>, n: number): Uint8Array<ArrayBuffer> {
     buf[n] = 0;
     const c = buf.subarray(0, n);
     if (n <= 2 && c[0] === DOT && (n === 1 || c[1] === DOT)) {
@@ -484,6 +577,17 @@ export class PassthroughFs extends FileSystem {
 
   /** {@link #lookupIn} of a name already validated by {@link #cname} (NUL-terminated `c`). */
   #lookupC(parent: Node, c: Uint8Array<ArrayBuffer>): Entry {
+    const e = this.#tryLookupC(parent, c);
+    if (e instanceof FuseError) throw e;
+    return e;
+  }
+
+  /**
+   * {@link #lookupC} that returns rather than throws the host's answer when the name
+   * does not resolve: a negative LOOKUP is a hot path (every new file's open looks
+   * its name up first), and a throw costs V8 a stack walk.
+   */
+  #tryLookupC(parent: Node, c: Uint8Array<ArrayBuffer>): Entry | FuseError {
     this.#lookable(parent);
     // One statx of a single validated component (no '/', not . or ..) with
     // AT_SYMLINK_NOFOLLOW cannot leave `parent`, and is all a lookup needs: the node
@@ -500,7 +604,7 @@ export class PassthroughFs extends FileSystem {
         this.#stx,
       ),
     );
-    if (st < 0) throw FuseError.of(-st);
+    if (st < 0) return FuseError.of(-st);
     return this.#adopt(parent, bare(c), -1);
   }
 
@@ -515,6 +619,17 @@ export class PassthroughFs extends FileSystem {
       throw FuseError.of(Errno.ENOENT);
     }
     let node = this.#byKey.get(key);
+    if (
+      node?.detached &&
+      (node.fd < 0 || (this.#stxv.getUint16(STATX_OFF.mode, true) & S.IFMT) !== node.type)
+    ) {
+      // A node unlinked through us without a pinned fd had lost its last link, and one of
+      // another type is another file: this is a new file reusing the inode number (tar
+      // replaces its placeholder file by a symlink that way). The old node keeps its id
+      // until the client forgets it.
+      this.#byKey.delete(key);
+      node = undefined;
+    }
     if (node) {
       if (fd < 0) {
         // keep whatever fd the node has
@@ -540,7 +655,7 @@ export class PassthroughFs extends FileSystem {
         if (fd >= 0) sys.close(fd);
         throw FuseError.of(Errno.ENOENT);
       }
-      node = new Node(this.#nextId++, parent, name.slice(), key, type, foreign);
+      node = new Node(this.#nextId++, parent, latin1(name), key, type, foreign);
       parent.kids++;
       node.fd = fd;
       this.#byId.set(node.id, node);
@@ -562,9 +677,66 @@ export class PassthroughFs extends FileSystem {
   }
 
   #getattr(node: Node): Attr {
-    const st = this.#statFd(this.#fd(node));
-    if (st < 0) throw FuseError.of(-st);
+    this.#statNode(node);
     return this.#attr();
+  }
+
+  /**
+   * statx of `node` into scratch by the cheapest route: its own fd, an open handle's
+   * fd, or — with neither — its name in its parent (one validated component, no
+   * follow), accepted only if it is still the same file (dev:ino and type, as #fd's
+   * reopen checks). Only when that fails does the node get its O_PATH fd (#fd).
+   */
+  #statNode(node: Node): void {
+    let fd = node.fd >= 0 ? node.fd : this.#openFd(node);
+    if (fd < 0 && node.parent && !node.detached) {
+      const parent = node.parent;
+      const c = this.#cnameOf(node.name, this.#name2);
+      const st = r(
+        sys.statx(
+          this.#fd(parent),
+          c,
+          AT.SYMLINK_NOFOLLOW,
+          STATX.BASIC_STATS | STATX.MNT_ID,
+          this.#stx,
+        ),
+      );
+      if (
+        st >= 0 && this.#key() === node.key &&
+        (this.#stxv.getUint16(STATX_OFF.mode, true) & S.IFMT) === node.type
+      ) {
+        return;
+      }
+    }
+    if (fd < 0) fd = this.#fd(node);
+    const st = this.#statFd(fd);
+    if (st < 0) throw FuseError.of(-st);
+  }
+
+  /** The fd of one of `node`'s open handles (newest), or -1. */
+  #openFd(node: Node): number {
+    const o = node.open;
+    return o !== null && o.length > 0 ? o[o.length - 1].fd : -1;
+  }
+
+  /** The fd of one of `node`'s file handles open for writing, or -1. */
+  #writableFd(node: Node): number {
+    const o = node.open;
+    if (o === null) return -1;
+    for (let i = o.length - 1; i >= 0; i--) {
+      const h = o[i];
+      if (h.kind === "file" && (h.flags & 3) !== 0) return h.fd;
+    }
+    return -1;
+  }
+
+  /** Forgets handle `fh` (and its place in its node's open list). */
+  #dropHandle(fh: number, h: Handle): void {
+    this.#handles.delete(fh);
+    const o = h.node.open;
+    if (o === null) return;
+    const i = o.lastIndexOf(h);
+    if (i >= 0) o.splice(i, 1);
   }
 
   #handle(fh: number, kind: "file" | "dir"): Handle {
@@ -585,11 +757,17 @@ export class PassthroughFs extends FileSystem {
     if (st < 0) return null;
     const node = this.#byKey.get(this.#key());
     if (!node || node.parent !== dir) return null;
-    if (!equalBytes(node.name, cname.subarray(0, cname.length - 1))) return null;
+    if (!sameName(node.name, cname, cname.length - 1)) return null;
     return node;
   }
 
   #pin(node: Node): void {
+    const ofd = node.fd < 0 ? this.#openFd(node) : -1;
+    if (ofd >= 0) {
+      // An open handle names exactly this inode: its O_PATH twin needs no path walk.
+      const fd = r(sys.openat(AT.FDCWD, procFd(ofd), O.PATH | O.CLOEXEC, 0));
+      if (fd >= 0) node.fd = fd;
+    }
     try {
       this.#fd(node);
     } catch {
@@ -610,8 +788,13 @@ export class PassthroughFs extends FileSystem {
 
   #newHandle(h: Handle): number {
     const fh = this.#nextFh++;
-    this.#handles.set(fh, h);
+    this.#putHandle(fh, h);
     return fh;
+  }
+
+  #putHandle(fh: number, h: Handle): void {
+    this.#handles.set(fh, h);
+    if (h.fd >= 0) (h.node.open ??= []).push(h);
   }
 
   // ---- FileSystem ------------------------------------------------------------
@@ -621,7 +804,10 @@ export class PassthroughFs extends FileSystem {
   }
 
   override destroy(): void {
-    for (const h of this.#handles.values()) if (h.fd >= 0) sys.close(h.fd);
+    for (const h of this.#handles.values()) {
+      if (h.fd >= 0) sys.close(h.fd);
+      h.node.open = null;
+    }
     this.#handles.clear();
     for (const n of this.#byId.values()) {
       if (n !== this.#rootNode && n.fd >= 0) sys.close(n.fd);
@@ -641,9 +827,11 @@ export class PassthroughFs extends FileSystem {
     sys.close(this.#rootFd);
   }
 
-  override lookup(_ctx: Context, parent: number, name: Uint8Array): Entry {
+  override lookup(_ctx: Context, parent: number, name: Uint8Array): Entry | FuseError {
     this.#enterCreds();
-    return this.#lookupIn(this.#dir(parent), name);
+    const dir = this.#dir(parent);
+    this.#lookable(dir);
+    return this.#tryLookupC(dir, this.#cname(name, this.#name1));
   }
 
   override forget(nodeid: number, nlookup: number): void {
@@ -664,25 +852,35 @@ export class PassthroughFs extends FileSystem {
     if (this.#ro) throw new FuseError(Errno.EROFS);
     const node = this.#node(nodeid);
     if (node.foreign) throw new FuseError(Errno.EACCES);
-    const fd = this.#fd(node);
     const hfd = s.valid & FATTR.FH ? this.#file(s.fh).fd : -1;
+    // Any real fd of the node (the client's handle, or another open handle) serves the
+    // fd forms (fchmod, ftruncate, *at with AT_EMPTY_PATH) without a /proc walk or an
+    // O_PATH open; the node's own fd is the fallback.
+    const ofd = hfd >= 0 ? hfd : this.#openFd(node);
     if (s.valid & FATTR.MODE) {
       if (node.type === S.IFLNK) throw new FuseError(Errno.ENOTSUP);
       const mode = s.mode & 0o7777;
-      const rc = hfd >= 0 ? sys.fchmod(hfd, mode) : sys.fchmodat(AT.FDCWD, procFd(fd), mode, 0);
+      const rc = ofd >= 0
+        ? sys.fchmod(ofd, mode)
+        : sys.fchmodat(AT.FDCWD, procFd(this.#fd(node)), mode, 0);
       if (rc < 0) throw new FuseError(-r(rc));
     }
     if (s.valid & (FATTR.UID | FATTR.GID)) {
       const uid = s.valid & FATTR.UID ? s.uid : 0xffffffff;
       const gid = s.valid & FATTR.GID ? s.gid : 0xffffffff;
+      const fd = ofd >= 0 ? ofd : this.#fd(node);
       const rc = r(sys.fchownat(fd, EMPTY, uid, gid, AT.EMPTY_PATH | AT.SYMLINK_NOFOLLOW));
       if (rc < 0) throw FuseError.of(-rc);
     }
     if (s.valid & FATTR.SIZE) {
       if (node.type === S.IFDIR) throw new FuseError(Errno.EISDIR);
       if (node.type !== S.IFREG) throw new FuseError(Errno.EINVAL);
+      // A handle opened for writing already carries the right to truncate.
+      const wfd = hfd >= 0 ? hfd : this.#writableFd(node);
       const rc = r(
-        hfd >= 0 ? sys.ftruncate(hfd, BigInt(s.size)) : sys.truncate(procFd(fd), BigInt(s.size)),
+        wfd >= 0
+          ? sys.ftruncate(wfd, BigInt(s.size))
+          : sys.truncate(procFd(this.#fd(node)), BigInt(s.size)),
       );
       if (rc < 0) throw FuseError.of(-rc);
     }
@@ -699,6 +897,7 @@ export class PassthroughFs extends FileSystem {
         else [ts[2], ts[3]] = [BigInt.asIntN(64, s.mtime), BigInt(s.mtimensec)];
       }
       const b = new Uint8Array(ts.buffer);
+      const fd = ofd >= 0 ? ofd : this.#fd(node);
       const rc = r(sys.utimensat(fd, EMPTY, b, AT.EMPTY_PATH | AT.SYMLINK_NOFOLLOW));
       if (rc < 0) throw FuseError.of(-rc);
     }
@@ -769,7 +968,22 @@ export class PassthroughFs extends FileSystem {
     const c = this.#cname(name, this.#name1);
     this.#refuseHidden(dir, c, Errno.ENOENT);
     const victim = this.#detachChild(dir, c);
-    if (victim) this.#pin(victim);
+    if (victim) {
+      // A regular file with one link and no open handle is gone once unlinked: nothing
+      // can reach it again, so it needs no pinned fd (which would cost an O_PATH open
+      // by path and a statx when it has none). It is still marked detached, so a stray
+      // request for it is ESTALE and a lookup that finds its inode number reused
+      // re-attaches it.
+      const nlink = this.#stxv.getUint32(STATX_OFF.nlink, true);
+      if (
+        victim.fd >= 0 || victim.type !== S.IFREG || nlink > 1 || this.#openFd(victim) >= 0
+      ) {
+        this.#pin(victim);
+      } else {
+        victim.detached = true;
+        this.#lru.delete(victim);
+      }
+    }
     const rc = r(sys.unlinkat(this.#fd(dir), c, flags));
     if (rc < 0) {
       if (victim) this.#unpin(victim);
@@ -932,7 +1146,7 @@ export class PassthroughFs extends FileSystem {
   override release(_ctx: Context, _nodeid: number, fh: number): void {
     const h = this.#file(fh);
     sys.close(h.fd);
-    this.#handles.delete(fh);
+    this.#dropHandle(fh, h);
   }
 
   override fsync(_ctx: Context, _nodeid: number, fh: number, datasync: boolean): void {
@@ -974,31 +1188,65 @@ export class PassthroughFs extends FileSystem {
     const node = this.#node(nodeid);
     const n = this.#changeableXname(name, "setting");
     if (node.type === S.IFLNK) throw new FuseError(Errno.EPERM);
+    const ofd = this.#openFd(node);
+    const v = value.slice();
     const rc = r(
-      sys.setxattr(procFd(this.#fd(node)), n, value.slice(), BigInt(value.length), flags & 3),
+      ofd >= 0
+        ? sys.fsetxattr(ofd, n, v, BigInt(v.length), flags & 3)
+        : sys.setxattr(procFd(this.#fd(node)), n, v, BigInt(v.length), flags & 3),
     );
     if (rc < 0) throw FuseError.of(-rc);
   }
 
-  override getxattr(_ctx: Context, nodeid: number, name: Uint8Array): Uint8Array {
+  /**
+   * Xattr reads go through an open handle's fd when the node has one (fgetxattr: no
+   * `/proc/self/fd` walk — the kernel asks for `security.capability` before the first
+   * write to every file) and ask the host for at most `size` bytes: the kernel
+   * allocates a buffer of the size passed, so the 64 KiB maximum cost more than the
+   * call itself. Size 0 asks only for the length.
+   */
+  override getxattr(
+    _ctx: Context,
+    nodeid: number,
+    name: Uint8Array,
+    size = XATTR_MAX,
+  ): Uint8Array | number | FuseError {
     this.#enterCreds();
     const node = this.#node(nodeid);
     const n = this.#xname(name);
-    if (node.type === S.IFLNK) throw new FuseError(Errno.ENODATA);
+    if (node.type === S.IFLNK) return FuseError.of(Errno.ENODATA);
+    const want = Math.min(size, XATTR_MAX);
+    const buf = want > 0 ? this.#xbuf.subarray(0, want) : null;
+    const ofd = this.#openFd(node);
     const got = r(
-      sys.getxattr(procFd(this.#fd(node)), n, this.#xbuf, BigInt(XATTR_MAX)),
+      ofd >= 0
+        ? sys.fgetxattr(ofd, n, buf, BigInt(want))
+        : sys.getxattr(procFd(this.#fd(node)), n, buf, BigInt(want)),
     );
-    if (got < 0) throw FuseError.of(-got);
-    return this.#xbuf.slice(0, got);
+    // Returned, not thrown: ENODATA is the usual answer (see FileSystem.getxattr).
+    if (got < 0) return FuseError.of(-got);
+    return want > 0 ? this.#xbuf.slice(0, got) : got;
   }
 
-  override listxattr(_ctx: Context, nodeid: number): Uint8Array {
+  /** As {@link getxattr}: through an open handle when there is one, at most `size` bytes. */
+  override listxattr(
+    _ctx: Context,
+    nodeid: number,
+    size = XATTR_MAX,
+  ): Uint8Array | number | FuseError {
     this.#enterCreds();
     const node = this.#node(nodeid);
     if (node.type === S.IFLNK) return new Uint8Array(0);
-    const got = r(sys.listxattr(procFd(this.#fd(node)), this.#xbuf, BigInt(XATTR_MAX)));
-    if (got < 0) throw FuseError.of(-got);
-    return this.#xbuf.slice(0, got);
+    const want = Math.min(size, XATTR_MAX);
+    const buf = want > 0 ? this.#xbuf.subarray(0, want) : null;
+    const ofd = this.#openFd(node);
+    const got = r(
+      ofd >= 0
+        ? sys.flistxattr(ofd, buf, BigInt(want))
+        : sys.listxattr(procFd(this.#fd(node)), buf, BigInt(want)),
+    );
+    if (got < 0) return FuseError.of(-got);
+    return want > 0 ? this.#xbuf.slice(0, got) : got;
   }
 
   override removexattr(_ctx: Context, nodeid: number, name: Uint8Array): void {
@@ -1007,7 +1255,10 @@ export class PassthroughFs extends FileSystem {
     const node = this.#node(nodeid);
     const n = this.#changeableXname(name, "removing");
     if (node.type === S.IFLNK) throw new FuseError(Errno.ENODATA);
-    const rc = r(sys.removexattr(procFd(this.#fd(node)), n));
+    const ofd = this.#openFd(node);
+    const rc = r(
+      ofd >= 0 ? sys.fremovexattr(ofd, n) : sys.removexattr(procFd(this.#fd(node)), n),
+    );
     if (rc < 0) throw FuseError.of(-rc);
   }
 
@@ -1110,7 +1361,7 @@ export class PassthroughFs extends FileSystem {
    * open fd needs one statx of that fd instead of a walk. Null when unknown.
    */
   #knownEntry(dir: Node, ino: bigint): Entry | null {
-    const node = this.#byKey.get(`${dir.key.slice(0, dir.key.lastIndexOf(":"))}:${ino}`);
+    const node = this.#byKey.get(this.#childKey(dir, ino));
     if (!node || node.fd < 0 || node.stale || node.detached) return null;
     if (this.#statFd(node.fd) < 0 || this.#key() !== node.key) return null;
     this.#lru.delete(node);
@@ -1143,7 +1394,7 @@ export class PassthroughFs extends FileSystem {
   override releasedir(_ctx: Context, _nodeid: number, fh: number): void {
     const h = this.#handle(fh, "dir") as DirHandle;
     if (h.fd >= 0) sys.close(h.fd);
-    this.#handles.delete(fh);
+    this.#dropHandle(fh, h);
     if (this.#dirBufs.length < 16) this.#dirBufs.push(h.buf);
   }
 
@@ -1208,14 +1459,17 @@ export class PassthroughFs extends FileSystem {
       }
     }
     if (fd < 0) throw FuseError.of(-fd);
-    // The node's O_PATH fd comes from the opened file itself, so no second path walk races.
-    const pfd = r(sys.openat(AT.FDCWD, procFd(fd), O.PATH | O.CLOEXEC, 0));
-    if (pfd < 0 || this.#statFd(pfd) < 0) {
-      if (pfd >= 0) sys.close(pfd);
+    // The entry is the opened file itself (statx of its fd: no second path walk that could
+    // race). The node gets its O_PATH fd only if ever needed (#fd, which checks dev:ino
+    // and type); until then its open handle's fd serves stat, xattr and setattr calls.
+    let entry: Entry;
+    try {
+      if (this.#statFd(fd) < 0) throw new FuseError(Errno.EIO, "cannot stat the created file");
+      entry = this.#adopt(dir, bare(c), -1);
+    } catch (e) {
       sys.close(fd);
-      throw new FuseError(Errno.EIO, "created file vanished");
+      throw e;
     }
-    const entry = this.#adopt(dir, bare(c), pfd);
     const node = this.#byId.get(entry.nodeid)!;
     return {
       entry,
@@ -1292,8 +1546,8 @@ export class PassthroughFs extends FileSystem {
       nodes.push({
         id: n.id,
         parent: n.parent ? n.parent.id : null,
-        name: toBase64(n.name),
-        key: n.key,
+        name: btoa(n.name),
+        key: this.#keyText(n.key),
         lookups: n.lookups,
         detached: n.detached,
       });
@@ -1326,7 +1580,7 @@ export class PassthroughFs extends FileSystem {
       if (!sn) throw new Error(`PassthroughFs.restore: node ${id} missing from state`);
       const parent = sn.parent === null ? null : make(sn.parent);
       const type = 0;
-      const node = new Node(sn.id, parent, fromBase64(sn.name), sn.key, type, false);
+      const node = new Node(sn.id, parent, atob(sn.name), this.#keyFromText(sn.key), type, false);
       if (parent) parent.kids++;
       node.lookups = sn.lookups;
       made.set(id, node);
@@ -1357,7 +1611,7 @@ export class PassthroughFs extends FileSystem {
       try {
         if (sh.kind === "file") {
           const fd = this.#reopen(node, sh.flags & ~O.TRUNC);
-          this.#handles.set(sh.fh, { kind: "file", fd, node, flags: sh.flags });
+          this.#putHandle(sh.fh, { kind: "file", fd, node, flags: sh.flags });
         } else {
           const fd = node.foreign
             ? -1
@@ -1365,7 +1619,7 @@ export class PassthroughFs extends FileSystem {
           if (fd < -1) continue;
           const buf = new Uint8Array(32768);
           // off = -1 forces an lseek to the client's offset on the next READDIR.
-          this.#handles.set(sh.fh, {
+          this.#putHandle(sh.fh, {
             kind: "dir",
             fd,
             node,
@@ -1383,23 +1637,16 @@ export class PassthroughFs extends FileSystem {
   }
 }
 
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+/** Bytes as a string of one char per byte (names are at most 4096 bytes). */
+function latin1(b: Uint8Array): string {
+  return String.fromCharCode.apply(null, b as unknown as number[]);
+}
+
+/** Whether latin1 `name` equals `b[0..n)`. */
+function sameName(name: string, b: Uint8Array, n: number): boolean {
+  if (name.length !== n) return false;
+  for (let i = 0; i < n; i++) if (name.charCodeAt(i) !== b[i]) return false;
   return true;
-}
-
-function toBase64(b: Uint8Array): string {
-  let s = "";
-  for (const x of b) s += String.fromCharCode(x);
-  return btoa(s);
-}
-
-function fromBase64(s: string): Uint8Array {
-  const t = atob(s);
-  const out = new Uint8Array(t.length);
-  for (let i = 0; i < t.length; i++) out[i] = t.charCodeAt(i);
-  return out;
 }
 
 /** A NUL-terminated name without its NUL (a view of the same private copy). */

@@ -78,6 +78,8 @@ const WANTED = InitFlag.ASYNC_READ | InitFlag.ATOMIC_O_TRUNC | InitFlag.BIG_WRIT
 
 const PAGE = 4096;
 const TWO32 = 2 ** 32;
+/** What {@link FuseServer.#op} returns for "reply with the error in #errno". */
+const FAILED = -2;
 
 /**
  * Serves one FUSE connection. Feed it requests with {@link handle},
@@ -92,6 +94,8 @@ export class FuseServer {
   #flags = 0n;
   #scratch: Uint8Array<ArrayBuffer>;
   #ctx: Context = { uid: 0, gid: 0, pid: 0 };
+  /** The errno of a failure a back-end returned rather than threw ({@link FAILED}). */
+  #errno = 0;
 
   constructor(fs: FileSystem, options: FuseServerOptions = {}) {
     this.fs = fs;
@@ -210,6 +214,7 @@ export class FuseServer {
         return this.#readV(ctx, nodeid, args, unique, iov);
       }
       const n = this.#op(opcode, ctx, nodeid, args, o);
+      if (n === FAILED) return this.#errorReply(opcode, this.#errno, unique, iov, out);
       if (n < 0) return 0;
       writeHeader(o, OUT_HEADER_SIZE + n, 0, unique);
       if (out === null) return scatter(o, OUT_HEADER_SIZE + n, iov);
@@ -220,22 +225,45 @@ export class FuseServer {
       else if (e instanceof SysError) errno = e.errno;
       else if (e instanceof RangeError) errno = Errno.ERANGE;
       else this.#onError(e, opcode);
-      if (opcode === Op.FORGET || opcode === Op.BATCH_FORGET || opcode === Op.INTERRUPT) return 0;
-      const hdr = o.length >= OUT_HEADER_SIZE ? o : new Uint8Array(OUT_HEADER_SIZE);
-      writeHeader(hdr, OUT_HEADER_SIZE, -errno, unique);
-      if (out === null || hdr !== o) return scatter(hdr, OUT_HEADER_SIZE, iov);
-      return OUT_HEADER_SIZE;
+      return this.#errorReply(opcode, errno, unique, iov, out);
     }
   }
 
-  /** Runs one opcode; writes the payload at `o[16..]`; returns its length, -1 for no reply. */
+  /** An error reply (none for the opcodes that take no reply); returns its length. */
+  #errorReply(
+    opcode: number,
+    errno: number,
+    unique: bigint,
+    iov: Uint8Array[],
+    out: Uint8Array | null,
+  ): number {
+    if (opcode === Op.FORGET || opcode === Op.BATCH_FORGET || opcode === Op.INTERRUPT) return 0;
+    const o = out ?? this.#scratch;
+    const hdr = o.length >= OUT_HEADER_SIZE ? o : new Uint8Array(OUT_HEADER_SIZE);
+    writeHeader(hdr, OUT_HEADER_SIZE, -errno, unique);
+    if (out === null || hdr !== o) return scatter(hdr, OUT_HEADER_SIZE, iov);
+    return OUT_HEADER_SIZE;
+  }
+
+  /** Records a failure a back-end returned; {@link #dispatch} replies with it. */
+  #failed(e: FuseError): number {
+    this.#errno = e.errno;
+    return FAILED;
+  }
+
+  /**
+   * Runs one opcode; writes the payload at `o[16..]`; returns its length, -1 for no
+   * reply, {@link FAILED} for an error a back-end returned.
+   */
   #op(op: number, ctx: Context, nodeid: number, a: Args, o: Uint8Array): number {
     const fs = this.fs;
     switch (op) {
       case Op.INIT:
         return this.#init(a, o);
-      case Op.LOOKUP:
-        return putEntry(o, fs.lookup(ctx, nodeid, a.name()));
+      case Op.LOOKUP: {
+        const e = fs.lookup(ctx, nodeid, a.name());
+        return e instanceof FuseError ? this.#failed(e) : putEntry(o, e);
+      }
       case Op.FORGET:
         fs.forget(nodeid, a.u64n(0));
         return -1;
@@ -381,16 +409,21 @@ export class FuseServer {
         a.need(8);
         const size = a.u32(0);
         const value = op === Op.GETXATTR
-          ? fs.getxattr(ctx, nodeid, a.nameAt(8))
-          : fs.listxattr(ctx, nodeid);
+          ? fs.getxattr(ctx, nodeid, a.nameAt(8), size)
+          : fs.listxattr(ctx, nodeid, size);
+        if (value instanceof FuseError) return this.#failed(value);
+        const len = typeof value === "number" ? value : value.length;
         if (size === 0) {
           need(o, 8);
           const v = dvOf(o);
-          v.setUint32(16, value.length, true);
+          v.setUint32(16, len, true);
           v.setUint32(20, 0, true);
           return 8;
         }
-        if (value.length > size) throw new FuseError(Errno.ERANGE);
+        if (len > size) throw new FuseError(Errno.ERANGE);
+        if (typeof value === "number") {
+          throw new FuseError(Errno.EIO, "xattr backend returned a length for a value request");
+        }
         return putBytes(o, value);
       }
       case Op.REMOVEXATTR:

@@ -41,6 +41,10 @@ const SYMBOLS = {
   setxattr: { parameters: ["buffer", "buffer", "buffer", "usize", "i32"], result: "i32" },
   listxattr: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
   removexattr: { parameters: ["buffer", "buffer"], result: "i32" },
+  fgetxattr: { parameters: ["i32", "buffer", "buffer", "usize"], result: "isize" },
+  fsetxattr: { parameters: ["i32", "buffer", "buffer", "usize", "i32"], result: "i32" },
+  flistxattr: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  fremovexattr: { parameters: ["i32", "buffer"], result: "i32" },
   fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   copy_file_range: {
@@ -214,6 +218,14 @@ export function raiseNofile(): number {
 /** Thread credentials last applied on THIS thread by {@link setThreadCreds} (module state is per isolate = per thread). */
 let threadUid = -1;
 let threadGid = -1;
+/** The supplementary groups last applied on this thread (null: never, or the call failed). */
+let threadGroups: number[] | null = null;
+
+function sameGroups(a: readonly number[], b: readonly number[] | null): boolean {
+  if (!b || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
 
 /**
  * Sets the calling thread's fsuid/fsgid (and, with `groups`, its
@@ -221,9 +233,16 @@ let threadGid = -1;
  * are per-thread in Linux; other threads keep their rights.
  */
 export function setThreadCreds(uid: number, gid: number, groups?: readonly number[]): void {
-  if (groups) {
+  // A server with fixed credentials calls this before every request: only a change
+  // costs a system call.
+  if (groups && !sameGroups(groups, threadGroups)) {
     const list = new Uint32Array(groups);
-    sys.setgroups_thread(SYS.setgroups, BigInt(list.length), new Uint8Array(list.buffer));
+    const rc = sys.setgroups_thread(
+      SYS.setgroups,
+      BigInt(list.length),
+      new Uint8Array(list.buffer),
+    );
+    threadGroups = rc < 0n ? null : [...groups];
   }
   if (threadGid !== gid) {
     sys.setfsgid(gid);
