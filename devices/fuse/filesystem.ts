@@ -269,7 +269,8 @@ export class FileSystem {
    * GETXATTR: the value. `size` is the most bytes the client accepts; with 0 it asks
    * only for the length, which a backend may then return as a number instead of the
    * value. The server turns a value longer than `size` into ERANGE. A failure
-   * may be returned (see above).
+   * may be returned (see above). The value may be a view of the back-end's own
+   * buffer: the server copies it before the next call.
    */
   getxattr(
     _ctx: Context,

@@ -96,6 +96,8 @@ export class FuseServer {
   #ctx: Context = { uid: 0, gid: 0, pid: 0 };
   /** The errno of a failure a back-end returned rather than threw ({@link FAILED}). */
   #errno = 0;
+  /** A reply header built apart from the payload (READ into reply segments). */
+  #hdr = new Uint8Array(OUT_HEADER_SIZE);
 
   constructor(fs: FileSystem, options: FuseServerOptions = {}) {
     this.fs = fs;
@@ -163,6 +165,15 @@ export class FuseServer {
       proto: this.#proto ? { ...this.#proto } : null,
       fs: this.fs.save(),
     };
+  }
+
+  /**
+   * Takes the protocol another server of the same connection negotiated: a second
+   * `/dev/fuse` reader over a shared back-end never sees INIT.
+   */
+  useProto(proto: FuseProto): void {
+    this.#proto = { ...proto };
+    this.#flags = BigInt(proto.flags);
   }
 
   /** Restores {@link save}'s result into a fresh server (no INIT needed afterwards). */
@@ -563,7 +574,7 @@ export class FuseServer {
       dst.push(part);
     }
     const n = dst.length ? this.fs.read(ctx, nodeid, a.id(0), a.u64(8), dst) : 0;
-    const hdr = new Uint8Array(OUT_HEADER_SIZE);
+    const hdr = this.#hdr;
     writeHeader(hdr, OUT_HEADER_SIZE + n, 0, unique);
     scatter(hdr, OUT_HEADER_SIZE, iov);
     return OUT_HEADER_SIZE + n;

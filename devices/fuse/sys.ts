@@ -66,6 +66,7 @@ const SYMBOLS = {
   getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const lib = Deno.dlopen("libc.so.6", SYMBOLS);
