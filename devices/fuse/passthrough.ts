@@ -167,6 +167,8 @@ interface DirBuf {
   dv: DataView;
   len: number;
   pos: number;
+  /** The offset after the last entry consumed (stored in the table when the READDIR ends). */
+  off: bigint;
 }
 
 /** The root's slot (node id 1, FUSE_ROOT_ID). */
@@ -1411,7 +1413,6 @@ export class PassthroughFs extends FileSystem {
       const rc = r(sys.lseek(fd, offset, 0));
       if (rc < 0) throw FuseError.of(-rc);
     }
-    t.hSetOff(s, offset);
     if (!b || b.fh !== fh) {
       if (b) this.#dirCache.delete(s);
       if (this.#dirCache.size >= DIR_BUFS_KEPT) {
@@ -1421,10 +1422,11 @@ export class PassthroughFs extends FileSystem {
       // Reuse getdents buffers: a tree walk opens one directory after another, and a
       // fresh 32 KiB buffer per OPENDIR showed in the profile.
       const buf = this.#dirBufs.pop() ?? new Uint8Array(32768);
-      b = { fh, seq: 0, buf, dv: new DataView(buf.buffer), len: 0, pos: 0 };
+      b = { fh, seq: 0, buf, dv: new DataView(buf.buffer), len: 0, pos: 0, off: 0n };
       this.#dirCache.set(s, b);
     }
     b.len = b.pos = 0;
+    b.off = offset;
     return b;
   }
 
@@ -1454,10 +1456,11 @@ export class PassthroughFs extends FileSystem {
       const dir = t.hNode(s);
       if (dir < 0) throw new FuseError(Errno.ESTALE, "directory forgotten while open");
       try {
-        this.#fill(dir, fd, s, h, sink);
+        this.#fill(dir, fd, h, sink);
       } finally {
         // This thread moved the fd last: remember it, so a READDIR that continues
         // here keeps the buffer; another thread's next READDIR seeks instead.
+        t.hSetOff(s, h.off);
         h.seq = t.hPos(s)[1] + 1;
         t.hSetPos(s, t.token, h.seq);
       }
@@ -1466,8 +1469,7 @@ export class PassthroughFs extends FileSystem {
     }
   }
 
-  #fill(dir: number, fd: number, s: number, h: DirBuf, sink: DirSink): void {
-    const t = this.#t;
+  #fill(dir: number, fd: number, h: DirBuf, sink: DirSink): void {
     for (;;) {
       if (h.pos >= h.len) {
         const n = r(sys.getdents64(fd, h.buf, BigInt(h.buf.length)));
@@ -1488,7 +1490,7 @@ export class PassthroughFs extends FileSystem {
       const dots = name.length <= 2 && name[0] === DOT && (name.length === 1 || name[1] === DOT);
       if (!dots && this.#hiddenIno.has(ino) && this.#isHiddenName(dir, name)) {
         h.pos += reclen;
-        t.hSetOff(s, off);
+        h.off = off;
         continue;
       }
       if (!sink.fits(name.length)) return;
@@ -1499,13 +1501,13 @@ export class PassthroughFs extends FileSystem {
         } catch {
           // Vanished, hidden or on another mount: leave it out.
           h.pos += reclen;
-          t.hSetOff(s, off);
+          h.off = off;
           continue;
         }
       }
       sink.add(name, entry ? entry.attr.ino : ino, type, BigInt.asUintN(64, off), entry);
       h.pos += reclen;
-      t.hSetOff(s, off);
+      h.off = off;
     }
   }
 

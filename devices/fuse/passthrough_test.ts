@@ -219,3 +219,54 @@ function setattrSize(size: number): Uint8Array {
   v.setBigUint64(16, BigInt(size), true);
   return b;
 }
+
+Deno.test("passthrough: two instances over one shared state (two readers) agree on nodes, handles and directory offsets", () => {
+  using s = share((d) => {
+    for (let i = 0; i < 300; i++) Deno.writeTextFileSync(`${d}/file-with-a-longish-name-${i}`, "x");
+  }, {});
+  const a = s.c;
+  const fsA = a.server.fs as PassthroughFs;
+  const fsB = PassthroughFs.attach(fsA.share());
+  const b = new TestClient(new FuseServer(fsB));
+  b.server.useProto(a.server.proto!);
+  try {
+    // The same name is the same node id whichever reader looks it up.
+    const [, n1] = a.lookup(1, "file-with-a-longish-name-7");
+    const [, n2] = b.lookup(1, "file-with-a-longish-name-7");
+    strictEqual(n1, n2);
+    // A handle opened through one reader is written and released through the other.
+    const [, f, fh] = a.create(1, "made-by-a");
+    strictEqual(b.write(f, fh, 0, "via b").error, 0);
+    strictEqual(b.release(f, fh).error, 0);
+    strictEqual(a.release(f, fh).error, Errno.EBADF, "released once only");
+    strictEqual(Deno.readTextFileSync(`${s.dir}/made-by-a`), "via b");
+    // READDIR of one handle alternating between the readers, in small replies: each
+    // continues where the other left off, every entry exactly once.
+    const [, dh] = a.open(1, 0, true);
+    const seen: string[] = [];
+    let off = 0n;
+    for (let turn = 0;; turn++) {
+      const c = turn % 2 ? b : a;
+      const r = c.call(
+        Op.READDIR,
+        1,
+        le([8, dh], [8, off], [4, 1024], [4, 0], [8, 0], [4, 0], [4, 0]),
+      );
+      strictEqual(r.error, 0);
+      if (r.body.length === 0) break;
+      for (let p = 0; p < r.body.length;) {
+        const nl = r.dv.getUint32(p + 16, true);
+        seen.push(new TextDecoder().decode(r.body.subarray(p + 24, p + 24 + nl)));
+        off = r.dv.getBigUint64(p + 8, true);
+        p += (24 + nl + 7) & ~7;
+      }
+      ok(turn < 1000, "READDIR keeps going");
+    }
+    const want = [".", "..", "made-by-a", ...names(s.dir).filter((n) => n !== "made-by-a")];
+    deepStrictEqual(seen.sort(), want.sort());
+    strictEqual(b.release(1, dh, true).error, 0);
+    strictEqual(fsA.handleCount, 0);
+  } finally {
+    fsB.close();
+  }
+});
