@@ -9,8 +9,6 @@
  * @module
  */
 
-import { errno } from "../../kvm_ffi/libc.ts";
-
 const SYMBOLS = {
   openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" },
   /** syscall(SYS_openat2, dirfd, path, &how, sizeof how). */
@@ -67,6 +65,7 @@ const SYMBOLS = {
   setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const lib = Deno.dlopen("libc.so.6", SYMBOLS);
@@ -152,10 +151,16 @@ export const STATFS_OFF = {
 /** `FUSE_DEV_IOC_CLONE` = _IOR(229, 0, uint32_t). */
 export const FUSE_DEV_IOC_CLONE = 0x8004e500n;
 
+/**
+ * This thread's errno (module state is per isolate, so per thread): a view made
+ * once instead of one per failed call.
+ */
+const errnoView = new Deno.UnsafePointerView(sys.__errno_location()!);
+
 /** `ret` when non-negative, else `-errno`. */
 export function r(ret: number | bigint): number {
   const n = Number(ret);
-  return n < 0 ? -errno() : n;
+  return n < 0 ? -errnoView.getInt32() : n;
 }
 
 const enc = new TextEncoder();
@@ -171,7 +176,8 @@ export function cpath(s: string | Uint8Array): Uint8Array<ArrayBuffer> {
 /** The empty C string, for `AT_EMPTY_PATH` calls. */
 export const EMPTY = new Uint8Array(1);
 
-const how = new BigUint64Array(3);
+/** struct open_how (flags, mode, resolve: u64 each) as 32-bit words: no BigInt per call. */
+const how = new Uint32Array(6);
 const howBytes = new Uint8Array(how.buffer);
 
 /** openat2(2): returns the fd or -errno. */
@@ -182,9 +188,9 @@ export function openat2(
   mode: number,
   resolve: number,
 ): number {
-  how[0] = BigInt(flags);
-  how[1] = BigInt(mode);
-  how[2] = BigInt(resolve);
+  how[0] = flags;
+  how[2] = mode;
+  how[4] = resolve;
   return r(sys.openat2(SYS.openat2, BigInt(dirfd), path, howBytes, 24n));
 }
 
