@@ -103,10 +103,16 @@ const INITIAL_NODES = 1024;
 const INITIAL_HANDLES = 256;
 const INITIAL_BUCKETS = 1024;
 const INITIAL_ARENA = 64 * 1024;
+/**
+ * Most open handles at once (far beyond RLIMIT_NOFILE: each holds an fd). The
+ * buffers reserve address space up to their maximum, not memory.
+ */
+const HANDLE_SLOTS_MAX = 2 ** 20;
 const NODE_BYTES_MAX = SLOT_SPAN * NW * 4;
-const HANDLE_BYTES_MAX = SLOT_SPAN * KW * 4;
+const HANDLE_BYTES_MAX = HANDLE_SLOTS_MAX * KW * 4;
 const BUCKET_BYTES_MAX = SLOT_SPAN * 4;
-const ARENA_BYTES_MAX = 2 ** 31;
+/** Names of 16M nodes at 32 bytes each (the common size class). */
+const ARENA_BYTES_MAX = 2 ** 29;
 
 /** The buffers of a {@link NodeTable}: post them to another thread and {@link NodeTable.attach}. */
 export interface NodeTableBuffers {
@@ -729,7 +735,7 @@ export class NodeTable {
       h[H_HANDLE_FREE] = this.#k[s * KW + K_ONEXT];
     } else {
       s = h[H_HANDLE_HW];
-      if (s >= SLOT_SPAN) throw new FuseError(Errno.ENFILE, "handle table full");
+      if (s >= HANDLE_SLOTS_MAX) throw new FuseError(Errno.ENFILE, "handle table full");
       if ((s + 1) * KW > this.#k.length) this.#grow(this.buffers.handles, HANDLE_BYTES_MAX);
       h[H_HANDLE_HW] = s + 1;
     }
@@ -742,7 +748,7 @@ export class NodeTable {
     const s = fh % SLOT_SPAN;
     const gen = Math.floor(fh / SLOT_SPAN);
     const h = this.#h;
-    if (s === 0 || gen >= 2 ** 29) return false;
+    if (s === 0 || s >= HANDLE_SLOTS_MAX || gen >= 2 ** 29) return false;
     while (h[H_HANDLE_HW] <= s) {
       const f = h[H_HANDLE_HW];
       if ((f + 1) * KW > this.#k.length) this.#grow(this.buffers.handles, HANDLE_BYTES_MAX);
