@@ -3,17 +3,21 @@
  * (`fd=N,rootmode=40000,user_id=…,group_id=…,allow_other,default_permissions`,
  * MS_NOSUID|MS_NODEV — what fusermount would do, without fusermount: the
  * caller must be root) and serves a {@link PassthroughFs} (or, with `layers`,
- * a read-only {@link LayeredFs} of image layers) from a Worker
- * running the blocking request loop, so the caller's event loop stays free.
+ * a read-only {@link LayeredFs} of image layers) from Workers running the
+ * blocking request loops, so the caller's event loop stays free: a primary
+ * reader and, for a passthrough share, helper readers on clones of the
+ * connection that share its state ({@link PassthroughFs.share}) and take
+ * requests that queue up while the primary is busy (`dev_fuse_loop.ts`).
  *
  * @module
  */
 
 import { Errno } from "../../kvm_ffi/errno.ts";
 import { O } from "../../kvm_ffi/libc.ts";
-import type { PassthroughOptions } from "./passthrough.ts";
-import { cpath, r, sys } from "./sys.ts";
-import type { LoopStats } from "./dev_fuse_loop.ts";
+import type { PassthroughOptions, PassthroughShare } from "./passthrough.ts";
+import { cpath, FUSE_DEV_IOC_CLONE, r, sys } from "./sys.ts";
+import { type LoopStats, OverflowGate } from "./dev_fuse_loop.ts";
+import type { HelperStart, WorkerStart } from "./dev_fuse_worker.ts";
 import { runtimeModuleUrl } from "../../hv/module_url.ts";
 
 /** Options of {@link mountDevFuse}. */
@@ -26,7 +30,16 @@ export interface DevFuseOptions extends PassthroughOptions {
   mountpoint: string;
   /** Largest READ/WRITE request; default 1 MiB. */
   maxWrite?: number;
+  /**
+   * Threads reading `/dev/fuse` (default {@link DEFAULT_READERS}): one primary,
+   * the others clones of the connection woken when requests queue up (see
+   * `dev_fuse_loop.ts`). Image layers are always served by one.
+   */
+  readers?: number;
 }
+
+/** Readers of a mount unless told otherwise (measured in `fuse_bench.ts`). */
+export const DEFAULT_READERS = 2;
 
 /** A live `/dev/fuse` mount. */
 export interface DevFuseMount extends AsyncDisposable {
@@ -66,16 +79,22 @@ function isDir(path: string, what: string): void {
   if (!st.isDirectory) throw new Error(`${what} ${path} is not a directory`);
 }
 
-/** Mounts `options.hostDir` at `options.mountpoint` and serves it until closed or unmounted. */
-export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMount> {
-  const { hostDir, mountpoint, maxWrite = 1 << 20, layers, ...fsOptions } = options;
-  if (!layers) isDir(hostDir, "HOST_DIR");
-  isDir(mountpoint, "MOUNTPOINT");
-  const why = devFuseUnavailable();
-  if (why) throw new Error(why);
-  const fd = r(sys.openat(-100, cpath("/dev/fuse"), O.RDWR | O.CLOEXEC, 0));
-  if (fd < 0) throw new Error(`open(/dev/fuse) failed: errno ${-fd}`);
+/** One reader Worker and what it reported. */
+interface Reader {
+  worker: Worker;
+  /** The reader's /dev/fuse fd (the primary's, or a clone). */
+  fd: number;
+  done: Promise<LoopStats>;
+}
 
+/**
+ * Starts a reader Worker with `start`; `ready` resolves with its ready message,
+ * `done` with its loop's stats.
+ */
+function startReader(
+  start: WorkerStart | HelperStart,
+  what: string,
+): { reader: Reader; ready: Promise<{ share?: PassthroughShare }> } {
   const worker = new Worker(runtimeModuleUrl("devices/fuse/dev_fuse_worker.ts"), {
     type: "module",
   });
@@ -85,30 +104,84 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     settle = res;
     fail = rej;
   });
-  const ready = new Promise<void>((res, rej) => {
+  const ready = new Promise<{ share?: PassthroughShare }>((res, rej) => {
     worker.onmessage = (e: MessageEvent) => {
       const m = e.data;
-      if (m.type === "ready") res();
+      if (m.type === "ready") res(m);
       else if (m.type === "done") settle(m.stats);
       else {
-        const err = new Error(`FUSE server for ${hostDir}: ${m.message}`);
+        const err = new Error(`${what}: ${m.message}`);
         rej(err);
         fail(err);
       }
     };
     worker.onerror = (e) => {
       e.preventDefault();
-      const err = new Error(`FUSE server worker failed: ${e.message}`);
+      const err = new Error(`${what} worker failed: ${e.message}`);
       rej(err);
       fail(err);
     };
   });
   done.catch(() => {});
-  worker.postMessage({ fd, hostDir, layers, options: fsOptions, maxWrite });
+  ready.catch(() => {});
+  worker.postMessage(start);
+  return { reader: { worker, fd: start.fd, done }, ready };
+}
+
+/**
+ * Opens a clone of the connection behind `fd` (FUSE_DEV_IOC_CLONE, linux/fuse.h):
+ * a second /dev/fuse file of the same connection, non-blocking; -errno if not.
+ */
+function cloneDevFuse(fd: number): number {
+  const cfd = r(sys.openat(-100, cpath("/dev/fuse"), O.RDWR | O.CLOEXEC | O.NONBLOCK, 0));
+  if (cfd < 0) return cfd;
+  const arg = new Uint32Array([fd]);
+  const rc = r(sys.ioctl(cfd, FUSE_DEV_IOC_CLONE, new Uint8Array(arg.buffer)));
+  if (rc < 0) {
+    sys.close(cfd);
+    return rc;
+  }
+  return cfd;
+}
+
+/** Mounts `options.hostDir` at `options.mountpoint` and serves it until closed or unmounted. */
+export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMount> {
+  const {
+    hostDir,
+    mountpoint,
+    maxWrite = 1 << 20,
+    layers,
+    readers = DEFAULT_READERS,
+    ...fsOptions
+  } = options;
+  if (!layers) isDir(hostDir, "HOST_DIR");
+  isDir(mountpoint, "MOUNTPOINT");
+  if (!Number.isInteger(readers) || readers < 1 || readers > 64) {
+    throw new RangeError(`readers ${readers} is not an integer in 1..64`);
+  }
+  const why = devFuseUnavailable();
+  if (why) throw new Error(why);
+  const fd = r(sys.openat(-100, cpath("/dev/fuse"), O.RDWR | O.CLOEXEC, 0));
+  if (fd < 0) throw new Error(`open(/dev/fuse) failed: errno ${-fd}`);
+
+  // Image layers (LayeredFs) keep their state in this thread's objects: one reader.
+  const helpers = layers ? 0 : readers - 1;
+  const gate = helpers > 0 ? new OverflowGate() : undefined;
+  const { reader: primary, ready } = startReader({
+    role: "primary",
+    fd,
+    hostDir,
+    layers,
+    options: fsOptions,
+    maxWrite,
+    gate: gate?.buffer,
+  }, `FUSE server for ${hostDir}`);
+  const all: Reader[] = [primary];
+  let share: PassthroughShare | undefined;
   try {
-    await ready;
+    share = (await ready).share;
   } catch (e) {
-    worker.terminate();
+    primary.worker.terminate();
     sys.close(fd);
     throw e;
   }
@@ -132,7 +205,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     ),
   );
   if (rc < 0) {
-    worker.terminate();
+    primary.worker.terminate();
     sys.close(fd);
     throw new Error(
       `mount(${mountpoint}, fuse) failed: errno ${-rc}${
@@ -141,7 +214,29 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     );
   }
 
-  worker.postMessage("serve");
+  primary.worker.postMessage("serve");
+  // Helpers clone the connection, which exists only once mounted.
+  for (let i = 0; i < helpers && share && gate; i++) {
+    const cfd = cloneDevFuse(fd);
+    if (cfd < 0) break; // fewer readers; the primary serves everything
+    gate.addHelper();
+    const { reader } = startReader({
+      role: "helper",
+      fd: cfd,
+      share,
+      maxWrite,
+      gate: gate.buffer,
+    }, `FUSE reader ${i + 2} for ${hostDir}`);
+    all.push(reader);
+  }
+
+  // Done when every reader is: requests summed, the primary's reason.
+  const done = Promise.all(all.map((r) => r.done)).then((stats) => ({
+    requests: stats.reduce((n, s) => n + s.requests, 0),
+    reason: stats[0].reason,
+    byReader: stats.map((s) => s.requests),
+  }));
+  done.catch(() => {});
 
   let closed: Promise<void> | null = null;
   const close = (): Promise<void> => {
@@ -161,8 +256,10 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
         abortConnections(mountpoint);
         await Promise.race([done.catch(() => {}), new Promise((res) => setTimeout(res, 2000))]);
       }
-      worker.terminate();
-      sys.close(fd);
+      for (const r of all) {
+        r.worker.terminate();
+        sys.close(r.fd);
+      }
     })();
     return closed;
   };

@@ -194,6 +194,65 @@ hostTest("fuse L3: concurrent readers and writers", ["fuse", "root"], async () =
   });
 }, opts);
 
+hostTest(
+  "fuse L3: four readers: parallel clients creating, renaming, removing and reading stay consistent",
+  [
+    "fuse",
+    "root",
+  ],
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "skiff-fuse-l3-" });
+    const host = `${base}/host`;
+    const mnt = `${base}/mnt`;
+    await Deno.mkdir(host);
+    await Deno.mkdir(mnt);
+    let m: DevFuseMount | null = null;
+    try {
+      // No attribute or name caching: every step of every client reaches a reader.
+      m = await mountDevFuse({
+        hostDir: host,
+        mountpoint: mnt,
+        readers: 4,
+        attrTimeout: 0,
+        entryTimeout: 0,
+      });
+      const CLIENTS = 8;
+      const jobs: Promise<string>[] = [];
+      for (let c = 0; c < CLIENTS; c++) {
+        // Each client works in its own directory and in one they all share.
+        jobs.push(must(`
+        cd ${mnt} && mkdir -p shared c${c} && cd c${c}
+        for i in $(seq 1 150); do echo "$i" > f$i; echo "${c}-$i" > ../shared/s${c}-$i; done
+        for i in $(seq 1 50); do mv f$i g$i; done
+        for i in $(seq 51 100); do rm f$i; done
+        for i in $(seq 101 150); do echo more >> f$i; done
+        cat g* f* | wc -l; ls | wc -l; stat -c %s f150 g1`));
+      }
+      const out = await Promise.all(jobs);
+      for (const o of out) strictEqual(o, "150\n100\n9\n2\n");
+      for (let c = 0; c < CLIENTS; c++) {
+        const names = [...Deno.readDirSync(`${host}/c${c}`)].map((e) => e.name);
+        strictEqual(names.length, 100);
+        strictEqual(Deno.readTextFileSync(`${host}/c${c}/g7`), "7\n");
+        strictEqual(Deno.readTextFileSync(`${host}/c${c}/f123`), "123\nmore\n");
+      }
+      strictEqual([...Deno.readDirSync(`${host}/shared`)].length, CLIENTS * 150);
+      strictEqual(
+        (await must(`cat ${mnt}/shared/* | sort | uniq | wc -l`)).trim(),
+        String(CLIENTS * 150),
+      );
+    } finally {
+      if (m) await m.close();
+      await Deno.remove(base, { recursive: true });
+    }
+    const stats = await m!.done;
+    strictEqual(stats.byReader?.length, 4);
+    strictEqual(stats.byReader!.reduce((a, b) => a + b, 0), stats.requests);
+    console.log(`requests by reader: ${stats.byReader!.join(", ")}`);
+  },
+  opts,
+);
+
 hostTest("fuse L3: read-only share gives EROFS; /usr/share/doc mirrors exactly", [
   "fuse",
   "root",

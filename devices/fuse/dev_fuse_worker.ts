@@ -1,50 +1,99 @@
 /**
- * Worker entry for {@link mountDevFuse}: builds the passthrough share and
- * its server in this thread and runs the blocking `/dev/fuse` loop.
+ * Worker entry for {@link mountDevFuse}: one `/dev/fuse` reader.
  *
- * Messages: in `{ fd, hostDir, options, maxWrite }`; out
- * `{ type: "done", stats }` or `{ type: "error", message }`.
+ * The primary builds the share and its server in this thread and runs the
+ * blocking request loop; a helper attaches to the primary's shared state
+ * ({@link PassthroughFs.attach}) and serves its clone of the connection when
+ * the primary's {@link OverflowGate} wakes it.
+ *
+ * Messages in: a {@link WorkerStart} (primary) or {@link HelperStart}, then
+ * "serve" for the primary once mount(2) succeeded (reading /dev/fuse before
+ * gives EPERM). Out: `{ type: "ready", share? }`, `{ type: "done", stats }`
+ * or `{ type: "error", message }`.
  *
  * @module
  */
 
 /// <reference lib="deno.worker" />
 
-import { PassthroughFs, type PassthroughOptions } from "./passthrough.ts";
+import { PassthroughFs, type PassthroughOptions, type PassthroughShare } from "./passthrough.ts";
 import { LayeredFs } from "./layered.ts";
 import { FuseServer } from "./server.ts";
-import { serveDevFuse } from "./dev_fuse_loop.ts";
+import { OverflowGate, serveDevFuse, serveOverflow } from "./dev_fuse_loop.ts";
 
-/** The start message. */
+/** The primary's start message. */
 export interface WorkerStart {
+  role: "primary";
   fd: number;
   hostDir: string;
   /** Image layers to serve merged instead of `hostDir`. */
   layers?: string[];
   options: PassthroughOptions;
   maxWrite: number;
+  /** The helpers' gate, when there are helpers. */
+  gate?: SharedArrayBuffer;
 }
+
+/** A helper's start message. */
+export interface HelperStart {
+  role: "helper";
+  /** A non-blocking clone of the connection. */
+  fd: number;
+  share: PassthroughShare;
+  maxWrite: number;
+  gate: SharedArrayBuffer;
+}
+
+/** How long the primary waits for helpers to finish their last request before closing the share. */
+const HELPERS_GRACE_MS = 10_000;
 
 let fs: PassthroughFs | LayeredFs | null = null;
 let server: FuseServer | null = null;
+let gate: OverflowGate | undefined;
+let fd = -1;
 
-// Two messages: the start message builds the share (errors such as a bad root are reported
-// before mounting); "serve" comes after mount(2): reading /dev/fuse before that gives EPERM.
-self.onmessage = (e: MessageEvent<WorkerStart | "serve">) => {
+function fail(err: unknown): void {
+  self.postMessage({ type: "error", message: err instanceof Error ? err.message : String(err) });
+}
+
+self.onmessage = (e: MessageEvent<WorkerStart | HelperStart | "serve">) => {
   try {
-    if (e.data === "serve") {
-      const stats = serveDevFuse(fd, server!);
+    const m = e.data;
+    if (m === "serve") {
+      const stats = serveDevFuse(fd, server!, gate);
+      if (gate) {
+        gate.stop();
+        gate.waitHelpers(HELPERS_GRACE_MS);
+      }
       fs!.close();
       self.postMessage({ type: "done", stats });
       return;
     }
-    const { hostDir, layers, options, maxWrite } = e.data;
-    fd = e.data.fd;
-    fs = layers ? new LayeredFs({ layers }) : new PassthroughFs(hostDir, options);
-    server = new FuseServer(fs, { maxWrite });
-    self.postMessage({ type: "ready" });
+    if (m.role === "helper") {
+      const helperGate = new OverflowGate(m.gate);
+      let serving = false;
+      let stats;
+      try {
+        const mine = PassthroughFs.attach(m.share);
+        const srv = new FuseServer(mine, { maxWrite: m.maxWrite });
+        self.postMessage({ type: "ready" });
+        serving = true; // from here serveOverflow leaves the gate itself
+        stats = serveOverflow(m.fd, srv, helperGate);
+        mine.close();
+      } catch (err) {
+        if (!serving) helperGate.leave();
+        throw err;
+      }
+      self.postMessage({ type: "done", stats });
+      return;
+    }
+    fd = m.fd;
+    if (m.gate) gate = new OverflowGate(m.gate);
+    const passthrough = m.layers ? null : new PassthroughFs(m.hostDir, m.options);
+    fs = passthrough ?? new LayeredFs({ layers: m.layers! });
+    server = new FuseServer(fs, { maxWrite: m.maxWrite });
+    self.postMessage({ type: "ready", share: passthrough?.share() });
   } catch (err) {
-    self.postMessage({ type: "error", message: err instanceof Error ? err.message : String(err) });
+    fail(err);
   }
 };
-let fd = -1;

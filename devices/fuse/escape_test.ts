@@ -319,6 +319,20 @@ attempt("SETXATTR trusted.* and security.capability are refused", (w) => {
 
 // ---- races with the host side ------------------------------------------------
 
+/**
+ * Opens 8 new files so their nodes take every slot of a small node-fd cache: OPEN
+ * gives a node its O_PATH fd (CREATE alone does not: its handle's fd serves the
+ * node while open).
+ */
+function fillFdCache(w: World): void {
+  for (let i = 0; i < 8; i++) {
+    const [e, id, fh] = w.c.create(1, `filler${i}`);
+    strictEqual(e, 0);
+    w.c.release(id, fh);
+    strictEqual(w.c.open(id)[0], 0);
+  }
+}
+
 attempt("a directory swapped for a symlink out: evicted node is stale", (w) => {
   const [, dir] = w.c.lookup(1, "dir");
   const [, inner] = w.c.lookup(dir, "inner");
@@ -329,7 +343,7 @@ attempt("a directory swapped for a symlink out: evicted node is stale", (w) => {
   Deno.writeTextFileSync(`${w.base}/outside/inner/f`, "outside!");
   try {
     // Fill the fd cache so the nodes above are reopened by path.
-    for (let i = 0; i < 8; i++) w.c.create(1, `filler${i}`);
+    fillFdCache(w);
     const r = w.c.getattr(f);
     notStrictEqual(r.error, 0);
     const [e, fh] = w.c.open(f);
@@ -342,9 +356,34 @@ attempt("a file swapped for a symlink to the secret: evicted node is stale", (w)
   const [, f] = w.c.lookup(1, "file");
   Deno.removeSync(`${w.share}/file`);
   Deno.symlinkSync(w.secret, `${w.share}/file`);
-  for (let i = 0; i < 8; i++) w.c.create(1, `filler${i}`);
+  fillFdCache(w);
   strictEqual(w.c.open(f)[0], Errno.ESTALE);
 }, { maxCachedFds: 2 });
+
+attempt("a file swapped for a symlink to the secret: GETATTR by name is ESTALE", (w) => {
+  // The node has no fd of its own, so GETATTR stats its name in its parent and must
+  // notice that the name now holds another file.
+  const [, f] = w.c.lookup(1, "file");
+  Deno.removeSync(`${w.share}/file`);
+  Deno.symlinkSync(w.secret, `${w.share}/file`);
+  strictEqual(w.c.getattr(f).error, Errno.ESTALE);
+  strictEqual(w.c.call(Op.SETATTR, f, setattr(8, { size: 0 })).error, Errno.ESTALE);
+});
+attempt("a created file unlinked and closed: its node is ESTALE, a new file is a new node", (w) => {
+  const [e, f, fh] = w.c.create(1, "tmp");
+  strictEqual(e, 0);
+  strictEqual(w.c.write(f, fh, 0, "x").error, 0);
+  strictEqual(w.c.release(f, fh).error, 0);
+  strictEqual(w.c.unlink(1, "tmp").error, 0);
+  strictEqual(w.c.getattr(f).error, Errno.ESTALE);
+  // Whatever inode number the host reuses, a new name gets a node of its own kind.
+  Deno.symlinkSync(w.secret, `${w.share}/tmp`);
+  const [e2, f2] = w.c.lookup(1, "tmp");
+  strictEqual(e2, 0);
+  notStrictEqual(f2, f);
+  strictEqual(modeOf(w, f2) & S_IFMT, S_IFLNK);
+  strictEqual(w.c.call(Op.SETATTR, f2, setattr(8, { size: 0 })).error, Errno.EINVAL);
+});
 
 // ---- hidden paths and read-only --------------------------------------------------
 

@@ -172,14 +172,15 @@ export class ShareMux extends FileSystem {
     this.#initCtx = null;
   }
 
-  override lookup(ctx: Context, parent: number, name: Uint8Array): Entry {
+  override lookup(ctx: Context, parent: number, name: Uint8Array): Entry | FuseError {
     if (parent === FUSE_ROOT_ID) {
       const share = this.#byName.get(new TextDecoder().decode(name));
-      if (!share || !equalBytes(share.nameBytes, name)) throw FuseError.of(Errno.ENOENT);
+      if (!share || !equalBytes(share.nameBytes, name)) return FuseError.of(Errno.ENOENT);
       return this.#shareRoot(ctx, share);
     }
     const { share, inner } = this.#route(parent);
-    return this.#entry(share, share.fs.lookup(ctx, inner, name));
+    const e = share.fs.lookup(ctx, inner, name);
+    return e instanceof FuseError ? e : this.#entry(share, e);
   }
 
   override forget(nodeid: number, nlookup: number): void {
@@ -332,16 +333,25 @@ export class ShareMux extends FileSystem {
     share.fs.setxattr(ctx, inner, name, value, flags);
   }
 
-  override getxattr(ctx: Context, nodeid: number, name: Uint8Array): Uint8Array {
+  override getxattr(
+    ctx: Context,
+    nodeid: number,
+    name: Uint8Array,
+    size?: number,
+  ): Uint8Array | number | FuseError {
     this.#notRoot(nodeid, Errno.ENODATA);
     const { share, inner } = this.#route(nodeid);
-    return share.fs.getxattr(ctx, inner, name);
+    return share.fs.getxattr(ctx, inner, name, size);
   }
 
-  override listxattr(ctx: Context, nodeid: number): Uint8Array {
+  override listxattr(
+    ctx: Context,
+    nodeid: number,
+    size?: number,
+  ): Uint8Array | number | FuseError {
     if (nodeid === FUSE_ROOT_ID) return new Uint8Array(0);
     const { share, inner } = this.#route(nodeid);
-    return share.fs.listxattr(ctx, inner);
+    return share.fs.listxattr(ctx, inner, size);
   }
 
   override removexattr(ctx: Context, nodeid: number, name: Uint8Array): void {

@@ -13,9 +13,12 @@
  *   checked and used (also for the hidden-path and xattr-namespace checks),
  *   so the check always holds for what reaches the host.
  * - Operations on a node use its O_PATH fd with `*at(fd, "", AT_EMPTY_PATH |
- *   AT_SYMLINK_NOFOLLOW)`; only where the kernel has no fd form (chmod,
- *   truncate, xattrs, reopening an O_PATH fd for I/O) the server uses
- *   `/proc/self/fd/N` of its own fd, which names exactly that inode.
+ *   AT_SYMLINK_NOFOLLOW)`, or the fd of one of its open handles; only where
+ *   the kernel has no fd form (chmod, truncate, xattrs, reopening an O_PATH
+ *   fd for I/O) the server uses `/proc/self/fd/N` of its own fd, which names
+ *   exactly that inode. A node without an fd is stat'ed by its name in its
+ *   parent (one validated component, no follow) and the result accepted only
+ *   if it is still the same inode (dev, ino) and file type.
  * - OPEN and CREATE only ever open regular files (never FIFOs or devices,
  *   which could block the server or reach host devices); MKNOD of device
  *   nodes is EPERM unless `allowDevices`.
@@ -28,6 +31,16 @@
  * chain of names, kept up to date by RENAME/UNLINK through this server) and
  * its (dev, ino) checked; a node whose file was moved by someone else gives
  * ESTALE. Unlinked-but-referenced nodes keep their fd pinned.
+ *
+ * Threads: the state (nodes, handles, the LRU) lives in a {@link NodeTable}
+ * of SharedArrayBuffers. {@link PassthroughFs.share} gives what another
+ * thread needs to build its own instance over the same state
+ * ({@link PassthroughFs.attach}), so several `/dev/fuse` readers serve one
+ * connection. Each request runs under the table's lock, host calls
+ * included — a node's fd is only ever closed by the lock holder — except the
+ * data calls on an open handle (READ, WRITE, FSYNC, FALLOCATE, LSEEK,
+ * COPY_FILE_RANGE), which hold a reference on the handle instead, so a
+ * RELEASE meanwhile defers the close to the last of them.
  *
  * Snapshot state ({@link PassthroughFs.save}): every node's id, parent id,
  * name, (dev, ino) and lookup count, and every open handle's node, flags
@@ -53,6 +66,7 @@ import {
   type SetattrIn,
   type StatFs,
 } from "./filesystem.ts";
+import { NF, NodeTable, type NodeTableBuffers } from "./node_table.ts";
 import { FATTR, FOPEN } from "./protocol.ts";
 import {
   AT,
@@ -99,44 +113,21 @@ export interface PassthroughOptions {
   maxCachedFds?: number;
 }
 
-/** One node (inode) the client knows. */
-class Node {
-  fd = -1;
-  lookups = 0;
-  kids = 0;
-  /** Unlinked through us while referenced: its fd is pinned (never evicted). */
-  detached = false;
-  /** Reopening by path found another file (restore or host rename). */
-  stale = false;
-  constructor(
-    readonly id: number,
-    public parent: Node | null,
-    public name: Uint8Array,
-    readonly key: string,
-    public type: number,
-    public foreign: boolean,
-  ) {}
+/**
+ * What another thread needs to serve the same share ({@link PassthroughFs.attach}):
+ * structured-cloneable, the buffers shared. The fds are the process's own.
+ */
+export interface PassthroughShare {
+  root: string;
+  options: PassthroughOptions;
+  table: NodeTableBuffers;
+  rootFd: number;
+  rootMnt: string;
+  maxFds: number;
+  /** Hidden inodes as `dev index:ino lo:ino hi`, and their inode numbers. */
+  hidden: string[];
+  hiddenIno: string[];
 }
-
-interface FileHandle {
-  kind: "file";
-  fd: number;
-  node: Node;
-  flags: number;
-}
-
-interface DirHandle {
-  kind: "dir";
-  fd: number;
-  node: Node;
-  buf: Uint8Array<ArrayBuffer>;
-  dv: DataView;
-  len: number;
-  pos: number;
-  off: bigint;
-}
-
-type Handle = FileHandle | DirHandle;
 
 /** Saved node (see module docs). */
 export interface SavedNode {
@@ -167,6 +158,21 @@ export interface PassthroughState {
   handles: SavedHandle[];
 }
 
+/** This thread's getdents buffer of a directory handle (the fd position is shared). */
+interface DirBuf {
+  fh: number;
+  /** The handle's position count when this thread last left it (see NodeTable.hPos). */
+  seq: number;
+  buf: Uint8Array<ArrayBuffer>;
+  dv: DataView;
+  len: number;
+  pos: number;
+  /** The offset after the last entry consumed (stored in the table when the READDIR ends). */
+  off: bigint;
+}
+
+/** The root's slot (node id 1, FUSE_ROOT_ID). */
+const ROOT = 1;
 const DOT = 0x2e;
 const SLASH = 0x2f;
 const UTIME_NOW = (1 << 30) - 1;
@@ -182,14 +188,26 @@ const XATTR_MAX = 65536;
  * each close (a shell's `echo x > f` closes twice). Older clients ignore it.
  */
 const FILE_OPEN_FLAGS = FOPEN.NOFLUSH;
+/** Directory getdents buffers a thread keeps for handles it may serve again. */
+const DIR_BUFS_KEPT = 64;
 
 /** "." as a C string, for reopening a directory's O_PATH fd for reading. */
 const DOT_PATH = cpath(".");
+
+/** Inode numbers below this share a number key with their dev's index ({@link hiddenKey}). */
+const INO_SPAN = 2 ** 45;
+const TWO32 = 2 ** 32;
+
+/** A number (or, for huge values, text) naming inode (dev index, lo, hi), for sets. */
+function hiddenKey(dev: number, lo: number, hi: number): number | string {
+  return dev < 256 && hi < 0x2000 ? dev * INO_SPAN + hi * TWO32 + lo : `${dev}:${lo}:${hi}`;
+}
 
 /** The passthrough backend. Construct once per share; serve it with a {@link FuseServer}. */
 export class PassthroughFs extends FileSystem {
   /** The host directory shared. */
   readonly root: string;
+  #options: PassthroughOptions;
   #ro: boolean;
   #crossMounts: boolean;
   #creds: PassthroughOptions["credentials"];
@@ -197,74 +215,149 @@ export class PassthroughFs extends FileSystem {
   #attrTimeout: number;
   #allowDevices: boolean;
   #rootFd: number;
-  #rootNode: Node;
   #rootMnt = 0n;
-  #byId = new Map<number, Node>();
-  #byKey = new Map<string, Node>();
-  #lru = new Map<Node, true>();
+  #t: NodeTable;
+  /** Whether this instance created the table (and owns the root fd). */
+  #primary: boolean;
   #maxFds: number;
-  #handles = new Map<number, Handle>();
-  #nextId = 2;
-  #nextFh = 1;
-  #hidden = new Set<string>();
+  #hidden = new Set<number | string>();
   #hiddenIno = new Set<bigint>();
   #stx = new Uint8Array(STATX_OFF.size_of);
   #stxv = new DataView(this.#stx.buffer);
+  /** The key of the last statx ({@link #readKey}). */
+  #kd = 0;
+  #klo = 0;
+  #khi = 0;
   #name1 = new Uint8Array(4097);
   #name2 = new Uint8Array(4097);
   #xbuf = new Uint8Array(XATTR_MAX);
+  /** An xattr name's private copy (at most 255 bytes and a NUL). */
+  #xname1 = new Uint8Array(256);
+  /** struct timespec[2] for utimensat. */
+  #times = new BigInt64Array(4);
+  /** struct iovec[] for preadv (grown as needed). */
+  #iov = new BigUint64Array(32);
   #dirBufs: Uint8Array<ArrayBuffer>[] = [];
+  /** Handle slot → this thread's getdents buffer for it. */
+  #dirCache = new Map<number, DirBuf>();
   #isRoot: boolean;
+  #groups: readonly number[] = [];
 
-  constructor(root: string, options: PassthroughOptions = {}) {
+  constructor(root: string, options: PassthroughOptions = {}, share?: PassthroughShare) {
     super();
     this.root = root;
+    this.#options = options;
     this.#ro = options.readOnly ?? false;
     this.#crossMounts = options.crossMounts ?? true;
     this.#creds = options.credentials;
+    if (this.#creds) this.#groups = this.#creds.groups ?? [this.#creds.gid];
     this.#entryTimeout = options.entryTimeout ?? 1;
     this.#attrTimeout = options.attrTimeout ?? 1;
     this.#allowDevices = options.allowDevices ?? false;
     this.#isRoot = Deno.uid() === 0;
+    this.#enterCreds();
+    if (share) {
+      this.#primary = false;
+      this.#t = NodeTable.attach(share.table);
+      this.#rootFd = share.rootFd;
+      this.#rootMnt = BigInt(share.rootMnt);
+      this.#maxFds = share.maxFds;
+      for (const k of share.hidden) {
+        const [d, lo, hi] = k.split(":").map(Number);
+        this.#hidden.add(hiddenKey(d, lo, hi));
+      }
+      for (const i of share.hiddenIno) this.#hiddenIno.add(BigInt(i));
+      return;
+    }
+    this.#primary = true;
     const limit = raiseNofile();
     this.#maxFds = options.maxCachedFds ?? Math.max(64, Math.floor(limit / 2));
-    this.#enterCreds();
     const fd = r(sys.openat(AT.FDCWD, cpath(root), O.PATH | O.DIRECTORY | O.CLOEXEC, 0));
     if (fd < 0) throw new FuseError(-fd, `cannot open share root ${root}`);
     this.#rootFd = fd;
     const st = this.#statFd(fd);
-    if (st < 0) throw new FuseError(-st, `cannot stat share root ${root}`);
+    if (st < 0) {
+      sys.close(fd);
+      throw new FuseError(-st, `cannot stat share root ${root}`);
+    }
     this.#rootMnt = this.#stxv.getBigUint64(STATX_OFF.mnt_id, true);
-    this.#rootNode = new Node(1, null, new Uint8Array(0), this.#key(), S.IFDIR, false);
-    this.#rootNode.fd = fd;
-    this.#rootNode.lookups = 1;
-    this.#byId.set(1, this.#rootNode);
-    this.#byKey.set(this.#rootNode.key, this.#rootNode);
-    for (const h of options.hide ?? []) this.#addHidden(h);
+    const t = this.#t = NodeTable.create();
+    t.lock();
+    try {
+      const s = t.nodeAlloc();
+      if (s !== ROOT) throw new Error(`PassthroughFs: root got slot ${s}`);
+      this.#readKey();
+      t.setKey(ROOT, this.#kd, this.#klo, this.#khi);
+      t.setType(ROOT, S.IFDIR);
+      t.setFd(ROOT, fd);
+      t.setLookups(ROOT, 1);
+      t.keyIn(ROOT);
+      for (const h of options.hide ?? []) this.#addHidden(h);
+    } finally {
+      t.unlock();
+    }
+  }
+
+  /**
+   * What another thread needs to serve this share with {@link attach} (same
+   * process: the fds are shared; the state is the same {@link NodeTable}).
+   */
+  share(): PassthroughShare {
+    const hidden: string[] = [];
+    for (const k of this.#hidden) {
+      if (typeof k === "string") hidden.push(k);
+      else {
+        const d = Math.floor(k / INO_SPAN);
+        const ino = k - d * INO_SPAN;
+        hidden.push(`${d}:${ino % TWO32}:${Math.floor(ino / TWO32)}`);
+      }
+    }
+    return {
+      root: this.root,
+      options: this.#options,
+      table: this.#t.buffers,
+      rootFd: this.#rootFd,
+      rootMnt: String(this.#rootMnt),
+      maxFds: this.#maxFds,
+      hidden,
+      hiddenIno: [...this.#hiddenIno].map(String),
+    };
+  }
+
+  /** Another thread's instance over the state of {@link share}'s result. */
+  static attach(share: PassthroughShare): PassthroughFs {
+    return new PassthroughFs(share.root, share.options, share);
   }
 
   /** Number of nodes currently known (for tests and diagnostics). */
   get nodeCount(): number {
-    return this.#byId.size;
+    return this.#locked(() => this.#t.nodeCount);
   }
 
   /** Number of open handles. */
   get handleCount(): number {
-    return this.#handles.size;
+    return this.#locked(() => this.#t.handleCount);
   }
 
   /** Number of node fds currently open (LRU + pinned + root). */
   get openNodeFds(): number {
-    let n = 0;
-    for (const node of this.#byId.values()) if (node.fd >= 0) n++;
-    return n;
+    return this.#locked(() => this.#t.liveNodes().filter((s) => this.#t.fd(s) >= 0).length);
   }
 
   // ---- helpers -------------------------------------------------------------
 
+  #locked<T>(fn: () => T): T {
+    this.#t.lock();
+    try {
+      return fn();
+    } finally {
+      this.#t.unlock();
+    }
+  }
+
   #enterCreds(): void {
     const c = this.#creds;
-    if (c) setThreadCreds(c.uid, c.gid, c.groups ?? [c.gid]);
+    if (c) setThreadCreds(c.uid, c.gid, this.#groups);
     else if (this.#isRoot) setThreadCreds(0, 0);
   }
 
@@ -291,7 +384,8 @@ export class PassthroughFs extends FileSystem {
     );
     if (fd < 0) return;
     if (this.#statFd(fd) >= 0) {
-      this.#hidden.add(this.#key());
+      this.#readKey();
+      this.#hidden.add(hiddenKey(this.#kd, this.#klo, this.#khi));
       this.#hiddenIno.add(this.#stxv.getBigUint64(STATX_OFF.ino, true));
     }
     sys.close(fd);
@@ -309,12 +403,30 @@ export class PassthroughFs extends FileSystem {
     );
   }
 
-  /** `dev:ino` of the last statx. */
-  #key(): string {
+  /** Takes (dev index, ino lo, ino hi) of the last statx into #kd/#klo/#khi. */
+  #readKey(): void {
     const v = this.#stxv;
-    return `${v.getUint32(STATX_OFF.dev_major, true)}:${v.getUint32(STATX_OFF.dev_minor, true)}:${
-      v.getBigUint64(STATX_OFF.ino, true)
-    }`;
+    this.#kd = this.#t.devIndex(
+      v.getUint32(STATX_OFF.dev_major, true),
+      v.getUint32(STATX_OFF.dev_minor, true),
+    );
+    this.#klo = v.getUint32(STATX_OFF.ino, true);
+    this.#khi = v.getUint32(STATX_OFF.ino + 4, true);
+  }
+
+  /** Whether the last statx is node `n`'s inode and (when known) file type. */
+  #isNode(n: number): boolean {
+    this.#readKey();
+    if (!this.#t.isKey(n, this.#kd, this.#klo, this.#khi)) return false;
+    const type = this.#t.type(n);
+    return type === 0 || (this.#stxv.getUint16(STATX_OFF.mode, true) & S.IFMT) === type;
+  }
+
+  /** `maj:min:ino` of node `n` (the saved form). */
+  #keyText(n: number): string {
+    const t = this.#t;
+    const [maj, min] = t.dev(t.devOf(n));
+    return `${maj}:${min}:${(BigInt(t.inoHi(n)) << 32n) | BigInt(t.inoLo(n))}`;
   }
 
   /** The last statx as FUSE attributes. */
@@ -342,107 +454,110 @@ export class PassthroughFs extends FileSystem {
     };
   }
 
-  #node(id: number): Node {
-    const n = this.#byId.get(id);
-    if (!n) throw new FuseError(Errno.ENOENT, `unknown node id ${id}`);
-    if (n.stale) throw new FuseError(Errno.ESTALE, `node ${id}`);
+  /** The slot of node id `id`. */
+  #node(id: number): number {
+    const n = this.#t.slotOf(id);
+    if (n < 0) throw new FuseError(Errno.ENOENT, `unknown node id ${id}`);
+    if (this.#t.has(n, NF.STALE)) throw new FuseError(Errno.ESTALE, `node ${id}`);
     return n;
   }
 
-  #dir(id: number): Node {
+  #dir(id: number): number {
     const n = this.#node(id);
-    if (n.type !== S.IFDIR) throw new FuseError(Errno.ENOTDIR, `node ${id}`);
+    if (this.#t.type(n) !== S.IFDIR) throw new FuseError(Errno.ENOTDIR, `node ${id}`);
     return n;
   }
 
   /** A directory the client may create in / remove from. */
-  #mutableDir(id: number): Node {
+  #mutableDir(id: number): number {
     if (this.#ro) throw new FuseError(Errno.EROFS);
     const n = this.#dir(id);
-    if (n.foreign) throw new FuseError(Errno.EACCES, "directory on another mount");
+    if (this.#t.has(n, NF.FOREIGN)) throw new FuseError(Errno.EACCES, "directory on another mount");
     return n;
   }
 
-  /** The O_PATH fd of `node`, reopening it by path if it was evicted. */
-  #fd(node: Node): number {
-    if (node.fd >= 0) {
-      if (node !== this.#rootNode && !node.detached) {
-        this.#lru.delete(node);
-        this.#lru.set(node, true);
-      }
-      return node.fd;
+  /** The O_PATH fd of node `n`, reopening it by path if it was evicted. */
+  #fd(n: number): number {
+    const t = this.#t;
+    const have = t.fd(n);
+    if (have >= 0) {
+      if (n !== ROOT && !t.has(n, NF.DETACHED)) t.lruTouch(n);
+      return have;
     }
-    if (node.stale || node.detached) throw new FuseError(Errno.ESTALE, `node ${node.id}`);
-    // Walk up to the nearest ancestor with an open fd, collecting names.
-    const names: Uint8Array[] = [];
-    let a: Node = node;
-    while (a.fd < 0) {
-      if (!a.parent) throw new FuseError(Errno.ESTALE, `node ${node.id} has no path`);
-      names.push(a.name);
-      a = a.parent;
-    }
+    if (t.has(n, NF.STALE | NF.DETACHED)) throw new FuseError(Errno.ESTALE, `node ${t.id(n)}`);
+    // Walk up to the nearest ancestor with an open fd, collecting the chain.
+    const chain: number[] = [];
+    let a = n;
     let len = 0;
-    for (const n of names) len += n.length + 1;
-    const path = new Uint8Array(len);
-    let p = 0;
-    for (let i = names.length - 1; i >= 0; i--) {
-      path.set(names[i], p);
-      p += names[i].length;
-      path[p++] = i === 0 ? 0 : SLASH;
+    while (t.fd(a) < 0) {
+      const p = t.parent(a);
+      if (p < 0) throw new FuseError(Errno.ESTALE, `node ${t.id(n)} has no path`);
+      chain.push(a);
+      len += t.nameLen(a) + 1;
+      a = p;
     }
-    const fd = openat2(a.fd, path, O.PATH | O.NOFOLLOW | O.CLOEXEC, 0, RESOLVE_SAFE);
+    const path = new Uint8Array(len);
+    let at = 0;
+    for (let i = chain.length - 1; i >= 0; i--) {
+      at += t.copyName(chain[i], path, at);
+      path[at++] = i === 0 ? 0 : SLASH;
+    }
+    const fd = openat2(t.fd(a), path, O.PATH | O.NOFOLLOW | O.CLOEXEC, 0, RESOLVE_SAFE);
     if (fd < 0) throw new FuseError(fd === -Errno.ENOENT ? Errno.ESTALE : -fd, "reopen node");
     // dev:ino alone can match a different object once the node holds no fd (the inode
     // number of a removed file is reused, e.g. by a symlink put in its place): the
     // file type must match too (0 = not known yet, during restore).
-    if (
-      this.#statFd(fd) < 0 || this.#key() !== node.key ||
-      (node.type !== 0 && (this.#stxv.getUint16(STATX_OFF.mode, true) & S.IFMT) !== node.type)
-    ) {
+    if (this.#statFd(fd) < 0 || !this.#isNode(n)) {
       sys.close(fd);
-      throw new FuseError(Errno.ESTALE, `node ${node.id} was replaced`);
+      throw new FuseError(Errno.ESTALE, `node ${t.id(n)} was replaced`);
     }
-    node.fd = fd;
-    this.#cache(node);
+    t.setFd(n, fd);
+    this.#cache(n);
     return fd;
   }
 
-  #cache(node: Node): void {
-    if (node === this.#rootNode || node.detached) return;
-    this.#lru.set(node, true);
-    while (this.#lru.size > this.#maxFds) {
-      const victim = this.#lru.keys().next().value!;
-      this.#lru.delete(victim);
-      if (victim.fd >= 0) sys.close(victim.fd);
-      victim.fd = -1;
+  #cache(n: number): void {
+    const t = this.#t;
+    if (n === ROOT || t.has(n, NF.DETACHED)) return;
+    t.lruTouch(n);
+    while (t.lruSize > this.#maxFds) {
+      const victim = t.lruOldest();
+      t.lruOut(victim);
+      const fd = t.fd(victim);
+      if (fd >= 0) sys.close(fd);
+      t.setFd(victim, -1);
     }
   }
 
-  #setParent(node: Node, parent: Node, name: Uint8Array): void {
-    if (node.parent !== parent) {
-      parent.kids++;
-      const old = node.parent;
-      node.parent = parent;
-      if (old) {
-        old.kids--;
+  /** Moves node `n` under `parent` as `name[0..len)`. */
+  #setParent(n: number, parent: number, name: Uint8Array, len: number): void {
+    const t = this.#t;
+    const old = t.parent(n);
+    if (old !== parent) {
+      t.addKids(parent, 1);
+      t.setParent(n, parent);
+      if (old >= 0) {
+        t.addKids(old, -1);
         this.#maybeDrop(old);
       }
     }
-    node.name = name.slice();
+    t.setName(n, name, len);
   }
 
-  #maybeDrop(node: Node): void {
-    while (node !== this.#rootNode && node.lookups <= 0 && node.kids <= 0) {
-      if (this.#byId.get(node.id) === node) this.#byId.delete(node.id);
-      if (this.#byKey.get(node.key) === node) this.#byKey.delete(node.key);
-      this.#lru.delete(node);
-      if (node.fd >= 0) sys.close(node.fd);
-      node.fd = -1;
-      const parent = node.parent;
-      node.parent = null;
-      if (!parent) return;
-      parent.kids--;
-      node = parent;
+  #maybeDrop(n: number): void {
+    const t = this.#t;
+    while (n !== ROOT && t.lookups(n) <= 0 && t.kids(n) <= 0) {
+      t.keyOut(n);
+      t.lruOut(n);
+      const fd = t.fd(n);
+      if (fd >= 0) sys.close(fd);
+      t.setFd(n, -1);
+      const parent = t.parent(n);
+      // Open handles keep their fds (RELEASE closes them); they just lose their node link.
+      t.nodeFree(n);
+      if (parent < 0) return;
+      t.addKids(parent, -1);
+      n = parent;
     }
   }
 
@@ -457,6 +572,18 @@ export class PassthroughFs extends FileSystem {
     const n = name.length;
     if (n === 0 || n > 4096) throw new FuseError(n ? Errno.ENAMETOOLONG : Errno.EINVAL, "name");
     buf.set(name);
+    return this.#checkName(buf, n);
+  }
+
+  /** {@link #cname} of node `n`'s stored name. */
+  #cnameOf(n: number, buf: Uint8Array<ArrayBuffer>): Uint8Array<ArrayBuffer> {
+    const len = this.#t.copyName(n, buf, 0);
+    if (len === 0) throw new FuseError(Errno.EINVAL, "name");
+    return this.#checkName(buf, len);
+  }
+
+  /** Validates the name copied into `buf[0..n)` as one component; NUL-terminates it. */
+  #checkName(buf: Uint8Array<ArrayBuffer>, n: number): Uint8Array<ArrayBuffer> {
     buf[n] = 0;
     const c = buf.subarray(0, n);
     if (n <= 2 && c[0] === DOT && (n === 1 || c[1] === DOT)) {
@@ -472,18 +599,29 @@ export class PassthroughFs extends FileSystem {
    * Looks `name` up in `parent` (fd-relative, no follow) and counts one lookup.
    * The statx of the result is left in the scratch buffer.
    */
-  #lookupIn(parent: Node, name: Uint8Array): Entry {
+  #lookupIn(parent: number, name: Uint8Array): Entry {
     this.#lookable(parent);
     return this.#lookupC(parent, this.#cname(name, this.#name1));
   }
 
-  #lookable(parent: Node): void {
-    if (parent.type !== S.IFDIR) throw new FuseError(Errno.ENOTDIR);
-    if (parent.foreign) throw FuseError.of(Errno.ENOENT);
+  #lookable(parent: number): void {
+    if (this.#t.type(parent) !== S.IFDIR) throw new FuseError(Errno.ENOTDIR);
+    if (this.#t.has(parent, NF.FOREIGN)) throw FuseError.of(Errno.ENOENT);
   }
 
   /** {@link #lookupIn} of a name already validated by {@link #cname} (NUL-terminated `c`). */
-  #lookupC(parent: Node, c: Uint8Array<ArrayBuffer>): Entry {
+  #lookupC(parent: number, c: Uint8Array<ArrayBuffer>): Entry {
+    const e = this.#tryLookupC(parent, c);
+    if (e instanceof FuseError) throw e;
+    return e;
+  }
+
+  /**
+   * {@link #lookupC} that returns rather than throws the host's answer when the name
+   * does not resolve: a negative LOOKUP is a hot path (every new file's open looks
+   * its name up first), and a throw costs V8 a stack walk.
+   */
+  #tryLookupC(parent: number, c: Uint8Array<ArrayBuffer>): Entry | FuseError {
     this.#lookable(parent);
     // One statx of a single validated component (no '/', not . or ..) with
     // AT_SYMLINK_NOFOLLOW cannot leave `parent`, and is all a lookup needs: the node
@@ -500,60 +638,79 @@ export class PassthroughFs extends FileSystem {
         this.#stx,
       ),
     );
-    if (st < 0) throw FuseError.of(-st);
-    return this.#adopt(parent, bare(c), -1);
+    if (st < 0) return FuseError.of(-st);
+    return this.#adopt(parent, c, c.length - 1, -1);
   }
 
   /**
-   * Registers the entry whose statx is in scratch as a node under `parent`, with
-   * `fd` (an O_PATH fd of it, owned from now on) or -1 (opened lazily by #fd).
+   * Registers the entry whose statx is in scratch as a node under `parent` named
+   * `name[0..len)`, with `fd` (an O_PATH fd of it, owned from now on) or -1
+   * (opened lazily by #fd).
    */
-  #adopt(parent: Node, name: Uint8Array, fd: number): Entry {
-    const key = this.#key();
-    if (this.#hidden.has(key)) {
+  #adopt(parent: number, name: Uint8Array, len: number, fd: number): Entry {
+    const t = this.#t;
+    this.#readKey();
+    if (this.#hidden.size > 0 && this.#hidden.has(hiddenKey(this.#kd, this.#klo, this.#khi))) {
       if (fd >= 0) sys.close(fd);
       throw FuseError.of(Errno.ENOENT);
     }
-    let node = this.#byKey.get(key);
-    if (node) {
+    const type = this.#stxv.getUint16(STATX_OFF.mode, true) & S.IFMT;
+    let n = t.find(this.#kd, this.#klo, this.#khi);
+    if (n >= 0 && t.has(n, NF.DETACHED) && (t.fd(n) < 0 || type !== t.type(n))) {
+      // A node unlinked through us without a pinned fd had lost its last link, and one of
+      // another type is another file: this is a new file reusing the inode number (tar
+      // replaces its placeholder file by a symlink that way). The old node keeps its id
+      // until the client forgets it.
+      t.keyOut(n);
+      n = -1;
+    }
+    if (n >= 0) {
       if (fd < 0) {
         // keep whatever fd the node has
-      } else if (node.fd < 0 && !node.stale) {
-        node.fd = fd;
-        this.#cache(node);
+      } else if (t.fd(n) < 0 && !t.has(n, NF.STALE)) {
+        t.setFd(n, fd);
+        this.#cache(n);
       } else {
         sys.close(fd);
       }
-      if (node.detached || node.stale) {
+      if (t.has(n, NF.DETACHED | NF.STALE)) {
         // Found again under a live name: re-attach.
-        if (node.detached) {
-          node.detached = false;
-          if (node.fd >= 0) this.#cache(node);
+        if (t.has(n, NF.DETACHED)) {
+          t.set(n, NF.DETACHED, false);
+          if (t.fd(n) >= 0) this.#cache(n);
         }
-        this.#setParent(node, parent, name);
+        this.#setParent(n, parent, name, len);
       }
     } else {
-      const type = this.#stxv.getUint16(STATX_OFF.mode, true) & S.IFMT;
       const foreign = !this.#crossMounts &&
         this.#stxv.getBigUint64(STATX_OFF.mnt_id, true) !== this.#rootMnt;
       if (foreign && type !== S.IFDIR) {
         if (fd >= 0) sys.close(fd);
         throw FuseError.of(Errno.ENOENT);
       }
-      node = new Node(this.#nextId++, parent, name.slice(), key, type, foreign);
-      parent.kids++;
-      node.fd = fd;
-      this.#byId.set(node.id, node);
-      this.#byKey.set(key, node);
-      if (fd >= 0) this.#cache(node);
+      try {
+        n = t.nodeAlloc();
+      } catch (e) {
+        if (fd >= 0) sys.close(fd);
+        throw e;
+      }
+      t.setParent(n, parent);
+      t.addKids(parent, 1);
+      t.setName(n, name, len);
+      t.setKey(n, this.#kd, this.#klo, this.#khi);
+      t.setType(n, type);
+      if (foreign) t.set(n, NF.FOREIGN, true);
+      t.setFd(n, fd);
+      t.keyIn(n);
+      if (fd >= 0) this.#cache(n);
     }
-    node.lookups++;
-    return this.#entry(node);
+    t.setLookups(n, t.lookups(n) + 1);
+    return this.#entry(n);
   }
 
-  #entry(node: Node): Entry {
+  #entry(n: number): Entry {
     return {
-      nodeid: node.id,
+      nodeid: this.#t.id(n),
       generation: 0,
       attr: this.#attr(),
       entryTimeout: this.#entryTimeout,
@@ -561,57 +718,109 @@ export class PassthroughFs extends FileSystem {
     };
   }
 
-  #getattr(node: Node): Attr {
-    const st = this.#statFd(this.#fd(node));
-    if (st < 0) throw FuseError.of(-st);
+  #getattr(n: number): Attr {
+    this.#statNode(n);
     return this.#attr();
   }
 
-  #handle(fh: number, kind: "file" | "dir"): Handle {
-    const h = this.#handles.get(fh);
-    if (!h || h.kind !== kind) throw new FuseError(Errno.EBADF, `no ${kind} handle ${fh}`);
-    return h;
+  /**
+   * statx of node `n` into scratch by the cheapest route: its own fd, an open handle's
+   * fd, or — with neither — its name in its parent (one validated component, no
+   * follow), accepted only if it is still the same file (dev:ino and type, as #fd's
+   * reopen checks). Only when that fails does the node get its O_PATH fd (#fd).
+   */
+  #statNode(n: number): void {
+    const t = this.#t;
+    let fd = t.fd(n);
+    if (fd < 0) fd = t.openFd(n);
+    const parent = t.parent(n);
+    if (fd < 0 && parent >= 0 && !t.has(n, NF.DETACHED)) {
+      const c = this.#cnameOf(n, this.#name2);
+      const st = r(
+        sys.statx(
+          this.#fd(parent),
+          c,
+          AT.SYMLINK_NOFOLLOW,
+          STATX.BASIC_STATS | STATX.MNT_ID,
+          this.#stx,
+        ),
+      );
+      if (st >= 0 && this.#isNode(n)) return;
+    }
+    if (fd < 0) fd = this.#fd(n);
+    const st = this.#statFd(fd);
+    if (st < 0) throw FuseError.of(-st);
   }
 
-  #file(fh: number): FileHandle {
-    return this.#handle(fh, "file") as FileHandle;
+  /** The live handle slot of `fh` (of the given kind), or EBADF. */
+  #handle(fh: number, dir: boolean): number {
+    const s = this.#t.hSlot(fh, dir);
+    if (s < 0) throw new FuseError(Errno.EBADF, `no ${dir ? "dir" : "file"} handle ${fh}`);
+    return s;
   }
 
-  /** Before removing `name` from `dir`: detach (pin) the node it names, if we know it. */
-  #detachChild(dir: Node, cname: Uint8Array<ArrayBuffer>): Node | null {
+  /** Before removing `name` from `dir`: the node it names, if we know it. */
+  #detachChild(dir: number, cname: Uint8Array<ArrayBuffer>): number {
+    const t = this.#t;
     const st = r(
       sys.statx(this.#fd(dir), cname, AT.SYMLINK_NOFOLLOW, STATX.BASIC_STATS, this.#stx),
     );
-    if (st < 0) return null;
-    const node = this.#byKey.get(this.#key());
-    if (!node || node.parent !== dir) return null;
-    if (!equalBytes(node.name, cname.subarray(0, cname.length - 1))) return null;
-    return node;
+    if (st < 0) return -1;
+    this.#readKey();
+    const n = t.find(this.#kd, this.#klo, this.#khi);
+    if (n < 0 || t.parent(n) !== dir) return -1;
+    if (!t.nameIs(n, cname, cname.length - 1)) return -1;
+    return n;
   }
 
-  #pin(node: Node): void {
+  #pin(n: number): void {
+    const t = this.#t;
+    const ofd = t.fd(n) < 0 ? t.openFd(n) : -1;
+    if (ofd >= 0) {
+      // An open handle names exactly this inode: its O_PATH twin needs no path walk.
+      const fd = r(sys.openat(AT.FDCWD, procFd(ofd), O.PATH | O.CLOEXEC, 0));
+      if (fd >= 0) t.setFd(n, fd);
+    }
     try {
-      this.#fd(node);
+      this.#fd(n);
     } catch {
       return;
     }
-    node.detached = true;
-    this.#lru.delete(node);
+    t.set(n, NF.DETACHED, true);
+    t.lruOut(n);
   }
 
   /** Opens a regular-file node for I/O through its O_PATH fd. */
-  #reopen(node: Node, flags: number): number {
-    if (node.type === S.IFDIR) throw new FuseError(Errno.EISDIR);
-    if (node.type !== S.IFREG) throw new FuseError(Errno.EACCES, "not a regular file");
-    const fd = r(sys.openat(AT.FDCWD, procFd(this.#fd(node)), (flags & OPEN_PASS) | O.CLOEXEC, 0));
+  #reopen(n: number, flags: number): number {
+    const type = this.#t.type(n);
+    if (type === S.IFDIR) throw new FuseError(Errno.EISDIR);
+    if (type !== S.IFREG) throw new FuseError(Errno.EACCES, "not a regular file");
+    const fd = r(sys.openat(AT.FDCWD, procFd(this.#fd(n)), (flags & OPEN_PASS) | O.CLOEXEC, 0));
     if (fd < 0) throw FuseError.of(-fd);
     return fd;
   }
 
-  #newHandle(h: Handle): number {
-    const fh = this.#nextFh++;
-    this.#handles.set(fh, h);
-    return fh;
+  /** Closes (now or after the last data call on it) handle slot `s`. */
+  #release(s: number): void {
+    const fd = this.#t.hRelease(s);
+    if (fd >= 0) sys.close(fd);
+  }
+
+  /**
+   * Runs `fn` with handle `fh`'s fd outside the table lock (a data call that may
+   * take long must not hold up other readers); a concurrent RELEASE defers its
+   * close until `fn` is done.
+   */
+  #withFile<T>(fh: number, fn: (fd: number) => T): T {
+    const t = this.#t;
+    const s = t.hRef(fh, false);
+    if (s < 0) throw new FuseError(Errno.EBADF, `no file handle ${fh}`);
+    try {
+      return fn(t.hFd(s));
+    } finally {
+      const fd = t.hUnref(s);
+      if (fd >= 0) sys.close(fd);
+    }
   }
 
   // ---- FileSystem ------------------------------------------------------------
@@ -621,109 +830,162 @@ export class PassthroughFs extends FileSystem {
   }
 
   override destroy(): void {
-    for (const h of this.#handles.values()) if (h.fd >= 0) sys.close(h.fd);
-    this.#handles.clear();
-    for (const n of this.#byId.values()) {
-      if (n !== this.#rootNode && n.fd >= 0) sys.close(n.fd);
-      n.fd = n === this.#rootNode ? n.fd : -1;
-    }
-    this.#byId.clear();
-    this.#byKey.clear();
-    this.#lru.clear();
-    this.#rootNode.kids = 0;
-    this.#byId.set(1, this.#rootNode);
-    this.#byKey.set(this.#rootNode.key, this.#rootNode);
+    this.#locked(() => this.#destroy());
   }
 
-  /** Closes every fd, including the root's. The instance is unusable afterwards. */
+  #destroy(): void {
+    const t = this.#t;
+    for (const s of t.liveHandles()) {
+      const fd = t.hFd(s);
+      if (fd >= 0) sys.close(fd);
+    }
+    for (const n of t.liveNodes()) {
+      const fd = t.fd(n);
+      if (n !== ROOT && fd >= 0) sys.close(fd);
+    }
+    t.clear(ROOT);
+    t.keyIn(ROOT);
+    this.#dirCache.clear();
+  }
+
+  /**
+   * Closes every fd, including the root's (by the instance that created the
+   * state; an attached one only drops its own buffers). Unusable afterwards.
+   */
   close(): void {
+    this.#dirCache.clear();
+    if (!this.#primary) return;
     this.destroy();
     sys.close(this.#rootFd);
   }
 
-  override lookup(_ctx: Context, parent: number, name: Uint8Array): Entry {
+  override lookup(_ctx: Context, parent: number, name: Uint8Array): Entry | FuseError {
     this.#enterCreds();
-    return this.#lookupIn(this.#dir(parent), name);
+    const t = this.#t;
+    t.lock();
+    try {
+      const dir = this.#dir(parent);
+      this.#lookable(dir);
+      return this.#tryLookupC(dir, this.#cname(name, this.#name1));
+    } finally {
+      t.unlock();
+    }
   }
 
   override forget(nodeid: number, nlookup: number): void {
-    const n = this.#byId.get(nodeid);
-    if (!n || n === this.#rootNode) return;
-    n.lookups -= nlookup;
-    if (n.lookups < 0) n.lookups = 0;
-    this.#maybeDrop(n);
+    const t = this.#t;
+    t.lock();
+    try {
+      const n = t.slotOf(nodeid);
+      if (n < 0 || n === ROOT) return;
+      t.setLookups(n, t.lookups(n) - Math.min(nlookup, 0x7fffffff));
+      this.#maybeDrop(n);
+    } finally {
+      t.unlock();
+    }
   }
 
   override getattr(_ctx: Context, nodeid: number, _fh: number | null): AttrReply {
     this.#enterCreds();
-    return { attr: this.#getattr(this.#node(nodeid)), timeout: this.#attrTimeout };
+    const t = this.#t;
+    t.lock();
+    try {
+      return { attr: this.#getattr(this.#node(nodeid)), timeout: this.#attrTimeout };
+    } finally {
+      t.unlock();
+    }
   }
 
   override setattr(_ctx: Context, nodeid: number, s: SetattrIn): AttrReply {
     this.#enterCreds();
     if (this.#ro) throw new FuseError(Errno.EROFS);
-    const node = this.#node(nodeid);
-    if (node.foreign) throw new FuseError(Errno.EACCES);
-    const fd = this.#fd(node);
-    const hfd = s.valid & FATTR.FH ? this.#file(s.fh).fd : -1;
-    if (s.valid & FATTR.MODE) {
-      if (node.type === S.IFLNK) throw new FuseError(Errno.ENOTSUP);
-      const mode = s.mode & 0o7777;
-      const rc = hfd >= 0 ? sys.fchmod(hfd, mode) : sys.fchmodat(AT.FDCWD, procFd(fd), mode, 0);
-      if (rc < 0) throw new FuseError(-r(rc));
-    }
-    if (s.valid & (FATTR.UID | FATTR.GID)) {
-      const uid = s.valid & FATTR.UID ? s.uid : 0xffffffff;
-      const gid = s.valid & FATTR.GID ? s.gid : 0xffffffff;
-      const rc = r(sys.fchownat(fd, EMPTY, uid, gid, AT.EMPTY_PATH | AT.SYMLINK_NOFOLLOW));
-      if (rc < 0) throw FuseError.of(-rc);
-    }
-    if (s.valid & FATTR.SIZE) {
-      if (node.type === S.IFDIR) throw new FuseError(Errno.EISDIR);
-      if (node.type !== S.IFREG) throw new FuseError(Errno.EINVAL);
-      const rc = r(
-        hfd >= 0 ? sys.ftruncate(hfd, BigInt(s.size)) : sys.truncate(procFd(fd), BigInt(s.size)),
-      );
-      if (rc < 0) throw FuseError.of(-rc);
-    }
-    if (s.valid & (FATTR.ATIME | FATTR.MTIME)) {
-      const ts = new BigInt64Array(4);
-      ts[1] = BigInt(UTIME_OMIT);
-      ts[3] = BigInt(UTIME_OMIT);
-      if (s.valid & FATTR.ATIME) {
-        if (s.valid & FATTR.ATIME_NOW) ts[1] = BigInt(UTIME_NOW);
-        else [ts[0], ts[1]] = [BigInt.asIntN(64, s.atime), BigInt(s.atimensec)];
+    const t = this.#t;
+    t.lock();
+    try {
+      const n = this.#node(nodeid);
+      if (t.has(n, NF.FOREIGN)) throw new FuseError(Errno.EACCES);
+      const type = t.type(n);
+      const hfd = s.valid & FATTR.FH ? t.hFd(this.#handle(s.fh, false)) : -1;
+      // Any real fd of the node (the client's handle, or another open handle) serves the
+      // fd forms (fchmod, ftruncate, *at with AT_EMPTY_PATH) without a /proc walk or an
+      // O_PATH open; the node's own fd is the fallback.
+      const ofd = hfd >= 0 ? hfd : t.openFd(n);
+      if (s.valid & FATTR.MODE) {
+        if (type === S.IFLNK) throw new FuseError(Errno.ENOTSUP);
+        const mode = s.mode & 0o7777;
+        const rc = ofd >= 0
+          ? sys.fchmod(ofd, mode)
+          : sys.fchmodat(AT.FDCWD, procFd(this.#fd(n)), mode, 0);
+        if (rc < 0) throw new FuseError(-r(rc));
       }
-      if (s.valid & FATTR.MTIME) {
-        if (s.valid & FATTR.MTIME_NOW) ts[3] = BigInt(UTIME_NOW);
-        else [ts[2], ts[3]] = [BigInt.asIntN(64, s.mtime), BigInt(s.mtimensec)];
+      if (s.valid & (FATTR.UID | FATTR.GID)) {
+        const uid = s.valid & FATTR.UID ? s.uid : 0xffffffff;
+        const gid = s.valid & FATTR.GID ? s.gid : 0xffffffff;
+        const fd = ofd >= 0 ? ofd : this.#fd(n);
+        const rc = r(sys.fchownat(fd, EMPTY, uid, gid, AT.EMPTY_PATH | AT.SYMLINK_NOFOLLOW));
+        if (rc < 0) throw FuseError.of(-rc);
       }
-      const b = new Uint8Array(ts.buffer);
-      const rc = r(sys.utimensat(fd, EMPTY, b, AT.EMPTY_PATH | AT.SYMLINK_NOFOLLOW));
-      if (rc < 0) throw FuseError.of(-rc);
+      if (s.valid & FATTR.SIZE) {
+        if (type === S.IFDIR) throw new FuseError(Errno.EISDIR);
+        if (type !== S.IFREG) throw new FuseError(Errno.EINVAL);
+        // A handle opened for writing already carries the right to truncate.
+        const wfd = hfd >= 0 ? hfd : t.writableFd(n);
+        const rc = r(
+          wfd >= 0
+            ? sys.ftruncate(wfd, BigInt(s.size))
+            : sys.truncate(procFd(this.#fd(n)), BigInt(s.size)),
+        );
+        if (rc < 0) throw FuseError.of(-rc);
+      }
+      if (s.valid & (FATTR.ATIME | FATTR.MTIME)) {
+        const ts = this.#times;
+        ts[0] = ts[2] = 0n;
+        ts[1] = BigInt(UTIME_OMIT);
+        ts[3] = BigInt(UTIME_OMIT);
+        if (s.valid & FATTR.ATIME) {
+          if (s.valid & FATTR.ATIME_NOW) ts[1] = BigInt(UTIME_NOW);
+          else [ts[0], ts[1]] = [BigInt.asIntN(64, s.atime), BigInt(s.atimensec)];
+        }
+        if (s.valid & FATTR.MTIME) {
+          if (s.valid & FATTR.MTIME_NOW) ts[3] = BigInt(UTIME_NOW);
+          else [ts[2], ts[3]] = [BigInt.asIntN(64, s.mtime), BigInt(s.mtimensec)];
+        }
+        const b = new Uint8Array(ts.buffer);
+        const fd = ofd >= 0 ? ofd : this.#fd(n);
+        const rc = r(sys.utimensat(fd, EMPTY, b, AT.EMPTY_PATH | AT.SYMLINK_NOFOLLOW));
+        if (rc < 0) throw FuseError.of(-rc);
+      }
+      return { attr: this.#getattr(n), timeout: this.#attrTimeout };
+    } finally {
+      t.unlock();
     }
-    return { attr: this.#getattr(node), timeout: this.#attrTimeout };
   }
 
   override readlink(_ctx: Context, nodeid: number): Uint8Array {
     this.#enterCreds();
-    const node = this.#node(nodeid);
-    if (node.type !== S.IFLNK) throw new FuseError(Errno.EINVAL);
-    const buf = this.#xbuf;
-    const n = r(sys.readlinkat(this.#fd(node), EMPTY, buf, BigInt(4096)));
-    if (n < 0) throw FuseError.of(-n);
-    return buf.slice(0, n);
+    return this.#locked(() => {
+      const n = this.#node(nodeid);
+      if (this.#t.type(n) !== S.IFLNK) throw new FuseError(Errno.EINVAL);
+      const buf = this.#xbuf;
+      const got = r(sys.readlinkat(this.#fd(n), EMPTY, buf, BigInt(4096)));
+      if (got < 0) throw FuseError.of(-got);
+      return buf.slice(0, got);
+    });
   }
 
   override symlink(ctx: Context, parent: number, name: Uint8Array, target: Uint8Array): Entry {
     this.#enterCreds();
-    const dir = this.#mutableDir(parent);
-    const c = this.#cname(name, this.#name1);
-    if (target.length === 0 || target.length > 4095) throw new FuseError(Errno.EINVAL, "target");
-    const t = cpath(target);
-    const rc = this.#asCaller(ctx, () => r(sys.symlinkat(t, this.#fd(dir), c)));
-    if (rc < 0) throw FuseError.of(-rc);
-    return this.#lookupC(dir, c);
+    return this.#locked(() => {
+      const dir = this.#mutableDir(parent);
+      const c = this.#cname(name, this.#name1);
+      if (target.length === 0 || target.length > 4095) {
+        throw new FuseError(Errno.EINVAL, "target");
+      }
+      const tgt = cpath(target);
+      const rc = this.#asCaller(ctx, () => r(sys.symlinkat(tgt, this.#fd(dir), c)));
+      if (rc < 0) throw FuseError.of(-rc);
+      return this.#lookupC(dir, c);
+    });
   }
 
   override mknod(
@@ -735,52 +997,79 @@ export class PassthroughFs extends FileSystem {
     _umask: number,
   ): Entry {
     this.#enterCreds();
-    const dir = this.#mutableDir(parent);
-    const type = mode & S.IFMT;
-    if (type === S.IFCHR || type === S.IFBLK) {
-      if (!this.#allowDevices) throw new FuseError(Errno.EPERM, "device nodes are not allowed");
-    } else if (type !== S.IFREG && type !== S.IFIFO && type !== S.IFSOCK && type !== 0) {
-      throw new FuseError(Errno.EINVAL, `mknod type 0o${type.toString(8)}`);
-    }
-    const c = this.#cname(name, this.#name1);
-    // new_decode_dev
-    const major = (rdev & 0xfff00) >>> 8;
-    const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
-    const dev = (BigInt(major & 0xfff) << 8n) | BigInt(minor & 0xff) |
-      (BigInt(minor >>> 8) << 20n) |
-      (BigInt(major >>> 12) << 32n);
-    const rc = this.#asCaller(ctx, () => r(sys.mknodat(this.#fd(dir), c, mode, dev)));
-    if (rc < 0) throw FuseError.of(-rc);
-    return this.#lookupC(dir, c);
+    return this.#locked(() => {
+      const dir = this.#mutableDir(parent);
+      const type = mode & S.IFMT;
+      if (type === S.IFCHR || type === S.IFBLK) {
+        if (!this.#allowDevices) throw new FuseError(Errno.EPERM, "device nodes are not allowed");
+      } else if (type !== S.IFREG && type !== S.IFIFO && type !== S.IFSOCK && type !== 0) {
+        throw new FuseError(Errno.EINVAL, `mknod type 0o${type.toString(8)}`);
+      }
+      const c = this.#cname(name, this.#name1);
+      // new_decode_dev
+      const major = (rdev & 0xfff00) >>> 8;
+      const minor = (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
+      const dev = (BigInt(major & 0xfff) << 8n) | BigInt(minor & 0xff) |
+        (BigInt(minor >>> 8) << 20n) |
+        (BigInt(major >>> 12) << 32n);
+      const rc = this.#asCaller(ctx, () => r(sys.mknodat(this.#fd(dir), c, mode, dev)));
+      if (rc < 0) throw FuseError.of(-rc);
+      return this.#lookupC(dir, c);
+    });
   }
 
   override mkdir(ctx: Context, parent: number, name: Uint8Array, mode: number, _u: number): Entry {
     this.#enterCreds();
-    const dir = this.#mutableDir(parent);
-    const c = this.#cname(name, this.#name1);
-    const rc = this.#asCaller(ctx, () => r(sys.mkdirat(this.#fd(dir), c, mode & 0o7777)));
-    if (rc < 0) throw FuseError.of(-rc);
-    return this.#lookupC(dir, c);
+    return this.#locked(() => {
+      const dir = this.#mutableDir(parent);
+      const c = this.#cname(name, this.#name1);
+      const rc = this.#asCaller(ctx, () => r(sys.mkdirat(this.#fd(dir), c, mode & 0o7777)));
+      if (rc < 0) throw FuseError.of(-rc);
+      return this.#lookupC(dir, c);
+    });
   }
 
   #remove(parent: number, name: Uint8Array, flags: number): void {
     this.#enterCreds();
-    const dir = this.#mutableDir(parent);
-    const c = this.#cname(name, this.#name1);
-    this.#refuseHidden(dir, c, Errno.ENOENT);
-    const victim = this.#detachChild(dir, c);
-    if (victim) this.#pin(victim);
-    const rc = r(sys.unlinkat(this.#fd(dir), c, flags));
-    if (rc < 0) {
-      if (victim) this.#unpin(victim);
-      throw FuseError.of(-rc);
+    const t = this.#t;
+    t.lock();
+    try {
+      const dir = this.#mutableDir(parent);
+      const c = this.#cname(name, this.#name1);
+      this.#refuseHidden(dir, c, Errno.ENOENT);
+      const victim = this.#detachChild(dir, c);
+      if (victim >= 0) {
+        // A regular file with one link and no open handle is gone once unlinked:
+        // nothing can reach it again, so it needs no pinned fd (which would cost an
+        // O_PATH open by path and a statx when it has none). It is still marked
+        // detached: a stray request for it is ESTALE, and a lookup that finds its
+        // inode number reused makes a new node (#adopt).
+        const nlink = this.#stxv.getUint32(STATX_OFF.nlink, true);
+        if (
+          t.fd(victim) >= 0 || t.type(victim) !== S.IFREG || nlink > 1 ||
+          t.openFd(victim) >= 0
+        ) {
+          this.#pin(victim);
+        } else {
+          t.set(victim, NF.DETACHED, true);
+          t.lruOut(victim);
+        }
+      }
+      const rc = r(sys.unlinkat(this.#fd(dir), c, flags));
+      if (rc < 0) {
+        if (victim >= 0) this.#unpin(victim);
+        throw FuseError.of(-rc);
+      }
+    } finally {
+      t.unlock();
     }
   }
 
-  #unpin(node: Node): void {
-    if (!node.detached) return;
-    node.detached = false;
-    if (node.fd >= 0) this.#cache(node);
+  #unpin(n: number): void {
+    const t = this.#t;
+    if (!t.has(n, NF.DETACHED)) return;
+    t.set(n, NF.DETACHED, false);
+    if (t.fd(n) >= 0) this.#cache(n);
   }
 
   override unlink(_ctx: Context, parent: number, name: Uint8Array): void {
@@ -801,84 +1090,96 @@ export class PassthroughFs extends FileSystem {
   ): void {
     this.#enterCreds();
     if (flags & ~3) throw new FuseError(Errno.EINVAL, `rename flags ${flags}`);
-    const from = this.#mutableDir(olddir);
-    const to = this.#mutableDir(newdir);
-    const c1 = this.#cname(oldname, this.#name1);
-    const c2 = this.#cname(newname, this.#name2);
-    // A hidden entry can neither be moved out nor replaced (nor exchanged) by another.
-    this.#refuseHidden(from, c1, Errno.ENOENT);
-    this.#refuseHidden(to, c2, Errno.EACCES);
-    const moving = this.#detachChild(from, c1);
-    const replaced = this.#detachChild(to, c2);
-    const exchange = (flags & 2) !== 0;
-    if (replaced && !exchange) this.#pin(replaced);
-    const rc = r(sys.renameat2(this.#fd(from), c1, this.#fd(to), c2, flags));
-    if (rc < 0) {
-      if (replaced && !exchange) this.#unpin(replaced);
-      throw FuseError.of(-rc);
-    }
-    if (moving) this.#setParent(moving, to, bare(c2));
-    if (replaced && exchange) this.#setParent(replaced, from, bare(c1));
+    this.#locked(() => {
+      const from = this.#mutableDir(olddir);
+      const to = this.#mutableDir(newdir);
+      const c1 = this.#cname(oldname, this.#name1);
+      const c2 = this.#cname(newname, this.#name2);
+      // A hidden entry can neither be moved out nor replaced (nor exchanged) by another.
+      this.#refuseHidden(from, c1, Errno.ENOENT);
+      this.#refuseHidden(to, c2, Errno.EACCES);
+      const moving = this.#detachChild(from, c1);
+      const replaced = this.#detachChild(to, c2);
+      const exchange = (flags & 2) !== 0;
+      if (replaced >= 0 && !exchange) this.#pin(replaced);
+      const rc = r(sys.renameat2(this.#fd(from), c1, this.#fd(to), c2, flags));
+      if (rc < 0) {
+        if (replaced >= 0 && !exchange) this.#unpin(replaced);
+        throw FuseError.of(-rc);
+      }
+      if (moving >= 0) this.#setParent(moving, to, c2, c2.length - 1);
+      if (replaced >= 0 && exchange) this.#setParent(replaced, from, c1, c1.length - 1);
+    });
   }
 
   override link(_ctx: Context, nodeid: number, newparent: number, newname: Uint8Array): Entry {
     this.#enterCreds();
-    const dir = this.#mutableDir(newparent);
-    const node = this.#node(nodeid);
-    if (node.type === S.IFDIR) throw new FuseError(Errno.EPERM, "hard link to a directory");
-    if (node.foreign) throw new FuseError(Errno.EXDEV);
-    const c = this.#cname(newname, this.#name1);
-    const fd = this.#fd(node);
-    const dfd = this.#fd(dir);
-    let rc = r(sys.linkat(fd, EMPTY, dfd, c, AT.EMPTY_PATH));
-    if (rc === -Errno.ENOENT && node.type !== S.IFLNK) {
-      // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc/self/fd/N names the same inode.
-      rc = r(sys.linkat(AT.FDCWD, procFd(fd), dfd, c, AT.SYMLINK_FOLLOW));
-    }
-    if (rc < 0) throw FuseError.of(-rc);
-    return this.#lookupC(dir, c);
+    return this.#locked(() => {
+      const t = this.#t;
+      const dir = this.#mutableDir(newparent);
+      const n = this.#node(nodeid);
+      const type = t.type(n);
+      if (type === S.IFDIR) throw new FuseError(Errno.EPERM, "hard link to a directory");
+      if (t.has(n, NF.FOREIGN)) throw new FuseError(Errno.EXDEV);
+      const c = this.#cname(newname, this.#name1);
+      const fd = this.#fd(n);
+      const dfd = this.#fd(dir);
+      let rc = r(sys.linkat(fd, EMPTY, dfd, c, AT.EMPTY_PATH));
+      if (rc === -Errno.ENOENT && type !== S.IFLNK) {
+        // AT_EMPTY_PATH needs CAP_DAC_READ_SEARCH; /proc/self/fd/N names the same inode.
+        rc = r(sys.linkat(AT.FDCWD, procFd(fd), dfd, c, AT.SYMLINK_FOLLOW));
+      }
+      if (rc < 0) throw FuseError.of(-rc);
+      return this.#lookupC(dir, c);
+    });
   }
 
   override open(_ctx: Context, nodeid: number, flags: number): Opened {
     this.#enterCreds();
     if (this.#ro && ((flags & 3) !== 0 || (flags & O.TRUNC))) throw new FuseError(Errno.EROFS);
-    const node = this.#node(nodeid);
-    const fd = this.#reopen(node, flags);
-    return { fh: this.#newHandle({ kind: "file", fd, node, flags }), openFlags: FILE_OPEN_FLAGS };
+    return this.#locked(() => {
+      const n = this.#node(nodeid);
+      const fd = this.#reopen(n, flags);
+      return { fh: this.#t.hAlloc(false, fd, n, flags), openFlags: FILE_OPEN_FLAGS };
+    });
   }
 
   override read(_ctx: Context, _nodeid: number, fh: number, offset: bigint, dst: Uint8Array[]) {
-    const h = this.#file(fh);
-    if (dst.length === 1) {
-      const buf = dst[0];
-      let done = 0;
-      while (done < buf.length) {
-        const n = r(
-          sys.pread(
-            h.fd,
-            done ? buf.subarray(done) as Uint8Array<ArrayBuffer> : buf as Uint8Array<ArrayBuffer>,
-            BigInt(buf.length - done),
-            offset + BigInt(done),
-          ),
-        );
-        if (n < 0) throw FuseError.of(-n);
-        if (n === 0) break;
-        done += n;
+    return this.#withFile(fh, (fd) => {
+      if (dst.length === 1) {
+        const buf = dst[0];
+        let done = 0;
+        while (done < buf.length) {
+          const n = r(
+            sys.pread(
+              fd,
+              done ? buf.subarray(done) as Uint8Array<ArrayBuffer> : buf as Uint8Array<ArrayBuffer>,
+              BigInt(buf.length - done),
+              offset + BigInt(done),
+            ),
+          );
+          if (n < 0) throw FuseError.of(-n);
+          if (n === 0) break;
+          done += n;
+        }
+        return done;
       }
-      return done;
-    }
-    const iov = new BigUint64Array(dst.length * 2);
-    let total = 0;
-    for (let i = 0; i < dst.length; i++) {
-      iov[2 * i] = BigInt(
-        Deno.UnsafePointer.value(Deno.UnsafePointer.of(dst[i] as Uint8Array<ArrayBuffer>)),
+      if (this.#iov.length < dst.length * 2) this.#iov = new BigUint64Array(dst.length * 2);
+      const iov = this.#iov;
+      let total = 0;
+      for (let i = 0; i < dst.length; i++) {
+        iov[2 * i] = BigInt(
+          Deno.UnsafePointer.value(Deno.UnsafePointer.of(dst[i] as Uint8Array<ArrayBuffer>)),
+        );
+        iov[2 * i + 1] = BigInt(dst[i].length);
+        total += dst[i].length;
+      }
+      const n = r(
+        sys.preadv(fd, new Uint8Array(iov.buffer, 0, dst.length * 16), dst.length, offset),
       );
-      iov[2 * i + 1] = BigInt(dst[i].length);
-      total += dst[i].length;
-    }
-    const n = r(sys.preadv(h.fd, new Uint8Array(iov.buffer), dst.length, offset));
-    if (n < 0) throw FuseError.of(-n);
-    return Math.min(n, total);
+      if (n < 0) throw FuseError.of(-n);
+      return Math.min(n, total);
+    });
   }
 
   override write(
@@ -890,32 +1191,35 @@ export class PassthroughFs extends FileSystem {
     _flags: number,
   ): number {
     if (this.#ro) throw new FuseError(Errno.EROFS);
-    const h = this.#file(fh);
-    let done = 0;
-    while (done < data.length) {
-      const n = r(
-        sys.pwrite(
-          h.fd,
-          data.subarray(done) as Uint8Array<ArrayBuffer>,
-          BigInt(data.length - done),
-          offset + BigInt(done),
-        ),
-      );
-      if (n < 0) {
-        if (done > 0) break;
-        throw FuseError.of(-n);
+    return this.#withFile(fh, (fd) => {
+      let done = 0;
+      while (done < data.length) {
+        const n = r(
+          sys.pwrite(
+            fd,
+            data.subarray(done) as Uint8Array<ArrayBuffer>,
+            BigInt(data.length - done),
+            offset + BigInt(done),
+          ),
+        );
+        if (n < 0) {
+          if (done > 0) break;
+          throw FuseError.of(-n);
+        }
+        if (n === 0) break;
+        done += n;
       }
-      if (n === 0) break;
-      done += n;
-    }
-    return done;
+      return done;
+    });
   }
 
   override statfs(_ctx: Context, nodeid: number): StatFs {
     this.#enterCreds();
     const b = new Uint8Array(STATFS_OFF.size_of);
-    const rc = r(sys.fstatfs(this.#fd(this.#node(nodeid)), b));
-    if (rc < 0) throw FuseError.of(-rc);
+    this.#locked(() => {
+      const rc = r(sys.fstatfs(this.#fd(this.#node(nodeid)), b));
+      if (rc < 0) throw FuseError.of(-rc);
+    });
     const v = new DataView(b.buffer);
     return {
       blocks: v.getBigUint64(STATFS_OFF.blocks, true),
@@ -930,23 +1234,34 @@ export class PassthroughFs extends FileSystem {
   }
 
   override release(_ctx: Context, _nodeid: number, fh: number): void {
-    const h = this.#file(fh);
-    sys.close(h.fd);
-    this.#handles.delete(fh);
+    const t = this.#t;
+    t.lock();
+    try {
+      this.#release(this.#handle(fh, false));
+    } finally {
+      t.unlock();
+    }
   }
 
   override fsync(_ctx: Context, _nodeid: number, fh: number, datasync: boolean): void {
-    const h = this.#file(fh);
-    const rc = r(datasync ? sys.fdatasync(h.fd) : sys.fsync(h.fd));
-    if (rc < 0) throw FuseError.of(-rc);
+    this.#withFile(fh, (fd) => {
+      const rc = r(datasync ? sys.fdatasync(fd) : sys.fsync(fd));
+      if (rc < 0) throw FuseError.of(-rc);
+    });
   }
 
-  /** A NUL-terminated copy of an xattr name (the copy is what is checked and used). */
+  /**
+   * A NUL-terminated copy of an xattr name (the copy is what is checked and used), in
+   * a buffer of this instance: valid until the next call.
+   */
   #xname(name: Uint8Array): Uint8Array<ArrayBuffer> {
-    if (name.length === 0 || name.length > 255) throw new FuseError(Errno.ERANGE, "xattr name");
-    const n = cpath(name);
-    if (n.indexOf(0) !== n.length - 1) throw new FuseError(Errno.EINVAL, "xattr name with NUL");
-    return n;
+    const len = name.length;
+    if (len === 0 || len > 255) throw new FuseError(Errno.ERANGE, "xattr name");
+    const n = this.#xname1;
+    n.set(name);
+    n[len] = 0;
+    if (n.indexOf(0) !== len) throw new FuseError(Errno.EINVAL, "xattr name with NUL");
+    return n.subarray(0, len + 1);
   }
 
   /**
@@ -971,72 +1286,148 @@ export class PassthroughFs extends FileSystem {
   ): void {
     this.#enterCreds();
     if (this.#ro) throw new FuseError(Errno.EROFS);
-    const node = this.#node(nodeid);
     const n = this.#changeableXname(name, "setting");
-    if (node.type === S.IFLNK) throw new FuseError(Errno.EPERM);
-    const rc = r(
-      sys.setxattr(procFd(this.#fd(node)), n, value.slice(), BigInt(value.length), flags & 3),
-    );
-    if (rc < 0) throw FuseError.of(-rc);
+    const v = value.slice();
+    this.#locked(() => {
+      const node = this.#node(nodeid);
+      if (this.#t.type(node) === S.IFLNK) throw new FuseError(Errno.EPERM);
+      const ofd = this.#t.openFd(node);
+      const rc = r(
+        ofd >= 0
+          ? sys.fsetxattr(ofd, n, v, BigInt(v.length), flags & 3)
+          : sys.setxattr(procFd(this.#fd(node)), n, v, BigInt(v.length), flags & 3),
+      );
+      if (rc < 0) throw FuseError.of(-rc);
+    });
   }
 
-  override getxattr(_ctx: Context, nodeid: number, name: Uint8Array): Uint8Array {
+  /**
+   * Xattr reads go through an open handle's fd when the node has one (fgetxattr: no
+   * `/proc/self/fd` walk — the kernel asks for `security.capability` before the first
+   * write to every file) and ask the host for at most `size` bytes: the kernel
+   * allocates a buffer of the size passed, so the 64 KiB maximum cost more than the
+   * call itself. Size 0 asks only for the length.
+   */
+  override getxattr(
+    _ctx: Context,
+    nodeid: number,
+    name: Uint8Array,
+    size = XATTR_MAX,
+  ): Uint8Array | number | FuseError {
     this.#enterCreds();
-    const node = this.#node(nodeid);
     const n = this.#xname(name);
-    if (node.type === S.IFLNK) throw new FuseError(Errno.ENODATA);
-    const got = r(
-      sys.getxattr(procFd(this.#fd(node)), n, this.#xbuf, BigInt(XATTR_MAX)),
-    );
-    if (got < 0) throw FuseError.of(-got);
-    return this.#xbuf.slice(0, got);
+    const t = this.#t;
+    t.lock();
+    try {
+      const node = this.#node(nodeid);
+      if (t.type(node) === S.IFLNK) return FuseError.of(Errno.ENODATA);
+      const want = Math.min(size, XATTR_MAX);
+      const buf = want > 0 ? this.#xbuf.subarray(0, want) : null;
+      const ofd = t.openFd(node);
+      const got = r(
+        ofd >= 0
+          ? sys.fgetxattr(ofd, n, buf, BigInt(want))
+          : sys.getxattr(procFd(this.#fd(node)), n, buf, BigInt(want)),
+      );
+      // Returned, not thrown: ENODATA is the usual answer (see FileSystem.getxattr).
+      if (got < 0) return FuseError.of(-got);
+      return want > 0 ? this.#xbuf.subarray(0, got) : got;
+    } finally {
+      t.unlock();
+    }
   }
 
-  override listxattr(_ctx: Context, nodeid: number): Uint8Array {
+  /** As {@link getxattr}: through an open handle when there is one, at most `size` bytes. */
+  override listxattr(
+    _ctx: Context,
+    nodeid: number,
+    size = XATTR_MAX,
+  ): Uint8Array | number | FuseError {
     this.#enterCreds();
-    const node = this.#node(nodeid);
-    if (node.type === S.IFLNK) return new Uint8Array(0);
-    const got = r(sys.listxattr(procFd(this.#fd(node)), this.#xbuf, BigInt(XATTR_MAX)));
-    if (got < 0) throw FuseError.of(-got);
-    return this.#xbuf.slice(0, got);
+    const t = this.#t;
+    t.lock();
+    try {
+      const node = this.#node(nodeid);
+      if (t.type(node) === S.IFLNK) return new Uint8Array(0);
+      const want = Math.min(size, XATTR_MAX);
+      const buf = want > 0 ? this.#xbuf.subarray(0, want) : null;
+      const ofd = t.openFd(node);
+      const got = r(
+        ofd >= 0
+          ? sys.flistxattr(ofd, buf, BigInt(want))
+          : sys.listxattr(procFd(this.#fd(node)), buf, BigInt(want)),
+      );
+      if (got < 0) return FuseError.of(-got);
+      return want > 0 ? this.#xbuf.subarray(0, got) : got;
+    } finally {
+      t.unlock();
+    }
   }
 
   override removexattr(_ctx: Context, nodeid: number, name: Uint8Array): void {
     this.#enterCreds();
     if (this.#ro) throw new FuseError(Errno.EROFS);
-    const node = this.#node(nodeid);
     const n = this.#changeableXname(name, "removing");
-    if (node.type === S.IFLNK) throw new FuseError(Errno.ENODATA);
-    const rc = r(sys.removexattr(procFd(this.#fd(node)), n));
-    if (rc < 0) throw FuseError.of(-rc);
+    this.#locked(() => {
+      const node = this.#node(nodeid);
+      if (this.#t.type(node) === S.IFLNK) throw new FuseError(Errno.ENODATA);
+      const ofd = this.#t.openFd(node);
+      const rc = r(
+        ofd >= 0 ? sys.fremovexattr(ofd, n) : sys.removexattr(procFd(this.#fd(node)), n),
+      );
+      if (rc < 0) throw FuseError.of(-rc);
+    });
   }
 
   override flush(_ctx: Context, _nodeid: number, fh: number): void {
-    this.#file(fh);
+    this.#locked(() => this.#handle(fh, false));
   }
 
   override opendir(_ctx: Context, nodeid: number, _flags: number): Opened {
     this.#enterCreds();
-    const node = this.#dir(nodeid);
-    let fd = -1;
-    if (!node.foreign) {
-      fd = r(sys.openat(this.#fd(node), DOT_PATH, O.RDONLY | O.DIRECTORY | O.CLOEXEC, 0));
-      if (fd < 0) throw FuseError.of(-fd);
+    return this.#locked(() => {
+      const n = this.#dir(nodeid);
+      let fd = -1;
+      if (!this.#t.has(n, NF.FOREIGN)) {
+        fd = r(sys.openat(this.#fd(n), DOT_PATH, O.RDONLY | O.DIRECTORY | O.CLOEXEC, 0));
+        if (fd < 0) throw FuseError.of(-fd);
+      }
+      return { fh: this.#t.hAlloc(true, fd, n, 0), openFlags: 0 };
+    });
+  }
+
+  /**
+   * This thread's getdents buffer for directory handle slot `s`, valid when this
+   * thread was the last to move the handle's fd and the client continues where it
+   * left off; else a fresh one with the fd moved to `offset`.
+   */
+  #dirBuf(s: number, fd: number, offset: bigint): DirBuf {
+    const t = this.#t;
+    const fh = t.fh(s);
+    const [owner, seq] = t.hPos(s);
+    let b = this.#dirCache.get(s);
+    const off = t.hOff(s);
+    if (b && b.fh === fh && owner === t.token && seq === b.seq && offset === off) return b;
+    // A fresh handle's fd is at 0 already; anything else is moved where the client asks.
+    if (!(owner === -1 && offset === 0n && off === 0n)) {
+      const rc = r(sys.lseek(fd, offset, 0));
+      if (rc < 0) throw FuseError.of(-rc);
     }
-    // Reuse getdents buffers of released handles: a tree walk opens one directory
-    // after another, and a fresh 32 KiB buffer per OPENDIR showed in the profile.
-    const buf = this.#dirBufs.pop() ?? new Uint8Array(32768);
-    const h: DirHandle = {
-      kind: "dir",
-      fd,
-      node,
-      buf,
-      dv: new DataView(buf.buffer),
-      len: 0,
-      pos: 0,
-      off: 0n,
-    };
-    return { fh: this.#newHandle(h), openFlags: 0 };
+    if (!b || b.fh !== fh) {
+      if (b) this.#dirCache.delete(s);
+      if (this.#dirCache.size >= DIR_BUFS_KEPT) {
+        for (const old of this.#dirCache.values()) this.#dirBufs.push(old.buf);
+        this.#dirCache.clear();
+      }
+      // Reuse getdents buffers: a tree walk opens one directory after another, and a
+      // fresh 32 KiB buffer per OPENDIR showed in the profile.
+      const buf = this.#dirBufs.pop() ?? new Uint8Array(32768);
+      b = { fh, seq: 0, buf, dv: new DataView(buf.buffer), len: 0, pos: 0, off: 0n };
+      this.#dirCache.set(s, b);
+    }
+    b.len = b.pos = 0;
+    b.off = offset;
+    return b;
   }
 
   override readdir(
@@ -1047,26 +1438,41 @@ export class PassthroughFs extends FileSystem {
     sink: DirSink,
   ): void {
     this.#enterCreds();
-    const h = this.#handle(fh, "dir") as DirHandle;
-    if (h.fd < 0) {
-      // A directory on another mount (crossMounts: false) reads as empty but for . and ..
-      const names = [new Uint8Array([DOT]), new Uint8Array([DOT, DOT])];
-      for (let i = Number(offset); i < 2; i++) {
-        if (!sink.fits(names[i].length)) break;
-        sink.add(names[i], 0n, 4, BigInt(i + 1), null);
+    const t = this.#t;
+    t.lock();
+    try {
+      const s = this.#handle(fh, true);
+      const fd = t.hFd(s);
+      if (fd < 0) {
+        // A directory on another mount (crossMounts: false) reads as empty but for . and ..
+        const names = [new Uint8Array([DOT]), new Uint8Array([DOT, DOT])];
+        for (let i = Number(offset); i < 2; i++) {
+          if (!sink.fits(names[i].length)) break;
+          sink.add(names[i], 0n, 4, BigInt(i + 1), null);
+        }
+        return;
       }
-      return;
+      const h = this.#dirBuf(s, fd, offset);
+      const dir = t.hNode(s);
+      if (dir < 0) throw new FuseError(Errno.ESTALE, "directory forgotten while open");
+      try {
+        this.#fill(dir, fd, h, sink);
+      } finally {
+        // This thread moved the fd last: remember it, so a READDIR that continues
+        // here keeps the buffer; another thread's next READDIR seeks instead.
+        t.hSetOff(s, h.off);
+        h.seq = t.hPos(s)[1] + 1;
+        t.hSetPos(s, t.token, h.seq);
+      }
+    } finally {
+      t.unlock();
     }
-    if (offset !== h.off) {
-      const rc = r(sys.lseek(h.fd, offset, 0));
-      if (rc < 0) throw FuseError.of(-rc);
-      h.len = h.pos = 0;
-      h.off = offset;
-    }
-    const dir = h.node;
+  }
+
+  #fill(dir: number, fd: number, h: DirBuf, sink: DirSink): void {
     for (;;) {
       if (h.pos >= h.len) {
-        const n = r(sys.getdents64(h.fd, h.buf, BigInt(h.buf.length)));
+        const n = r(sys.getdents64(fd, h.buf, BigInt(h.buf.length)));
         if (n < 0) throw FuseError.of(-n);
         if (n === 0) return;
         h.len = n;
@@ -1109,14 +1515,14 @@ export class PassthroughFs extends FileSystem {
    * READDIRPLUS fast path: an entry whose (dev of `dir`, d_ino) is a node with an
    * open fd needs one statx of that fd instead of a walk. Null when unknown.
    */
-  #knownEntry(dir: Node, ino: bigint): Entry | null {
-    const node = this.#byKey.get(`${dir.key.slice(0, dir.key.lastIndexOf(":"))}:${ino}`);
-    if (!node || node.fd < 0 || node.stale || node.detached) return null;
-    if (this.#statFd(node.fd) < 0 || this.#key() !== node.key) return null;
-    this.#lru.delete(node);
-    this.#lru.set(node, true);
-    node.lookups++;
-    return this.#entry(node);
+  #knownEntry(dir: number, ino: bigint): Entry | null {
+    const t = this.#t;
+    const n = t.find(t.devOf(dir), Number(ino & 0xffffffffn), Number(ino >> 32n));
+    if (n < 0 || t.fd(n) < 0 || t.has(n, NF.STALE | NF.DETACHED)) return null;
+    if (this.#statFd(t.fd(n)) < 0 || !this.#isNode(n)) return null;
+    t.lruTouch(n);
+    t.setLookups(n, t.lookups(n) + 1);
+    return this.#entry(n);
   }
 
   /**
@@ -1124,39 +1530,52 @@ export class PassthroughFs extends FileSystem {
    * hidden path: it does not exist for the client, so it must not be removed
    * or renamed over either.
    */
-  #refuseHidden(dir: Node, c: Uint8Array<ArrayBuffer>, errno: number): void {
+  #refuseHidden(dir: number, c: Uint8Array<ArrayBuffer>, errno: number): void {
     if (this.#hidden.size > 0 && this.#isHiddenC(dir, c)) {
       throw new FuseError(errno, "hidden path");
     }
   }
 
   /** Whether directory entry `name` of `dir` is hidden. Uses the `#name2` buffer. */
-  #isHiddenName(dir: Node, name: Uint8Array): boolean {
+  #isHiddenName(dir: number, name: Uint8Array): boolean {
     return this.#isHiddenC(dir, this.#cname(name, this.#name2));
   }
 
-  #isHiddenC(dir: Node, c: Uint8Array<ArrayBuffer>): boolean {
+  #isHiddenC(dir: number, c: Uint8Array<ArrayBuffer>): boolean {
     const st = r(sys.statx(this.#fd(dir), c, AT.SYMLINK_NOFOLLOW, STATX.BASIC_STATS, this.#stx));
-    return st >= 0 && this.#hidden.has(this.#key());
+    if (st < 0) return false;
+    this.#readKey();
+    return this.#hidden.has(hiddenKey(this.#kd, this.#klo, this.#khi));
   }
 
   override releasedir(_ctx: Context, _nodeid: number, fh: number): void {
-    const h = this.#handle(fh, "dir") as DirHandle;
-    if (h.fd >= 0) sys.close(h.fd);
-    this.#handles.delete(fh);
-    if (this.#dirBufs.length < 16) this.#dirBufs.push(h.buf);
+    const t = this.#t;
+    t.lock();
+    try {
+      const s = this.#handle(fh, true);
+      const b = this.#dirCache.get(s);
+      if (b) {
+        this.#dirCache.delete(s);
+        if (this.#dirBufs.length < 16) this.#dirBufs.push(b.buf);
+      }
+      this.#release(s);
+    } finally {
+      t.unlock();
+    }
   }
 
   override fsyncdir(_ctx: Context, _nodeid: number, fh: number, datasync: boolean): void {
-    const h = this.#handle(fh, "dir");
-    if (h.fd < 0) return;
-    const rc = r(datasync ? sys.fdatasync(h.fd) : sys.fsync(h.fd));
-    if (rc < 0) throw FuseError.of(-rc);
+    this.#locked(() => {
+      const fd = this.#t.hFd(this.#handle(fh, true));
+      if (fd < 0) return;
+      const rc = r(datasync ? sys.fdatasync(fd) : sys.fsync(fd));
+      if (rc < 0) throw FuseError.of(-rc);
+    });
   }
 
   override access(ctx: Context, nodeid: number, mask: number): void {
     this.#enterCreds();
-    const a = this.#getattr(this.#node(nodeid));
+    const a = this.#locked(() => this.#getattr(this.#node(nodeid)));
     if (mask === 0) return;
     if ((mask & 2) && this.#ro) throw new FuseError(Errno.EROFS);
     const uid = this.#creds?.uid ?? ctx.uid;
@@ -1180,48 +1599,55 @@ export class PassthroughFs extends FileSystem {
     _umask: number,
   ): Created {
     this.#enterCreds();
-    const dir = this.#mutableDir(parent);
-    const c = this.#cname(name, this.#name1);
-    const pass = flags & OPEN_PASS;
-    const fd = this.#asCaller(ctx, () =>
-      openat2(
-        this.#fd(dir),
-        c,
-        pass | O.CREAT | O.EXCL | O.NOFOLLOW | O.CLOEXEC,
-        mode & 0o7777,
-        RESOLVE_SAFE,
-      ));
-    if (fd === -Errno.EEXIST && !(flags & O.EXCL)) {
-      // Lost a race with another creator: open what is there, if it is a regular file.
-      const entry = this.#lookupC(dir, c);
-      const node = this.#byId.get(entry.nodeid)!;
+    const t = this.#t;
+    t.lock();
+    try {
+      const dir = this.#mutableDir(parent);
+      const c = this.#cname(name, this.#name1);
+      const pass = flags & OPEN_PASS;
+      const fd = this.#asCaller(ctx, () =>
+        openat2(
+          this.#fd(dir),
+          c,
+          pass | O.CREAT | O.EXCL | O.NOFOLLOW | O.CLOEXEC,
+          mode & 0o7777,
+          RESOLVE_SAFE,
+        ));
+      if (fd === -Errno.EEXIST && !(flags & O.EXCL)) {
+        // Lost a race with another creator: open what is there, if it is a regular file.
+        const entry = this.#lookupC(dir, c);
+        const n = t.slotOf(entry.nodeid);
+        try {
+          const ofd = this.#reopen(n, pass);
+          return {
+            entry,
+            fh: t.hAlloc(false, ofd, n, flags),
+            openFlags: FILE_OPEN_FLAGS,
+          };
+        } catch (e) {
+          this.forget(entry.nodeid, 1);
+          throw e;
+        }
+      }
+      if (fd < 0) throw FuseError.of(-fd);
+      // The entry is the opened file itself (statx of its fd: no second path walk that
+      // could race). The node gets its O_PATH fd only if ever needed (#fd, which checks
+      // dev:ino and type); until then its open handle's fd serves stat, xattr and
+      // setattr calls.
+      let entry: Entry;
+      let fh: number;
       try {
-        const ofd = this.#reopen(node, pass);
-        return {
-          entry,
-          fh: this.#newHandle({ kind: "file", fd: ofd, node, flags }),
-          openFlags: FILE_OPEN_FLAGS,
-        };
+        if (this.#statFd(fd) < 0) throw new FuseError(Errno.EIO, "cannot stat the created file");
+        entry = this.#adopt(dir, c, c.length - 1, -1);
+        fh = t.hAlloc(false, fd, t.slotOf(entry.nodeid), flags);
       } catch (e) {
-        this.forget(node.id, 1);
+        sys.close(fd);
         throw e;
       }
+      return { entry, fh, openFlags: FILE_OPEN_FLAGS };
+    } finally {
+      t.unlock();
     }
-    if (fd < 0) throw FuseError.of(-fd);
-    // The node's O_PATH fd comes from the opened file itself, so no second path walk races.
-    const pfd = r(sys.openat(AT.FDCWD, procFd(fd), O.PATH | O.CLOEXEC, 0));
-    if (pfd < 0 || this.#statFd(pfd) < 0) {
-      if (pfd >= 0) sys.close(pfd);
-      sys.close(fd);
-      throw new FuseError(Errno.EIO, "created file vanished");
-    }
-    const entry = this.#adopt(dir, bare(c), pfd);
-    const node = this.#byId.get(entry.nodeid)!;
-    return {
-      entry,
-      fh: this.#newHandle({ kind: "file", fd, node, flags }),
-      openFlags: FILE_OPEN_FLAGS,
-    };
   }
 
   override fallocate(
@@ -1233,9 +1659,10 @@ export class PassthroughFs extends FileSystem {
     mode: number,
   ): void {
     if (this.#ro) throw new FuseError(Errno.EROFS);
-    const h = this.#file(fh);
-    const rc = r(sys.fallocate(h.fd, mode, offset, length));
-    if (rc < 0) throw FuseError.of(-rc);
+    this.#withFile(fh, (fd) => {
+      const rc = r(sys.fallocate(fd, mode, offset, length));
+      if (rc < 0) throw FuseError.of(-rc);
+    });
   }
 
   override lseek(
@@ -1245,11 +1672,12 @@ export class PassthroughFs extends FileSystem {
     offset: bigint,
     whence: number,
   ): bigint {
-    const h = this.#file(fh);
-    if (whence > 4) throw new FuseError(Errno.EINVAL, `whence ${whence}`);
-    const rc = sys.lseek(h.fd, BigInt.asIntN(64, offset), whence);
-    if (rc < 0n) throw new FuseError(-r(rc));
-    return BigInt(rc);
+    return this.#withFile(fh, (fd) => {
+      if (whence > 4) throw new FuseError(Errno.EINVAL, `whence ${whence}`);
+      const rc = sys.lseek(fd, BigInt.asIntN(64, offset), whence);
+      if (rc < 0n) throw new FuseError(-r(rc));
+      return BigInt(rc);
+    });
   }
 
   override copyFileRange(
@@ -1264,117 +1692,140 @@ export class PassthroughFs extends FileSystem {
     flags: number,
   ): number {
     if (this.#ro) throw new FuseError(Errno.EROFS);
-    const a = this.#file(fhIn);
-    const b = this.#file(fhOut);
-    const oi = new BigInt64Array([BigInt.asIntN(64, offIn)]);
-    const oo = new BigInt64Array([BigInt.asIntN(64, offOut)]);
-    const max = 1n << 30n;
-    const n = r(
-      sys.copy_file_range(
-        a.fd,
-        new Uint8Array(oi.buffer),
-        b.fd,
-        new Uint8Array(oo.buffer),
-        len > max ? max : len,
-        flags,
-      ),
-    );
-    if (n < 0) throw FuseError.of(-n);
-    return n;
+    return this.#withFile(fhIn, (a) =>
+      this.#withFile(fhOut, (b) => {
+        const oi = new BigInt64Array([BigInt.asIntN(64, offIn)]);
+        const oo = new BigInt64Array([BigInt.asIntN(64, offOut)]);
+        const max = 1n << 30n;
+        const n = r(
+          sys.copy_file_range(
+            a,
+            new Uint8Array(oi.buffer),
+            b,
+            new Uint8Array(oo.buffer),
+            len > max ? max : len,
+            flags,
+          ),
+        );
+        if (n < 0) throw FuseError.of(-n);
+        return n;
+      }));
   }
 
   // ---- snapshots -------------------------------------------------------------
 
   override save(): PassthroughState {
-    const nodes: SavedNode[] = [];
-    for (const n of this.#byId.values()) {
-      if (n === this.#rootNode) continue;
-      nodes.push({
-        id: n.id,
-        parent: n.parent ? n.parent.id : null,
-        name: toBase64(n.name),
-        key: n.key,
-        lookups: n.lookups,
-        detached: n.detached,
-      });
-    }
-    const handles: SavedHandle[] = [];
-    for (const [fh, h] of this.#handles) {
-      handles.push({
-        fh,
-        node: h.node.id,
-        kind: h.kind,
-        flags: h.kind === "file" ? h.flags : 0,
-        off: h.kind === "dir" ? String(h.off) : "0",
-      });
-    }
-    return { version: 1, nextId: this.#nextId, nextFh: this.#nextFh, nodes, handles };
+    return this.#locked(() => {
+      const t = this.#t;
+      const nodes: SavedNode[] = [];
+      let nextId = 2;
+      for (const n of t.liveNodes()) {
+        if (n === ROOT) continue;
+        const id = t.id(n);
+        nextId = Math.max(nextId, id + 1);
+        const p = t.parent(n);
+        nodes.push({
+          id,
+          parent: p >= 0 ? t.id(p) : null,
+          name: btoa(t.nameString(n)),
+          key: this.#keyText(n),
+          lookups: t.lookups(n),
+          detached: t.has(n, NF.DETACHED),
+        });
+      }
+      const handles: SavedHandle[] = [];
+      let nextFh = 1;
+      for (const s of t.liveHandles()) {
+        const fh = t.fh(s);
+        nextFh = Math.max(nextFh, fh + 1);
+        const dir = t.hIsDir(s);
+        handles.push({
+          fh,
+          node: t.hNodeId(s),
+          kind: dir ? "dir" : "file",
+          flags: dir ? 0 : t.hFlags(s),
+          off: dir ? String(t.hOff(s)) : "0",
+        });
+      }
+      return { version: 1, nextId, nextFh, nodes, handles };
+    });
   }
 
   override restore(state: unknown): void {
     const s = state as PassthroughState;
     if (s?.version !== 1) throw new Error("PassthroughFs.restore: unknown state version");
-    this.destroy();
-    this.#nextId = s.nextId;
-    this.#nextFh = s.nextFh;
-    const made = new Map<number, Node>([[1, this.#rootNode]]);
+    this.#locked(() => this.#restore(s));
+  }
+
+  #restore(s: PassthroughState): void {
+    const t = this.#t;
+    this.#destroy();
+    const made = new Map<number, number>([[1, ROOT]]);
+    /** Nodes that could not be placed (their subtree is dropped: the client gets ENOENT). */
+    const lost = new Set<number>();
     const byId = new Map(s.nodes.map((n) => [n.id, n]));
-    const make = (id: number): Node => {
+    const make = (id: number, depth: number): number => {
       const have = made.get(id);
-      if (have) return have;
+      if (have !== undefined) return have;
+      if (lost.has(id) || depth > 4096) return -1;
       const sn = byId.get(id);
       if (!sn) throw new Error(`PassthroughFs.restore: node ${id} missing from state`);
-      const parent = sn.parent === null ? null : make(sn.parent);
-      const type = 0;
-      const node = new Node(sn.id, parent, fromBase64(sn.name), sn.key, type, false);
-      if (parent) parent.kids++;
-      node.lookups = sn.lookups;
-      made.set(id, node);
-      return node;
+      const parent = sn.parent === null ? -1 : make(sn.parent, depth + 1);
+      const n = sn.parent !== null && parent < 0 ? -1 : t.nodeAllocAt(id);
+      if (n < 0) {
+        lost.add(id);
+        return -1;
+      }
+      const name = atob(sn.name);
+      const bytes = new Uint8Array(name.length);
+      for (let i = 0; i < name.length; i++) bytes[i] = name.charCodeAt(i);
+      t.setName(n, bytes, bytes.length);
+      const [maj, min, ino] = parseKey(sn.key);
+      t.setKey(n, t.devIndex(maj, min), Number(ino & 0xffffffffn), Number(ino >> 32n));
+      t.setParent(n, parent);
+      if (parent >= 0) t.addKids(parent, 1);
+      t.setLookups(n, sn.lookups);
+      t.keyIn(n);
+      made.set(id, n);
+      return n;
     };
-    for (const sn of s.nodes) make(sn.id);
-    for (const n of made.values()) {
-      this.#byId.set(n.id, n);
-      this.#byKey.set(n.key, n);
-    }
+    for (const sn of s.nodes) make(sn.id, 0);
     // Reopen each node by path (parents first: #fd walks up) and take its type and mount.
-    for (const node of made.values()) {
-      if (node === this.#rootNode) continue;
+    for (const [id, n] of made) {
+      if (n === ROOT) continue;
       try {
-        if (byId.get(node.id)!.detached || !node.parent) throw new FuseError(Errno.ESTALE);
-        this.#fd(node);
-        node.type = this.#stxv.getUint16(STATX_OFF.mode, true) & S.IFMT;
-        node.foreign = !this.#crossMounts &&
-          this.#stxv.getBigUint64(STATX_OFF.mnt_id, true) !== this.#rootMnt;
+        if (byId.get(id)!.detached || t.parent(n) < 0) throw new FuseError(Errno.ESTALE);
+        this.#fd(n);
+        t.setType(n, this.#stxv.getUint16(STATX_OFF.mode, true) & S.IFMT);
+        t.set(
+          n,
+          NF.FOREIGN,
+          !this.#crossMounts &&
+            this.#stxv.getBigUint64(STATX_OFF.mnt_id, true) !== this.#rootMnt,
+        );
       } catch {
-        node.stale = true;
-        this.#byKey.delete(node.key);
+        t.set(n, NF.STALE, true);
+        t.keyOut(n);
       }
     }
     for (const sh of s.handles) {
-      const node = made.get(sh.node);
-      if (!node || node.stale) continue;
+      const n = made.get(sh.node);
+      if (n === undefined || t.has(n, NF.STALE)) continue;
       try {
         if (sh.kind === "file") {
-          const fd = this.#reopen(node, sh.flags & ~O.TRUNC);
-          this.#handles.set(sh.fh, { kind: "file", fd, node, flags: sh.flags });
+          const fd = this.#reopen(n, sh.flags & ~O.TRUNC);
+          if (!t.hAllocAt(sh.fh, false, fd, n, sh.flags)) sys.close(fd);
         } else {
-          const fd = node.foreign
+          const fd = t.has(n, NF.FOREIGN)
             ? -1
-            : r(sys.openat(this.#fd(node), cpath("."), O.RDONLY | O.DIRECTORY | O.CLOEXEC, 0));
-          if (fd < -1) continue;
-          const buf = new Uint8Array(32768);
-          // off = -1 forces an lseek to the client's offset on the next READDIR.
-          this.#handles.set(sh.fh, {
-            kind: "dir",
-            fd,
-            node,
-            buf,
-            dv: new DataView(buf.buffer),
-            len: 0,
-            pos: 0,
-            off: -1n,
-          });
+            : r(sys.openat(this.#fd(n), DOT_PATH, O.RDONLY | O.DIRECTORY | O.CLOEXEC, 0));
+          if (fd < 0 && !t.has(n, NF.FOREIGN)) continue;
+          if (!t.hAllocAt(sh.fh, true, fd, n, 0)) {
+            if (fd >= 0) sys.close(fd);
+            continue;
+          }
+          // An offset no READDIR continues from: the next one seeks to the client's.
+          t.hSetOff(t.hSlot(sh.fh, true), -1n);
         }
       } catch {
         // Leave the handle out: the client gets EBADF.
@@ -1383,23 +1834,11 @@ export class PassthroughFs extends FileSystem {
   }
 }
 
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
-}
-
-function toBase64(b: Uint8Array): string {
-  let s = "";
-  for (const x of b) s += String.fromCharCode(x);
-  return btoa(s);
-}
-
-function fromBase64(s: string): Uint8Array {
-  const t = atob(s);
-  const out = new Uint8Array(t.length);
-  for (let i = 0; i < t.length; i++) out[i] = t.charCodeAt(i);
-  return out;
+/** `maj:min:ino` → its parts. */
+function parseKey(key: string): [number, number, bigint] {
+  const m = /^(\d+):(\d+):(\d+)$/.exec(key);
+  if (!m) throw new Error(`PassthroughFs.restore: bad node key ${JSON.stringify(key)}`);
+  return [Number(m[1]), Number(m[2]), BigInt(m[3]) & 0xffffffffffffffffn];
 }
 
 /** A NUL-terminated name without its NUL (a view of the same private copy). */

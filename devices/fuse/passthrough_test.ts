@@ -14,7 +14,7 @@ import { PassthroughFs, type PassthroughOptions } from "./passthrough.ts";
 import { Op } from "./protocol.ts";
 import { FuseServer } from "./server.ts";
 import { setThreadCreds } from "./sys.ts";
-import { TestClient, z } from "./test_client.ts";
+import { cat, le, TestClient, z } from "./test_client.ts";
 
 interface Share extends Disposable {
   dir: string;
@@ -164,4 +164,109 @@ hostTest("passthrough without credentials, as root: files are created as the cli
   strictEqual(s.c.create(1, "g")[0], Errno.EACCES, "uid 1500 may not write the 0755 root");
   const st = Deno.statSync(`${s.dir}/pub/f`);
   deepStrictEqual([st.uid, st.gid], [1500, 1600]);
+});
+
+Deno.test("passthrough: open handles serve stat, xattrs and truncate, also once unlinked; a second link keeps the node", () => {
+  using s = share(() => {}, {});
+  const c = s.c;
+  const attr = (node: number) => {
+    const r = c.getattr(node);
+    strictEqual(r.error, 0);
+    // fuse_attr_out: attr at 16; size at +8, nlink at +64
+    return { size: Number(r.dv.getBigUint64(16 + 8, true)), nlink: r.dv.getUint32(16 + 64, true) };
+  };
+  const xattr = (node: number, name: string, size: number) =>
+    c.call(Op.GETXATTR, node, cat(le([4, size], [4, 0]), z(name)));
+
+  const [e, n, fh] = c.create(1, "n");
+  strictEqual(e, 0);
+  strictEqual(c.write(n, fh, 0, "hello world").error, 0);
+  const set = c.call(Op.SETXATTR, n, cat(le([4, 2], [4, 0]), z("user.k"), enc.encode("vv")));
+  strictEqual(set.error, 0);
+  const probe = xattr(n, "user.k", 0);
+  strictEqual(probe.error, 0);
+  strictEqual(probe.dv.getUint32(0, true), 2, "size 0 asks for the length");
+  strictEqual(xattr(n, "user.k", 1).error, Errno.ERANGE);
+  strictEqual(new TextDecoder().decode(xattr(n, "user.k", 64).body), "vv");
+  strictEqual(xattr(n, "user.none", 0).error, Errno.ENODATA);
+  strictEqual(c.call(Op.LISTXATTR, n, le([4, 0], [4, 0])).dv.getUint32(0, true), 7);
+
+  strictEqual(c.unlink(1, "n").error, 0);
+  deepStrictEqual(attr(n), { size: 11, nlink: 0 });
+  // SETATTR size without a handle: the open handle (opened for writing) truncates.
+  strictEqual(c.call(Op.SETATTR, n, setattrSize(3)).error, 0);
+  deepStrictEqual(attr(n), { size: 3, nlink: 0 });
+  strictEqual(new TextDecoder().decode(xattr(n, "user.k", 64).body), "vv");
+  strictEqual(c.release(n, fh).error, 0);
+  deepStrictEqual(attr(n), { size: 3, nlink: 0 }, "unlinked while open: the node stays pinned");
+
+  const [, h, hfh] = c.create(1, "h1");
+  c.release(h, hfh);
+  strictEqual(c.link(h, 1, "h2").error, 0);
+  strictEqual(c.unlink(1, "h1").error, 0);
+  strictEqual(attr(h).nlink, 1, "the other link keeps the node");
+  strictEqual(c.lookup(1, "h2")[1], h);
+  deepStrictEqual(names(s.dir), ["h2"]);
+});
+
+const enc = new TextEncoder();
+
+/** fuse_setattr_in with FATTR_SIZE only. */
+function setattrSize(size: number): Uint8Array {
+  const b = new Uint8Array(88);
+  const v = new DataView(b.buffer);
+  v.setUint32(0, 1 << 3, true);
+  v.setBigUint64(16, BigInt(size), true);
+  return b;
+}
+
+Deno.test("passthrough: two instances over one shared state (two readers) agree on nodes, handles and directory offsets", () => {
+  using s = share((d) => {
+    for (let i = 0; i < 300; i++) Deno.writeTextFileSync(`${d}/file-with-a-longish-name-${i}`, "x");
+  }, {});
+  const a = s.c;
+  const fsA = a.server.fs as PassthroughFs;
+  const fsB = PassthroughFs.attach(fsA.share());
+  const b = new TestClient(new FuseServer(fsB));
+  b.server.useProto(a.server.proto!);
+  try {
+    // The same name is the same node id whichever reader looks it up.
+    const [, n1] = a.lookup(1, "file-with-a-longish-name-7");
+    const [, n2] = b.lookup(1, "file-with-a-longish-name-7");
+    strictEqual(n1, n2);
+    // A handle opened through one reader is written and released through the other.
+    const [, f, fh] = a.create(1, "made-by-a");
+    strictEqual(b.write(f, fh, 0, "via b").error, 0);
+    strictEqual(b.release(f, fh).error, 0);
+    strictEqual(a.release(f, fh).error, Errno.EBADF, "released once only");
+    strictEqual(Deno.readTextFileSync(`${s.dir}/made-by-a`), "via b");
+    // READDIR of one handle alternating between the readers, in small replies: each
+    // continues where the other left off, every entry exactly once.
+    const [, dh] = a.open(1, 0, true);
+    const seen: string[] = [];
+    let off = 0n;
+    for (let turn = 0;; turn++) {
+      const c = turn % 2 ? b : a;
+      const r = c.call(
+        Op.READDIR,
+        1,
+        le([8, dh], [8, off], [4, 1024], [4, 0], [8, 0], [4, 0], [4, 0]),
+      );
+      strictEqual(r.error, 0);
+      if (r.body.length === 0) break;
+      for (let p = 0; p < r.body.length;) {
+        const nl = r.dv.getUint32(p + 16, true);
+        seen.push(new TextDecoder().decode(r.body.subarray(p + 24, p + 24 + nl)));
+        off = r.dv.getBigUint64(p + 8, true);
+        p += (24 + nl + 7) & ~7;
+      }
+      ok(turn < 1000, "READDIR keeps going");
+    }
+    const want = [".", "..", "made-by-a", ...names(s.dir).filter((n) => n !== "made-by-a")];
+    deepStrictEqual(seen.sort(), want.sort());
+    strictEqual(b.release(1, dh, true).error, 0);
+    strictEqual(fsA.handleCount, 0);
+  } finally {
+    fsB.close();
+  }
 });

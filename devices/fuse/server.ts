@@ -78,6 +78,8 @@ const WANTED = InitFlag.ASYNC_READ | InitFlag.ATOMIC_O_TRUNC | InitFlag.BIG_WRIT
 
 const PAGE = 4096;
 const TWO32 = 2 ** 32;
+/** What {@link FuseServer.#op} returns for "reply with the error in #errno". */
+const FAILED = -2;
 
 /**
  * Serves one FUSE connection. Feed it requests with {@link handle},
@@ -92,6 +94,17 @@ export class FuseServer {
   #flags = 0n;
   #scratch: Uint8Array<ArrayBuffer>;
   #ctx: Context = { uid: 0, gid: 0, pid: 0 };
+  /** The errno of a failure a back-end returned rather than threw ({@link FAILED}). */
+  #errno = 0;
+  /** A reply header built apart from the payload (READ into reply segments). */
+  #hdr = new Uint8Array(OUT_HEADER_SIZE);
+  /** The current request's `unique`, low and high words. */
+  #uniqueLo = 0;
+  #uniqueHi = 0;
+  /** The current request's arguments (one object, reset per request). */
+  #args = new Args();
+  /** `[out]` for {@link handleInto}, reused. */
+  #one: Uint8Array[] = [new Uint8Array(0)];
 
   constructor(fs: FileSystem, options: FuseServerOptions = {}) {
     this.fs = fs;
@@ -138,7 +151,8 @@ export class FuseServer {
    * do not fit become an ERANGE error reply.
    */
   handleInto(request: Uint8Array, out: Uint8Array): number {
-    return this.#dispatch(request, [out], out);
+    this.#one[0] = out;
+    return this.#dispatch(request, this.#one, out);
   }
 
   /**
@@ -161,6 +175,15 @@ export class FuseServer {
     };
   }
 
+  /**
+   * Takes the protocol another server of the same connection negotiated: a second
+   * `/dev/fuse` reader over a shared back-end never sees INIT.
+   */
+  useProto(proto: FuseProto): void {
+    this.#proto = { ...proto };
+    this.#flags = BigInt(proto.flags);
+  }
+
   /** Restores {@link save}'s result into a fresh server (no INIT needed afterwards). */
   restore(state: FuseServerState): void {
     if (state?.version !== 1) throw new Error(`FuseServer.restore: unknown state version`);
@@ -173,45 +196,54 @@ export class FuseServer {
 
   /** `out` is the contiguous destination, or null to build in scratch and scatter into `iov`. */
   #dispatch(req: Uint8Array, iov: Uint8Array[], out: Uint8Array | null): number {
-    let unique = 0n;
     let opcode = 0;
     const o = out ?? this.#scratch;
+    // The request's `unique`, as two words (no BigInt per request); 0 until read.
+    this.#uniqueLo = this.#uniqueHi = 0;
     try {
+      // A view of the whole buffer (reused while requests arrive in the same one, as
+      // the /dev/fuse loop's do); `at` is where this request starts in it.
+      const dv = viewOf(req.buffer);
+      const at = req.byteOffset;
       if (req.length < IN_HEADER_SIZE) {
-        if (req.length >= 16) unique = readU64Big(req, 8);
+        if (req.length >= 16) {
+          this.#uniqueLo = dv.getUint32(at + 8, true);
+          this.#uniqueHi = dv.getUint32(at + 12, true);
+        }
         throw new FuseError(
           Errno.EINVAL,
           `request of ${req.length} bytes is shorter than a header`,
         );
       }
-      const dv = new DataView(req.buffer, req.byteOffset, req.byteLength);
-      const len = dv.getUint32(0, true);
-      opcode = dv.getUint32(4, true);
-      unique = dv.getBigUint64(8, true);
+      const len = dv.getUint32(at, true);
+      opcode = dv.getUint32(at + 4, true);
+      this.#uniqueLo = dv.getUint32(at + 8, true);
+      this.#uniqueHi = dv.getUint32(at + 12, true);
       if (len < IN_HEADER_SIZE || len > req.length) {
         throw new FuseError(Errno.EINVAL, `header length ${len} for a ${req.length}-byte request`);
       }
-      const nodeid = readId(dv, 16);
+      const nodeid = readId(dv, at + 16);
       const ctx = this.#ctx;
-      ctx.uid = dv.getUint32(24, true);
-      ctx.gid = dv.getUint32(28, true);
-      ctx.pid = dv.getUint32(32, true);
+      ctx.uid = dv.getUint32(at + 24, true);
+      ctx.gid = dv.getUint32(at + 28, true);
+      ctx.pid = dv.getUint32(at + 32, true);
       // 7.38 extensions (security context, supplementary groups) trail the arguments;
       // none is negotiated, so they are only cut off.
-      const ext = dv.getUint16(36, true) * 8;
+      const ext = dv.getUint16(at + 36, true) * 8;
       if (ext > len - IN_HEADER_SIZE) {
         throw new FuseError(Errno.EINVAL, `total_extlen ${ext} exceeds the request`);
       }
-      const args = new Args(req, dv, IN_HEADER_SIZE, len - ext);
+      const args = this.#args.reset(req, dv, at, len - ext);
       if (this.#proto === null && opcode !== Op.INIT) {
         throw new FuseError(Errno.EIO, `opcode ${opcode} before INIT`);
       }
       if (out === null && opcode === Op.READ) {
-        return this.#readV(ctx, nodeid, args, unique, iov);
+        return this.#readV(ctx, nodeid, args, iov);
       }
       const n = this.#op(opcode, ctx, nodeid, args, o);
+      if (n === FAILED) return this.#errorReply(opcode, this.#errno, iov, out);
       if (n < 0) return 0;
-      writeHeader(o, OUT_HEADER_SIZE + n, 0, unique);
+      this.#header(o, OUT_HEADER_SIZE + n, 0);
       if (out === null) return scatter(o, OUT_HEADER_SIZE + n, iov);
       return OUT_HEADER_SIZE + n;
     } catch (e) {
@@ -220,22 +252,53 @@ export class FuseServer {
       else if (e instanceof SysError) errno = e.errno;
       else if (e instanceof RangeError) errno = Errno.ERANGE;
       else this.#onError(e, opcode);
-      if (opcode === Op.FORGET || opcode === Op.BATCH_FORGET || opcode === Op.INTERRUPT) return 0;
-      const hdr = o.length >= OUT_HEADER_SIZE ? o : new Uint8Array(OUT_HEADER_SIZE);
-      writeHeader(hdr, OUT_HEADER_SIZE, -errno, unique);
-      if (out === null || hdr !== o) return scatter(hdr, OUT_HEADER_SIZE, iov);
-      return OUT_HEADER_SIZE;
+      return this.#errorReply(opcode, errno, iov, out);
     }
   }
 
-  /** Runs one opcode; writes the payload at `o[16..]`; returns its length, -1 for no reply. */
+  /** Writes the out header (this request's `unique`) at the start of `o`. */
+  #header(o: Uint8Array, len: number, error: number): void {
+    const v = dvOf(o);
+    v.setUint32(0, len, true);
+    v.setInt32(4, error, true);
+    v.setUint32(8, this.#uniqueLo, true);
+    v.setUint32(12, this.#uniqueHi, true);
+  }
+
+  /** An error reply (none for the opcodes that take no reply); returns its length. */
+  #errorReply(
+    opcode: number,
+    errno: number,
+    iov: Uint8Array[],
+    out: Uint8Array | null,
+  ): number {
+    if (opcode === Op.FORGET || opcode === Op.BATCH_FORGET || opcode === Op.INTERRUPT) return 0;
+    const o = out ?? this.#scratch;
+    const hdr = o.length >= OUT_HEADER_SIZE ? o : new Uint8Array(OUT_HEADER_SIZE);
+    this.#header(hdr, OUT_HEADER_SIZE, -errno);
+    if (out === null || hdr !== o) return scatter(hdr, OUT_HEADER_SIZE, iov);
+    return OUT_HEADER_SIZE;
+  }
+
+  /** Records a failure a back-end returned; {@link #dispatch} replies with it. */
+  #failed(e: FuseError): number {
+    this.#errno = e.errno;
+    return FAILED;
+  }
+
+  /**
+   * Runs one opcode; writes the payload at `o[16..]`; returns its length, -1 for no
+   * reply, {@link FAILED} for an error a back-end returned.
+   */
   #op(op: number, ctx: Context, nodeid: number, a: Args, o: Uint8Array): number {
     const fs = this.fs;
     switch (op) {
       case Op.INIT:
         return this.#init(a, o);
-      case Op.LOOKUP:
-        return putEntry(o, fs.lookup(ctx, nodeid, a.name()));
+      case Op.LOOKUP: {
+        const e = fs.lookup(ctx, nodeid, a.name());
+        return e instanceof FuseError ? this.#failed(e) : putEntry(o, e);
+      }
       case Op.FORGET:
         fs.forget(nodeid, a.u64n(0));
         return -1;
@@ -381,16 +444,21 @@ export class FuseServer {
         a.need(8);
         const size = a.u32(0);
         const value = op === Op.GETXATTR
-          ? fs.getxattr(ctx, nodeid, a.nameAt(8))
-          : fs.listxattr(ctx, nodeid);
+          ? fs.getxattr(ctx, nodeid, a.nameAt(8), size)
+          : fs.listxattr(ctx, nodeid, size);
+        if (value instanceof FuseError) return this.#failed(value);
+        const len = typeof value === "number" ? value : value.length;
         if (size === 0) {
           need(o, 8);
           const v = dvOf(o);
-          v.setUint32(16, value.length, true);
+          v.setUint32(16, len, true);
           v.setUint32(20, 0, true);
           return 8;
         }
-        if (value.length > size) throw new FuseError(Errno.ERANGE);
+        if (len > size) throw new FuseError(Errno.ERANGE);
+        if (typeof value === "number") {
+          throw new FuseError(Errno.EIO, "xattr backend returned a length for a value request");
+        }
         return putBytes(o, value);
       }
       case Op.REMOVEXATTR:
@@ -510,7 +578,7 @@ export class FuseServer {
   }
 
   /** READ scattered into `iov` (header in the first 16 bytes). */
-  #readV(ctx: Context, nodeid: number, a: Args, unique: bigint, iov: Uint8Array[]): number {
+  #readV(ctx: Context, nodeid: number, a: Args, iov: Uint8Array[]): number {
     a.need(40);
     let room = -OUT_HEADER_SIZE;
     for (const s of iov) room += s.length;
@@ -530,26 +598,37 @@ export class FuseServer {
       dst.push(part);
     }
     const n = dst.length ? this.fs.read(ctx, nodeid, a.id(0), a.u64(8), dst) : 0;
-    const hdr = new Uint8Array(OUT_HEADER_SIZE);
-    writeHeader(hdr, OUT_HEADER_SIZE + n, 0, unique);
+    const hdr = this.#hdr;
+    this.#header(hdr, OUT_HEADER_SIZE + n, 0);
     scatter(hdr, OUT_HEADER_SIZE, iov);
     return OUT_HEADER_SIZE + n;
   }
 }
 
-/** Request arguments after the in header: bounds-checked little-endian reads. */
+/**
+ * Request arguments after the in header: bounds-checked little-endian reads.
+ * Offsets given to the readers are relative to the arguments; {@link pos} and
+ * {@link string}'s `start` are relative to the request.
+ */
 class Args {
+  req: Uint8Array = new Uint8Array(0);
+  /** A view of the request's whole buffer; the request starts at {@link at} in it. */
+  dv: DataView = new DataView(new ArrayBuffer(0));
+  at = 0;
+  /** Where the arguments start in the request. */
+  readonly base = IN_HEADER_SIZE;
   /** Absolute offset (in the request) just past the last string read. */
-  pos: number;
-  readonly len: number;
-  constructor(
-    readonly req: Uint8Array,
-    readonly dv: DataView,
-    readonly base: number,
-    end: number,
-  ) {
-    this.len = end - base;
-    this.pos = base;
+  pos = IN_HEADER_SIZE;
+  len = 0;
+
+  /** Points at the arguments of `req` (which starts at `at` in `dv`), ending at `end`. */
+  reset(req: Uint8Array, dv: DataView, at: number, end: number): this {
+    this.req = req;
+    this.dv = dv;
+    this.at = at;
+    this.len = end - IN_HEADER_SIZE;
+    this.pos = IN_HEADER_SIZE;
+    return this;
   }
   need(n: number): void {
     if (n > this.len) {
@@ -558,20 +637,20 @@ class Args {
   }
   u32(off: number): number {
     this.need(off + 4);
-    return this.dv.getUint32(this.base + off, true);
+    return this.dv.getUint32(this.at + this.base + off, true);
   }
   u64(off: number): bigint {
     this.need(off + 8);
-    return this.dv.getBigUint64(this.base + off, true);
+    return this.dv.getBigUint64(this.at + this.base + off, true);
   }
   /** A u64 count as a number (saturating above 2^53). */
   u64n(off: number): number {
     this.need(off + 8);
-    return readId(this.dv, this.base + off);
+    return readId(this.dv, this.at + this.base + off);
   }
   id(off: number): number {
     this.need(off + 8);
-    return readId(this.dv, this.base + off);
+    return readId(this.dv, this.at + this.base + off);
   }
   bytes(off: number, n: number): Uint8Array {
     this.need(off + n);
@@ -589,8 +668,8 @@ class Args {
   /** NUL-terminated bytes at absolute `start`; advances {@link pos}. */
   string(start: number): Uint8Array {
     const end = this.base + this.len;
-    const nul = this.req.subarray(0, end).indexOf(0, start);
-    if (start > end || nul < 0) throw new FuseError(Errno.EINVAL, "unterminated name");
+    const nul = start > end ? -1 : this.req.indexOf(0, start);
+    if (nul < 0 || nul >= end) throw new FuseError(Errno.EINVAL, "unterminated name");
     this.pos = nul + 1;
     return this.req.subarray(start, nul);
   }
@@ -603,25 +682,34 @@ function readId(dv: DataView, off: number): number {
   return hi >= 0x200000 ? Number.MAX_SAFE_INTEGER : hi * TWO32 + lo;
 }
 
-function readU64Big(b: Uint8Array, off: number): bigint {
-  return new DataView(b.buffer, b.byteOffset, b.byteLength).getBigUint64(off, true);
+let lastBuffer: ArrayBufferLike | null = null;
+let lastView: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
+
+/** A DataView of a whole buffer; the last one is reused (a loop's request buffer). */
+function viewOf(b: ArrayBufferLike): DataView<ArrayBufferLike> {
+  if (b !== lastBuffer || lastView.byteLength !== b.byteLength) {
+    lastView = new DataView(b);
+    lastBuffer = b;
+  }
+  return lastView;
 }
 
-function dvOf(o: Uint8Array): DataView {
-  return new DataView(o.buffer, o.byteOffset, o.byteLength);
+let lastOut: Uint8Array | null = null;
+let lastOutView: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
+
+/** A DataView of exactly `o`; the last one is reused (a loop's reply buffer). */
+function dvOf(o: Uint8Array): DataView<ArrayBufferLike> {
+  if (o !== lastOut) {
+    lastOutView = new DataView(o.buffer, o.byteOffset, o.byteLength);
+    lastOut = o;
+  }
+  return lastOutView;
 }
 
 function need(o: Uint8Array, payload: number): void {
   if (o.length < OUT_HEADER_SIZE + payload) {
     throw new FuseError(Errno.ERANGE, `reply of ${payload} bytes does not fit`);
   }
-}
-
-function writeHeader(o: Uint8Array, len: number, error: number, unique: bigint): void {
-  const v = dvOf(o);
-  v.setUint32(0, len, true);
-  v.setInt32(4, error, true);
-  v.setBigUint64(8, unique, true);
 }
 
 function scatter(src: Uint8Array, len: number, iov: Uint8Array[]): number {

@@ -9,8 +9,6 @@
  * @module
  */
 
-import { errno } from "../../kvm_ffi/libc.ts";
-
 const SYMBOLS = {
   openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" },
   /** syscall(SYS_openat2, dirfd, path, &how, sizeof how). */
@@ -41,6 +39,10 @@ const SYMBOLS = {
   setxattr: { parameters: ["buffer", "buffer", "buffer", "usize", "i32"], result: "i32" },
   listxattr: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
   removexattr: { parameters: ["buffer", "buffer"], result: "i32" },
+  fgetxattr: { parameters: ["i32", "buffer", "buffer", "usize"], result: "isize" },
+  fsetxattr: { parameters: ["i32", "buffer", "buffer", "usize", "i32"], result: "i32" },
+  flistxattr: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  fremovexattr: { parameters: ["i32", "buffer"], result: "i32" },
   fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
   lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   copy_file_range: {
@@ -62,6 +64,8 @@ const SYMBOLS = {
   getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+  poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 const lib = Deno.dlopen("libc.so.6", SYMBOLS);
@@ -147,10 +151,16 @@ export const STATFS_OFF = {
 /** `FUSE_DEV_IOC_CLONE` = _IOR(229, 0, uint32_t). */
 export const FUSE_DEV_IOC_CLONE = 0x8004e500n;
 
+/**
+ * This thread's errno (module state is per isolate, so per thread): a view made
+ * once instead of one per failed call.
+ */
+const errnoView = new Deno.UnsafePointerView(sys.__errno_location()!);
+
 /** `ret` when non-negative, else `-errno`. */
 export function r(ret: number | bigint): number {
   const n = Number(ret);
-  return n < 0 ? -errno() : n;
+  return n < 0 ? -errnoView.getInt32() : n;
 }
 
 const enc = new TextEncoder();
@@ -166,7 +176,8 @@ export function cpath(s: string | Uint8Array): Uint8Array<ArrayBuffer> {
 /** The empty C string, for `AT_EMPTY_PATH` calls. */
 export const EMPTY = new Uint8Array(1);
 
-const how = new BigUint64Array(3);
+/** struct open_how (flags, mode, resolve: u64 each) as 32-bit words: no BigInt per call. */
+const how = new Uint32Array(6);
 const howBytes = new Uint8Array(how.buffer);
 
 /** openat2(2): returns the fd or -errno. */
@@ -177,9 +188,9 @@ export function openat2(
   mode: number,
   resolve: number,
 ): number {
-  how[0] = BigInt(flags);
-  how[1] = BigInt(mode);
-  how[2] = BigInt(resolve);
+  how[0] = flags;
+  how[2] = mode;
+  how[4] = resolve;
   return r(sys.openat2(SYS.openat2, BigInt(dirfd), path, howBytes, 24n));
 }
 
@@ -214,6 +225,14 @@ export function raiseNofile(): number {
 /** Thread credentials last applied on THIS thread by {@link setThreadCreds} (module state is per isolate = per thread). */
 let threadUid = -1;
 let threadGid = -1;
+/** The supplementary groups last applied on this thread (null: never, or the call failed). */
+let threadGroups: number[] | null = null;
+
+function sameGroups(a: readonly number[], b: readonly number[] | null): boolean {
+  if (!b || a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
 
 /**
  * Sets the calling thread's fsuid/fsgid (and, with `groups`, its
@@ -221,9 +240,16 @@ let threadGid = -1;
  * are per-thread in Linux; other threads keep their rights.
  */
 export function setThreadCreds(uid: number, gid: number, groups?: readonly number[]): void {
-  if (groups) {
+  // A server with fixed credentials calls this before every request: only a change
+  // costs a system call.
+  if (groups && !sameGroups(groups, threadGroups)) {
     const list = new Uint32Array(groups);
-    sys.setgroups_thread(SYS.setgroups, BigInt(list.length), new Uint8Array(list.buffer));
+    const rc = sys.setgroups_thread(
+      SYS.setgroups,
+      BigInt(list.length),
+      new Uint8Array(list.buffer),
+    );
+    threadGroups = rc < 0n ? null : [...groups];
   }
   if (threadGid !== gid) {
     sys.setfsgid(gid);
