@@ -29,7 +29,7 @@ import { abortRace } from "../abort.ts";
 import { AgentVm } from "../engine/agent_vm.ts";
 import { agentInitramfsIdentity } from "../engine/init_identity.ts";
 import { attachShares, MUX_TAG, rootDirOf, sessionFiles, sessionSetup } from "../engine/session.ts";
-import type { BootOptions, RunningVm } from "../engine/types.ts";
+import type { BootOptions, RunningVm, SnapshotRef } from "../engine/types.ts";
 import { VsockAgentTransport } from "../engine/vsock_transport.ts";
 import type { DeviceBackends } from "./backends.ts";
 import { buildPlanned } from "./builder.ts";
@@ -151,7 +151,6 @@ export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promis
     }
   }
   using aborted = abortRace(o.signal);
-  let stopWait: Promise<never> = aborted.promise;
   const r = await bootCached<KvmDevices & AsyncDisposable>({
     cache,
     key,
@@ -188,7 +187,42 @@ export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promis
     },
     capture: (m, dir) => captureHvVm(m.vm, dir, { devices: m.persist(), source }),
   });
-  const m = r.vm;
+  return await startSession(r.vm, config, {
+    ...o,
+    resumed: r.from === "boot",
+    attach: true,
+    setup: true,
+    origin: { from: r.from, captured: r.captured, key: cache ? key : null, t0 },
+    cache,
+    source,
+    mux,
+  });
+}
+
+/** What {@link startSession} needs beyond the machine and the configuration. */
+interface SessionOptions extends Omit<AgentBootOptions, "cache"> {
+  /** The machine is paused after a boot (resume it) rather than restored and not started. */
+  resumed: boolean;
+  /** Attach `config`'s shares to the mux now (a restore of a running VM attached them first). */
+  attach: boolean;
+  /** Set the session up (mounts, network, host name); a restored running VM only gets its clock. */
+  setup: boolean;
+  origin: { from: "boot" | "snapshot"; captured: boolean; key: string | null; t0: number };
+  cache: SnapshotCache | null;
+  source: Record<string, StateValue>;
+  mux: ShareMux;
+}
+
+/**
+ * Attaches the run's network to the NIC (and its shares to the mux), starts
+ * or resumes the vCPUs, reaches the agent over vsock and sets the session up.
+ */
+async function startSession(
+  m: KvmDevices & AsyncDisposable,
+  config: VmConfig,
+  o: SessionOptions,
+): Promise<RunningVm> {
+  const log = o.log ?? (() => {});
   let stack: NetStack | null = null;
   let detachShares: (() => void) | null = null;
   let detachNet: (() => void) | null = null;
@@ -201,8 +235,9 @@ export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promis
       await m[Symbol.asyncDispose]();
       detachShares?.();
     })();
+  using aborted = abortRace(o.signal);
   try {
-    detachShares = attachShares(mux, config);
+    if (o.attach) detachShares = attachShares(o.mux, config);
     if (config.net) {
       try {
         stack = new NetStack({
@@ -220,7 +255,7 @@ export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promis
       await stack.ready;
       detachNet = attachVirtioNet(stack, m.net!);
     }
-    if (r.from === "boot") m.vm.resume();
+    if (o.resumed) m.vm.resume();
     else await m.vm.start();
     const died = m.vm.wait().then((s): never => {
       throw new VmError(`the guest stopped (${s.kind}) before its agent answered`);
@@ -228,27 +263,30 @@ export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promis
       throw explainExit(e, m.log(), m.emulated);
     });
     died.catch(() => {});
-    stopWait = Promise.race([died, aborted.promise]);
+    const stopWait = Promise.race([died, aborted.promise]);
     const vsock = m.vsock!;
     await until(() => vsock.active, AGENT_WAIT_MS, "the guest's vsock device", stopWait);
     const agent = new AgentClient(new VsockAgentTransport(vsock));
-    await Promise.race([agent.setup(sessionSetup(config), { signal: o.signal }), stopWait]);
-    for (const f of sessionFiles(config)) {
-      await agent.writeFile(f.path, f.content, {
-        mode: 0o644,
-        root: rootDirOf(config),
-        replace: true,
-        signal: o.signal,
-      });
+    const setup = o.setup ? sessionSetup(config) : { clockMs: Date.now() };
+    await Promise.race([agent.setup(setup, { signal: o.signal }), stopWait]);
+    if (o.setup) {
+      for (const f of sessionFiles(config)) {
+        await agent.writeFile(f.path, f.content, {
+          mode: 0o644,
+          root: rootDirOf(config),
+          replace: true,
+          signal: o.signal,
+        });
+      }
     }
     const origin = {
-      from: r.from,
-      captured: r.captured,
-      key: cache ? key : null,
-      readyMs: performance.now() - t0,
+      from: o.origin.from,
+      captured: o.origin.captured,
+      key: o.origin.key,
+      readyMs: performance.now() - o.origin.t0,
     };
     log(
-      `kvm: ${r.from === "snapshot" ? "snapshot hit" : "snapshot miss"}; ready after ${
+      `kvm: ${origin.from === "snapshot" ? "snapshot hit" : "snapshot miss"}; ready after ${
         Math.round(origin.readyMs)
       } ms`,
     );
@@ -266,11 +304,14 @@ export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promis
         stop,
         stopped,
         snapshot: async ({ dir }) => {
-          const target = dir ?? (cache ?? new SnapshotCache(undefined, { warn: o.warn }))
+          const target = dir ?? (o.cache ?? new SnapshotCache(undefined, { warn: o.warn }))
             .pathOf(randomSnapshotKey());
           await m.vm.pause();
           try {
-            await captureHvVm(m.vm, target, { devices: m.persist(), source });
+            await captureHvVm(m.vm, target, {
+              devices: m.persist(),
+              source: { ...o.source, vm: "running" },
+            });
           } finally {
             m.vm.resume();
           }
@@ -280,6 +321,60 @@ export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promis
     });
   } catch (e) {
     await stop();
+    throw e;
+  }
+}
+
+/** The shares and network of a configuration, as a restore must find them again. */
+function attached(config: VmConfig): string {
+  return JSON.stringify({ root: config.root, volumes: config.volumes, net: config.net });
+}
+
+/**
+ * Restores a running VM captured by `vm.snapshot()`: its devices are
+ * constructed from the snapshot (the FUSE server's node table included, so
+ * the guest's mounts go on), with the same shares attached first; the
+ * guest's wall clock is set again.
+ */
+export async function restoreAgentVm(
+  snapshot: SnapshotRef,
+  config: VmConfig,
+  o: AgentBootOptions,
+): Promise<RunningVm> {
+  if (attached(config) !== attached(snapshot.config)) {
+    throw new ConfigError(
+      "the kvm engine restores a VM with the shares and network it was captured with " +
+        "(its guest keeps them mounted)",
+    );
+  }
+  const t0 = performance.now();
+  const mux = new ShareMux();
+  const detachShares = attachShares(mux, config);
+  const fuse = new FuseServer(mux);
+  const mopts: MachineOptions = {
+    agent: true,
+    backends: { fs: (tag) => (tag === MUX_TAG ? fuse : null), net: () => null },
+    emulated: o.emulated,
+    onConsole: o.onConsole,
+    progress: config.verbose ? o.log : undefined,
+  };
+  try {
+    const plan = await planMachine(bootedConfig(config), mopts);
+    const m = await restorePlanned(plan, snapshot.dir, mopts);
+    const vm = await startSession(m, config, {
+      ...o,
+      resumed: false,
+      attach: false,
+      setup: false,
+      origin: { from: "snapshot", captured: false, key: null, t0 },
+      cache: o.cache ?? null,
+      source: {},
+      mux,
+    });
+    vm.stopped.finally(detachShares).catch(() => {});
+    return vm;
+  } catch (e) {
+    detachShares();
     throw e;
   }
 }

@@ -365,3 +365,41 @@ hostTest(
     });
   },
 );
+
+hostTest(
+  "kvm engine + stand-in agent: vm.snapshot() restored twice by the engine; the copies diverge",
+  ["kvm"],
+  async () => {
+    await withBench(async (b) => {
+      const engine = new KvmEngine({ onNote: null, onWarning: (m) => b.warnings.push(m) });
+      let ref;
+      {
+        await using vm = await b.boot({ memoryMiB: 64 });
+        await bounded(vm.writeFile("/state", "before the snapshot"));
+        ref = await bounded(vm.snapshot({ dir: join(b.dir, "running") }));
+        // The original goes on after its capture.
+        await bounded(vm.writeFile("/state", "original, after"));
+        strictEqual(dec.decode(await bounded(vm.readFile("/state"))), "original, after");
+      }
+      await using a = await hangBound(engine.restore(ref), () => "restore A hung");
+      await using c = await hangBound(engine.restore(ref), () => "restore C hung");
+      deepStrictEqual([a.origin.from, c.origin.from], ["snapshot", "snapshot"]);
+      await bounded((async () => {
+        // Both start from the captured state…
+        strictEqual(dec.decode(await a.readFile("/state")), "before the snapshot");
+        strictEqual(dec.decode(await c.readFile("/state")), "before the snapshot");
+        // …and diverge.
+        await a.writeFile("/state", "A");
+        await c.writeFile("/state", "C");
+        strictEqual(dec.decode(await a.readFile("/state")), "A");
+        strictEqual(dec.decode(await c.readFile("/state")), "C");
+        strictEqual((await a.exec(["echo", "still", "running"])).stdoutText, "still running\n");
+      })());
+      // Another network or other shares: refused before anything is built.
+      await rejects(
+        engine.restore(ref, { ...ref.config, net: { hostLoopback: false, publish: [] } }),
+        /captured with/,
+      );
+    });
+  },
+);

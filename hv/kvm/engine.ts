@@ -31,9 +31,9 @@
 import { dirname } from "node:path";
 import { guestInitramfs, initConfigFor } from "../engine/guest_init.ts";
 import { findKernel } from "../kernel/cache.ts";
-import { ConfigError, SkiffError, VmError, VmTimeoutError } from "../errors.ts";
+import { ConfigError, VmError, VmTimeoutError } from "../errors.ts";
 import type { BootOptions, Engine, RunningVm, SnapshotRef, WorkloadIO } from "../engine/types.ts";
-import { bootAgentVm } from "./agent_boot.ts";
+import { bootAgentVm, restoreAgentVm } from "./agent_boot.ts";
 import { type ExitStatus, type VmConfig, type Workload } from "../config.ts";
 import { MAILBOX_RDINIT, mailboxInitramfs } from "../../init/mailbox_mode.ts";
 import { mailboxInitramfsIdentity } from "../engine/init_identity.ts";
@@ -126,8 +126,29 @@ export class KvmEngine implements Engine {
     });
   }
 
-  restore(_snapshot: SnapshotRef, _config?: VmConfig, _o?: BootOptions): Promise<RunningVm> {
-    return Promise.reject(new SkiffError("restoring a captured VM is not supported yet"));
+  /**
+   * Starts a copy of a running VM that `vm.snapshot()` captured (it goes on
+   * with the same shares and network; its wall clock is set again).
+   */
+  restore(
+    snapshot: SnapshotRef,
+    config: VmConfig = snapshot.config,
+    o: BootOptions = {},
+  ): Promise<RunningVm> {
+    if (snapshot.engine !== "kvm") {
+      return Promise.reject(
+        new ConfigError(`snapshot ${snapshot.dir} is of the ${snapshot.engine} engine`),
+      );
+    }
+    const warn = this.#opts.onWarning ?? ((l: string) => console.error(`skiff: ${l}`));
+    return restoreAgentVm(snapshot, config, {
+      ...o,
+      log: o.log ?? (config.verbose ? (l: string) => console.error(`skiff: ${l}`) : undefined),
+      cache: this.#opts.cache,
+      warn,
+      onConsole: this.#opts.onKernelLog ??
+        (config.verbose ? (b: Uint8Array) => Deno.stderr.writeSync(b) : undefined),
+    });
   }
 
   #machineOptions(config: VmConfig): MachineOptions {
