@@ -24,7 +24,6 @@ export const RUNTIME_MODULES = [
   "devices/legacy/i8042.ts",
   "devices/legacy/debug_exit.ts",
   "devices/virtio/mmio_worker.ts",
-  "devices/mailbox/device.ts",
   "snapshot/qemu_entry_worker.ts",
 ] as const;
 

@@ -81,12 +81,6 @@ export interface BootOptions {
     /** Ports are the files `<portDir>/<name>`. */
     portDir: string;
   };
-  /**
-   * What runs after the boot setup instead of the one-shot part (opening the
-   * ports, the command, the status line, power-off) — e.g. the mailbox loop.
-   * The error handler stays the one-shot's (status port found by name).
-   */
-  tail?: Fragment;
 }
 
 /** Loads a 4- or 8-byte field at `offset` from `base` into `dst`. */
@@ -447,12 +441,6 @@ export function bootProgram(o: BootOptions = {}): Program {
     body.push(label(noNet));
   }
 
-  const onError = () => errorHandler(o, { rec, recOk, statusFd, stepOverride, portPath });
-  if (o.tail) {
-    body.push(o.tail);
-    return { body, onError: onError() };
-  }
-
   // ---- the ports: status first, so later failures can be reported on it
   const openPort = (fd: VarRef, at: number, what: string, flags: number) => {
     const name = v(`port_name_${what}`);
@@ -536,7 +524,7 @@ export function bootProgram(o: BootOptions = {}): Program {
   if (o.native) body.push(exit(0));
   else body.push(powerOff());
 
-  return { body, onError: onError() };
+  return { body, onError: errorHandler(o, { rec, recOk, statusFd, stepOverride, portPath }) };
 }
 
 /**

@@ -1,8 +1,7 @@
 /**
  * The init's command/config record: one self-contained little-endian blob the
- * host encodes and the guest init reads (in one-shot mode from
- * `/skiff/record` in the initramfs; later the mailbox hands over the same
- * record). Pointers inside it are stored as offsets from the record's start;
+ * host encodes and the one-shot guest init reads from `/skiff/record` in
+ * the initramfs. Pointers inside it are stored as offsets from the record's start;
  * the init's `relocate` runtime routine turns them into addresses in place
  * (the table of pointer slots sits at the end), so the init then follows
  * plain pointers. The layout is documented in `init/RECORD.md`.

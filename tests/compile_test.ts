@@ -21,7 +21,7 @@ import { fileURLToPath } from "node:url";
 import { hostTest, probeRequirements } from "./requirements.ts";
 import { buildBundle, compileArgs, MAIN_BUNDLE } from "./bundle.ts";
 import { bundledName, RUNTIME_MODULES } from "../hv/module_url.ts";
-import { standInElf } from "../hv/kvm/testdata/mailbox_kernel.ts";
+import { standInElf } from "../hv/kvm/testdata/elf.ts";
 import { Assembler } from "../init/asm/mod.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));

@@ -59,8 +59,8 @@ Deno.test("e820: sizes up to 64 GiB split around the 32-bit hole; nothing overla
       strictEqual(high, undefined);
       strictEqual(l.ramEnd, total);
     }
-    // The virtio windows, skiff's out-of-e820 region and the APICs are never RAM.
-    for (const a of [LAYOUT.VIRTIO_MMIO_START, LAYOUT.SKIFF_REGION_START, LAYOUT.IOAPIC_ADDR]) {
+    // The virtio windows and the APICs are never RAM.
+    for (const a of [LAYOUT.VIRTIO_MMIO_START, LAYOUT.IOAPIC_ADDR, LAYOUT.LAPIC_ADDR]) {
       ok(!map.some((e) => a >= e.addr && a < e.addr + e.size), `0x${a.toString(16)} in e820`);
     }
   }

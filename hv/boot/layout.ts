@@ -18,7 +18,6 @@
  * lowRamEnd    (≤ 3 GiB) end of low RAM
  * 0xc000_0000  32-bit MMIO hole (1 GiB, never RAM, not in e820):
  *   0xc000_0000    virtio-mmio windows, one 4 KiB page each
- *   0xd000_0000    skiff's out-of-e820 region (mailbox + payload, own memory slot)
  *   0xfec0_0000    IOAPIC
  *   0xfee0_0000    local APIC
  * 0x1_0000_0000 RAM above 4 GiB (e820 RAM) when guest RAM exceeds 3 GiB
@@ -84,10 +83,6 @@ export const LAYOUT = {
   VIRTIO_MMIO_SIZE: 0x200,
   /** End of the virtio-mmio window area (256 MiB: up to 65536 devices). */
   VIRTIO_MMIO_END: 3 * GiB + 256 * MiB,
-  /** skiff's out-of-e820 region (mailbox and payload): its own KVM memory slot. */
-  SKIFF_REGION_START: 3 * GiB + 256 * MiB,
-  /** Largest size of the out-of-e820 region (256 MiB). */
-  SKIFF_REGION_MAX: 256 * MiB,
   /** IOAPIC register window (Intel 82093AA default). */
   IOAPIC_ADDR: 0xfec00000,
   /** Local APIC register window (Intel SDM Vol. 3 §11.4.1 default). */
@@ -156,8 +151,8 @@ export class MemoryLayout {
 
   /**
    * The e820 map: usable RAM with the legacy holes cut out, the EBDA and the
-   * ACPI area reserved. The virtio-mmio windows, skiff's mailbox region and
-   * the APICs are MMIO and deliberately absent (see DESIGN.md on the mailbox).
+   * ACPI area reserved. The virtio-mmio windows and the APICs are MMIO and
+   * deliberately absent.
    */
   e820(): E820Entry[] {
     const map: E820Entry[] = [

@@ -1,28 +1,26 @@
 /**
- * A cheap identity of the guest initramfs (the agent's, and the mailbox mode's), for the snapshot-cache key
+ * A cheap identity of the guest agent's initramfs, for the snapshot-cache key
  * on the hit path: everything its bytes are made from — the source of the
- * code that generates the init programs (`init/**` and the mailbox register
- * layout), the kernel release, each module file's content hash, and the
- * boot record — without compiling the init ELFs (≈130 ms) or gzipping the
- * archive (≈40 ms with the Debian kernel's modules), which a restore does not
- * need. Where the source cannot be read (a bundled or compiled skiff), there
- * is no identity and the engine keys on the built initramfs bytes instead.
+ * code that generates the init program (`init/**`), the kernel release and
+ * each module file's content hash — without compiling the init ELF or
+ * gzipping the archive (≈40 ms with the Debian kernel's modules), which a
+ * restore does not need. Where the source cannot be read (a bundled or
+ * compiled skiff), there is no identity and the engine keys on the built
+ * initramfs bytes instead.
  *
  * @module
  */
 
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type KernelInfo, kernelModules } from "../kernel/mod.ts";
-import { type InitConfig, modulesFor, recordFor } from "../../init/config.ts";
-import { bootInitConfig, MAILBOX_INIT_PATH } from "../../init/mailbox_mode.ts";
+import type { KernelInfo } from "../kernel/mod.ts";
 import { AGENT_MODULES } from "../../init/agent/initramfs.ts";
 import { moduleLoadOrder } from "../../init/initramfs.ts";
 import { canonicalJson, sha256Hex } from "../../snapshot/codec.ts";
 import { contentHash } from "../../snapshot/content_hash.ts";
 
 /** Source trees whose code generates the initramfs (relative to the repository root). */
-const SOURCES = ["init", "devices/mailbox/registers.ts"];
+const SOURCES = ["init"];
 
 let sourceHash: Promise<string | null> | undefined;
 
@@ -67,37 +65,6 @@ export function initSourceHash(): Promise<string | null> {
     }
   })();
   return sourceHash;
-}
-
-/**
- * The identity of `mailboxInitramfs(kernel, config)`'s output, or null when
- * the init's source is not readable here. Two configs that differ only in
- * their command have the same identity.
- */
-export async function mailboxInitramfsIdentity(
-  kernel: KernelInfo,
-  config: InitConfig,
-  memoDir?: string,
-): Promise<string | null> {
-  const source = await initSourceHash();
-  if (source === null) return null;
-  const boot = bootInitConfig(config);
-  const order = kernel.modulesDir ? (await kernelModules(kernel)).loadOrder(modulesFor(boot)) : [];
-  const modules: [string, string][] = [];
-  for (const rel of order) {
-    modules.push([rel, await contentHash(join(kernel.modulesDir!, rel), memoDir)]);
-  }
-  const guestModules = order.map((rel) => `/lib/modules/${kernel.version}/${rel}`);
-  return sha256Hex(
-    new TextEncoder().encode(canonicalJson({
-      kind: "skiff-mailbox-initramfs",
-      init: MAILBOX_INIT_PATH,
-      source,
-      release: kernel.version,
-      modules,
-      record: sha256Hex(recordFor(boot, guestModules)),
-    })),
-  );
 }
 
 /**

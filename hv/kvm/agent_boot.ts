@@ -101,6 +101,11 @@ async function until(cond: () => boolean, ms: number, what: string, stop: Promis
   }
 }
 
+/** The builder's progress lines (`skiff: loading kernel …`) through `log`, which adds its own prefix. */
+function progressTo(log: (line: string) => void): (line: string) => void {
+  return (line) => log(line.replace(/^skiff: /, ""));
+}
+
 /** Boots (or restores) a kvm-engine VM for `config` and sets its session up. */
 export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promise<RunningVm> {
   o.signal?.throwIfAborted();
@@ -121,7 +126,7 @@ export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promis
       ready.feed(b);
       o.onConsole?.(b);
     },
-    progress: config.verbose ? log : undefined,
+    progress: config.verbose ? progressTo(log) : undefined,
   };
   const plan = await planMachine(bootedConfig(config), mopts);
   let cache: SnapshotCache | null = null;
@@ -356,7 +361,7 @@ export async function restoreAgentVm(
     backends: { fs: (tag) => (tag === MUX_TAG ? fuse : null), net: () => null },
     emulated: o.emulated,
     onConsole: o.onConsole,
-    progress: config.verbose ? o.log : undefined,
+    progress: config.verbose && o.log ? progressTo(o.log) : undefined,
   };
   try {
     const plan = await planMachine(bootedConfig(config), mopts);

@@ -17,77 +17,17 @@
 import { deepStrictEqual, ok, rejects, strictEqual } from "node:assert/strict";
 import { join } from "node:path";
 import { hostTest } from "../../tests/requirements.ts";
-import { HANG_MS, hangBound } from "../../tests/waits.ts";
-import { agentKernelElf, STANDIN_BOOT_LINE } from "./testdata/standin/agent_kernel.ts";
+import { hangBound } from "../../tests/waits.ts";
+import { STANDIN_BOOT_LINE } from "./testdata/standin/agent_kernel.ts";
+import { runInNewProcess, withBench } from "./testdata/standin/bench.ts";
 import { KvmEngine } from "./engine.ts";
 import { SnapshotCache } from "../../snapshot/cache.ts";
 import { AgentStepError } from "../../init/agent/errors.ts";
-import type { RunningVm } from "../engine/types.ts";
-import type { VmConfig } from "../config.ts";
 import { VmTimeoutError } from "../errors.ts";
 import { MEMORY_FILE } from "../../snapshot/format.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-/** What a test gets: the stand-in's path, a cache, a way to boot and the consoles seen. */
-interface Bench {
-  dir: string;
-  kernel: string;
-  cacheDir: string;
-  /** Boots through the kvm engine (snapshot cache on unless `snapshot: false`). */
-  boot(o?: { memoryMiB?: number; snapshot?: boolean }): Promise<RunningVm>;
-  /** Console output of every boot so far, in order. */
-  consoles: string[];
-  warnings: string[];
-}
-
-function config(kernel: string, memoryMiB: number): VmConfig {
-  return {
-    kernel,
-    cpus: 1,
-    memoryMiB,
-    cmdlineExtra: "",
-    root: null,
-    volumes: [],
-    net: null,
-    hostname: "standin",
-    verbose: false,
-  };
-}
-
-async function withBench(fn: (b: Bench) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "skiff-kvm-agent-" });
-  try {
-    const kernel = join(dir, "vmlinux");
-    await Deno.writeFile(kernel, agentKernelElf());
-    const cacheDir = join(dir, "cache", "snapshots");
-    const consoles: string[] = [];
-    const warnings: string[] = [];
-    await fn({
-      dir,
-      kernel,
-      cacheDir,
-      consoles,
-      warnings,
-      boot: (o = {}) => {
-        const i = consoles.push("") - 1;
-        const engine = new KvmEngine({
-          onKernelLog: (b) => consoles[i] += dec.decode(b),
-          onNote: null,
-          cache: new SnapshotCache(cacheDir, { warn: (m) => warnings.push(m) }),
-          onWarning: (m) => warnings.push(m),
-        });
-        return hangBound(
-          engine.boot(config(kernel, o.memoryMiB ?? 128), { snapshot: o.snapshot ?? false }),
-          () => `boot hung; console:\n${consoles[i]}`,
-        );
-      },
-    });
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 /** `work`, bounded only to turn a hang into a failure. */
 function bounded<T>(work: Promise<T>): Promise<T> {
@@ -296,8 +236,6 @@ hostTest(
   },
 );
 
-const ENGINE_HELPER = new URL("./testdata/standin/engine_run.ts", import.meta.url).pathname;
-
 hostTest(
   "kvm engine + stand-in agent: snapshot cache — captured at READY, two restores diverging, a hit in a new process",
   ["kvm"],
@@ -344,17 +282,7 @@ hostTest(
       // Restored, never booted: their consoles have no boot line.
       deepStrictEqual(b.consoles.map((t) => t.includes(STANDIN_BOOT_LINE)), [true, false, false]);
       // A hit in a new process.
-      const out = join(b.dir, "out.json");
-      const p = new Deno.Command(Deno.execPath(), {
-        args: ["run", "-A", ENGINE_HELPER, b.kernel, b.cacheDir, out],
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
-      const timer = setTimeout(() => p.kill("SIGKILL"), HANG_MS); // only catches a hang
-      const r = await p.output();
-      clearTimeout(timer);
-      strictEqual(r.code, 0, dec.decode(r.stderr));
-      deepStrictEqual(JSON.parse(await Deno.readTextFile(out)), {
+      deepStrictEqual(await runInNewProcess(b), {
         origin: ["snapshot", false, entries[0].key],
         echo: "new process\n",
         file: "written in a new process",

@@ -25,7 +25,7 @@ import {
   disposer,
   KvmDevices,
 } from "./device_manager.ts";
-import { planBackends } from "./backends.ts";
+import { NO_BACKENDS } from "./backends.ts";
 
 /** Bytes in a MiB. */
 const MiB = 1 << 20;
@@ -153,14 +153,14 @@ export function createVcpus(vm: Vm, cpus: number, cpuid: boolean): void {
   }
 }
 
-/** The device manager's options for plan `p`: the run's back-ends, console and error log. */
+/** The device manager's options for plan `p`: the back-ends, console and error log. */
 export function deviceOptions(
   p: MachinePlan,
   opts: MachineOptions,
   cleanups: (() => void | Promise<void>)[],
 ): DeviceManagerOptions {
   return {
-    backends: opts.backends ?? planBackends(p, cleanups),
+    backends: opts.backends ?? NO_BACKENDS,
     cleanups,
     onConsole: opts.onConsole,
     onDeviceError: (name, e) => {

@@ -118,7 +118,6 @@ export async function bootWithConsoleLog(o: ConsoleBootOptions): Promise<Console
   await using m = await buildKvmMachine(config, {
     onConsole,
     progress,
-    workloadDevices: false,
     emulated: o.emulated,
   });
   file = await Deno.open(o.consoleLog, { write: true, create: true, truncate: true });

@@ -26,7 +26,6 @@ import type { VirtioDevice } from "../../devices/virtio/device.ts";
 import { COM1, Uart } from "../../devices/legacy/uart.ts";
 import { I8042, I8042Device } from "../../devices/legacy/i8042.ts";
 import { sleepSpec } from "../../devices/legacy/acpi_sleep.ts";
-import { Mailbox, type MailboxOptions } from "../../devices/mailbox/mailbox.ts";
 import type { AcpiVirtioDevice } from "../acpi/tables.ts";
 import { LAYOUT, MemoryLayout } from "../boot/layout.ts";
 import type { AddressRange, DeviceSpec } from "../device.ts";
@@ -56,7 +55,6 @@ export const DEVICE_KINDS = [
   "virtio-fs",
   "virtio-net",
   "virtio-vsock",
-  "mailbox",
 ] as const;
 /** One of {@link DEVICE_KINDS}. */
 export type DeviceKind = typeof DEVICE_KINDS[number];
@@ -83,7 +81,7 @@ export interface DeviceRecord {
   state: unknown;
 }
 
-/** The devices of a machine, cold-booted or restored, as the engine and workload use them. */
+/** The devices of a machine, cold-booted or restored, as the engine uses them. */
 export interface KvmDevices {
   vm: Vm;
   memory: RegionMemory;
@@ -91,8 +89,6 @@ export interface KvmDevices {
   /** The virtio console (port 0 is hvc0). */
   console: VirtioConsole | null;
   virtio: VirtioSlot[];
-  /** skiff's mailbox, when the machine has one (`MachineOptions.mailbox`). */
-  mailbox: Mailbox | null;
   /** The vsock device (agent mode). */
   vsock: VirtioVsock | null;
   /** The NIC (agent mode: attached to a network stack per session). */
@@ -116,7 +112,6 @@ export function devicesOf(dm: DeviceManager): Omit<KvmDevices, "cmdline" | "emul
     uart: dm.uart,
     console: dm.console,
     virtio: dm.virtio,
-    mailbox: dm.mailbox,
     vsock: dm.vsock,
     net: dm.net,
     persist: () => dm.persist(),
@@ -171,8 +166,6 @@ export class DeviceManager {
   uart: Uart | null = null;
   /** The virtio console (port 0 is hvc0). */
   console: VirtioConsole | null = null;
-  /** skiff's mailbox, when the machine has one. */
-  mailbox: Mailbox | null = null;
   /** The vsock device (the guest agent's transport), when the machine has one. */
   vsock: VirtioVsock | null = null;
   /** The NIC, when the machine has one (attached to a network stack, or not). */
@@ -337,30 +330,6 @@ export class DeviceManager {
     return slot;
   }
 
-  /**
-   * skiff's mailbox: registers at `args.regsBase`, data region in its own
-   * memory slot — or, restoring, in `memory` (saved with RAM).
-   */
-  addMailbox(args: MailboxOptions, state?: unknown): void {
-    const mb = new Mailbox(args);
-    this.#opts.cleanups.push(() => mb[Symbol.dispose]());
-    const restoring = state !== undefined;
-    let onMessage: ((m: unknown) => void) | undefined;
-    mb.attach({
-      addMemory: (m) => this.vm.addMemory(m),
-      addDevice: (spec) =>
-        this.#place(spec, () => ({
-          kind: "mailbox",
-          args: { regsBase: mb.regsBase, dataBase: mb.dataBase, dataSize: mb.dataSize },
-          placement: { mmio: spec.mmio },
-          state: mb.save(),
-        }), (m) => onMessage?.(m)),
-      onDeviceMessage: (_n, fn) => onMessage = (m) => fn(m, -1),
-    }, restoring ? this.memory : undefined);
-    if (restoring) step("state", () => mb.restore(state));
-    this.mailbox = mb;
-  }
-
   /** The DSDT's virtio entries, in slot order. */
   dsdtEntries(): AcpiVirtioDevice[] {
     return this.virtio.map((v) => ({ base: v.base, gsi: v.gsi }));
@@ -399,6 +368,5 @@ export function createDevices(
   dm.addI8042("i8042");
   dm.addSleep("acpi-sleep");
   for (const v of p.virtio) dm.addVirtio(v.name, v.kind, v.args);
-  if (p.mailbox) dm.addMailbox(p.mailbox);
   return dm;
 }

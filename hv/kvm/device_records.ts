@@ -101,13 +101,6 @@ function construct(dm: DeviceManager, name: string, r: DeviceRecord): void {
     }
     case "acpi-sleep":
       return dm.addSleep(name, only(r.placement.ports, 2, "$.placement.ports"));
-    case "mailbox":
-      return dm.addMailbox({
-        name,
-        regsBase: check.field(args, "regsBase", "$.args", check.u32),
-        dataBase: check.field(args, "dataBase", "$.args", check.u32),
-        dataSize: check.field(args, "dataSize", "$.args", check.u32),
-      }, r.state);
   }
   const base = only(r.placement.mmio, MMIO_WINDOW, "$.placement.mmio");
   if (base < LAYOUT.VIRTIO_MMIO_START || base + MMIO_WINDOW > LAYOUT.VIRTIO_MMIO_END) {

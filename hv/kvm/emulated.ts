@@ -26,7 +26,8 @@ export function isEmulatedKvm(sysfsPath = KVM_PVM_SYSFS): boolean {
     return false;
   }
 }
-export function lastLine(log: string): string {
+/** The kernel log's last line as a message suffix, or nothing. */
+function lastLine(log: string): string {
   const line = log.trim().split("\n").pop()?.trim();
   return line ? ` (kernel log: ${line.slice(0, 160)})` : "";
 }

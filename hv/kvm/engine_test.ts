@@ -1,34 +1,39 @@
 /**
- * L1: KvmEngine.run and bootWithConsoleLog end to end on /dev/kvm with a
- * tiny stand-in "vmlinux" (an ELF whose code follows the 64-bit boot
- * protocol: RSI = boot_params). The stand-in prints the command line it
- * finds through boot_params.cmd_line_ptr on the UART, then powers off through
- * the ACPI sleep register, hits an instruction the emulator lacks, or spins.
- * This proves the whole build path (findKernel on --kernel, ELF loading,
- * boot_params, cmdline, ACPI sleep device, UART) and every way a run ends,
- * in well under a second each. The real kernel is tests/linux_boot_test.ts.
+ * L1: how a kvm-engine boot ends when the guest never reaches its agent's
+ * READY, and the machine the engine builds, on /dev/kvm with a tiny
+ * stand-in "vmlinux" (an ELF whose code follows the 64-bit boot protocol:
+ * RSI = boot_params). The stand-in prints the command line it finds through
+ * boot_params.cmd_line_ptr on the UART, then powers off through the ACPI
+ * sleep register, hits an instruction the emulator lacks, or spins. This
+ * proves the build path (findKernel on --kernel, ELF loading, boot_params,
+ * cmdline, ACPI, the agent's devices, UART) and every way a boot fails, in
+ * well under a second each; `skiff boot --console-log` runs on the same
+ * kernels. The agent path past READY is agent_kvm_test.ts (the stand-in
+ * agent); the real kernel is tests/linux_boot_test.ts.
  */
 
 import { deepStrictEqual, match, ok, rejects, strictEqual } from "node:assert/strict";
 import { join } from "node:path";
 import { Assembler, mem } from "../../init/asm/mod.ts";
 import { hostTest } from "../../tests/requirements.ts";
+import { hangBound, until } from "../../tests/waits.ts";
 import { ConfigError, VmError, VmExitError, VmTimeoutError } from "../errors.ts";
 import { type VmConfig } from "../config.ts";
-import { buildKvmMachine, isEmulatedKvm, KvmEngine, type KvmEngineOptions } from "./mod.ts";
+import { buildKvmMachine, isEmulatedKvm, KvmEngine } from "./mod.ts";
 import { SnapshotCache } from "../../snapshot/cache.ts";
+import { FuseServer } from "../../devices/fuse/server.ts";
+import { ShareMux } from "../../devices/fuse/mux.ts";
 import { bootWithConsoleLog } from "./console_boot.ts";
 import { LAYOUT } from "../boot/layout.ts";
 import { buildDsdt, SLEEP } from "../acpi/tables.ts";
 import { BP, readE820 } from "../boot/params.ts";
-import { HANG_MS } from "../../tests/waits.ts";
+import { STANDIN_LOAD, standInElf } from "./testdata/elf.ts";
 
-const LOAD = 16 << 20;
 const COM1 = 0x3f8;
 
 type Ending = "poweroff" | "emulation" | "spin";
 
-/** The stand-in kernel's code, assembled for 16 MiB. */
+/** The stand-in kernel's code, assembled for {@link STANDIN_LOAD}. */
 function program(ending: Ending): Uint8Array {
   const a = new Assembler();
   const loop = a.newLabel("next"), wait = a.newLabel("wait"), done = a.newLabel("done");
@@ -62,40 +67,14 @@ function program(ending: Ending): Uint8Array {
   }
   a.label("spin");
   a.jmp("spin");
-  return a.assemble({ origin: LOAD }).bytes;
-}
-
-/** Wraps `code` in an ELF64 x86-64 EXEC with one PT_LOAD at 16 MiB and a physical entry. */
-function elf(code: Uint8Array): Uint8Array {
-  const off = 0x1000;
-  const b = new Uint8Array(off + code.length);
-  const dv = new DataView(b.buffer);
-  b.set([0x7f, 0x45, 0x4c, 0x46, 2, 1, 1]);
-  dv.setUint16(16, 2, true); // ET_EXEC
-  dv.setUint16(18, 62, true); // EM_X86_64
-  dv.setUint32(20, 1, true);
-  dv.setBigUint64(24, BigInt(LOAD), true);
-  dv.setBigUint64(32, 64n, true);
-  dv.setUint16(52, 64, true);
-  dv.setUint16(54, 56, true);
-  dv.setUint16(56, 1, true);
-  dv.setUint32(64, 1, true); // PT_LOAD
-  dv.setUint32(68, 5, true); // R+X
-  dv.setBigUint64(72, BigInt(off), true);
-  dv.setBigUint64(80, 0xffffffff81000000n, true);
-  dv.setBigUint64(88, BigInt(LOAD), true);
-  dv.setBigUint64(96, BigInt(code.length), true);
-  dv.setBigUint64(104, BigInt(code.length + 0x1000), true);
-  dv.setBigUint64(112, 0x1000n, true);
-  b.set(code, off);
-  return b;
+  return a.assemble({ origin: STANDIN_LOAD }).bytes;
 }
 
 async function withKernel(ending: Ending, fn: (path: string, dir: string) => Promise<void>) {
   const dir = await Deno.makeTempDir({ prefix: "skiff-kvm-engine-" });
   try {
     const path = join(dir, "vmlinux");
-    await Deno.writeFile(path, elf(program(ending)));
+    await Deno.writeFile(path, standInElf(program(ending)));
     await fn(path, dir);
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -116,36 +95,26 @@ function config(kernel: string): VmConfig {
   };
 }
 
-function io() {
-  const sink = () => new WritableStream<Uint8Array>();
-  return { stdin: null, stdout: sink(), stderr: sink() };
-}
-
-const workload = { argv: ["/bin/true"], env: {}, workdir: "/" };
-
-hostTest("kvm engine run: the guest's stop on an unemulated instruction is one 'emulated' line", [
+hostTest("kvm engine boot: the guest's stop on an unemulated instruction is one 'emulated' line", [
   "kvm",
 ], async () => {
   await withKernel("emulation", async (kernel, dir) => {
-    // Mailbox mode with the cache (the default), without it, and one-shot mode.
+    // With the snapshot cache (the default) and without it (--no-snapshot).
     const cacheDir = join(dir, "cache", "snapshots");
-    const modes: [string, KvmEngineOptions][] = [
-      ["mailbox+cache", { cache: new SnapshotCache(cacheDir) }],
-      ["mailbox, --no-snapshot", { snapshot: false, cache: new SnapshotCache(cacheDir) }],
-      ["one-shot", { init: "one-shot" }],
-    ];
-    for (const [mode, opts] of modes) {
+    for (const snapshot of [true, false]) {
       let log = "";
       const notes: string[] = [];
+      const warnings: string[] = [];
       const engine = new KvmEngine({
-        ...opts,
+        cache: new SnapshotCache(cacheDir, { warn: (l) => warnings.push(l) }),
+        onWarning: (l) => warnings.push(l),
         onKernelLog: (b) => (log += new TextDecoder().decode(b)),
         onNote: (l) => notes.push(l),
       });
       await rejects(
-        engine.run(config(kernel), workload, io(), AbortSignal.timeout(HANG_MS)),
+        hangBound(engine.boot(config(kernel), { snapshot }), () => `boot hung: ${log}`),
         (e) => {
-          ok(e instanceof VmExitError, `${mode}: ${e}`);
+          ok(e instanceof VmExitError, `snapshot ${snapshot}: ${e}`);
           ok(!e.message.includes("\n"));
           if (isEmulatedKvm()) {
             match(e.message, /^guest stopped: guest code is emulated on this host \(kvm_pvm\)/);
@@ -160,11 +129,11 @@ hostTest("kvm engine run: the guest's stop on an unemulated instruction is one '
         },
       );
       // The stand-in printed the command line skiff put behind boot_params.
-      const rdinit = mode === "one-shot" ? "" : "rdinit=\\/skiff\\/mailbox-init ";
-      match(log, new RegExp(`^console=ttyS0 .*skiff\\.hostname=h1 ${rdinit}skiff\\.l1=yes\\n`));
+      match(log, /^console=ttyS0 .*skiff\.l1=yes\n/);
       strictEqual(log.includes("noxsave clearcpuid=cx16"), isEmulatedKvm());
       strictEqual(notes.length, isEmulatedKvm() ? 1 : 0);
       if (notes.length) match(notes[0], /^skiff: guest code is emulated on this host/);
+      deepStrictEqual(warnings, []);
     }
     // A boot that never reached READY leaves nothing in the cache.
     deepStrictEqual(new SnapshotCache(cacheDir).list(), []);
@@ -172,31 +141,45 @@ hostTest("kvm engine run: the guest's stop on an unemulated instruction is one '
 });
 
 hostTest(
-  "kvm engine run: a guest power-off before the command ends is a VmError",
+  "kvm engine boot: a guest power-off before READY is one VmError line",
   ["kvm"],
   async () => {
     await withKernel("poweroff", async (kernel, dir) => {
+      const cacheDir = join(dir, "c");
       await rejects(
-        new KvmEngine({ onNote: null, cache: new SnapshotCache(join(dir, "c")) }).run(
-          config(kernel),
-          workload,
-          io(),
-          AbortSignal.timeout(HANG_MS),
+        hangBound(
+          new KvmEngine({ onNote: null, cache: new SnapshotCache(cacheDir) }).boot(config(kernel)),
+          () => "boot hung",
         ),
-        (e) => e instanceof VmError && /powered|poweroff/.test(e.message),
+        (e) =>
+          e instanceof VmError && !(e instanceof VmExitError) && !e.message.includes("\n") &&
+          /^the guest stopped \(poweroff\) before its init was ready/.test(e.message),
       );
+      deepStrictEqual(new SnapshotCache(cacheDir).list(), []);
     });
   },
 );
 
-hostTest("kvm engine run: aborting stops a spinning guest and rejects", ["kvm"], async () => {
+hostTest("kvm engine boot: aborting stops a spinning guest and rejects with the reason", [
+  "kvm",
+], async () => {
   await withKernel("spin", async (kernel, dir) => {
-    const engine = new KvmEngine({ onNote: null, cache: new SnapshotCache(join(dir, "c")) });
-    // The abort comes while the guest spins (however late a busy machine delivers it).
-    await rejects(
-      engine.run(config(kernel), workload, io(), AbortSignal.timeout(300)),
-      (e) => e instanceof VmTimeoutError && /timed out after \d+\.\d s/.test(e.message),
-    );
+    let log = "";
+    const cacheDir = join(dir, "c");
+    const engine = new KvmEngine({
+      onNote: null,
+      cache: new SnapshotCache(cacheDir),
+      onKernelLog: (b) => (log += new TextDecoder().decode(b)),
+    });
+    const abort = new AbortController();
+    const booting = engine.boot(config(kernel), { signal: abort.signal });
+    booting.catch(() => {});
+    // The abort comes while the guest spins: after the line it prints before spinning.
+    await until(() => log.endsWith("\n"), "the stand-in's command line on the console");
+    const reason = new VmTimeoutError(0.5);
+    abort.abort(reason);
+    await rejects(hangBound(booting, () => "the aborted boot hung"), (e) => e === reason);
+    deepStrictEqual(new SnapshotCache(cacheDir).list(), []);
   });
 });
 
@@ -245,14 +228,20 @@ hostTest(
     "kvm",
   ],
   async () => {
-    await withKernel("spin", async (kernel, dir) => {
-      const share = { tag: "vol0", hostPath: dir, guestPath: "/mnt", readOnly: true };
+    await withKernel("spin", async (kernel) => {
+      // The agent's machine: vsock, the share mux's virtio-fs, the NIC.
+      const backends = { fs: () => new FuseServer(new ShareMux()), net: () => null };
       {
-        await using m = await buildKvmMachine({ ...config(kernel), volumes: [share] });
+        await using m = await buildKvmMachine(config(kernel), { agent: true, backends });
         deepStrictEqual(
           m.virtio.map((v) => [v.name, v.base, v.gsi]),
-          [["virtio-console", 0xc000_0000, 5], ["virtio-fs-vol0", 0xc000_1000, 6]],
+          [
+            ["virtio-vsock", 0xc000_0000, 5],
+            ["virtio-fs", 0xc000_1000, 6],
+            ["virtio-net", 0xc000_2000, 7],
+          ],
         );
+        ok(m.vsock && m.net);
         const dsdt = m.acpi.tables.find((t) => t.signature === "DSDT")!;
         deepStrictEqual(
           m.memory.slice(dsdt.addr, dsdt.bytes.length),
@@ -266,12 +255,11 @@ hostTest(
         strictEqual(dv.getUint32(BP.CMD_LINE_PTR, true), LAYOUT.CMDLINE_START);
         deepStrictEqual(readE820(bp), m.e820);
       }
-      {
-        // --net adds a virtio-net device wired to skiff's network stack.
-        const net = { hostLoopback: false, publish: [] };
-        await using m = await buildKvmMachine({ ...config(kernel), net });
-        deepStrictEqual(m.virtio.map((v) => v.name), ["virtio-console", "virtio-net"]);
-      }
+      // A virtio-fs device without its FUSE server is refused, naming the device.
+      await rejects(
+        buildKvmMachine(config(kernel), { agent: true }),
+        /virtio-fs: this run has no share tagged/,
+      );
       {
         // An initramfs lands page-aligned at the top of low RAM; boot_params says where.
         const initrd = new Uint8Array(3 << 20).fill(0x5a);
@@ -290,9 +278,8 @@ hostTest(
         );
       }
       {
-        await using m = await buildKvmMachine({ ...config(kernel), cpus: 3 }, {
-          workloadDevices: false,
-        });
+        // Without the agent's devices: the plain virtio console (`skiff boot --console-log`).
+        await using m = await buildKvmMachine({ ...config(kernel), cpus: 3 });
         strictEqual(m.vm.vcpus.length, 3);
         deepStrictEqual(m.virtio.map((v) => v.name), ["virtio-console"]);
         const madt = m.acpi.tables.find((t) => t.signature === "APIC")!.bytes;

@@ -1,15 +1,16 @@
 /**
- * The kvm engine (skiff's own VMM over /dev/kvm): orchestration (engine.ts),
- * resources (plan.ts), devices (device_manager.ts with their snapshot records
- * in device_records.ts, host back-ends in backends.ts), boot (builder.ts),
- * snapshot restore (persist.ts), workload I/O (workload.ts), the emulated-KVM
- * handling (emulated.ts) and `skiff boot --console-log` (console_boot.ts).
+ * The kvm engine (skiff's own VMM over /dev/kvm): the engine (engine.ts) and
+ * its boot of the guest agent (agent_boot.ts), resources (plan.ts), devices
+ * (device_manager.ts with their snapshot records in device_records.ts, host
+ * back-ends in backends.ts), building a machine (builder.ts), snapshot
+ * restore (persist.ts), the emulated-KVM handling (emulated.ts) and
+ * `skiff boot --console-log` (console_boot.ts).
  *
  * @module
  */
 
 export { KvmEngine } from "./engine.ts";
-export type { KvmEngineOptions, SnapshotOutcome } from "./engine.ts";
+export type { KvmEngineOptions } from "./engine.ts";
 export { buildKvmMachine } from "./builder.ts";
 export type { KvmMachine } from "./builder.ts";
 export type { RestoredKvmMachine } from "./persist.ts";

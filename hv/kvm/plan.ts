@@ -7,14 +7,10 @@
  * @module
  */
 
-import { resolve } from "node:path";
-import { PORT_NAMES } from "../../devices/virtio/console/device.ts";
-import { type MailboxOptions } from "../../devices/mailbox/mailbox.ts";
-import { MAILBOX_LAYOUT } from "../../devices/mailbox/registers.ts";
 import { LAYOUT, MemoryLayout } from "../boot/layout.ts";
 import { bootImage, findKernel, type KernelInfo } from "../kernel/cache.ts";
 import { ConfigError } from "../errors.ts";
-import { checkShareDir, type Share, type VmConfig } from "../config.ts";
+import type { VmConfig } from "../config.ts";
 import { EMULATED_KVM_CMDLINE, isEmulatedKvm } from "./emulated.ts";
 import { MUX_TAG } from "../engine/session.ts";
 import type { DeviceBackends } from "./backends.ts";
@@ -50,20 +46,15 @@ export interface MachineOptions {
   /** Progress lines for slow steps (loading the kernel). */
   progress?: (line: string) => void;
   /**
-   * Add the workload's virtio devices: the console with the stdin/stdout/
-   * stderr/status ports, a virtio-fs per share, virtio-net with `net`
-   * (default true). Without them the machine has the plain virtio console
-   * (hvc0) only.
-   */
-  workloadDevices?: boolean;
-  /**
    * The guest agent's device set (init/agent): vsock to reach the agent, one
    * virtio-fs device (the share mux, mounted after READY) and a NIC (attached
    * to a network stack per session). Nothing of a run's shares or network is
-   * in the machine, so one snapshot serves every command and share.
+   * in the machine, so one snapshot serves every command and share. Without
+   * it the machine has the plain virtio console (hvc0) only
+   * (`skiff boot --console-log`, tests).
    */
   agent?: boolean;
-  /** The host back-ends of the devices (default: built from the plan's shares and network). */
+  /** The host back-ends of the devices (default: none — a virtio-fs device then cannot be made). */
   backends?: DeviceBackends;
   /** Override the emulated-KVM detection (tests). */
   emulated?: boolean;
@@ -72,13 +63,6 @@ export interface MachineOptions {
    * RAM under the kernel's `initrd_addr_max` and announced in boot_params.
    */
   initrd?: Uint8Array;
-  /**
-   * Add skiff's mailbox (init/MAILBOX.md): registers at 0xd000_0000, data
-   * region in its own memory slot outside e820. `true` for the defaults.
-   */
-  mailbox?: boolean | MailboxOptions;
-  /** More kernel command-line options, after the base ones and before `config.cmdlineExtra`. */
-  cmdline?: string;
 }
 /** A planned virtio device: its name (snapshot id) and what it is made from. */
 export type PlannedVirtio =
@@ -92,14 +76,11 @@ export interface MachinePlan {
   config: VmConfig;
   kernel: KernelInfo;
   image: { path: string; format: "elf" | "bzimage" };
-  shares: Share[];
-  workload: boolean;
   emulated: boolean;
   /** vCPUs (`--cpus`): vCPU 0 boots, the others wait for the kernel's INIT/SIPI. */
   cpus: number;
   /** The virtio devices in slot order (slot i: window i, GSI first + i). */
   virtio: PlannedVirtio[];
-  mailbox: MailboxOptions | null;
   cmdline: string;
 }
 /** The guest NIC's MAC address: locally administered (52:54:00 as QEMU's), then "kif". */
@@ -114,58 +95,15 @@ export async function planMachine(config: VmConfig, opts: MachineOptions): Promi
   if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > 255) {
     throw new ConfigError(`--cpus ${config.cpus}: the kvm engine boots 1–255 vCPUs`);
   }
-  const workload = opts.workloadDevices ?? true;
   const emulated = opts.emulated ?? isEmulatedKvm();
   const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
   // The ELF vmlinux skips the bzImage's self-decompression (~80 s where guest code is emulated).
   const image = bootImage(kernel, "elf");
-  const shares = workload ? [...(config.root ? [config.root] : []), ...config.volumes] : [];
-  for (const s of shares) {
-    checkShareDir(s.hostPath, `share ${s.tag}`);
-    if (resolve(s.hostPath) !== s.hostPath) {
-      throw new ConfigError(
-        `share ${s.tag}: host path ${s.hostPath} is not absolute and normalised`,
-      );
-    }
-  }
-  const virtio: PlannedVirtio[] = opts.agent ? agentDevices() : [{
-    name: "virtio-console",
-    kind: "console",
-    args: {
-      ports: workload
-        ? [PORT_NAMES.stdin, PORT_NAMES.stdout, PORT_NAMES.stderr, PORT_NAMES.status]
-        : [],
-    },
-  }];
-  for (const s of opts.agent ? [] : shares) {
-    virtio.push({ name: `virtio-fs-${s.tag}`, kind: "fs", args: { tag: s.tag } });
-  }
-  if (!opts.agent && workload && config.net) {
-    virtio.push({ name: "virtio-net", kind: "net", args: { mac: [...GUEST_MAC] } });
-  }
-  if (LAYOUT.DEVICE_IRQ_FIRST + virtio.length - 1 > LAYOUT.DEVICE_IRQ_LAST) {
-    throw new ConfigError(
-      `too many virtio devices: ${virtio.length} (GSIs ${LAYOUT.DEVICE_IRQ_FIRST}–${LAYOUT.DEVICE_IRQ_LAST})`,
-    );
-  }
-  const cmdline = [
-    baseCmdline(emulated),
-    workload && !opts.agent ? `skiff.hostname=${config.hostname}` : "",
-    opts.cmdline ?? "",
-    config.cmdlineExtra,
-  ].filter(Boolean).join(" ");
-  return {
-    config,
-    kernel,
-    image,
-    shares,
-    workload,
-    emulated,
-    cpus: config.cpus,
-    virtio,
-    mailbox: opts.mailbox ? (opts.mailbox === true ? {} : opts.mailbox) : null,
-    cmdline,
-  };
+  const virtio: PlannedVirtio[] = opts.agent
+    ? agentDevices()
+    : [{ name: "virtio-console", kind: "console", args: { ports: [] } }];
+  const cmdline = [baseCmdline(emulated), config.cmdlineExtra].filter(Boolean).join(" ");
+  return { config, kernel, image, emulated, cpus: config.cpus, virtio, cmdline };
 }
 /** The guest vsock CID (virtio 1.2 §5.10.4: 3 is the first CID a guest may have). */
 export const AGENT_GUEST_CID = 3;
@@ -192,13 +130,6 @@ export function planDevices(p: MachinePlan): unknown[] {
       gsi: LAYOUT.DEVICE_IRQ_FIRST + i,
       ...v.args,
     })),
-    ...(p.mailbox
-      ? [{
-        mailbox: p.mailbox.regsBase ?? MAILBOX_LAYOUT.REGS_BASE,
-        data: p.mailbox.dataBase ?? MAILBOX_LAYOUT.DATA_BASE,
-        size: p.mailbox.dataSize ?? MAILBOX_LAYOUT.DATA_SIZE,
-      }]
-      : []),
     { cpus: p.cpus },
   ];
 }

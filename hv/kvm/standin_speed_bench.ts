@@ -38,7 +38,6 @@ export async function probeOnce(): Promise<Record<keyof typeof PROBE_SECTIONS, n
     };
     let log = "";
     await using m = await buildKvmMachine(config, {
-      workloadDevices: false,
       onConsole: (b) => log += new TextDecoder().decode(b),
     });
     const marks = new MarksDevice(PROBE.MARKS);

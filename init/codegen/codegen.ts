@@ -3,12 +3,7 @@
  * operations are independent of each other and of register allocation; the
  * init is dominated by system calls, so this costs nothing that matters.
  *
- * Two outputs:
- * - `payload`: position-independent code and data in one blob, entered at
- *   offset 0 as a System V function (`rdi`… are its arguments, the result in
- *   rax); it must be copied into writable executable memory (its variables
- *   live in the blob).
- * - `elf`: a static ELF64 executable (see {@link ./elf.ts}).
+ * The output is a static ELF64 executable (see {@link ./elf.ts}).
  *
  * @module
  */
@@ -24,23 +19,20 @@ export const ERR_STEP = v("__err_step");
 /** The positive errno of the failure being reported. */
 export const ERR_NO = v("__err_no");
 
-/** A payload's first argument (rdi at entry; the mailbox passes the data region's address). */
-export const PAYLOAD_ARG = v("__arg0");
-
 /** A whole program. */
 export interface Program {
   /** The code, run from the entry point. Falling off the end exits with 0. */
   body: Fragment;
   /**
    * Runs when a checked step fails ({@link ERR_STEP}, {@link ERR_NO} are set).
-   * Default: write the message to fd 2 and exit with 1 (payload: return -errno).
+   * Default: write the message to fd 2 and exit with 1.
    */
   onError?: Fragment;
 }
 
 /** Output of {@link compile}. */
 export interface Compiled {
-  /** The payload blob, or the ELF file. */
+  /** The ELF file. */
   bytes: Uint8Array<ArrayBuffer>;
   /** Label addresses (IR labels are prefixed `u.`, variables `v.`). */
   labels: Map<string, number>;
@@ -76,8 +68,6 @@ class Gen {
   readonly routines = new Set<Routine>();
   readonly data: RuntimeData = { buffers: [], strings: [], errnoTable: false };
   #n = 0;
-
-  constructor(readonly format: "elf" | "payload") {}
 
   varLabel(name: string): string {
     this.vars.add(name);
@@ -256,20 +246,6 @@ class Gen {
         a.call(rtLabel(o.routine));
         if (o.dst) a.mov(rip(this.varLabel(o.dst.name)), "rax");
         return;
-      case "callptr":
-        this.loadArgs(["r11"], [o.target], "callptr");
-        a.push("r11");
-        this.loadArgs(CALL_REGS, o.args, "callptr");
-        a.pop("r11");
-        // Keep the System V stack alignment for the callee.
-        a.push("rbp");
-        a.mov("rbp", "rsp");
-        a.and("rsp", -16);
-        a.call("r11");
-        a.mov("rsp", "rbp");
-        a.pop("rbp");
-        if (o.dst) a.mov(rip(this.varLabel(o.dst.name)), "rax");
-        return;
       case "fail":
         this.loadArgs(["rax"], [o.errno], "fail");
         this.setFailure(this.strLabel(o.step));
@@ -284,29 +260,17 @@ class Gen {
 
   /** Ends the program with the value in rdi. */
   exit() {
-    if (this.format === "elf") {
-      this.a.mov("eax", SYS.exit_group);
-      this.a.syscall();
-      this.a.ud2();
-    } else {
-      this.a.mov("rax", "rdi");
-      this.a.jmp("__epilogue");
-    }
+    this.a.mov("eax", SYS.exit_group);
+    this.a.syscall();
+    this.a.ud2();
   }
 }
 
-const SAVED: Reg64[] = ["rbx", "rbp", "r12", "r13", "r14", "r15"];
-
 /** Assembles `program` for `origin`; returns the assembler output and the code size. */
-function generate(program: Program, format: "elf" | "payload", origin: number) {
-  const g = new Gen(format);
+function generate(program: Program, origin: number) {
+  const g = new Gen();
   const a = g.a;
   a.label("__entry");
-  if (format === "payload") {
-    for (const r of SAVED) a.push(r);
-    a.mov(rip(g.varLabel("__saved_rsp")), "rsp");
-    a.mov(rip(g.varLabel(PAYLOAD_ARG.name)), "rdi");
-  }
   for (const o of program.body.ops) g.op(o);
   a.xor("edi", "edi");
   g.exit();
@@ -315,20 +279,10 @@ function generate(program: Program, format: "elf" | "payload", origin: number) {
     for (const o of program.onError.ops) g.op(o);
     a.mov("edi", 1);
     g.exit();
-  } else if (format === "elf") {
+  } else {
     g.op({ op: "call", routine: "write_error", args: [2, ERR_STEP, ERR_NO] });
     a.mov("edi", 1);
     g.exit();
-  } else {
-    a.mov("rdi", rip(g.varLabel(ERR_NO.name)));
-    a.neg("rdi");
-    g.exit();
-  }
-  if (format === "payload") {
-    a.label("__epilogue");
-    a.mov("rsp", rip(g.varLabel("__saved_rsp")));
-    for (const r of [...SAVED].reverse()) a.pop(r);
-    a.ret();
   }
   // Routines may pull in more routines: emit until closed.
   const emitted = new Set<Routine>();
@@ -341,7 +295,7 @@ function generate(program: Program, format: "elf" | "payload", origin: number) {
     }
   }
   a.label("__code_end");
-  a.align(format === "elf" ? 4096 : 16);
+  a.align(4096);
   a.label("__data");
   for (const [s, l] of g.strings) a.label(l).asciz(s);
   for (const [l, s] of g.data.strings) a.label(l).asciz(s);
@@ -361,16 +315,10 @@ function generate(program: Program, format: "elf" | "payload", origin: number) {
   return out;
 }
 
-/** Compiles `program` into a position-independent payload (entry at offset 0). */
-export function compilePayload(program: Program): Compiled {
-  const out = generate(program, "payload", 0);
-  return { bytes: out.bytes, labels: out.labels, codeSize: out.labels.get("__code_end")! };
-}
-
 /** Compiles `program` into a static ELF64 executable. */
 export function compileElf(program: Program): Compiled {
   const origin = ELF_BASE + 0x1000;
-  const out = generate(program, "elf", origin);
+  const out = generate(program, origin);
   const l = (n: string) => out.labels.get(n)! - origin;
   const elf = buildElf({
     base: ELF_BASE,

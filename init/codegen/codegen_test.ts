@@ -1,8 +1,7 @@
-import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
+import { match, ok, strictEqual } from "node:assert/strict";
 import { hostTest } from "../../tests/requirements.ts";
 import { buf, exit, log, mkdirP, seq, spawn, v, writeFile } from "../ir/mod.ts";
-import { compileElf, compilePayload, PAYLOAD_ARG } from "./mod.ts";
-import { MAP, mmap, munmap, PROT, viewAt } from "../../kvm_ffi/libc.ts";
+import { compileElf } from "./mod.ts";
 
 async function run(cmd: string, args: string[]) {
   const out = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
@@ -102,35 +101,4 @@ hostTest("codegen: ELF headers and code agree with file(1)/objdump", ["objdump"]
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
-});
-
-/** Runs a payload in this process: copied into anonymous RWX memory at two addresses. */
-function callPayload(code: Uint8Array, arg = 0n): bigint[] {
-  const results: bigint[] = [];
-  for (let i = 0; i < 2; i++) {
-    const len = code.length + 4096 * (i + 1);
-    const p = mmap(len, PROT.READ | PROT.WRITE | PROT.EXEC, MAP.PRIVATE | MAP.ANONYMOUS);
-    try {
-      const view = viewAt(p, len);
-      view.set(code, 4096 * i); // a different offset each time: proves position independence
-      const fn = new Deno.UnsafeFnPointer(
-        Deno.UnsafePointer.offset(p, 4096 * i)!,
-        { parameters: ["u64"], result: "i64" } as const,
-      );
-      results.push(fn.call(arg) as bigint);
-    } finally {
-      munmap(p, len);
-    }
-  }
-  return results;
-}
-
-Deno.test("codegen: a payload runs at any address and returns its result or -errno", () => {
-  const ok7 = compilePayload({ body: seq(mkdirP("/proc/self"), exit(7)) });
-  deepStrictEqual(callPayload(ok7.bytes), [7n, 7n]);
-  const failing = compilePayload({ body: seq(mkdirP("/proc/skiff-nope/x"), exit(7)) });
-  deepStrictEqual(callPayload(failing.bytes), [-2n, -2n]);
-  // The argument arrives in rdi as for a System V function.
-  const echo = compilePayload({ body: seq(exit(PAYLOAD_ARG)) });
-  deepStrictEqual(callPayload(echo.bytes, 42n), [42n, 42n]);
 });

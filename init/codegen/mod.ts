@@ -1,5 +1,5 @@
 /**
- * IR → x86-64: a position-independent payload or a static ELF64 executable.
+ * IR → x86-64: a static ELF64 executable.
  *
  * @example
  * ```ts
@@ -12,7 +12,7 @@
  * @module
  */
 
-export { compileElf, compilePayload, ELF_BASE, ERR_NO, ERR_STEP, PAYLOAD_ARG } from "./codegen.ts";
+export { compileElf, ELF_BASE, ERR_NO, ERR_STEP } from "./codegen.ts";
 export type { Compiled, Program } from "./codegen.ts";
 export { buildElf } from "./elf.ts";
 export type { ElfImage } from "./elf.ts";

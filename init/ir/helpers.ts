@@ -63,7 +63,7 @@ export function branch(cond: Cmp, a: Val, b: Val, target: string): Op {
 export function fail(step: string, errno: Val, target?: string): Op {
   return { op: "fail", step, errno, target };
 }
-/** Ends the program (exit status, or a payload's return value). */
+/** Ends the program with exit status `value`. */
 export function exit(value: Val): Op {
   return { op: "exit", value };
 }

@@ -152,16 +152,9 @@ export type Op =
     readonly args: readonly Val[];
     readonly dst?: VarRef;
   }
-  /** Indirect call of a code address (a payload) with up to 6 args; rax → dst. */
-  | {
-    readonly op: "callptr";
-    readonly target: Val;
-    readonly args: readonly Val[];
-    readonly dst?: VarRef;
-  }
   /** Reports `step` with positive errno `errno` through the error path. */
   | { readonly op: "fail"; readonly step: string; readonly errno: Val; readonly target?: string }
-  /** Ends the program: `exit_group(value)` in an executable, `return value` in a payload. */
+  /** Ends the program: `exit_group(value)`. */
   | { readonly op: "exit"; readonly value: Val };
 
 /** A sequence of operations. */

@@ -55,7 +55,7 @@ export function guestProgram(): { bytes: Uint8Array; labels: Map<string, number>
   a.jne("skip");
   a.mov("edx", DOORBELL_PORT);
   a.out("dx", "al");
-  // Wait for the host's go (as the init waits on its mailbox), then restore rax.
+  // Wait for the host's go (a guest paused at a known point), then restore rax.
   a.label("wait");
   a.mov("edx", GO_PORT);
   a.in("al", "dx");

@@ -126,7 +126,7 @@ export async function buildStandin(
     hostname: "standin",
     verbose: false,
   };
-  const m = await buildKvmMachine(config, { workloadDevices: false, onConsole: out.onConsole });
+  const m = await buildKvmMachine(config, { onConsole: out.onConsole });
   const cleanups: (() => void | Promise<void>)[] = [];
   try {
     const v = addVsock(m.vm, m.memory, cleanups);
