@@ -3,12 +3,12 @@
  *
  * - `microvm` with ACPI (the Debian kernel finds the virtio-mmio devices
  *   through the DSDT), every device on the command line, including one
- *   `vhost-user-fs-device` per share. The current one-shot engine flow
- *   (hv/qemu/engine.ts) and the L3q tests of init/ and devices/vhost_user/
- *   use it; it cannot be snapshotted with its vhost-user devices (QEMU 7.2
- *   refuses to migrate them) and has no hot-plug without
- *   `pcie_ports=native` and pciehp's fixed 120 ms link wait.
- * - `q35` trimmed to what skiff needs ("q35-lean": no SATA, SMBus, SMM,
+ *   `vhost-user-fs-device` per share. The L3q tests of devices and of the
+ *   one-shot init (init/, devices/vhost_user/, devices/virtio/vsock/) boot
+ *   their guests this way; the engine does not: it cannot be snapshotted
+ *   with vhost-user devices (QEMU 7.2 refuses to migrate them) and has no
+ *   hot-plug without `pcie_ports=native` and pciehp's fixed 120 ms link wait.
+ * - `q35` — the engine's machine — trimmed to what skiff needs ("q35-lean": no SATA, SMBus, SMM,
  *   vmport, i8042 or HPET), `-display none` (so SeaBIOS writes nothing to the
  *   serial console), N `pcie-root-port`s for hot-plug, and no vhost-user
  *   device at all: virtio-fs, vsock and the NIC are hot-plugged over QMP
