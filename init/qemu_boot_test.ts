@@ -6,8 +6,8 @@ import { match, ok, strictEqual } from "node:assert/strict";
 import { hostTest } from "../tests/requirements.ts";
 import { FuseServer } from "../devices/fuse/server.ts";
 import { PassthroughFs } from "../devices/fuse/passthrough.ts";
-import { VhostUserServer } from "../devices/vhost_user/backend.ts";
-import { VirtioFsDevice } from "../devices/vhost_user/fs.ts";
+import { VhostUserVirtioServer } from "../devices/vhost_user/virtio_backend.ts";
+import { VirtioFs } from "../devices/virtio/fs/device.ts";
 import { QemuProcess } from "../hv/qemu/process.ts";
 import { assertKernel, readAll, testKernel } from "../hv/qemu/testing.ts";
 import type { KernelInfo } from "../hv/kernel/mod.ts";
@@ -46,8 +46,8 @@ async function bootGuest(
   } = {},
 ): Promise<GuestRun> {
   const dir = await Deno.makeTempDir({ prefix: "skiff-initq-" });
-  let server: VhostUserServer | null = null;
-  const shareServers: VhostUserServer[] = [];
+  let server: VhostUserVirtioServer | null = null;
+  const shareServers: VhostUserVirtioServer[] = [];
   let netListener: Deno.Listener | null = null;
   let netConn: Deno.Conn | null = null;
   let vm: QemuProcess | null = null;
@@ -61,16 +61,22 @@ async function bootGuest(
         crossMounts: false,
         hide: ["home", "root"],
       });
-      server = new VhostUserServer(`${dir}/fs.sock`, new VirtioFsDevice(new FuseServer(fs)), {
-        once: true,
-      });
+      server = new VhostUserVirtioServer(
+        `${dir}/fs.sock`,
+        new VirtioFs({ tag: "root", server: new FuseServer(fs) }),
+        { once: true },
+      );
     }
     const fsDevices = o.serveRoot ? [{ id: "fs0", tag: "root", socketPath: `${dir}/fs.sock` }] : [];
     for (const [i, sh] of (o.shares ?? []).entries()) {
       const socketPath = `${dir}/share${i}.sock`;
       const fs = new PassthroughFs(sh.dir, { readOnly: sh.readOnly });
       shareServers.push(
-        new VhostUserServer(socketPath, new VirtioFsDevice(new FuseServer(fs)), { once: true }),
+        new VhostUserVirtioServer(
+          socketPath,
+          new VirtioFs({ tag: sh.tag, server: new FuseServer(fs) }),
+          { once: true },
+        ),
       );
       fsDevices.push({ id: `share${i}`, tag: sh.tag, socketPath });
     }

@@ -10,8 +10,8 @@
 import { ConfigError } from "../../hv/errors.ts";
 import { FuseServer } from "../fuse/server.ts";
 import { PassthroughFs } from "../fuse/passthrough.ts";
-import { VhostUserServer } from "./backend.ts";
-import { VirtioFsDevice } from "./fs.ts";
+import { VirtioFs } from "../virtio/fs/device.ts";
+import { VhostUserVirtioServer } from "./virtio_backend.ts";
 
 /** Options of {@link virtiofsdCommand}. */
 export interface VirtiofsdArgs {
@@ -35,10 +35,14 @@ export async function virtiofsdCommand(a: VirtiofsdArgs): Promise<number> {
   } catch (e) {
     if (e instanceof ConfigError) throw e;
   }
-  const device = new VirtioFsDevice(
-    new FuseServer(new PassthroughFs(a.sharedDir, { readOnly: a.readOnly })),
-  );
-  const server = new VhostUserServer(a.socketPath, device, {
+  // The same virtio-fs device model the engines use, through the vhost-user
+  // adapter. QEMU's vhost-user-fs-device keeps the tag in its own config space
+  // (`tag=` on its command line): this one is not read.
+  const device = new VirtioFs({
+    tag: "skiff",
+    server: new FuseServer(new PassthroughFs(a.sharedDir, { readOnly: a.readOnly })),
+  });
+  const server = new VhostUserVirtioServer(a.socketPath, device, {
     once: true,
     log: (m) => console.error(`skiff virtiofsd: ${m}`),
   });

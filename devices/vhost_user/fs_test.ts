@@ -10,8 +10,8 @@ import {
   runGuest,
   testKernel,
 } from "../../hv/qemu/testing.ts";
-import { VhostUserServer } from "./backend.ts";
-import { VirtioFsDevice } from "./fs.ts";
+import { VhostUserVirtioServer } from "./virtio_backend.ts";
+import { VirtioFs } from "../virtio/fs/device.ts";
 import { HANG_MS, until } from "../../tests/waits.ts";
 
 const kernel = await testKernel();
@@ -45,8 +45,8 @@ hostTest("vhost-user-fs: a Linux guest under QEMU mounts, lists, reads and write
       ["virtio_mmio", "virtio_console", "virtiofs"],
     );
     const logs: string[] = [];
-    const device = new VirtioFsDevice(new FuseServer(new PassthroughFs(share)));
-    await using server = new VhostUserServer(`${dir}/fs.sock`, device, {
+    const device = new VirtioFs({ tag: "share", server: new FuseServer(new PassthroughFs(share)) });
+    await using server = new VhostUserVirtioServer(`${dir}/fs.sock`, device, {
       once: true,
       log: (m) => logs.push(m),
     });

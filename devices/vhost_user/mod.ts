@@ -1,30 +1,20 @@
 /**
- * vhost-user back-ends (QEMU docs/interop/vhost-user.rst): the protocol over
- * a Unix socket, guest memory received as memfd regions, kick/call eventfds,
- * and virtio-fs served by skiff's FUSE server — a drop-in for QEMU's
- * `vhost-user-fs-device` (`skiff virtiofsd`). {@link VhostUserVirtioServer}
- * serves any `VirtioDevice` (devices/virtio) the same way, e.g. virtio-vsock
- * to QEMU's `vhost-user-vsock-device`.
+ * The vhost-user adapter (QEMU docs/interop/vhost-user.rst): the protocol
+ * over a Unix socket, guest memory received as memfd regions, kick/call
+ * eventfds — running any `VirtioDevice` of devices/virtio as a back-end for
+ * QEMU, the same device code the kvm engine runs behind its MMIO transport:
+ * virtio-fs for `vhost-user-fs-device` (also `skiff virtiofsd`), virtio-vsock
+ * for `vhost-user-vsock-device`, virtio-net for `-netdev vhost-user`.
  *
- * ```ts
- * const fs = new PassthroughFs("/srv", { readOnly: true });
- * await using server = new VhostUserServer("/tmp/fs.sock", new VirtioFsDevice(new FuseServer(fs)));
+ * ```ts ignore
+ * const fs = new VirtioFs({ tag: "srv", server: new FuseServer(new PassthroughFs("/srv")) });
+ * await using server = new VhostUserVirtioServer("/tmp/fs.sock", fs);
  * // qemu … -chardev socket,id=fs,path=/tmp/fs.sock -device vhost-user-fs-device,chardev=fs,tag=srv
  * ```
  *
  * @module
  */
 
-export {
-  VhostUserBackend,
-  type VhostUserBackendOptions,
-  type VhostUserDevice,
-  VhostUserServer,
-  VIRTIO_F_VERSION_1,
-  VIRTIO_RING_F_EVENT_IDX,
-  VIRTIO_RING_F_INDIRECT_DESC,
-} from "./backend.ts";
-export { VirtioFsDevice } from "./fs.ts";
 export { MemTable } from "./mem_table.ts";
 export {
   VhostUserVirtioBackend,

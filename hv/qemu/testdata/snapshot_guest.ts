@@ -3,8 +3,8 @@
 // side of mounting a hot-plugged virtio-fs share.
 import { FuseServer } from "../../../devices/fuse/server.ts";
 import { PassthroughFs } from "../../../devices/fuse/passthrough.ts";
-import { VhostUserServer } from "../../../devices/vhost_user/backend.ts";
-import { VirtioFsDevice } from "../../../devices/vhost_user/fs.ts";
+import { VhostUserVirtioServer } from "../../../devices/vhost_user/virtio_backend.ts";
+import { VirtioFs } from "../../../devices/virtio/fs/device.ts";
 import type { KernelInfo } from "../../kernel/mod.ts";
 import { type PluggedDevice, plugVirtioFs } from "../hotplug.ts";
 import type { QemuStartOptions } from "../process.ts";
@@ -38,10 +38,10 @@ export function testLaunch(
 }
 
 /** skiff's FUSE server for `share` behind a vhost-user socket at `socketPath` (one VM). */
-export function serveShare(socketPath: string, share: string): VhostUserServer {
-  return new VhostUserServer(
+export function serveShare(socketPath: string, share: string): VhostUserVirtioServer {
+  return new VhostUserVirtioServer(
     socketPath,
-    new VirtioFsDevice(new FuseServer(new PassthroughFs(share))),
+    new VirtioFs({ tag: "share", server: new FuseServer(new PassthroughFs(share)) }),
     { once: true },
   );
 }
