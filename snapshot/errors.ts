@@ -4,6 +4,8 @@
  * @module
  */
 
+import { SkiffError } from "../hv/errors.ts";
+
 /** What is wrong with a snapshot; lets callers (the cache) decide to discard and cold-boot. */
 export type SnapshotProblem =
   /** The directory, `state.json` or `memory` does not exist. */
@@ -24,7 +26,7 @@ export type SnapshotProblem =
   | "io";
 
 /** A snapshot that cannot be read, verified, restored or written; names the path and the problem. */
-export class SnapshotError extends Error {
+export class SnapshotError extends SkiffError {
   /** The kind of problem. */
   readonly problem: SnapshotProblem;
   /** The snapshot directory (or file) concerned. */

@@ -8,7 +8,13 @@
 
 import { deepStrictEqual, match, ok, rejects, strictEqual } from "node:assert/strict";
 import { hostTest } from "./requirements.ts";
-import { ConfigError, VirtualMachine, type VirtualMachineOptions, VmTimeoutError } from "../mod.ts";
+import {
+  ConfigError,
+  VirtualMachine,
+  type VirtualMachineOptions,
+  VmError,
+  VmTimeoutError,
+} from "../mod.ts";
 import { QemuEngine } from "../hv/qemu/engine.ts";
 import { SnapshotCache } from "../snapshot/cache.ts";
 
@@ -256,3 +262,20 @@ Deno.test("VirtualMachine: a missing volume fails before any boot", async () => 
       e instanceof ConfigError && /\/no\/such does not exist/.test((e as Error).message),
   );
 });
+
+hostTest(
+  "VirtualMachine: a QEMU that cannot start is a VmError naming the engine",
+  ["kernel"],
+  async () => {
+    await using cache = await tempDir("skiff-lib-cache-");
+    const broken = new QemuEngine({
+      accel: "tcg",
+      binary: "/no/such/qemu-system-x86_64",
+      cache: new SnapshotCache(cache.path),
+    });
+    await rejects(
+      VirtualMachine.boot({ engineInstance: broken, memoryMiB: 256, snapshot: false }),
+      (e: unknown) => e instanceof VmError && /^qemu engine: /.test((e as Error).message),
+    );
+  },
+);

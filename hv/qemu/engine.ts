@@ -310,7 +310,7 @@ export class QemuEngine implements Engine {
       return { vm: agentVm, console: consoleWatch!, process: running };
     } catch (e) {
       await release();
-      throw e;
+      throw asSkiffError(e, o.signal);
     }
   }
 
@@ -352,4 +352,14 @@ export class QemuEngine implements Engine {
       writer.releaseLock();
     }
   }
+}
+
+/**
+ * An error of the QEMU layer (QEMU would not start, QMP refused, a hot-plug
+ * or migration failed) as a {@link VmError}, as the kvm engine reports its
+ * failures; skiff's own errors and an abort's reason pass through.
+ */
+function asSkiffError(e: unknown, signal?: AbortSignal): unknown {
+  if (e instanceof SkiffError || (signal?.aborted && e === signal.reason)) return e;
+  return new VmError(`qemu engine: ${(e as Error)?.message ?? e}`, { cause: e });
 }
