@@ -18,6 +18,7 @@
 import { type NetState, parseNetState } from "./persist.ts";
 import { ChainReader, ChainWriter } from "../chain.ts";
 import { bit, DEVICE_ID, type DeviceContext, type VirtioDevice } from "../device.ts";
+import type { Queue } from "../queue.ts";
 
 /** §5.1.3 feature bits. */
 export const NET_F = {
@@ -192,52 +193,66 @@ export class VirtioNet implements VirtioDevice {
     const hdr = new Uint8Array(NET_HDR_LEN);
     let any = false;
     try {
-      while (this.#pending.length > 0) {
-        const frame = this.#pending[0];
-        const first = q.pop(ctx.mem);
-        if (!first) break;
-        const total = NET_HDR_LEN + frame.length;
-        if (!mrg && first.writableLength < total) {
-          // Without mergeable buffers a frame must fit one chain (§5.1.6.3.1); drop it.
-          q.addUsed(ctx.mem, first.head, 0);
-          this.#pending.shift();
-          this.counters.rxDropped++;
-          any = true;
-          continue;
-        }
-        // Gather enough chains for the frame before writing, so a frame is never half-delivered.
-        const chains = [first];
-        let room = first.writableLength;
-        while (mrg && room < total) {
-          const next = q.pop(ctx.mem);
-          if (!next) break;
-          chains.push(next);
-          room += next.writableLength;
-        }
-        if (room < total) {
-          for (let i = 0; i < chains.length; i++) q.undoPop();
-          break; // wait for more buffers
-        }
-        hdr.fill(0);
-        hdr[0] = valid ? NET_HDR_F.DATA_VALID : 0;
-        new DataView(hdr.buffer).setUint16(10, chains.length, true); // num_buffers
-        let off = 0;
-        for (const c of chains) {
-          const w = new ChainWriter(ctx.mem, c);
-          if (off === 0) w.writeSome(hdr);
-          const n = w.writeSome(frame.subarray(off));
-          off += n;
-          q.addUsed(ctx.mem, c.head, w.written);
-        }
-        this.#pending.shift();
-        this.counters.rxFrames++;
-        any = true;
+      for (let round = 0;; round++) {
+        const delivered = this.counters.rxFrames + this.counters.rxDropped;
+        this.#fill(ctx, q, mrg, valid, hdr);
+        const progress = this.counters.rxFrames + this.counters.rxDropped !== delivered;
+        any ||= progress;
+        // Out of receive buffers with frames left: ask the driver to notify when it
+        // posts more (§2.7.10: with EVENT_IDX, move avail_event to the next buffer;
+        // otherwise it stays where the last kick left it, and a driver refilling the
+        // ring past it never kicks). Buffers posted meanwhile are taken at once.
+        if (this.#pending.length === 0 || !progress && round > 0) break;
+        if (!q.setNotification(ctx.mem, true)) break;
       }
     } catch (e) {
       ctx.fail(e);
       return;
     }
     if (any) ctx.signalUsed(0);
+  }
+
+  /** Moves pending frames into the receive buffers the driver has posted, until either runs out. */
+  #fill(ctx: DeviceContext, q: Queue, mrg: boolean, valid: boolean, hdr: Uint8Array): void {
+    while (this.#pending.length > 0) {
+      const frame = this.#pending[0];
+      const first = q.pop(ctx.mem);
+      if (!first) return;
+      const total = NET_HDR_LEN + frame.length;
+      if (!mrg && first.writableLength < total) {
+        // Without mergeable buffers a frame must fit one chain (§5.1.6.3.1); drop it.
+        q.addUsed(ctx.mem, first.head, 0);
+        this.#pending.shift();
+        this.counters.rxDropped++;
+        continue;
+      }
+      // Gather enough chains for the frame before writing, so a frame is never half-delivered.
+      const chains = [first];
+      let room = first.writableLength;
+      while (mrg && room < total) {
+        const next = q.pop(ctx.mem);
+        if (!next) break;
+        chains.push(next);
+        room += next.writableLength;
+      }
+      if (room < total) {
+        for (let i = 0; i < chains.length; i++) q.undoPop();
+        return; // wait for more buffers
+      }
+      hdr.fill(0);
+      hdr[0] = valid ? NET_HDR_F.DATA_VALID : 0;
+      new DataView(hdr.buffer).setUint16(10, chains.length, true); // num_buffers
+      let off = 0;
+      for (const c of chains) {
+        const w = new ChainWriter(ctx.mem, c);
+        if (off === 0) w.writeSome(hdr);
+        const n = w.writeSome(frame.subarray(off));
+        off += n;
+        q.addUsed(ctx.mem, c.head, w.written);
+      }
+      this.#pending.shift();
+      this.counters.rxFrames++;
+    }
   }
 
   save(): NetState {

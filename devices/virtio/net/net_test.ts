@@ -1,6 +1,6 @@
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
 import { RegionMemory } from "../../../hv/memory.ts";
-import { bit } from "../device.ts";
+import { bit, FEATURE } from "../device.ts";
 import { MockMmioDriver } from "../mock_driver.ts";
 import { VirtioMmioTransport } from "../mmio.ts";
 import { completeChecksum, NET_F, NET_HDR_F, NET_HDR_LEN, VirtioNet } from "./device.ts";
@@ -109,4 +109,24 @@ Deno.test("virtio-net: frames wait for buffers; without MRG_RXBUF too-small buff
   deepStrictEqual(used.map((x) => x.len), [0, NET_HDR_LEN + 200]);
   strictEqual(b.dev.counters.rxDropped, 1);
   strictEqual(used[1].written[0], 0, "no DATA_VALID without GUEST_CSUM");
+});
+
+Deno.test("virtio-net: out of receive buffers, the device re-arms EVENT_IDX so a refill kicks", () => {
+  const { drv, dev, features } = setup(ALL & ~bit(NET_F.MRG_RXBUF));
+  ok(features & bit(FEATURE.RING_EVENT_IDX));
+  const rx = drv.queues[0];
+  rx.add([{ writable: 2048 }]);
+  drv.kick(0);
+  // Two frames, one buffer: the second waits for the driver to post more.
+  dev.toGuest(frame(100, 1));
+  dev.toGuest(frame(100, 2));
+  strictEqual(rx.takeUsed().length, 1);
+  // §2.7.10: the driver kicks after adding buffer N only when avail_event is N;
+  // a device that left it at 0 would never be told about the refill.
+  strictEqual(rx.availEvent, 1);
+  rx.add([{ writable: 2048 }]);
+  drv.kick(0);
+  const used = rx.takeUsed();
+  strictEqual(used.length, 1);
+  deepStrictEqual(used[0].written.subarray(12), frame(100, 2));
 });
