@@ -262,18 +262,9 @@ const COMMANDS: Record<string, Command> = {
         });
         return await bootShell(config, { engine });
       }
-      const num = (flag: string, v: string | undefined, dflt: number, integer = true) => {
-        if (v === undefined) return dflt;
-        const n = Number(v);
-        if (!Number.isFinite(n) || n <= 0 || (integer && !Number.isInteger(n))) {
-          throw new UsageError(
-            `--${flag} ${v}: expected a positive ${integer ? "integer" : "number"}`,
-          );
-        }
-        return n;
-      };
       if (values.timeout === undefined) throw new UsageError("--timeout SECONDS is required");
       const { bootWithConsoleLog } = await import("./hv/kvm/console_boot.ts");
+      const { flagNumber, parseTimeout } = await import("./hv/cli/run_options.ts");
       const ac = new AbortController();
       const onSignal = () => ac.abort();
       Deno.addSignalListener("SIGINT", onSignal);
@@ -281,11 +272,11 @@ const COMMANDS: Record<string, Command> = {
       try {
         const r = await bootWithConsoleLog({
           consoleLog: values["console-log"],
-          timeoutSeconds: num("timeout", values.timeout, 0, false),
+          timeoutSeconds: parseTimeout(values.timeout)!,
           kernel: values.kernel,
           modules: values.modules,
-          cpus: num("cpus", values.cpus, 1),
-          memoryMiB: num("memory", values.memory, 512),
+          cpus: flagNumber("--cpus", values.cpus, { min: 1, max: 255 }) ?? 1,
+          memoryMiB: flagNumber("--memory", values.memory, { min: 64, max: 65536 }) ?? 512,
           cmdlineExtra: values["cmdline-extra"],
           signal: ac.signal,
         });
@@ -327,6 +318,7 @@ const COMMANDS: Record<string, Command> = {
         throw new UsageError(`--mtu must be a number, got '${values.mtu}'`);
       }
       const { netTapCommand, parsePublish } = await import("./devices/net/mod.ts");
+      const { flagNumber } = await import("./hv/cli/run_options.ts");
       let publish;
       try {
         publish = (values.publish ?? []).map(parsePublish);
@@ -338,7 +330,9 @@ const COMMANDS: Record<string, Command> = {
         config: {
           hostLoopback: values.net === "host-loopback",
           publish,
-          ...(values.mtu !== undefined ? { mtu: Number(values.mtu) } : {}),
+          ...(values.mtu !== undefined
+            ? { mtu: flagNumber("--mtu", values.mtu, { min: 576, max: 65535 }) }
+            : {}),
         },
       });
     },

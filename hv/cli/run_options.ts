@@ -55,13 +55,31 @@ export interface RunOptions {
   user?: string;
 }
 
-function positiveInt(flag: string, value: string | undefined, fallback: number, max: number) {
-  if (value === undefined) return fallback;
+/**
+ * The one parser of numeric flags: `value` (the flag's text) as a number in
+ * `[min, max]`, whole unless `fraction`; `undefined` when the flag is absent.
+ * A bad value is a {@link ConfigError} naming the flag and the range.
+ */
+export function flagNumber(
+  flag: string,
+  value: string | undefined,
+  o: { min: number; max: number; fraction?: boolean },
+): number | undefined {
+  if (value === undefined) return undefined;
   const n = Number(value);
-  if (!/^\d+$/.test(value) || !Number.isSafeInteger(n) || n < 1 || n > max) {
-    throw new ConfigError(`${flag} ${value}: expected a whole number from 1 to ${max}`);
+  const ok = o.fraction
+    ? /^\d+(\.\d+)?$/.test(value) && Number.isFinite(n)
+    : /^\d+$/.test(value) && Number.isSafeInteger(n);
+  if (!ok || n < o.min || n > o.max) {
+    const kind = o.fraction ? "number" : "whole number";
+    const range = o.max === Infinity ? `a positive ${kind}` : `a ${kind} from ${o.min} to ${o.max}`;
+    throw new ConfigError(`${flag} ${value}: expected ${range}`);
   }
   return n;
+}
+
+function positiveInt(flag: string, value: string | undefined, fallback: number, max: number) {
+  return flagNumber(flag, value, { min: 1, max }) ?? fallback;
 }
 
 /** The image's command settings, or `--user` against the host's user database. */
@@ -189,10 +207,5 @@ export function parseNet(net: string | boolean | undefined, publish: string[]): 
 
 /** Parses `--timeout S` (seconds, may be fractional); undefined when absent. */
 export function parseTimeout(value: string | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  const s = Number(value);
-  if (!(s > 0) || !Number.isFinite(s)) {
-    throw new ConfigError(`--timeout ${value}: expected a positive number of seconds`);
-  }
-  return s;
+  return flagNumber("--timeout", value, { min: 0.001, max: Infinity, fraction: true });
 }

@@ -1,7 +1,7 @@
 import { deepStrictEqual, match, strictEqual, throws } from "node:assert/strict";
 import { ConfigError } from "../errors.ts";
 import { GUEST_PATH } from "../config.ts";
-import { parseNet, parseTimeout, parseVolume, runConfig } from "./run_options.ts";
+import { flagNumber, parseNet, parseTimeout, parseVolume, runConfig } from "./run_options.ts";
 import { commandHelpAsked, main, splitCommand } from "../../main.ts";
 
 Deno.test("runConfig: defaults — host / read-only root, cwd shared read-only and used as workdir", () => {
@@ -151,5 +151,23 @@ Deno.test("parseNet: --net, --net=host-loopback, --publish; errors name the valu
   throws(
     () => parseNet("on", ["99999:1"]),
     (e: unknown) => e instanceof ConfigError && /99999/.test(String(e)),
+  );
+});
+
+Deno.test("flagNumber: the one numeric flag parser — whole or fractional, in range, named", () => {
+  strictEqual(flagNumber("--cpus", undefined, { min: 1, max: 4 }), undefined);
+  strictEqual(flagNumber("--cpus", "4", { min: 1, max: 4 }), 4);
+  strictEqual(flagNumber("--timeout", "0.5", { min: 0.001, max: Infinity, fraction: true }), 0.5);
+  for (const bad of ["0", "5", "1.5", "-1", "1e2", "", " 2", "0x2"]) {
+    throws(
+      () => flagNumber("--cpus", bad, { min: 1, max: 4 }),
+      (e: unknown) =>
+        e instanceof ConfigError &&
+        (e as Error).message === `--cpus ${bad}: expected a whole number from 1 to 4`,
+    );
+  }
+  throws(
+    () => flagNumber("--timeout", "soon", { min: 0.001, max: Infinity, fraction: true }),
+    /--timeout soon: expected a positive number$/,
   );
 });
