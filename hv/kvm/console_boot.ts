@@ -7,6 +7,7 @@
  * @module
  */
 
+import { abortRace } from "../abort.ts";
 import type { VmConfig } from "../config.ts";
 import { VmExitError } from "../errors.ts";
 import { buildKvmMachine } from "./builder.ts";
@@ -129,17 +130,13 @@ export async function bootWithConsoleLog(o: ConsoleBootOptions): Promise<Console
         cpus > 1 ? "s" : ""
       }, ${config.memoryMiB} MiB; console → ${o.consoleLog}; timeout ${o.timeoutSeconds} s`,
     );
-    let timer: ReturnType<typeof setTimeout> | undefined;
     const remainingMs = Math.max(0, o.timeoutSeconds * 1000 - (performance.now() - t0));
-    const timeout = new Promise<"timeout">((r) => {
-      timer = setTimeout(() => r("timeout"), remainingMs);
-    });
-    let onAbort = () => {};
-    const aborted = new Promise<"aborted">((r) => {
-      onAbort = () => r("aborted");
-    });
-    o.signal?.addEventListener("abort", onAbort, { once: true });
-    if (o.signal?.aborted) onAbort();
+    const deadline = AbortSignal.timeout(remainingMs);
+    // Which of the two ended the wait decides the message: the timeout, or the caller.
+    using ended = abortRace(o.signal ? AbortSignal.any([deadline, o.signal]) : deadline);
+    const stoppedBy = ended.promise.catch((): "timeout" | "aborted" =>
+      deadline.aborted ? "timeout" : "aborted"
+    );
     let end: ConsoleBootResult["end"];
     let message: string;
     try {
@@ -148,7 +145,7 @@ export async function bootWithConsoleLog(o: ConsoleBootOptions): Promise<Console
         (s) => ({ kind: "stop" as const, stop: s }),
         (e: unknown) => ({ kind: "error" as const, error: e }),
       );
-      const first = await Promise.race([stopped, timeout, aborted]);
+      const first = await Promise.race([stopped, stoppedBy]);
       if (first === "timeout") {
         end = "timeout";
         message = `timed out after ${o.timeoutSeconds} s; the VM was stopped`;
@@ -172,8 +169,6 @@ export async function bootWithConsoleLog(o: ConsoleBootOptions): Promise<Console
         message = `the VM stopped (${first.stop.kind})`;
       }
     } finally {
-      clearTimeout(timer);
-      o.signal?.removeEventListener("abort", onAbort);
       await m.vm.stop().catch(() => {});
       m.uart.flush();
     }
