@@ -25,7 +25,8 @@ export type { ExitStatus, Share, VmConfig, Workload } from "./hv/config.ts";
 export { chooseEngine, selectEngine } from "./hv/library/select_engine.ts";
 export type { EngineChoice } from "./hv/library/select_engine.ts";
 export { QemuEngine } from "./hv/qemu/engine.ts";
-export { GuestMemoryError, RegionMemory } from "./hv/memory.ts";
+export { GuestMemoryError, MappedRegion, RegionMemory } from "./hv/memory.ts";
+export { vcpuWorkers } from "./hv/vcpu_worker.ts";
 export type { GuestMemory, MemoryRegion } from "./hv/memory.ts";
 export { SysError } from "./kvm_ffi/libc.ts";
 export {
