@@ -128,6 +128,7 @@ async function idleResident(args: string[]): Promise<Resident> {
     stderr: "inherit",
   }).spawn();
   const reader = p.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let r: Resident;
   try {
     let text = "";
     while (!text.includes("\n")) {
@@ -136,13 +137,14 @@ async function idleResident(args: string[]): Promise<Resident> {
       text += value;
     }
     if (!text.startsWith("ready")) throw new Error(`unexpected output ${JSON.stringify(text)}`);
-    return resident(p.pid);
+    r = resident(p.pid);
   } finally {
-    await p.stdin.close();
+    await p.stdin.close(); // the child stops its VM and exits
     await reader.cancel();
-    const s = await p.status;
-    if (!s.success) throw new Error(`${args.join(" ")} exited with ${s.code}`);
   }
+  const s = await p.status;
+  if (!s.success) throw new Error(`${args.join(" ")} exited with ${s.code}`);
+  return r;
 }
 
 /** Runs the benchmark; returns its output lines. */
