@@ -2,17 +2,26 @@
  * Snapshot benchmark (`deno task bench snapshot`).
  *
  * - `restore-ms mem=<MiB>`: from the start of restore (open and validate the
- *   snapshot, map its memory, create the VM, set all state) to the first
- *   KVM_RUN, median of several runs, for 256, 1024 and 4096 MiB guests.
- *   Reference in the same run: `restore-read-copy-ms`, the time to read the
- *   same memory file into anonymous memory with read(2) (what a restore that
- *   copies would pay before its first KVM_RUN), and the ratio.
+ *   snapshot, map its memory, create the VM, set all state: `restoreVmAsync`)
+ *   to the first KVM_RUN, median of several runs in one process, for 256,
+ *   1024 and 4096 MiB guests; `restore-fresh-process-ms`: the same as the
+ *   first restore of a new process (median of 3). Reference in the same run:
+ *   `restore-read-copy-ms`, the time to read the same memory file into
+ *   anonymous memory with read(2) (what a restore that copies would pay
+ *   before its first KVM_RUN), and the ratio.
+ * - `restore-hv-state-ms`, `restore-hv-first-run-ms mem=<MiB>`: the same
+ *   through hv's Vm, to the state set and to its vCPU Worker entering
+ *   KVM_RUN, in a process that keeps the last VM's Worker
+ *   (`vcpuWorkers.keepIdle`); `restore-hv-first-run-new-worker-ms` without a
+ *   kept Worker, and `restore-hv-fresh-process-ms` in a new process (Worker
+ *   start-up included).
  * - `capture-ms mem=<MiB>`: pause point to published snapshot.
  * - `snapshot-bytes touched=32MiB mem=1024MiB`: bytes allocated on disk by a
  *   snapshot of a 1 GiB guest with 32 MiB of non-zero pages.
  *
- * Goals: restore ≤ 5 ms and flat in guest size (4096 within 2× of 256);
- * snapshot size close to the touched memory.
+ * Goals: restore ≤ 5 ms and flat in guest size (4096 within 2× of 256), the
+ * first KVM_RUN of a restored hv VM ≤ 10 ms; snapshot size close to the
+ * touched memory.
  *
  * @module
  */
@@ -30,7 +39,7 @@ import { HvTestDevices } from "./testdata/hv_device.ts";
 import { setupGuest } from "./testdata/machine.ts";
 
 const MiB = 1 << 20;
-const RUNS = 7;
+const RUNS = 11;
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
