@@ -255,38 +255,23 @@ class ReservedMemory extends RegionMemory {
   }
 }
 
-/** Options of {@link mapMemoryFile}. */
-export interface MapMemoryOptions {
-  /** Gets the file's size (-1 when it does not exist) before anything is mapped; throws to refuse it. */
-  checkSize?: (size: number) => void;
-  /**
-   * Gets the memory at its final addresses while they are still only
-   * reserved (`PROT_NONE`), before the file is mapped there: work that needs
-   * only the addresses (a KVM memory slot) can be started meanwhile. If it
-   * throws, nothing is mapped; if mapping fails after it, undoing its work is
-   * the caller's.
-   */
-  beforeMap?: (memory: RegionMemory) => void;
-}
-
 /**
  * Maps the `memory` file `MAP_PRIVATE` (copy-on-write: guest writes never
  * reach the file) and returns it as guest memory laid out as `info` says.
  * Nothing is read: pages fault in from the page cache on first touch.
+ * `checkSize`, if given, gets the file's size (-1 when it does not exist)
+ * before anything is mapped and throws to refuse it.
  *
- * The address range is reserved first (a free {@link Reservation} of at
- * least this size, or a new `PROT_NONE` mapping) and the file mapped there
- * `MAP_FIXED`. Disposing the memory closes the fd and turns the range back
- * into a reservation for a later restore, which reuses its `ArrayBuffer`.
- * Views taken from a disposed memory must not be used (they fault, or after
- * a later restore see its memory).
+ * Disposing the memory closes the fd and turns the mapping into a
+ * {@link Reservation}; a later restore of at most that size maps its file
+ * `MAP_FIXED` there and reuses the `ArrayBuffer`. Views taken from a disposed memory must not
+ * be used (they fault, or after a later restore see its memory).
  */
 export function mapMemoryFile(
   path: string,
   info: MemoryInfo,
-  options: MapMemoryOptions = {},
+  checkSize?: (size: number) => void,
 ): RegionMemory {
-  const { checkSize, beforeMap } = options;
   let fd: number;
   try {
     fd = open(path, O.RDONLY);
@@ -294,14 +279,33 @@ export function mapMemoryFile(
     if (checkSize && e instanceof SysError && e.errno === ENOENT) checkSize(-1);
     throw e;
   }
+  if (checkSize) {
+    try {
+      checkSize(check(`lseek(${path})`, libc.lseek(fd, 0n, SEEK_END)));
+    } catch (e) {
+      close(fd);
+      throw e;
+    }
+  }
+  const prot = PROT.READ | PROT.WRITE;
+  const flags = MAP.PRIVATE | MAP.NORESERVE;
   let res: Reservation;
   try {
-    if (checkSize) checkSize(check(`lseek(${path})`, libc.lseek(fd, 0n, SEEK_END)));
-    res = takeReservation(info.fileSize) ?? {
-      ptr: mmap(info.fileSize, PROT.NONE, MAP.PRIVATE | MAP.ANONYMOUS | MAP.NORESERVE),
-      size: info.fileSize,
-      buffer: null,
-    };
+    const free = takeReservation(info.fileSize);
+    if (free) {
+      res = free;
+      try {
+        mmap(info.fileSize, prot, flags | MAP.FIXED, fd, 0, res.ptr);
+      } catch (e) {
+        releaseReservation(res);
+        throw e;
+      }
+    } else {
+      // First restore of this size: map where the kernel likes; the range
+      // becomes a reservation when this memory is disposed.
+      const ptr = mmap(info.fileSize, prot, flags, fd, 0);
+      res = { ptr, size: info.fileSize, buffer: null };
+    }
   } catch (e) {
     close(fd);
     throw e;
@@ -311,43 +315,25 @@ export function mapMemoryFile(
     close(fd);
   };
   const base = Deno.UnsafePointer.value(res.ptr);
-  let memory: RegionMemory;
+  // Lazy views (MappedRegion): a restore that never touches guest bytes makes no ArrayBuffer.
+  const regions: MemoryRegion[] = info.regions.map((r) =>
+    new MappedRegion(
+      {
+        guestAddr: r.guestAddr,
+        size: r.size,
+        hostPtr: Deno.UnsafePointer.create(base + BigInt(r.fileOffset))!,
+        fd,
+        fdOffset: r.fileOffset,
+      },
+      () => new Uint8Array(reservationBuffer(res), r.fileOffset, r.size),
+    )
+  );
   try {
-    // Lazy views (MappedRegion): a restore that never touches guest bytes makes no ArrayBuffer.
-    memory = new ReservedMemory(
-      info.regions.map((r) =>
-        new MappedRegion(
-          {
-            guestAddr: r.guestAddr,
-            size: r.size,
-            hostPtr: Deno.UnsafePointer.create(base + BigInt(r.fileOffset))!,
-            fd,
-            fdOffset: r.fileOffset,
-          },
-          () => new Uint8Array(reservationBuffer(res), r.fileOffset, r.size),
-        )
-      ),
-      release,
-    );
+    return new ReservedMemory(regions, release);
   } catch (e) {
     release();
     throw e;
   }
-  try {
-    beforeMap?.(memory);
-    mmap(
-      info.fileSize,
-      PROT.READ | PROT.WRITE,
-      MAP.PRIVATE | MAP.NORESERVE | MAP.FIXED,
-      fd,
-      0,
-      res.ptr,
-    );
-  } catch (e) {
-    memory[Symbol.dispose]();
-    throw e;
-  }
-  return memory;
 }
 
 /**

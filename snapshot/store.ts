@@ -235,20 +235,12 @@ export function verifySnapshotMemory(snap: Snapshot): void {
 /**
  * Maps the snapshot's memory `MAP_PRIVATE` (copy-on-write; no bytes copied),
  * after checking the file's size on the descriptor it maps: a
- * {@link SnapshotError} (`missing` or `truncated`) otherwise. `beforeMap`
- * gets the memory at its final, still reserved addresses before the file is
- * mapped there (see `mapMemoryFile`).
+ * {@link SnapshotError} (`missing` or `truncated`) otherwise.
  */
-export function openSnapshotMemory(
-  snap: Snapshot | ParsedSnapshot,
-  beforeMap?: (memory: RegionMemory) => void,
-): RegionMemory {
+export function openSnapshotMemory(snap: Snapshot | ParsedSnapshot): RegionMemory {
   const info = "manifest" in snap ? snap.manifest.memory : snap.parsed.memory;
-  return mapMemoryFile(snap.memoryPath, info, {
-    checkSize: (size) => {
-      if (size < 0) throw new SnapshotError("missing", snap.dir, `${MEMORY_FILE} not found`);
-      checkMemorySize(snap.dir, info, size);
-    },
-    beforeMap,
+  return mapMemoryFile(snap.memoryPath, info, (size) => {
+    if (size < 0) throw new SnapshotError("missing", snap.dir, `${MEMORY_FILE} not found`);
+    checkMemorySize(snap.dir, info, size);
   });
 }

@@ -185,14 +185,12 @@ function setState<M extends MachineParts>(
 /** The steps of {@link restoreVmAsync}. */
 export interface RestoreSteps<M extends MachineParts, P> {
   /**
-   * Work that needs nothing but the memory's addresses, e.g. the VM and its
-   * memory slots (`Vm.createAsync`). It is started before the file is mapped
-   * at those addresses (they are reserved) and before the checksum and the
-   * rest of `state.json` are verified and decoded, which happens on this
-   * thread while the promise's slow part (a `KVM_SET_USER_MEMORY_REGION` on a
+   * Work that needs nothing but the mapped memory, e.g. the VM and its memory
+   * slots (`Vm.createAsync`). It is started before the checksum and the rest
+   * of `state.json` are verified and decoded, which happens on this thread
+   * while the promise's slow part (a `KVM_SET_USER_MEMORY_REGION` on a
    * thread-pool thread) runs on another. Only the memory layout is checked
-   * when it starts, so it must use nothing else from the snapshot, and must
-   * not touch guest bytes before it resolves.
+   * when it starts, so it must use nothing else from the snapshot.
    */
   prepare?: (memory: RegionMemory) => Promise<P>;
   /** Releases what `prepare` made when the restore fails before `build` is called. */
@@ -208,12 +206,11 @@ export interface RestoreSteps<M extends MachineParts, P> {
 }
 
 /**
- * {@link restoreVm} with a `prepare` step overlapped with mapping and
- * verifying the snapshot: read and parse `state.json`, check its memory
- * section and the memory file's size, reserve the memory's addresses, start
- * `prepare` on them, map the file there, verify the checksum and decode the
- * rest, await `prepare`, `build`, set state. A snapshot that fails
- * verification is reported as such (a {@link SnapshotError}) even when
+ * {@link restoreVm} with a `prepare` step overlapped with verifying the
+ * snapshot: read and parse `state.json`, check its memory section and the
+ * memory file's size, map the memory, start `prepare`, verify the checksum
+ * and decode the rest, await `prepare`, `build`, set state. A snapshot that
+ * fails verification is reported as such (a {@link SnapshotError}) even when
  * `prepare` failed too, and whatever `prepare` made is released.
  */
 export async function restoreVmAsync<M extends MachineParts, P = undefined>(
@@ -223,33 +220,32 @@ export async function restoreVmAsync<M extends MachineParts, P = undefined>(
   const staged = typeof from === "string" ? parseSnapshotState(from) : from;
   let snapshot: Snapshot | null = "manifest" in staged ? staged : null;
   const verify = (): Snapshot => snapshot ??= finishSnapshotState(staged as ParsedSnapshot);
-  // Releases what prepare made once it settles (the restore failed before build).
-  const abandon = async (p: Promise<P> | undefined) => {
-    if (!p) return;
-    try {
-      await steps.release?.(await p);
-    } catch {
-      // prepare failed too: the restore's own error explains more
-    }
-  };
-  let pending: Promise<P> | undefined;
   let memory: RegionMemory;
   try {
-    // prepare starts on the reserved addresses; the file is mapped there meanwhile.
-    memory = openSnapshotMemory(staged, (m) => {
-      pending = steps.prepare?.(m);
-    });
+    memory = openSnapshotMemory(staged);
   } catch (e) {
-    await abandon(pending);
     verify(); // a corrupt state.json is the better explanation
     throw e;
   }
   let prepared: P;
   try {
+    let pending: Promise<P> | undefined;
+    try {
+      pending = steps.prepare?.(memory);
+    } catch (e) {
+      verify();
+      throw e;
+    }
     try {
       verify();
     } catch (e) {
-      await abandon(pending);
+      if (pending) {
+        try {
+          await steps.release?.(await pending);
+        } catch {
+          // prepare failed too: the verification error explains it
+        }
+      }
       throw e;
     }
     prepared = (await pending) as P;
