@@ -109,8 +109,9 @@ export interface HvRestoreContext extends RestoreContext {
 export interface HvRestoreOptions {
   /**
    * Create the VM for `build` ({@link HvRestoreContext.vm}) with these options
-   * (`memory` is the snapshot's), overlapped with verifying the snapshot
-   * (`Vm.createAsync`: a big guest's memory slot costs ~0.5 ms per GiB here).
+   * (`memory` is the snapshot's), overlapped with verifying the snapshot on a
+   * process's first restore (`Vm.createAsync`: a big guest's memory slot
+   * costs ~0.5 ms per GiB here), in place on later ones (`Vm.create`).
    */
   vm?: Omit<VmOptions, "memory">;
   /**
@@ -138,7 +139,12 @@ export async function restoreHvVm(
   const vmOptions = options.vm;
   try {
     await restoreVmAsync<MachineParts, Vm | undefined>(from, {
-      prepare: vmOptions ? (memory) => Vm.createAsync({ ...vmOptions, memory }) : undefined,
+      prepare: vmOptions
+        ? async (memory, overlap) =>
+          overlap
+            ? await Vm.createAsync({ ...vmOptions, memory })
+            : Vm.create({ ...vmOptions, memory })
+        : undefined,
       release: (vm) => vm?.close(),
       build: (ctx, vm) => {
         let b: HvRestoreBuild;

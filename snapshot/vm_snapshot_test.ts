@@ -171,10 +171,11 @@ hostTest("corrupt, truncated, wrong-version and mismatched snapshots are rejecte
         name,
       );
       ok(!built, `${name}: no VM was built`);
-      // restoreVmAsync: whatever prepare made (it may have started) is released.
+      // restoreVmAsync, prepare overlapped with verifying: what it made is released.
       let prepared = 0, released = 0;
       await rejects(
         restoreVmAsync(d, {
+          overlap: true,
           prepare: (memory) => {
             prepared++;
             return prepareVm(memory);
@@ -197,6 +198,7 @@ hostTest("corrupt, truncated, wrong-version and mismatched snapshots are rejecte
     // A prepare that fails is reported, with the memory released (nothing else to release).
     await rejects(
       restoreVmAsync(good, {
+        overlap: true,
         prepare: () => Promise.reject(new Error("no VM today")),
         build: () => {
           throw new Error("must not build");
@@ -204,6 +206,25 @@ hostTest("corrupt, truncated, wrong-version and mismatched snapshots are rejecte
       }),
       /no VM today/,
     );
+    // In a process that has verified manifests before, prepare is not overlapped (it is told
+    // so, and works in place); the restored guest runs to its end.
+    const overlaps: boolean[] = [];
+    const m = await restoreVmAsync(good, {
+      prepare: (memory, overlap) => {
+        overlaps.push(overlap);
+        return prepareVm(memory, overlap);
+      },
+      release: releaseVm,
+      build: ({ memory }, p) => new TestMachine(memory, 1, true, p),
+      dispose: (m) => m[Symbol.dispose](),
+    });
+    try {
+      deepStrictEqual(overlaps, [false]);
+      strictEqual(m.run(), "done");
+      strictEqual(m.uart.text[0].length, 8);
+    } finally {
+      m[Symbol.dispose]();
+    }
     // A VM with the wrong vCPU count is refused before any state is set.
     throws(
       () => restoreVm(good, ({ memory }) => new TestMachine(memory, 2), (m) => m[Symbol.dispose]()),

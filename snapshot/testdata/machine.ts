@@ -179,15 +179,19 @@ function slotOf(r: MemoryRegion, slot: number) {
 }
 
 /**
- * Opens KVM, creates the VM and registers `memory`'s slots on a thread-pool
- * thread (a restore's `prepare` step: see `restoreVmAsync`).
+ * Opens KVM, creates the VM and registers `memory`'s slots (a restore's
+ * `prepare` step: see `restoreVmAsync`): on a thread-pool thread when the
+ * restore has work to `overlap` with it, else in place.
  */
-export async function prepareVm(memory: RegionMemory): Promise<PreparedVm> {
+export async function prepareVm(memory: RegionMemory, overlap = true): Promise<PreparedVm> {
   const kvm = Kvm.open();
   let vm: VmFd | null = null;
   try {
     vm = kvm.createVm();
-    for (const [i, r] of memory.regions.entries()) await vm.setUserMemoryRegionAsync(slotOf(r, i));
+    for (const [i, r] of memory.regions.entries()) {
+      if (overlap) await vm.setUserMemoryRegionAsync(slotOf(r, i));
+      else vm.setUserMemoryRegion(slotOf(r, i));
+    }
     return { kvm, vm };
   } catch (e) {
     vm?.close();
