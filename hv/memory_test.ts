@@ -1,5 +1,10 @@
-import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
-import { GuestMemoryError, RegionMemory } from "./memory.ts";
+import {
+  deepStrictEqual as assertEquals,
+  ok,
+  strictEqual,
+  throws as assertThrows,
+} from "node:assert/strict";
+import { GuestMemoryError, MappedRegion, RegionMemory } from "./memory.ts";
 
 Deno.test("RegionMemory reads and writes little-endian within a region", () => {
   const m = RegionMemory.fromBytes(0x1000, 0x10000);
@@ -42,4 +47,32 @@ Deno.test("memfd-backed memory is shared with its fd", () => {
   f.readSync(buf);
   f.close();
   assertEquals(new TextDecoder().decode(buf), "DCBA");
+});
+
+Deno.test("memfd regions make their ArrayBuffer only when guest bytes are first touched", () => {
+  using m = RegionMemory.memfd([{ guestAddr: 0, size: 0x4000 }, {
+    guestAddr: 0x10000,
+    size: 0x1000,
+  }]);
+  const [a, b] = m.regions as MappedRegion[];
+  ok(a instanceof MappedRegion && b instanceof MappedRegion);
+  assertEquals([a.viewed, b.viewed], [false, false]);
+  ok(m.contains(0x10000, 4) && !m.contains(0x4000, 1), "lookups need no view");
+  m.writeU32(0x10000, 0x11223344);
+  assertEquals([a.viewed, b.viewed], [false, true]);
+  assertEquals(m.readU16(0x10002), 0x1122);
+  assertEquals(m.slice(0x100, 2).length, 2);
+  assertEquals(a.viewed, true);
+  strictEqual(a.bytes, a.bytes, "made once");
+  strictEqual(a.bytes.length, 0x4000);
+});
+
+Deno.test("a MappedRegion refuses a view of the wrong size", () => {
+  using m = RegionMemory.memfd([{ guestAddr: 0, size: 0x2000 }]);
+  const r = m.regions[0];
+  const bad = new MappedRegion(
+    { guestAddr: 0, size: 0x2000, hostPtr: r.hostPtr! },
+    () => new Uint8Array(r.bytes.buffer, 0, 0x1000),
+  );
+  assertThrows(() => bad.bytes, RangeError);
 });

@@ -7,11 +7,13 @@
  * @module
  */
 
-export { GuestMemoryError, RegionMemory } from "./memory.ts";
+export { GuestMemoryError, MappedRegion, RegionMemory } from "./memory.ts";
 export type { GuestMemory, MemoryRegion } from "./memory.ts";
 export { Vm } from "./vm.ts";
 export type { VmOptions, VmStop } from "./vm.ts";
 export { Vcpu } from "./vcpu.ts";
+export { VcpuWorker, VcpuWorkerPool, vcpuWorkers } from "./vcpu_worker.ts";
+export type { VcpuWorkerListener } from "./vcpu_worker.ts";
 export type { DeviceMessageHandler, RunState } from "./vcpu.ts";
 export type { VcpuStop } from "./worker_protocol.ts";
 export { Bus, BusError, mmioBus, portBus } from "./bus.ts";

@@ -18,7 +18,7 @@ import {
   type WorkerInit,
   type WorkerMessage,
 } from "./worker_protocol.ts";
-import { runtimeModuleUrl } from "./module_url.ts";
+import { type VcpuWorker, vcpuWorkers } from "./vcpu_worker.ts";
 
 /** A vCPU's run state as the host sees it. */
 export type RunState = "created" | "running" | "paused" | "stopped";
@@ -37,15 +37,25 @@ export class Vcpu {
   #resolveDone!: (s: VcpuStop) => void;
   #control = new SharedArrayBuffer(CTL_BYTES);
   #ctl = new Int32Array(this.#control);
-  #worker: Worker | null = null;
+  #worker: VcpuWorker | null;
   #state: RunState = "created";
   #onPaused: (() => void)[] = [];
   #onDevice: DeviceMessageHandler;
 
-  constructor(fd: VcpuFd, onDeviceMessage: DeviceMessageHandler = () => {}) {
+  /**
+   * @param worker the Worker to run on (already loading: `Vm.createVcpu` takes
+   *   one from the pool at once, see vcpu_worker.ts); without one, `start`
+   *   takes it
+   */
+  constructor(
+    fd: VcpuFd,
+    onDeviceMessage: DeviceMessageHandler = () => {},
+    worker: VcpuWorker | null = null,
+  ) {
     this.fd = fd;
     this.id = fd.id;
     this.#onDevice = onDeviceMessage;
+    this.#worker = worker;
     this.done = new Promise((r) => (this.#resolveDone = r));
   }
 
@@ -72,12 +82,10 @@ export class Vcpu {
     }
     installKickHandler();
     if (opts.paused) Atomics.store(this.#ctl, CTL.CMD, CMD.PAUSE);
-    const worker = new Worker(runtimeModuleUrl("hv/worker.ts"), { type: "module" });
-    this.#worker = worker;
+    const worker = this.#worker ??= vcpuWorkers.take();
     this.#state = opts.paused ? "paused" : "running";
     return new Promise<void>((resolve) => {
-      worker.onmessage = (ev: MessageEvent<WorkerMessage>) => {
-        const m = ev.data;
+      const message = (m: WorkerMessage) => {
         switch (m.type) {
           case "running":
             resolve();
@@ -93,27 +101,32 @@ export class Vcpu {
             this.#onDevice(m.name, m.message, this.id);
             break;
           case "stopped":
-            this.#finish(m.stop);
+            // The loop ended and the Worker waits for its next vCPU: reusable.
+            this.#finish(m.stop, true);
             resolve();
             break;
         }
       };
-      worker.onerror = (ev: ErrorEvent) => {
-        ev.preventDefault();
-        this.#finish({ kind: "error", reason: `vCPU ${this.id} worker failed: ${ev.message}` });
+      const error = (why: string) => {
+        this.#finish({ kind: "error", reason: `vCPU ${this.id} worker failed: ${why}` }, false);
         resolve();
       };
       const full: WorkerInit = { ...init, vcpu: this.fd.toRaw(), control: this.#control };
-      worker.postMessage(full);
+      worker.run(full, { message, error });
     });
   }
 
-  #finish(stop: VcpuStop): void {
+  /** Ends the vCPU; its Worker goes back to the pool when `reusable`, else it is terminated. */
+  #finish(stop: VcpuStop, reusable: boolean): void {
     if (this.#state === "stopped") return;
     this.#state = "stopped";
     for (const f of this.#onPaused.splice(0)) f();
-    this.#worker?.terminate();
+    const w = this.#worker;
     this.#worker = null;
+    if (w) {
+      if (reusable) vcpuWorkers.give(w);
+      else w.terminate();
+    }
     this.#resolveDone(stop);
   }
 
@@ -160,7 +173,7 @@ export class Vcpu {
   requestStop(): void {
     if (this.#state === "stopped") return;
     if (this.#state === "created") {
-      this.#finish({ kind: "stopped" });
+      this.#finish({ kind: "stopped" }, true); // its Worker never got a vCPU
       return;
     }
     this.#command(CMD.STOP);

@@ -16,12 +16,14 @@
  */
 
 import { Kvm, VmFd } from "../kvm_ffi/kvm.ts";
+import type { UserspaceMemoryRegion } from "../kvm_ffi/structs.ts";
 import { KVM_PIT_SPEAKER_DUMMY } from "../kvm_ffi/kvm_sys.ts";
 import { type Bus, type BusDevice, mmioBus, portBus } from "./bus.ts";
 import type { DeviceSpec } from "./device.ts";
 import { VmExitError } from "./errors.ts";
 import type { MemoryRegion, RegionMemory } from "./memory.ts";
 import { type RunState, Vcpu } from "./vcpu.ts";
+import { type VcpuWorker, vcpuWorkers } from "./vcpu_worker.ts";
 import type { RawRegion, VcpuStop } from "./worker_protocol.ts";
 
 /** Options of {@link Vm.create}. */
@@ -92,28 +94,64 @@ export class Vm implements AsyncDisposable {
 
   /** Creates the VM, its irqchip/PIT and a memory slot per region of `opts.memory`. */
   static create(opts: VmOptions): Vm {
+    const vm = Vm.#open(opts);
+    try {
+      // Memory slots before the irqchip (as Firecracker): here each
+      // KVM_SET_USER_MEMORY_REGION costs ~7 ms more once an in-kernel irqchip
+      // exists, which dominated a snapshot restore (hv restore state 8.7 → ~2 ms).
+      vm.addMemory(opts.memory);
+      vm.#createChips();
+      return vm;
+    } catch (e) {
+      vm.fd.close();
+      vm.kvm.close();
+      throw e;
+    }
+  }
+
+  /**
+   * {@link create} with the memory slots registered on a thread-pool thread:
+   * the promise settles once the VM exists with its slots, irqchip and PIT,
+   * and the caller's code runs meanwhile. On this host's shadow-paging KVM a
+   * slot costs ~0.5 ms per GiB of guest memory (KVM allocates and zeroes
+   * per-page metadata), so a restore verifies the snapshot while a 4 GiB
+   * slot is being made instead of after.
+   */
+  static async createAsync(opts: VmOptions): Promise<Vm> {
+    const vm = Vm.#open(opts);
+    try {
+      for (const r of opts.memory.regions) await vm.fd.setUserMemoryRegionAsync(vm.#slotFor(r));
+      vm.memory.push(opts.memory);
+      vm.#createChips();
+      return vm;
+    } catch (e) {
+      vm.fd.close();
+      vm.kvm.close();
+      throw e;
+    }
+  }
+
+  /** `/dev/kvm`, the VM fd and its two Intel areas: everything before the memory slots. */
+  static #open(opts: VmOptions): Vm {
     const kvm = Kvm.open(opts.kvmPath);
     let fd: VmFd | null = null;
     try {
       fd = kvm.createVm();
       const irqchip = opts.irqchip ?? true;
-      const pit = opts.pit ?? irqchip;
       // Intel VT-x needs these two areas for real-mode emulation; harmless elsewhere.
       fd.setIdentityMapAddr(opts.identityMapAddr ?? 0xfffbc000);
       fd.setTssAddr(opts.tssAddr ?? 0xfffbd000);
-      const vm = new Vm(kvm, fd, irqchip, pit);
-      // Memory slots before the irqchip (as Firecracker): here each
-      // KVM_SET_USER_MEMORY_REGION costs ~7 ms more once an in-kernel irqchip
-      // exists, which dominated a snapshot restore (hv restore state 8.7 → ~2 ms).
-      vm.addMemory(opts.memory);
-      if (irqchip) fd.createIrqchip();
-      if (pit) fd.createPit2(KVM_PIT_SPEAKER_DUMMY);
-      return vm;
+      return new Vm(kvm, fd, irqchip, opts.pit ?? irqchip);
     } catch (e) {
       fd?.close();
       kvm.close();
       throw e;
     }
+  }
+
+  #createChips(): void {
+    if (this.irqchip) this.fd.createIrqchip();
+    if (this.pit) this.fd.createPit2(KVM_PIT_SPEAKER_DUMMY);
   }
 
   /** Run state: `created` until {@link start}, then `running`/`paused`, finally `stopped`. */
@@ -129,6 +167,11 @@ export class Vm implements AsyncDisposable {
   }
 
   #addSlot(r: MemoryRegion): void {
+    this.fd.setUserMemoryRegion(this.#slotFor(r));
+  }
+
+  /** The next slot's `KVM_SET_USER_MEMORY_REGION` for `r`, checked against the slots so far. */
+  #slotFor(r: MemoryRegion): UserspaceMemoryRegion {
     if (!r.hostPtr) {
       throw new Error(
         `guest region at 0x${r.guestAddr.toString(16)} is not mmap-backed; use RegionMemory.memfd`,
@@ -143,13 +186,13 @@ export class Vm implements AsyncDisposable {
         }
       }
     }
-    this.fd.setUserMemoryRegion({
+    return {
       slot: this.#slots++,
       flags: 0,
       guestPhysAddr: BigInt(r.guestAddr),
       memorySize: BigInt(r.size),
       userspaceAddr: Deno.UnsafePointer.value(r.hostPtr) as bigint,
-    });
+    };
   }
 
   /**
@@ -216,11 +259,26 @@ export class Vm implements AsyncDisposable {
     this.fd.ioeventfd(fd, addr, len, opts);
   }
 
-  /** Creates the next vCPU (ids 0, 1, …). Set its registers through `vcpu.fd` before {@link start}. */
+  /**
+   * Creates the next vCPU (ids 0, 1, …) and takes its Worker at once (an idle
+   * one, or a new one whose modules load while the caller sets up the rest:
+   * see vcpu_worker.ts). Set its registers through `vcpu.fd` before {@link start}.
+   */
   createVcpu(): Vcpu {
     if (this.#state !== "created") throw new Error("Vm.createVcpu: VM already started");
     const fd = this.fd.createVcpu(this.vcpus.length);
-    const vcpu = new Vcpu(fd, (name, message, id) => this.#listeners.get(name)?.(message, id));
+    let worker: VcpuWorker;
+    try {
+      worker = vcpuWorkers.take();
+    } catch (e) {
+      fd.close();
+      throw e;
+    }
+    const vcpu = new Vcpu(
+      fd,
+      (name, message, id) => this.#listeners.get(name)?.(message, id),
+      worker,
+    );
     this.vcpus.push(vcpu);
     return vcpu;
   }
@@ -300,6 +358,7 @@ export class Vm implements AsyncDisposable {
   stop(): Promise<VmStop> {
     if (this.#result === null) {
       this.#state = "stopped";
+      for (const v of this.vcpus) v.requestStop(); // hands back Workers taken by createVcpu
       return Promise.resolve({ kind: "stopped", vcpu: -1 });
     }
     for (const v of this.vcpus) v.requestStop();

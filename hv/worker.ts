@@ -23,7 +23,7 @@ import { type Bus, mmioBus, portBus } from "./bus.ts";
 import type { DeviceContext, DeviceFactory, DeviceStopRequest, WorkerDevice } from "./device.ts";
 import { decodeExit, fatalExitReason, hexBytes, type VcpuExit } from "./exits.ts";
 import { gettid } from "./kick.ts";
-import { RegionMemory } from "./memory.ts";
+import { MappedRegion, RegionMemory } from "./memory.ts";
 import {
   CMD,
   CTL,
@@ -43,12 +43,8 @@ function memoryOf(init: WorkerInit): RegionMemory {
     if (p === null) {
       throw new Error(`guest region at 0x${r.guestAddr.toString(16)} has no host address`);
     }
-    return {
-      guestAddr: r.guestAddr,
-      size: r.size,
-      hostPtr: p,
-      bytes: new Uint8Array(Deno.UnsafePointerView.getArrayBuffer(p, r.size)),
-    };
+    // Lazy: the view (and its external-memory GC in this isolate) only once a device reads guest bytes.
+    return new MappedRegion({ guestAddr: r.guestAddr, size: r.size, hostPtr: p });
   }));
 }
 
@@ -62,8 +58,10 @@ async function setup(init: WorkerInit) {
   const instances: WorkerDevice[] = [];
   const irq = new Uint8Array(KVM_IRQ_LEVEL_LAYOUT.size);
   const irqView = new DataView(irq.buffer);
-  for (const spec of init.devices) {
-    const mod = await import(spec.module);
+  // All device modules at once (each import waits on module loading, not on the CPU).
+  const mods = await Promise.all(init.devices.map((spec) => import(spec.module)));
+  for (const [i, spec] of init.devices.entries()) {
+    const mod = mods[i];
     const factoryName = spec.factory ?? "create";
     const factory = mod[factoryName] as DeviceFactory | undefined;
     if (typeof factory !== "function") {
@@ -250,8 +248,13 @@ function runLoop(init: WorkerInit, env: Awaited<ReturnType<typeof setup>>): Vcpu
   }
 }
 
+/**
+ * One vCPU's run. The Worker then waits for its next vCPU (the host's pool
+ * reuses it: hv/vcpu_worker.ts) or is terminated.
+ */
 self.onmessage = async (ev: MessageEvent<WorkerInit>) => {
   const init = ev.data;
+  pendingStop = null;
   const ctl = new Int32Array(init.control);
   let stop: VcpuStop;
   let env: Awaited<ReturnType<typeof setup>> | null = null;
@@ -274,5 +277,4 @@ self.onmessage = async (ev: MessageEvent<WorkerInit>) => {
   Atomics.store(ctl, CTL.STATE, STATE.EXITED);
   Atomics.notify(ctl, CTL.STATE);
   post({ type: "stopped", stop });
-  self.close();
 };

@@ -1,8 +1,8 @@
-import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
+import { deepStrictEqual, ok, rejects, strictEqual, throws } from "node:assert/strict";
 import { hostTest } from "../tests/requirements.ts";
-import { Kvm } from "./kvm.ts";
+import { ASYNC_SLOT_MIN_BYTES, Kvm } from "./kvm.ts";
 import { KVM_CAP, KVM_MP_STATE, MSR } from "./kvm_sys.ts";
-import { SysError } from "./libc.ts";
+import { MAP, mmap, munmap, PROT, SysError } from "./libc.ts";
 import { decodeRegs, emptyRegs, encodeRegs } from "./structs.ts";
 
 Deno.test("regs encode/decode round-trips every register", () => {
@@ -62,4 +62,37 @@ hostTest("VmFd/VcpuFd: ioctl errors name the call; state round-trips", ["kvm"], 
   vm.restoreState(vmState);
   vm.irqLine(4, 1);
   vm.irqLine(4, 0);
+});
+
+hostTest("VmFd.setUserMemoryRegionAsync: a big slot on another thread; a refusal names errno", [
+  "kvm",
+], async () => {
+  using kvm = Kvm.open();
+  using vm = kvm.createVm();
+  const size = ASYNC_SLOT_MIN_BYTES; // the smallest slot that goes to another thread
+  const ptr = mmap(size, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.ANONYMOUS | MAP.NORESERVE);
+  try {
+    const host = Deno.UnsafePointer.value(ptr) as bigint;
+    const slot = (n: number, gpa: bigint, bytes: number) => ({
+      slot: n,
+      flags: 0,
+      guestPhysAddr: gpa,
+      memorySize: BigInt(bytes),
+      userspaceAddr: host,
+    });
+    await vm.setUserMemoryRegionAsync(slot(0, 0n, size));
+    // Slot 1 over the same guest range: KVM refuses it (EEXIST) and the error says so.
+    await rejects(
+      vm.setUserMemoryRegionAsync(slot(1, 0n, size)),
+      (e) => e instanceof SysError && e.code === "EEXIST" && /slot 1/.test(e.message),
+    );
+    // A small one is made at once (synchronously), refusals alike.
+    await vm.setUserMemoryRegionAsync(slot(2, BigInt(size), 1 << 20));
+    await rejects(
+      vm.setUserMemoryRegionAsync(slot(3, BigInt(size), 1 << 20)),
+      (e) => e instanceof SysError && e.code === "EEXIST",
+    );
+  } finally {
+    munmap(ptr, size);
+  }
 });

@@ -3,7 +3,9 @@
  * error type every failing call turns into (`KVM_CREATE_VCPU failed: EEXIST`).
  *
  * Each isolate (the main thread and every vCPU Worker) that imports this module
- * opens its own handle; FFI handles cannot be shared across isolates.
+ * opens its own handle; FFI handles cannot be shared across isolates. Most
+ * symbols are bound on first use (lazy_dlopen.ts): binding all of them cost
+ * ~6.5 ms per isolate.
  *
  * Other modules may add symbols to {@link SYMBOLS} (add, never change or remove).
  *
@@ -11,6 +13,7 @@
  */
 
 import { errnoName } from "./errno.ts";
+import { lazyDlopen } from "./lazy_dlopen.ts";
 
 /** The libc symbols skiff calls. Variadic functions are declared with their fixed x86-64 ABI. */
 const SYMBOLS = {
@@ -27,6 +30,17 @@ const SYMBOLS = {
   ioctl_ptr: { name: "ioctl", parameters: ["i32", "u64", "pointer"], result: "i32" },
   /** ioctl with an integer argument. */
   ioctl_val: { name: "ioctl", parameters: ["i32", "u64", "u64"], result: "i32" },
+  /**
+   * ioctl with a struct argument on a thread-pool thread (a Promise), for a
+   * slow call the main thread can overlap with other work. errno belongs to
+   * that thread: on failure, find out why by repeating the call synchronously.
+   */
+  ioctl_nb: {
+    name: "ioctl",
+    parameters: ["i32", "u64", "buffer"],
+    result: "i32",
+    nonblocking: true,
+  },
   mmap: { parameters: ["pointer", "usize", "i32", "i32", "i32", "i64"], result: "pointer" },
   munmap: { parameters: ["pointer", "usize"], result: "i32" },
   madvise: { parameters: ["pointer", "usize", "i32"], result: "i32" },
@@ -93,10 +107,25 @@ const SYMBOLS = {
   epoll_wait: { parameters: ["i32", "buffer", "i32", "i32"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-const lib = Deno.dlopen("libc.so.6", SYMBOLS);
+/**
+ * Bound when this module loads (see lazy_dlopen.ts; the others on first use):
+ * errno, which must never wait for a `dlopen`, and the calls of a snapshot
+ * restore and of a vCPU Worker's loop, so neither pays for binding.
+ */
+const EAGER = [
+  "__errno_location",
+  "open",
+  "close",
+  "lseek",
+  "mmap",
+  "munmap",
+  "ioctl",
+  "ioctl_val",
+  "syscall",
+] as const;
 
 /** Raw libc symbols; prefer the checked wrappers below. */
-export const libc = lib.symbols;
+export const libc = lazyDlopen("libc.so.6", SYMBOLS, EAGER);
 
 /** A failed system or library call: names the call and the errno. */
 export class SysError extends Error {

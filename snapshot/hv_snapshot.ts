@@ -20,16 +20,17 @@
  * @module
  */
 
-import type { Vm } from "../hv/vm.ts";
+import { Vm, type VmOptions } from "../hv/vm.ts";
+import { vcpuWorkers } from "../hv/vcpu_worker.ts";
 import type { StateValue } from "./codec.ts";
-import { completePendingIo, detectFeatures } from "./kvm_state.ts";
-import type { PublishResult } from "./store.ts";
+import { completePendingIo, detectFeatures, type KvmFeatures } from "./kvm_state.ts";
+import type { PublishResult, Snapshot } from "./store.ts";
 import {
   captureVm,
   type MachineParts,
   type Persist,
   type RestoreContext,
-  restoreVm,
+  restoreVmAsync,
   saveableMsrs,
 } from "./vm_snapshot.ts";
 
@@ -38,12 +39,19 @@ export function hvMachineParts(
   vm: Vm,
   devices: ReadonlyMap<string, Persist> = new Map(),
 ): MachineParts {
+  let features: KvmFeatures | null = null;
   return {
     vm: vm.fd,
     vcpus: vm.vcpus.map((v) => v.fd),
     memory: { regions: vm.memory.flatMap((m) => m.regions) },
-    features: detectFeatures(vm.kvm, { irqchip: vm.irqchip, pit: vm.pit }),
-    msrIndices: saveableMsrs(vm.kvm),
+    // Only a capture reads these (two KVM_CHECK_EXTENSIONs, KVM_GET_MSR_INDEX_LIST twice):
+    // asked on first use, so a restore does not pay for them.
+    get features() {
+      return features ??= detectFeatures(vm.kvm, { irqchip: vm.irqchip, pit: vm.pit });
+    },
+    get msrIndices() {
+      return saveableMsrs(vm.kvm);
+    },
     devices,
   };
 }
@@ -86,24 +94,73 @@ export interface HvRestored extends HvRestoreBuild {
   memory: RestoreContext["memory"];
 }
 
+/** What {@link restoreHvVm}'s `build` receives. */
+export interface HvRestoreContext extends RestoreContext {
+  /**
+   * The VM over `memory` with its memory slots, irqchip and PIT, made while
+   * the snapshot was being verified ({@link HvRestoreOptions.vm}); `build`
+   * adds vCPUs and devices to it and returns it. Absent without that option:
+   * `build` then creates the VM itself.
+   */
+  vm?: Vm;
+}
+
+/** Options of {@link restoreHvVm}. */
+export interface HvRestoreOptions {
+  /**
+   * Create the VM for `build` ({@link HvRestoreContext.vm}) with these options
+   * (`memory` is the snapshot's), overlapped with verifying the snapshot on a
+   * process's first restore (`Vm.createAsync`: a big guest's memory slot
+   * costs ~0.5 ms per GiB here), in place on later ones (`Vm.create`).
+   */
+  vm?: Omit<VmOptions, "memory">;
+  /**
+   * vCPU Workers to start before the snapshot is read (default 1; see
+   * hv/vcpu_worker.ts): their module loading overlaps the restore, and
+   * `Vm.createVcpu` takes them. Ones not taken end when the restore returns.
+   */
+  prewarmWorkers?: number;
+}
+
 /**
- * Restores an hv VM from `dir`: validate, map memory `MAP_PRIVATE`, `build`,
+ * Restores an hv VM from directory `from` (or a {@link Snapshot} a cache lookup
+ * already read): validate, map memory `MAP_PRIVATE`, `build`,
  * set state. Resolves to the built VM, ready for `vm.start()`. On failure the
  * VM is closed and the error (a `SnapshotError` for a bad snapshot) thrown.
  */
 export async function restoreHvVm(
-  dir: string,
-  build: (ctx: RestoreContext) => HvRestoreBuild,
+  from: string | Snapshot,
+  build: (ctx: HvRestoreContext) => HvRestoreBuild,
+  options: HvRestoreOptions = {},
 ): Promise<HvRestored> {
+  // First, so that the Workers' module loading overlaps everything below.
+  using _workers = vcpuWorkers.prewarm(options.prewarmWorkers ?? 1);
   let built: HvRestored | null = null;
+  const vmOptions = options.vm;
   try {
-    restoreVm(dir, (ctx) => {
-      const b = build(ctx);
-      built = { ...b, memory: ctx.memory };
-      return hvMachineParts(b.vm, b.devices);
+    await restoreVmAsync<MachineParts, Vm | undefined>(from, {
+      prepare: vmOptions
+        ? async (memory, overlap) =>
+          overlap
+            ? await Vm.createAsync({ ...vmOptions, memory })
+            : Vm.create({ ...vmOptions, memory })
+        : undefined,
+      release: (vm) => vm?.close(),
+      build: (ctx, vm) => {
+        let b: HvRestoreBuild;
+        try {
+          b = build({ ...ctx, vm });
+        } catch (e) {
+          void vm?.close();
+          throw e;
+        }
+        if (vm && b.vm !== vm) void vm.close();
+        built = { ...b, memory: ctx.memory };
+        return hvMachineParts(b.vm, b.devices);
+      },
     });
   } catch (e) {
-    // A failed build already released the memory (restoreVm); a failed state restore did not.
+    // A failed build already released the memory (restoreVmAsync); a failed state restore did not.
     const b = built as HvRestored | null;
     if (b) {
       await b.vm.close();

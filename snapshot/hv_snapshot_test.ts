@@ -51,6 +51,7 @@ for (const cpus of [1, 2]) {
         const memBefore = sha256Hex(Deno.readFileSync(join(snap, MEMORY_FILE)));
         const stateBefore = Deno.readTextFileSync(join(snap, STATE_FILE));
         deepStrictEqual(final(await helper(dir, "restore", snap)), final(full));
+        deepStrictEqual(final(await helper(dir, "restore-made", snap)), final(full));
         strictEqual(sha256Hex(Deno.readFileSync(join(snap, MEMORY_FILE))), memBefore);
         strictEqual(Deno.readTextFileSync(join(snap, STATE_FILE)), stateBefore);
         ok(readSnapshot(snap).manifest.devices.test !== undefined);

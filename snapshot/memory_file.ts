@@ -13,7 +13,7 @@
 
 import { createHash, type Hash } from "node:crypto";
 import type { MemoryRegion } from "../hv/memory.ts";
-import { RegionMemory } from "../hv/memory.ts";
+import { MappedRegion, RegionMemory } from "../hv/memory.ts";
 import {
   check,
   close,
@@ -34,6 +34,10 @@ import { type MemoryInfo, type MemoryLayoutRegion, PAGE_SIZE } from "./format.ts
 /** lseek(2) whence values (include/uapi/linux/fs.h). */
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
+/** lseek(2) whence: the end of the file. */
+const SEEK_END = 2;
+/** errno of a missing file. */
+const ENOENT = 2;
 /** errno when SEEK_DATA finds no data after the offset. */
 const ENXIO = 6;
 /** errno when the file system does not support SEEK_DATA (treat the file as all data). */
@@ -187,17 +191,24 @@ export function writeMemoryFile(
 }
 
 /**
- * An address range reserved `PROT_NONE` with one `ArrayBuffer` over it,
- * reused by successive restores in a process. Each new `ArrayBuffer` over
+ * An address range reserved `PROT_NONE` with at most one `ArrayBuffer` over
+ * it, reused by successive restores in a process. Each new `ArrayBuffer` over
  * guest memory counts as V8 external memory: a fresh one per restore made V8
  * run "external memory pressure" scavenges and a 5–12 ms incremental
  * mark-compact during the next restore (4 GiB guests, `--trace-gc`). Reusing
- * the buffer keeps repeated restores in one process free of that.
+ * the buffer keeps repeated restores in one process free of that, and making
+ * it only when guest bytes are first touched keeps it out of the restore.
  */
 interface Reservation {
   ptr: Deno.PointerObject;
   size: number;
-  buffer: ArrayBuffer;
+  /** Made by the first restore that touches guest bytes (see `MappedRegion`), then kept. */
+  buffer: ArrayBuffer | null;
+}
+
+/** The reservation's `ArrayBuffer`, made on first use. */
+function reservationBuffer(r: Reservation): ArrayBuffer {
+  return r.buffer ??= Deno.UnsafePointerView.getArrayBuffer(r.ptr, r.size);
 }
 
 /** Reservations not in use, any size. */
@@ -248,14 +259,34 @@ class ReservedMemory extends RegionMemory {
  * Maps the `memory` file `MAP_PRIVATE` (copy-on-write: guest writes never
  * reach the file) and returns it as guest memory laid out as `info` says.
  * Nothing is read: pages fault in from the page cache on first touch.
+ * `checkSize`, if given, gets the file's size (-1 when it does not exist)
+ * before anything is mapped and throws to refuse it.
  *
  * Disposing the memory closes the fd and turns the mapping into a
  * {@link Reservation}; a later restore of at most that size maps its file
  * `MAP_FIXED` there and reuses the `ArrayBuffer`. Views taken from a disposed memory must not
  * be used (they fault, or after a later restore see its memory).
  */
-export function mapMemoryFile(path: string, info: MemoryInfo): RegionMemory {
-  const fd = open(path, O.RDONLY);
+export function mapMemoryFile(
+  path: string,
+  info: MemoryInfo,
+  checkSize?: (size: number) => void,
+): RegionMemory {
+  let fd: number;
+  try {
+    fd = open(path, O.RDONLY);
+  } catch (e) {
+    if (checkSize && e instanceof SysError && e.errno === ENOENT) checkSize(-1);
+    throw e;
+  }
+  if (checkSize) {
+    try {
+      checkSize(check(`lseek(${path})`, libc.lseek(fd, 0n, SEEK_END)));
+    } catch (e) {
+      close(fd);
+      throw e;
+    }
+  }
   const prot = PROT.READ | PROT.WRITE;
   const flags = MAP.PRIVATE | MAP.NORESERVE;
   let res: Reservation;
@@ -273,11 +304,7 @@ export function mapMemoryFile(path: string, info: MemoryInfo): RegionMemory {
       // First restore of this size: map where the kernel likes; the range
       // becomes a reservation when this memory is disposed.
       const ptr = mmap(info.fileSize, prot, flags, fd, 0);
-      res = {
-        ptr,
-        size: info.fileSize,
-        buffer: Deno.UnsafePointerView.getArrayBuffer(ptr, info.fileSize),
-      };
+      res = { ptr, size: info.fileSize, buffer: null };
     }
   } catch (e) {
     close(fd);
@@ -288,14 +315,19 @@ export function mapMemoryFile(path: string, info: MemoryInfo): RegionMemory {
     close(fd);
   };
   const base = Deno.UnsafePointer.value(res.ptr);
-  const regions: MemoryRegion[] = info.regions.map((r) => ({
-    guestAddr: r.guestAddr,
-    size: r.size,
-    bytes: new Uint8Array(res.buffer, r.fileOffset, r.size),
-    hostPtr: Deno.UnsafePointer.create(base + BigInt(r.fileOffset))!,
-    fd,
-    fdOffset: r.fileOffset,
-  }));
+  // Lazy views (MappedRegion): a restore that never touches guest bytes makes no ArrayBuffer.
+  const regions: MemoryRegion[] = info.regions.map((r) =>
+    new MappedRegion(
+      {
+        guestAddr: r.guestAddr,
+        size: r.size,
+        hostPtr: Deno.UnsafePointer.create(base + BigInt(r.fileOffset))!,
+        fd,
+        fdOffset: r.fileOffset,
+      },
+      () => new Uint8Array(reservationBuffer(res), r.fileOffset, r.size),
+    )
+  );
   try {
     return new ReservedMemory(regions, release);
   } catch (e) {

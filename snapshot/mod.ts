@@ -56,7 +56,9 @@ export {
   type Persist,
   type RestoreContext,
   restoreState,
+  type RestoreSteps,
   restoreVm,
+  restoreVmAsync,
   saveableMsrs,
 } from "./vm_snapshot.ts";
 export { bootCached, type BootCachedOptions, type BootCachedResult } from "./boot_cached.ts";
@@ -65,7 +67,9 @@ export {
   type HvCaptureOptions,
   hvMachineParts,
   type HvRestoreBuild,
+  type HvRestoreContext,
   type HvRestored,
+  type HvRestoreOptions,
   restoreHvVm,
 } from "./hv_snapshot.ts";
 export { type VmKey, type VmKeyInput, vmSnapshotKey } from "./vm_key.ts";

@@ -12,10 +12,13 @@ import type { RegionMemory } from "../hv/memory.ts";
 import { check, close, libc, O, open } from "../kvm_ffi/libc.ts";
 import { SnapshotError } from "./errors.ts";
 import {
-  decodeManifest,
   encodeManifest,
+  finishManifest,
   FORMAT_VERSION,
   MEMORY_FILE,
+  type MemoryInfo,
+  type ParsedManifest,
+  parseManifest,
   type SnapshotManifest,
   type SnapshotState,
   STATE_FILE,
@@ -149,6 +152,56 @@ export interface ReadOptions {
  * {@link SnapshotError} naming the problem.
  */
 export function readSnapshot(dir: string, options: ReadOptions = {}): Snapshot {
+  const snap = readSnapshotState(dir);
+  // open + lseek(SEEK_END) through the libc FFI already in use: the first
+  // Deno.statSync of a process costs 1.4–2.8 ms here, ~25% of a restore.
+  let size: number;
+  try {
+    size = fileSize(snap.memoryPath);
+  } catch {
+    throw new SnapshotError("missing", dir, `${MEMORY_FILE} not found`);
+  }
+  checkMemorySize(dir, snap.manifest.memory, size);
+  if (options.verifyMemory) verifySnapshotMemory(snap);
+  return snap;
+}
+
+/** Throws {@link SnapshotError} (`truncated`) unless the memory file is `size` bytes. */
+function checkMemorySize(dir: string, info: MemoryInfo, size: number): void {
+  if (size !== info.fileSize) {
+    throw new SnapshotError(
+      "truncated",
+      dir,
+      `${MEMORY_FILE} is ${size} bytes, state.json says ${info.fileSize}`,
+    );
+  }
+}
+
+/**
+ * {@link readSnapshot} without the memory file's size check: for a restore,
+ * whose {@link openSnapshotMemory} checks the size on the descriptor it maps
+ * (one open of `memory` instead of two).
+ */
+export function readSnapshotState(dir: string): Snapshot {
+  return finishSnapshotState(parseSnapshotState(dir));
+}
+
+/**
+ * A snapshot directory whose `state.json` is read and parsed, with only its
+ * magic, version and `memory` section checked: enough to map the memory
+ * while {@link finishSnapshotState} verifies the checksum and the rest.
+ */
+export interface ParsedSnapshot {
+  /** The snapshot directory. */
+  readonly dir: string;
+  /** Path of the `memory` file. */
+  readonly memoryPath: string;
+  /** The parsed `state.json`. */
+  readonly parsed: ParsedManifest;
+}
+
+/** First half of {@link readSnapshotState}: read and parse `state.json`, check `memory`. */
+export function parseSnapshotState(dir: string): ParsedSnapshot {
   let text: string;
   const statePath = join(dir, STATE_FILE);
   try {
@@ -159,26 +212,12 @@ export function readSnapshot(dir: string, options: ReadOptions = {}): Snapshot {
     }
     throw new SnapshotError("corrupt", dir, `cannot read ${STATE_FILE}: ${(e as Error).message}`);
   }
-  const manifest = decodeManifest(text, dir);
-  const memoryPath = join(dir, MEMORY_FILE);
-  // open + lseek(SEEK_END) through the libc FFI already in use: the first
-  // Deno.statSync of a process costs 1.4–2.8 ms here, ~25% of a restore.
-  let size: number;
-  try {
-    size = fileSize(memoryPath);
-  } catch {
-    throw new SnapshotError("missing", dir, `${MEMORY_FILE} not found`);
-  }
-  if (size !== manifest.memory.fileSize) {
-    throw new SnapshotError(
-      "truncated",
-      dir,
-      `${MEMORY_FILE} is ${size} bytes, state.json says ${manifest.memory.fileSize}`,
-    );
-  }
-  const snap = { dir, manifest, memoryPath };
-  if (options.verifyMemory) verifySnapshotMemory(snap);
-  return snap;
+  return { dir, memoryPath: join(dir, MEMORY_FILE), parsed: parseManifest(text, dir) };
+}
+
+/** Second half of {@link readSnapshotState}: the checksum and every other section. */
+export function finishSnapshotState(p: ParsedSnapshot): Snapshot {
+  return { dir: p.dir, manifest: finishManifest(p.parsed, p.dir), memoryPath: p.memoryPath };
 }
 
 /** Recomputes the memory digest; throws {@link SnapshotError} (`memory-digest`) on mismatch. */
@@ -193,7 +232,15 @@ export function verifySnapshotMemory(snap: Snapshot): void {
   }
 }
 
-/** Maps the snapshot's memory `MAP_PRIVATE` (copy-on-write; no bytes copied). */
-export function openSnapshotMemory(snap: Snapshot): RegionMemory {
-  return mapMemoryFile(snap.memoryPath, snap.manifest.memory);
+/**
+ * Maps the snapshot's memory `MAP_PRIVATE` (copy-on-write; no bytes copied),
+ * after checking the file's size on the descriptor it maps: a
+ * {@link SnapshotError} (`missing` or `truncated`) otherwise.
+ */
+export function openSnapshotMemory(snap: Snapshot | ParsedSnapshot): RegionMemory {
+  const info = "manifest" in snap ? snap.manifest.memory : snap.parsed.memory;
+  return mapMemoryFile(snap.memoryPath, info, (size) => {
+    if (size < 0) throw new SnapshotError("missing", snap.dir, `${MEMORY_FILE} not found`);
+    checkMemorySize(snap.dir, info, size);
+  });
 }

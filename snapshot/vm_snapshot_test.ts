@@ -2,18 +2,20 @@
 // computes, prints to a UART, writes to a counter device and rings a
 // doorbell mid-run; it is captured there, restored in a NEW process, and must
 // finish exactly as an uninterrupted run.
-import { deepStrictEqual, ok, strictEqual, throws } from "node:assert/strict";
+import { deepStrictEqual, ok, rejects, strictEqual, throws } from "node:assert/strict";
 import { join } from "node:path";
 import { hostTest } from "../tests/requirements.ts";
 import { sha256Hex } from "./codec.ts";
 import { SnapshotError } from "./errors.ts";
 import { FORMAT_VERSION, MEMORY_FILE, STATE_FILE } from "./format.ts";
 import { readSnapshot } from "./store.ts";
-import { restoreVm } from "./vm_snapshot.ts";
-import { guestProgram, TestMachine } from "./testdata/machine.ts";
+import { restoreVm, restoreVmAsync } from "./vm_snapshot.ts";
+import { guestProgram, prepareVm, releaseVm, TestMachine } from "./testdata/machine.ts";
 import { decodeRegs } from "../kvm_ffi/structs.ts";
 
 const HELPER = new URL("./testdata/guest_run.ts", import.meta.url).pathname;
+/** The helper's guest memory in MiB (GUEST_RUN_MIB). */
+let guestMiB = 4;
 const ITERATIONS = 40;
 const DOORBELL = 20;
 
@@ -29,6 +31,7 @@ async function helper(dir: string, ...args: string[]): Promise<Result> {
   const out = join(dir, `out-${crypto.randomUUID()}.json`);
   const p = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", HELPER, ...args, out],
+    env: { GUEST_RUN_MIB: String(guestMiB) },
     stdout: "piped",
     stderr: "piped",
   }).output();
@@ -82,9 +85,10 @@ async function captureAndRestore(cpus: number): Promise<void> {
     const stateBefore = Deno.readTextFileSync(join(snap, STATE_FILE));
     const memBefore = sha256Hex(Deno.readFileSync(join(snap, MEMORY_FILE)));
 
-    // Restored in a fresh process, twice: each finishes exactly as the uninterrupted run.
+    // Restored in a fresh process, twice (each way): each finishes exactly as the
+    // uninterrupted run.
     deepStrictEqual(final(await helper(dir, "restore", snap)), final(full));
-    deepStrictEqual(final(await helper(dir, "restore", snap)), final(full));
+    deepStrictEqual(final(await helper(dir, "restore-async", snap)), final(full));
 
     // The restored guests wrote memory; the snapshot did not change.
     strictEqual(Deno.readTextFileSync(join(snap, STATE_FILE)), stateBefore);
@@ -102,6 +106,25 @@ hostTest(
 );
 
 hostTest("the same with 2 vCPUs", ["kvm"], () => captureAndRestore(2));
+
+hostTest(
+  "a 1 GiB guest restored by restoreVmAsync (memory slot made on another thread) finishes the same",
+  ["kvm"],
+  async () => {
+    guestMiB = 1024; // ASYNC_SLOT_MIN_BYTES: the slot goes to a thread-pool thread
+    try {
+      await withDir(async (dir) => {
+        const snap = join(dir, "snap");
+        const full = await helper(dir, "full", "1", `${ITERATIONS}`, `${DOORBELL}`);
+        await helper(dir, "capture", "1", `${ITERATIONS}`, `${DOORBELL}`, snap);
+        strictEqual(readSnapshot(snap).manifest.memory.fileSize, 1 << 30);
+        deepStrictEqual(final(await helper(dir, "restore-async", snap)), final(full));
+      });
+    } finally {
+      guestMiB = 4;
+    }
+  },
+);
 
 hostTest("corrupt, truncated, wrong-version and mismatched snapshots are rejected cleanly", [
   "kvm",
@@ -136,16 +159,71 @@ hostTest("corrupt, truncated, wrong-version and mismatched snapshots are rejecte
     for (const [name, problem, hurt] of cases) {
       const d = copy(name, hurt);
       let built = false;
+      const isIt = (e: unknown) =>
+        e instanceof SnapshotError && e.problem === problem && e.message.includes(d);
       throws(
         () =>
           restoreVm(d, () => {
             built = true;
             throw new Error("must not build");
           }),
-        (e) => e instanceof SnapshotError && e.problem === problem && e.message.includes(d),
+        isIt,
         name,
       );
       ok(!built, `${name}: no VM was built`);
+      // restoreVmAsync, prepare overlapped with verifying: what it made is released.
+      let prepared = 0, released = 0;
+      await rejects(
+        restoreVmAsync(d, {
+          overlap: true,
+          prepare: (memory) => {
+            prepared++;
+            return prepareVm(memory);
+          },
+          release: (p) => {
+            released++;
+            releaseVm(p);
+          },
+          build: () => {
+            built = true;
+            throw new Error("must not build");
+          },
+        }),
+        isIt,
+        `${name} (async)`,
+      );
+      ok(!built, `${name}: no VM was built (async)`);
+      strictEqual(released, prepared, `${name}: prepared ${prepared}, released ${released}`);
+    }
+    // A prepare that fails is reported, with the memory released (nothing else to release).
+    await rejects(
+      restoreVmAsync(good, {
+        overlap: true,
+        prepare: () => Promise.reject(new Error("no VM today")),
+        build: () => {
+          throw new Error("must not build");
+        },
+      }),
+      /no VM today/,
+    );
+    // In a process that has verified manifests before, prepare is not overlapped (it is told
+    // so, and works in place); the restored guest runs to its end.
+    const overlaps: boolean[] = [];
+    const m = await restoreVmAsync(good, {
+      prepare: (memory, overlap) => {
+        overlaps.push(overlap);
+        return prepareVm(memory, overlap);
+      },
+      release: releaseVm,
+      build: ({ memory }, p) => new TestMachine(memory, 1, true, p),
+      dispose: (m) => m[Symbol.dispose](),
+    });
+    try {
+      deepStrictEqual(overlaps, [false]);
+      strictEqual(m.run(), "done");
+      strictEqual(m.uart.text[0].length, 8);
+    } finally {
+      m[Symbol.dispose]();
     }
     // A VM with the wrong vCPU count is refused before any state is set.
     throws(

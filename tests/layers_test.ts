@@ -21,7 +21,7 @@ Deno.test("layers: the checks catch what they should", () => {
   const all = importEdges();
   ok(all.length > 500, "the scan found the imports");
   ok(
-    all.some((e) => e.from === "hv/vcpu.ts" && e.to === "hv/worker.ts"),
+    all.some((e) => e.from === "hv/vcpu_worker.ts" && e.to === "hv/worker.ts"),
     "run-time module loads (runtimeModuleUrl) count as imports",
   );
   const edges: ImportEdge[] = [

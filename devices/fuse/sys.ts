@@ -9,6 +9,8 @@
  * @module
  */
 
+import { lazyDlopen } from "../../kvm_ffi/lazy_dlopen.ts";
+
 const SYMBOLS = {
   openat: { parameters: ["i32", "buffer", "i32", "u32"], result: "i32" },
   /** syscall(SYS_openat2, dirfd, path, &how, sizeof how). */
@@ -68,9 +70,8 @@ const SYMBOLS = {
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-const lib = Deno.dlopen("libc.so.6", SYMBOLS);
-/** Raw symbols. */
-export const sys = lib.symbols;
+/** Raw symbols, each bound on first use (kvm_ffi/lazy_dlopen.ts: ~0.08 ms per symbol otherwise, at import). */
+export const sys = lazyDlopen("libc.so.6", SYMBOLS, []);
 
 /** x86-64 syscall numbers (arch/x86/entry/syscalls/syscall_64.tbl). */
 export const SYS = { openat2: 437n, setgroups: 116n } as const;

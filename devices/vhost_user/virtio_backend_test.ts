@@ -38,8 +38,23 @@ function ptr(b: Uint8Array): bigint {
   return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(b)));
 }
 
-function openFds(): number {
-  return [...Deno.readDirSync("/proc/self/fd")].length;
+/**
+ * What each open fd of this process is: its link target, plus the eventfd's
+ * id for an eventfd (fdinfo, Linux 6.0+). Other tests run in this process
+ * at the same time, so a leak is checked by identity, not by count.
+ */
+function fdIdentities(): string[] {
+  const out: string[] = [];
+  for (const e of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      const link = Deno.readLinkSync(`/proc/self/fd/${e.name}`);
+      const id = /eventfd-id:\s*(\d+)/.exec(Deno.readTextFileSync(`/proc/self/fdinfo/${e.name}`));
+      out.push(id ? `eventfd ${id[1]}` : link);
+    } catch {
+      // closed meanwhile (another test's fd)
+    }
+  }
+  return out;
 }
 
 /** The front-end's end of the socket: requests with fds, replies read back. */
@@ -140,7 +155,6 @@ function kick(fd: number): void {
 }
 
 Deno.test("vhost-user adapter (L0): vsock over a fake front-end — config, live rings, kicks, calls, stop, bad requests", async () => {
-  const fdsBefore = openFds();
   const pair = new Int32Array(2);
   strictEqual(
     sys.symbols.socketpair(
@@ -158,11 +172,19 @@ Deno.test("vhost-user adapter (L0): vsock over a fake front-end — config, live
   const backendStop = new StopSignal();
   const serving = backend.serve(backendConn, backendStop);
   const fe = new FakeFrontEnd(pair[0]);
-  const mem = RegionMemory.memfd([{ guestAddr: 0, size: MEM }], "vu-test");
+  const memName = `vu-test-${crypto.randomUUID()}`;
+  const mem = RegionMemory.memfd([{ guestAddr: 0, size: MEM }], memName);
+  // What this test creates, and so what must be gone at the end (the
+  // back-end's SCM_RIGHTS copies of them included).
+  const mine = new Set<string>([`/memfd:${memName} (deleted)`]);
+  for (const fd of pair) mine.add(Deno.readLinkSync(`/proc/self/fd/${fd}`));
   const evs: number[] = [];
   const ev = () => {
     const fd = eventfd(0, EFD.CLOEXEC | EFD.NONBLOCK);
     evs.push(fd);
+    mine.add(
+      `eventfd ${/eventfd-id:\s*(\d+)/.exec(Deno.readTextFileSync(`/proc/self/fdinfo/${fd}`))![1]}`,
+    );
     return fd;
   };
   try {
@@ -293,6 +315,6 @@ Deno.test("vhost-user adapter (L0): vsock over a fake front-end — config, live
   }
   strictEqual(backend.active, false, "disconnect resets the device");
   strictEqual(backend.memory, null);
-  strictEqual(openFds(), fdsBefore, "every fd closed");
+  deepStrictEqual(fdIdentities().filter((f) => mine.has(f)), [], "every fd closed");
   deepStrictEqual(logs.filter((l) => !/unsupported request|ring index 9/.test(l)), []);
 });

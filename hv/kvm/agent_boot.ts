@@ -160,7 +160,7 @@ export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promis
     cache,
     key,
     warn: o.warn,
-    restore: (snap) => restorePlanned(plan, snap.dir, mopts),
+    restore: (snap) => restorePlanned(plan, snap, mopts),
     boot: async () => {
       const m = await buildPlanned(plan, { ...mopts, initrd: await agentInitramfs(plan.kernel) });
       try {

@@ -12,6 +12,7 @@
 import { Vm } from "../vm.ts";
 import { restoreHvVm } from "../../snapshot/hv_snapshot.ts";
 import { SnapshotError } from "../../snapshot/errors.ts";
+import type { Snapshot } from "../../snapshot/store.ts";
 import { MachineOptions, MachinePlan } from "./plan.ts";
 import { devicesOf, disposer, KvmDevices } from "./device_manager.ts";
 import { restoreDevices } from "./device_records.ts";
@@ -24,22 +25,25 @@ export interface RestoredKvmMachine extends KvmDevices, AsyncDisposable {
 }
 
 /**
- * Restores a machine of plan `p` from snapshot directory `dir`. The plan
+ * Restores a machine of plan `p` from snapshot directory `from` (or the
+ * {@link Snapshot} a cache lookup already read and validated). The plan
  * gives the run's host back-ends and its command line; the devices come
  * from the snapshot. Not started. Throws (a `SnapshotError` for a bad
  * snapshot) with everything released.
  */
 export async function restorePlanned(
   p: MachinePlan,
-  dir: string,
+  from: string | Snapshot,
   opts: MachineOptions,
 ): Promise<RestoredKvmMachine> {
+  const dir = typeof from === "string" ? from : from.dir;
   const cleanups: (() => void | Promise<void>)[] = [];
   const dispose = disposer(cleanups);
   let devices: ReturnType<typeof devicesOf> | null = null;
   try {
-    const r = await restoreHvVm(dir, (ctx) => {
-      const vm = Vm.create({ memory: ctx.memory });
+    const r = await restoreHvVm(from, (ctx) => {
+      // Made by restoreHvVm while it verified the snapshot (Vm.createAsync).
+      const vm = ctx.vm ?? Vm.create({ memory: ctx.memory });
       try {
         const m = ctx.snapshot.manifest;
         if (m.vcpus.length !== p.cpus) {
@@ -64,7 +68,7 @@ export async function restorePlanned(
         void vm.close();
         throw e;
       }
-    });
+    }, { vm: {} });
     cleanups.unshift(() => r.memory[Symbol.dispose]());
     cleanups.push(() => r.vm.close());
     return {

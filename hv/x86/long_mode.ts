@@ -123,19 +123,25 @@ export function writeIdentityPageTables(
   if (pml4Addr % 4096 !== 0) {
     throw new RangeError(`PML4 at 0x${pml4Addr.toString(16)} is not page-aligned`);
   }
-  const pdpt = pml4Addr + 0x1000;
   const size = (2 + gib) * 0x1000;
-  mem.slice(pml4Addr, size).fill(0);
-  const rw = X86.PTE_P | X86.PTE_RW;
-  mem.writeU64(pml4Addr, BigInt(pdpt) | rw);
+  // Built in one buffer with 32-bit halves and written at once: 2048 BigInt
+  // writeU64s (4 GiB) took 2–4 ms of a VM's start-up before its first KVM_RUN.
+  const tables = new Uint8Array(size);
+  const v = new DataView(tables.buffer);
+  const rw = Number(X86.PTE_P | X86.PTE_RW);
+  const entry = (at: number, addr: number, flags: number) => {
+    v.setUint32(at, (addr % 2 ** 32) + flags, true); // flags sit in the low 12 bits
+    v.setUint32(at + 4, Math.floor(addr / 2 ** 32), true);
+  };
+  entry(0, pml4Addr + 0x1000, rw);
   for (let g = 0; g < gib; g++) {
-    const pd = pml4Addr + 0x2000 + g * 0x1000;
-    mem.writeU64(pdpt + 8 * g, BigInt(pd) | rw);
+    const pd = 0x2000 + g * 0x1000;
+    entry(0x1000 + 8 * g, pml4Addr + pd, rw);
     for (let j = 0; j < 512; j++) {
-      const phys = (BigInt(g) << 30n) | (BigInt(j) << 21n);
-      mem.writeU64(pd + 8 * j, phys | rw | X86.PTE_PS);
+      entry(pd + 8 * j, g * 2 ** 30 + j * 2 ** 21, rw | Number(X86.PTE_PS));
     }
   }
+  mem.write(pml4Addr, tables);
   return size;
 }
 

@@ -2,12 +2,15 @@
 //   full    CPUS ITERATIONS DOORBELL OUT.json           run uninterrupted
 //   capture CPUS ITERATIONS DOORBELL SNAPDIR OUT.json   capture at the doorbell, then finish
 //   restore SNAPDIR OUT.json                            restore in this fresh process, finish
+//   restore-async SNAPDIR OUT.json                      the same through restoreVmAsync
+//                                                       (VM and memory slot made while verifying)
 // OUT.json gets the machine's result (plus, for capture, the result at capture time).
+// GUEST_RUN_MIB in the environment sets the guest's memory size (default 4).
 import { RegionMemory } from "../../hv/memory.ts";
-import { captureVm, restoreVm } from "../vm_snapshot.ts";
-import { TestMachine } from "./machine.ts";
+import { captureVm, restoreVm, restoreVmAsync } from "../vm_snapshot.ts";
+import { prepareVm, releaseVm, TestMachine } from "./machine.ts";
 
-const MEM = 4 << 20;
+const MEM = Number(Deno.env.get("GUEST_RUN_MIB") ?? 4) << 20;
 const [mode, ...args] = Deno.args;
 let out: Record<string, unknown>;
 if (mode === "full" || mode === "capture") {
@@ -29,6 +32,23 @@ if (mode === "full" || mode === "capture") {
     (m) => m[Symbol.dispose](),
   );
   try {
+    while (m.run() === "doorbell");
+    out = await m.result();
+  } finally {
+    m[Symbol.dispose]();
+  }
+} else if (mode === "restore-async") {
+  const m = await restoreVmAsync(args[0], {
+    prepare: prepareVm,
+    release: releaseVm,
+    build: ({ memory, snapshot }, prepared) =>
+      new TestMachine(memory, snapshot.manifest.vcpus.length, true, prepared),
+    dispose: (m) => m[Symbol.dispose](),
+  });
+  try {
+    if (m.memory.regions.some((r) => (r as { viewed?: boolean }).viewed)) {
+      throw new Error("the restore made an ArrayBuffer over guest memory");
+    }
     while (m.run() === "doorbell");
     out = await m.result();
   } finally {

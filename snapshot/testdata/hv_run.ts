@@ -3,6 +3,7 @@
 //   full    CPUS ITERATIONS DOORBELL OUT.json
 //   capture CPUS ITERATIONS DOORBELL SNAPDIR OUT.json
 //   restore SNAPDIR OUT.json
+//   restore-made SNAPDIR OUT.json   the VM made by restoreHvVm (`vm` option: Vm.createAsync)
 import { RegionMemory } from "../../hv/memory.ts";
 import { Vm } from "../../hv/vm.ts";
 import { sha256Hex } from "../codec.ts";
@@ -12,8 +13,8 @@ import { setupGuest } from "./machine.ts";
 
 const MEM = 4 << 20;
 
-function build(memory: RegionMemory, cpus: number) {
-  const vm = Vm.create({ memory });
+function build(memory: RegionMemory, cpus: number, made?: Vm) {
+  const vm = made ?? Vm.create({ memory });
   const dev = new HvTestDevices(cpus);
   vm.addDevice(dev.spec);
   const cpuid = vm.kvm.supportedCpuid();
@@ -59,13 +60,14 @@ if (mode === "full" || mode === "capture") {
   } finally {
     await vm.close();
   }
-} else if (mode === "restore") {
+} else if (mode === "restore" || mode === "restore-made") {
   let dev: HvTestDevices | null = null;
-  const r = await restoreHvVm(args[0], ({ memory, snapshot }) => {
-    const b = build(memory, snapshot.manifest.vcpus.length);
+  const r = await restoreHvVm(args[0], ({ memory, snapshot, vm }) => {
+    if ((mode === "restore-made") !== (vm !== undefined)) throw new Error("ctx.vm is wrong");
+    const b = build(memory, snapshot.manifest.vcpus.length, vm);
     dev = b.dev;
     return b;
-  });
+  }, mode === "restore-made" ? { vm: {} } : {});
   try {
     dev!.go();
     await r.vm.start();

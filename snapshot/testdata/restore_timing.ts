@@ -1,20 +1,22 @@
 // Bench helper: restores SNAPDIR once in this fresh process and prints the
 // milliseconds from the start of restore to the first KVM_RUN.
-import { restoreVm } from "../vm_snapshot.ts";
-import { TestMachine } from "./machine.ts";
+import { restoreVmAsync } from "../vm_snapshot.ts";
+import { prepareVm, releaseVm, TestMachine } from "./machine.ts";
 
 const t0 = performance.now();
 let t1 = 0;
-const m = restoreVm(
-  Deno.args[0],
-  ({ memory, snapshot }) =>
+const m = await restoreVmAsync(Deno.args[0], {
+  prepare: prepareVm,
+  release: releaseVm,
+  build: ({ memory, snapshot }, prepared) =>
     new TestMachine(
       memory,
       snapshot.manifest.vcpus.length,
       !snapshot.manifest.vcpus.every((v) => v.cpuid),
+      prepared,
     ),
-  (m) => m[Symbol.dispose](),
-);
+  dispose: (m) => m[Symbol.dispose](),
+});
 try {
   m.run(() => t1 = performance.now());
 } finally {
