@@ -54,6 +54,7 @@ export type LoopCommand =
   | { t: "link"; id: number; on: boolean }
   | { t: "detach"; id: number; target: number }
   | { t: "reset"; id: number }
+  | { t: "sync"; id: number }
   | { t: "close"; id: number };
 
 /** What the loop tells the host thread. */
@@ -223,6 +224,8 @@ export class NetLoop {
         break;
       case "reset":
         this.engine.resetConnections();
+        break;
+      case "sync": // nothing to do: answering it publishes the counters of every turn before it
         break;
       case "close":
         this.close();

@@ -98,7 +98,7 @@ async function withNetns(
         );
       }),
     ]);
-    strictEqual(s.stack.counters().internalErrors, 0);
+    strictEqual((await s.stack.settledCounters()).internalErrors, 0);
   } finally {
     clearTimeout(timer);
     await served?.close();
@@ -132,7 +132,7 @@ hostTest(
         const why = `curl: ${r.stderr}; stack: ${JSON.stringify(served.stack.counters())}`;
         strictEqual(r.stderr, "", why);
         strictEqual(r.stdout.split(" ")[0], want, why);
-        const c = served.stack.counters();
+        const c = await served.stack.settledCounters();
         ok(c.tcpOpened >= 1 && c.txBytes > body.length, JSON.stringify(c));
       });
     } finally {
@@ -185,7 +185,7 @@ hostTest(
       await withNetns({ hostsFile }, async (ns, served) => {
         const r = await guestTool(ns, ["dns", "10.42.0.1", "ALIAS.example"]);
         deepStrictEqual(r, { rcode: 0, addrs: ["10.9.8.7"] });
-        ok(served.stack.counters().dnsQueries >= 1); // the client resends while unanswered
+        ok((await served.stack.settledCounters()).dnsQueries >= 1); // the client resends while unanswered
       });
     } finally {
       await Deno.remove(hostsFile);
@@ -241,7 +241,7 @@ hostTest(
         conn.close();
         strictEqual(got, msg.length);
         deepStrictEqual(back, msg);
-        strictEqual(served.stack.counters().publishAccepted, 1);
+        strictEqual((await served.stack.settledCounters()).publishAccepted, 1);
       } finally {
         server.kill("SIGKILL");
         await server.status;
@@ -324,7 +324,7 @@ hostTest("net L3: 100 concurrent connections all complete", [...NEEDS], async ()
     await withNetns({ hostLoopback: true }, async (ns, served) => {
       const r = await guestTool(ns, ["conns", "10.42.0.1", String(l.addr.port), "100", "20000"]);
       deepStrictEqual(r, { ok: 100, errors: [] });
-      ok(served.stack.counters().tcpOpened >= 100);
+      ok((await served.stack.settledCounters()).tcpOpened >= 100);
     });
   } finally {
     l.close();
@@ -346,7 +346,7 @@ hostTest("net L3: host loopback is unreachable without host-loopback", [...NEEDS
       const r = await inNs(ns, ["curl", "-sS", `http://10.42.0.1:${l.addr.port}/`]);
       strictEqual(r.code, 7, r.stderr); // curl: could not connect (the stack answered RST)
       strictEqual(accepted, 0);
-      ok(served.stack.counters().tcpRefused >= 1);
+      ok((await served.stack.settledCounters()).tcpRefused >= 1);
     });
   } finally {
     l.close();

@@ -90,7 +90,7 @@ hostTest("net L3q: a Linux guest under QEMU gets DHCP, DNS and HTTP from host lo
       strictEqual(lines[0], "lease 10.42.0.2/24 router 10.42.0.1 dns 10.42.0.1", why);
       ok(Number(lines[1]) >= 1, why);
       strictEqual(lines[2]?.split(/\s+/)[0], want, why);
-      const c = stack.counters();
+      const c = await stack.settledCounters();
       ok(c.dhcpReplies >= 2 && c.dnsQueries >= 1 && c.tcpOpened >= 1, why);
       strictEqual(c.internalErrors, 0);
     } finally {

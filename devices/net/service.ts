@@ -197,6 +197,17 @@ export class NetStack implements AsyncDisposable {
     return this.#published.map((a) => ({ ...a }));
   }
 
+  /**
+   * The counters once the loop has finished the turns it started before this
+   * call. A guest or host program can see a frame's effect (an RST, a reply)
+   * before the loop's turn that sent it publishes its counters; read these
+   * after such an effect instead of {@link counters}.
+   */
+  async settledCounters(): Promise<NetCounters> {
+    await this.#request({ t: "sync" });
+    return this.counters();
+  }
+
   /** A snapshot of the counters (published by the loop after each of its turns). */
   counters(): NetCounters {
     const out = {} as NetCounters;
