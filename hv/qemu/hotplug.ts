@@ -24,7 +24,7 @@
  */
 
 import type { QemuProcess } from "./process.ts";
-import { QmpError, type QmpWaitOptions } from "./qmp.ts";
+import { QmpError, type QmpWaitOptions } from "./qmp_types.ts";
 import type { RootPort } from "./slots.ts";
 
 /** QEMU refused a hot-plug or unplug (or no port was free). */

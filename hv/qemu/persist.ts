@@ -38,7 +38,7 @@ import { copySparse } from "../../snapshot/sparse_copy.ts";
 import type { StateValue } from "../../snapshot/codec.ts";
 import { machineDescription, type QemuLaunchSpec } from "./cmdline.ts";
 import { QemuProcess, type QemuStartOptions } from "./process.ts";
-import type { QemuVersion } from "./qmp.ts";
+import type { QemuVersion } from "./qmp_types.ts";
 
 /**
  * Migration capabilities on both sides (QAPI `MigrationCapability`):

@@ -9,7 +9,8 @@
  */
 
 import { pcieLayoutOf, qemuArgs, type QemuLaunchSpec, type SerialPortSpec } from "./cmdline.ts";
-import { type QemuVersion, QmpClient } from "./qmp.ts";
+import { QmpClient } from "./qmp.ts";
+import type { QemuVersion } from "./qmp_types.ts";
 import { HotplugSlots } from "./slots.ts";
 
 /** Default QEMU binary (looked up on PATH). */

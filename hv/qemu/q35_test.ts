@@ -4,7 +4,7 @@ import { deepStrictEqual, notStrictEqual, ok, strictEqual, throws } from "node:a
 import { join } from "node:path";
 import { machineDescription, pcieLayoutOf, qemuArgs, type QemuLaunchSpec } from "./cmdline.ts";
 import { HotplugSlots, NoFreeSlotError, planPcie } from "./slots.ts";
-import { shellQuotePath } from "./qmp.ts";
+import { shellQuotePath } from "./qmp_types.ts";
 import { qemuSnapshotKey, resolveBinary } from "./snapshot_key.ts";
 import { QemuRamDir } from "./persist.ts";
 import type { VmConfig } from "../config.ts";

@@ -1,6 +1,7 @@
 // L0: the typed QMP commands against a scripted QMP server on a Unix socket.
 import { deepStrictEqual, match, ok, rejects, strictEqual } from "node:assert/strict";
-import { MigrationError, QmpClient, QmpError } from "./qmp.ts";
+import { QmpClient } from "./qmp.ts";
+import { MigrationError, QmpError } from "./qmp_types.ts";
 
 type Reply = Record<string, unknown>;
 
