@@ -13,7 +13,8 @@
 import { dirname } from "node:path";
 import { FuseServer } from "../../devices/fuse/server.ts";
 import { ShareMux } from "../../devices/fuse/mux.ts";
-import { NetStack } from "../../devices/net/service.ts";
+import type { NetStack } from "../../devices/net/service.ts";
+import { startNetStack } from "../engine/net_stack.ts";
 import { attachVirtioNet } from "../../devices/net/virtio.ts";
 import { AgentClient } from "../../init/agent/client.ts";
 import { agentInitramfs } from "../../init/agent/initramfs.ts";
@@ -244,19 +245,8 @@ async function startSession(
   try {
     if (o.attach) detachShares = attachShares(o.mux, config);
     if (config.net) {
-      try {
-        stack = new NetStack({
-          hostLoopback: config.net.hostLoopback,
-          publish: config.net.publish.map((p) => ({
-            hostIp: p.hostIp,
-            hostPort: p.hostPort,
-            guestPort: p.guestPort,
-            proto: p.protocol,
-          })),
-        });
-      } catch (e) {
-        throw new ConfigError((e as Error).message, { cause: e });
-      }
+      // Binds the --publish ports now: a taken one fails before the guest runs.
+      stack = startNetStack(config.net);
       await stack.ready;
       detachNet = attachVirtioNet(stack, m.net!);
     }

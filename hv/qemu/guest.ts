@@ -22,12 +22,13 @@ import { ShareMux } from "../../devices/fuse/mux.ts";
 import { VirtioFs } from "../../devices/virtio/fs/device.ts";
 import { VirtioVsock } from "../../devices/virtio/vsock/device.ts";
 import { VhostUserVirtioServer } from "../../devices/vhost_user/virtio_backend.ts";
-import { NetStack } from "../../devices/net/service.ts";
+import type { NetStack } from "../../devices/net/service.ts";
+import { startNetStack } from "../engine/net_stack.ts";
 import { attachVirtioNet } from "../../devices/net/virtio.ts";
 import { VirtioNet } from "../../devices/virtio/net/device.ts";
 import { AgentClient } from "../../init/agent/client.ts";
 import type { VmConfig } from "../config.ts";
-import { ConfigError, VmError } from "../errors.ts";
+import { VmError } from "../errors.ts";
 import {
   attachShares,
   MUX_TAG,
@@ -118,20 +119,8 @@ export class QemuSession implements AsyncDisposable {
     const s = new QemuSession(vm, dir, config);
     try {
       if (config.net) {
-        try {
-          // Binds the --publish ports now: a taken one fails before the guest runs.
-          s.#stack = new NetStack({
-            hostLoopback: config.net.hostLoopback,
-            publish: config.net.publish.map((p) => ({
-              hostIp: p.hostIp,
-              hostPort: p.hostPort,
-              guestPort: p.guestPort,
-              proto: p.protocol,
-            })),
-          });
-        } catch (e) {
-          throw new ConfigError((e as Error).message, { cause: e });
-        }
+        // Binds the --publish ports now: a taken one fails before the guest runs.
+        s.#stack = startNetStack(config.net);
         await s.#stack.ready;
         s.#nic = new VirtioNet({ mac: macBytes(GUEST_MAC) });
         s.#detachNic = attachVirtioNet(s.#stack, s.#nic);
