@@ -3,7 +3,8 @@
  * `bench(): Promise<string[]>`), printing its lines as they come. Each bench
  * measures skiff against a reference in the same run and prints the ratio.
  *
- * Usage: deno task bench [NAME-SUBSTRING…]   (e.g. `deno task bench fuse`)
+ * Usage: deno task bench [NAME-SUBSTRING…]   (e.g. `deno task bench fuse`; a
+ * line's name works too: `run-cached` matches run_cached_bench.ts)
  *
  * @module
  */
@@ -27,7 +28,8 @@ const filters = Deno.args;
 const files: string[] = [];
 for await (const f of findBenches(root.replace(/\/$/, ""))) {
   const rel = relative(root, f);
-  if (filters.length === 0 || filters.some((s) => rel.includes(s))) files.push(f);
+  const hit = (s: string) => rel.includes(s) || rel.includes(s.replaceAll("-", "_"));
+  if (filters.length === 0 || filters.some(hit)) files.push(f);
 }
 files.sort();
 if (files.length === 0) {
