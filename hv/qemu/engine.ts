@@ -55,8 +55,11 @@ const READY_WAIT_MS = 10 * 60_000;
 /** The guest kernel's command line for a skiff guest under QEMU. */
 export function qemuKernelCmdline(config: VmConfig): string {
   // quiet: the console is only read on failure; panic=-1 + -no-reboot make a
-  // guest panic end QEMU instead of hanging.
-  const base = "console=ttyS0 quiet panic=-1";
+  // guest panic end QEMU instead of hanging. cryptomgr.notests: the Debian
+  // kernel (CRYPTO_FIPS=y, CRYPTO_MANAGER_DISABLE_TESTS unset) self-tests every
+  // crypto algorithm it registers, which under TCG cost ≈0.35 s of each cold
+  // boot here (crypto/testmgr.c; Documentation/admin-guide/kernel-parameters.txt).
+  const base = "console=ttyS0 quiet panic=-1 cryptomgr.notests";
   return config.cmdlineExtra ? `${base} ${config.cmdlineExtra}` : base;
 }
 
