@@ -24,6 +24,7 @@ import { ConfigError, SkiffError, VmError } from "../errors.ts";
 import { findKernel } from "../kernel/mod.ts";
 import { AgentVm } from "../engine/agent_vm.ts";
 import { agentInitramfsIdentity } from "../engine/init_identity.ts";
+import { agentInitramfsFile } from "../engine/agent_initramfs_file.ts";
 import { rootDirOf } from "../engine/session.ts";
 import { abortRace } from "../abort.ts";
 import type { BootOptions, ConsoleIO, Engine, RunningVm, SnapshotRef } from "../engine/types.ts";
@@ -164,11 +165,13 @@ export class QemuEngine implements Engine {
       let cache: SnapshotCache | null = null;
       let key = "";
       let source: Record<string, string> = {};
+      // The initramfs identity, once computed for the key: a cold boot reuses it.
+      let identity: string | null | undefined;
       if (useCache) {
         try {
           cache = this.#opts.cache ?? new SnapshotCache(undefined, { warn });
           const memoDir = dirname(cache.root);
-          const identity = await agentInitramfsIdentity(kernel, memoDir);
+          identity = await agentInitramfsIdentity(kernel, memoDir);
           const k = await qemuSnapshotKey({
             kernelPath: image,
             initramfs: identity === null
@@ -212,9 +215,13 @@ export class QemuEngine implements Engine {
           restore,
           boot: async () => {
             log(`qemu: cold boot (kernel ${kernel.version}, accel ${this.#opts.accel})`);
-            const initrd = `${dir}/initramfs.cpio.gz`;
-            await Deno.writeFile(initrd, await agentInitramfs(kernel));
-            const p = await QemuProcess.start(launch(initrd));
+            const initrd = await agentInitramfsFile(kernel, {
+              cacheDir: cache ? dirname(cache.root) : undefined,
+              scratchDir: dir,
+              identity,
+            });
+            log(`qemu: initramfs ${initrd.path} (${initrd.cached ? "cached" : "built"})`);
+            const p = await QemuProcess.start(launch(initrd.path));
             vm = p;
             log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
             const w = watch(p);
