@@ -26,6 +26,7 @@ import { AgentVm } from "../engine/agent_vm.ts";
 import { agentInitramfsIdentity } from "../engine/init_identity.ts";
 import { agentInitramfsFile } from "../engine/agent_initramfs_file.ts";
 import { rootDirOf } from "../engine/session.ts";
+import { timeline } from "../engine/timeline.ts";
 import { abortRace } from "../abort.ts";
 import type { BootOptions, ConsoleIO, Engine, RunningVm, SnapshotRef } from "../engine/types.ts";
 import { ConsoleWatch } from "./console.ts";
@@ -123,6 +124,8 @@ export class QemuEngine implements Engine {
     o.signal?.throwIfAborted();
     const t0 = performance.now();
     const log = this.#log(config, o);
+    const mark = (event: string) => timeline(log, event);
+    mark("qemu engine starting");
     QemuRamDir.sweep();
     const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
     // QEMU boots the bzImage directly; an ELF vmlinux works only with a PVH note.
@@ -160,6 +163,7 @@ export class QemuEngine implements Engine {
         console: true,
         fs: [],
         binary: this.#opts.binary,
+        timeline: mark,
       });
       const useCache = !from && (o.snapshot ?? this.#opts.snapshot) !== false;
       let cache: SnapshotCache | null = null;
@@ -203,6 +207,7 @@ export class QemuEngine implements Engine {
         watch(p);
         log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
         log(`qemu: restored snapshot ${entry.dir}`);
+        mark("snapshot restored (paused)");
         return p;
       };
       const r = from
@@ -252,6 +257,7 @@ export class QemuEngine implements Engine {
               clearTimeout(timer);
             }
             log(`qemu: guest ready after ${Math.round(performance.now() - t0)} ms`);
+            mark("guest READY");
             return p;
           },
           capture: async (p, entryDir) => {
@@ -278,6 +284,7 @@ export class QemuEngine implements Engine {
         readyMs: performance.now() - t0,
       };
       log(`qemu: ready for commands after ${Math.round(origin.readyMs)} ms`);
+      mark("session ready (devices plugged, agent set up)");
       let stopping: Promise<void> | null = null;
       const stop = () =>
         stopping ??= (async () => {
