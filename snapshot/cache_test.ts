@@ -200,6 +200,20 @@ Deno.test("two processes racing to create one entry both succeed and one entry s
   });
 });
 
+Deno.test("contentHash keeps the memo it read: a second call does not need the file", async () => {
+  await withDir(async (root) => {
+    const file = join(root, "module.ko");
+    Deno.writeTextFileSync(file, "m1");
+    const h1 = await contentHash(file, root);
+    Deno.removeSync(join(root, "content-hashes.json"));
+    // The memo file is gone: the process's memo answers (no re-hash, so no file written).
+    strictEqual(await contentHash(file, root), h1);
+    throws(() => Deno.statSync(join(root, "content-hashes.json")), Deno.errors.NotFound);
+    Deno.writeTextFileSync(file, "m2, changed");
+    strictEqual(await contentHash(file, root), await fileSha256(file));
+  });
+});
+
 Deno.test("contentHash hashes file contents and re-hashes when the file changes", async () => {
   await withDir(async (root) => {
     const file = join(root, "kernel");

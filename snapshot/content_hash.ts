@@ -41,6 +41,28 @@ export async function fileSha256(path: string): Promise<string> {
 }
 
 /**
+ * Memos read in this process, by memo path: a key is a file identity, so an
+ * entry never goes stale; a miss re-reads the file (another process may have
+ * hashed it since). Saves parsing the memo again for each of the ≈20 files a
+ * snapshot key hashes (kernel, modules, QEMU).
+ */
+const loaded = new Map<string, Record<string, string>>();
+
+async function readMemo(memoPath: string): Promise<Record<string, string>> {
+  try {
+    const parsed = JSON.parse(await Deno.readTextFile(memoPath));
+    if (typeof parsed === "object" && parsed !== null) return parsed;
+  } catch {
+    // no memo yet, or unreadable: hash the file
+  }
+  return {};
+}
+
+function isHash(h: unknown): h is string {
+  return typeof h === "string" && /^[0-9a-f]{64}$/.test(h);
+}
+
+/**
  * SHA-256 (hex) of the file at `path`, from the memo when the file's identity
  * is unchanged. `memoDir` defaults to skiff's cache directory; memo failures
  * (read-only cache, corrupt memo) only cost a re-hash.
@@ -49,16 +71,17 @@ export async function contentHash(path: string, memoDir?: string): Promise<strin
   const st = await Deno.stat(path);
   const id = identity(path, st);
   let memoPath: string | null = null;
-  let memo: Record<string, string> = {};
   try {
     memoPath = join(memoDir ?? skiffCacheDir(), "content-hashes.json");
-    const parsed = JSON.parse(await Deno.readTextFile(memoPath));
-    if (typeof parsed === "object" && parsed !== null) memo = parsed;
   } catch {
-    // no memo yet, or unreadable: hash the file
+    // no cache directory: hash the file
   }
+  const seen = memoPath ? loaded.get(memoPath)?.[id] : undefined;
+  if (isHash(seen)) return seen;
+  const memo = memoPath ? await readMemo(memoPath) : {};
+  if (memoPath) loaded.set(memoPath, memo);
   const known = memo[id];
-  if (typeof known === "string" && /^[0-9a-f]{64}$/.test(known)) return known;
+  if (isHash(known)) return known;
   const hash = await fileSha256(path);
   if (memoPath) {
     const keys = Object.keys(memo);

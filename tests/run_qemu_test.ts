@@ -66,6 +66,32 @@ hostTest("skiff run (qemu): exit codes of true, false, exit 7, a signal, a missi
   match(missing.stderr, /no-such-command-xyz/);
 });
 
+hostTest("skiff run (qemu) --verbose: a timeline from QEMU's start to the VM's stop, in order", [
+  ...needs,
+], async () => {
+  assertKernel(kernel);
+  for (const extra of [[], ["--no-snapshot"]]) {
+    const r = await skiffRun([...extra, "--verbose", "--", "sh", "-c", "exit 4"]);
+    strictEqual(r.code, 4, r.stderr);
+    const lines = [...r.stderr.matchAll(/^skiff: timeline \+(\d+) ms: (.*)$/gm)];
+    const events = lines.map((m) => m[2].replace(/ \(pid \d+\)$/, ""));
+    const ready = extra.length ? /^guest READY$/ : /^(snapshot restored \(paused\)|guest READY)$/;
+    strictEqual(events.length, 8, r.stderr);
+    deepStrictEqual(events.filter((_, i) => i !== 3), [
+      "qemu engine starting",
+      "QEMU spawned",
+      "QMP up",
+      "session ready (devices plugged, agent set up)",
+      "command started",
+      "command exited (code 4)",
+      "VM stopped",
+    ]);
+    match(events[3], ready);
+    const ms = lines.map((m) => Number(m[1]));
+    deepStrictEqual(ms, [...ms].sort((a, b) => a - b), "times only grow");
+  }
+});
+
 hostTest("skiff run (qemu): uname, stdout and stderr apart, stdin piped through", [
   ...needs,
 ], async () => {

@@ -269,6 +269,24 @@ hostTest("fuse L3: read-only share gives EROFS; /usr/share/doc mirrors exactly",
   });
 }, opts);
 
+hostTest("fuse L3: read-only share keeps the page cache across opens, yet sees host changes", [
+  "fuse",
+  "root",
+], async () => {
+  // FOPEN_KEEP_CACHE on a read-only share: the kernel keeps a file's pages across opens.
+  // FUSE_AUTO_INVAL_DATA drops them when fresh attributes show another size or mtime;
+  // attrTimeout 0 makes every read fetch them, so the change shows at once.
+  await withMount({ readOnly: true, attrTimeout: 0, entryTimeout: 0 }, async (mnt, host) => {
+    await Deno.writeTextFile(`${host}/f`, "first\n");
+    strictEqual(await must(`cat ${mnt}/f`), "first\n");
+    strictEqual(await must(`cat ${mnt}/f`), "first\n");
+    await Deno.writeTextFile(`${host}/f`, "second, longer\n"); // other size
+    strictEqual(await must(`cat ${mnt}/f`), "second, longer\n");
+    await must(`printf 'SECOND, LONGER\\n' > ${host}/f && touch -d '2001-01-01' ${host}/f`);
+    strictEqual(await must(`cat ${mnt}/f`), "SECOND, LONGER\n", "same size, other mtime");
+  });
+}, opts);
+
 hostTest("fuse L3: escapes through the real client stay inside", ["fuse", "root"], async () => {
   await withMount({}, async (mnt, host) => {
     await must(`echo secret > ${host}/../secret && ln -s ../secret ${host}/out`);

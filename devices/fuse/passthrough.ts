@@ -188,6 +188,18 @@ const XATTR_MAX = 65536;
  * each close (a shell's `echo x > f` closes twice). Older clients ignore it.
  */
 const FILE_OPEN_FLAGS = FOPEN.NOFLUSH;
+/**
+ * Open flags of a file handle on a read-only share: also FOPEN_KEEP_CACHE, so
+ * the client keeps the file's page cache across opens instead of dropping it
+ * on each one (every exec in a guest whose root is this share re-read its
+ * binary and libraries). Host-side changes still reach the client: the server
+ * negotiates FUSE_AUTO_INVAL_DATA, so the client drops a file's pages when a
+ * later attribute reply (at most attrTimeout old) shows another mtime or size.
+ * A read-write share keeps close-to-open consistency (no KEEP_CACHE): the
+ * host may change its files between the guest's opens and tests expect the
+ * next open to see that at once.
+ */
+const RO_FILE_OPEN_FLAGS = FILE_OPEN_FLAGS | FOPEN.KEEP_CACHE;
 /** Directory getdents buffers a thread keeps for handles it may serve again. */
 const DIR_BUFS_KEPT = 64;
 
@@ -1140,7 +1152,10 @@ export class PassthroughFs extends FileSystem {
     return this.#locked(() => {
       const n = this.#node(nodeid);
       const fd = this.#reopen(n, flags);
-      return { fh: this.#t.hAlloc(false, fd, n, flags), openFlags: FILE_OPEN_FLAGS };
+      return {
+        fh: this.#t.hAlloc(false, fd, n, flags),
+        openFlags: this.#ro ? RO_FILE_OPEN_FLAGS : FILE_OPEN_FLAGS,
+      };
     });
   }
 

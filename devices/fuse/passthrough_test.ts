@@ -4,14 +4,15 @@
  * renamed or replaced) and `credentials` (every host call runs with that
  * user's rights, whatever uid the client's request carries).
  * `readOnly` and `crossMounts: false` are covered in escape_test.ts; all
- * four through the real kernel client in dev_fuse_test.ts.
+ * four through the real kernel client in dev_fuse_test.ts. Also the open
+ * flags: FOPEN_KEEP_CACHE on read-only shares only.
  */
 
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
 import { Errno } from "../../kvm_ffi/errno.ts";
 import { hostTest } from "../../tests/requirements.ts";
 import { PassthroughFs, type PassthroughOptions } from "./passthrough.ts";
-import { Op } from "./protocol.ts";
+import { FOPEN, InitFlag, Op } from "./protocol.ts";
 import { FuseServer } from "./server.ts";
 import { setThreadCreds } from "./sys.ts";
 import { cat, le, TestClient, z } from "./test_client.ts";
@@ -49,6 +50,51 @@ function share(
     },
   };
 }
+
+/** `fuse_open_out.open_flags` of an OPEN or CREATE reply (after the u64 fh). */
+function openFlags(r: { dv: DataView }, at = 8): number {
+  return r.dv.getUint32(at, true);
+}
+
+Deno.test("passthrough open flags: KEEP_CACHE on a read-only share, never on a read-write one", () => {
+  for (const readOnly of [true, false]) {
+    using s = share((d) => Deno.writeTextFileSync(`${d}/f`, "f"), { readOnly });
+    const c = s.c;
+    const [, f] = c.lookup(1, "f");
+    const r = c.call(Op.OPEN, f, new Uint8Array(8)); // O_RDONLY
+    strictEqual(r.error, 0);
+    const flags = openFlags(r);
+    strictEqual((flags & FOPEN.KEEP_CACHE) !== 0, readOnly, `readOnly ${readOnly}: ${flags}`);
+    ok(flags & FOPEN.NOFLUSH, "NOFLUSH either way");
+    strictEqual(c.release(f, Number(r.dv.getBigUint64(0, true))).error, 0);
+    // Directory handles never ask the client to cache their listings.
+    const d = c.call(Op.OPENDIR, 1, new Uint8Array(8));
+    strictEqual(d.error, 0);
+    strictEqual(openFlags(d) & (FOPEN.KEEP_CACHE | FOPEN.CACHE_DIR), 0);
+    strictEqual(c.release(1, Number(d.dv.getBigUint64(0, true)), true).error, 0);
+    if (!readOnly) {
+      // CREATE's fuse_open_out follows the 128-byte fuse_entry_out.
+      const cr = c.call(Op.CREATE, 1, cat(le([4, 0o102], [4, 0o644], [4, 0], [4, 0]), z("n")));
+      strictEqual(cr.error, 0);
+      strictEqual(openFlags(cr, 136) & FOPEN.KEEP_CACHE, 0);
+    }
+  }
+});
+
+Deno.test("passthrough open flags: the server grants AUTO_INVAL_DATA, which KEEP_CACHE relies on", () => {
+  // A kept page cache is dropped by the client when an attribute reply shows another
+  // mtime or size only if FUSE_AUTO_INVAL_DATA was negotiated (fs/fuse/inode.c).
+  const dir = Deno.makeTempDirSync({ prefix: "skiff-passthrough-" });
+  const fs = new PassthroughFs(dir, { readOnly: true });
+  try {
+    const r = new TestClient(new FuseServer(fs)).init();
+    strictEqual(r.error, 0);
+    ok(BigInt(r.dv.getUint32(12, true)) & InitFlag.AUTO_INVAL_DATA);
+  } finally {
+    fs.close();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
 
 function names(dir: string): string[] {
   return [...Deno.readDirSync(dir)].map((e) => e.name).sort();

@@ -26,7 +26,7 @@ let sourceHash: Promise<string | null> | undefined;
 
 /** SHA-256 over the init generator's source files (path and text), or null when unreadable. */
 export function initSourceHash(): Promise<string | null> {
-  sourceHash ??= (async () => {
+  sourceHash ??= Promise.resolve().then((): string | null => {
     // Only from the source tree: a bundle (dist/skiff.js) may be older than the files around it.
     if (
       !import.meta.url.startsWith("file:") ||
@@ -40,30 +40,27 @@ export function initSourceHash(): Promise<string | null> {
     } catch {
       return null; // not loaded from files
     }
+    // Synchronous reads: ≈35 small files, 2-3 ms here against 5-14 ms for the same
+    // walk with an await per file (each a trip through the event loop).
     const files: string[] = [];
-    const walk = async (path: string) => {
-      const st = await Deno.stat(path);
-      if (st.isFile) {
-        if (path.endsWith(".ts") && !path.endsWith("_test.ts")) files.push(path);
-        return;
-      }
-      for await (const e of Deno.readDir(path)) {
+    const walk = (path: string) => {
+      for (const e of Deno.readDirSync(path)) {
         if (e.name === "testdata") continue;
-        await walk(join(path, e.name));
+        const p = join(path, e.name);
+        if (e.isDirectory) walk(p);
+        else if (e.isFile && p.endsWith(".ts") && !p.endsWith("_test.ts")) files.push(p);
       }
     };
     try {
-      for (const s of SOURCES) await walk(join(root, s));
+      for (const s of SOURCES) walk(join(root, s));
       files.sort();
       const parts: string[] = [];
-      for (const f of files) {
-        parts.push(relative(root, f), sha256Hex(await Deno.readFile(f)));
-      }
+      for (const f of files) parts.push(relative(root, f), sha256Hex(Deno.readFileSync(f)));
       return files.length ? sha256Hex(new TextEncoder().encode(parts.join("\n"))) : null;
     } catch {
       return null;
     }
-  })();
+  });
   return sourceHash;
 }
 

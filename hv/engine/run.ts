@@ -9,6 +9,7 @@
 
 import type { ExitStatus, VmConfig, Workload } from "../config.ts";
 import type { BootOptions, Engine, ProcessStatus, RunningVm, WorkloadIO } from "./types.ts";
+import { timeline } from "./timeline.ts";
 
 /** A guest process's status as a workload {@link ExitStatus}. */
 export function exitStatusOf(s: ProcessStatus): ExitStatus {
@@ -19,13 +20,15 @@ export function exitStatusOf(s: ProcessStatus): ExitStatus {
 
 /**
  * Runs `workload` in the running `vm` with `io`; resolves to its exit status
- * once its output has reached `io` (the VM keeps running).
+ * once its output has reached `io` (the VM keeps running). `log` gets the
+ * command's timeline lines (`--verbose`).
  */
 export async function runIn(
   vm: RunningVm,
   workload: Workload,
   io: WorkloadIO,
   signal?: AbortSignal,
+  log?: (line: string) => void,
 ): Promise<ExitStatus> {
   const child = await vm.spawn(workload.argv, {
     env: workload.env,
@@ -34,6 +37,7 @@ export async function runIn(
     stdin: io.stdin ? "piped" : "null",
     signal,
   });
+  timeline(log, "command started");
   // The host's stdin may never end (a terminal): it is not waited for, only
   // stopped (which cancels it) once the command is done.
   const stopStdin = new AbortController();
@@ -46,6 +50,7 @@ export async function runIn(
   ];
   try {
     const status = await child.status;
+    timeline(log, `command exited (${status.signal ?? `code ${status.code}`})`);
     await Promise.all(out);
     return exitStatusOf(status);
   } finally {
@@ -63,6 +68,11 @@ export async function runOn(
   options: BootOptions = {},
 ): Promise<ExitStatus> {
   options.signal?.throwIfAborted();
-  await using vm = await engine.boot(config, options);
-  return await runIn(vm, workload, io, options.signal);
+  let status: ExitStatus;
+  {
+    await using vm = await engine.boot(config, options);
+    status = await runIn(vm, workload, io, options.signal, options.log);
+  }
+  timeline(options.log, "VM stopped");
+  return status;
 }

@@ -24,7 +24,9 @@ import { ConfigError, SkiffError, VmError } from "../errors.ts";
 import { findKernel } from "../kernel/mod.ts";
 import { AgentVm } from "../engine/agent_vm.ts";
 import { agentInitramfsIdentity } from "../engine/init_identity.ts";
+import { agentInitramfsFile } from "../engine/agent_initramfs_file.ts";
 import { rootDirOf } from "../engine/session.ts";
+import { timeline } from "../engine/timeline.ts";
 import { abortRace } from "../abort.ts";
 import type { BootOptions, ConsoleIO, Engine, RunningVm, SnapshotRef } from "../engine/types.ts";
 import { ConsoleWatch } from "./console.ts";
@@ -55,8 +57,11 @@ const READY_WAIT_MS = 10 * 60_000;
 /** The guest kernel's command line for a skiff guest under QEMU. */
 export function qemuKernelCmdline(config: VmConfig): string {
   // quiet: the console is only read on failure; panic=-1 + -no-reboot make a
-  // guest panic end QEMU instead of hanging.
-  const base = "console=ttyS0 quiet panic=-1";
+  // guest panic end QEMU instead of hanging. cryptomgr.notests: the Debian
+  // kernel (CRYPTO_FIPS=y, CRYPTO_MANAGER_DISABLE_TESTS unset) self-tests every
+  // crypto algorithm it registers, which under TCG cost ≈0.35 s of each cold
+  // boot here (crypto/testmgr.c; Documentation/admin-guide/kernel-parameters.txt).
+  const base = "console=ttyS0 quiet panic=-1 cryptomgr.notests";
   return config.cmdlineExtra ? `${base} ${config.cmdlineExtra}` : base;
 }
 
@@ -119,6 +124,8 @@ export class QemuEngine implements Engine {
     o.signal?.throwIfAborted();
     const t0 = performance.now();
     const log = this.#log(config, o);
+    const mark = (event: string) => timeline(log, event);
+    mark("qemu engine starting");
     QemuRamDir.sweep();
     const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
     // QEMU boots the bzImage directly; an ELF vmlinux works only with a PVH note.
@@ -156,16 +163,19 @@ export class QemuEngine implements Engine {
         console: true,
         fs: [],
         binary: this.#opts.binary,
+        timeline: mark,
       });
       const useCache = !from && (o.snapshot ?? this.#opts.snapshot) !== false;
       let cache: SnapshotCache | null = null;
       let key = "";
       let source: Record<string, string> = {};
+      // The initramfs identity, once computed for the key: a cold boot reuses it.
+      let identity: string | null | undefined;
       if (useCache) {
         try {
           cache = this.#opts.cache ?? new SnapshotCache(undefined, { warn });
           const memoDir = dirname(cache.root);
-          const identity = await agentInitramfsIdentity(kernel, memoDir);
+          identity = await agentInitramfsIdentity(kernel, memoDir);
           const k = await qemuSnapshotKey({
             kernelPath: image,
             initramfs: identity === null
@@ -197,6 +207,7 @@ export class QemuEngine implements Engine {
         watch(p);
         log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
         log(`qemu: restored snapshot ${entry.dir}`);
+        mark("snapshot restored (paused)");
         return p;
       };
       const r = from
@@ -209,9 +220,13 @@ export class QemuEngine implements Engine {
           restore,
           boot: async () => {
             log(`qemu: cold boot (kernel ${kernel.version}, accel ${this.#opts.accel})`);
-            const initrd = `${dir}/initramfs.cpio.gz`;
-            await Deno.writeFile(initrd, await agentInitramfs(kernel));
-            const p = await QemuProcess.start(launch(initrd));
+            const initrd = await agentInitramfsFile(kernel, {
+              cacheDir: cache ? dirname(cache.root) : undefined,
+              scratchDir: dir,
+              identity,
+            });
+            log(`qemu: initramfs ${initrd.path} (${initrd.cached ? "cached" : "built"})`);
+            const p = await QemuProcess.start(launch(initrd.path));
             vm = p;
             log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
             const w = watch(p);
@@ -242,6 +257,7 @@ export class QemuEngine implements Engine {
               clearTimeout(timer);
             }
             log(`qemu: guest ready after ${Math.round(performance.now() - t0)} ms`);
+            mark("guest READY");
             return p;
           },
           capture: async (p, entryDir) => {
@@ -268,6 +284,7 @@ export class QemuEngine implements Engine {
         readyMs: performance.now() - t0,
       };
       log(`qemu: ready for commands after ${Math.round(origin.readyMs)} ms`);
+      mark("session ready (devices plugged, agent set up)");
       let stopping: Promise<void> | null = null;
       const stop = () =>
         stopping ??= (async () => {

@@ -38,6 +38,8 @@ export type QemuStartOptions =
     binary?: string;
     /** Startup limit in ms for QEMU to connect every socket and greet on QMP. */
     startTimeoutMs?: number;
+    /** Told "QEMU spawned" and "QMP up" as they happen (`--verbose`'s timeline). */
+    timeline?: (event: string) => void;
   };
 
 async function acceptOne(listener: Deno.Listener, what: string): Promise<Deno.Conn> {
@@ -135,6 +137,7 @@ export class QemuProcess implements AsyncDisposable {
         console: _console,
         binary: _binary,
         startTimeoutMs: _startTimeoutMs,
+        timeline: _timeline,
         ...launch
       } = opts;
       const spec: QemuLaunchSpec = {
@@ -150,6 +153,7 @@ export class QemuProcess implements AsyncDisposable {
         stdout: "piped",
         stderr: "piped",
       }).spawn();
+      opts.timeline?.(`QEMU spawned (pid ${child.pid})`);
       const output = { text: "" };
       const collect = async (s: ReadableStream<Uint8Array>) => {
         const d = new TextDecoder();
@@ -193,6 +197,7 @@ export class QemuProcess implements AsyncDisposable {
         const [qmpConn, conConn, ...portConns] = await Promise.race([accepted, died]);
         qmp = new QmpClient(qmpConn!);
         const version = await Promise.race([qmp.handshake(), died]);
+        opts.timeline?.("QMP up");
         const ports = new Map<string, Deno.Conn>();
         portLs.forEach((p, i) => ports.set(p.spec.name, portConns[i]!));
         return new QemuProcess(child, exited, output, qmp, version, conConn, ports, spec, args);

@@ -7,6 +7,7 @@ import { HotplugSlots, NoFreeSlotError, planPcie } from "./slots.ts";
 import { shellQuotePath } from "./qmp_types.ts";
 import { qemuSnapshotKey, resolveBinary } from "./snapshot_key.ts";
 import { QemuRamDir } from "./persist.ts";
+import { qemuKernelCmdline } from "./engine.ts";
 import type { VmConfig } from "../config.ts";
 
 const config: VmConfig = {
@@ -60,6 +61,17 @@ Deno.test("q35: lean machine, no display, file RAM shared, root ports at fixed a
   ok(!args.some((a) => a.includes("virtio-mmio")), "no microvm globals on q35");
   const append = values(args, "-append")[0];
   ok(append.includes("no_timer_check") && append.includes("tsc=reliable"), append);
+  // TCG: 4-level paging (no LA57); KVM: the host's CPU as it is.
+  deepStrictEqual(values(args, "-cpu"), ["max,la57=off"]);
+  deepStrictEqual(values(qemuArgs({ ...base, accel: "kvm" }), "-cpu"), ["host"]);
+});
+
+Deno.test("qemuKernelCmdline: console, quiet, panic, no crypto self-tests, then the extra", () => {
+  strictEqual(qemuKernelCmdline(config), "console=ttyS0 quiet panic=-1 cryptomgr.notests");
+  strictEqual(
+    qemuKernelCmdline({ ...config, cmdlineExtra: "loglevel=7" }),
+    "console=ttyS0 quiet panic=-1 cryptomgr.notests loglevel=7",
+  );
 });
 
 Deno.test("q35: serial ports on virtio-serial-pci after the root ports; -incoming defer -S for restores", () => {
@@ -126,6 +138,8 @@ Deno.test("machineDescription: host paths do not matter, the machine does", () =
       { ...base, cpus: 2 },
       { ...base, rootPorts: 3 },
       { ...base, append: "console=ttyS0 quiet" },
+      { ...base, append: `${base.append} cryptomgr.notests` },
+      { ...base, accel: "kvm" as const },
       { ...base, consoleSocket: null },
       { ...base, ports: [{ id: "p0", name: "x", socketPath: "/s" }] },
       { ...base, ramFile: undefined },
