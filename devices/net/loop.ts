@@ -86,16 +86,33 @@ class RingPort implements NetLink, Attachment {
   #watch: Watch;
   #eventBuf = new Uint8Array(8);
   #notifyQueued = false;
+  #commandsWaiting: () => boolean;
   #closed = false;
 
-  constructor(engine: NetEngine, poller: Poller, cmd: Extract<LoopCommand, { t: "port" }>) {
+  /**
+   * @param commandsWaiting whether the host thread posted commands the loop
+   *   has not handled yet: frames wait for them, as the host thread posted
+   *   them first (a `link` command before the frames that expect the link).
+   */
+  constructor(
+    engine: NetEngine,
+    poller: Poller,
+    cmd: Extract<LoopCommand, { t: "port" }>,
+    commandsWaiting: () => boolean,
+  ) {
     this.#engine = engine;
     this.#poller = poller;
     this.#toLoop = new FrameRing(cmd.toLoop);
     this.#fromLoop = new FrameRing(cmd.fromLoop);
     this.#wakeFd = cmd.wakeFd;
+    this.#commandsWaiting = commandsWaiting;
     this.#watch = poller.watch(cmd.wakeFd, EPOLL.IN, () => this.#readable());
-    poller.defer(() => this.#drain()); // frames pushed before the loop knew the port
+    this.drainLater(); // frames pushed before the loop knew the port
+  }
+
+  /** Takes the ring's frames in a later turn (after a command, frames may be waiting). */
+  drainLater(): void {
+    this.#poller.defer(() => this.#drain());
   }
 
   #readable(): void {
@@ -104,6 +121,8 @@ class RingPort implements NetLink, Attachment {
   }
 
   #drain(): void {
+    // The handler of the last waiting command calls drainLater, so frames left here are taken.
+    if (this.#commandsWaiting()) return;
     for (let f = this.#toLoop.peek(); f && !this.#closed; f = this.#toLoop.peek()) {
       this.#engine.input(f);
       this.#toLoop.release();
@@ -140,6 +159,8 @@ export class NetLoop {
   #controlBuf = new Uint8Array(8);
   #attachments = new Map<number, Attachment>();
   #port: RingPort | null = null;
+  /** Whether commands wait (the predicate `run` was given; none before it runs). */
+  #commandsWaiting: () => boolean = () => false;
   #closed = false;
 
   /** Starts the engine (adopting the prebound `--publish` sockets); events go to `post`. */
@@ -177,6 +198,7 @@ export class NetLoop {
 
   /** Runs turns until `stop()` is true (a command is waiting) or the loop is closed. */
   run(stop: () => boolean): void {
+    this.#commandsWaiting = stop;
     while (!this.#closed && !stop()) {
       this.#poller.turn();
       this.engine.writeCounters(this.#counters);
@@ -188,6 +210,7 @@ export class NetLoop {
     try {
       if (!this.#closed) this.#handle(cmd);
     } finally {
+      this.#port?.drainLater();
       if (!this.#closed) this.engine.writeCounters(this.#counters);
       this.#post({ t: "done", id: cmd.id });
     }
@@ -209,7 +232,7 @@ export class NetLoop {
       }
       case "port":
         this.#port?.close();
-        this.#port = new RingPort(this.engine, this.#poller, cmd);
+        this.#port = new RingPort(this.engine, this.#poller, cmd, () => this.#commandsWaiting());
         this.#attachments.set(cmd.id, this.#port);
         break;
       case "link":
