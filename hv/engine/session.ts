@@ -16,6 +16,7 @@
 import { ShareMux } from "../../devices/fuse/mux.ts";
 import type { FileSystem } from "../../devices/fuse/filesystem.ts";
 import { MS } from "../../init/ir/linux.ts";
+import type { AgentClient } from "../../init/agent/client.ts";
 import type { MountSpec, SetupSpec } from "../../init/agent/wire.ts";
 import type { Share, VmConfig } from "../config.ts";
 import { shareFileSystem } from "./share_fs.ts";
@@ -175,4 +176,21 @@ export function sessionFiles(config: VmConfig): { path: string; content: string 
     files.push({ path: "/etc/resolv.conf", content: `nameserver ${GUEST_NET.dns}\n` });
   }
   return files;
+}
+
+/**
+ * Writes {@link sessionFiles} into the root through `agent`, all at once:
+ * each write is its own connection, so they overlap instead of queueing.
+ */
+export async function writeSessionFiles(
+  agent: Pick<AgentClient, "writeFile">,
+  config: VmConfig,
+  signal?: AbortSignal,
+): Promise<void> {
+  const root = rootDirOf(config);
+  await Promise.all(
+    sessionFiles(config).map((f) =>
+      agent.writeFile(f.path, f.content, { mode: 0o644, root, replace: true, signal })
+    ),
+  );
 }

@@ -9,6 +9,7 @@
  */
 
 import type { VirtioVsock } from "../../devices/virtio/vsock/device.ts";
+import { VmError } from "../errors.ts";
 import type { VsockStream } from "../../devices/virtio/vsock/connection.ts";
 import type { AgentConnection, AgentListener, AgentTransport } from "../../init/agent/transport.ts";
 
@@ -74,5 +75,32 @@ export class VsockAgentTransport implements AgentTransport {
       },
       close,
     });
+  }
+}
+
+/** How long the guest may take to set its vsock device up: a hang, not a slow machine. */
+export const VSOCK_WAIT_MS = 120_000;
+
+/**
+ * Resolves when the guest's driver has set `vsock` up (the agent can be
+ * reached); rejects with a {@link VmError} after `ms`, or as `stop` does
+ * (the guest died, the caller aborted).
+ */
+export async function vsockReady(
+  vsock: VirtioVsock,
+  stop: Promise<never>,
+  ms: number = VSOCK_WAIT_MS,
+): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new VmError(`timed out waiting for the guest's vsock device (${ms} ms)`)),
+      ms,
+    );
+  });
+  try {
+    await Promise.race([vsock.whenActive(), stop, late]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -29,9 +29,15 @@ import { ConfigError, VmError } from "../errors.ts";
 import { abortRace } from "../abort.ts";
 import { AgentVm } from "../engine/agent_vm.ts";
 import { agentInitramfsIdentity } from "../engine/init_identity.ts";
-import { attachShares, MUX_TAG, rootDirOf, sessionFiles, sessionSetup } from "../engine/session.ts";
+import {
+  attachShares,
+  MUX_TAG,
+  rootDirOf,
+  sessionSetup,
+  writeSessionFiles,
+} from "../engine/session.ts";
 import type { BootOptions, RunningVm, SnapshotRef } from "../engine/types.ts";
-import { VsockAgentTransport } from "../engine/vsock_transport.ts";
+import { VsockAgentTransport, vsockReady } from "../engine/vsock_transport.ts";
 import type { DeviceBackends } from "./backends.ts";
 import { buildPlanned } from "./builder.ts";
 import type { KvmDevices } from "./device_manager.ts";
@@ -41,8 +47,6 @@ import { KVM_VMM_VERSION, type MachineOptions, planDevices, planMachine } from "
 
 /** Bound on a cold boot reaching READY (only catches hangs; emulated KVM boots slowly). */
 const READY_WAIT_MS = 10 * 60_000;
-/** Bound on the vsock device coming up after the vCPUs start (only catches hangs). */
-const AGENT_WAIT_MS = 120_000;
 
 /** What {@link bootAgentVm} needs from the engine. */
 export interface AgentBootOptions extends BootOptions {
@@ -88,17 +92,6 @@ class ReadyWatch {
         ),
       );
     }
-  }
-}
-
-/** Waits until `cond()` holds, checking every few milliseconds; rejects after `ms`. */
-async function until(cond: () => boolean, ms: number, what: string, stop: Promise<never>) {
-  const end = performance.now() + ms;
-  let delay = 1;
-  while (!cond()) {
-    if (performance.now() > end) throw new VmError(`timed out waiting for ${what}`);
-    await Promise.race([new Promise((r) => setTimeout(r, delay)), stop]);
-    delay = Math.min(delay * 2, 20);
   }
 }
 
@@ -260,19 +253,12 @@ async function startSession(
     died.catch(() => {});
     const stopWait = Promise.race([died, aborted.promise]);
     const vsock = m.vsock!;
-    await until(() => vsock.active, AGENT_WAIT_MS, "the guest's vsock device", stopWait);
+    await vsockReady(vsock, stopWait);
     const agent = new AgentClient(new VsockAgentTransport(vsock));
     const setup = o.setup ? sessionSetup(config) : { clockMs: Date.now() };
     await Promise.race([agent.setup(setup, { signal: o.signal }), stopWait]);
     if (o.setup) {
-      for (const f of sessionFiles(config)) {
-        await agent.writeFile(f.path, f.content, {
-          mode: 0o644,
-          root: rootDirOf(config),
-          replace: true,
-          signal: o.signal,
-        });
-      }
+      await writeSessionFiles(agent, config, o.signal);
     }
     const origin = {
       from: o.origin.from,

@@ -28,17 +28,17 @@ import { attachVirtioNet } from "../../devices/net/virtio.ts";
 import { VirtioNet } from "../../devices/virtio/net/device.ts";
 import { AgentClient } from "../../init/agent/client.ts";
 import type { VmConfig } from "../config.ts";
+import { abortRace } from "../abort.ts";
 import { VmError } from "../errors.ts";
 import {
   attachShares,
   MUX_TAG,
-  rootDirOf,
-  sessionFiles,
   sessionSetup,
   sessionTeardown,
   sharesOf,
+  writeSessionFiles,
 } from "../engine/session.ts";
-import { VsockAgentTransport } from "../engine/vsock_transport.ts";
+import { VsockAgentTransport, vsockReady } from "../engine/vsock_transport.ts";
 import type { ConsoleWatch } from "./console.ts";
 import { type PluggedDevice, plugNet, plugVirtioFs, plugVsock } from "./hotplug.ts";
 import type { QemuProcess } from "./process.ts";
@@ -47,24 +47,10 @@ import type { QemuProcess } from "./process.ts";
 export const GUEST_CID = 3;
 /** The guest NIC's MAC address (locally administered). */
 export const GUEST_MAC = "52:54:00:6b:69:66";
-/** Bound on waiting for the hot-plugged vsock device to be up (only catches hangs). */
-const AGENT_WAIT_MS = 120_000;
 
 /** `aa:bb:…` as six bytes. */
 function macBytes(mac: string): Uint8Array {
   return Uint8Array.from(mac.split(":").map((h) => parseInt(h, 16)));
-}
-
-/** Waits until `cond()` holds, checking every few milliseconds; rejects after `ms` or on abort. */
-async function until(cond: () => boolean, ms: number, what: string, signal?: AbortSignal) {
-  const end = performance.now() + ms;
-  let delay = 1;
-  while (!cond()) {
-    signal?.throwIfAborted();
-    if (performance.now() > end) throw new VmError(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, delay));
-    delay = Math.min(delay * 2, 20);
-  }
 }
 
 /** Options of {@link QemuSession.start} and {@link QemuSession.resume}. */
@@ -185,10 +171,10 @@ export class QemuSession implements AsyncDisposable {
       );
     });
     exited.catch(() => {});
-    await Promise.race([
-      until(() => this.vsock.active, AGENT_WAIT_MS, "the guest's vsock device", o.signal),
-      exited,
-    ]);
+    {
+      using aborted = abortRace(o.signal);
+      await vsockReady(this.vsock, Promise.race([exited, aborted.promise]));
+    }
     log(
       `qemu: the guest agent is reachable ${
         Math.round(performance.now() - t0)
@@ -204,14 +190,7 @@ export class QemuSession implements AsyncDisposable {
       } ms after the hot-plug`,
     );
     if (!o.resume) {
-      for (const f of sessionFiles(config)) {
-        await this.agent.writeFile(f.path, f.content, {
-          mode: 0o644,
-          root: rootDirOf(config),
-          replace: true,
-          signal: o.signal,
-        });
-      }
+      await writeSessionFiles(this.agent, config, o.signal);
     }
     log(`qemu: session ready ${Math.round(performance.now() - t0)} ms after the hot-plug`);
   }

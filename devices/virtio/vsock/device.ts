@@ -162,6 +162,7 @@ export class VirtioVsock implements VirtioDevice {
   /** What the device did with guest packets. */
   readonly counters: VsockCounters = zeroCounters();
   #ctx: DeviceContext | null = null;
+  #onActive: (() => void)[] = [];
   #conns = new Map<string, Connection>();
   #listeners = new Map<number, VsockListener>();
   /** Connections with packets for the guest, served round-robin. */
@@ -204,6 +205,16 @@ export class VirtioVsock implements VirtioDevice {
   /** Whether the driver has set the device up (connections are possible). */
   get active(): boolean {
     return this.#ctx !== null;
+  }
+
+  /**
+   * Resolves once the driver has set the device up (at once when it has):
+   * the moment a host can connect to the guest. Callers race it with their
+   * own deadline and abort signal.
+   */
+  whenActive(): Promise<void> {
+    if (this.#ctx) return Promise.resolve();
+    return new Promise((resolve) => this.#onActive.push(resolve));
   }
 
   /** Open connections (including half-open ones). */
@@ -305,6 +316,7 @@ export class VirtioVsock implements VirtioDevice {
   activate(ctx: DeviceContext): void {
     this.#ctx = ctx;
     this.#pump();
+    for (const resolve of this.#onActive.splice(0)) resolve();
   }
 
   reset(): void {

@@ -128,7 +128,13 @@ Deno.test("vsock: host connect sends REQUEST; RESPONSE resolves; RST rejects as 
 Deno.test("vsock: connect before the driver is up rejects with not-active; an abort signal resets", async () => {
   const dev = new VirtioVsock({ guestCid: CID });
   await rejects(dev.connect(1), (e: VsockError) => e.code === "not-active");
+  const up = settle(dev.whenActive());
+  await Promise.resolve();
+  strictEqual(up.done, false, "whenActive waits for the driver");
   const g = new MockVsockGuest(dev);
+  await until("whenActive resolved by the driver's DRIVER_OK", () => up.done);
+  strictEqual(up.error, undefined);
+  await dev.whenActive(); // at once when active
   const ac = new AbortController();
   const c = settle(dev.connect(99, { signal: ac.signal }));
   g.poll(); // the REQUEST reached the guest, which does not answer
