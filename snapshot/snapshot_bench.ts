@@ -15,6 +15,12 @@
  *   (`vcpuWorkers.keepIdle`); `restore-hv-first-run-new-worker-ms` without a
  *   kept Worker, and `restore-hv-fresh-process-ms` in a new process (Worker
  *   start-up included).
+ * - `restore-slot-ms mem=<MiB>`: the host's share of `restore-ms` that grows
+ *   with guest size, measured alone in the same run: one
+ *   `KVM_SET_USER_MEMORY_REGION` over the mapped memory file in a fresh VM
+ *   (on this host's shadow-paging KVM it allocates and zeroes per-page
+ *   metadata); `restore-flatness-less-slot` is the flatness of `restore-ms`
+ *   minus it (what skiff's own restore path does, plus the fixed KVM work).
  * - `capture-ms mem=<MiB>`: pause point to published snapshot.
  * - `snapshot-bytes touched=32MiB mem=1024MiB`: bytes allocated on disk by a
  *   snapshot of a 1 GiB guest with 32 MiB of non-zero pages.
@@ -28,6 +34,7 @@
 
 import { join } from "node:path";
 import { RegionMemory } from "../hv/memory.ts";
+import { Kvm } from "../kvm_ffi/kvm.ts";
 import { check, close, libc, MAP, mmap, munmap, O, open, PROT, viewAt } from "../kvm_ffi/libc.ts";
 import { MEMORY_FILE, STATE_FILE } from "./format.ts";
 import { prepareVm, releaseVm, TestMachine } from "./testdata/machine.ts";
@@ -157,6 +164,36 @@ async function freshRestore(
   return median(times);
 }
 
+/**
+ * `KVM_SET_USER_MEMORY_REGION` of the whole memory file, mapped as a restore
+ * maps it, in a new VM each run (no irqchip yet, as in a restore): median ms.
+ */
+function slotOnly(path: string, size: number): number {
+  const fd = open(path, O.RDONLY);
+  const ptr = mmap(size, PROT.READ | PROT.WRITE, MAP.PRIVATE | MAP.NORESERVE, fd, 0);
+  const kvm = Kvm.open();
+  try {
+    const times: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      using vm = kvm.createVm();
+      const t0 = performance.now();
+      vm.setUserMemoryRegion({
+        slot: 0,
+        flags: 0,
+        guestPhysAddr: 0n,
+        memorySize: BigInt(size),
+        userspaceAddr: Deno.UnsafePointer.value(ptr) as bigint,
+      });
+      times.push(performance.now() - t0);
+    }
+    return median(times);
+  } finally {
+    kvm.close();
+    munmap(ptr, size);
+    close(fd);
+  }
+}
+
 /** Reference: read(2) the whole memory file into anonymous memory, in ms. */
 function readCopy(path: string, size: number): number {
   const t0 = performance.now();
@@ -190,6 +227,7 @@ export async function bench(): Promise<string[]> {
   const lines: string[] = [];
   try {
     const restore: Record<number, number> = {};
+    const slot: Record<number, number> = {};
     for (const mib of [256, 1024, 4096]) {
       const dir = join(root, `m${mib}`);
       const captureMs = await makeSnapshot(dir, mib, 0);
@@ -199,6 +237,10 @@ export async function bench(): Promise<string[]> {
       restore[mib] = median(runs);
       lines.push(`restore-ms mem=${mib} ${restore[mib].toFixed(2)}`);
       lines.push(`restore-fresh-process-ms mem=${mib} ${(await freshRestore(dir)).toFixed(2)}`);
+      slot[mib] = slotOnly(join(dir, MEMORY_FILE), mib * MiB);
+      lines.push(
+        `restore-slot-ms mem=${mib} ${slot[mib].toFixed(2)} (KVM_SET_USER_MEMORY_REGION alone)`,
+      );
       if (mib === 256) {
         // Reference only at 256 MiB: it grows linearly (≈18 s for 4 GiB on this machine).
         const copy = readCopy(join(dir, MEMORY_FILE), mib * MiB);
@@ -213,6 +255,11 @@ export async function bench(): Promise<string[]> {
       await Deno.remove(dir, { recursive: true });
     }
     lines.push(`restore-flatness 4096/256 ${(restore[4096] / restore[256]).toFixed(2)} (goal ≤ 2)`);
+    lines.push(
+      `restore-flatness-less-slot 4096/256 ${
+        ((restore[4096] - slot[4096]) / (restore[256] - slot[256])).toFixed(2)
+      } (restore-ms minus restore-slot-ms)`,
+    );
 
     // The same through hv's Vm (vCPU in a Worker): state set, then to the Worker's first KVM_RUN.
     // A process that restores VMs one after another keeps a Worker for the next vCPU
