@@ -14,6 +14,12 @@
  *   MiB. The line also says where it goes: Deno's binary (code and
  *   read-only data, file-backed), anonymous memory (both isolates' V8
  *   heaps, thread stacks, malloc), the rest.
+ * - `vmm-rss-floor engine=kvm deno+worker+ffi=<MiB>`: the same measure of a
+ *   bare Deno process that starts one idle Worker and binds and calls one
+ *   libc function through `Deno.dlopen` in each isolate: what any Deno VMM
+ *   with a vCPU Worker pays before its own code (the Worker's runtime and
+ *   isolate, the FFI call trampolines' JIT). `skiff_own` is rss_extra minus
+ *   it: skiff's modules, heaps and VM.
  *
  * Rounds alternate between the reference and skiff; medians of `ROUNDS`.
  *
@@ -158,6 +164,20 @@ export async function bench(): Promise<string[]> {
       idle,
       'console.log("ready");\nfor await (const _ of Deno.stdin.readable) { /* until closed */ }\n',
     );
+    // The floor: a Worker and an FFI call in each isolate, nothing of skiff's.
+    const ffi =
+      'Deno.dlopen("libc.so.6", { getpid: { parameters: [], result: "i32" } }).symbols.getpid();\n';
+    Deno.writeTextFileSync(join(dir, "floor_worker.ts"), `${ffi}self.postMessage("up");\n`);
+    const floor = join(dir, "floor.ts");
+    Deno.writeTextFileSync(
+      floor,
+      ffi +
+        'const w = new Worker(new URL("./floor_worker.ts", import.meta.url).href, { type: "module" });\n' +
+        "await new Promise((r) => w.onmessage = r);\n" +
+        'console.log("ready");\n' +
+        "for await (const _ of Deno.stdin.readable) { /* until closed */ }\n" +
+        "w.terminate();\n",
+    );
     const first = firstProgram();
     const touch = idleProgram(TOUCH_MIB);
     // Warm Deno's module cache for both (type-stripped once, like any installed skiff).
@@ -165,11 +185,12 @@ export async function bench(): Promise<string[]> {
     await vmmFirst(first);
 
     const deno: number[] = [], vmm: number[] = [];
-    const denoRss: Resident[] = [], vmmRss: Resident[] = [];
+    const denoRss: Resident[] = [], vmmRss: Resident[] = [], floorRss: Resident[] = [];
     for (let i = 0; i < ROUNDS; i++) {
       deno.push(await denoStart(empty));
       vmm.push(await vmmFirst(first));
       denoRss.push(await idleResident(["run", "-A", idle]));
+      floorRss.push(await idleResident(["run", "-A", floor]));
       vmmRss.push(
         await idleResident(["run", "-A", CHILD, "idle", String(MIB), touch]),
       );
@@ -189,6 +210,11 @@ export async function bench(): Promise<string[]> {
       } other=${pick(vmmRss, (r) => r.other)} | bare deno: deno-binary=${
         pick(denoRss, (r) => r.binary)
       } anon=${pick(denoRss, (r) => r.anon)} other=${pick(denoRss, (r) => r.other)} (MiB)`,
+      `vmm-rss-floor engine=kvm deno+worker+ffi=${pick(floorRss, extra)} skiff_own=${
+        (median(vmmRss.map(extra)) - median(floorRss.map(extra))).toFixed(1)
+      } (MiB; a bare Deno with one idle Worker and one FFI call per isolate: deno-binary=${
+        pick(floorRss, (r) => r.binary)
+      } anon=${pick(floorRss, (r) => r.anon)})`,
     ];
   } finally {
     await Deno.remove(dir, { recursive: true });
