@@ -168,10 +168,20 @@ export class Kvm implements Disposable {
     return out;
   }
 
-  /** `KVM_CREATE_VM` (default machine type). */
+  /**
+   * `KVM_CREATE_VM` (default machine type). Retried when a signal interrupts
+   * it (EINTR): the kernel's VM setup can be long enough for a profiler's
+   * timer signal, or any other, to land in it.
+   */
   createVm(): VmFd {
-    const fd = ioctlValue(this.fd, KVM.KVM_CREATE_VM, "KVM_CREATE_VM", 0);
-    return new VmFd(fd, this.vcpuMmapSize());
+    for (let tries = 1;; tries++) {
+      try {
+        const fd = ioctlValue(this.fd, KVM.KVM_CREATE_VM, "KVM_CREATE_VM", 0);
+        return new VmFd(fd, this.vcpuMmapSize());
+      } catch (e) {
+        if (!(e instanceof SysError && e.errno === Errno.EINTR) || tries >= 100) throw e;
+      }
+    }
   }
 
   /** Closes `/dev/kvm`. Idempotent. */
