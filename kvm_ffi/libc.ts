@@ -59,6 +59,17 @@ const SYMBOLS = {
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
   unlink: { parameters: ["buffer"], result: "i32" },
+  /**
+   * sendfile(2) on a thread-pool thread (a Promise): a large file copy the
+   * main thread overlaps with other work. The offset (an i64 in a buffer) is
+   * advanced by the kernel; errno belongs to that thread.
+   */
+  sendfile_nb: {
+    name: "sendfile",
+    parameters: ["i32", "i32", "buffer", "usize"],
+    result: "isize",
+    nonblocking: true,
+  },
   /** poll(2) on a thread-pool thread: waits without blocking the event loop. */
   poll_nb: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
   getpid: { parameters: [], result: "i32" },

@@ -34,61 +34,129 @@ export interface SparseCopyResult {
   dataBytes: number;
 }
 
+/** Both files open, `dst` created at `src`'s size (all a hole), and the data ranges to move. */
+interface CopyPlan {
+  inFd: number;
+  outFd: number;
+  size: number;
+  ranges: [number, number][];
+}
+
+/** Opens `src`, creates `dst` (0600, must not exist) at its size, and lists the data ranges. */
+function plan(src: string, dst: string): CopyPlan {
+  const inFd = open(src, O.RDONLY);
+  let outFd = -1;
+  try {
+    const size = check(`lseek(${src})`, libc.lseek(inFd, 0n, SEEK_END));
+    outFd = open(dst, O.WRONLY | O.CREAT | O.EXCL, 0o600);
+    ftruncate(outFd, size);
+    return { inFd, outFd, size, ranges: dataRanges(inFd, 0, size) };
+  } catch (e) {
+    if (outFd >= 0) {
+      close(outFd);
+      removeQuietly(dst);
+    }
+    close(inFd);
+    throw e;
+  }
+}
+
+function removeQuietly(path: string): void {
+  try {
+    Deno.removeSync(path);
+  } catch {
+    // already gone
+  }
+}
+
+/**
+ * Moves `src`'s bytes from `offset[0]` up to `to` into `outFd` at its
+ * current position, by sendfile(2) on this thread.
+ */
+function sendRange(p: CopyPlan, offset: BigInt64Array, to: number, what: string): void {
+  const offsetPtr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(offset)));
+  while (Number(offset[0]) < to) {
+    const want = Math.min(STEP, to - Number(offset[0]));
+    const n = libc.syscall(
+      SYS_SENDFILE,
+      BigInt(p.outFd),
+      BigInt(p.inFd),
+      offsetPtr,
+      BigInt(want),
+      0n,
+      0n,
+    );
+    if (n < 0n) {
+      const e = errno();
+      if (e === EINTR) continue;
+      throw new SysError(`sendfile(${what})`, e);
+    }
+    if (n === 0n) {
+      throw new SysError(`sendfile(${what}) hit the end at ${offset[0]} of ${p.size}`, 5);
+    }
+  }
+}
+
 /**
  * Copies `src` to a new file `dst` (created with mode 0600; must not exist),
  * keeping holes. `dst` is removed again if the copy fails. No fsync: the
  * restore side writes to tmpfs, where it means nothing.
  */
 export function copySparse(src: string, dst: string): SparseCopyResult {
-  const inFd = open(src, O.RDONLY);
-  let outFd = -1;
-  let created = false;
+  const p = plan(src, dst);
   try {
-    const size = check(`lseek(${src})`, libc.lseek(inFd, 0n, SEEK_END));
-    outFd = open(dst, O.WRONLY | O.CREAT | O.EXCL, 0o600);
-    created = true;
-    ftruncate(outFd, size);
-    let dataBytes = 0;
-    // sendfile's in-offset is passed by pointer and advanced by the kernel.
-    const offset = new BigInt64Array(1);
-    const offsetPtr = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(offset)));
-    for (const [from, to] of dataRanges(inFd, 0, size)) {
-      check(`lseek(${dst})`, libc.lseek(outFd, BigInt(from), SEEK_SET));
-      offset[0] = BigInt(from);
-      while (Number(offset[0]) < to) {
-        const want = Math.min(STEP, to - Number(offset[0]));
-        const n = libc.syscall(
-          SYS_SENDFILE,
-          BigInt(outFd),
-          BigInt(inFd),
-          offsetPtr,
-          BigInt(want),
-          0n,
-          0n,
-        );
-        if (n < 0n) {
-          const e = errno();
-          if (e === EINTR) continue;
-          throw new SysError(`sendfile(${src} → ${dst})`, e);
-        }
-        if (n === 0n) {
-          throw new SysError(`sendfile(${src} → ${dst}) hit the end at ${offset[0]} of ${size}`, 5);
-        }
-      }
-      dataBytes += to - from;
-    }
-    return { size, dataBytes };
+    return copyRanges(p, `${src} → ${dst}`);
   } catch (e) {
-    if (created) {
-      try {
-        Deno.removeSync(dst);
-      } catch {
-        // already gone
-      }
-    }
+    removeQuietly(dst);
     throw e;
   } finally {
-    if (outFd >= 0) close(outFd);
-    close(inFd);
+    close(p.outFd);
+    close(p.inFd);
   }
+}
+
+function copyRanges(p: CopyPlan, what: string): SparseCopyResult {
+  let dataBytes = 0;
+  // sendfile's in-offset is passed by pointer and advanced by the kernel.
+  const offset = new BigInt64Array(1);
+  for (const [from, to] of p.ranges) {
+    check(`lseek(${what})`, libc.lseek(p.outFd, BigInt(from), SEEK_SET));
+    offset[0] = BigInt(from);
+    sendRange(p, offset, to, what);
+    dataBytes += to - from;
+  }
+  return { size: p.size, dataBytes };
+}
+
+/**
+ * {@link copySparse} that lets this thread go on while the kernel copies:
+ * `dst` exists at its full size (a hole) when this returns, so a process
+ * may map it at once — QEMU's `memory-backend-file` does, and reads none of
+ * it before an incoming migration, which must wait for the promise. The
+ * data moves by sendfile on a thread-pool thread, one call per data range.
+ */
+export function copySparseInBackground(src: string, dst: string): Promise<SparseCopyResult> {
+  const p = plan(src, dst);
+  const what = `${src} → ${dst}`;
+  return (async () => {
+    try {
+      let dataBytes = 0;
+      const offset = new BigInt64Array(1);
+      for (const [from, to] of p.ranges) {
+        check(`lseek(${what})`, libc.lseek(p.outFd, BigInt(from), SEEK_SET));
+        offset[0] = BigInt(from);
+        const n = Number(await libc.sendfile_nb(p.outFd, p.inFd, offset, BigInt(to - from)));
+        // Short or failed (errno is the pool thread's): the rest on this thread, which says why.
+        if (n < to - from) sendRange(p, offset, to, what);
+        dataBytes += to - from;
+      }
+      return { size: p.size, dataBytes };
+    } catch (e) {
+      removeQuietly(dst);
+      throw e;
+    } finally {
+      close(p.outFd);
+      close(p.inFd);
+    }
+  })();
 }

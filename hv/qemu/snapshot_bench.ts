@@ -4,8 +4,8 @@
  * (hv/qemu/testing.ts). Rounds alternate cold and restored guests.
  *
  * - cold: QEMU started → the guest's shell answers (READY);
- * - restore: sparse RAM copy + QEMU `-incoming defer -S` + `migrate-incoming`
- *   + `cont` → the shell answers;
+ * - restore: QEMU `-incoming defer -S` with the sparse RAM copy beside it,
+ *   `migrate-incoming` + `cont` → the shell answers;
  * - each then hot-plugs skiff's virtio-fs (vhost-user-fs-pci), mounts it and
  *   reads a file.
  *
@@ -70,7 +70,7 @@ async function run(k: KernelInfo, dir: string, share: string): Promise<string[]>
   const entry = `${dir}/entry`;
   const cold: Sample[] = [];
   const restored: Sample[] = [];
-  const steps: Record<string, number[]> = { copy: [], start: [], load: [] };
+  const steps: Record<string, number[]> = { start: [], copy: [], load: [] };
   const capture = { paused: 0, written: 0, ramData: 0, state: 0 };
   for (let round = 0; round < ROUNDS; round++) {
     {
@@ -137,8 +137,8 @@ async function run(k: KernelInfo, dir: string, share: string): Promise<string[]>
   return [
     `qemu-restore: q35 TCG, ${TEST_MEMORY_MIB} MiB busybox guest, medians of ${cold.length} cold and ${restored.length} restored runs`,
     ...rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i])).join("  ").trimEnd()),
-    `  restore steps: RAM copy ${ms(median(steps.copy))}, QEMU start ${
-      ms(median(steps.start))
+    `  restore steps: QEMU start ${ms(median(steps.start))}, RAM copy beyond it ${
+      ms(median(steps.copy))
     }, migrate-incoming ${ms(median(steps.load))}`,
     `  capture: guest paused ${ms(capture.paused)}, entry written ${
       ms(capture.written)
