@@ -40,6 +40,8 @@ interface CopyPlan {
   outFd: number;
   size: number;
   ranges: [number, number][];
+  /** Bytes in `ranges`. */
+  dataBytes: number;
 }
 
 /** Opens `src`, creates `dst` (0600, must not exist) at its size, and lists the data ranges. */
@@ -50,7 +52,8 @@ function plan(src: string, dst: string): CopyPlan {
     const size = check(`lseek(${src})`, libc.lseek(inFd, 0n, SEEK_END));
     outFd = open(dst, O.WRONLY | O.CREAT | O.EXCL, 0o600);
     ftruncate(outFd, size);
-    return { inFd, outFd, size, ranges: dataRanges(inFd, 0, size) };
+    const ranges = dataRanges(inFd, 0, size);
+    return { inFd, outFd, size, ranges, dataBytes: ranges.reduce((n, [a, b]) => n + b - a, 0) };
   } catch (e) {
     if (outFd >= 0) {
       close(outFd);
@@ -104,28 +107,17 @@ function sendRange(p: CopyPlan, offset: BigInt64Array, to: number, what: string)
  */
 export function copySparse(src: string, dst: string): SparseCopyResult {
   const p = plan(src, dst);
+  const what = `${src} → ${dst}`;
+  let done = false;
   try {
-    return copyRanges(p, `${src} → ${dst}`);
-  } catch (e) {
-    removeQuietly(dst);
-    throw e;
+    // sendfile's in-offset is passed by pointer and advanced by the kernel.
+    const offset = new BigInt64Array(1);
+    for (const to of seekEachRange(p, offset, what)) sendRange(p, offset, to, what);
+    done = true;
   } finally {
-    close(p.outFd);
-    close(p.inFd);
+    release(p, dst, done);
   }
-}
-
-function copyRanges(p: CopyPlan, what: string): SparseCopyResult {
-  let dataBytes = 0;
-  // sendfile's in-offset is passed by pointer and advanced by the kernel.
-  const offset = new BigInt64Array(1);
-  for (const [from, to] of p.ranges) {
-    check(`lseek(${what})`, libc.lseek(p.outFd, BigInt(from), SEEK_SET));
-    offset[0] = BigInt(from);
-    sendRange(p, offset, to, what);
-    dataBytes += to - from;
-  }
-  return { size: p.size, dataBytes };
+  return { size: p.size, dataBytes: p.dataBytes };
 }
 
 /**
@@ -139,24 +131,38 @@ export function copySparseInBackground(src: string, dst: string): Promise<Sparse
   const p = plan(src, dst);
   const what = `${src} → ${dst}`;
   return (async () => {
+    let done = false;
     try {
-      let dataBytes = 0;
       const offset = new BigInt64Array(1);
-      for (const [from, to] of p.ranges) {
-        check(`lseek(${what})`, libc.lseek(p.outFd, BigInt(from), SEEK_SET));
-        offset[0] = BigInt(from);
-        const n = Number(await libc.sendfile_nb(p.outFd, p.inFd, offset, BigInt(to - from)));
+      for (const to of seekEachRange(p, offset, what)) {
+        const want = to - Number(offset[0]);
+        const n = Number(await libc.sendfile_nb(p.outFd, p.inFd, offset, BigInt(want)));
         // Short or failed (errno is the pool thread's): the rest on this thread, which says why.
-        if (n < to - from) sendRange(p, offset, to, what);
-        dataBytes += to - from;
+        if (n < want) sendRange(p, offset, to, what);
       }
-      return { size: p.size, dataBytes };
-    } catch (e) {
-      removeQuietly(dst);
-      throw e;
+      done = true;
     } finally {
-      close(p.outFd);
-      close(p.inFd);
+      release(p, dst, done);
     }
+    return { size: p.size, dataBytes: p.dataBytes };
   })();
+}
+
+/**
+ * For each data range: points the target's file position and the source
+ * offset at its start, then yields its end.
+ */
+function* seekEachRange(p: CopyPlan, offset: BigInt64Array, what: string): Generator<number> {
+  for (const [from, to] of p.ranges) {
+    check(`lseek(${what})`, libc.lseek(p.outFd, BigInt(from), SEEK_SET));
+    offset[0] = BigInt(from);
+    yield to;
+  }
+}
+
+/** Closes both files; a copy that did not finish also loses its target. */
+function release(p: CopyPlan, dst: string, done: boolean): void {
+  close(p.outFd);
+  close(p.inFd);
+  if (!done) removeQuietly(dst);
 }
