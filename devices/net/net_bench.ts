@@ -5,26 +5,30 @@
  * (`tcp-down`) with iperf3 (MTU 65520 on both), and 1-byte request/response
  * transactions per second over one connection (`rr`). Each stack runs in
  * its own process (`skiff net tap`, `slirp4netns`) and namespace, both set
- * up at once; the measurements alternate between them for a few rounds and
- * the best round of each counts, so a load spike on a shared machine hits
- * neither side alone. Needs root, /dev/net/tun, iperf3 and slirp4netns.
+ * up at once, so a load spike on a shared machine hits neither side alone:
+ * iperf3 alternates between them for two rounds and the best round of each
+ * counts; rr keeps one client per namespace running (connection open, JIT
+ * warm) and interleaves many short samples of the two (ABBA order), then
+ * reports the median of each side, their ratio, and the spread (min–max of
+ * each side and of the per-pair ratios), since a transaction costs four
+ * wake-ups across four processes and its rate follows the scheduler on a
+ * loaded machine. Needs root, /dev/net/tun, iperf3 and slirp4netns.
  *
  * @module
  */
 
+import { median } from "../../tests/bench_util.ts";
+
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 const GUEST_TOOL = new URL("./testdata/guest_tool.ts", import.meta.url).pathname;
 const MTU = 65520;
-/** Seconds per iperf3 round and per rr round. */
+/** Seconds per iperf3 round. */
 const IPERF_SECONDS = 2;
-const RR_SECONDS = 1;
-/**
- * Alternating rounds: iperf3 runs in the first two, rr in all of them (its
- * rounds are short, and its best-of needs more of them to be stable on a
- * shared machine).
- */
-const ROUNDS = 5;
+/** Alternating iperf3 rounds (the best of each side counts). */
 const IPERF_ROUNDS = 2;
+/** Milliseconds per rr sample, and interleaved samples per side (after one warm-up each). */
+const RR_SAMPLE_MS = 250;
+const RR_SAMPLES = 20;
 const dec = new TextDecoder();
 
 async function run(cmd: string, args: string[], ms = 30_000): Promise<string> {
@@ -163,23 +167,73 @@ async function iperf(s: Served, reverse: boolean): Promise<number> {
   }
 }
 
-/** 1-byte transactions per second from inside `s.ns` to an echo server on host loopback. */
-async function rr(s: Served, port: number): Promise<number> {
-  const out = await run("ip", [
-    "netns",
-    "exec",
-    s.ns,
-    Deno.execPath(),
-    "run",
-    "-A",
-    "--no-check",
-    GUEST_TOOL,
-    "rr",
-    s.gw,
-    String(port),
-    String(RR_SECONDS),
-  ]);
-  return JSON.parse(out.trim().split("\n").pop()!).tps;
+/**
+ * A request/response client inside `s.ns` (guest_tool `rr-loop`) with one
+ * connection to the echo server on host loopback; {@link sample} runs it
+ * for a while and returns the transactions per second.
+ */
+class RrClient {
+  #child: Deno.ChildProcess;
+  #writer: WritableStreamDefaultWriter<Uint8Array>;
+  #reader: ReadableStreamDefaultReader<Uint8Array>;
+  #text = "";
+
+  constructor(s: Served, port: number) {
+    this.#child = new Deno.Command("ip", {
+      args: ["netns", "exec", s.ns, Deno.execPath(), "run", "-A", "--no-check", GUEST_TOOL]
+        .concat(["rr-loop", s.gw, String(port)]),
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "null",
+      env: { DENO_NO_UPDATE_CHECK: "1" },
+    }).spawn();
+    this.#writer = this.#child.stdin.getWriter();
+    this.#reader = this.#child.stdout.getReader();
+  }
+
+  /** Transactions per second over `ms` milliseconds. */
+  async sample(ms: number): Promise<number> {
+    await this.#writer.write(new TextEncoder().encode(`${ms}\n`));
+    const timer = setTimeout(() => this.#reader.cancel(), ms + 15_000);
+    try {
+      while (!this.#text.includes("\n")) {
+        const { value, done } = await this.#reader.read();
+        if (done) throw new Error("rr client ended (connection failed?)");
+        this.#text += dec.decode(value);
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+    const nl = this.#text.indexOf("\n");
+    const r = JSON.parse(this.#text.slice(0, nl));
+    this.#text = this.#text.slice(nl + 1);
+    return r.n / (r.ms / 1000);
+  }
+
+  /** Ends the client (end of stdin closes its connection). */
+  async close(): Promise<void> {
+    await this.#writer.close().catch(() => {});
+    const timer = setTimeout(() => this.#child.kill("SIGKILL"), 5000);
+    await this.#reader.cancel().catch(() => {});
+    await this.#child.status;
+    clearTimeout(timer);
+  }
+}
+
+/** rr samples of each stack, interleaved A B B A …, after one warm-up sample each. */
+async function rrSamples(served: Served[], port: number): Promise<number[][]> {
+  const clients = served.map((s) => new RrClient(s, port));
+  try {
+    for (const c of clients) await c.sample(RR_SAMPLE_MS);
+    const out: number[][] = served.map(() => []);
+    for (let i = 0; i < RR_SAMPLES; i++) {
+      const order = i % 2 === 0 ? [0, 1] : [1, 0];
+      for (const k of order) out[k].push(await clients[k].sample(RR_SAMPLE_MS));
+    }
+    return out;
+  } finally {
+    for (const c of clients) await c.close();
+  }
 }
 
 /** Runs the benchmark; returns the three `net-bench` lines. */
@@ -195,25 +249,31 @@ export async function bench(): Promise<string[]> {
     const echoPort: number = JSON.parse(line.trim().split("\n")[0]).listening;
     served.push(await serveSkiff());
     served.push(await serveSlirp());
-    const best = served.map(() => ({ up: 0, down: 0, rr: 0 }));
-    for (let round = 0; round < ROUNDS; round++) {
+    const best = served.map(() => ({ up: 0, down: 0 }));
+    for (let round = 0; round < IPERF_ROUNDS; round++) {
       for (const [i, s] of served.entries()) {
-        const b = best[i];
-        if (round < IPERF_ROUNDS) {
-          b.up = Math.max(b.up, await iperf(s, false));
-          b.down = Math.max(b.down, await iperf(s, true));
-        }
-        b.rr = Math.max(b.rr, await rr(s, echoPort));
+        best[i].up = Math.max(best[i].up, await iperf(s, false));
+        best[i].down = Math.max(best[i].down, await iperf(s, true));
       }
     }
+    const [kr, rr] = await rrSamples(served, echoPort);
     const [k, r] = best;
     const f = (x: number, d: number) => x.toFixed(d);
+    const km = median(kr), rm = median(rr);
+    const pairs = kr.map((x, i) => x / rr[i]).sort((a, b) => a - b);
+    const range = (xs: number[], d: number) => `${f(Math.min(...xs), d)}-${f(Math.max(...xs), d)}`;
     return [
       `net-bench tcp-up skiff=${f(k.up, 2)} slirp4netns=${f(r.up, 2)} ratio=${f(k.up / r.up, 2)}`,
       `net-bench tcp-down skiff=${f(k.down, 2)} slirp4netns=${f(r.down, 2)} ratio=${
         f(k.down / r.down, 2)
       }`,
-      `net-bench rr skiff=${f(k.rr, 0)} slirp4netns=${f(r.rr, 0)} ratio=${f(k.rr / r.rr, 2)}`,
+      `net-bench rr skiff=${f(km, 0)} slirp4netns=${f(rm, 0)} ratio=${
+        f(km / rm, 2)
+      } (median of ${kr.length} interleaved ${RR_SAMPLE_MS} ms samples; skiff ${
+        range(kr, 0)
+      }, slirp4netns ${range(rr, 0)}, pair ratios ${range(pairs, 2)} median ${
+        f(median(pairs), 2)
+      })`,
     ];
   } finally {
     for (const s of served) await s.stop();
