@@ -12,7 +12,14 @@
  * reports the median of each side, their ratio, and the spread (min–max of
  * each side and of the per-pair ratios), since a transaction costs four
  * wake-ups across four processes and its rate follows the scheduler on a
- * loaded machine. Needs root, /dev/net/tun, iperf3 and slirp4netns.
+ * loaded machine. `rr-1cpu` repeats rr with every process of both chains
+ * (stack, client, echo server) on one CPU: a wake-up of a process on the
+ * other CPU of a small VM costs more than a whole transaction on one CPU,
+ * so unpinned rr mostly measures where the scheduler put the four
+ * processes in that run (5k to 37k transactions/s for the same stack),
+ * while on one CPU the rate is the CPU time a transaction costs all
+ * parties, which is what a stack controls. Needs root, /dev/net/tun,
+ * iperf3, slirp4netns and taskset.
  *
  * @module
  */
@@ -64,10 +71,11 @@ async function waitFor(stream: ReadableStream<Uint8Array>, marker: string, ms = 
   return text;
 }
 
-/** A namespace served by one stack; `gw` reaches host loopback from inside. */
+/** A namespace served by one stack (process `pid`); `gw` reaches host loopback from inside. */
 interface Served {
   ns: string;
   gw: string;
+  pid: number;
   stop(): Promise<void>;
 }
 
@@ -99,7 +107,7 @@ async function serveSkiff(): Promise<Served> {
     await stop();
     throw e;
   }
-  return { ns, gw: "10.42.0.1", stop };
+  return { ns, gw: "10.42.0.1", pid: child.pid, stop };
 }
 
 async function serveSlirp(): Promise<Served> {
@@ -129,7 +137,7 @@ async function serveSlirp(): Promise<Served> {
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { ns, gw: "10.0.2.2", stop };
+  return { ns, gw: "10.0.2.2", pid: child.pid, stop };
 }
 
 /** iperf3 from inside `s.ns` to a one-shot server on host 127.0.0.1; Gbit/s received. */
@@ -178,10 +186,12 @@ class RrClient {
   #reader: ReadableStreamDefaultReader<Uint8Array>;
   #text = "";
 
-  constructor(s: Served, port: number) {
-    this.#child = new Deno.Command("ip", {
-      args: ["netns", "exec", s.ns, Deno.execPath(), "run", "-A", "--no-check", GUEST_TOOL]
-        .concat(["rr-loop", s.gw, String(port)]),
+  /** With `cpu`, the client runs on that CPU only. */
+  constructor(s: Served, port: number, cpu?: number) {
+    const args = ["netns", "exec", s.ns, Deno.execPath(), "run", "-A", "--no-check", GUEST_TOOL]
+      .concat(["rr-loop", s.gw, String(port)]);
+    this.#child = new Deno.Command(cpu === undefined ? "ip" : "taskset", {
+      args: cpu === undefined ? args : ["-c", String(cpu), "ip", ...args],
       stdin: "piped",
       stdout: "piped",
       stderr: "null",
@@ -220,9 +230,12 @@ class RrClient {
   }
 }
 
-/** rr samples of each stack, interleaved A B B A …, after one warm-up sample each. */
-async function rrSamples(served: Served[], port: number): Promise<number[][]> {
-  const clients = served.map((s) => new RrClient(s, port));
+/**
+ * rr samples of each stack, interleaved A B B A …, after one warm-up sample
+ * each (clients on `cpu` when given).
+ */
+async function rrSamples(served: Served[], port: number, cpu?: number): Promise<number[][]> {
+  const clients = served.map((s) => new RrClient(s, port, cpu));
   try {
     for (const c of clients) await c.sample(RR_SAMPLE_MS);
     const out: number[][] = served.map(() => []);
@@ -236,17 +249,50 @@ async function rrSamples(served: Served[], port: number): Promise<number[][]> {
   }
 }
 
-/** Runs the benchmark; returns the three `net-bench` lines. */
-export async function bench(): Promise<string[]> {
-  const echo = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--no-check", GUEST_TOOL, "serve-tcp", "0", "127.0.0.1"],
+/** The TCP echo server on host 127.0.0.1 (on `cpu` only, when given). */
+async function startEcho(cpu?: number): Promise<{ port: number; stop(): Promise<void> }> {
+  const args = [Deno.execPath(), "run", "-A", "--no-check", GUEST_TOOL, "serve-tcp", "0"]
+    .concat(["127.0.0.1"]);
+  const echo = new Deno.Command(cpu === undefined ? args[0] : "taskset", {
+    args: cpu === undefined ? args.slice(1) : ["-c", String(cpu), ...args],
     stdout: "piped",
     stderr: "null",
   }).spawn();
-  const served: Served[] = [];
+  const stop = async () => {
+    try {
+      echo.kill("SIGKILL");
+    } catch {
+      // exited
+    }
+    await echo.status;
+  };
   try {
     const line = await waitFor(echo.stdout, "}");
-    const echoPort: number = JSON.parse(line.trim().split("\n")[0]).listening;
+    return { port: JSON.parse(line.trim().split("\n")[0]).listening, stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
+
+/** The `net-bench` line of rr samples `k` (skiff) and `r` (slirp4netns). */
+function rrLine(name: string, k: number[], r: number[], where: string): string {
+  const f = (x: number, d: number) => x.toFixed(d);
+  const km = median(k), rm = median(r);
+  const pairs = k.map((x, i) => x / r[i]).sort((a, b) => a - b);
+  const range = (xs: number[], d: number) => `${f(Math.min(...xs), d)}-${f(Math.max(...xs), d)}`;
+  return `net-bench ${name} skiff=${f(km, 0)} slirp4netns=${f(rm, 0)} ratio=${f(km / rm, 2)} ` +
+    `(median of ${k.length} interleaved ${RR_SAMPLE_MS} ms samples${where}; skiff ${
+      range(k, 0)
+    }, slirp4netns ${range(r, 0)}, pair ratios ${range(pairs, 2)} median ${f(median(pairs), 2)})`;
+}
+
+/** Runs the benchmark; returns the four `net-bench` lines. */
+export async function bench(): Promise<string[]> {
+  const echo = await startEcho();
+  const served: Served[] = [];
+  let echo1: { stop(): Promise<void> } | null = null;
+  try {
     served.push(await serveSkiff());
     served.push(await serveSlirp());
     const best = served.map(() => ({ up: 0, down: 0 }));
@@ -256,29 +302,27 @@ export async function bench(): Promise<string[]> {
         best[i].down = Math.max(best[i].down, await iperf(s, true));
       }
     }
-    const [kr, rr] = await rrSamples(served, echoPort);
+    const [kr, rr] = await rrSamples(served, echo.port);
+    // Then every process of both chains on the last CPU (the stacks last:
+    // nothing else runs in them any more).
+    const cpu = navigator.hardwareConcurrency - 1;
+    const e1 = echo1 = await startEcho(cpu);
+    for (const s of served) await run("taskset", ["-a", "-c", "-p", String(cpu), String(s.pid)]);
+    const [k1, r1] = await rrSamples(served, e1.port, cpu);
     const [k, r] = best;
     const f = (x: number, d: number) => x.toFixed(d);
-    const km = median(kr), rm = median(rr);
-    const pairs = kr.map((x, i) => x / rr[i]).sort((a, b) => a - b);
-    const range = (xs: number[], d: number) => `${f(Math.min(...xs), d)}-${f(Math.max(...xs), d)}`;
     return [
       `net-bench tcp-up skiff=${f(k.up, 2)} slirp4netns=${f(r.up, 2)} ratio=${f(k.up / r.up, 2)}`,
       `net-bench tcp-down skiff=${f(k.down, 2)} slirp4netns=${f(r.down, 2)} ratio=${
         f(k.down / r.down, 2)
       }`,
-      `net-bench rr skiff=${f(km, 0)} slirp4netns=${f(rm, 0)} ratio=${
-        f(km / rm, 2)
-      } (median of ${kr.length} interleaved ${RR_SAMPLE_MS} ms samples; skiff ${
-        range(kr, 0)
-      }, slirp4netns ${range(rr, 0)}, pair ratios ${range(pairs, 2)} median ${
-        f(median(pairs), 2)
-      })`,
+      rrLine("rr", kr, rr, ""),
+      rrLine("rr-1cpu", k1, r1, `, every process on CPU ${cpu}`),
     ];
   } finally {
     for (const s of served) await s.stop();
-    echo.kill("SIGKILL");
-    await echo.status;
+    await echo1?.stop();
+    await echo.stop();
   }
 }
 
