@@ -754,8 +754,17 @@ export class TcpConn {
     return Math.max(0, Math.min(own, this.#env.bufferFree()));
   }
 
+  /**
+   * Sends a window update once the window we could advertise grew by two
+   * segments or a quarter of the buffer. What a segment can advertise is
+   * capped by the window field (65535 << our scale): without window scaling
+   * a 64 KiB window is all the guest ever sees, and comparing the raw
+   * buffer space instead sent a needless pure ACK after every write to the
+   * host (two frames per request/response where one carries the ACK).
+   */
   #maybeWindowUpdate(): void {
-    const w = this.#rcvWindow();
+    const scale = 1 << this.#rcvShift;
+    const w = Math.min(0xffff, Math.floor(this.#rcvWindow() / scale)) * scale;
     if (
       w - this.#lastAdvWnd >=
         Math.max(2 * (this.#env.cfg.mtu - 40), this.#env.cfg.tcpBufferBytes / 4)
