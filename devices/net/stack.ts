@@ -90,7 +90,10 @@ export interface PartialChecksum {
   start: number;
   /** Offset of the checksum field from `start`. */
   offset: number;
-  /** TCP segmentation: the MSS to cut the payload into (frames larger than one segment). */
+  /**
+   * TCP segmentation: the MSS to cut the payload into (frames larger than
+   * one segment); 0 or absent: none.
+   */
   tsoSize?: number;
   /** With `tsoSize`: bytes of Ethernet, IPv4 and TCP headers before the payload. */
   headerLength?: number;
@@ -145,8 +148,12 @@ export class NetEngine implements AsyncDisposable {
   #buffered = 0;
   #acks = new Set<TcpConn>();
   #ackScheduled = false;
-  #delayedAcks = new Set<TcpConn>();
+  /** The connection the last guest segment belonged to (released ones are cleared). */
+  #lastConn: TcpConn | null = null;
+  /** Connections owing a delayed ACK, with the time it is due. */
+  #delayedAcks = new Map<TcpConn, number>();
   #cancelDelayed: (() => void) | null = null;
+  #onDelayedTimer = () => this.#flushDelayedAcks();
   #cancelTick: () => void;
   #closed = false;
   #dns: DnsServer;
@@ -189,6 +196,7 @@ export class NetEngine implements AsyncDisposable {
       defer: (fn) => this.#scheduler.defer(fn),
       now: () => this.#scheduler.now(),
       release: (c) => {
+        if (this.#lastConn === c) this.#lastConn = null;
         if (this.#tcp.get(c.key) === c) this.#tcp.delete(c.key);
         this.#acks.delete(c);
         this.#delayedAcks.delete(c);
@@ -753,8 +761,16 @@ export class NetEngine implements AsyncDisposable {
     ) {
       return void c.dropMalformed++;
     }
-    const key = `${seg.sport}|${dst}|${seg.dport}`;
-    let conn = this.#tcp.get(key);
+    // The connection of the previous segment is most often this one's too:
+    // matching it first spares building the table key (a string) per segment.
+    const last = this.#lastConn;
+    let conn = last !== null && last.guestPort === seg.sport && last.remoteIp === dst &&
+        last.remotePort === seg.dport
+      ? last
+      : undefined;
+    const key = conn ? conn.key : `${seg.sport}|${dst}|${seg.dport}`;
+    conn ??= this.#tcp.get(key);
+    this.#lastConn = conn ?? null;
     if (conn && conn.state === "TIME_WAIT" && f & TCP_FLAG.SYN && !(f & TCP_FLAG.ACK)) {
       conn.reset(); // RFC 9293 §3.10.7.4 allows a new SYN to reopen a TIME_WAIT pair
       conn = undefined;
@@ -824,14 +840,11 @@ export class NetEngine implements AsyncDisposable {
 
   #requestAck(conn: TcpConn, delayed: boolean): void {
     if (delayed) {
-      this.#delayedAcks.add(conn);
+      if (!this.#delayedAcks.has(conn)) {
+        this.#delayedAcks.set(conn, this.#scheduler.now() + DELAYED_ACK_MS);
+      }
       if (this.#cancelDelayed === null) {
-        this.#cancelDelayed = this.#scheduler.after(DELAYED_ACK_MS, () => {
-          this.#cancelDelayed = null;
-          const acks = [...this.#delayedAcks];
-          this.#delayedAcks.clear();
-          for (const a of acks) a.flushAck();
-        });
+        this.#cancelDelayed = this.#scheduler.after(DELAYED_ACK_MS, this.#onDelayedTimer);
       }
       return;
     }
@@ -847,14 +860,41 @@ export class NetEngine implements AsyncDisposable {
     });
   }
 
-  /** A segment to the guest carried `conn`'s pending ACK (a reply piggybacked it). */
+  /**
+   * The delayed-ACK timer: sends the ACKs that are due and waits again for
+   * the earliest one left. A reply that carried an ACK only removed its
+   * connection from the map, without cancelling the timer, so a
+   * request/response exchange allocates no timer of its own: the timer runs
+   * at most once per {@link DELAYED_ACK_MS} while exchanges go on.
+   */
+  #flushDelayedAcks(): void {
+    this.#cancelDelayed = null;
+    const now = this.#scheduler.now();
+    let next = Infinity;
+    let due: TcpConn[] | null = null;
+    for (const [conn, at] of this.#delayedAcks) {
+      if (at <= now) (due ??= []).push(conn);
+      else next = Math.min(next, at);
+    }
+    if (due) {
+      for (const conn of due) this.#delayedAcks.delete(conn);
+      for (const conn of due) conn.flushAck();
+    }
+    if (next !== Infinity && this.#cancelDelayed === null && !this.#closed) {
+      this.#cancelDelayed = this.#scheduler.after(next - now, this.#onDelayedTimer);
+    }
+  }
+
+  /**
+   * A segment to the guest carried `conn`'s pending ACK (a reply piggybacked
+   * it). The delayed-ACK timer stays armed even when nothing is left for
+   * it: it then fires once for nothing, with the loop thread's timer slack
+   * at the next scheduler tick (`loop.ts`), which is cheaper than
+   * cancelling and re-arming it for every exchange.
+   */
   #ackSent(conn: TcpConn): void {
     this.#acks.delete(conn);
-    if (this.#delayedAcks.delete(conn) && this.#delayedAcks.size === 0) {
-      // Nothing left for the delayed-ACK timer: do not wake up for it.
-      this.#cancelDelayed?.();
-      this.#cancelDelayed = null;
-    }
+    this.#delayedAcks.delete(conn);
   }
 
   #tick(): void {

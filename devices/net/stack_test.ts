@@ -449,6 +449,60 @@ Deno.test("tcp: three duplicate ACKs trigger fast retransmit; silence triggers t
   strictEqual(seqs()[0], iss + 1, JSON.stringify(seqs()));
 });
 
+Deno.test("tcp: a reply carries the delayed ACK; without one a pure ACK follows when due, not before", async () => {
+  await using s = setup({}, true);
+  s.stack.input(arpRequest());
+  const iss = await handshake(s, 40040);
+  const dst = 0x0a000009;
+  await tick();
+  const host = s.sockets.conns[0];
+  s.out.length = 0;
+  const o = ETH_HLEN + 20;
+  const request = (seq: number, ack: number) =>
+    s.stack.input(
+      ipv4(
+        PROTO.TCP,
+        tcp({
+          sport: 40040,
+          dport: 80,
+          seq,
+          ack,
+          flags: TCP_FLAG.ACK | TCP_FLAG.PSH,
+          payload: new Uint8Array([42]),
+        }),
+        { dst },
+      ),
+    );
+  // A 1-byte request: to the host at once, its ACK held back for a reply.
+  request(1001, iss + 1);
+  await tick();
+  deepStrictEqual(host.written, [42]);
+  strictEqual(s.out.length, 0, "a pure ACK (or window update) before the reply");
+  // The reply comes within the delayed-ACK time: one segment, data and ACK.
+  host.push(new Uint8Array([43]));
+  await tick();
+  await tick();
+  strictEqual(s.out.length, 1);
+  strictEqual(s.out[0].length, ETH_HLEN + 40 + 1);
+  strictEqual(u32(s.out[0], o + 8), 1002);
+  s.out.length = 0;
+  // The next request 0.6 ms later gets no reply. The delayed-ACK timer armed
+  // for the first request fires 1 ms after it, before this one's ACK is due:
+  // nothing is sent then; the pure ACK goes out once 1 ms has passed for it.
+  s.clock.advance(0.6);
+  request(1002, iss + 2);
+  await tick();
+  s.clock.advance(0.5);
+  await tick();
+  strictEqual(s.out.length, 0, "the ACK went out before it was due");
+  s.clock.advance(0.6);
+  await tick();
+  strictEqual(s.out.length, 1);
+  strictEqual(s.out[0].length, ETH_HLEN + 40, "a pure ACK");
+  strictEqual(u32(s.out[0], o + 8), 1003);
+  strictEqual(s.stack.counters().internalErrors, 0);
+});
+
 Deno.test("tcp: a SYN flood is capped at maxHalfOpen; flows at maxFlows", async () => {
   const sockets = new FakeSockets();
   sockets.connectTcp = (h: string, p: number, events: HostTcpEvents) => {

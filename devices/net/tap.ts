@@ -132,6 +132,8 @@ export class TapLink implements NetLink {
   #engine: NetEngine;
   #watch: Watch;
   #buf = new Uint8Array(READ_SIZE);
+  /** A view from the vnet header before the last frame sent to the end of its buffer. */
+  #view: Uint8Array<ArrayBuffer> | null = null;
   #closed = false;
 
   /** Starts reading `fd` in `poller` into `engine` and attaches as its link. */
@@ -166,16 +168,22 @@ export class TapLink implements NetLink {
    */
   send(frame: Uint8Array, partial?: PartialChecksum): void {
     if (this.#closed) return;
-    let buf: Uint8Array<ArrayBuffer>;
-    if (frame.byteOffset >= VNET_HDR_LEN && frame.buffer instanceof ArrayBuffer) {
-      buf = new Uint8Array(
-        frame.buffer,
-        frame.byteOffset - VNET_HDR_LEN,
-        frame.length + VNET_HDR_LEN,
-      );
-    } else {
-      buf = new Uint8Array(frame.length + VNET_HDR_LEN);
-      buf.set(frame, VNET_HDR_LEN);
+    const len = frame.length + VNET_HDR_LEN;
+    let buf = this.#view;
+    if (
+      buf === null || buf.buffer !== frame.buffer ||
+      buf.byteOffset !== frame.byteOffset - VNET_HDR_LEN
+    ) {
+      if (frame.byteOffset >= VNET_HDR_LEN && frame.buffer instanceof ArrayBuffer) {
+        // The header goes into the headroom before the frame. The engine
+        // builds most frames at one place of one buffer: the view (to the
+        // end of that buffer; write(2) is given the length) is kept for the
+        // next frame, so sending allocates nothing.
+        buf = this.#view = new Uint8Array(frame.buffer, frame.byteOffset - VNET_HDR_LEN);
+      } else {
+        buf = new Uint8Array(len);
+        buf.set(frame, VNET_HDR_LEN);
+      }
     }
     for (let i = 0; i < VNET_HDR_LEN; i++) buf[i] = 0;
     if (partial) {
@@ -192,7 +200,7 @@ export class TapLink implements NetLink {
       buf[8] = partial.offset & 255; // csum_offset
       buf[9] = partial.offset >> 8;
     }
-    const r = libc.write_n(this.#fd, buf, BigInt(buf.length));
+    const r = libc.write_n(this.#fd, buf, BigInt(len));
     if (r < 0) this.writeErrors++;
   }
 

@@ -646,24 +646,27 @@ export class TcpConn {
   #sendData(seq: number, n: number): void {
     const start = diff(seq, this.#sndUna);
     n = Math.max(0, Math.min(n, this.#sndBufLen - start));
-    const chunks = this.#sndChunks;
     const flags = TCP_FLAG.ACK | (start + n === this.#sndBufLen ? TCP_FLAG.PSH : 0);
-    this.#sendSegment(seq, flags, null, n, (frame, off) => {
-      let skip = start;
-      let need = n;
-      for (let i = 0; i < chunks.length && need > 0; i++) {
-        const c = chunks[i];
-        if (skip >= c.length) {
-          skip -= c.length;
-          continue;
-        }
-        const take = Math.min(c.length - skip, need);
-        frame.set(skip === 0 && take === c.length ? c : c.subarray(skip, skip + take), off);
-        off += take;
-        need -= take;
-        skip = 0;
+    this.#sendSegment(seq, flags, null, n, start);
+  }
+
+  /** Copies `n` bytes of the send buffer, from `start` bytes past SND.UNA, to `frame[off…]`. */
+  #fillData(frame: Uint8Array, off: number, start: number, n: number): void {
+    const chunks = this.#sndChunks;
+    let skip = start;
+    let need = n;
+    for (let i = 0; i < chunks.length && need > 0; i++) {
+      const c = chunks[i];
+      if (skip >= c.length) {
+        skip -= c.length;
+        continue;
       }
-    });
+      const take = Math.min(c.length - skip, need);
+      frame.set(skip === 0 && take === c.length ? c : c.subarray(skip, skip + take), off);
+      off += take;
+      need -= take;
+      skip = 0;
+    }
   }
 
   // ---- stack → host ----
@@ -751,8 +754,17 @@ export class TcpConn {
     return Math.max(0, Math.min(own, this.#env.bufferFree()));
   }
 
+  /**
+   * Sends a window update once the window we could advertise grew by two
+   * segments or a quarter of the buffer. What a segment can advertise is
+   * capped by the window field (65535 << our scale): without window scaling
+   * a 64 KiB window is all the guest ever sees, and comparing the raw
+   * buffer space instead sent a needless pure ACK after every write to the
+   * host (two frames per request/response where one carries the ACK).
+   */
   #maybeWindowUpdate(): void {
-    const w = this.#rcvWindow();
+    const scale = 1 << this.#rcvShift;
+    const w = Math.min(0xffff, Math.floor(this.#rcvWindow() / scale)) * scale;
     if (
       w - this.#lastAdvWnd >=
         Math.max(2 * (this.#env.cfg.mtu - 40), this.#env.cfg.tcpBufferBytes / 4)
@@ -814,22 +826,23 @@ export class TcpConn {
     this.#emit(seq, ack, TCP_FLAG.RST | (withAck ? TCP_FLAG.ACK : 0), 0, null, 0);
   }
 
+  /** Sends a segment with our window; `n` bytes of the send buffer from `dataStart` past SND.UNA. */
   #sendSegment(
     seq: number,
     flags: number,
     opts: Uint8Array | null,
     n: number,
-    fill?: (frame: Uint8Array, off: number) => void,
+    dataStart = 0,
   ): void {
     const w = this.#rcvWindow();
     // A SYN's window is never scaled (RFC 7323 §2.2).
-    const shift = flags & TCP_FLAG.SYN ? 0 : this.#rcvShift;
-    const field = Math.min(0xffff, Math.floor(w / 2 ** shift));
-    const advertised = field * 2 ** shift;
+    const scale = flags & TCP_FLAG.SYN ? 1 : 1 << this.#rcvShift;
+    const field = Math.min(0xffff, Math.floor(w / scale));
+    const advertised = field * scale;
     this.#lastAdvWnd = advertised;
     const edge = add(this.#rcvNxt, advertised);
     if (lt(this.#rcvEdge, edge)) this.#rcvEdge = edge;
-    this.#emit(seq, this.#rcvNxt, flags, field, opts, n, fill);
+    this.#emit(seq, this.#rcvNxt, flags, field, opts, n, dataStart);
   }
 
   #emit(
@@ -839,7 +852,7 @@ export class TcpConn {
     wndField: number,
     opts: Uint8Array | null,
     n: number,
-    fill?: (frame: Uint8Array, off: number) => void,
+    dataStart = 0,
   ): void {
     const optLen = opts ? opts.length : 0;
     const hlen = 20 + optLen;
@@ -854,7 +867,7 @@ export class TcpConn {
     put16(frame, off + 16, 0);
     put16(frame, off + 18, 0);
     if (opts) frame.set(opts, off + 20);
-    if (fill && n > 0) fill(frame, off + hlen);
+    if (n > 0) this.#fillData(frame, off + hlen, dataStart, n);
     if (flags & TCP_FLAG.ACK) {
       if (this.#ackPending) this.#env.ackSent(this);
       this.#ackPending = false;
@@ -864,10 +877,13 @@ export class TcpConn {
     if (n > 0 && this.#env.partialChecksums()) {
       // The link completes it (virtio NEEDS_CSUM): only the pseudo-header sum goes in.
       put16(frame, off + 16, fold(ps));
+      // One object of one shape per segment (tsoSize 0: no segmentation).
+      const tso = n > this.#sndMss;
       this.#env.transmit(frame, {
         start: off,
         offset: 16,
-        ...(n > this.#sndMss ? { tsoSize: this.#sndMss, headerLength: off + hlen } : {}),
+        tsoSize: tso ? this.#sndMss : 0,
+        headerLength: tso ? off + hlen : 0,
       });
       return;
     }

@@ -2,6 +2,8 @@
  * Runs inside a test's network namespace and plays the guest's programs for
  * the L3 tests: `udp-echo HOST PORT COUNT`, `dns SERVER NAME`,
  * `conns HOST PORT N BYTES`, `rr HOST PORT SECONDS` (1-byte transactions),
+ * `rr-loop HOST PORT` (1-byte transactions on one connection, one sample per
+ * stdin line giving its milliseconds, one JSON line per sample),
  * `serve-tcp PORT [ADDR]` and `serve-udp PORT` (echo servers printing
  * "listening" once bound). Prints one JSON line with the result.
  *
@@ -122,6 +124,39 @@ async function rr(host: string, port: number, seconds: number): Promise<unknown>
   return { tps: n / ((performance.now() - t0) / 1000) };
 }
 
+/**
+ * One connection for many request/response samples: each stdin line is a
+ * duration in ms; the transactions done in it are printed as
+ * `{"n", "ms"}`. The connection and the JIT stay warm between samples, so
+ * a benchmark can interleave short samples of two stacks without paying a
+ * process start in any of them. Ends at the end of stdin.
+ */
+async function rrLoop(host: string, port: number): Promise<void> {
+  const c = await Deno.connect({ hostname: host, port });
+  c.setNoDelay(true);
+  const b = new Uint8Array([42]);
+  const r = new Uint8Array(1);
+  const dec = new TextDecoder();
+  let text = "";
+  for await (const chunk of Deno.stdin.readable) {
+    text += dec.decode(chunk);
+    for (let nl = text.indexOf("\n"); nl >= 0; nl = text.indexOf("\n")) {
+      const ms = Number(text.slice(0, nl));
+      text = text.slice(nl + 1);
+      let n = 0;
+      const t0 = performance.now();
+      const end = t0 + ms;
+      while (performance.now() < end) {
+        await c.write(b);
+        if ((await c.read(r)) !== 1) throw new Error("rr-loop: connection closed");
+        n++;
+      }
+      console.log(JSON.stringify({ n, ms: performance.now() - t0 }));
+    }
+  }
+  c.close();
+}
+
 async function serveTcp(port: number, hostname = "0.0.0.0"): Promise<void> {
   const l = Deno.listen({ hostname, port });
   console.log(JSON.stringify({ listening: (l.addr as Deno.NetAddr).port }));
@@ -166,6 +201,9 @@ switch (cmd) {
     break;
   case "serve-udp":
     serveUdp(Number(args[0]));
+    break;
+  case "rr-loop":
+    await rrLoop(args[0], Number(args[1]));
     break;
   case "rr":
     console.log(JSON.stringify(await rr(args[0], Number(args[1]), Number(args[2]))));
