@@ -242,19 +242,16 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   const close = (): Promise<void> => {
     closed ??= (async () => {
       sys.umount2(cpath(mountpoint), MNT_DETACH);
-      const timeout = new Promise<"timeout">((res) => {
-        const t = setTimeout(() => res("timeout"), 5000);
-        done.finally(() => clearTimeout(t)).catch(() => {});
-      });
-      const how = await Promise.race([
-        done.then(() => "ok" as const, () => "ok" as const),
-        timeout,
-      ]);
-      if (how === "timeout") {
+      if (!await settlesWithin(done, CLOSE_WAIT_MS)) {
         // Files still open on the detached mount keep the connection alive: closing our
         // fd does not end it while the worker sits in read(); abort it through fusectl.
+        // A teardown that is merely slow (the kernel evicting 100 000s of inodes on a
+        // busy machine: measured 4 s after `find /usr`) ends the same way. Either way
+        // the reader then sees ENODEV and closes the share's fds (up to half of
+        // RLIMIT_NOFILE, ~0.4 s for 10 000): terminating it before that leaks them
+        // all, and the next mount in this process fails with EMFILE.
         abortConnections(mountpoint);
-        await Promise.race([done.catch(() => {}), new Promise((res) => setTimeout(res, 2000))]);
+        await settlesWithin(done, ABORT_WAIT_MS);
       }
       for (const r of all) {
         r.worker.terminate();
@@ -269,6 +266,25 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     close,
     [Symbol.asyncDispose]: close,
   };
+}
+
+/** How long {@link DevFuseMount.close} waits for the readers to end after unmounting. */
+const CLOSE_WAIT_MS = 5000;
+/**
+ * ... and after aborting the connection: the primary waits up to 10 s for helpers
+ * (dev_fuse_worker.ts) before it closes the share.
+ */
+const ABORT_WAIT_MS = 15_000;
+
+/** Whether `p` settles (either way) within `ms`; the timer does not outlive it. */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let t: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((res) => t = setTimeout(() => res(false), ms));
+  try {
+    return await Promise.race([p.then(() => true, () => true), late]);
+  } finally {
+    clearTimeout(t);
+  }
 }
 
 /** Best effort: abort every FUSE connection whose mount is gone (fusectl). */
