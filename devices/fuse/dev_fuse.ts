@@ -166,7 +166,8 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
 
   // Image layers (LayeredFs) keep their state in this thread's objects: one reader.
   const helpers = layers ? 0 : readers - 1;
-  const gate = helpers > 0 ? new OverflowGate() : undefined;
+  // Always a gate: besides waking helpers it shows close() whether the primary is busy.
+  const gate = new OverflowGate();
   const { reader: primary, ready } = startReader({
     role: "primary",
     fd,
@@ -174,7 +175,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     layers,
     options: fsOptions,
     maxWrite,
-    gate: gate?.buffer,
+    gate: gate.buffer,
   }, `FUSE server for ${hostDir}`);
   const all: Reader[] = [primary];
   let share: PassthroughShare | undefined;
@@ -216,7 +217,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
 
   primary.worker.postMessage("serve");
   // Helpers clone the connection, which exists only once mounted.
-  for (let i = 0; i < helpers && share && gate; i++) {
+  for (let i = 0; i < helpers && share; i++) {
     const cfd = cloneDevFuse(fd);
     if (cfd < 0) break; // fewer readers; the primary serves everything
     gate.addHelper();
@@ -242,14 +243,22 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   const close = (): Promise<void> => {
     closed ??= (async () => {
       sys.umount2(cpath(mountpoint), MNT_DETACH);
-      if (!await settlesWithin(done, CLOSE_WAIT_MS)) {
-        // Files still open on the detached mount keep the connection alive: closing our
-        // fd does not end it while the worker sits in read(); abort it through fusectl.
-        // A teardown that is merely slow (the kernel evicting 100 000s of inodes on a
-        // busy machine: measured 4 s after `find /usr`) ends the same way. Either way
-        // the reader then sees ENODEV and closes the share's fds (up to half of
-        // RLIMIT_NOFILE, ~0.4 s for 10 000): terminating it before that leaks them
-        // all, and the next mount in this process fails with EMFILE.
+      // A teardown can be slow: after `find /usr` the kernel evicted ~139 000 inodes
+      // (sending FORGETs) for up to 4 s on a busy machine before the reader saw ENODEV,
+      // and the reader's fs.close() of ~10 000 cached fds took 0.4 s. Terminating the
+      // reader before that leaks all the share's fds (up to half of RLIMIT_NOFILE):
+      // the next mount in this process then fails with EMFILE. So wait while the
+      // reader makes progress (reads requests, or has left its loop and is closing).
+      let served = gate.served;
+      while (!await settlesWithin(done, CLOSE_WAIT_MS)) {
+        if (gate.stopped) continue;
+        if (gate.served === served) break;
+        served = gate.served;
+      }
+      if (!await settlesWithin(done, 0)) {
+        // Idle for CLOSE_WAIT_MS: files still open on the detached mount keep the
+        // connection alive, and closing our fd does not end it while the worker sits
+        // in read(); abort it through fusectl (when mounted).
         abortConnections(mountpoint);
         await settlesWithin(done, ABORT_WAIT_MS);
       }
@@ -268,13 +277,10 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   };
 }
 
-/** How long {@link DevFuseMount.close} waits for the readers to end after unmounting. */
+/** How long {@link DevFuseMount.close} waits for readers that make no progress. */
 const CLOSE_WAIT_MS = 5000;
-/**
- * ... and after aborting the connection: the primary waits up to 10 s for helpers
- * (dev_fuse_worker.ts) before it closes the share.
- */
-const ABORT_WAIT_MS = 15_000;
+/** ... and for the readers to end after aborting the connection. */
+const ABORT_WAIT_MS = 2000;
 
 /** Whether `p` settles (either way) within `ms`; the timer does not outlive it. */
 async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
