@@ -166,7 +166,8 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
 
   // Image layers (LayeredFs) keep their state in this thread's objects: one reader.
   const helpers = layers ? 0 : readers - 1;
-  const gate = helpers > 0 ? new OverflowGate() : undefined;
+  // Always a gate: besides waking helpers it shows close() whether the primary is busy.
+  const gate = new OverflowGate();
   const { reader: primary, ready } = startReader({
     role: "primary",
     fd,
@@ -174,7 +175,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     layers,
     options: fsOptions,
     maxWrite,
-    gate: gate?.buffer,
+    gate: gate.buffer,
   }, `FUSE server for ${hostDir}`);
   const all: Reader[] = [primary];
   let share: PassthroughShare | undefined;
@@ -216,7 +217,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
 
   primary.worker.postMessage("serve");
   // Helpers clone the connection, which exists only once mounted.
-  for (let i = 0; i < helpers && share && gate; i++) {
+  for (let i = 0; i < helpers && share; i++) {
     const cfd = cloneDevFuse(fd);
     if (cfd < 0) break; // fewer readers; the primary serves everything
     gate.addHelper();
@@ -242,19 +243,24 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   const close = (): Promise<void> => {
     closed ??= (async () => {
       sys.umount2(cpath(mountpoint), MNT_DETACH);
-      const timeout = new Promise<"timeout">((res) => {
-        const t = setTimeout(() => res("timeout"), 5000);
-        done.finally(() => clearTimeout(t)).catch(() => {});
-      });
-      const how = await Promise.race([
-        done.then(() => "ok" as const, () => "ok" as const),
-        timeout,
-      ]);
-      if (how === "timeout") {
-        // Files still open on the detached mount keep the connection alive: closing our
-        // fd does not end it while the worker sits in read(); abort it through fusectl.
+      // A teardown can be slow: after `find /usr` the kernel evicted ~139 000 inodes
+      // (sending FORGETs) for up to 4 s on a busy machine before the reader saw ENODEV,
+      // and the reader's fs.close() of ~10 000 cached fds took 0.4 s. Terminating the
+      // reader before that leaks all the share's fds (up to half of RLIMIT_NOFILE):
+      // the next mount in this process then fails with EMFILE. So wait while the
+      // reader makes progress (reads requests, or has left its loop and is closing).
+      let served = gate.served;
+      while (!await settlesWithin(done, CLOSE_WAIT_MS)) {
+        if (gate.stopped) continue;
+        if (gate.served === served) break;
+        served = gate.served;
+      }
+      if (!await settlesWithin(done, 0)) {
+        // Idle for CLOSE_WAIT_MS: files still open on the detached mount keep the
+        // connection alive, and closing our fd does not end it while the worker sits
+        // in read(); abort it through fusectl (when mounted).
         abortConnections(mountpoint);
-        await Promise.race([done.catch(() => {}), new Promise((res) => setTimeout(res, 2000))]);
+        await settlesWithin(done, ABORT_WAIT_MS);
       }
       for (const r of all) {
         r.worker.terminate();
@@ -269,6 +275,22 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     close,
     [Symbol.asyncDispose]: close,
   };
+}
+
+/** How long {@link DevFuseMount.close} waits for readers that make no progress. */
+const CLOSE_WAIT_MS = 5000;
+/** ... and for the readers to end after aborting the connection. */
+const ABORT_WAIT_MS = 2000;
+
+/** Whether `p` settles (either way) within `ms`; the timer does not outlive it. */
+async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> {
+  let t: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<false>((res) => t = setTimeout(() => res(false), ms));
+  try {
+    return await Promise.race([p.then(() => true, () => true), late]);
+  } finally {
+    clearTimeout(t);
+  }
 }
 
 /** Best effort: abort every FUSE connection whose mount is gone (fusectl). */

@@ -48,6 +48,7 @@ const G_MINOR = 6;
 const G_FLAGS_LO = 7;
 const G_FLAGS_HI = 8;
 const G_MAX_WRITE = 9;
+const G_SERVED = 10; // requests the primary has read (wraps), for close() to see progress
 const G_WORDS = 16;
 
 /**
@@ -94,6 +95,16 @@ export class OverflowGate {
 
   get stopped(): boolean {
     return Atomics.load(this.#g, G_STOP) === 1;
+  }
+
+  /** Requests the primary has read so far (mod 2^32): whether it is still busy. */
+  get served(): number {
+    return Atomics.load(this.#g, G_SERVED);
+  }
+
+  /** The primary: `n` requests read so far (a plain store; readers only compare). */
+  setServed(n: number): void {
+    this.#g[G_SERVED] = n;
   }
 
   /**
@@ -201,6 +212,7 @@ export function serveDevFuse(fd: number, server: FuseServer, gate?: OverflowGate
       return { requests, reason: n === -Errno.ENODEV ? "unmounted" : `errno ${-n}` };
     }
     requests++;
+    gate?.setServed(requests);
     // A helper only when requests keep waiting: one queued behind the current one is
     // usually the kernel's background RELEASE of a sequential client, which one
     // thread serves faster than two (measured: a shell loop creating files on one

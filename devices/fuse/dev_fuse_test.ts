@@ -352,3 +352,41 @@ hostTest("fuse L3: crossMounts false, hide and credentials through the real clie
     await Deno.remove(base, { recursive: true });
   }
 }, opts);
+
+hostTest("fuse L3: close ends the readers and closes every fd of the share", [
+  "fuse",
+  "root",
+], async () => {
+  const base = await Deno.makeTempDir({ prefix: "skiff-fuse-l3-" });
+  const host = `${base}/host`;
+  /** This process's fds open on the share (the root's, nodes', handles'). */
+  const shareFds = () =>
+    [...Deno.readDirSync("/proc/self/fd")].filter((e) => {
+      try {
+        const to = Deno.readLinkSync(`/proc/self/fd/${e.name}`);
+        return to === host || to.startsWith(`${host}/`);
+      } catch {
+        return false; // closed meanwhile
+      }
+    }).length;
+  try {
+    await Deno.mkdir(host);
+    await Deno.mkdir(`${base}/mnt`);
+    const m = await mountDevFuse({ hostDir: host, mountpoint: `${base}/mnt` });
+    try {
+      // Nodes with cached fds (directories walked into), handles opened and released.
+      await must(
+        `cd ${base}/mnt && mkdir d && for i in $(seq 1 100); do mkdir d/$i && ` +
+          `echo x > d/$i/f; done && find . -type f -printf '%s\\n' | wc -l && cat d/*/f | wc -l`,
+      );
+      ok(shareFds() > 100, "the share holds fds while mounted");
+    } finally {
+      await m.close();
+    }
+    strictEqual((await m.done).reason, "unmounted");
+    strictEqual(shareFds(), 0);
+    strictEqual(await Deno.readTextFile(`${host}/d/100/f`), "x\n");
+  } finally {
+    await Deno.remove(base, { recursive: true });
+  }
+}, opts);

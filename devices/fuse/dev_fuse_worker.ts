@@ -30,7 +30,7 @@ export interface WorkerStart {
   layers?: string[];
   options: PassthroughOptions;
   maxWrite: number;
-  /** The helpers' gate, when there are helpers. */
+  /** The gate: wakes helpers (if any) and shows the mount's close() the primary's progress. */
   gate?: SharedArrayBuffer;
 }
 
