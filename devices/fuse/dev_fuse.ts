@@ -250,7 +250,9 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
       // the next mount in this process then fails with EMFILE. So wait while the
       // reader makes progress (reads requests, or has left its loop and is closing).
       let served = gate.served;
+      const give = performance.now() + CLOSE_LIMIT_MS;
       while (!await settlesWithin(done, CLOSE_WAIT_MS)) {
+        if (performance.now() > give) break; // progress that never ends is a hang
         if (gate.stopped) continue;
         if (gate.served === served) break;
         served = gate.served;
@@ -279,7 +281,9 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
 
 /** How long {@link DevFuseMount.close} waits for readers that make no progress. */
 const CLOSE_WAIT_MS = 5000;
-/** ... and for the readers to end after aborting the connection. */
+/** The longest {@link DevFuseMount.close} waits for readers that keep making progress. */
+const CLOSE_LIMIT_MS = 120_000;
+/** How long it waits for the readers to end after aborting the connection. */
 const ABORT_WAIT_MS = 2000;
 
 /** Whether `p` settles (either way) within `ms`; the timer does not outlive it. */
