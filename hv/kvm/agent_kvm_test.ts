@@ -83,8 +83,8 @@ hostTest("kvm engine + stand-in agent: three concurrent spawns, interleaved outp
   await withBench(async (b) => {
     await using vm = await b.boot();
     await bounded((async () => {
-      // Three cats fed in turns, each write waiting for the guest: every stream carries its own
-      // bytes only, in order.
+      // Three cats fed in turns, each write waiting for the guest: all three are alive at once
+      // and served in turns, and every stream carries its own bytes only, in order.
       const cats = await Promise.all([0, 1, 2].map(() => vm.spawn(["cat"], { stdin: "piped" })));
       strictEqual(new Set(cats.map((k) => k.pid)).size, 3);
       const outs = cats.map((k) => new Response(k.stdout).text());
@@ -102,20 +102,15 @@ hostTest("kvm engine + stand-in agent: three concurrent spawns, interleaved outp
         await k[Symbol.asyncDispose]();
       }
       // Three writers of their own (one line per guest loop turn each): stdout and stderr of
-      // each apart, and the three really interleaved in time.
-      const arrivals: string[] = [];
+      // each apart. (When the host reads them matters not: on a busy host one process's whole
+      // output may wait in one chunk; the cats above show the three running at once.)
       const procs = await Promise.all(["x", "y", "z"].map((p) => vm.spawn(["lines", p, "300"])));
-      const read = async (s: ReadableStream<Uint8Array>, tag: string) => {
+      const read = async (s: ReadableStream<Uint8Array>) => {
         let text = "";
-        for await (const chunk of s) {
-          arrivals.push(tag);
-          text += dec.decode(chunk);
-        }
+        for await (const chunk of s) text += dec.decode(chunk);
         return text;
       };
-      const texts2 = await Promise.all(
-        procs.flatMap((p, j) => [read(p.stdout, "xyz"[j]), read(p.stderr, "xyz"[j])]),
-      );
+      const texts2 = await Promise.all(procs.flatMap((p) => [read(p.stdout), read(p.stderr)]));
       for (let j = 0; j < 3; j++) {
         const p = "xyz"[j];
         strictEqual(
@@ -129,8 +124,6 @@ hostTest("kvm engine + stand-in agent: three concurrent spawns, interleaved outp
         deepStrictEqual(await procs[j].status, { code: 0, signal: null, success: true });
         await procs[j][Symbol.asyncDispose]();
       }
-      // Not one after the other: some of y's output came before the last of x's.
-      ok(arrivals.indexOf("y") < arrivals.lastIndexOf("x"), arrivals.join(""));
     })());
   });
 });
