@@ -9,6 +9,7 @@
  */
 
 import type { VirtioVsock } from "../../devices/virtio/vsock/device.ts";
+import { abortRace } from "../abort.ts";
 import { VmError } from "../errors.ts";
 import type { VsockStream } from "../../devices/virtio/vsock/connection.ts";
 import type { AgentConnection, AgentListener, AgentTransport } from "../../init/agent/transport.ts";
@@ -91,16 +92,14 @@ export async function vsockReady(
   stop: Promise<never>,
   ms: number = VSOCK_WAIT_MS,
 ): Promise<void> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new VmError(`timed out waiting for the guest's vsock device (${ms} ms)`)),
-      ms,
-    );
-  });
+  const deadline = AbortSignal.timeout(ms);
+  using late = abortRace(deadline);
   try {
-    await Promise.race([vsock.whenActive(), stop, late]);
-  } finally {
-    clearTimeout(timer);
+    await Promise.race([vsock.whenActive(), stop, late.promise]);
+  } catch (e) {
+    if (deadline.aborted && e === deadline.reason) {
+      throw new VmError(`timed out waiting for the guest's vsock device (${ms} ms)`);
+    }
+    throw e;
   }
 }
