@@ -12,6 +12,7 @@
 
 import { createHash } from "node:crypto";
 import { join } from "node:path";
+import { writeFileAtomic } from "../hv/atomic_file.ts";
 import { skiffCacheDir } from "./cache.ts";
 
 const MEMO_LIMIT = 256;
@@ -89,10 +90,7 @@ export async function contentHash(path: string, memoDir?: string): Promise<strin
     for (const k of Object.keys(memo)) if (k.startsWith(`${path}|`)) delete memo[k];
     memo[id] = hash;
     try {
-      await Deno.mkdir(memoDir ?? skiffCacheDir(), { recursive: true });
-      const tmp = `${memoPath}.${Deno.pid}.tmp`;
-      await Deno.writeTextFile(tmp, JSON.stringify(memo));
-      await Deno.rename(tmp, memoPath);
+      await writeFileAtomic(memoPath, JSON.stringify(memo));
     } catch {
       // a read-only cache only costs a re-hash next time
     }

@@ -6,7 +6,7 @@
  * every cold boot here, for bytes that are the same on every run. With the
  * file cached, a cold boot hands QEMU its path and builds nothing.
  *
- * The file is written to a temporary name and renamed, so a reader sees a
+ * The file is written atomically (hv/atomic_file.ts), so a reader sees a
  * whole file or none. Where there is no identity (a bundled skiff, whose
  * init source is not readable) or the cache cannot be written, the image is
  * built into the caller's directory as before.
@@ -18,6 +18,7 @@ import { dirname, join } from "node:path";
 import type { KernelInfo } from "../kernel/mod.ts";
 import { agentInitramfs } from "../../init/agent/initramfs.ts";
 import { skiffCacheDir } from "../../snapshot/cache.ts";
+import { writeFileAtomic } from "../atomic_file.ts";
 import { agentInitramfsIdentity } from "./init_identity.ts";
 
 /** Agent images kept in all, this one included (a few checkouts or kernels side by side). */
@@ -81,15 +82,12 @@ export async function agentInitramfsFile(
   }
   const bytes = await agentInitramfs(kernel);
   if (path) {
-    const tmp = `${path}.${Deno.pid}.tmp`;
     try {
-      await Deno.mkdir(dirname(path), { recursive: true });
-      await Deno.writeFile(tmp, bytes, { mode: 0o644 });
-      await Deno.rename(tmp, path);
+      await writeFileAtomic(path, bytes, { mode: 0o644 });
       await prune(dirname(path), path).catch(() => {});
       return { path, cached: false };
     } catch {
-      await Deno.remove(tmp).catch(() => {}); // a read-only cache: build per run
+      // a read-only cache: build per run
     }
   }
   const scratch = join(o.scratchDir, "initramfs.cpio.gz");
