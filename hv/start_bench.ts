@@ -29,16 +29,12 @@
 import { join } from "node:path";
 import { Assembler, mem } from "../init/asm/mod.ts";
 import { CODE, STAMP_PORT } from "./testing/vmm_child.ts";
+import { median } from "../tests/bench_util.ts";
 
 const ROUNDS = 5;
 const MIB = 256;
 const TOUCH_MIB = 64;
 const CHILD = new URL("./testing/vmm_child.ts", import.meta.url).pathname;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1];
-}
 
 const now = () => performance.timeOrigin + performance.now();
 

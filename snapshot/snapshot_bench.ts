@@ -44,14 +44,10 @@ import { vcpuWorkers } from "../hv/vcpu_worker.ts";
 import { captureHvVm, restoreHvVm } from "./hv_snapshot.ts";
 import { HvTestDevices } from "./testdata/hv_device.ts";
 import { setupGuest } from "./testdata/machine.ts";
+import { median } from "../tests/bench_util.ts";
 
 const MiB = 1 << 20;
 const RUNS = 11;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1];
-}
 
 /** Boots the test guest in a `mib` MiB VM with `touchMiB` of extra non-zero pages, runs it to the doorbell and captures. */
 async function makeSnapshot(dir: string, mib: number, touchMiB: number): Promise<number> {

@@ -15,6 +15,7 @@ import { buildKvmMachine } from "./builder.ts";
 import { MarksDevice } from "./testdata/marks_device.ts";
 import { PROBE, PROBE_SECTIONS, speedProbeElf } from "./testdata/standin/speed_probe.ts";
 import type { VmConfig } from "../config.ts";
+import { median } from "../../tests/bench_util.ts";
 
 /** Only catches a hang: the probe needs a few seconds. */
 const HANG_MS = 120_000;
@@ -63,11 +64,6 @@ export async function probeOnce(): Promise<Record<keyof typeof PROBE_SECTIONS, n
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1];
 }
 
 /** `deno task bench standin`: three probe runs, medians. */

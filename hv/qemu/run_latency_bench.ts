@@ -13,14 +13,10 @@
 import { fileURLToPath } from "node:url";
 import { QemuProcess } from "./process.ts";
 import { busyboxInitramfs, testKernel } from "./testing.ts";
+import { median } from "../../tests/bench_util.ts";
 
 const MAIN = fileURLToPath(new URL("../../main.ts", import.meta.url));
 const ROUNDS = 5;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 
 /** Runs the benchmark; returns the output line(s). */
 export async function bench(): Promise<string[]> {

@@ -26,13 +26,9 @@ import {
   testLaunch,
 } from "./testdata/snapshot_guest.ts";
 import type { KernelInfo } from "../kernel/mod.ts";
+import { median } from "../../tests/bench_util.ts";
 
 const ROUNDS = 4;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
 
 interface Sample {
   ready: number;

@@ -12,41 +12,9 @@
 
 import { missing } from "../../tests/requirements.ts";
 import { startNativeAgent } from "./testing.ts";
+import { median, pump, timeIt } from "../../tests/bench_util.ts";
 
 const MIB = 1 << 20;
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)];
-}
-
-async function timeIt(n: number, fn: () => Promise<unknown>): Promise<number> {
-  const t: number[] = [];
-  for (let i = 0; i < n; i++) {
-    const t0 = performance.now();
-    await fn();
-    t.push(performance.now() - t0);
-  }
-  return median(t);
-}
-
-/** Pushes `size` bytes into `w` in 1 MiB chunks and reads `r` to the end; resolves with bytes read. */
-async function pump(
-  w: WritableStream<Uint8Array>,
-  r: ReadableStream<Uint8Array>,
-  size: number,
-): Promise<number> {
-  const chunk = new Uint8Array(MIB).fill(0x5a);
-  const writing = (async () => {
-    const wr = w.getWriter();
-    for (let off = 0; off < size; off += MIB) await wr.write(chunk);
-    await wr.close();
-  })();
-  let got = 0;
-  for await (const c of r) got += c.length;
-  await writing;
-  return got;
-}
 
 /** Runs the benchmarks; one line each. */
 export async function bench(): Promise<string[]> {

@@ -36,6 +36,7 @@ import type { DeviceContext } from "../device.ts";
 import { type MockBuffer, MockQueueDriver } from "../mock_driver.ts";
 import { Queue } from "../queue.ts";
 import { VirtioFs } from "./device.ts";
+import { median } from "../../../tests/bench_util.ts";
 
 const ROUNDS = 5;
 const MEM = 64 << 20;
@@ -147,11 +148,6 @@ function run(r: Rig, way: Way, bufs: MockBuffer[], n: number, batch: number): nu
 }
 
 const copier = new RequestBuffer(new FuseServer(new PassthroughFs("/")).requestBufferSize);
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1];
-}
 
 /** Runs every row; returns the `fs-request-copy …` lines. */
 export function bench(): Promise<string[]> {
