@@ -764,13 +764,18 @@ export class TcpConn {
    */
   #maybeWindowUpdate(): void {
     const scale = 1 << this.#rcvShift;
-    const w = Math.min(0xffff, Math.floor(this.#rcvWindow() / scale)) * scale;
+    const w = this.#windowField(scale) * scale;
     if (
       w - this.#lastAdvWnd >=
         Math.max(2 * (this.#env.cfg.mtu - 40), this.#env.cfg.tcpBufferBytes / 4)
     ) {
       this.#sendAck();
     }
+  }
+
+  /** The window field a segment carries at `scale`: our receive window, capped by 16 bits. */
+  #windowField(scale: number): number {
+    return Math.min(0xffff, Math.floor(this.#rcvWindow() / scale));
   }
 
   // ---- segments out ----
@@ -834,10 +839,9 @@ export class TcpConn {
     n: number,
     dataStart = 0,
   ): void {
-    const w = this.#rcvWindow();
     // A SYN's window is never scaled (RFC 7323 §2.2).
     const scale = flags & TCP_FLAG.SYN ? 1 : 1 << this.#rcvShift;
-    const field = Math.min(0xffff, Math.floor(w / scale));
+    const field = this.#windowField(scale);
     const advertised = field * scale;
     this.#lastAdvWnd = advertised;
     const edge = add(this.#rcvNxt, advertised);
