@@ -9,7 +9,7 @@
 
 import { deepStrictEqual, match, strictEqual } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { testKernel } from "../hv/qemu/testing.ts";
+import { linkKernelCache, testKernel } from "../hv/qemu/testing.ts";
 import { buildTestImage, imageTest, TEST_IMAGE, toDockerArchive } from "../image/testing/images.ts";
 import { prepareImage } from "../image/run.ts";
 import { ImageStore } from "../image/store.ts";
@@ -59,11 +59,7 @@ imageTest(
     try {
       const layout = await buildTestImage(base);
       const cache = `${base}/cache`;
-      await Deno.mkdir(`${cache}/skiff`, { recursive: true });
-      await Deno.symlink(
-        `${Deno.env.get("XDG_CACHE_HOME") || `${Deno.env.get("HOME")}/.cache`}/skiff/kernels`,
-        `${cache}/skiff/kernels`,
-      );
+      await linkKernelCache(cache);
       const ref = `oci:${layout}:${TEST_IMAGE.tag}`;
       const q = ["run", "--engine", "qemu", "--image"];
 

@@ -13,9 +13,7 @@
  */
 
 import { fileURLToPath } from "node:url";
-import { join } from "node:path";
-import { kernelCacheDir } from "../kernel/cache.ts";
-import { testKernel } from "./testing.ts";
+import { linkKernelCache, testKernel } from "./testing.ts";
 import { missing } from "../../tests/requirements.ts";
 import { median } from "../../tests/bench_util.ts";
 
@@ -76,8 +74,7 @@ export async function bench(): Promise<string[]> {
   if (why) return [`run-cached skipped: ${why}`];
   const cache = await Deno.makeTempDir({ prefix: "skiff-cachedbench-" });
   try {
-    await Deno.mkdir(join(cache, "skiff"));
-    await Deno.symlink(kernelCacheDir(), join(cache, "skiff", "kernels"));
+    await linkKernelCache(cache);
     return await run(cache);
   } finally {
     await Deno.remove(cache, { recursive: true });

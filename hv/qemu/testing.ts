@@ -7,9 +7,19 @@
  * @module
  */
 
-import { findKernel, type KernelInfo, kernelModules } from "../kernel/mod.ts";
+import { findKernel, kernelCacheDir, type KernelInfo, kernelModules } from "../kernel/mod.ts";
 import { type CpioEntry, gzip, writeCpio } from "../../init/cpio.ts";
 import type { QemuProcess } from "./process.ts";
+
+/**
+ * Makes `cacheHome` a private `XDG_CACHE_HOME` for a skiff process: snapshot
+ * and image caches of its own, with this user's kernel cache linked in so
+ * that nothing is downloaded.
+ */
+export async function linkKernelCache(cacheHome: string): Promise<void> {
+  await Deno.mkdir(`${cacheHome}/skiff`, { recursive: true });
+  await Deno.symlink(kernelCacheDir(), `${cacheHome}/skiff/kernels`);
+}
 
 /**
  * The cached default kernel, or why there is none. Tests that use it are
