@@ -56,29 +56,39 @@ async function execLatency(vm: VirtualMachine): Promise<string> {
   return `exec-latency engine=qemu vm=${fmt(v)}ms host=${fmt(h)}ms ratio=${fmt(v / h)}`;
 }
 
+/** A running `cat`, in the guest or on the host. */
+interface Cat extends AsyncDisposable {
+  stdin: WritableStream<Uint8Array>;
+  stdout: ReadableStream<Uint8Array>;
+  status: Promise<{ success: boolean; code: number }>;
+}
+
+/** MiB/s of {@link SIZE} bytes through a `cat` that `spawn` starts (its start included), checked. */
+async function catThroughput(who: string, spawn: () => Cat | Promise<Cat>): Promise<number> {
+  const t0 = performance.now();
+  {
+    await using cat = await spawn();
+    const got = await pump(cat.stdin, cat.stdout, SIZE);
+    if (got !== SIZE) throw new Error(`${who} cat returned ${got} of ${SIZE} bytes`);
+    const st = await cat.status;
+    if (!st.success) throw new Error(`${who} cat exited ${st.code}`);
+  }
+  return SIZE / MIB / ((performance.now() - t0) / 1000);
+}
+
 async function spawnThroughput(vm: VirtualMachine): Promise<string> {
   const inVm: number[] = [];
   const host: number[] = [];
   for (let round = 0; round < TP_ROUNDS; round++) {
-    let t0 = performance.now();
-    {
-      await using cat = await vm.spawn(["cat"], { stdin: "piped", stderr: "null" });
-      const got = await pump(cat.stdin, cat.stdout, SIZE);
-      if (got !== SIZE) throw new Error(`cat in the guest returned ${got} of ${SIZE} bytes`);
-      const st = await cat.status;
-      if (!st.success) throw new Error(`cat in the guest exited ${st.code}`);
-    }
-    inVm.push(SIZE / MIB / ((performance.now() - t0) / 1000));
-    t0 = performance.now();
-    {
-      const cat = new Deno.Command("cat", { stdin: "piped", stdout: "piped", stderr: "null" })
-        .spawn();
-      const got = await pump(cat.stdin, cat.stdout, SIZE);
-      if (got !== SIZE) throw new Error(`host cat returned ${got} of ${SIZE} bytes`);
-      const st = await cat.status;
-      if (!st.success) throw new Error(`host cat exited ${st.code}`);
-    }
-    host.push(SIZE / MIB / ((performance.now() - t0) / 1000));
+    inVm.push(
+      await catThroughput("guest", () => vm.spawn(["cat"], { stdin: "piped", stderr: "null" })),
+    );
+    host.push(
+      await catThroughput(
+        "host",
+        () => new Deno.Command("cat", { stdin: "piped", stdout: "piped", stderr: "null" }).spawn(),
+      ),
+    );
   }
   const v = median(inVm), h = median(host);
   return `spawn-throughput engine=qemu vm=${fmt(v)}MiB/s host=${fmt(h)}MiB/s ratio=${fmt(v / h)}`;
