@@ -132,7 +132,7 @@ export interface GuestMemory {
 /** A {@link GuestMemory} over a list of regions. */
 export class RegionMemory implements GuestMemory, Disposable {
   readonly regions: readonly MemoryRegion[];
-  #views: (DataView | undefined)[];
+  #views: (RegionViews | undefined)[];
   #owned: { ptr: Deno.PointerObject; size: number; fd?: number }[];
 
   /**
@@ -203,16 +203,15 @@ export class RegionMemory implements GuestMemory, Disposable {
     return -1;
   }
 
-  #at(addr: number, length: number): [DataView, number] {
+  /** The views of the region holding `[addr, addr+length)` and the offset of `addr` in it. */
+  #at(addr: number, length: number): RegionViews {
     const i = this.#find(addr, length);
     if (i < 0) throw new GuestMemoryError(addr, length);
     const r = this.regions[i];
     let v = this.#views[i];
-    if (v === undefined) {
-      const b = r.bytes;
-      v = this.#views[i] = new DataView(b.buffer, b.byteOffset, r.size);
-    }
-    return [v, addr - r.guestAddr];
+    if (v === undefined) v = this.#views[i] = regionViews(r);
+    v.off = addr - r.guestAddr;
+    return v;
   }
 
   contains(addr: number, length: number): boolean {
@@ -235,37 +234,44 @@ export class RegionMemory implements GuestMemory, Disposable {
     this.slice(addr, src.length).set(src);
   }
 
+  // Aligned 16/32/64-bit accesses go through typed arrays, one machine load or
+  // store each, so a vCPU writing the same word concurrently (a ring index) is
+  // never seen half old, half new — nor sees ours so. DataView is not enough:
+  // V8's unoptimised DataView builtins move such values a byte at a time.
   readU8(addr: number): number {
-    const [v, o] = this.#at(addr, 1);
-    return v.getUint8(o);
+    const v = this.#at(addr, 1);
+    return v.u8[v.off];
   }
   readU16(addr: number): number {
-    const [v, o] = this.#at(addr, 2);
-    return v.getUint16(o, true);
+    const v = this.#at(addr, 2);
+    return v.u16 && (v.off & 1) === 0 ? v.u16[v.off / 2] : v.dv.getUint16(v.off, true);
   }
   readU32(addr: number): number {
-    const [v, o] = this.#at(addr, 4);
-    return v.getUint32(o, true);
+    const v = this.#at(addr, 4);
+    return v.u32 && (v.off & 3) === 0 ? v.u32[v.off / 4] : v.dv.getUint32(v.off, true);
   }
   readU64(addr: number): bigint {
-    const [v, o] = this.#at(addr, 8);
-    return v.getBigUint64(o, true);
+    const v = this.#at(addr, 8);
+    return v.u64 && (v.off & 7) === 0 ? v.u64[v.off / 8] : v.dv.getBigUint64(v.off, true);
   }
   writeU8(addr: number, value: number): void {
-    const [v, o] = this.#at(addr, 1);
-    v.setUint8(o, value);
+    const v = this.#at(addr, 1);
+    v.u8[v.off] = value;
   }
   writeU16(addr: number, value: number): void {
-    const [v, o] = this.#at(addr, 2);
-    v.setUint16(o, value, true);
+    const v = this.#at(addr, 2);
+    if (v.u16 && (v.off & 1) === 0) v.u16[v.off / 2] = value;
+    else v.dv.setUint16(v.off, value, true);
   }
   writeU32(addr: number, value: number): void {
-    const [v, o] = this.#at(addr, 4);
-    v.setUint32(o, value, true);
+    const v = this.#at(addr, 4);
+    if (v.u32 && (v.off & 3) === 0) v.u32[v.off / 4] = value;
+    else v.dv.setUint32(v.off, value, true);
   }
   writeU64(addr: number, value: bigint): void {
-    const [v, o] = this.#at(addr, 8);
-    v.setBigUint64(o, value, true);
+    const v = this.#at(addr, 8);
+    if (v.u64 && (v.off & 7) === 0) v.u64[v.off / 8] = value;
+    else v.dv.setBigUint64(v.off, value, true);
   }
 
   /** Unmaps owned mappings and closes owned fds. Idempotent. */
@@ -273,6 +279,35 @@ export class RegionMemory implements GuestMemory, Disposable {
     releaseOwned(this.#owned);
     this.#owned = [];
   }
+}
+
+/**
+ * Views of one region's bytes, made on first access. The wide typed arrays
+ * exist when the bytes start 8-byte aligned (mappings and fresh buffers
+ * do); they are little-endian like the guest, as on every host skiff runs on
+ * (x86-64).
+ */
+interface RegionViews {
+  dv: DataView;
+  u8: Uint8Array;
+  u16: Uint16Array | null;
+  u32: Uint32Array | null;
+  u64: BigUint64Array | null;
+  /** Offset in the region of the access being made (set by each lookup). */
+  off: number;
+}
+
+function regionViews(r: MemoryRegion): RegionViews {
+  const b = r.bytes;
+  const aligned = b.byteOffset % 8 === 0;
+  return {
+    dv: new DataView(b.buffer, b.byteOffset, r.size),
+    u8: b,
+    u16: aligned ? new Uint16Array(b.buffer, b.byteOffset, Math.floor(r.size / 2)) : null,
+    u32: aligned ? new Uint32Array(b.buffer, b.byteOffset, Math.floor(r.size / 4)) : null,
+    u64: aligned ? new BigUint64Array(b.buffer, b.byteOffset, Math.floor(r.size / 8)) : null,
+    off: 0,
+  };
 }
 
 function releaseOwned(owned: { ptr: Deno.PointerObject; size: number; fd?: number }[]): void {
