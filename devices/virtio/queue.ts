@@ -19,6 +19,7 @@
 
 import type { GuestMemory } from "../../hv/memory.ts";
 import { GuestMemoryError } from "../../hv/memory.ts";
+import { fullFence } from "./fence.ts";
 
 /** §2.7.5: this descriptor continues via the `next` field. */
 export const VIRTQ_DESC_F_NEXT = 1;
@@ -443,6 +444,8 @@ export class Queue {
    */
   needsNotification(mem: GuestMemory): boolean {
     this.#check(mem);
+    // Our used index store before the driver's used_event (or flags) load: fence.ts.
+    fullFence();
     const used = this.#nextUsed;
     if (this.eventIdx) {
       // used_event lives after the available ring's entries (§2.7.6).
@@ -475,7 +478,10 @@ export class Queue {
       // (§2.7.8): write it outright rather than read back what the guest can change.
       this.#write16(mem, this.usedRing, enable ? 0 : VIRTQ_USED_F_NO_NOTIFY);
     }
-    return enable && this.pending(mem) > 0;
+    if (!enable) return false;
+    // Our avail_event (or flags) store before the driver's avail index load: fence.ts.
+    fullFence();
+    return this.pending(mem) > 0;
   }
 
   /** Serialisable state. */
