@@ -19,6 +19,7 @@ import { cpath, FUSE_DEV_IOC_CLONE, r, sys } from "./sys.ts";
 import { type LoopStats, OverflowGate } from "./dev_fuse_loop.ts";
 import type { HelperStart, WorkerStart } from "./dev_fuse_worker.ts";
 import { runtimeModuleUrl } from "../../hv/module_url.ts";
+import { setMountReadahead } from "./readahead.ts";
 
 /** Options of {@link mountDevFuse}. */
 export interface DevFuseOptions extends PassthroughOptions {
@@ -30,6 +31,12 @@ export interface DevFuseOptions extends PassthroughOptions {
   mountpoint: string;
   /** Largest READ/WRITE request; default 1 MiB. */
   maxWrite?: number;
+  /**
+   * Readahead window of the mount in KiB, which bounds the size of the client's
+   * READs (`readahead.ts`); default `maxWrite` (one READ per window), 0 leaves
+   * the kernel's default (128 KiB).
+   */
+  readaheadKib?: number;
   /**
    * Threads reading `/dev/fuse` (default {@link DEFAULT_READERS}): one primary,
    * the others clones of the connection woken when requests queue up (see
@@ -51,6 +58,8 @@ export interface DevFuseMount extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+/** The file system type of our mounts (`fuse.` + subtype, as fusermount names them). */
+const FSTYPE = "fuse.skiff";
 const MS_NOSUID = 2n;
 const MS_NODEV = 4n;
 const MNT_DETACH = 2;
@@ -152,6 +161,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     maxWrite = 1 << 20,
     layers,
     readers = DEFAULT_READERS,
+    readaheadKib = Math.floor(maxWrite / 1024),
     ...fsOptions
   } = options;
   if (!layers) isDir(hostDir, "HOST_DIR");
@@ -159,6 +169,12 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   if (!Number.isInteger(readers) || readers < 1 || readers > 64) {
     throw new RangeError(`readers ${readers} is not an integer in 1..64`);
   }
+  if (!Number.isInteger(readaheadKib) || readaheadKib < 0) {
+    throw new RangeError(`readaheadKib ${readaheadKib} is not a whole number`);
+  }
+  // As /proc/self/mountinfo will show it (symbolic links resolved), looked up before
+  // the mount hides the directory.
+  const mountPath = Deno.realPathSync(mountpoint);
   const why = devFuseUnavailable();
   if (why) throw new Error(why);
   const fd = r(sys.openat(-100, cpath("/dev/fuse"), O.RDWR | O.CLOEXEC, 0));
@@ -200,7 +216,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     sys.mount(
       cpath(`skiff:${hostDir}`),
       cpath(mountpoint),
-      cpath("fuse.skiff"),
+      cpath(FSTYPE),
       MS_NOSUID | MS_NODEV,
       cpath(opts),
     ),
@@ -216,6 +232,15 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   }
 
   primary.worker.postMessage("serve");
+  // READs as large as max_read (readahead.ts); best effort: the default window works
+  // too. After INIT: the kernel lowers the window to the INIT reply's max_readahead.
+  if (readaheadKib > 0) {
+    const inited = await Promise.race([
+      gate.published(INIT_WAIT_MS),
+      primary.done.then(() => false, () => false),
+    ]);
+    if (inited) setMountReadahead(mountPath, FSTYPE, readaheadKib);
+  }
   // Helpers clone the connection, which exists only once mounted.
   for (let i = 0; i < helpers && share; i++) {
     const cfd = cloneDevFuse(fd);
@@ -279,6 +304,8 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   };
 }
 
+/** How long {@link mountDevFuse} waits for the kernel's INIT before it leaves the readahead alone. */
+const INIT_WAIT_MS = 5000;
 /** How long {@link DevFuseMount.close} waits for readers that make no progress. */
 const CLOSE_WAIT_MS = 5000;
 /** The longest {@link DevFuseMount.close} waits for readers that keep making progress. */

@@ -157,6 +157,16 @@ export class OverflowGate {
     g[G_FLAGS_HI] = Number(flags >> 32n) | 0;
     g[G_MAX_WRITE] = p.maxWrite;
     Atomics.store(g, G_PROTO, 1);
+    Atomics.notify(g, G_PROTO);
+  }
+
+  /**
+   * Resolves true once the protocol is published (the INIT reply is written, so the
+   * kernel has applied it), false if that takes longer than `ms`.
+   */
+  async published(ms: number): Promise<boolean> {
+    const w = Atomics.waitAsync(this.#g, G_PROTO, 0, ms);
+    return (w.async ? await w.value : w.value) !== "timed-out";
   }
 
   /** The published protocol, or null before INIT. */
