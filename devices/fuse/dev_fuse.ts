@@ -33,10 +33,12 @@ export interface DevFuseOptions extends PassthroughOptions {
   maxWrite?: number;
   /**
    * Readahead window of the mount in KiB, which bounds the size of the client's
-   * READs (`readahead.ts`); default `maxWrite` (one READ per window), 0 leaves
-   * the kernel's default (128 KiB).
+   * READs (`readahead.ts`); default {@link DEFAULT_READAHEAD_KIB} (at most
+   * `maxWrite`), 0 leaves the kernel's default (128 KiB).
    */
   readaheadKib?: number;
+  /** Splice large READ replies from the host file into /dev/fuse (`dev_fuse_splice.ts`); default true. */
+  splice?: boolean;
   /**
    * Threads reading `/dev/fuse` (default {@link DEFAULT_READERS}): one primary,
    * the others clones of the connection woken when requests queue up (see
@@ -44,6 +46,13 @@ export interface DevFuseOptions extends PassthroughOptions {
    */
   readers?: number;
 }
+
+/**
+ * The readahead window unless told otherwise: READs four times the kernel's default,
+ * and small enough to be spliced through a pipe of the unprivileged maximum size
+ * (1 MiB, /proc/sys/fs/pipe-max-size; `dev_fuse_splice.ts`). Measured in `fuse_bench.ts`.
+ */
+export const DEFAULT_READAHEAD_KIB = 512;
 
 /** Readers of a mount unless told otherwise (measured in `fuse_bench.ts`). */
 export const DEFAULT_READERS = 2;
@@ -161,7 +170,8 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     maxWrite = 1 << 20,
     layers,
     readers = DEFAULT_READERS,
-    readaheadKib = Math.floor(maxWrite / 1024),
+    readaheadKib = Math.min(DEFAULT_READAHEAD_KIB, Math.floor(maxWrite / 1024)),
+    splice = true,
     ...fsOptions
   } = options;
   if (!layers) isDir(hostDir, "HOST_DIR");
@@ -192,6 +202,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     options: fsOptions,
     maxWrite,
     gate: gate.buffer,
+    splice,
   }, `FUSE server for ${hostDir}`);
   const all: Reader[] = [primary];
   let share: PassthroughShare | undefined;
@@ -252,6 +263,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
       share,
       maxWrite,
       gate: gate.buffer,
+      splice,
     }, `FUSE reader ${i + 2} for ${hostDir}`);
     all.push(reader);
   }
