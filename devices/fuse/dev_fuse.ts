@@ -247,10 +247,11 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   // too. After INIT: the kernel lowers the window to the INIT reply's max_readahead.
   if (readaheadKib > 0) {
     const inited = await Promise.race([
-      gate.published(INIT_WAIT_MS),
+      gate.published().then(() => true),
       primary.done.then(() => false, () => false),
     ]);
     if (inited) setMountReadahead(mountPath, FSTYPE, readaheadKib);
+    else gate.unblock();
   }
   // Helpers clone the connection, which exists only once mounted.
   for (let i = 0; i < helpers && share; i++) {
@@ -316,8 +317,6 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   };
 }
 
-/** How long {@link mountDevFuse} waits for the kernel's INIT before it leaves the readahead alone. */
-const INIT_WAIT_MS = 5000;
 /** How long {@link DevFuseMount.close} waits for readers that make no progress. */
 const CLOSE_WAIT_MS = 5000;
 /** The longest {@link DevFuseMount.close} waits for readers that keep making progress. */

@@ -161,12 +161,19 @@ export class OverflowGate {
   }
 
   /**
-   * Resolves true once the protocol is published (the INIT reply is written, so the
-   * kernel has applied it), false if that takes longer than `ms`.
+   * Resolves once the protocol is published (the INIT reply is written, so the
+   * kernel has applied it). The kernel sends INIT as it mounts, so this comes
+   * unless the server ends first: race it with that, and {@link unblock} the
+   * waiter when the server wins.
    */
-  async published(ms: number): Promise<boolean> {
-    const w = Atomics.waitAsync(this.#g, G_PROTO, 0, ms);
-    return (w.async ? await w.value : w.value) !== "timed-out";
+  async published(): Promise<void> {
+    const w = Atomics.waitAsync(this.#g, G_PROTO, 0);
+    if (w.async) await w.value;
+  }
+
+  /** Ends a {@link published} wait that lost its race (an unresolved wait would be left behind). */
+  unblock(): void {
+    Atomics.notify(this.#g, G_PROTO);
   }
 
   /** The published protocol, or null before INIT. */
