@@ -19,6 +19,7 @@ import { cpath, FUSE_DEV_IOC_CLONE, r, sys } from "./sys.ts";
 import { type LoopStats, OverflowGate } from "./dev_fuse_loop.ts";
 import type { HelperStart, WorkerStart } from "./dev_fuse_worker.ts";
 import { runtimeModuleUrl } from "../../hv/module_url.ts";
+import { setMountReadahead } from "./readahead.ts";
 
 /** Options of {@link mountDevFuse}. */
 export interface DevFuseOptions extends PassthroughOptions {
@@ -31,12 +32,27 @@ export interface DevFuseOptions extends PassthroughOptions {
   /** Largest READ/WRITE request; default 1 MiB. */
   maxWrite?: number;
   /**
+   * Readahead window of the mount in KiB, which bounds the size of the client's
+   * READs (`readahead.ts`); default {@link DEFAULT_READAHEAD_KIB} (at most
+   * `maxWrite`), 0 leaves the kernel's default (128 KiB).
+   */
+  readaheadKib?: number;
+  /** Splice large READ replies from the host file into /dev/fuse (`dev_fuse_splice.ts`); default true. */
+  splice?: boolean;
+  /**
    * Threads reading `/dev/fuse` (default {@link DEFAULT_READERS}): one primary,
    * the others clones of the connection woken when requests queue up (see
    * `dev_fuse_loop.ts`). Image layers are always served by one.
    */
   readers?: number;
 }
+
+/**
+ * The readahead window unless told otherwise: READs four times the kernel's default,
+ * and small enough to be spliced through a pipe of the unprivileged maximum size
+ * (1 MiB, /proc/sys/fs/pipe-max-size; `dev_fuse_splice.ts`). Measured in `fuse_bench.ts`.
+ */
+export const DEFAULT_READAHEAD_KIB = 512;
 
 /** Readers of a mount unless told otherwise (measured in `fuse_bench.ts`). */
 export const DEFAULT_READERS = 2;
@@ -51,6 +67,8 @@ export interface DevFuseMount extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+/** The file system type of our mounts (`fuse.` + subtype, as fusermount names them). */
+const FSTYPE = "fuse.skiff";
 const MS_NOSUID = 2n;
 const MS_NODEV = 4n;
 const MNT_DETACH = 2;
@@ -152,6 +170,8 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     maxWrite = 1 << 20,
     layers,
     readers = DEFAULT_READERS,
+    readaheadKib = Math.min(DEFAULT_READAHEAD_KIB, Math.floor(maxWrite / 1024)),
+    splice = true,
     ...fsOptions
   } = options;
   if (!layers) isDir(hostDir, "HOST_DIR");
@@ -159,6 +179,12 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   if (!Number.isInteger(readers) || readers < 1 || readers > 64) {
     throw new RangeError(`readers ${readers} is not an integer in 1..64`);
   }
+  if (!Number.isInteger(readaheadKib) || readaheadKib < 0) {
+    throw new RangeError(`readaheadKib ${readaheadKib} is not a whole number`);
+  }
+  // As /proc/self/mountinfo will show it (symbolic links resolved), looked up before
+  // the mount hides the directory.
+  const mountPath = Deno.realPathSync(mountpoint);
   const why = devFuseUnavailable();
   if (why) throw new Error(why);
   const fd = r(sys.openat(-100, cpath("/dev/fuse"), O.RDWR | O.CLOEXEC, 0));
@@ -176,6 +202,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     options: fsOptions,
     maxWrite,
     gate: gate.buffer,
+    splice,
   }, `FUSE server for ${hostDir}`);
   const all: Reader[] = [primary];
   let share: PassthroughShare | undefined;
@@ -200,7 +227,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     sys.mount(
       cpath(`skiff:${hostDir}`),
       cpath(mountpoint),
-      cpath("fuse.skiff"),
+      cpath(FSTYPE),
       MS_NOSUID | MS_NODEV,
       cpath(opts),
     ),
@@ -216,6 +243,16 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   }
 
   primary.worker.postMessage("serve");
+  // READs as large as max_read (readahead.ts); best effort: the default window works
+  // too. After INIT: the kernel lowers the window to the INIT reply's max_readahead.
+  if (readaheadKib > 0) {
+    const inited = await Promise.race([
+      gate.published().then(() => true),
+      primary.done.then(() => false, () => false),
+    ]);
+    if (inited) setMountReadahead(mountPath, FSTYPE, readaheadKib);
+    else gate.unblock();
+  }
   // Helpers clone the connection, which exists only once mounted.
   for (let i = 0; i < helpers && share; i++) {
     const cfd = cloneDevFuse(fd);
@@ -227,6 +264,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
       share,
       maxWrite,
       gate: gate.buffer,
+      splice,
     }, `FUSE reader ${i + 2} for ${hostDir}`);
     all.push(reader);
   }

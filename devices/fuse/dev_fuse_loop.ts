@@ -157,6 +157,23 @@ export class OverflowGate {
     g[G_FLAGS_HI] = Number(flags >> 32n) | 0;
     g[G_MAX_WRITE] = p.maxWrite;
     Atomics.store(g, G_PROTO, 1);
+    Atomics.notify(g, G_PROTO);
+  }
+
+  /**
+   * Resolves once the protocol is published (the INIT reply is written, so the
+   * kernel has applied it). The kernel sends INIT as it mounts, so this comes
+   * unless the server ends first: race it with that, and {@link unblock} the
+   * waiter when the server wins.
+   */
+  async published(): Promise<void> {
+    const w = Atomics.waitAsync(this.#g, G_PROTO, 0);
+    if (w.async) await w.value;
+  }
+
+  /** Ends a {@link published} wait that lost its race (an unresolved wait would be left behind). */
+  unblock(): void {
+    Atomics.notify(this.#g, G_PROTO);
   }
 
   /** The published protocol, or null before INIT. */

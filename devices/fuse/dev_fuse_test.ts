@@ -6,8 +6,8 @@
 
 import { ok, strictEqual } from "node:assert/strict";
 import { hostTest } from "../../tests/requirements.ts";
-import { type DevFuseMount, mountDevFuse } from "./dev_fuse.ts";
-import type { PassthroughOptions } from "./passthrough.ts";
+import { type DevFuseMount, type DevFuseOptions, mountDevFuse } from "./dev_fuse.ts";
+import { mountDevice } from "./readahead.ts";
 
 const opts = { sanitizeOps: false, sanitizeResources: false };
 
@@ -42,7 +42,7 @@ async function sameTree(a: string, b: string): Promise<void> {
 }
 
 async function withMount(
-  options: PassthroughOptions & { hostDir?: string },
+  options: Partial<DevFuseOptions>,
   fn: (mnt: string, host: string) => Promise<void>,
 ): Promise<void> {
   const base = await Deno.makeTempDir({ prefix: "skiff-fuse-l3-" });
@@ -115,6 +115,32 @@ hostTest("fuse L3: cp -a and diff -r of a tree with symlinks, hard links, FIFOs,
     // And back out again.
     await must(`cp -a ${mnt}/copy ${host}/../back`);
     await sameTree(src, `${host}/../back`);
+  });
+}, opts);
+
+/** The readahead window (KiB) of the skiff mount at `mnt`, from its bdi in sysfs. */
+async function readaheadOf(mnt: string): Promise<number> {
+  const dev = mountDevice(
+    await Deno.readTextFile("/proc/self/mountinfo"),
+    await Deno.realPath(mnt),
+    "fuse.skiff",
+  );
+  ok(dev, `no skiff mount at ${mnt}`);
+  return Number((await Deno.readTextFile(`/sys/class/bdi/${dev}/read_ahead_kb`)).trim());
+}
+
+hostTest("fuse L3: the readahead window is raised; large READs read the right bytes", [
+  "fuse",
+  "root",
+], async () => {
+  await withMount({}, async (mnt, host) => {
+    strictEqual(await readaheadOf(mnt), 512);
+    // Not a multiple of the window or a page, so the last READ is short.
+    await must(`head -c 3146001 /dev/urandom > ${host}/f`);
+    await must(`cmp ${host}/f ${mnt}/f && dd if=${mnt}/f bs=7777 status=none | cmp - ${host}/f`);
+  });
+  await withMount({ maxWrite: 256 << 10, readaheadKib: 192 }, async (mnt) => {
+    strictEqual(await readaheadOf(mnt), 192);
   });
 }, opts);
 

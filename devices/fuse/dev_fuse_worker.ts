@@ -19,6 +19,7 @@
 import { PassthroughFs, type PassthroughOptions, type PassthroughShare } from "./passthrough.ts";
 import { LayeredFs } from "./layered.ts";
 import { FuseServer } from "./server.ts";
+import { SpliceSender } from "./dev_fuse_splice.ts";
 import { OverflowGate, serveDevFuse, serveOverflow } from "./dev_fuse_loop.ts";
 
 /** The primary's start message. */
@@ -32,6 +33,8 @@ export interface WorkerStart {
   maxWrite: number;
   /** The gate: wakes helpers (if any) and shows the mount's close() the primary's progress. */
   gate?: SharedArrayBuffer;
+  /** Splice large READ replies (`dev_fuse_splice.ts`). */
+  splice?: boolean;
 }
 
 /** A helper's start message. */
@@ -42,6 +45,8 @@ export interface HelperStart {
   share: PassthroughShare;
   maxWrite: number;
   gate: SharedArrayBuffer;
+  /** Splice large READ replies (`dev_fuse_splice.ts`). */
+  splice?: boolean;
 }
 
 /** How long the primary waits for helpers to finish their last request before closing the share. */
@@ -51,6 +56,16 @@ let fs: PassthroughFs | LayeredFs | null = null;
 let server: FuseServer | null = null;
 let gate: OverflowGate | undefined;
 let fd = -1;
+let sender: SpliceSender | null = null;
+
+/** A splice sender for `/dev/fuse` fd `devFd` if asked for and a pipe can be had. */
+function spliceFor(
+  devFd: number,
+  want: boolean | undefined,
+  maxWrite: number,
+): SpliceSender | null {
+  return want ? SpliceSender.open(devFd, maxWrite) : null;
+}
 
 function fail(err: unknown): void {
   self.postMessage({ type: "error", message: err instanceof Error ? err.message : String(err) });
@@ -66,6 +81,7 @@ self.onmessage = (e: MessageEvent<WorkerStart | HelperStart | "serve">) => {
         gate.waitHelpers(HELPERS_GRACE_MS);
       }
       fs!.close();
+      sender?.close();
       self.postMessage({ type: "done", stats });
       return;
     }
@@ -75,11 +91,13 @@ self.onmessage = (e: MessageEvent<WorkerStart | HelperStart | "serve">) => {
       let stats;
       try {
         const mine = PassthroughFs.attach(m.share);
-        const srv = new FuseServer(mine, { maxWrite: m.maxWrite });
+        const own = spliceFor(m.fd, m.splice, m.maxWrite);
+        const srv = new FuseServer(mine, { maxWrite: m.maxWrite, readSender: own ?? undefined });
         self.postMessage({ type: "ready" });
         serving = true; // from here serveOverflow leaves the gate itself
         stats = serveOverflow(m.fd, srv, helperGate);
         mine.close();
+        own?.close();
       } catch (err) {
         if (!serving) helperGate.leave();
         throw err;
@@ -91,7 +109,8 @@ self.onmessage = (e: MessageEvent<WorkerStart | HelperStart | "serve">) => {
     if (m.gate) gate = new OverflowGate(m.gate);
     const passthrough = m.layers ? null : new PassthroughFs(m.hostDir, m.options);
     fs = passthrough ?? new LayeredFs({ layers: m.layers! });
-    server = new FuseServer(fs, { maxWrite: m.maxWrite });
+    sender = spliceFor(fd, m.splice, m.maxWrite);
+    server = new FuseServer(fs, { maxWrite: m.maxWrite, readSender: sender ?? undefined });
     self.postMessage({ type: "ready", share: passthrough?.share() });
   } catch (err) {
     fail(err);

@@ -234,6 +234,19 @@ export class FileSystem {
   read(_ctx: Context, _nodeid: number, _fh: number, _offset: bigint, _dst: Uint8Array[]): number {
     throw enosys();
   }
+  /**
+   * Runs `use` with the host file descriptor behind open file `fh` (kept open
+   * until it returns) and returns its result, or null when this back-end has
+   * none: for a transport that moves READ data itself (`dev_fuse_splice.ts`).
+   */
+  withReadFd(
+    _ctx: Context,
+    _nodeid: number,
+    _fh: number,
+    _use: (fd: number) => number,
+  ): number | null {
+    return null;
+  }
   /** WRITE `data` at `offset`; returns the byte count written. */
   write(
     _ctx: Context,

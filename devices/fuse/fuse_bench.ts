@@ -14,6 +14,15 @@
  * page cache (an earlier version of this bench printed ratio 5.70 that
  * way); on tmpfs O_DIRECT is served from memory, so both do the same work.
  *
+ * Each server keeps its own data path: skiff's mount raises the readahead
+ * window to 512 KiB (so `seq-read-1g` gets 512 KiB READs) and splices READ
+ * replies of 64 KiB and more from the file into /dev/fuse (`dev_fuse.ts`,
+ * `dev_fuse_splice.ts`); bindfs gets the kernel's 128 KiB window and copies
+ * READ data through its buffer (libfuse 2, its `read` callback). Neither
+ * changes what is cached: the page cache is dropped on open on both, and the
+ * attribute and entry timeouts are each server's defaults (bindfs adds
+ * `attr_timeout=0`; skiff answers with 1 s).
+ *
  * Rows: `seq-read-1g` (MiB/s, dd bs=1M of a 1 GiB file), `rand-read-4k`
  * (IOPS, fio psync O_DIRECT 4 KiB random reads for 3 s), `create-stat-10k`
  * (files/s: create 10 000 small files then stat them all), `find-usr`

@@ -1197,6 +1197,15 @@ export class PassthroughFs extends FileSystem {
     });
   }
 
+  override withReadFd(
+    _ctx: Context,
+    _nodeid: number,
+    fh: number,
+    use: (fd: number) => number,
+  ): number {
+    return this.#withFile(fh, use);
+  }
+
   override write(
     _ctx: Context,
     _nodeid: number,

@@ -316,3 +316,52 @@ Deno.test("passthrough: two instances over one shared state (two readers) agree 
     fsB.close();
   }
 });
+
+Deno.test("passthrough READ through a transport's ReadSender: large READs only, fallback when it declines", () => {
+  const base = Deno.makeTempDirSync({ prefix: "skiff-passthrough-" });
+  try {
+    const data = new Uint8Array(200_000).map((_, i) => i * 7);
+    Deno.writeFileSync(`${base}/f`, data);
+    const calls: [number, number, bigint, number][] = [];
+    let answer = 0;
+    const server = new FuseServer(new PassthroughFs(base, {}), {
+      readSender: {
+        minSize: 65536,
+        send(lo, _hi, fd, offset, size) {
+          ok(fd >= 0);
+          calls.push([lo, fd, offset, size]);
+          return answer;
+        },
+      },
+    });
+    const c = new TestClient(server);
+    c.init();
+    const [, node] = c.lookup(1, "f");
+    const [, fh] = c.open(node);
+    // Taken by the sender: no reply from the server itself.
+    const unique = Number(c.unique);
+    strictEqual(
+      c.raw(
+        c.request(
+          Op.READ,
+          node,
+          le([8, fh], [8, 4096], [4, 131072], [4, 0], [8, 0], [4, 0], [4, 0]),
+        ),
+      ),
+      null,
+    );
+    deepStrictEqual(calls.map(([lo, , off, size]) => [lo, off, size]), [[unique, 4096n, 131072]]);
+    // Declined: the server reads and replies itself.
+    answer = -1;
+    const r = c.read(node, fh, 100, 70_000);
+    strictEqual(r.error, 0);
+    deepStrictEqual(r.body, data.subarray(100, 70_100));
+    strictEqual(calls.length, 2);
+    // Small READs never reach it; an unknown handle is EBADF before it does.
+    strictEqual(c.read(node, fh, 0, 4096).body.length, 4096);
+    strictEqual(c.read(node, fh + 1000, 0, 131072).error, Errno.EBADF);
+    strictEqual(calls.length, 2);
+  } finally {
+    Deno.removeSync(base, { recursive: true });
+  }
+});

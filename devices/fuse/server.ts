@@ -50,6 +50,23 @@ export interface FuseServerOptions {
   maxWrite?: number;
   /** Called with every unexpected (non-FuseError) exception, for debugging; default: ignore. */
   onError?: (error: unknown, opcode: number) => void;
+  /** The transport's own path for large READ replies (the `/dev/fuse` loop's splice). */
+  readSender?: ReadSender;
+}
+
+/**
+ * A transport that sends large READ replies itself, straight from the host file
+ * (`dev_fuse_splice.ts`), instead of taking them as bytes from {@link FuseServer.handleInto}.
+ */
+export interface ReadSender {
+  /** The smallest READ it takes. */
+  readonly minSize: number;
+  /**
+   * Replies to the current READ (`unique` as two words) with up to `size` bytes of
+   * host fd `fd` at `offset`; returns the bytes sent, or -1 when it sent nothing and
+   * the server should reply the ordinary way.
+   */
+  send(uniqueLo: number, uniqueHi: number, fd: number, offset: bigint, size: number): number;
 }
 
 /** The negotiated protocol, part of {@link FuseServerState}. */
@@ -100,6 +117,7 @@ export class FuseServer {
   readonly fs: FileSystem;
   #maxWrite: number;
   #onError: (error: unknown, opcode: number) => void;
+  #readSender: ReadSender | null;
   #proto: FuseProto | null = null;
   #flags = 0n;
   #scratch: Uint8Array<ArrayBuffer>;
@@ -124,6 +142,7 @@ export class FuseServer {
     }
     this.#maxWrite = mw & ~(PAGE - 1);
     this.#onError = options.onError ?? (() => {});
+    this.#readSender = options.readSender ?? null;
     this.#scratch = new Uint8Array(OUT_HEADER_SIZE + this.#maxWrite + PAGE);
   }
 
@@ -394,6 +413,17 @@ export class FuseServer {
       case Op.READ: {
         a.need(40);
         const size = Math.min(a.u32(16), o.length - OUT_HEADER_SIZE, this.#maxWrite);
+        const rs = this.#readSender;
+        if (rs !== null && size >= rs.minSize) {
+          const lo = this.#uniqueLo, hi = this.#uniqueHi, offset = a.u64(8);
+          const sent = fs.withReadFd(
+            ctx,
+            nodeid,
+            a.id(0),
+            (fd) => rs.send(lo, hi, fd, offset, size),
+          );
+          if (sent !== null && sent >= 0) return -1; // replied
+        }
         const dst = o.subarray(OUT_HEADER_SIZE, OUT_HEADER_SIZE + size);
         return fs.read(ctx, nodeid, a.id(0), a.u64(8), [dst]);
       }

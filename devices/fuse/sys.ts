@@ -67,6 +67,11 @@ const SYMBOLS = {
   setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  pipe2: { parameters: ["buffer", "i32"], result: "i32" },
+  /** splice(fd_in, off_in, fd_out, off_out, len, flags); a null offset is the fd's own. */
+  splice: { parameters: ["i32", "buffer", "i32", "buffer", "usize", "u32"], result: "isize" },
+  /** fcntl with an int argument (F_SETPIPE_SZ). */
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -98,7 +103,7 @@ export const RESOLVE = {
 export const RESOLVE_SAFE = RESOLVE.BENEATH | RESOLVE.NO_SYMLINKS | RESOLVE.NO_MAGICLINKS;
 
 /** `STATX_*` mask bits (linux/stat.h). */
-export const STATX = { BASIC_STATS: 0x7ff, MNT_ID: 0x1000 } as const;
+export const STATX = { SIZE: 0x200, BASIC_STATS: 0x7ff, MNT_ID: 0x1000 } as const;
 
 /** File type bits (linux/stat.h). */
 export const S = {
