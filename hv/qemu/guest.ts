@@ -36,7 +36,6 @@ import {
   sessionSetup,
   sessionTeardown,
   sharesOf,
-  writeSessionFiles,
 } from "../engine/session.ts";
 import { VsockAgentTransport, vsockReady } from "../engine/vsock_transport.ts";
 import type { ConsoleWatch } from "./console.ts";
@@ -188,14 +187,10 @@ export class QemuSession implements AsyncDisposable {
       exited,
     ]);
     log(
-      `qemu: shares, network and host name set up ${
+      `qemu: session ready (shares, network, host name, /etc files) ${
         Math.round(performance.now() - t0)
       } ms after the hot-plug`,
     );
-    if (!o.resume) {
-      await writeSessionFiles(this.agent, config, o.signal);
-    }
-    log(`qemu: session ready ${Math.round(performance.now() - t0)} ms after the hot-plug`);
   }
 
   /**
