@@ -28,10 +28,10 @@ import { agentInitramfsIdentity } from "../engine/init_identity.ts";
 import { agentInitramfsFile } from "../engine/agent_initramfs_file.ts";
 import { rootDirOf } from "../engine/session.ts";
 import { timeline } from "../engine/timeline.ts";
-import { abortRace } from "../abort.ts";
 import type { BootOptions, ConsoleIO, Engine, RunningVm, SnapshotRef } from "../engine/types.ts";
-import { ConsoleWatch } from "./console.ts";
+import { ConsoleWatch, guestReady } from "./console.ts";
 import { QemuSession } from "./guest.ts";
+import { EarlyRestore } from "./early_restore.ts";
 import { captureQemu, type QemuCapture, QemuRamDir, restoreQemu } from "./persist.ts";
 import { QemuProcess, type QemuStartOptions } from "./process.ts";
 import type { PluggedAtStart } from "./cmdline.ts";
@@ -144,7 +144,10 @@ export class QemuEngine implements Engine {
     let capture: QemuCapture | null = null;
     // A cold boot that is not captured: the session's devices are on QEMU's command line.
     let early: { session: QemuSession; devices: PluggedAtStart[] } | null = null;
+    // A restore's QEMU started before the cache lookup (hv/qemu/earlyRestore.ts).
+    let earlyRestore: EarlyRestore | null = null;
     const release = async () => {
+      await earlyRestore?.drop();
       if (vm) await vm.stop(1000).catch(() => {});
       await early?.session.close();
       // The entry is written from the RAM dir's staging: let it finish first.
@@ -175,6 +178,20 @@ export class QemuEngine implements Engine {
         plugged,
       });
       const useCache = !from && (o.snapshot ?? this.#opts.snapshot) !== false;
+      // A restore's QEMU reads no initrd: an empty file stands in for it.
+      const placeholder = `${dir}/initrd.restore`;
+      const restoreStart = () => {
+        const { machine: _m, incoming: _i, ...start } = launch(placeholder);
+        return start;
+      };
+      if (useCache) {
+        await Deno.writeFile(placeholder, new Uint8Array(0));
+        earlyRestore = EarlyRestore.begin(
+          { ...restoreStart(), ramFile: ram.ramFile },
+          config.memoryMiB,
+          log,
+        );
+      }
       let cache: SnapshotCache | null = null;
       let key = "";
       let source: Record<string, string> = {};
@@ -217,10 +234,9 @@ export class QemuEngine implements Engine {
       };
       const restore = async (entry: QemuEntry) => {
         // QEMU reads the initrd only at a cold boot: a restore needs a file, not the image.
-        const placeholder = `${dir}/initrd.restore`;
-        await Deno.writeFile(placeholder, new Uint8Array(0));
-        const { machine: _m, incoming: _i, ...start } = launch(placeholder);
-        const p = await restoreQemu(entry, { ...start, signal: o.signal });
+        const started = earlyRestore?.take();
+        if (!started) await Deno.writeFile(placeholder, new Uint8Array(0));
+        const p = await restoreQemu(entry, { ...restoreStart(), signal: o.signal, started });
         vm = p;
         watch(p);
         log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
@@ -237,6 +253,9 @@ export class QemuEngine implements Engine {
           read: readQemuEntry,
           restore,
           boot: async () => {
+            // The QEMU started for a restore cannot boot: stop it, and let the
+            // cold boot's QEMU make its RAM file afresh.
+            await earlyRestore?.drop();
             log(`qemu: cold boot (kernel ${kernel.version}, accel ${this.#opts.accel})`);
             const initrd = await agentInitramfsFile(kernel, {
               cacheDir: cache ? dirname(cache.root) : undefined,
@@ -248,32 +267,7 @@ export class QemuEngine implements Engine {
             vm = p;
             log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
             const w = watch(p);
-            const exited = p.exited.then(() => {
-              throw new VmError(
-                `QEMU exited before the guest was ready${w.tail()}${
-                  p.diagnostics ? `; QEMU: ${p.diagnostics}` : ""
-                }`,
-              );
-            });
-            exited.catch(() => {});
-            let timer: ReturnType<typeof setTimeout> | undefined;
-            const hang = new Promise<never>((_, reject) => {
-              timer = setTimeout(
-                () =>
-                  reject(
-                    new VmError(
-                      `the guest was not ready after ${READY_WAIT_MS / 1000} s${w.tail()}`,
-                    ),
-                  ),
-                READY_WAIT_MS,
-              );
-            });
-            using aborted = abortRace(o.signal);
-            try {
-              await Promise.race([w.ready, exited, hang, aborted.promise]);
-            } finally {
-              clearTimeout(timer);
-            }
+            await guestReady(p, w, READY_WAIT_MS, o.signal);
             log(`qemu: guest ready after ${Math.round(performance.now() - t0)} ms`);
             mark("guest READY");
             return p;
