@@ -2,8 +2,8 @@
  * What `skiff run` loads before it can restore a VM: node:crypto costs
  * 15–30 ms of a process here just to load, so it must not be in the static
  * import graph of the run path (hv/sha256.ts hashes what a cache hit needs;
- * big hashes load node:crypto on first use). Type-only imports are erased
- * and do not count.
+ * big hashes load node:crypto on first use); nor must the engine that was
+ * not chosen. Type-only imports are erased and do not count.
  */
 
 import assert from "node:assert/strict";
@@ -45,6 +45,14 @@ Deno.test("startup: the run path's static imports do not load node:crypto", asyn
     const graph = await staticCodeGraph(fileURLToPath(new URL(rel, import.meta.url)));
     assert.ok(graph.size > 1, `${rel}: no imports found (deno info changed?)`);
     assert.ok(!graph.has("node:crypto"), `${rel} loads node:crypto at start`);
+  }
+});
+
+Deno.test("startup: a qemu run does not load the kvm engine (select_engine imports the chosen one)", async () => {
+  for (const rel of ["../hv/cli/run_command.ts", "../hv/qemu/engine.ts"]) {
+    const graph = await staticCodeGraph(fileURLToPath(new URL(rel, import.meta.url)));
+    const kvm = [...graph].filter((s) => s.includes("/hv/kvm/"));
+    assert.deepEqual(kvm, [], `${rel} loads the kvm engine`);
   }
 });
 
