@@ -20,6 +20,7 @@ export class EarlyRestore {
   /** Its `--verbose` timeline lines, logged when it is taken (a miss's timeline shows the cold boot's QEMU). */
   #held: string[] = [];
   #log: (line: string) => void;
+  #taken = false;
 
   private constructor(
     start: QemuStartOptions & { ramFile: string },
@@ -31,7 +32,11 @@ export class EarlyRestore {
       ...start,
       machine: "q35",
       incoming: true,
-      timeline: (event) => this.#held.push(timelineLine(event)),
+      timeline: (event) => {
+        const line = timelineLine(event);
+        if (this.#taken) this.#log(line);
+        else this.#held.push(line);
+      },
     });
     this.#started.catch(() => {}); // whoever takes it sees the failure
   }
@@ -54,7 +59,10 @@ export class EarlyRestore {
   take(): Promise<QemuProcess> | undefined {
     const p = this.#started ?? undefined;
     this.#started = null;
-    if (p) { for (const line of this.#held) this.#log(line); }
+    if (p) {
+      this.#taken = true; // later lines (QMP up) are logged as they happen
+      for (const line of this.#held.splice(0)) this.#log(line);
+    }
     return p;
   }
 
