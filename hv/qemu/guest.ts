@@ -217,21 +217,23 @@ export class QemuSession implements AsyncDisposable {
     // virtio-fs first: the guest's ACPI hot-plug handler probes the later
     // root port first (measured: dmesg), and the agent's vsock is what the
     // host waits for — its probe first brings the agent ~15-20 ms sooner.
-    if (fsPath) {
-      this.#plugged.push(
-        await plugVirtioFs(vm, { id: `fs${n}`, socketPath: fsPath, tag: MUX_TAG }),
-      );
-    }
-    this.#plugged.push(await plugVsock(vm, { id: `vsock${n}`, socketPath: vsockPath }));
+    // The plugs run together: QEMU takes QMP commands in order, so their
+    // chardev-adds and then their device_adds go out at once (fs's first,
+    // each port taken at the call), one round trip each instead of one per
+    // device.
+    const plugs: Promise<PluggedDevice>[] = [];
+    if (fsPath) plugs.push(plugVirtioFs(vm, { id: `fs${n}`, socketPath: fsPath, tag: MUX_TAG }));
+    plugs.push(plugVsock(vm, { id: `vsock${n}`, socketPath: vsockPath }));
     if (netPath) {
-      this.#plugged.push(
-        await plugNet(vm, {
-          id: `nic${n}`,
-          backend: { type: "vhost-user", socketPath: netPath },
-          mac: GUEST_MAC,
-        }),
-      );
+      plugs.push(plugNet(vm, {
+        id: `nic${n}`,
+        backend: { type: "vhost-user", socketPath: netPath },
+        mac: GUEST_MAC,
+      }));
     }
+    const plugged = await Promise.allSettled(plugs);
+    for (const r of plugged) if (r.status === "fulfilled") this.#plugged.push(r.value);
+    for (const r of plugged) if (r.status === "rejected") throw r.reason;
     await vm.qmp.cont();
     log(`qemu: devices plugged in ${Math.round(performance.now() - t0)} ms; waiting for the agent`);
     await this.#connect(vm, t0, o);
