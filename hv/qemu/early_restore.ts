@@ -66,11 +66,12 @@ export class EarlyRestore {
     return p;
   }
 
-  /** Stops the QEMU unless it was taken, and removes the RAM file it had (if a restore did not). */
+  /** Unless it was taken: stops the QEMU and removes its RAM file (the cold boot's QEMU makes its own). */
   async drop(): Promise<void> {
     const p = this.#started;
+    if (!p) return; // taken: the restore owns QEMU and the RAM file
     this.#started = null;
-    await p?.then((q) => q.stop(0)).catch(() => {});
+    await p.then((q) => q.stop(0)).catch(() => {});
     await Deno.remove(this.#ramFile).catch(() => {});
   }
 }

@@ -143,13 +143,13 @@ export class QemuEngine implements Engine {
     let consoleWatch: ConsoleWatch | null = null;
     let capture: QemuCapture | null = null;
     // A cold boot that is not captured: the session's devices are on QEMU's command line.
-    let early: { session: QemuSession; devices: PluggedAtStart[] } | null = null;
-    // A restore's QEMU started before the cache lookup (hv/qemu/earlyRestore.ts).
+    let atStart: { session: QemuSession; devices: PluggedAtStart[] } | null = null;
+    // A restore's QEMU started before the cache lookup (hv/qemu/early_restore.ts).
     let earlyRestore: EarlyRestore | null = null;
     const release = async () => {
       await earlyRestore?.drop();
       if (vm) await vm.stop(1000).catch(() => {});
-      await early?.session.close();
+      await atStart?.session.close();
       // The entry is written from the RAM dir's staging: let it finish first.
       await capture?.published.catch((e) => warn(`snapshot not saved: ${(e as Error).message}`));
       ram.remove();
@@ -225,8 +225,8 @@ export class QemuEngine implements Engine {
         // hot-plug after READY (≈50 ms of a cold run here) is saved. A later
         // vm.snapshot() unplugs them as it does hot-plugged ones.
         const session = await QemuSession.create(dir, config);
-        early = { session, devices: [] };
-        early.devices = session.devicesAtStart({ log });
+        atStart = { session, devices: [] };
+        atStart.devices = session.devicesAtStart({ log });
       }
       const watch = (p: QemuProcess) => {
         consoleWatch = new ConsoleWatch(p.console!, config.verbose ? mirrorToStderr : undefined);
@@ -263,7 +263,7 @@ export class QemuEngine implements Engine {
               identity,
             });
             log(`qemu: initramfs ${initrd.path} (${initrd.cached ? "cached" : "built"})`);
-            const p = await QemuProcess.start(launch(initrd.path, early?.devices));
+            const p = await QemuProcess.start(launch(initrd.path, atStart?.devices));
             vm = p;
             log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
             const w = watch(p);
@@ -290,9 +290,9 @@ export class QemuEngine implements Engine {
         resume: from !== undefined,
       };
       let session: QemuSession;
-      if (early) {
-        session = early.session;
-        await session.attach(running, early.devices, sessionOptions);
+      if (atStart) {
+        session = atStart.session;
+        await session.attach(running, atStart.devices, sessionOptions);
       } else {
         session = await QemuSession.start(running, dir, config, sessionOptions);
       }

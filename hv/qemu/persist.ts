@@ -313,8 +313,15 @@ export async function restoreQemu(
   o: RestoreQemuOptions,
 ): Promise<QemuProcess> {
   const { signal, timeoutMs, timings, started, ...start } = o;
+  // A failure before the copy: the early QEMU and its (empty) RAM file go.
   const abandon = () => {
-    started?.then((p) => p.stop(0)).catch(() => {});
+    if (!started) return;
+    started.then((p) => p.stop(0)).catch(() => {});
+    try {
+      Deno.removeSync(o.ramFile);
+    } catch {
+      // gone already
+    }
   };
   let e: QemuEntry;
   try {
