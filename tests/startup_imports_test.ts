@@ -48,11 +48,14 @@ Deno.test("startup: the run path's static imports do not load node:crypto", asyn
   }
 });
 
-Deno.test("startup: a qemu run does not load the kvm engine (select_engine imports the chosen one)", async () => {
+Deno.test("startup: a qemu run loads neither the kvm engine nor, without --net, the network stack", async () => {
   for (const rel of ["../hv/cli/run_command.ts", "../hv/qemu/engine.ts"]) {
     const graph = await staticCodeGraph(fileURLToPath(new URL(rel, import.meta.url)));
     const kvm = [...graph].filter((s) => s.includes("/hv/kvm/"));
     assert.deepEqual(kvm, [], `${rel} loads the kvm engine`);
+    // Nor the user-mode network stack, which only --net needs (hv/qemu/guest.ts loads it then).
+    const net = [...graph].filter((s) => s.includes("/devices/net/"));
+    assert.deepEqual(net, [], `${rel} loads the network stack`);
   }
 });
 

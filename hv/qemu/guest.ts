@@ -25,9 +25,7 @@ import { VirtioFs } from "../../devices/virtio/fs/device.ts";
 import { VirtioVsock } from "../../devices/virtio/vsock/device.ts";
 import { VhostUserVirtioServer } from "../../devices/vhost_user/virtio_backend.ts";
 import type { NetStack } from "../../devices/net/service.ts";
-import { startNetStack } from "../engine/net_stack.ts";
-import { attachVirtioNet } from "../../devices/net/virtio.ts";
-import { VirtioNet } from "../../devices/virtio/net/device.ts";
+import type { VirtioNet } from "../../devices/virtio/net/device.ts";
 import { AgentClient } from "../../init/agent/client.ts";
 import type { VmConfig } from "../config.ts";
 import { abortRace } from "../abort.ts";
@@ -132,6 +130,12 @@ export class QemuSession implements AsyncDisposable {
     try {
       if (config.net) {
         // Binds the --publish ports now: a taken one fails before the guest runs.
+        // Loaded only for --net: the network stack is ≈17 modules a run without one does not need.
+        const [{ startNetStack }, { attachVirtioNet }, { VirtioNet }] = await Promise.all([
+          import("../engine/net_stack.ts"),
+          import("../../devices/net/virtio.ts"),
+          import("../../devices/virtio/net/device.ts"),
+        ]);
         s.#stack = startNetStack(config.net);
         await s.#stack.ready;
         s.#nic = new VirtioNet({ mac: macBytes(GUEST_MAC) });
