@@ -48,7 +48,7 @@ Deno.test("startup: the run path's static imports do not load node:crypto", asyn
   }
 });
 
-Deno.test("startup: a qemu run loads neither the kvm engine nor, without --net, the network stack", async () => {
+Deno.test("startup: a qemu run loads no kvm engine, no network stack (until --net), no code generator", async () => {
   for (const rel of ["../hv/cli/run_command.ts", "../hv/qemu/engine.ts"]) {
     const graph = await staticCodeGraph(fileURLToPath(new URL(rel, import.meta.url)));
     const kvm = [...graph].filter((s) => s.includes("/hv/kvm/"));
@@ -56,6 +56,9 @@ Deno.test("startup: a qemu run loads neither the kvm engine nor, without --net, 
     // Nor the user-mode network stack, which only --net needs (hv/qemu/guest.ts loads it then).
     const net = [...graph].filter((s) => s.includes("/devices/net/"));
     assert.deepEqual(net, [], `${rel} loads the network stack`);
+    // Nor the init's code generator and assembler: only building an initramfs needs them.
+    const codegen = [...graph].filter((s) => /\/init\/(codegen|asm)\//.test(s));
+    assert.deepEqual(codegen, [], `${rel} loads the code generator`);
   }
 });
 

@@ -14,8 +14,8 @@
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { KernelInfo } from "../kernel/mod.ts";
-import { AGENT_MODULES } from "../../init/agent/initramfs.ts";
-import { moduleLoadOrder } from "../../init/initramfs.ts";
+import { AGENT_MODULES } from "../../init/agent/modules.ts";
+import { moduleLoadOrder } from "../../init/module_order.ts";
 import { canonicalJson, sha256Hex } from "../../snapshot/codec.ts";
 import { contentHash } from "../../snapshot/content_hash.ts";
 

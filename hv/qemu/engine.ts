@@ -16,7 +16,6 @@
  */
 
 import { dirname } from "node:path";
-import { agentInitramfs } from "../../init/agent/initramfs.ts";
 import { randomSnapshotKey, SnapshotCache } from "../../snapshot/cache.ts";
 import { bootCached } from "../../snapshot/boot_cached.ts";
 import { type QemuEntry, readQemuEntry } from "../../snapshot/qemu_entry.ts";
@@ -205,7 +204,8 @@ export class QemuEngine implements Engine {
           const k = await qemuSnapshotKey({
             kernelPath: image,
             initramfs: identity === null
-              ? await agentInitramfs(kernel)
+              // No identity (a bundle): key on the built bytes; the builder loads only then.
+              ? await (await import("../../init/agent/initramfs.ts")).agentInitramfs(kernel)
               : encoder.encode(`identity:${identity}`),
             config: bootedConfig(config),
             launch: { ...launch("/initrd"), qmpSocket: "/q", consoleSocket: "/c", ports: [] },
