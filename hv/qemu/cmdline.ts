@@ -13,9 +13,7 @@
  *   serial console), N `pcie-root-port`s for hot-plug, and no vhost-user
  *   device at all: virtio-fs, vsock and the NIC are hot-plugged over QMP
  *   (hv/qemu/hotplug.ts), so the machine can be captured by migration
- *   (hv/qemu/persist.ts) — except in a VM that is not captured at READY,
- *   which has them in those root ports from the start ({@link PluggedAtStart}).
- *   virtio-serial is `virtio-serial-pci` on `pcie.0`.
+ *   (hv/qemu/persist.ts). virtio-serial is `virtio-serial-pci` on `pcie.0`.
  *
  * On microvm an optional `vhost-user-vsock-device` may be on the command
  * line too (tests of the vsock device); on q35 vsock is hot-plugged.
@@ -56,26 +54,6 @@ export interface VsockDeviceSpec {
   id: string;
   /** The vhost-user back-end's Unix socket (it supplies the guest CID through GET_CONFIG). */
   socketPath: string;
-}
-
-/**
- * A device in a q35 root port from QEMU's start, as hv/qemu/hotplug.ts would
- * hot-plug it (the same driver and properties, its chardev `<id>-chr`, a
- * NIC's netdev `<id>-net`): for a VM that is not captured at READY (a cold
- * boot without the snapshot cache), which then needs no ACPI hot-plug after
- * READY. It can be unplugged as a hot-plugged one is (a capture of the
- * running VM does so first), so it is not part of {@link machineDescription}.
- */
-export interface PluggedAtStart {
-  /** Device id. */
-  id: string;
-  driver: "vhost-user-fs-pci" | "vhost-user-vsock-pci" | "virtio-net-pci";
-  /** The root port (`rpN`) it sits in. */
-  port: string;
-  /** The vhost-user back-end's socket (listening before QEMU starts). */
-  socketPath: string;
-  /** Further `-device` properties (a boolean as on/off). */
-  props: Record<string, string | number | boolean>;
 }
 
 /** Everything {@link qemuArgs} needs. */
@@ -119,8 +97,6 @@ export interface QemuLaunchSpec {
   incoming?: boolean;
   /** A vhost-user virtio-vsock device, or null. */
   vsock?: VsockDeviceSpec | null;
-  /** q35: vhost-user devices in root ports from the start (see {@link PluggedAtStart}). */
-  plugged?: PluggedAtStart[];
 }
 
 /** The machine types skiff drives. */
@@ -238,22 +214,11 @@ export function qemuArgs(spec: QemuLaunchSpec): string[] {
       "q35 takes no virtio-fs, vsock or network device on the command line: hot-plug them (hv/qemu/hotplug.ts)",
     );
   }
-  const plugged = spec.plugged ?? [];
-  if (machine !== "q35" && plugged.length > 0) {
-    throw new RangeError("devices in root ports need machine q35");
-  }
   if (machine === "microvm" && spec.rootPorts !== undefined) {
     throw new RangeError("rootPorts needs machine q35 (microvm hot-plug is not used by skiff)");
   }
   const ids = new Set<string>();
-  for (
-    const { id } of [
-      ...spec.ports,
-      ...spec.fs,
-      ...(spec.vsock ? [spec.vsock] : []),
-      ...plugged.flatMap((d) => [d, { id: `${d.id}-chr` }, { id: `${d.id}-net` }]),
-    ]
-  ) {
+  for (const { id } of [...spec.ports, ...spec.fs, ...(spec.vsock ? [spec.vsock] : [])]) {
     if (!ID.test(id) || ids.has(id) || RESERVED_IDS.has(id) || /^rp\d+$/.test(id)) {
       throw new RangeError(`bad or duplicate chardev id '${id}'`);
     }
@@ -368,24 +333,6 @@ export function qemuArgs(spec: QemuLaunchSpec): string[] {
       `virtio-net-device,netdev=net0${spec.mac ? `,mac=${spec.mac}` : ""}`,
     );
   }
-  const portIds = new Set(layout?.rootPorts.map((p) => p.id) ?? []);
-  const taken = new Set<string>();
-  for (const d of plugged) {
-    if (!portIds.has(d.port) || taken.has(d.port)) {
-      throw new RangeError(`device '${d.id}': root port '${d.port}' is not there or is taken`);
-    }
-    taken.add(d.port);
-    const props = Object.entries(d.props).map(([k, v]) =>
-      `${k}=${typeof v === "boolean" ? (v ? "on" : "off") : e(String(v))}`
-    );
-    args.push("-chardev", `socket,id=${d.id}-chr,path=${e(d.socketPath)}`);
-    let backing = `chardev=${d.id}-chr`;
-    if (d.driver === "virtio-net-pci") {
-      args.push("-netdev", `vhost-user,id=${d.id}-net,chardev=${d.id}-chr`);
-      backing = `netdev=${d.id}-net`;
-    }
-    args.push("-device", [d.driver, `id=${d.id}`, `bus=${d.port}`, backing, ...props].join(","));
-  }
   if (spec.incoming) args.push("-incoming", "defer", "-S");
   return args;
 }
@@ -411,7 +358,5 @@ export function machineDescription(spec: QemuLaunchSpec): string[] {
     netSocket: spec.netSocket ? "NET" : null,
     ramFile: spec.ramFile ? "/RAM" : undefined,
     incoming: false,
-    // Unplugged before any capture (captureQemu refuses a device in a root port).
-    plugged: [],
   });
 }

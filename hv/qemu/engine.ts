@@ -9,8 +9,7 @@
  * hv/qemu/persist.ts); otherwise it cold-boots the agent to READY and
  * captures it there. Either way the session's devices are then hot-plugged
  * and set up (hv/qemu/guest.ts), so one snapshot serves every command,
- * working directory, share and network. A cold boot that is not captured
- * (no cache) has the devices on QEMU's command line instead.
+ * working directory, share and network.
  *
  * @module
  */
@@ -33,7 +32,6 @@ import { QemuSession } from "./guest.ts";
 import { EarlyRestore } from "./early_restore.ts";
 import { captureQemu, type QemuCapture, QemuRamDir, restoreQemu } from "./persist.ts";
 import { QemuProcess, type QemuStartOptions } from "./process.ts";
-import type { PluggedAtStart } from "./cmdline.ts";
 import { qemuSnapshotKey } from "./snapshot_key.ts";
 
 /** Options of {@link QemuEngine}. */
@@ -141,14 +139,11 @@ export class QemuEngine implements Engine {
     let vm: QemuProcess | null = null;
     let consoleWatch: ConsoleWatch | null = null;
     let capture: QemuCapture | null = null;
-    // A cold boot that is not captured: the session's devices are on QEMU's command line.
-    let atStart: { session: QemuSession; devices: PluggedAtStart[] } | null = null;
     // A restore's QEMU started before the cache lookup (hv/qemu/early_restore.ts).
     let earlyRestore: EarlyRestore | null = null;
     const release = async () => {
       await earlyRestore?.drop();
       if (vm) await vm.stop(1000).catch(() => {});
-      await atStart?.session.close();
       // The entry is written from the RAM dir's staging: let it finish first.
       await capture?.published.catch((e) => warn(`snapshot not saved: ${(e as Error).message}`));
       ram.remove();
@@ -156,10 +151,7 @@ export class QemuEngine implements Engine {
     };
     const warn = this.#opts.onWarning ?? ((l: string) => console.error(`skiff: ${l}`));
     try {
-      const launch = (
-        initrd: string,
-        plugged: PluggedAtStart[] = [],
-      ): QemuStartOptions & { ramFile: string } => ({
+      const launch = (initrd: string): QemuStartOptions & { ramFile: string } => ({
         dir,
         machine: "q35",
         accel: this.#opts.accel,
@@ -174,7 +166,6 @@ export class QemuEngine implements Engine {
         fs: [],
         binary: this.#opts.binary,
         timeline: mark,
-        plugged,
       });
       const useCache = !from && (o.snapshot ?? this.#opts.snapshot) !== false;
       // A restore's QEMU reads no initrd: an empty file stands in for it.
@@ -219,15 +210,6 @@ export class QemuEngine implements Engine {
           cache = null;
         }
       }
-      if (!from && !cache) {
-        // Nothing captures this VM at READY, so its devices need not wait for
-        // after it: the guest probes them while it boots, and the ACPI
-        // hot-plug after READY (≈50 ms of a cold run here) is saved. A later
-        // vm.snapshot() unplugs them as it does hot-plugged ones.
-        const session = await QemuSession.create(dir, config);
-        atStart = { session, devices: [] };
-        atStart.devices = session.devicesAtStart({ log });
-      }
       const watch = (p: QemuProcess) => {
         consoleWatch = new ConsoleWatch(p.console!, config.verbose ? mirrorToStderr : undefined);
         return consoleWatch;
@@ -263,7 +245,7 @@ export class QemuEngine implements Engine {
               identity,
             });
             log(`qemu: initramfs ${initrd.path} (${initrd.cached ? "cached" : "built"})`);
-            const p = await QemuProcess.start(launch(initrd.path, atStart?.devices));
+            const p = await QemuProcess.start(launch(initrd.path));
             vm = p;
             log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
             const w = watch(p);
@@ -283,19 +265,12 @@ export class QemuEngine implements Engine {
           cache ? ` (key ${key.slice(0, 12)})` : " (cache off)"
         }`,
       );
-      const sessionOptions = {
+      const session = await QemuSession.start(running, dir, config, {
         signal: o.signal,
         log,
         console: consoleWatch ?? undefined,
         resume: from !== undefined,
-      };
-      let session: QemuSession;
-      if (atStart) {
-        session = atStart.session;
-        await session.attach(running, atStart.devices, sessionOptions);
-      } else {
-        session = await QemuSession.start(running, dir, config, sessionOptions);
-      }
+      });
       const origin = {
         from: r.from,
         captured: r.captured,

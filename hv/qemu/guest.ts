@@ -12,9 +12,11 @@
  * the spike measured 16–36 ms per ACPI hot-plug on q35. For the same reason
  * a capture of a running VM first lets go of the file systems and unplugs
  * the devices ({@link QemuSession.suspend}), then plugs them back
- * ({@link QemuSession.resume}). A VM that is not captured at READY gets the
- * same devices on QEMU's command line instead ({@link QemuSession.devicesAtStart},
- * {@link QemuSession.attach}): no hot-plug after READY; they unplug the same way.
+ * ({@link QemuSession.resume}). A cold boot that is not captured
+ * (`--no-snapshot`) hot-plugs too: the devices on QEMU's command line instead
+ * (tried, commit 2132827) moved their probe into the boot — the module loads
+ * took ≈25 ms longer and READY → session ≈60 ms less — and a cold run
+ * measured no faster (10 runs each, wall and CPU time, within noise).
  *
  * @module
  */
@@ -39,15 +41,7 @@ import {
 } from "../engine/session.ts";
 import { VsockAgentTransport, vsockReady } from "../engine/vsock_transport.ts";
 import type { ConsoleWatch } from "./console.ts";
-import {
-  devicesAtStart,
-  pluggedAtStart,
-  type PluggedDevice,
-  plugNet,
-  plugVirtioFs,
-  plugVsock,
-} from "./hotplug.ts";
-import type { PluggedAtStart } from "./cmdline.ts";
+import { type PluggedDevice, plugNet, plugVirtioFs, plugVsock } from "./hotplug.ts";
 import type { QemuProcess } from "./process.ts";
 
 /** The guest's vsock CID (virtio 1.2 §5.10.4: 3 is the first CID a guest may have). */
@@ -77,7 +71,7 @@ export class QemuSession implements AsyncDisposable {
   readonly agent: AgentClient;
   /** The one file-system device's back-end; the run's shares are attached to it. */
   readonly mux: ShareMux;
-  #vm: QemuProcess | null;
+  readonly #vm: QemuProcess;
   readonly #dir: string;
   readonly #config: VmConfig;
   #servers: VhostUserVirtioServer[] = [];
@@ -89,7 +83,7 @@ export class QemuSession implements AsyncDisposable {
   #detachNic: (() => void) | null = null;
   #plugs = 0;
 
-  private constructor(vm: QemuProcess | null, dir: string, config: VmConfig) {
+  private constructor(vm: QemuProcess, dir: string, config: VmConfig) {
     this.#vm = vm;
     this.#dir = dir;
     this.#config = config;
@@ -109,24 +103,7 @@ export class QemuSession implements AsyncDisposable {
     config: VmConfig,
     o: SessionOptions = {},
   ): Promise<QemuSession> {
-    const s = await QemuSession.create(dir, config);
-    try {
-      s.#vm = vm;
-      await s.resume(o);
-      return s;
-    } catch (e) {
-      await s.close();
-      throw e;
-    }
-  }
-
-  /**
-   * A session whose back-ends (shares, network stack) are attached but whose
-   * VM is not there yet: {@link devicesAtStart} serves its devices for
-   * QEMU's command line, {@link attach} takes the VM once it is READY.
-   */
-  static async create(dir: string, config: VmConfig): Promise<QemuSession> {
-    const s = new QemuSession(null, dir, config);
+    const s = new QemuSession(vm, dir, config);
     try {
       if (config.net) {
         // Binds the --publish ports now: a taken one fails before the guest runs.
@@ -142,6 +119,7 @@ export class QemuSession implements AsyncDisposable {
         s.#detachNic = attachVirtioNet(s.#stack, s.#nic);
       }
       if (sharesOf(config).length > 0) s.#detachShares = attachShares(s.mux, config);
+      await s.resume(o);
       return s;
     } catch (e) {
       await s.close();
@@ -149,47 +127,10 @@ export class QemuSession implements AsyncDisposable {
     }
   }
 
-  /**
-   * Starts the vhost-user servers and returns their devices for QEMU's
-   * command line (hv/qemu/hotplug.ts `devicesAtStart`): a VM that is not
-   * captured at READY gets them from the start, so nothing is hot-plugged
-   * after READY (the guest probes them while it boots).
-   */
-  devicesAtStart(o: { log?: (line: string) => void } = {}): PluggedAtStart[] {
-    const paths = this.#serve(o.log ?? (() => {}));
-    return devicesAtStart({
-      fs: paths.fs ? { id: `fs${paths.n}`, socketPath: paths.fs, tag: MUX_TAG } : null,
-      vsock: { id: `vsock${paths.n}`, socketPath: paths.vsock },
-      net: paths.net
-        ? {
-          id: `nic${paths.n}`,
-          backend: { type: "vhost-user", socketPath: paths.net },
-          mac: GUEST_MAC,
-        }
-        : null,
-    });
-  }
-
-  /**
-   * Takes `vm`, started with {@link devicesAtStart}'s `devices` and READY:
-   * waits for the agent and sets the session up. They unplug as hot-plugged
-   * ones do ({@link suspend}).
-   */
-  async attach(vm: QemuProcess, devices: PluggedAtStart[], o: SessionOptions = {}): Promise<void> {
-    this.#vm = vm;
-    for (const d of devices) this.#plugged.push(pluggedAtStart(vm, d));
-    o.log?.("qemu: devices on the command line; waiting for the agent");
-    await this.#connect(vm, performance.now(), o);
-  }
-
-  /** New vhost-user servers for the same devices (one connection each); their sockets. */
-  #serve(log: (line: string) => void): {
-    n: number;
-    vsock: string;
-    fs: string | null;
-    net: string | null;
-  } {
-    const dir = this.#dir;
+  /** Hot-plugs the devices (new vhost-user servers for the same devices), `cont`, session setup. */
+  async resume(o: SessionOptions = {}): Promise<void> {
+    const vm = this.#vm, dir = this.#dir, config = this.#config;
+    const log = o.log ?? (() => {});
     const serverLog = (m: string) => log(`vhost-user: ${m}`);
     const n = this.#plugs++;
     const vsockPath = `${dir}/vsock${n}.sock`;
@@ -209,14 +150,6 @@ export class QemuSession implements AsyncDisposable {
         new VhostUserVirtioServer(netPath, this.#nic, { once: true, log: serverLog }),
       );
     }
-    return { n, vsock: vsockPath, fs: fsPath, net: netPath };
-  }
-
-  /** Hot-plugs the devices (new vhost-user servers for the same devices), `cont`, session setup. */
-  async resume(o: SessionOptions = {}): Promise<void> {
-    const vm = this.#vm!;
-    const log = o.log ?? (() => {});
-    const { n, vsock: vsockPath, fs: fsPath, net: netPath } = this.#serve(log);
     const t0 = performance.now();
     // virtio-fs first: the guest's ACPI hot-plug handler probes the later
     // root port first (measured: dmesg), and the agent's vsock is what the
@@ -240,13 +173,6 @@ export class QemuSession implements AsyncDisposable {
     for (const r of plugged) if (r.status === "rejected") throw r.reason;
     await vm.qmp.cont();
     log(`qemu: devices plugged in ${Math.round(performance.now() - t0)} ms; waiting for the agent`);
-    await this.#connect(vm, t0, o);
-  }
-
-  /** Waits for the agent (the vsock device set up by the guest), then the session's SETUP. */
-  async #connect(vm: QemuProcess, t0: number, o: SessionOptions): Promise<void> {
-    const config = this.#config;
-    const log = o.log ?? (() => {});
     const exited = vm.exited.then((st) => {
       throw new VmError(
         `QEMU exited (${
@@ -264,7 +190,7 @@ export class QemuSession implements AsyncDisposable {
     log(
       `qemu: the guest agent is reachable ${
         Math.round(performance.now() - t0)
-      } ms after the devices`,
+      } ms after the hot-plug`,
     );
     await Promise.race([
       this.agent.setup(sessionSetup(config, { resume: o.resume }), { signal: o.signal }),
@@ -273,7 +199,7 @@ export class QemuSession implements AsyncDisposable {
     log(
       `qemu: session ready (shares, network, host name, /etc files) ${
         Math.round(performance.now() - t0)
-      } ms after the devices`,
+      } ms after the hot-plug`,
     );
   }
 

@@ -23,7 +23,6 @@
  * @module
  */
 
-import type { PluggedAtStart } from "./cmdline.ts";
 import type { QemuProcess } from "./process.ts";
 import { QmpError, type QmpWaitOptions } from "./qmp_types.ts";
 import type { RootPort } from "./slots.ts";
@@ -114,17 +113,6 @@ async function plug(
     vm.slots.release(port.id);
     throw e;
   }
-  return handle(vm, driver, id, port, backing);
-}
-
-/** The unplug handle of device `id` in `port`. */
-function handle(
-  vm: QemuProcess,
-  driver: string,
-  id: string,
-  port: RootPort,
-  backing: Backing,
-): PluggedDevice {
   let gone: Promise<void> | null = null;
   const unplug = (o: QmpWaitOptions = {}) =>
     gone ??= (async () => {
@@ -177,17 +165,10 @@ export function plugVirtioFs(vm: QemuProcess, f: FsPlug): Promise<PluggedDevice>
   const chr = `${f.id}-chr`;
   return plug(vm, "vhost-user-fs-pci", f.id, socketChardev(vm, chr, f.socketPath), {
     chardev: chr,
-    ...fsProps(f),
-  });
-}
-
-/** A virtio-fs device's properties besides its chardev. */
-function fsProps(f: FsPlug): Record<string, string | number> {
-  return {
     tag: f.tag,
     ...(f.requestQueues ? { "num-request-queues": f.requestQueues } : {}),
     ...(f.queueSize ? { "queue-size": f.queueSize } : {}),
-  };
+  });
 }
 
 /** What {@link plugVsock} needs. */
@@ -256,13 +237,8 @@ export function plugNet(vm: QemuProcess, n: NetPlug): Promise<PluggedDevice> {
         await vm.qmp.chardevRemove(chr);
       },
     };
-  return plug(vm, "virtio-net-pci", n.id, backing, { netdev, ...netProps(n) });
-}
-
-/** A NIC's properties besides its netdev. */
-function netProps(n: NetPlug): Record<string, string | boolean | number> {
-  const b = n.backend;
-  return {
+  return plug(vm, "virtio-net-pci", n.id, backing, {
+    netdev,
     ...(n.mac ? { mac: n.mac } : {}),
     // No option ROM: the guest boots by -kernel, and the ROM would be a RAM
     // block a later migration target does not have.
@@ -282,76 +258,5 @@ function netProps(n: NetPlug): Record<string, string | boolean | number> {
         vectors: 0,
       }
       : {}),
-  };
-}
-
-/**
- * The devices {@link plugVirtioFs}, {@link plugVsock} and {@link plugNet}
- * (vhost-user) would plug, as QEMU command-line devices in root ports
- * `rp0`, `rp1`, … in that order — for a VM that is not captured at READY.
- */
-export function devicesAtStart(d: {
-  fs?: FsPlug | null;
-  vsock: VsockPlug;
-  net?: (NetPlug & { backend: { type: "vhost-user" } }) | null;
-}): PluggedAtStart[] {
-  const out: PluggedAtStart[] = [];
-  const at = () => `rp${out.length}`;
-  if (d.fs) {
-    if (new TextEncoder().encode(d.fs.tag).length > 36 || d.fs.tag.length === 0) {
-      throw new RangeError(`virtio-fs tag '${d.fs.tag}' must be 1..36 bytes`);
-    }
-    checkId(d.fs.id);
-    out.push({
-      id: d.fs.id,
-      driver: "vhost-user-fs-pci",
-      port: at(),
-      socketPath: d.fs.socketPath,
-      props: fsProps(d.fs),
-    });
-  }
-  checkId(d.vsock.id);
-  out.push({
-    id: d.vsock.id,
-    driver: "vhost-user-vsock-pci",
-    port: at(),
-    socketPath: d.vsock.socketPath,
-    props: {},
   });
-  if (d.net) {
-    checkId(d.net.id);
-    out.push({
-      id: d.net.id,
-      driver: "virtio-net-pci",
-      port: at(),
-      socketPath: d.net.backend.socketPath,
-      props: netProps(d.net),
-    });
-  }
-  return out;
-}
-
-/**
- * The handle of a device QEMU started with ({@link devicesAtStart}): its port
- * is marked taken, and unplugging it is as for a hot-plugged one
- * (`device_del`, then its netdev and chardev).
- */
-export function pluggedAtStart(vm: QemuProcess, d: PluggedAtStart): PluggedDevice {
-  const port = vm.slots.claim(d.port, d.id);
-  const chr = `${d.id}-chr`;
-  const backing: Backing = d.driver === "virtio-net-pci"
-    ? {
-      describe: `netdev '${d.id}-net'`,
-      add: () => Promise.resolve(),
-      remove: async () => {
-        await vm.qmp.netdevDel(`${d.id}-net`).catch(() => {});
-        await vm.qmp.chardevRemove(chr);
-      },
-    }
-    : {
-      describe: `chardev '${chr}'`,
-      add: () => Promise.resolve(),
-      remove: () => vm.qmp.chardevRemove(chr),
-    };
-  return handle(vm, d.driver, d.id, port, backing);
 }

@@ -125,21 +125,6 @@ export class HotplugSlots {
     return port;
   }
 
-  /**
-   * Marks port `portId` as holding `deviceId` (a device on QEMU's command
-   * line); throws {@link NoFreeSlotError} when it is taken or not there.
-   */
-  claim(portId: string, deviceId: string): RootPort {
-    const port = this.#ports.find((p) => p.id === portId);
-    if (!port || this.#used.has(portId)) {
-      throw new NoFreeSlotError(
-        `root port '${portId}' for device '${deviceId}' is taken or absent`,
-      );
-    }
-    this.#used.set(port.id, deviceId);
-    return port;
-  }
-
   /** Frees port `portId`; freeing a free port is a no-op. */
   release(portId: string): void {
     this.#used.delete(portId);
