@@ -1,13 +1,14 @@
 /**
  * Content digests (OCI image-spec `descriptor.md` §Digests): `ALGORITHM:ENCODED`,
  * with `sha256` (64 lowercase hex digits) and `sha512` (128) — the registered
- * algorithms. Hashing streams through `node:crypto` `createHash`, which takes
+ * algorithms. Hashing streams through `node:crypto` `createHash` (loaded on first use), which takes
  * data incrementally (WebCrypto's `digest` needs the whole input at once).
  *
  * @module
  */
 
-import { createHash, type Hash } from "node:crypto";
+import type { Hash } from "node:crypto";
+import { nativeHash } from "../hv/sha256.ts";
 
 /** A digest skiff can verify. */
 export interface Digest {
@@ -59,7 +60,7 @@ export function isDigest(text: string): boolean {
 
 /** The sha256 digest of `bytes` as `sha256:HEX`. */
 export function sha256Digest(bytes: Uint8Array): string {
-  return `sha256:${createHash("sha256").update(bytes).digest("hex")}`;
+  return `sha256:${nativeHash("sha256").update(bytes).digest("hex")}`;
 }
 
 /** Hashes bytes as they pass; {@link digest} gives `ALGORITHM:HEX`. */
@@ -69,7 +70,7 @@ export class Hasher {
   #bytes = 0;
   constructor(algorithm: Digest["algorithm"] = "sha256") {
     this.algorithm = algorithm;
-    this.#hash = createHash(algorithm);
+    this.#hash = nativeHash(algorithm);
   }
   /** Bytes hashed so far. */
   get bytes(): number {
@@ -135,7 +136,7 @@ export function verifyBytes(
       `${what}: ${bytes.length} bytes where its descriptor gives ${size}`,
     );
   }
-  const got = `${algorithm}:${createHash(algorithm).update(bytes).digest("hex")}`;
+  const got = `${algorithm}:${nativeHash(algorithm).update(bytes).digest("hex")}`;
   if (got !== expected) {
     throw new DigestMismatchError(`${what}: digest mismatch (got ${got}, expected ${expected})`);
   }

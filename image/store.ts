@@ -19,7 +19,7 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
+import { sha256Hex } from "../hv/sha256.ts";
 import { parseDigest } from "./digest.ts";
 import { LAYER_INDEX } from "../devices/fuse/layer_index.ts";
 
@@ -177,9 +177,7 @@ export class ImageStore {
   }
 
   #recordPath(name: string): string {
-    return `${this.root}/images/${
-      createHash("sha256").update(name).digest("hex").slice(0, 32)
-    }.json`;
+    return `${this.root}/images/${sha256Hex(name).slice(0, 32)}.json`;
   }
 
   /** Writes (replaces) the record of `rec.name`. */

@@ -7,11 +7,14 @@
  * @module
  */
 
-import { type KernelInfo, kernelModules } from "../hv/kernel/mod.ts";
+import type { KernelInfo } from "../hv/kernel/mod.ts";
+import { moduleLoadOrder } from "./module_order.ts";
 import { type CpioEntry, gzip, withParents, writeCpio } from "./cpio.ts";
 import { type InitConfig, modulesFor, recordFor } from "./config.ts";
 import { bootProgram, RECORD_PATH } from "./boot_program.ts";
 import { compileElf } from "./codegen/mod.ts";
+
+export { moduleLoadOrder };
 
 /** An extra file for the initramfs. */
 export interface ExtraFile {
@@ -45,28 +48,6 @@ let genericElf: Uint8Array | undefined;
 
 /** Directories every initramfs has (mount points and the record's directory). */
 const BASE_DIRS = ["dev", "proc", "sys", "tmp", "run", "mnt", "etc", "skiff"];
-
-/**
- * The module files to load for module `names` (with their dependencies), in
- * order, as paths relative to the kernel's modules directory (`modules.dep`).
- * A kernel without a modules directory (`--kernel` with no `--modules`) is
- * taken to have its drivers built in: nothing to load.
- */
-export async function moduleLoadOrder(
-  kernel: KernelInfo,
-  names: readonly string[],
-): Promise<string[]> {
-  if (!kernel.modulesDir) return [];
-  const order = (await kernelModules(kernel)).loadOrder(names);
-  for (const rel of order) {
-    if (!rel.endsWith(".ko")) {
-      // finit_module takes compressed modules only with MODULE_INIT_COMPRESSED_FILE;
-      // Debian's cloud kernel ships plain .ko files.
-      throw new Error(`module ${rel} is compressed; skiff needs plain .ko files`);
-    }
-  }
-  return order;
-}
 
 /** The module files to load for `o`, in order, as paths relative to the modules directory. */
 function moduleOrder(o: InitramfsOptions): Promise<string[]> {

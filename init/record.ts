@@ -12,7 +12,7 @@
  * @module
  */
 
-import { RECORD_MAGIC } from "./codegen/mod.ts";
+import { RECORD_MAGIC } from "./ir/record_magic.ts";
 import { type Fragment, ipv4, seq, v, type Val } from "./ir/mod.ts";
 
 /** Format version in the header (offset 8). */

@@ -11,7 +11,7 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
+import { sha256Hex as sha256 } from "../hv/sha256.ts";
 
 /** A value the tagged codec can carry: JSON plus `Uint8Array` and `bigint`. */
 export type StateValue =
@@ -78,7 +78,10 @@ export function canonicalJson(value: unknown): string {
   return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(",")}}`;
 }
 
-/** SHA-256 of a string (UTF-8) or bytes, as lowercase hex. */
+/**
+ * SHA-256 of a string (UTF-8) or bytes, as lowercase hex — skiff's own
+ * (hv/sha256.ts), so a cache hit does not load node:crypto.
+ */
 export function sha256Hex(data: string | Uint8Array): string {
-  return createHash("sha256").update(data).digest("hex");
+  return sha256(data);
 }

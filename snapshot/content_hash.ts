@@ -10,9 +10,9 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
 import { join } from "node:path";
 import { writeFileAtomic } from "../hv/atomic_file.ts";
+import { nativeHash } from "../hv/sha256.ts";
 import { skiffCacheDir } from "./cache.ts";
 
 const MEMO_LIMIT = 256;
@@ -30,7 +30,7 @@ function identity(path: string, st: Deno.FileInfo): string {
 
 /** SHA-256 (hex) of a file's bytes, streamed. */
 export async function fileSha256(path: string): Promise<string> {
-  const h = createHash("sha256");
+  const h = nativeHash("sha256");
   using f = await Deno.open(path, { read: true });
   const buf = new Uint8Array(1 << 20);
   for (;;) {

@@ -11,7 +11,8 @@
  * @module
  */
 
-import { createHash, type Hash } from "node:crypto";
+import type { Hash } from "node:crypto";
+import { nativeHash } from "../hv/sha256.ts";
 import type { MemoryRegion } from "../hv/memory.ts";
 import { MappedRegion, RegionMemory } from "../hv/memory.ts";
 import {
@@ -170,7 +171,7 @@ export function writeMemoryFile(
   const layout = layoutFor(memory.regions);
   const fileSize = layout.reduce((n, r) => n + r.size, 0);
   const fd = open(path, O.WRONLY | O.CREAT | O.EXCL, 0o600);
-  const h = createHash("sha256");
+  const h = nativeHash("sha256");
   let dataBytes = 0;
   try {
     ftruncate(fd, fileSize);
@@ -342,7 +343,7 @@ export function mapMemoryFile(
  */
 export function digestMemoryFile(path: string, info: MemoryInfo): string {
   const fd = open(path, O.RDONLY);
-  const h = createHash("sha256");
+  const h = nativeHash("sha256");
   try {
     const ptr = mmap(info.fileSize, PROT.READ, MAP.PRIVATE | MAP.NORESERVE, fd, 0);
     try {

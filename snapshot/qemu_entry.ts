@@ -12,7 +12,7 @@
  */
 
 import { runtimeModuleUrl } from "../hv/module_url.ts";
-import { createHash } from "node:crypto";
+import { Sha256 } from "../hv/sha256.ts";
 import { join } from "node:path";
 import { close, libc, MAP, mmap, munmap, O, open, PROT, viewAt } from "../kvm_ffi/libc.ts";
 import { sha256Hex, type StateValue, toJsonData } from "./codec.ts";
@@ -75,7 +75,7 @@ export function isQemuEntry(dir: string): boolean {
 
 /** `sha256:<hex>` of a file's bytes. */
 function fileDigest(path: string): string {
-  return `sha256:${createHash("sha256").update(Deno.readFileSync(path)).digest("hex")}`;
+  return `sha256:${new Sha256().update(Deno.readFileSync(path)).hex()}`;
 }
 
 function bodyChecksum(body: unknown): string {

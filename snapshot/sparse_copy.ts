@@ -44,14 +44,26 @@ interface CopyPlan {
   dataBytes: number;
 }
 
-/** Opens `src`, creates `dst` (0600, must not exist) at its size, and lists the data ranges. */
-function plan(src: string, dst: string): CopyPlan {
+/**
+ * Opens `src`, creates `dst` (0600, must not exist) at its size — or, with
+ * `existing`, opens `dst` as it is (all a hole, at `src`'s size: checked) —
+ * and lists the data ranges.
+ */
+function plan(src: string, dst: string, existing = false): CopyPlan {
   const inFd = open(src, O.RDONLY);
   let outFd = -1;
   try {
     const size = check(`lseek(${src})`, libc.lseek(inFd, 0n, SEEK_END));
-    outFd = open(dst, O.WRONLY | O.CREAT | O.EXCL, 0o600);
-    ftruncate(outFd, size);
+    if (existing) {
+      outFd = open(dst, O.WRONLY);
+      const has = check(`lseek(${dst})`, libc.lseek(outFd, 0n, SEEK_END));
+      if (has !== size) {
+        throw new RangeError(`cannot copy ${src} (${size} bytes) into ${dst} (${has} bytes)`);
+      }
+    } else {
+      outFd = open(dst, O.WRONLY | O.CREAT | O.EXCL, 0o600);
+      ftruncate(outFd, size);
+    }
     const ranges = dataRanges(inFd, 0, size);
     return { inFd, outFd, size, ranges, dataBytes: ranges.reduce((n, [a, b]) => n + b - a, 0) };
   } catch (e) {
@@ -126,9 +138,15 @@ export function copySparse(src: string, dst: string): SparseCopyResult {
  * may map it at once — QEMU's `memory-backend-file` does, and reads none of
  * it before an incoming migration, which must wait for the promise. The
  * data moves by sendfile on a thread-pool thread, one call per data range.
+ * `existing`: `dst` is there already at `src`'s size, all a hole (a RAM file
+ * a QEMU started early has mapped), and the data is copied into it.
  */
-export function copySparseInBackground(src: string, dst: string): Promise<SparseCopyResult> {
-  const p = plan(src, dst);
+export function copySparseInBackground(
+  src: string,
+  dst: string,
+  o: { existing?: boolean } = {},
+): Promise<SparseCopyResult> {
+  const p = plan(src, dst, o.existing);
   const what = `${src} → ${dst}`;
   return (async () => {
     let done = false;

@@ -30,6 +30,12 @@ const COPIES: [string, Copy][] = [
     strictEqual(Deno.statSync(dst).size, Deno.statSync(src).size);
     return copying;
   }],
+  ["copySparseInBackground (existing)", (src, dst) => {
+    // As the qemu engine's early QEMU has it: created at the size, a hole, 0600.
+    Deno.writeFileSync(dst, new Uint8Array(0), { createNew: true, mode: 0o600 });
+    Deno.truncateSync(dst, Deno.statSync(src).size);
+    return copySparseInBackground(src, dst, { existing: true });
+  }],
 ];
 
 for (const [name, copy] of COPIES) {
@@ -95,5 +101,18 @@ Deno.test("copySparse refuses an existing target and a missing source, leaving n
     // An empty file copies as an empty file.
     Deno.writeFileSync(join(dir, "empty"), new Uint8Array());
     deepStrictEqual(copySparse(join(dir, "empty"), join(dir, "empty2")), { size: 0, dataBytes: 0 });
+  });
+});
+
+Deno.test("copySparseInBackground (existing): a target of another size or none is refused", () => {
+  withDir((dir) => {
+    const src = join(dir, "src");
+    Deno.writeFileSync(src, new Uint8Array(8192).fill(1));
+    Deno.writeFileSync(join(dir, "small"), new Uint8Array(4096));
+    throws(
+      () => copySparseInBackground(src, join(dir, "small"), { existing: true }),
+      /8192 bytes.*4096 bytes/,
+    );
+    throws(() => copySparseInBackground(src, join(dir, "none"), { existing: true }), /ENOENT/);
   });
 });

@@ -279,3 +279,30 @@ hostTest(
     );
   },
 );
+
+hostTest(
+  "VirtualMachine: vm.snapshot() of a running VM (cache off) unplugs, captures, replugs; a restore has its files",
+  NEEDS,
+  async () => {
+    await using cache = await tempDir("skiff-lib-cache-");
+    await using snaps = await tempDir("skiff-lib-snap-");
+    const eng = engine(cache.path);
+    {
+      await using vm = await VirtualMachine.boot({
+        engineInstance: eng,
+        memoryMiB: 256,
+        snapshot: false,
+      });
+      strictEqual(vm.origin.captured, false);
+      await vm.writeFile("/tmp/kept", "before");
+      const ref = await vm.snapshot({ dir: `${snaps.path}/running` });
+      // The VM goes on, its devices hot-plugged back.
+      strictEqual((await vm.exec(["cat", "/tmp/kept"])).stdoutText, "before");
+      await using copy = await VirtualMachine.restore(ref, { engineInstance: eng });
+      strictEqual((await copy.exec(["cat", "/tmp/kept"])).stdoutText, "before");
+      match((await copy.exec(["cat", "/etc/hosts"])).stdoutText, /\tskiff\n/);
+    }
+    // Nothing was written to the cache.
+    deepStrictEqual([...Deno.readDirSync(cache.path)].map((e) => e.name), []);
+  },
+);

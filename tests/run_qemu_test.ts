@@ -103,6 +103,9 @@ hostTest("skiff run (qemu): uname, stdout and stderr apart, stdin piped through"
   deepStrictEqual([streams.code, streams.stdout, streams.stderr], [3, "out\n", "err\n"]);
   const cat = await skiffRun(["--", "cat"], "hi\nthere\n");
   deepStrictEqual([cat.code, cat.stdout], [0, "hi\nthere\n"]);
+  // The session's /etc/hosts (written with the SETUP): the host name resolves.
+  const hosts = await skiffRun(["--", "sh", "-c", "stat -c %a /etc/hosts; getent hosts skiff"]);
+  deepStrictEqual([hosts.code, hosts.stdout], [0, "644\n127.0.1.1       skiff\n"], hosts.stderr);
 });
 
 hostTest("skiff run (qemu): arguments after CMD are CMD's (run ls --help runs ls --help)", [
@@ -237,10 +240,11 @@ hostTest("skiff run (qemu) --net: host loopback only with --net=host-loopback, b
       "--",
       "sh",
       "-c",
-      `curl -sf ${url} | sha256sum`,
+      `curl -sf ${url} | sha256sum; cat /etc/resolv.conf`,
     ]);
     strictEqual(r.code, 0, r.stderr);
     strictEqual(r.stdout.split(" ")[0], await digest(body));
+    match(r.stdout, /\nnameserver 10\.42\.0\.1\n$/);
     const denied = await skiffRun(["--net", "--", "curl", "-sf", "-m", "5", url]);
     strictEqual(denied.code, 7, `curl must fail to connect: ${denied.stderr}`);
   } finally {

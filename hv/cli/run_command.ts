@@ -45,7 +45,7 @@ export async function runCommand(
   const log = config.verbose ? (line: string) => console.error(`skiff: ${line}`) : undefined;
   let engine = o.engineInstance;
   if (!engine) {
-    const { engine: chosen, decision } = selectEngine(o.engine, {
+    const { engine: chosen, decision } = await selectEngine(o.engine, {
       log,
     });
     log?.(`engine ${decision.name} (${decision.why})`);
@@ -113,7 +113,7 @@ export async function bootShell(config: VmConfig, o: BootShellOptions): Promise<
   const log = config.verbose ? (line: string) => console.error(`skiff: ${line}`) : undefined;
   let engine = o.engineInstance;
   if (!engine) {
-    const { engine: chosen, decision } = selectEngine(o.engine, { log });
+    const { engine: chosen, decision } = await selectEngine(o.engine, { log });
     log?.(`engine ${decision.name} (${decision.why})`);
     engine = chosen;
   }

@@ -16,7 +16,6 @@
 
 import { dirname, join } from "node:path";
 import type { KernelInfo } from "../kernel/mod.ts";
-import { agentInitramfs } from "../../init/agent/initramfs.ts";
 import { skiffCacheDir } from "../../snapshot/cache.ts";
 import { writeFileAtomic } from "../atomic_file.ts";
 import { agentInitramfsIdentity } from "./init_identity.ts";
@@ -80,6 +79,8 @@ export async function agentInitramfsFile(
       // not cached yet
     }
   }
+  // The builder (IR, code generator, assembler) is loaded only to build one.
+  const { agentInitramfs } = await import("../../init/agent/initramfs.ts");
   const bytes = await agentInitramfs(kernel);
   if (path) {
     try {

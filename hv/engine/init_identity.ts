@@ -14,8 +14,8 @@
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { KernelInfo } from "../kernel/mod.ts";
-import { AGENT_MODULES } from "../../init/agent/initramfs.ts";
-import { moduleLoadOrder } from "../../init/initramfs.ts";
+import { AGENT_MODULES } from "../../init/agent/modules.ts";
+import { moduleLoadOrder } from "../../init/module_order.ts";
 import { canonicalJson, sha256Hex } from "../../snapshot/codec.ts";
 import { contentHash } from "../../snapshot/content_hash.ts";
 
@@ -24,9 +24,16 @@ const SOURCES = ["init"];
 
 let sourceHash: Promise<string | null> | undefined;
 
+/** Bytes as lowercase hex. */
+function hexOf(b: Uint8Array): string {
+  let s = "";
+  for (const x of b) s += x.toString(16).padStart(2, "0");
+  return s;
+}
+
 /** SHA-256 over the init generator's source files (path and text), or null when unreadable. */
 export function initSourceHash(): Promise<string | null> {
-  sourceHash ??= Promise.resolve().then((): string | null => {
+  sourceHash ??= Promise.resolve().then(async (): Promise<string | null> => {
     // Only from the source tree: a bundle (dist/skiff.js) may be older than the files around it.
     if (
       !import.meta.url.startsWith("file:") ||
@@ -54,8 +61,14 @@ export function initSourceHash(): Promise<string | null> {
     try {
       for (const s of SOURCES) walk(join(root, s));
       files.sort();
+      // WebCrypto's native SHA-256 (the same digest as sha256Hex), all files in one
+      // await: ≈1.5 ms here, against ≈6-10 ms for skiff's TypeScript hash while
+      // it is not yet compiled, and node:crypto is not loaded on a cache hit.
+      const digests = await Promise.all(
+        files.map((f) => crypto.subtle.digest("SHA-256", Deno.readFileSync(f))),
+      );
       const parts: string[] = [];
-      for (const f of files) parts.push(relative(root, f), sha256Hex(Deno.readFileSync(f)));
+      files.forEach((f, i) => parts.push(relative(root, f), hexOf(new Uint8Array(digests[i]))));
       return files.length ? sha256Hex(new TextEncoder().encode(parts.join("\n"))) : null;
     } catch {
       return null;

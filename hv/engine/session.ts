@@ -16,7 +16,6 @@
 import { ShareMux } from "../../devices/fuse/mux.ts";
 import type { FileSystem } from "../../devices/fuse/filesystem.ts";
 import { MS } from "../../init/ir/linux.ts";
-import type { AgentClient } from "../../init/agent/client.ts";
 import type { MountSpec, SetupSpec } from "../../init/agent/wire.ts";
 import type { Share, VmConfig } from "../config.ts";
 import { shareFileSystem } from "./share_fs.ts";
@@ -82,8 +81,8 @@ export function rootDirOf(config: VmConfig): string {
 }
 
 /**
- * The SETUP request that mounts `config`'s shares and sets the host name,
- * network and clock. The root is an overlay: the root share read-only below
+ * The SETUP request that mounts `config`'s shares, sets the host name,
+ * network and clock, and writes {@link sessionFiles} — one round trip. The root is an overlay: the root share read-only below
  * a tmpfs upper in {@link LAYERS_DIR} (so /tmp, /run and every other write
  * live in guest RAM), the guest's /dev, /proc and /sys bound in. `resume`:
  * the VM was captured with {@link sessionTeardown} and restored, so the
@@ -132,6 +131,10 @@ export function sessionSetup(
   }
   return {
     mounts,
+    // Written last, into the assembled root, in this same request. A resumed
+    // VM's upper has them already (and whatever the user changed since).
+    files: o.resume ? [] : sessionFiles(config).map((f) => ({ ...f, mode: 0o644, replace: true })),
+    filesRoot: root,
     hostname: config.hostname,
     net: config.net
       ? {
@@ -160,9 +163,10 @@ export function sessionTeardown(): SetupSpec {
 }
 
 /**
- * Files the session writes into the root after SETUP: `/etc/hosts` (the host
- * name resolves) and, with the network, `/etc/resolv.conf` (the stack's DNS).
- * Nothing without a root share: the initramfs has no /etc to speak of.
+ * Files {@link sessionSetup} writes into the root (mode 0644, a symlink there
+ * replaced): `/etc/hosts` (the host name resolves) and, with the network,
+ * `/etc/resolv.conf` (the stack's DNS). Nothing without a root share: the
+ * initramfs has no /etc to speak of.
  */
 export function sessionFiles(config: VmConfig): { path: string; content: string }[] {
   if (!config.root) return [];
@@ -176,21 +180,4 @@ export function sessionFiles(config: VmConfig): { path: string; content: string 
     files.push({ path: "/etc/resolv.conf", content: `nameserver ${GUEST_NET.dns}\n` });
   }
   return files;
-}
-
-/**
- * Writes {@link sessionFiles} into the root through `agent`, all at once:
- * each write is its own connection, so they overlap instead of queueing.
- */
-export async function writeSessionFiles(
-  agent: Pick<AgentClient, "writeFile">,
-  config: VmConfig,
-  signal?: AbortSignal,
-): Promise<void> {
-  const root = rootDirOf(config);
-  await Promise.all(
-    sessionFiles(config).map((f) =>
-      agent.writeFile(f.path, f.content, { mode: 0o644, root, replace: true, signal })
-    ),
-  );
 }

@@ -29,13 +29,7 @@ import { ConfigError, VmError } from "../errors.ts";
 import { abortRace } from "../abort.ts";
 import { AgentVm } from "../engine/agent_vm.ts";
 import { agentInitramfsIdentity } from "../engine/init_identity.ts";
-import {
-  attachShares,
-  MUX_TAG,
-  rootDirOf,
-  sessionSetup,
-  writeSessionFiles,
-} from "../engine/session.ts";
+import { attachShares, MUX_TAG, rootDirOf, sessionSetup } from "../engine/session.ts";
 import type { BootOptions, RunningVm, SnapshotRef } from "../engine/types.ts";
 import { VsockAgentTransport, vsockReady } from "../engine/vsock_transport.ts";
 import type { DeviceBackends } from "./backends.ts";
@@ -257,9 +251,6 @@ async function startSession(
     const agent = new AgentClient(new VsockAgentTransport(vsock));
     const setup = o.setup ? sessionSetup(config) : { clockMs: Date.now() };
     await Promise.race([agent.setup(setup, { signal: o.signal }), stopWait]);
-    if (o.setup) {
-      await writeSessionFiles(agent, config, o.signal);
-    }
     const origin = {
       from: o.origin.from,
       captured: o.origin.captured,

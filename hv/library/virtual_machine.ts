@@ -204,9 +204,9 @@ export class VirtualMachine implements AsyncDisposable {
       hostname: options.hostname ?? "skiff",
       verbose: options.verbose ?? false,
     };
-    const engine = options.engineInstance ?? selectEngine(options.engine ?? "auto", {
+    const engine = options.engineInstance ?? (await selectEngine(options.engine ?? "auto", {
       log: config.verbose ? (l) => console.error(`skiff: ${l}`) : undefined,
-    }).engine;
+    })).engine;
     let defaults: Defaults = { env: { PATH: GUEST_PATH, HOME: "/" }, cwd: "/", user: null, image };
     if (image) {
       try {

@@ -10,6 +10,8 @@
 
 import { AGENT_BOOT_ERROR_PREFIX, AGENT_READY_MARKER } from "../../init/agent/protocol.ts";
 import { VmError } from "../errors.ts";
+import { abortRace } from "../abort.ts";
+import type { QemuProcess } from "./process.ts";
 
 /** Characters of console text kept for error messages. */
 const TAIL = 16384;
@@ -77,5 +79,39 @@ export class ConsoleWatch {
   tail(lines = 8): string {
     const t = this.#text.trim().split("\n").slice(-lines).join("\n");
     return t ? `; console:\n${t}` : "";
+  }
+}
+
+/**
+ * Resolves when `watch` saw READY; rejects with a {@link VmError} when QEMU
+ * exits first (with the console's tail and QEMU's own words) or after `ms`
+ * (a hang), or as `signal` aborts.
+ */
+export async function guestReady(
+  p: QemuProcess,
+  watch: ConsoleWatch,
+  ms: number,
+  signal?: AbortSignal,
+): Promise<void> {
+  const exited = p.exited.then(() => {
+    throw new VmError(
+      `QEMU exited before the guest was ready${watch.tail()}${
+        p.diagnostics ? `; QEMU: ${p.diagnostics}` : ""
+      }`,
+    );
+  });
+  exited.catch(() => {});
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const hang = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new VmError(`the guest was not ready after ${ms / 1000} s${watch.tail()}`)),
+      ms,
+    );
+  });
+  using aborted = abortRace(signal);
+  try {
+    await Promise.race([watch.ready, exited, hang, aborted.promise]);
+  } finally {
+    clearTimeout(timer);
   }
 }

@@ -15,7 +15,6 @@
  */
 
 import { dirname } from "node:path";
-import { agentInitramfs } from "../../init/agent/initramfs.ts";
 import { randomSnapshotKey, SnapshotCache } from "../../snapshot/cache.ts";
 import { bootCached } from "../../snapshot/boot_cached.ts";
 import { type QemuEntry, readQemuEntry } from "../../snapshot/qemu_entry.ts";
@@ -27,10 +26,10 @@ import { agentInitramfsIdentity } from "../engine/init_identity.ts";
 import { agentInitramfsFile } from "../engine/agent_initramfs_file.ts";
 import { rootDirOf } from "../engine/session.ts";
 import { timeline } from "../engine/timeline.ts";
-import { abortRace } from "../abort.ts";
 import type { BootOptions, ConsoleIO, Engine, RunningVm, SnapshotRef } from "../engine/types.ts";
-import { ConsoleWatch } from "./console.ts";
+import { ConsoleWatch, guestReady } from "./console.ts";
 import { QemuSession } from "./guest.ts";
+import { EarlyRestore } from "./early_restore.ts";
 import { captureQemu, type QemuCapture, QemuRamDir, restoreQemu } from "./persist.ts";
 import { QemuProcess, type QemuStartOptions } from "./process.ts";
 import { qemuSnapshotKey } from "./snapshot_key.ts";
@@ -140,7 +139,10 @@ export class QemuEngine implements Engine {
     let vm: QemuProcess | null = null;
     let consoleWatch: ConsoleWatch | null = null;
     let capture: QemuCapture | null = null;
+    // A restore's QEMU started before the cache lookup (hv/qemu/early_restore.ts).
+    let earlyRestore: EarlyRestore | null = null;
     const release = async () => {
+      await earlyRestore?.drop();
       if (vm) await vm.stop(1000).catch(() => {});
       // The entry is written from the RAM dir's staging: let it finish first.
       await capture?.published.catch((e) => warn(`snapshot not saved: ${(e as Error).message}`));
@@ -166,6 +168,20 @@ export class QemuEngine implements Engine {
         timeline: mark,
       });
       const useCache = !from && (o.snapshot ?? this.#opts.snapshot) !== false;
+      // A restore's QEMU reads no initrd: an empty file stands in for it.
+      const placeholder = `${dir}/initrd.restore`;
+      const restoreStart = () => {
+        const { machine: _m, incoming: _i, ...start } = launch(placeholder);
+        return start;
+      };
+      if (useCache) {
+        await Deno.writeFile(placeholder, new Uint8Array(0));
+        earlyRestore = EarlyRestore.begin(
+          { ...restoreStart(), ramFile: ram.ramFile },
+          config.memoryMiB,
+          log,
+        );
+      }
       let cache: SnapshotCache | null = null;
       let key = "";
       let source: Record<string, string> = {};
@@ -179,7 +195,8 @@ export class QemuEngine implements Engine {
           const k = await qemuSnapshotKey({
             kernelPath: image,
             initramfs: identity === null
-              ? await agentInitramfs(kernel)
+              // No identity (a bundle): key on the built bytes; the builder loads only then.
+              ? await (await import("../../init/agent/initramfs.ts")).agentInitramfs(kernel)
               : encoder.encode(`identity:${identity}`),
             config: bootedConfig(config),
             launch: { ...launch("/initrd"), qmpSocket: "/q", consoleSocket: "/c", ports: [] },
@@ -199,10 +216,9 @@ export class QemuEngine implements Engine {
       };
       const restore = async (entry: QemuEntry) => {
         // QEMU reads the initrd only at a cold boot: a restore needs a file, not the image.
-        const placeholder = `${dir}/initrd.restore`;
-        await Deno.writeFile(placeholder, new Uint8Array(0));
-        const { machine: _m, incoming: _i, ...start } = launch(placeholder);
-        const p = await restoreQemu(entry, { ...start, signal: o.signal });
+        const started = earlyRestore?.take();
+        if (!started) await Deno.writeFile(placeholder, new Uint8Array(0));
+        const p = await restoreQemu(entry, { ...restoreStart(), signal: o.signal, started });
         vm = p;
         watch(p);
         log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
@@ -219,6 +235,9 @@ export class QemuEngine implements Engine {
           read: readQemuEntry,
           restore,
           boot: async () => {
+            // The QEMU started for a restore cannot boot: stop it, and let the
+            // cold boot's QEMU make its RAM file afresh.
+            await earlyRestore?.drop();
             log(`qemu: cold boot (kernel ${kernel.version}, accel ${this.#opts.accel})`);
             const initrd = await agentInitramfsFile(kernel, {
               cacheDir: cache ? dirname(cache.root) : undefined,
@@ -230,32 +249,7 @@ export class QemuEngine implements Engine {
             vm = p;
             log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
             const w = watch(p);
-            const exited = p.exited.then(() => {
-              throw new VmError(
-                `QEMU exited before the guest was ready${w.tail()}${
-                  p.diagnostics ? `; QEMU: ${p.diagnostics}` : ""
-                }`,
-              );
-            });
-            exited.catch(() => {});
-            let timer: ReturnType<typeof setTimeout> | undefined;
-            const hang = new Promise<never>((_, reject) => {
-              timer = setTimeout(
-                () =>
-                  reject(
-                    new VmError(
-                      `the guest was not ready after ${READY_WAIT_MS / 1000} s${w.tail()}`,
-                    ),
-                  ),
-                READY_WAIT_MS,
-              );
-            });
-            using aborted = abortRace(o.signal);
-            try {
-              await Promise.race([w.ready, exited, hang, aborted.promise]);
-            } finally {
-              clearTimeout(timer);
-            }
+            await guestReady(p, w, READY_WAIT_MS, o.signal);
             log(`qemu: guest ready after ${Math.round(performance.now() - t0)} ms`);
             mark("guest READY");
             return p;

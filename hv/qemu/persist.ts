@@ -261,8 +261,14 @@ export async function captureQemu(
 
 /** What {@link restoreQemu} needs: how to start QEMU (the same machine as at capture). */
 export type RestoreQemuOptions = Omit<QemuStartOptions, "incoming" | "machine"> & {
-  /** Where the RAM copy goes: a file that must not exist, in a private tmpfs dir (see {@link QemuRamDir}). */
+  /** Where the RAM copy goes: a new file in a private tmpfs dir ({@link QemuRamDir}), or `started`'s. */
   ramFile: string;
+  /**
+   * A QEMU already starting with these options (q35, incoming) on `ramFile`,
+   * which exists at the entry's RAM size, all a hole (hv/qemu/early_restore.ts).
+   * Owned by this call from here: stopped on failure.
+   */
+  started?: Promise<QemuProcess>;
   /** Aborts waiting for the load. */
   signal?: AbortSignal;
   /** Bound on the load (default 60 s; it takes ~10 ms: this only catches hangs). */
@@ -306,8 +312,24 @@ export async function restoreQemu(
   entry: string | QemuEntry,
   o: RestoreQemuOptions,
 ): Promise<QemuProcess> {
-  const e = typeof entry === "string" ? readQemuEntry(entry) : entry;
-  const { signal, timeoutMs, timings, ...start } = o;
+  const { signal, timeoutMs, timings, started, ...start } = o;
+  // A failure before the copy: the early QEMU and its (empty) RAM file go.
+  const abandon = () => {
+    if (!started) return;
+    started.then((p) => p.stop(0)).catch(() => {});
+    try {
+      Deno.removeSync(o.ramFile);
+    } catch {
+      // gone already
+    }
+  };
+  let e: QemuEntry;
+  try {
+    e = typeof entry === "string" ? readQemuEntry(entry) : entry;
+  } catch (err) {
+    abandon();
+    throw err;
+  }
   const spec: QemuLaunchSpec = {
     ...start,
     machine: "q35",
@@ -317,6 +339,7 @@ export async function restoreQemu(
   };
   const want = machineDescription(spec);
   if (JSON.stringify(want) !== JSON.stringify(e.manifest.machine)) {
+    abandon();
     throw new SnapshotError(
       "mismatch",
       e.dir,
@@ -337,15 +360,16 @@ export async function restoreQemu(
   // QEMU starts (QEMU maps it but reads none of it before the incoming load).
   let copying: Promise<unknown>;
   try {
-    copying = copySparseInBackground(e.ramPath, o.ramFile);
+    copying = copySparseInBackground(e.ramPath, o.ramFile, { existing: started !== undefined });
   } catch (err) {
+    abandon();
     throw copyFailed(err);
   }
   copying.catch(() => {});
   let vm: QemuProcess | null = null;
   try {
     try {
-      vm = await QemuProcess.start({ ...start, machine: "q35", incoming: true });
+      vm = await (started ?? QemuProcess.start({ ...start, machine: "q35", incoming: true }));
     } finally {
       await copying.catch(() => {}); // never leave the copy writing into a removed file
     }

@@ -693,3 +693,60 @@ hostTest(
     ok(!mounts.includes(`${d}/t`), mounts);
   },
 );
+
+hostTest(
+  "agent (native): setup — files written last, inside their root, as WRITE_FILE writes them",
+  NEEDS,
+  async () => {
+    await using agent = await startNativeAgent();
+    const a = agent.client;
+    const root = `${agent.dir}/froot`;
+    await Deno.mkdir(`${root}/etc`, { recursive: true });
+    // Names the host's / does not have: were the chroot missing, nothing of the host's is hit.
+    // A symlink that REPLACE must replace, not write through (it points out of the root).
+    await Deno.writeTextFile(`${agent.dir}/outside`, "untouched");
+    await Deno.symlink(`../../outside`, `${root}/etc/skiff-resolv.conf`);
+    await a.setup({
+      // The files go into a tmpfs this same SETUP mounts: they come after the mounts.
+      mounts: [{ source: "tmpfs", target: `${root}/run`, fsType: "tmpfs" }],
+      filesRoot: root,
+      files: [
+        {
+          path: "/etc/skiff-resolv.conf",
+          content: "nameserver 10.42.0.1\n",
+          mode: 0o644,
+          replace: true,
+        },
+        { path: "/run/skiff-hosts", content: "127.0.0.1\tlocalhost\n", mode: 0o4755 },
+        { path: "/etc/skiff-empty", content: new Uint8Array(0), mode: 0o600 },
+      ],
+    });
+    const r = await a.exec([
+      "sh",
+      "-c",
+      `cd ${root}; cat etc/skiff-resolv.conf run/skiff-hosts; stat -c '%a %s %F' etc/skiff-resolv.conf run/skiff-hosts etc/skiff-empty`,
+    ]);
+    strictEqual(
+      r.stdoutText,
+      "nameserver 10.42.0.1\n127.0.0.1\tlocalhost\n" +
+        "644 21 regular file\n4755 20 regular file\n600 0 regular empty file\n",
+      r.stderrText,
+    );
+    strictEqual(await Deno.readTextFile(`${agent.dir}/outside`), "untouched");
+    // The tmpfs is the agent's: the file is not on the host's side of it.
+    strictEqual(await Deno.stat(`${root}/run/skiff-hosts`).then(() => true, () => false), false);
+    // A failing file names its step and path; the ones before it are written.
+    const e = await a.setup({
+      filesRoot: root,
+      files: [
+        { path: "/etc/skiff-first", content: "1", mode: 0o644 },
+        { path: "/nodir/f", content: "x", mode: 0o644 },
+      ],
+    }).then(() => null, (e) => e);
+    ok(
+      e instanceof AgentStepError && e.step === "open /nodir/f" && e.errno === "ENOENT",
+      String(e),
+    );
+    strictEqual(await Deno.readTextFile(`${root}/etc/skiff-first`), "1");
+  },
+);

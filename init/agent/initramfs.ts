@@ -17,22 +17,9 @@ import { extraEntries, type ExtraFile, initramfsBase, moduleLoadOrder } from "..
 import { agentProgram } from "./program.ts";
 import { AGENT_BOOT_PATH } from "./protocol.ts";
 import { encodeBootRecord } from "./wire.ts";
+import { AGENT_MODULES } from "./modules.ts";
 
-/** Modules the agent loads (with their dependencies), in this order. */
-export const AGENT_MODULES: readonly string[] = [
-  "virtio_mmio",
-  "virtio_pci",
-  "virtio_console",
-  "vsock",
-  "vmw_vsock_virtio_transport_common",
-  "vmw_vsock_virtio_transport",
-  "fuse",
-  "virtiofs",
-  "overlay",
-  "failover",
-  "net_failover",
-  "virtio_net",
-];
+export { AGENT_MODULES };
 
 let agentElf: Uint8Array | undefined;
 

@@ -47,4 +47,4 @@ export { AgentError, AgentProtocolError, AgentRequestError, AgentStepError } fro
 export { overlayRootMounts } from "./mounts.ts";
 export type { OverlayRootOptions } from "./mounts.ts";
 export { encodeBootRecord, parseReply } from "./wire.ts";
-export type { MountSpec, NetSpec, Reply, SetupSpec } from "./wire.ts";
+export type { MountSpec, NetSpec, Reply, SetupFileSpec, SetupSpec } from "./wire.ts";

@@ -113,7 +113,32 @@ export const SETUP = {
   /** u64 ×2: wall-clock time to set (CLOCK_REALTIME seconds, nanoseconds), with {@link SETUP_FLAGS.CLOCK}. */
   CLOCK_SEC: 80,
   CLOCK_NSEC: 88,
-  SIZE: 96,
+  /** ptr: directory to chroot into for the files; "" = the agent's own root. */
+  FILES_ROOT: 96,
+  /** ptr: array of {@link SETUP_FILE} entries, written in order after the network. */
+  FILES: 104,
+  /** u64: number of file entries. */
+  NFILES: 112,
+  SIZE: 120,
+} as const;
+
+/**
+ * A SETUP file entry (32 bytes): a small file written as WRITE_FILE writes
+ * one (owner unchanged), from bytes inside the request — the session's
+ * `/etc/hosts` and `/etc/resolv.conf` without a connection each.
+ */
+export const SETUP_FILE = {
+  /** ptr: path (inside the files' root). */
+  PATH: 0,
+  /** ptr: the bytes. */
+  DATA: 8,
+  /** u64: how many. */
+  LENGTH: 16,
+  /** u32: permission bits, applied exactly (fchmod after open). */
+  MODE: 24,
+  /** u32: {@link WRITE_FLAGS} (REPLACE: unlink first). */
+  FLAGS: 28,
+  SIZE: 32,
 } as const;
 
 /** SETUP flag bits. */

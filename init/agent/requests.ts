@@ -39,13 +39,14 @@ import {
   NO_ID,
   READ_FILE,
   SETUP,
+  SETUP_FILE,
   SETUP_FLAGS,
   WRITE_FILE,
   WRITE_FLAGS,
 } from "./protocol.ts";
 import { A, enterRoot, EX, load, reply, replyNumber, RETRY_MS, STAT } from "./state.ts";
 
-/** SETUP: the mount entries in order, the host name, the network; then `ok`. */
+/** SETUP: the mount entries in order, the host name, the network, the files; then `ok`. */
 export function setup(o: { clock: boolean }): Fragment {
   const req = A.req;
   const p = v("ag_m_p");
@@ -191,10 +192,69 @@ export function setup(o: { clock: boolean }): Fragment {
     defaultRoute(gw),
     label(noRoute),
     label(noNet),
+    setupFiles(),
     reply("ok\n"),
     exit(0),
   );
   return f;
+}
+
+/**
+ * SETUP's files, last (they go into the root the mounts just assembled):
+ * chroot into their root, then each as WRITE_FILE writes one — unlink first
+ * with REPLACE, create/truncate, the exact mode, the bytes, close (which
+ * reports delayed write errors). The handler exits after SETUP, so its
+ * chroot ends with it.
+ */
+function setupFiles(): Fragment {
+  const req = A.req;
+  const n = v("ag_f_n");
+  const p = v("ag_f_p");
+  const i = v("ag_f_i");
+  const root = v("ag_f_root");
+  const path = v("ag_f_path");
+  const data = v("ag_f_data");
+  const len = v("ag_f_len");
+  const mode = v("ag_f_mode");
+  const fd = v("ag_f_fd");
+  const loop = uniqueLabel("ag_files");
+  const done = uniqueLabel("ag_filesdone");
+  const noReplace = uniqueLabel("ag_fnoreplace");
+  return seq(
+    load(n, req, SETUP.NFILES),
+    branch("eq", n, 0, done),
+    load(root, req, SETUP.FILES_ROOT),
+    enterRoot(root),
+    load(p, req, SETUP.FILES),
+    set(i, 0),
+    label(loop),
+    branch("geu", i, n, done),
+    load(path, p, SETUP_FILE.PATH),
+    load(data, p, SETUP_FILE.DATA),
+    load(len, p, SETUP_FILE.LENGTH),
+    load(mode, p, SETUP_FILE.MODE, 4),
+    { op: "arith", kind: "and", dst: mode, a: mode, b: 0o7777 },
+    set(A.stepArg, path),
+    load(A.t, p, SETUP_FILE.FLAGS, 4),
+    { op: "arith", kind: "and", dst: A.t, a: A.t, b: WRITE_FLAGS.REPLACE },
+    branch("eq", A.t, 0, noReplace),
+    sys(SYS.unlink, [path], { step: "unlink", allow: [E.ENOENT] }),
+    label(noReplace),
+    sys(SYS.open, [path, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, mode], {
+      step: "open",
+      dst: fd,
+    }),
+    // Regardless of the umask.
+    sys(SYS.fchmod, [fd, mode], { step: "chmod" }),
+    { op: "call", routine: "write_all", args: [fd, data, len], dst: A.r },
+    checkNeg(A.r, "write"),
+    sys(SYS.close, [fd], { step: "close" }),
+    set(A.stepArg, 0),
+    { op: "arith", kind: "add", dst: p, a: p, b: SETUP_FILE.SIZE },
+    { op: "arith", kind: "add", dst: i, a: i, b: 1 },
+    jump(loop),
+    label(done),
+  );
 }
 
 /** KILL: signal a pid (> 1) or its process group. */

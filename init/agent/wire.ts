@@ -26,6 +26,7 @@ import {
   REQUEST_MAGIC,
   type RequestKind,
   SETUP,
+  SETUP_FILE,
   SETUP_FLAGS,
   SIGNAL_FRAME_SIZE,
   WRITE_FILE,
@@ -77,6 +78,22 @@ export interface SetupSpec {
   net?: NetSpec | null;
   /** Wall-clock time to set first (ms since the epoch, e.g. `Date.now()`), or null to leave it. */
   clockMs?: number | null;
+  /** Files to write last, inside {@link filesRoot}, in order. */
+  files?: SetupFileSpec[];
+  /** Directory the files' paths are inside (chroot), "" = the agent's root (the default). */
+  filesRoot?: string;
+}
+
+/** A file SETUP writes (as WRITE_FILE does, owner unchanged), its bytes in the request. */
+export interface SetupFileSpec {
+  /** Absolute path inside the files' root. */
+  path: string;
+  /** The bytes (a string as UTF-8). */
+  content: string | Uint8Array;
+  /** Permission bits (0–0o7777), applied exactly. */
+  mode: number;
+  /** Unlink first (replace a symlink instead of writing through it). */
+  replace?: boolean;
 }
 
 /** An EXEC request. */
@@ -193,6 +210,13 @@ export function encodeSetup(spec: SetupSpec): Uint8Array {
   if (clockMs !== null) {
     check(Number.isSafeInteger(clockMs) && clockMs > 0, `bad clock time ${clockMs}`);
   }
+  const files = spec.files ?? [];
+  const filesRoot = spec.filesRoot ?? "";
+  if (filesRoot !== "") checkPath(filesRoot, "files root");
+  for (const f of files) {
+    checkPath(f.path, "file path");
+    checkU32(f.mode, `mode of ${f.path}`, 0o7777);
+  }
   return payload("SETUP request", SETUP.SIZE, (w) => {
     let flags = 0;
     if (clockMs !== null) {
@@ -227,6 +251,22 @@ export function encodeSetup(spec: SetupSpec): Uint8Array {
       w.u32(SETUP.NET_GATEWAY, net.gateway ? ipv4(net.gateway) : 0);
       w.u32(SETUP.NET_WAIT_MS, net.waitMs ?? 10_000);
       w.ptr(SETUP.NET_IFNAME, w.str(net.interface ?? "eth0", "interface name"));
+    }
+    if (files.length > 0) {
+      w.ptr(SETUP.FILES_ROOT, w.str(filesRoot, "files root"));
+      w.align(8);
+      const ftable = w.reserve(SETUP_FILE.SIZE * files.length);
+      w.ptr(SETUP.FILES, ftable);
+      w.u64(SETUP.NFILES, files.length);
+      files.forEach((f, i) => {
+        const at = ftable + SETUP_FILE.SIZE * i;
+        const bytes = typeof f.content === "string" ? enc.encode(f.content) : f.content;
+        w.ptr(at + SETUP_FILE.PATH, w.str(f.path, "file path"));
+        w.ptr(at + SETUP_FILE.DATA, w.data(bytes));
+        w.u64(at + SETUP_FILE.LENGTH, bytes.length);
+        w.u32(at + SETUP_FILE.MODE, f.mode);
+        w.u32(at + SETUP_FILE.FLAGS, f.replace ? WRITE_FLAGS.REPLACE : 0);
+      });
     }
     w.u64(SETUP.FLAGS, flags);
   });

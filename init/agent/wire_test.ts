@@ -19,6 +19,7 @@ import {
   REQ_HDR,
   REQUEST_MAGIC,
   SETUP,
+  SETUP_FILE,
   SETUP_FLAGS,
   WRITE_FILE,
   WRITE_FLAGS,
@@ -197,6 +198,59 @@ Deno.test("agent wire: SETUP payload layout", () => {
   const empty = reader(encodeSetup({}));
   strictEqual(Number(empty.d.getBigUint64(SETUP.FLAGS, true)), 0);
   strictEqual(Number(empty.d.getBigUint64(SETUP.NMOUNTS, true)), 0);
+  strictEqual(Number(empty.d.getBigUint64(SETUP.NFILES, true)), 0);
+  strictEqual(empty.ptr(SETUP.FILES_ROOT), null);
+});
+
+Deno.test("agent wire: SETUP files — root, table, bytes with their length, mode, REPLACE", () => {
+  const b = encodeSetup({
+    filesRoot: "/run/skiff/root",
+    files: [
+      { path: "/etc/hosts", content: "127.0.0.1\tlocalhost ü\n", mode: 0o644, replace: true },
+      { path: "/x", content: new Uint8Array([0, 1, 0]), mode: 0o4755 },
+      { path: "/empty", content: "", mode: 0o600 },
+    ],
+  });
+  const r = reader(b);
+  strictEqual(r.str(SETUP.FILES_ROOT), "/run/skiff/root");
+  strictEqual(Number(r.d.getBigUint64(SETUP.NFILES, true)), 3);
+  const t = r.ptr(SETUP.FILES)!;
+  strictEqual(t % 8, 0);
+  const entry = (i: number) => {
+    const at = t + SETUP_FILE.SIZE * i;
+    const data = r.ptr(at + SETUP_FILE.DATA)!;
+    const len = Number(r.d.getBigUint64(at + SETUP_FILE.LENGTH, true));
+    return {
+      path: r.str(at + SETUP_FILE.PATH),
+      bytes: [...b.subarray(data, data + len)],
+      mode: r.u32(at + SETUP_FILE.MODE),
+      flags: r.u32(at + SETUP_FILE.FLAGS),
+    };
+  };
+  deepStrictEqual(entry(0), {
+    path: "/etc/hosts",
+    bytes: [...new TextEncoder().encode("127.0.0.1\tlocalhost ü\n")],
+    mode: 0o644,
+    flags: WRITE_FLAGS.REPLACE,
+  });
+  deepStrictEqual(entry(1), { path: "/x", bytes: [0, 1, 0], mode: 0o4755, flags: 0 });
+  deepStrictEqual(entry(2), { path: "/empty", bytes: [], mode: 0o600, flags: 0 });
+  // Files without a root: the agent's own root, an empty string.
+  strictEqual(
+    reader(encodeSetup({ files: [{ path: "/f", content: "x", mode: 0o644 }] })).str(
+      SETUP.FILES_ROOT,
+    ),
+    "",
+  );
+  throws(
+    () => encodeSetup({ files: [{ path: "etc/hosts", content: "", mode: 0o644 }] }),
+    /absolute/,
+  );
+  throws(() => encodeSetup({ files: [{ path: "/f", content: "", mode: 0o10000 }] }), /mode of \/f/);
+  throws(
+    () => encodeSetup({ filesRoot: "rel", files: [{ path: "/f", content: "", mode: 0 }] }),
+    /files root/,
+  );
 });
 
 Deno.test("agent wire: header, KILL, files, signal frames, boot record", () => {

@@ -34,8 +34,8 @@ export const ROUTINE_DEPS: Record<Routine, Routine[]> = {
   relocate: [],
 };
 
-/** Magic at the start of a command record: "SKIFFREC" little-endian. */
-export const RECORD_MAGIC = 0x4345524646494b53n;
+export { RECORD_MAGIC } from "../ir/record_magic.ts";
+import { RECORD_MAGIC } from "../ir/record_magic.ts";
 
 /** Scratch buffers and strings the routines need: [label, size] and [label, text]. */
 export interface RuntimeData {

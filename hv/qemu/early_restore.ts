@@ -1,0 +1,77 @@
+/**
+ * A restore's QEMU started before the snapshot-cache lookup: `-incoming
+ * defer -S` on an empty RAM file of the guest's size, which the restore then
+ * fills (hv/qemu/persist.ts `restoreQemu`'s `started`). A hit is the common
+ * case of `skiff run`, and QEMU's own start (≈50 ms here: libraries, TCG,
+ * the machine) then overlaps the key's hashing and the lookup instead of
+ * following them. A miss stops it before the cold boot, which makes its RAM
+ * file afresh.
+ *
+ * @module
+ */
+
+import { timelineLine } from "../engine/timeline.ts";
+import { QemuProcess, type QemuStartOptions } from "./process.ts";
+
+/** The restore's QEMU, starting; {@link take} it for the restore or {@link drop} it. */
+export class EarlyRestore {
+  #started: Promise<QemuProcess> | null;
+  #ramFile: string;
+  /** Its `--verbose` timeline lines, logged when it is taken (a miss's timeline shows the cold boot's QEMU). */
+  #held: string[] = [];
+  #log: (line: string) => void;
+  #taken = false;
+
+  private constructor(
+    start: QemuStartOptions & { ramFile: string },
+    log: (line: string) => void,
+  ) {
+    this.#ramFile = start.ramFile;
+    this.#log = log;
+    this.#started = QemuProcess.start({
+      ...start,
+      machine: "q35",
+      incoming: true,
+      timeline: (event) => {
+        const line = timelineLine(event);
+        if (this.#taken) this.#log(line);
+        else this.#held.push(line);
+      },
+    });
+    this.#started.catch(() => {}); // whoever takes it sees the failure
+  }
+
+  /**
+   * Creates `start.ramFile` (0600, `memoryMiB` MiB, all a hole; it must not
+   * exist) and starts QEMU on it with `start` as a restore would.
+   */
+  static begin(
+    start: QemuStartOptions & { ramFile: string },
+    memoryMiB: number,
+    log: (line: string) => void,
+  ): EarlyRestore {
+    Deno.writeFileSync(start.ramFile, new Uint8Array(0), { createNew: true, mode: 0o600 });
+    Deno.truncateSync(start.ramFile, memoryMiB * 1024 * 1024);
+    return new EarlyRestore(start, log);
+  }
+
+  /** The starting QEMU for `restoreQemu` (which owns it from then on), once; logs its timeline. */
+  take(): Promise<QemuProcess> | undefined {
+    const p = this.#started ?? undefined;
+    this.#started = null;
+    if (p) {
+      this.#taken = true; // later lines (QMP up) are logged as they happen
+      for (const line of this.#held.splice(0)) this.#log(line);
+    }
+    return p;
+  }
+
+  /** Unless it was taken: stops the QEMU and removes its RAM file (the cold boot's QEMU makes its own). */
+  async drop(): Promise<void> {
+    const p = this.#started;
+    if (!p) return; // taken: the restore owns QEMU and the RAM file
+    this.#started = null;
+    await p.then((q) => q.stop(0)).catch(() => {});
+    await Deno.remove(this.#ramFile).catch(() => {});
+  }
+}
