@@ -30,7 +30,8 @@ import type { BootOptions, ConsoleIO, Engine, RunningVm, SnapshotRef } from "../
 import { ConsoleWatch, guestReady } from "./console.ts";
 import { QemuSession } from "./guest.ts";
 import { EarlyRestore } from "./early_restore.ts";
-import { captureQemu, type QemuCapture, QemuRamDir, restoreQemu } from "./persist.ts";
+import { captureQemu, type QemuCapture, restoreQemu } from "./persist.ts";
+import { QemuRamDir } from "./ram_dir.ts";
 import { QemuProcess, type QemuStartOptions } from "./process.ts";
 import { qemuSnapshotKey } from "./snapshot_key.ts";
 

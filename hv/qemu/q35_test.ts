@@ -6,7 +6,7 @@ import { machineDescription, pcieLayoutOf, qemuArgs, type QemuLaunchSpec } from 
 import { HotplugSlots, NoFreeSlotError, planPcie } from "./slots.ts";
 import { shellQuotePath } from "./qmp_types.ts";
 import { qemuSnapshotKey, resolveBinary } from "./snapshot_key.ts";
-import { QemuRamDir } from "./persist.ts";
+import { QemuRamDir } from "./ram_dir.ts";
 import { qemuKernelCmdline } from "./engine.ts";
 import type { VmConfig } from "../config.ts";
 

@@ -16,7 +16,8 @@
  * @module
  */
 
-import { captureQemu, QemuRamDir, restoreQemu } from "./persist.ts";
+import { captureQemu, restoreQemu } from "./persist.ts";
+import { QemuRamDir } from "./ram_dir.ts";
 import { QemuProcess } from "./process.ts";
 import { hotplugTestInitramfs, ShellConsole, TEST_READY_LINE, testKernel } from "./testing.ts";
 import {

@@ -20,7 +20,8 @@ import {
 } from "../../snapshot/qemu_entry.ts";
 import { copySparse } from "../../snapshot/sparse_copy.ts";
 import { HotplugError, plugNet, plugVirtioFs, plugVsock } from "./hotplug.ts";
-import { captureQemu, QemuCaptureError, QemuRamDir, restoreQemu } from "./persist.ts";
+import { captureQemu, QemuCaptureError, restoreQemu } from "./persist.ts";
+import { QemuRamDir } from "./ram_dir.ts";
 import { QemuProcess } from "./process.ts";
 import { hotplugTestInitramfs, ShellConsole, TEST_READY_LINE, testKernel } from "./testing.ts";
 import {

@@ -2,7 +2,8 @@
 // given as argument in its own QEMU, hot-plugs virtio-fs for SHARE, mounts it
 // and prints the guest's marker file and the shared file, then stops
 // everything. Usage: restore_child.ts ENTRY SHARE INITRD
-import { QemuRamDir, restoreQemu } from "../persist.ts";
+import { restoreQemu } from "../persist.ts";
+import { QemuRamDir } from "../ram_dir.ts";
 import { ShellConsole, testKernel } from "../testing.ts";
 import { plugMountRead, serveShare, testLaunch } from "./snapshot_guest.ts";
 
