@@ -152,6 +152,9 @@ export class QmpClient {
     const result = new Promise<unknown>((resolve, reject) => {
       this.#pending.set(id, { resolve, reject, command });
     });
+    // The reader may fail it while the write below is in flight, and a failed
+    // write never awaits it: handled here, awaited (and surfaced) below.
+    result.catch(() => {});
     try {
       const bytes = new TextEncoder().encode(line);
       for (let off = 0; off < bytes.length;) off += await this.#conn.write(bytes.subarray(off));

@@ -161,3 +161,28 @@ Deno.test("waitEvent rejects when QEMU goes away, on abort and on its bound", as
     await rejects(qmp.stop(), /QMP stop: connection closed/);
   });
 });
+
+Deno.test("execute: QEMU gone while the command is written is one rejection, none unhandled", async () => {
+  // The reader sees the end (and fails the pending command) while the write is
+  // still in flight; the write then fails too. Only the write's error may surface:
+  // an unhandled rejection here fails the test module.
+  let writing!: () => void;
+  const writeStarted = new Promise<void>((r) => writing = r);
+  let qmp!: QmpClient;
+  const conn = {
+    read: async () => {
+      await writeStarted;
+      return null;
+    },
+    write: async () => {
+      writing();
+      await qmp.ended;
+      throw new Error("broken pipe");
+    },
+    close: () => {},
+  } as unknown as Deno.Conn;
+  qmp = new QmpClient(conn);
+  await rejects(qmp.execute("query-status"), /QMP query-status: write failed: broken pipe/);
+  // A turn of the event loop, in which a stray rejection would be reported (no timing involved).
+  await new Promise((r) => setTimeout(r, 0));
+});
