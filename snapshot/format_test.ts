@@ -3,7 +3,10 @@ import { SnapshotError } from "./errors.ts";
 import {
   decodeManifest,
   encodeManifest,
+  finishManifest,
   FORMAT_VERSION,
+  manifestChecksum,
+  parseManifest,
   SNAPSHOT_MAGIC,
   type SnapshotManifest,
 } from "./format.ts";
@@ -82,4 +85,15 @@ Deno.test("decodeManifest rejects a layout that does not fit the memory file", (
   const n = sample();
   n.memory.regions[0].size = 100; // not page aligned
   throws(() => decodeManifest(encodeManifest(n), "/x"), /bad memory region/);
+});
+
+Deno.test("manifestChecksum (WebCrypto) is the checksum written; finishManifest checks the one given", async () => {
+  const text = encodeManifest(sample());
+  const parsed = parseManifest(text, "/x");
+  const sum = await manifestChecksum(parsed);
+  strictEqual(sum, JSON.parse(text).checksum);
+  deepStrictEqual(finishManifest(parsed, "/x", sum), decodeManifest(text, "/x"));
+  const flipped = parseManifest(text.replace('"memoryMiB": 256', '"memoryMiB": 257'), "/x");
+  const flippedSum = await manifestChecksum(flipped);
+  throws(() => finishManifest(flipped, "/x", flippedSum), /checksum mismatch/);
 });

@@ -215,9 +215,16 @@ export function parseSnapshotState(dir: string): ParsedSnapshot {
   return { dir, memoryPath: join(dir, MEMORY_FILE), parsed: parseManifest(text, dir) };
 }
 
-/** Second half of {@link readSnapshotState}: the checksum and every other section. */
-export function finishSnapshotState(p: ParsedSnapshot): Snapshot {
-  return { dir: p.dir, manifest: finishManifest(p.parsed, p.dir), memoryPath: p.memoryPath };
+/**
+ * Second half of {@link readSnapshotState}: the checksum and every other
+ * section (`checksum`: the body's, when computed already; `manifestChecksum`).
+ */
+export function finishSnapshotState(p: ParsedSnapshot, checksum?: string): Snapshot {
+  return {
+    dir: p.dir,
+    manifest: finishManifest(p.parsed, p.dir, checksum),
+    memoryPath: p.memoryPath,
+  };
 }
 
 /** Recomputes the memory digest; throws {@link SnapshotError} (`memory-digest`) on mismatch. */

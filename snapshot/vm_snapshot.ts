@@ -20,7 +20,12 @@ import type { GuestMemory, RegionMemory } from "../hv/memory.ts";
 import type { Kvm, VcpuFd, VmFd } from "../kvm_ffi/kvm.ts";
 import type { StateValue } from "./codec.ts";
 import { SnapshotError } from "./errors.ts";
-import { manifestsVerified, type SnapshotManifest, type SnapshotState } from "./format.ts";
+import {
+  manifestChecksum,
+  manifestsVerified,
+  type SnapshotManifest,
+  type SnapshotState,
+} from "./format.ts";
 import {
   type KvmFeatures,
   restoreVcpuState,
@@ -234,17 +239,24 @@ export async function restoreVmAsync<M extends MachineParts, P = undefined>(
 ): Promise<M> {
   const staged = typeof from === "string" ? parseSnapshotState(from) : from;
   let snapshot: Snapshot | null = "manifest" in staged ? staged : null;
-  const verify = (): Snapshot => snapshot ??= finishSnapshotState(staged as ParsedSnapshot);
+  // The body's checksum through WebCrypto (manifestChecksum), started now: native
+  // and off this thread, while the rest of the restore goes on.
+  const checksum = snapshot === null
+    ? manifestChecksum((staged as ParsedSnapshot).parsed)
+    : Promise.resolve(undefined);
+  checksum.catch(() => {});
+  const verify = async (): Promise<Snapshot> =>
+    snapshot ??= finishSnapshotState(staged as ParsedSnapshot, await checksum);
   // Overlap only while verifying is slow: the first manifest a process verifies
   // runs cold code (~0.8 ms); later ones take ~0.1 ms, less than handing a slot
   // to another thread costs, so then verify first and let prepare work in place.
   const overlap = snapshot === null && (steps.overlap ?? manifestsVerified() === 0);
-  if (!overlap) verify();
+  if (!overlap) await verify();
   let memory: RegionMemory;
   try {
     memory = openSnapshotMemory(staged);
   } catch (e) {
-    verify(); // a corrupt state.json is the better explanation
+    await verify(); // a corrupt state.json is the better explanation
     throw e;
   }
   let prepared: P;
@@ -252,12 +264,14 @@ export async function restoreVmAsync<M extends MachineParts, P = undefined>(
     let pending: Promise<P> | undefined;
     try {
       pending = steps.prepare?.(memory, overlap);
+      // Awaited below, after the checksum: a failure meanwhile is not unhandled.
+      pending?.catch(() => {});
     } catch (e) {
-      verify();
+      await verify();
       throw e;
     }
     try {
-      verify();
+      await verify();
     } catch (e) {
       if (pending) {
         try {
@@ -273,14 +287,15 @@ export async function restoreVmAsync<M extends MachineParts, P = undefined>(
     memory[Symbol.dispose]();
     throw e;
   }
+  const verified = await verify();
   let machine: M;
   try {
-    machine = steps.build({ memory, snapshot: verify() }, prepared);
+    machine = steps.build({ memory, snapshot: verified }, prepared);
   } catch (e) {
     memory[Symbol.dispose]();
     throw e;
   }
-  return setState(machine, verify(), steps.dispose);
+  return setState(machine, verified, steps.dispose);
 }
 
 /** `Kvm.msrIndexList()` once per process (it does not change). */
