@@ -28,6 +28,8 @@ import {
   sys,
   uniqueLabel,
   v,
+  type Val,
+  type VarRef,
 } from "../ir/mod.ts";
 import {
   IO_BUFFER_SIZE,
@@ -219,7 +221,6 @@ function setupFiles(): Fragment {
   const fd = v("ag_f_fd");
   const loop = uniqueLabel("ag_files");
   const done = uniqueLabel("ag_filesdone");
-  const noReplace = uniqueLabel("ag_fnoreplace");
   return seq(
     load(n, req, SETUP.NFILES),
     branch("eq", n, 0, done),
@@ -235,15 +236,7 @@ function setupFiles(): Fragment {
     load(mode, p, SETUP_FILE.MODE, 4),
     { op: "arith", kind: "and", dst: mode, a: mode, b: 0o7777 },
     set(A.stepArg, path),
-    load(A.t, p, SETUP_FILE.FLAGS, 4),
-    { op: "arith", kind: "and", dst: A.t, a: A.t, b: WRITE_FLAGS.REPLACE },
-    branch("eq", A.t, 0, noReplace),
-    sys(SYS.unlink, [path], { step: "unlink", allow: [E.ENOENT] }),
-    label(noReplace),
-    sys(SYS.open, [path, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, mode], {
-      step: "open",
-      dst: fd,
-    }),
+    openForWrite(path, mode, fd, p, SETUP_FILE.FLAGS),
     // Regardless of the umask.
     sys(SYS.fchmod, [fd, mode], { step: "chmod" }),
     { op: "call", routine: "write_all", args: [fd, data, len], dst: A.r },
@@ -254,6 +247,33 @@ function setupFiles(): Fragment {
     { op: "arith", kind: "add", dst: i, a: i, b: 1 },
     jump(loop),
     label(done),
+  );
+}
+
+/**
+ * Creates or truncates `path` for writing with `mode` into `fd`; with
+ * WRITE_FLAGS.REPLACE in the u32 flags at `flagsAt` + `flagsOffset`, unlinks
+ * it first (a new file, not a write through the old one's other links).
+ * SETUP's files and WRITE_FILE share it.
+ */
+function openForWrite(
+  path: VarRef,
+  mode: VarRef,
+  fd: VarRef,
+  flagsAt: Val,
+  flagsOffset: number,
+): Fragment {
+  const noReplace = uniqueLabel("ag_noreplace");
+  return seq(
+    load(A.t, flagsAt, flagsOffset, 4),
+    { op: "arith", kind: "and", dst: A.t, a: A.t, b: WRITE_FLAGS.REPLACE },
+    branch("eq", A.t, 0, noReplace),
+    sys(SYS.unlink, [path], { step: "unlink", allow: [E.ENOENT] }),
+    label(noReplace),
+    sys(SYS.open, [path, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, mode], {
+      step: "open",
+      dst: fd,
+    }),
   );
 }
 
@@ -297,7 +317,6 @@ export function writeFileRequest(): Fragment {
   const fd = v("ag_w_fd");
   const n = v("ag_w_n");
   const total = v("ag_w_total");
-  const noReplace = uniqueLabel("ag_noreplace");
   const noChown = uniqueLabel("ag_nochown");
   const loop = uniqueLabel("ag_wloop");
   const done = uniqueLabel("ag_wdone");
@@ -311,15 +330,7 @@ export function writeFileRequest(): Fragment {
     load(uid, req, WRITE_FILE.UID, 4),
     load(gid, req, WRITE_FILE.GID, 4),
     set(A.stepArg, path),
-    load(A.t, req, WRITE_FILE.FLAGS, 4),
-    { op: "arith", kind: "and", dst: A.t, a: A.t, b: WRITE_FLAGS.REPLACE },
-    branch("eq", A.t, 0, noReplace),
-    sys(SYS.unlink, [path], { step: "unlink", allow: [E.ENOENT] }),
-    label(noReplace),
-    sys(SYS.open, [path, O.WRONLY | O.CREAT | O.TRUNC | O.CLOEXEC, mode], {
-      step: "open",
-      dst: fd,
-    }),
+    openForWrite(path, mode, fd, req, WRITE_FILE.FLAGS),
     branch("ne", uid, NO_ID, chown),
     branch("eq", gid, NO_ID, noChown),
     label(chown),
