@@ -168,7 +168,7 @@ Deno.test("execute: QEMU gone while the command is written is one rejection, non
   // an unhandled rejection here fails the test module.
   let writing!: () => void;
   const writeStarted = new Promise<void>((r) => writing = r);
-  let qmp!: QmpClient;
+  const client: { qmp?: QmpClient } = {};
   const conn = {
     read: async () => {
       await writeStarted;
@@ -176,12 +176,12 @@ Deno.test("execute: QEMU gone while the command is written is one rejection, non
     },
     write: async () => {
       writing();
-      await qmp.ended;
+      await client.qmp!.ended;
       throw new Error("broken pipe");
     },
     close: () => {},
   } as unknown as Deno.Conn;
-  qmp = new QmpClient(conn);
+  const qmp = client.qmp = new QmpClient(conn);
   await rejects(qmp.execute("query-status"), /QMP query-status: write failed: broken pipe/);
   // A turn of the event loop, in which a stray rejection would be reported (no timing involved).
   await new Promise((r) => setTimeout(r, 0));
