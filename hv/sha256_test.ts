@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { nativeHash, Sha256, sha256Hex } from "./sha256.ts";
+import { nativeHash, Sha256, sha256Hex, webSha256Hex } from "./sha256.ts";
 
 const native = (d: string | Uint8Array) => createHash("sha256").update(d).digest("hex");
 
 /** Deterministic bytes (xorshift), so a failure reproduces. */
-function bytes(n: number, seed: number): Uint8Array {
+function bytes(n: number, seed: number): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(n);
   let x = seed | 1;
   for (let i = 0; i < n; i++) {
@@ -66,4 +66,12 @@ Deno.test("sha256: nativeHash is node:crypto's hash", () => {
     nativeHash("sha512").update("abc").digest("hex"),
     createHash("sha512").update("abc").digest("hex"),
   );
+});
+
+Deno.test("webSha256Hex (WebCrypto) equals sha256Hex for strings and bytes", async () => {
+  for (const n of [0, 1, 55, 56, 64, 1000]) {
+    const b = bytes(n, n + 3);
+    assert.equal(await webSha256Hex(b), sha256Hex(b), `length ${n}`);
+  }
+  assert.equal(await webSha256Hex("héllo\n"), sha256Hex("héllo\n"));
 });

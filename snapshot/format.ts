@@ -8,6 +8,7 @@
 
 import { fromJsonData, sha256Hex, type StateValue, toJsonData } from "./codec.ts";
 import { SnapshotError } from "./errors.ts";
+import { webSha256Hex } from "../hv/sha256.ts";
 
 /** `state.json` magic string. */
 export const SNAPSHOT_MAGIC = "skiff-snapshot";
@@ -106,9 +107,7 @@ function bodyChecksum(body: unknown): string {
  */
 export async function manifestChecksum(parsed: ParsedManifest): Promise<string> {
   const { checksum: _, ...body } = parsed.doc;
-  const text = new TextEncoder().encode(JSON.stringify(body));
-  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", text));
-  return `sha256:${Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+  return `sha256:${await webSha256Hex(JSON.stringify(body))}`;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {

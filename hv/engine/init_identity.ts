@@ -18,18 +18,12 @@ import { AGENT_MODULES } from "../../init/agent/modules.ts";
 import { moduleLoadOrder } from "../../init/module_order.ts";
 import { canonicalJson, sha256Hex } from "../../snapshot/codec.ts";
 import { contentHash } from "../../snapshot/content_hash.ts";
+import { webSha256Hex } from "../sha256.ts";
 
 /** Source trees whose code generates the initramfs (relative to the repository root). */
 const SOURCES = ["init"];
 
 let sourceHash: Promise<string | null> | undefined;
-
-/** Bytes as lowercase hex. */
-function hexOf(b: Uint8Array): string {
-  let s = "";
-  for (const x of b) s += x.toString(16).padStart(2, "0");
-  return s;
-}
 
 /** SHA-256 over the init generator's source files (path and text), or null when unreadable. */
 export function initSourceHash(): Promise<string | null> {
@@ -64,12 +58,10 @@ export function initSourceHash(): Promise<string | null> {
       // WebCrypto's native SHA-256 (the same digest as sha256Hex), all files in one
       // await: ≈1.5 ms here, against ≈6-10 ms for skiff's TypeScript hash while
       // it is not yet compiled, and node:crypto is not loaded on a cache hit.
-      const digests = await Promise.all(
-        files.map((f) => crypto.subtle.digest("SHA-256", Deno.readFileSync(f))),
-      );
+      const digests = await Promise.all(files.map((f) => webSha256Hex(Deno.readFileSync(f))));
       const parts: string[] = [];
-      files.forEach((f, i) => parts.push(relative(root, f), hexOf(new Uint8Array(digests[i]))));
-      return files.length ? sha256Hex(new TextEncoder().encode(parts.join("\n"))) : null;
+      files.forEach((f, i) => parts.push(relative(root, f), digests[i]));
+      return files.length ? await webSha256Hex(parts.join("\n")) : null;
     } catch {
       return null;
     }
