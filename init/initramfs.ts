@@ -14,8 +14,6 @@ import { type InitConfig, modulesFor, recordFor } from "./config.ts";
 import { bootProgram, RECORD_PATH } from "./boot_program.ts";
 import { compileElf } from "./codegen/mod.ts";
 
-export { moduleLoadOrder };
-
 /** An extra file for the initramfs. */
 export interface ExtraFile {
   /** Absolute guest path. */

@@ -13,13 +13,12 @@
 import type { KernelInfo } from "../../hv/kernel/mod.ts";
 import { compileElf } from "../codegen/mod.ts";
 import { gzip, writeCpio } from "../cpio.ts";
-import { extraEntries, type ExtraFile, initramfsBase, moduleLoadOrder } from "../initramfs.ts";
+import { extraEntries, type ExtraFile, initramfsBase } from "../initramfs.ts";
+import { moduleLoadOrder } from "../module_order.ts";
 import { agentProgram } from "./program.ts";
 import { AGENT_BOOT_PATH } from "./protocol.ts";
 import { encodeBootRecord } from "./wire.ts";
 import { AGENT_MODULES } from "./modules.ts";
-
-export { AGENT_MODULES };
 
 let agentElf: Uint8Array | undefined;
 

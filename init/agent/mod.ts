@@ -28,7 +28,8 @@ export {
 } from "./protocol.ts";
 export { agentProgram } from "./program.ts";
 export type { AgentOptions } from "./program.ts";
-export { AGENT_MODULES, agentInitramfs, buildAgentInitElf } from "./initramfs.ts";
+export { agentInitramfs, buildAgentInitElf } from "./initramfs.ts";
+export { AGENT_MODULES } from "./modules.ts";
 export type { AgentInitramfsOptions } from "./initramfs.ts";
 export { AGENT_DEFAULT_PATH, AgentChild, AgentClient, parseStats, signalNumber } from "./client.ts";
 export type {
