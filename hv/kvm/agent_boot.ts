@@ -159,17 +159,15 @@ export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promis
           throw explainExit(e, m.log(), m.emulated);
         });
         stopped.catch(() => {});
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        const hang = new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new VmError("the guest was not ready in time")),
-            READY_WAIT_MS,
-          );
-        });
+        const deadline = AbortSignal.timeout(READY_WAIT_MS);
+        using late = abortRace(deadline);
         try {
-          await Promise.race([ready.promise, stopped, hang, aborted.promise]);
-        } finally {
-          clearTimeout(timer);
+          await Promise.race([ready.promise, stopped, late.promise, aborted.promise]);
+        } catch (e) {
+          if (deadline.aborted && e === deadline.reason) {
+            throw new VmError("the guest was not ready in time");
+          }
+          throw e;
         }
         await m.vm.pause();
         return m;

@@ -101,17 +101,16 @@ export async function guestReady(
     );
   });
   exited.catch(() => {});
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const hang = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new VmError(`the guest was not ready after ${ms / 1000} s${watch.tail()}`)),
-      ms,
-    );
-  });
+  // The deadline as hv/abort.ts has them (vsockReady's way): AbortSignal.timeout.
+  const deadline = AbortSignal.timeout(ms);
+  using late = abortRace(deadline);
   using aborted = abortRace(signal);
   try {
-    await Promise.race([watch.ready, exited, hang, aborted.promise]);
-  } finally {
-    clearTimeout(timer);
+    await Promise.race([watch.ready, exited, late.promise, aborted.promise]);
+  } catch (e) {
+    if (deadline.aborted && e === deadline.reason) {
+      throw new VmError(`the guest was not ready after ${ms / 1000} s${watch.tail()}`);
+    }
+    throw e;
   }
 }
