@@ -71,7 +71,15 @@ export class EarlyRestore {
     const p = this.#started;
     if (!p) return; // taken: the restore owns QEMU and the RAM file
     this.#started = null;
-    await p.then((q) => q.stop(0)).catch(() => {});
-    await Deno.remove(this.#ramFile).catch(() => {});
+    await discardEarly(p, this.#ramFile);
   }
+}
+
+/**
+ * Stops an early QEMU (if it started at all) and removes its RAM file: what
+ * {@link EarlyRestore.drop} does, and a restore that gives up on one it took.
+ */
+export async function discardEarly(started: Promise<QemuProcess>, ramFile: string): Promise<void> {
+  await started.then((q) => q.stop(0)).catch(() => {});
+  await Deno.remove(ramFile).catch(() => {});
 }

@@ -38,6 +38,7 @@ import { copySparse, copySparseInBackground } from "../../snapshot/sparse_copy.t
 import type { StateValue } from "../../snapshot/codec.ts";
 import { machineDescription, type QemuLaunchSpec } from "./cmdline.ts";
 import { QemuProcess, type QemuStartOptions } from "./process.ts";
+import { discardEarly } from "./early_restore.ts";
 import type { QemuVersion } from "./qmp_types.ts";
 
 /**
@@ -231,20 +232,12 @@ export async function restoreQemu(
 ): Promise<QemuProcess> {
   const { signal, timeoutMs, timings, started, ...start } = o;
   // A failure before the copy: the early QEMU and its (empty) RAM file go.
-  const abandon = () => {
-    if (!started) return;
-    started.then((p) => p.stop(0)).catch(() => {});
-    try {
-      Deno.removeSync(o.ramFile);
-    } catch {
-      // gone already
-    }
-  };
+  const abandon = () => started ? discardEarly(started, o.ramFile) : Promise.resolve();
   let e: QemuEntry;
   try {
     e = typeof entry === "string" ? readQemuEntry(entry) : entry;
   } catch (err) {
-    abandon();
+    await abandon();
     throw err;
   }
   const spec: QemuLaunchSpec = {
@@ -256,7 +249,7 @@ export async function restoreQemu(
   };
   const want = machineDescription(spec);
   if (JSON.stringify(want) !== JSON.stringify(e.manifest.machine)) {
-    abandon();
+    await abandon();
     throw new SnapshotError(
       "mismatch",
       e.dir,
@@ -279,7 +272,7 @@ export async function restoreQemu(
   try {
     copying = copySparseInBackground(e.ramPath, o.ramFile, { existing: started !== undefined });
   } catch (err) {
-    abandon();
+    await abandon();
     throw copyFailed(err);
   }
   copying.catch(() => {});
