@@ -413,19 +413,15 @@ export class FuseServer {
       case Op.READ: {
         a.need(40);
         const size = Math.min(a.u32(16), o.length - OUT_HEADER_SIZE, this.#maxWrite);
+        const fh = a.id(0), offset = a.u64(8);
         const rs = this.#readSender;
         if (rs !== null && size >= rs.minSize) {
-          const lo = this.#uniqueLo, hi = this.#uniqueHi, offset = a.u64(8);
-          const sent = fs.withReadFd(
-            ctx,
-            nodeid,
-            a.id(0),
-            (fd) => rs.send(lo, hi, fd, offset, size),
-          );
+          const lo = this.#uniqueLo, hi = this.#uniqueHi;
+          const sent = fs.withReadFd(ctx, nodeid, fh, (fd) => rs.send(lo, hi, fd, offset, size));
           if (sent !== null && sent >= 0) return -1; // replied
         }
         const dst = o.subarray(OUT_HEADER_SIZE, OUT_HEADER_SIZE + size);
-        return fs.read(ctx, nodeid, a.id(0), a.u64(8), [dst]);
+        return fs.read(ctx, nodeid, fh, offset, [dst]);
       }
       case Op.WRITE: {
         a.need(40);
