@@ -82,9 +82,11 @@ export function rootDirOf(config: VmConfig): string {
 
 /**
  * The SETUP request that mounts `config`'s shares, sets the host name,
- * network and clock, and writes {@link sessionFiles} — one round trip. The root is an overlay: the root share read-only below
- * a tmpfs upper in {@link LAYERS_DIR} (so /tmp, /run and every other write
- * live in guest RAM), the guest's /dev, /proc and /sys bound in. `resume`:
+ * network and clock, and writes {@link sessionFiles} — one round trip. The
+ * root is an overlay: the root share read-only below a tmpfs upper in
+ * {@link LAYERS_DIR} (so /tmp, /run and every other write live in guest RAM),
+ * the guest's /dev, /proc and /sys bound in. The files are written into the
+ * upper before anything waits for the share device. `resume`:
  * the VM was captured with {@link sessionTeardown} and restored, so the
  * upper it wrote before is still there and is mounted again, not replaced.
  */
@@ -93,21 +95,39 @@ export function sessionSetup(
   o: { clockMs?: number; resume?: boolean } = {},
 ): SetupSpec {
   const mounts: MountSpec[] = [];
+  const root = rootDirOf(config);
+  const lower = `${LAYERS_DIR}/lower`, rw = `${LAYERS_DIR}/rw`;
+  // The files go straight into the overlay's fresh upper, before the overlay
+  // and the share device it needs: they are written while the hot-plugged
+  // device is still being probed, and no copy-up of their directories goes
+  // through FUSE. A resumed VM's upper has them already (and whatever the
+  // user changed since).
+  const files = config.root && !o.resume
+    ? sessionFiles(config).map((f) => ({
+      ...f,
+      path: `${rw}/upper${f.path}`,
+      mode: 0o644,
+      replace: true,
+    }))
+    : [];
+  if (config.root && !o.resume) {
+    mounts.push(
+      { source: "tmpfs", target: rw, fsType: "tmpfs", data: "mode=0755" },
+      { target: `${rw}/upper`, mkdirOnly: true },
+      { target: `${rw}/work`, mkdirOnly: true },
+      // The files' directories; in the merged root they show the lower's
+      // entries too (an upper directory without the opaque xattr merges).
+      ...[...new Set(files.map((f) => f.path.slice(0, f.path.lastIndexOf("/"))))]
+        .map((target) => ({ target, mkdirOnly: true })),
+    );
+  }
+  const filesAfterMount = mounts.length;
   if (config.root || config.volumes.length > 0) {
     mounts.push({ source: MUX_TAG, target: FS_MOUNT, fsType: "virtiofs", waitMs: FS_WAIT_MS });
   }
-  const root = rootDirOf(config);
   if (config.root) {
-    const lower = `${LAYERS_DIR}/lower`, rw = `${LAYERS_DIR}/rw`;
-    mounts.push({ source: `${FS_MOUNT}/${entryName(config.root)}`, target: lower, flags: MS.BIND });
-    if (!o.resume) {
-      mounts.push(
-        { source: "tmpfs", target: rw, fsType: "tmpfs", data: "mode=0755" },
-        { target: `${rw}/upper`, mkdirOnly: true },
-        { target: `${rw}/work`, mkdirOnly: true },
-      );
-    }
     mounts.push(
+      { source: `${FS_MOUNT}/${entryName(config.root)}`, target: lower, flags: MS.BIND },
       {
         source: "overlay",
         target: ROOT_DIR,
@@ -131,10 +151,8 @@ export function sessionSetup(
   }
   return {
     mounts,
-    // Written last, into the assembled root, in this same request. A resumed
-    // VM's upper has them already (and whatever the user changed since).
-    files: o.resume ? [] : sessionFiles(config).map((f) => ({ ...f, mode: 0o644, replace: true })),
-    filesRoot: root,
+    files,
+    filesAfterMount,
     hostname: config.hostname,
     net: config.net
       ? {

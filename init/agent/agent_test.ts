@@ -750,3 +750,26 @@ hostTest(
     strictEqual(await Deno.readTextFile(`${root}/etc/skiff-first`), "1");
   },
 );
+
+hostTest(
+  "agent (native): setup — files written after the first filesAfterMount mount entries",
+  NEEDS,
+  async () => {
+    await using agent = await startNativeAgent();
+    const a = agent.client;
+    const m = `${agent.dir}/under`;
+    await Deno.mkdir(m);
+    const tmpfs = { source: "tmpfs", target: m, fsType: "tmpfs" };
+    const file = (name: string) => ({ path: `${m}/${name}`, content: name, mode: 0o644 });
+    // Before the tmpfs: the file lands in the directory the tmpfs then covers
+    // (the agent's mounts are its own; the host sees the directory itself).
+    await a.setup({ mounts: [tmpfs], files: [file("before")], filesAfterMount: 0 });
+    strictEqual(await Deno.readTextFile(`${m}/before`), "before");
+    const inside = await a.exec(["ls", m]);
+    strictEqual(inside.stdoutText, "", inside.stderrText);
+    // After it (the default): into the agent's tmpfs, not the host's directory.
+    await a.setup({ mounts: [tmpfs], files: [file("after")] });
+    strictEqual(await Deno.stat(`${m}/after`).then(() => true, () => false), false);
+    strictEqual((await a.exec(["cat", `${m}/after`])).stdoutText, "after");
+  },
+);

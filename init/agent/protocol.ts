@@ -115,11 +115,17 @@ export const SETUP = {
   CLOCK_NSEC: 88,
   /** ptr: directory to chroot into for the files; "" = the agent's own root. */
   FILES_ROOT: 96,
-  /** ptr: array of {@link SETUP_FILE} entries, written in order after the network. */
+  /** ptr: array of {@link SETUP_FILE} entries, written in order before the {@link FILES_AT}th mount entry. */
   FILES: 104,
   /** u64: number of file entries. */
   NFILES: 112,
-  SIZE: 120,
+  /**
+   * u64: the files are written when this many mount entries are done (at most
+   * NMOUNTS; NMOUNTS = after all of them). Less than NMOUNTS only with an
+   * empty FILES_ROOT: the later mounts must not run inside its chroot.
+   */
+  FILES_AT: 120,
+  SIZE: 128,
 } as const;
 
 /**

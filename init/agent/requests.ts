@@ -48,7 +48,10 @@ import {
 } from "./protocol.ts";
 import { A, enterRoot, EX, load, reply, replyNumber, RETRY_MS, STAT } from "./state.ts";
 
-/** SETUP: the mount entries in order, the host name, the network, the files; then `ok`. */
+/**
+ * SETUP: the clock, the mount entries in order with the files written when
+ * FILES_AT of them are done, the host name, the network; then `ok`.
+ */
 export function setup(o: { clock: boolean }): Fragment {
   const req = A.req;
   const p = v("ag_m_p");
@@ -71,6 +74,9 @@ export function setup(o: { clock: boolean }): Fragment {
   const retry = uniqueLabel("ag_mountretry");
   const noClock = uniqueLabel("ag_noclock");
   const mountIt = uniqueLabel("ag_mountit");
+  const filesAt = v("ag_m_filesat");
+  const files = uniqueLabel("ag_setupfiles");
+  const filesBack = uniqueLabel("ag_setupfilesback");
   const f = seq(
     // The clock first: a restored VM wakes with its capture's wall-clock time.
     // The native variant ignores it: CLOCK_REALTIME has no namespace, it is the host's.
@@ -87,8 +93,14 @@ export function setup(o: { clock: boolean }): Fragment {
       : []),
     load(p, req, SETUP.MOUNTS),
     load(n, req, SETUP.NMOUNTS),
+    load(filesAt, req, SETUP.FILES_AT),
     set(i, 0),
     label(loop),
+    // The files, out of line (below), once: i counts up by one and reaches n.
+    branch("ne", i, filesAt, filesBack + ".not"),
+    jump(files),
+    label(filesBack),
+    label(filesBack + ".not"),
     branch("geu", i, n, done),
     load(src, p, MOUNT.SOURCE),
     load(tgt, p, MOUNT.TARGET),
@@ -194,19 +206,23 @@ export function setup(o: { clock: boolean }): Fragment {
     defaultRoute(gw),
     label(noRoute),
     label(noNet),
-    setupFiles(),
     reply("ok\n"),
     exit(0),
+    label(files),
+    setupFiles(),
+    jump(filesBack),
   );
   return f;
 }
 
 /**
- * SETUP's files, last (they go into the root the mounts just assembled):
+ * SETUP's files (after FILES_AT mount entries, so into a root the mounts
+ * assembled, or into an overlay's upper before the overlay is mounted):
  * chroot into their root, then each as WRITE_FILE writes one — unlink first
  * with REPLACE, create/truncate, the exact mode, the bytes, close (which
  * reports delayed write errors). The handler exits after SETUP, so its
- * chroot ends with it.
+ * chroot ends with it; a non-empty root therefore comes with FILES_AT at the
+ * end (wire.ts checks it).
  */
 function setupFiles(): Fragment {
   const req = A.req;

@@ -78,10 +78,17 @@ export interface SetupSpec {
   net?: NetSpec | null;
   /** Wall-clock time to set first (ms since the epoch, e.g. `Date.now()`), or null to leave it. */
   clockMs?: number | null;
-  /** Files to write last, inside {@link filesRoot}, in order. */
+  /** Files to write, inside {@link filesRoot}, in order, after {@link filesAfterMount} mount entries. */
   files?: SetupFileSpec[];
   /** Directory the files' paths are inside (chroot), "" = the agent's root (the default). */
   filesRoot?: string;
+  /**
+   * How many of {@link mounts} run before the files are written (default: all
+   * of them). Fewer lets the files go where the later mounts do not need to be
+   * waited for (an overlay's upper before its lower's device is there); then
+   * {@link filesRoot} must be "", since the later mounts must not run inside its chroot.
+   */
+  filesAfterMount?: number;
 }
 
 /** A file SETUP writes (as WRITE_FILE does, owner unchanged), its bytes in the request. */
@@ -217,6 +224,15 @@ export function encodeSetup(spec: SetupSpec): Uint8Array {
     checkPath(f.path, "file path");
     checkU32(f.mode, `mode of ${f.path}`, 0o7777);
   }
+  const filesAt = spec.filesAfterMount ?? mounts.length;
+  check(
+    Number.isSafeInteger(filesAt) && filesAt >= 0 && filesAt <= mounts.length,
+    `filesAfterMount ${filesAt} is not 0..${mounts.length} (the number of mount entries)`,
+  );
+  check(
+    filesAt === mounts.length || filesRoot === "",
+    "filesAfterMount before the last mount entry needs an empty filesRoot (the later mounts would run in its chroot)",
+  );
   return payload("SETUP request", SETUP.SIZE, (w) => {
     let flags = 0;
     if (clockMs !== null) {
@@ -232,6 +248,7 @@ export function encodeSetup(spec: SetupSpec): Uint8Array {
     const table = w.reserve(MOUNT.SIZE * mounts.length);
     w.ptr(SETUP.MOUNTS, table);
     w.u64(SETUP.NMOUNTS, mounts.length);
+    w.u64(SETUP.FILES_AT, filesAt);
     mounts.forEach((m, i) => {
       const at = table + MOUNT.SIZE * i;
       if (m.source != null) w.ptr(at + MOUNT.SOURCE, w.str(m.source, "mount source"));

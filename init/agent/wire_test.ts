@@ -253,6 +253,29 @@ Deno.test("agent wire: SETUP files — root, table, bytes with their length, mod
   );
 });
 
+Deno.test("agent wire: SETUP files after some mount entries — the count, its bounds, no chroot before later mounts", () => {
+  const mounts = [{ target: "/a", mkdirOnly: true }, { target: "/b", mkdirOnly: true }];
+  const files = [{ path: "/a/f", content: "x", mode: 0o644 }];
+  const at = (spec: Parameters<typeof encodeSetup>[0]) =>
+    Number(reader(encodeSetup(spec)).d.getBigUint64(SETUP.FILES_AT, true));
+  // By default after every entry.
+  strictEqual(at({ mounts, files }), 2);
+  strictEqual(at({}), 0);
+  strictEqual(at({ mounts, files, filesAfterMount: 1 }), 1);
+  strictEqual(at({ mounts, files, filesAfterMount: 0 }), 0);
+  throws(
+    () => encodeSetup({ mounts, files, filesAfterMount: 3 }),
+    /filesAfterMount 3 is not 0\.\.2/,
+  );
+  throws(() => encodeSetup({ mounts, files, filesAfterMount: -1 }), /filesAfterMount -1/);
+  throws(() => encodeSetup({ mounts, files, filesAfterMount: 0.5 }), /filesAfterMount 0.5/);
+  throws(
+    () => encodeSetup({ mounts, files, filesRoot: "/r", filesAfterMount: 1 }),
+    /needs an empty filesRoot/,
+  );
+  strictEqual(at({ mounts, files, filesRoot: "/r", filesAfterMount: 2 }), 2);
+});
+
 Deno.test("agent wire: header, KILL, files, signal frames, boot record", () => {
   const p = encodeKill(42, 15, true);
   const f = frameRequest("KILL", p);
