@@ -25,6 +25,7 @@
  */
 
 import { dirname, join } from "node:path";
+import { mapPath } from "../../devices/vhost_user/file_mapping.ts";
 import { SnapshotError } from "../../snapshot/errors.ts";
 import { type PublishResult } from "../../snapshot/store.ts";
 import {
@@ -297,6 +298,12 @@ export async function restoreQemu(
       );
     }
     await vm.qmp.setMigrationCapabilities(MIGRATION_CAPABILITIES);
+    // The devices' back-ends map this file when they start (SET_MEM_TABLE),
+    // and the view of it starts a GC (file_mapping.ts): mapped here, that GC
+    // runs while the load below is awaited instead of stalling the guest's
+    // first device. Held until QEMU exits.
+    const ram = mapPath(o.ramFile);
+    vm.exited.then(() => ram.release(), () => ram.release());
     try {
       await vm.qmp.migrateIncomingFromFile(e.statePath, { signal, timeoutMs });
     } catch (err) {
