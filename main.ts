@@ -445,7 +445,7 @@ const COMMANDS: Record<string, Command> = {
       "                          lets the guest reach the host's 127.0.0.1 at 10.42.0.1",
       "  --publish [IP:]HOSTPORT:GUESTPORT[/udp]  forward a host port (127.0.0.1 by default)",
       "                          into the guest (repeatable; needs --net)",
-      "  --no-snapshot           do not use the snapshot cache (kvm engine)",
+      "  --no-snapshot           boot afresh: neither restore from nor add to the snapshot cache",
       "  --verbose               say which engine runs and show the guest console",
       "",
       "Exit codes: CMD's own; 124 on --timeout; 125 when skiff or the VM fails (one line",
