@@ -28,7 +28,6 @@ import { rootDirOf } from "../engine/session.ts";
 import { timeline } from "../engine/timeline.ts";
 import type { BootOptions, ConsoleIO, Engine, RunningVm, SnapshotRef } from "../engine/types.ts";
 import { ConsoleWatch, guestReady } from "./console.ts";
-import { QemuSession } from "./guest.ts";
 import { EarlyRestore } from "./early_restore.ts";
 import { captureQemu, type QemuCapture, restoreQemu } from "./persist.ts";
 import { QemuRamDir } from "./ram_dir.ts";
@@ -183,6 +182,10 @@ export class QemuEngine implements Engine {
           log,
         );
       }
+      // The session's modules (FUSE server, vhost-user, devices, agent client:
+      // about 80) load while QEMU starts, not before it is spawned.
+      const sessionModule = import("./guest.ts");
+      sessionModule.catch(() => {}); // awaited below
       let cache: SnapshotCache | null = null;
       let key = "";
       let source: Record<string, string> = {};
@@ -266,6 +269,7 @@ export class QemuEngine implements Engine {
           cache ? ` (key ${key.slice(0, 12)})` : " (cache off)"
         }`,
       );
+      const { QemuSession } = await sessionModule;
       const session = await QemuSession.start(running, dir, config, {
         signal: o.signal,
         log,
