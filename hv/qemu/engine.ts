@@ -20,7 +20,8 @@ import { bootCached } from "../../snapshot/boot_cached.ts";
 import { type QemuEntry, readQemuEntry } from "../../snapshot/qemu_entry.ts";
 import { type ExitStatus, GUEST_PATH, type VmConfig } from "../config.ts";
 import { ConfigError, SkiffError, VmError } from "../errors.ts";
-import { findKernel } from "../kernel/mod.ts";
+import { findKernel, type KernelInfo } from "../kernel/mod.ts";
+import { hasPvhEntry } from "../kernel/pvh.ts";
 import { AgentVm } from "../engine/agent_vm.ts";
 import { agentInitramfsIdentity } from "../engine/init_identity.ts";
 import { agentInitramfsFile } from "../engine/agent_initramfs_file.ts";
@@ -52,6 +53,19 @@ export interface QemuEngineOptions {
 
 /** Bound on a cold boot reaching READY (a TCG boot takes 2–5 s; this only catches hangs). */
 const READY_WAIT_MS = 10 * 60_000;
+
+/**
+ * The image QEMU boots for `kernel`: its ELF vmlinux when that has a PVH
+ * entry (hv/kernel/pvh.ts: no self-decompression, a smaller RAM image to
+ * capture), else its bzImage; a vmlinux without one only when there is no
+ * bzImage (QEMU then refuses it, naming the file).
+ */
+export function qemuKernelImage(kernel: KernelInfo): string {
+  if (kernel.vmlinux && hasPvhEntry(kernel.vmlinux)) return kernel.vmlinux;
+  const image = kernel.bzImage ?? kernel.vmlinux;
+  if (!image) throw new VmError(`kernel ${kernel.version} has neither a bzImage nor a vmlinux`);
+  return image;
+}
 
 /** The guest kernel's command line for a skiff guest under QEMU. */
 export function qemuKernelCmdline(config: VmConfig): string {
@@ -127,9 +141,7 @@ export class QemuEngine implements Engine {
     mark("qemu engine starting");
     QemuRamDir.sweep();
     const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
-    // QEMU boots the bzImage directly; an ELF vmlinux works only with a PVH note.
-    const image = kernel.bzImage ?? kernel.vmlinux;
-    if (!image) throw new VmError(`kernel ${kernel.version} has neither a bzImage nor a vmlinux`);
+    const image = qemuKernelImage(kernel);
     if (!Number.isInteger(config.memoryMiB) || config.memoryMiB < 64) {
       throw new ConfigError(`--memory ${config.memoryMiB}: at least 64 MiB`);
     }

@@ -2,7 +2,8 @@
  * Benchmark: wall time of a cold `skiff run --engine qemu --no-snapshot --
  * /bin/true` (a whole skiff process: CLI, initramfs, QEMU, boot to the
  * agent's READY, devices hot-plugged, root share over vhost-user, workload,
- * power off) against QEMU booting the same kernel with a minimal
+ * power off) against QEMU booting the same kernel image (engine.ts
+ * `qemuKernelImage`: the PVH vmlinux where there is one) with a minimal
  * busybox initramfs that powers off at once — both TCG, in the same run.
  * Prints `run-latency engine=qemu skiff=<ms> baseline=<ms> ratio=<r>`
  * (medians; ratio = skiff/baseline, lower is better).
@@ -11,6 +12,7 @@
  */
 
 import { fileURLToPath } from "node:url";
+import { qemuKernelImage } from "./engine.ts";
 import { QemuProcess } from "./process.ts";
 import { busyboxInitramfs, testKernel } from "./testing.ts";
 import { median } from "../../tests/bench_util.ts";
@@ -34,7 +36,8 @@ export async function bench(): Promise<string[]> {
         accel: "tcg",
         cpus: 1,
         memoryMiB: 512,
-        kernel: kernel.bzImage!,
+        // The image skiff boots (the PVH vmlinux where there is one): the same kernel entry.
+        kernel: qemuKernelImage(kernel),
         initrd,
         append: "console=ttyS0 quiet panic=-1",
         portNames: [],
