@@ -200,10 +200,19 @@ export interface ParsedSnapshot {
   readonly parsed: ParsedManifest;
 }
 
+/**
+ * `name` inside `dir`, by concatenation: the restore path's only use of
+ * `node:path` `join` cost ~0.14 ms of a fresh process's first restore (its
+ * first call runs cold code), for names that never need normalizing.
+ */
+function inDir(dir: string, name: string): string {
+  return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
+}
+
 /** First half of {@link readSnapshotState}: read and parse `state.json`, check `memory`. */
 export function parseSnapshotState(dir: string): ParsedSnapshot {
   let text: string;
-  const statePath = join(dir, STATE_FILE);
+  const statePath = inDir(dir, STATE_FILE);
   try {
     text = Deno.readTextFileSync(statePath);
   } catch (e) {
@@ -212,7 +221,7 @@ export function parseSnapshotState(dir: string): ParsedSnapshot {
     }
     throw new SnapshotError("corrupt", dir, `cannot read ${STATE_FILE}: ${(e as Error).message}`);
   }
-  return { dir, memoryPath: join(dir, MEMORY_FILE), parsed: parseManifest(text, dir) };
+  return { dir, memoryPath: inDir(dir, MEMORY_FILE), parsed: parseManifest(text, dir) };
 }
 
 /**
