@@ -116,7 +116,9 @@ export function sessionSetup(
       { target: `${rw}/upper`, mkdirOnly: true },
       { target: `${rw}/work`, mkdirOnly: true },
       // The files' directories; in the merged root they show the lower's
-      // entries too (an upper directory without the opaque xattr merges).
+      // entries too (an upper directory without the opaque xattr merges),
+      // with the upper's attributes (root, 0755, made now) where a copy-up
+      // would have kept the lower's.
       ...[...new Set(files.map((f) => f.path.slice(0, f.path.lastIndexOf("/"))))]
         .map((target) => ({ target, mkdirOnly: true })),
     );
