@@ -1170,7 +1170,7 @@ export class PassthroughFs extends FileSystem {
               fd,
               done ? buf.subarray(done) as Uint8Array<ArrayBuffer> : buf as Uint8Array<ArrayBuffer>,
               BigInt(buf.length - done),
-              offset + BigInt(done),
+              done ? offset + BigInt(done) : offset,
             ),
           );
           if (n < 0) throw FuseError.of(-n);

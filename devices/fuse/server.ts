@@ -718,6 +718,12 @@ function readId(dv: DataView, off: number): number {
   return hi >= 0x200000 ? Number.MAX_SAFE_INTEGER : hi * TWO32 + lo;
 }
 
+/** Writes id `n` (a non-negative safe integer) as a u64 in two words: no BigInt per reply. */
+function putId(v: DataView, off: number, n: number): void {
+  v.setUint32(off, n >>> 0, true);
+  v.setUint32(off + 4, Math.floor(n / TWO32), true);
+}
+
 let lastBuffer: ArrayBufferLike | null = null;
 let lastView: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
 
@@ -769,7 +775,7 @@ function putOpenOut(o: Uint8Array, at: number, fh: number, flags: number): numbe
   need(o, at + 16);
   const v = dvOf(o);
   const p = OUT_HEADER_SIZE + at;
-  v.setBigUint64(p, BigInt(fh), true);
+  putId(v, p, fh);
   v.setUint32(p + 8, flags, true);
   v.setUint32(p + 12, 0, true);
   return 16;
@@ -791,9 +797,10 @@ function writeAttr(v: DataView, p: number, a: Attr): void {
   v.setBigUint64(p, a.ino, true);
   v.setBigUint64(p + 8, a.size, true);
   v.setBigUint64(p + 16, a.blocks, true);
-  v.setBigUint64(p + 24, BigInt.asUintN(64, a.atime), true);
-  v.setBigUint64(p + 32, BigInt.asUintN(64, a.mtime), true);
-  v.setBigUint64(p + 40, BigInt.asUintN(64, a.ctime), true);
+  // Signed seconds: the same 64 bits as the u64 fields, with no BigInt.asUintN allocation.
+  v.setBigInt64(p + 24, a.atime, true);
+  v.setBigInt64(p + 32, a.mtime, true);
+  v.setBigInt64(p + 40, a.ctime, true);
   v.setUint32(p + 48, a.atimensec, true);
   v.setUint32(p + 52, a.mtimensec, true);
   v.setUint32(p + 56, a.ctimensec, true);
@@ -809,8 +816,8 @@ function writeAttr(v: DataView, p: number, a: Attr): void {
 function writeEntry(v: DataView, p: number, e: Entry): void {
   const [es, ens] = splitTimeout(e.entryTimeout);
   const [as, ans] = splitTimeout(e.attrTimeout);
-  v.setBigUint64(p, BigInt(e.nodeid), true);
-  v.setBigUint64(p + 8, BigInt(e.generation), true);
+  putId(v, p, e.nodeid);
+  putId(v, p + 8, e.generation);
   v.setBigUint64(p + 16, es, true);
   v.setBigUint64(p + 24, as, true);
   v.setUint32(p + 32, ens, true);
