@@ -36,6 +36,7 @@ import {
 } from "./protocol.ts";
 import {
   type Attr,
+  type BackingFiles,
   type Context,
   type DirSink,
   type Entry,
@@ -52,6 +53,11 @@ export interface FuseServerOptions {
   onError?: (error: unknown, opcode: number) => void;
   /** The transport's own path for large READ replies (the `/dev/fuse` loop's splice). */
   readSender?: ReadSender;
+  /**
+   * The transport's backing-file registry: with it the server offers FUSE_PASSTHROUGH
+   * (`/dev/fuse` only), so a backend may let the client read and write open files itself.
+   */
+  backing?: BackingFiles;
 }
 
 /**
@@ -118,6 +124,7 @@ export class FuseServer {
   #maxWrite: number;
   #onError: (error: unknown, opcode: number) => void;
   #readSender: ReadSender | null;
+  #backing: BackingFiles | null;
   #proto: FuseProto | null = null;
   #flags = 0n;
   #scratch: Uint8Array<ArrayBuffer>;
@@ -143,6 +150,7 @@ export class FuseServer {
     this.#maxWrite = mw & ~(PAGE - 1);
     this.#onError = options.onError ?? (() => {});
     this.#readSender = options.readSender ?? null;
+    this.#backing = options.backing ?? null;
     this.#scratch = new Uint8Array(OUT_HEADER_SIZE + this.#maxWrite + PAGE);
   }
 
@@ -211,6 +219,7 @@ export class FuseServer {
   useProto(proto: FuseProto): void {
     this.#proto = { ...proto };
     this.#flags = BigInt(proto.flags);
+    if (this.#backing && (this.#flags & InitFlag.PASSTHROUGH)) this.fs.useBacking(this.#backing);
   }
 
   /** Restores {@link save}'s result into a fresh server (no INIT needed afterwards). */
@@ -408,7 +417,7 @@ export class FuseServer {
         const r = op === Op.OPEN
           ? fs.open(ctx, nodeid, a.u32(0))
           : fs.opendir(ctx, nodeid, a.u32(0));
-        return putOpenOut(o, 0, r.fh, r.openFlags);
+        return putOpenOut(o, 0, r.fh, r.openFlags, r.backingId ?? 0);
       }
       case Op.READ: {
         a.need(40);
@@ -520,12 +529,13 @@ export class FuseServer {
         a.need(16);
         const r = fs.create(ctx, nodeid, a.nameAt(16), a.u32(4), a.u32(0), a.u32(8));
         const n = putEntry(o, r.entry);
-        return n + putOpenOut(o, n, r.fh, r.openFlags);
+        return n + putOpenOut(o, n, r.fh, r.openFlags, r.backingId ?? 0);
       }
       case Op.INTERRUPT:
         // Requests are answered synchronously, so there is never one in flight to interrupt.
         return -1;
       case Op.DESTROY:
+        fs.useBacking(null);
         fs.destroy();
         this.#proto = null;
         this.#flags = 0n;
@@ -592,7 +602,11 @@ export class FuseServer {
     }
     const agreedMinor = Math.min(minor, FUSE_KERNEL_MINOR_VERSION);
     let want = flags & WANTED;
-    if (agreedMinor >= 36 && (flags & InitFlag.INIT_EXT)) want |= InitFlag.INIT_EXT;
+    if (agreedMinor >= 36 && (flags & InitFlag.INIT_EXT)) {
+      want |= InitFlag.INIT_EXT;
+      // Passthrough (fs/fuse/passthrough.c) only where the transport registers backing files.
+      if (this.#backing) want |= flags & InitFlag.PASSTHROUGH;
+    }
     const maxWrite = want & InitFlag.MAX_PAGES
       ? this.#maxWrite
       : Math.min(this.#maxWrite, 32 * PAGE);
@@ -606,9 +620,14 @@ export class FuseServer {
     v.setUint32(40, 1, true); // time_gran: nanoseconds
     v.setUint16(44, maxWrite / PAGE, true); // max_pages
     v.setUint32(48, Number(want >> 32n), true);
+    // max_stack_depth: backing files must be on a file system that stacks on nothing
+    // (an overlayfs host directory cannot back files: BACKING_OPEN fails, the file is
+    // served the ordinary way), so file systems can still stack on this mount.
+    if (want & InitFlag.PASSTHROUGH) v.setUint32(52, 1, true);
     this.#flags = want;
     this.#proto = { major: FUSE_KERNEL_VERSION, minor: agreedMinor, flags: String(want), maxWrite };
     this.fs.init(this.#ctx);
+    this.fs.useBacking(want & InitFlag.PASSTHROUGH ? this.#backing : null);
     // fuse.h: clients before 7.23 expect the 24-byte init_out.
     return agreedMinor < 23 ? 24 : 64;
   }
@@ -771,13 +790,13 @@ function putBytes(o: Uint8Array, b: Uint8Array): number {
   return b.length;
 }
 
-function putOpenOut(o: Uint8Array, at: number, fh: number, flags: number): number {
+function putOpenOut(o: Uint8Array, at: number, fh: number, flags: number, backing: number): number {
   need(o, at + 16);
   const v = dvOf(o);
   const p = OUT_HEADER_SIZE + at;
   putId(v, p, fh);
   v.setUint32(p + 8, flags, true);
-  v.setUint32(p + 12, 0, true);
+  v.setInt32(p + 12, backing, true);
   return 16;
 }
 
