@@ -189,7 +189,7 @@ export class FuseServer {
    */
   handleInto(request: Uint8Array, out: Uint8Array): number {
     this.#one[0] = out;
-    return this.#dispatch(request, this.#one, out);
+    return this.#dispatch(request, this.#one, out, request.length);
   }
 
   /**
@@ -199,8 +199,8 @@ export class FuseServer {
    * scratch buffer and copied. Returns the total reply length, 0 for none.
    */
   handleV(request: Uint8Array, iov: Uint8Array[]): number {
-    if (iov.length === 1) return this.#dispatch(request, iov, iov[0]);
-    return this.#dispatch(request, iov, null);
+    if (iov.length === 1) return this.#dispatch(request, iov, iov[0], request.length);
+    return this.#dispatch(request, iov, null, request.length);
   }
 
   /** Serialisable state: the negotiated protocol and the backend's node and handle tables. */
@@ -233,7 +233,16 @@ export class FuseServer {
   // ---- dispatch ------------------------------------------------------------
 
   /** `out` is the contiguous destination, or null to build in scratch and scatter into `iov`. */
-  #dispatch(req: Uint8Array, iov: Uint8Array[], out: Uint8Array | null): number {
+  /**
+   * Serves the request in `req[0..size)` (the `/dev/fuse` loops pass their whole read
+   * buffer and the length read: no view per request).
+   */
+  handleRead(req: Uint8Array, size: number, out: Uint8Array): number {
+    this.#one[0] = out;
+    return this.#dispatch(req, this.#one, out, Math.min(size, req.length));
+  }
+
+  #dispatch(req: Uint8Array, iov: Uint8Array[], out: Uint8Array | null, size: number): number {
     let opcode = 0;
     const o = out ?? this.#scratch;
     // The request's `unique`, as two words (no BigInt per request); 0 until read.
@@ -243,22 +252,22 @@ export class FuseServer {
       // the /dev/fuse loop's do); `at` is where this request starts in it.
       const dv = viewOf(req.buffer);
       const at = req.byteOffset;
-      if (req.length < IN_HEADER_SIZE) {
-        if (req.length >= 16) {
+      if (size < IN_HEADER_SIZE) {
+        if (size >= 16) {
           this.#uniqueLo = dv.getUint32(at + 8, true);
           this.#uniqueHi = dv.getUint32(at + 12, true);
         }
         throw new FuseError(
           Errno.EINVAL,
-          `request of ${req.length} bytes is shorter than a header`,
+          `request of ${size} bytes is shorter than a header`,
         );
       }
       const len = dv.getUint32(at, true);
       opcode = dv.getUint32(at + 4, true);
       this.#uniqueLo = dv.getUint32(at + 8, true);
       this.#uniqueHi = dv.getUint32(at + 12, true);
-      if (len < IN_HEADER_SIZE || len > req.length) {
-        throw new FuseError(Errno.EINVAL, `header length ${len} for a ${req.length}-byte request`);
+      if (len < IN_HEADER_SIZE || len > size) {
+        throw new FuseError(Errno.EINVAL, `header length ${len} for a ${size}-byte request`);
       }
       const nodeid = readId(dv, at + 16);
       const ctx = this.#ctx;
