@@ -8,6 +8,9 @@
  * reader and, for a passthrough share, helper readers on clones of the
  * connection that share its state ({@link PassthroughFs.share}) and take
  * requests that queue up while the primary is busy (`dev_fuse_loop.ts`).
+ * Where the kernel offers FUSE_PASSTHROUGH, a passthrough share lets the
+ * client read and write open files through backing host files itself
+ * (`dev_fuse_backing.ts`, PassthroughFs's #backingFor).
  *
  * @module
  */
@@ -39,6 +42,11 @@ export interface DevFuseOptions extends PassthroughOptions {
   readaheadKib?: number;
   /** Splice large READ replies from the host file into /dev/fuse (`dev_fuse_splice.ts`); default true. */
   splice?: boolean;
+  /**
+   * Let the client read and write open regular files of a passthrough share itself
+   * (FUSE_PASSTHROUGH, `dev_fuse_backing.ts`) where the kernel offers it; default true.
+   */
+  passthrough?: boolean;
   /**
    * Threads reading `/dev/fuse` (default {@link DEFAULT_READERS}): one primary,
    * the others clones of the connection woken when requests queue up (see
@@ -172,6 +180,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     readers = DEFAULT_READERS,
     readaheadKib = Math.min(DEFAULT_READAHEAD_KIB, Math.floor(maxWrite / 1024)),
     splice = true,
+    passthrough = true,
     ...fsOptions
   } = options;
   if (!layers) isDir(hostDir, "HOST_DIR");
@@ -203,6 +212,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     maxWrite,
     gate: gate.buffer,
     splice,
+    passthrough,
   }, `FUSE server for ${hostDir}`);
   const all: Reader[] = [primary];
   let share: PassthroughShare | undefined;
@@ -265,6 +275,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
       maxWrite,
       gate: gate.buffer,
       splice,
+      passthrough,
     }, `FUSE reader ${i + 2} for ${hostDir}`);
     all.push(reader);
   }

@@ -1,6 +1,6 @@
 /**
  * The synchronous `/dev/fuse` request loops: blocking `read` of one request,
- * {@link FuseServer.handleInto}, `write` of the reply. They run on Workers
+ * {@link FuseServer.handleRead}, `write` of the reply. They run on Workers
  * (see `dev_fuse.ts`) so the blocking read never stalls an event loop; one
  * request costs two FFI calls plus the backend's syscalls.
  *
@@ -249,7 +249,7 @@ export function serveDevFuse(fd: number, server: FuseServer, gate?: OverflowGate
         gate.wakeOne();
       }
     }
-    const m = server.handleInto(req.subarray(0, n), out);
+    const m = server.handleRead(req, n, out);
     if (m > 0) {
       // ENOENT here means the client gave up on the request (interrupted): nothing to do.
       sys.write(fd, out, BigInt(m));
@@ -285,7 +285,7 @@ export function serveOverflow(fd: number, server: FuseServer, gate: OverflowGate
           return { requests, reason: n === -Errno.ENODEV ? "unmounted" : `errno ${-n}` };
         }
         requests++;
-        const m = server.handleInto(req.subarray(0, n), out);
+        const m = server.handleRead(req, n, out);
         if (m > 0) sys.write(fd, out, BigInt(m));
       }
     }

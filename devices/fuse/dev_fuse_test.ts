@@ -220,6 +220,67 @@ hostTest("fuse L3: concurrent readers and writers", ["fuse", "root"], async () =
   });
 }, opts);
 
+/** Whether this kernel has FUSE_PASSTHROUGH (Linux 6.9; CONFIG_FUSE_PASSTHROUGH, on in distributions). */
+function passthroughKernel(): boolean {
+  const [maj, min] = Deno.osRelease().split(".").map((x) => parseInt(x, 10));
+  return maj > 6 || (maj === 6 && min >= 9);
+}
+
+/** Serves `host` at `mnt` with `options`, runs `script`; returns the requests the server read. */
+async function requestsFor(
+  host: string,
+  mnt: string,
+  options: Partial<DevFuseOptions>,
+  script: string,
+): Promise<number> {
+  const m = await mountDevFuse({ ...options, hostDir: host, mountpoint: mnt });
+  try {
+    await must(script);
+  } finally {
+    await m.close();
+  }
+  return (await m.done).requests;
+}
+
+hostTest("fuse L3: passthrough: open files are read and written by the client itself", [
+  "fuse",
+  "root",
+], async () => {
+  const base = await Deno.makeTempDir({ prefix: "skiff-fuse-l3-" });
+  const host = `${base}/host`;
+  const mnt = `${base}/mnt`;
+  try {
+    await Deno.mkdir(host);
+    await Deno.mkdir(mnt);
+    await must(`head -c 4194304 /dev/urandom > ${host}/data.bin`);
+    // 1024 O_DIRECT reads: each one a READ request unless the client reads the backing file.
+    const read = `dd if=${mnt}/data.bin bs=4k iflag=direct status=none | cmp - ${host}/data.bin`;
+    const ordinary = await requestsFor(host, mnt, { passthrough: false }, read);
+    ok(ordinary >= 1024, `${ordinary} requests without passthrough`);
+    const through = await requestsFor(host, mnt, {}, read);
+    if (passthroughKernel()) ok(through < 100, `${through} requests with passthrough`);
+    // Opens of one file in different modes share its backing file: a reader holding it
+    // open sees an appender's data, a read-write open writes in place, a new file is
+    // written through, and a program (execute bits: served the ordinary way) runs while
+    // another process has it open.
+    await requestsFor(
+      host,
+      mnt,
+      {},
+      `set -e; cd ${mnt}
+      echo hello > a; exec 4<a; echo world >> a; cat <&4 > ${base}/seen; exec 4<&-
+      printf abc > b; exec 5<>b; printf X >&5; exec 5>&-
+      cp /bin/true tru; exec 6<tru; ./tru; exec 6<&-`,
+    );
+    strictEqual(await must(`cat ${base}/seen`), "hello\nworld\n");
+    strictEqual(await must(`cat ${host}/a`), "hello\nworld\n");
+    strictEqual(await must(`cat ${host}/b`), "Xbc");
+    strictEqual(await must(`cmp /bin/true ${host}/tru && echo same`), "same\n");
+  } finally {
+    await Deno.remove(base, { recursive: true });
+  }
+}, opts);
+
 hostTest(
   "fuse L3: four readers: parallel clients creating, renaming, removing and reading stay consistent",
   [

@@ -20,6 +20,7 @@ import { PassthroughFs, type PassthroughOptions, type PassthroughShare } from ".
 import { LayeredFs } from "./layered.ts";
 import { FuseServer } from "./server.ts";
 import { SpliceSender } from "./dev_fuse_splice.ts";
+import { DevFuseBacking } from "./dev_fuse_backing.ts";
 import { OverflowGate, serveDevFuse, serveOverflow } from "./dev_fuse_loop.ts";
 
 /** The primary's start message. */
@@ -35,6 +36,8 @@ export interface WorkerStart {
   gate?: SharedArrayBuffer;
   /** Splice large READ replies (`dev_fuse_splice.ts`). */
   splice?: boolean;
+  /** Offer FUSE_PASSTHROUGH (`dev_fuse_backing.ts`). */
+  passthrough?: boolean;
 }
 
 /** A helper's start message. */
@@ -47,6 +50,8 @@ export interface HelperStart {
   gate: SharedArrayBuffer;
   /** Splice large READ replies (`dev_fuse_splice.ts`). */
   splice?: boolean;
+  /** Offer FUSE_PASSTHROUGH (`dev_fuse_backing.ts`). */
+  passthrough?: boolean;
 }
 
 /** How long the primary waits for helpers to finish their last request before closing the share. */
@@ -92,7 +97,11 @@ self.onmessage = (e: MessageEvent<WorkerStart | HelperStart | "serve">) => {
       try {
         const mine = PassthroughFs.attach(m.share);
         const own = spliceFor(m.fd, m.splice, m.maxWrite);
-        const srv = new FuseServer(mine, { maxWrite: m.maxWrite, readSender: own ?? undefined });
+        const srv = new FuseServer(mine, {
+          maxWrite: m.maxWrite,
+          readSender: own ?? undefined,
+          backing: m.passthrough ? new DevFuseBacking(m.fd) : undefined,
+        });
         self.postMessage({ type: "ready" });
         serving = true; // from here serveOverflow leaves the gate itself
         stats = serveOverflow(m.fd, srv, helperGate);
@@ -110,7 +119,11 @@ self.onmessage = (e: MessageEvent<WorkerStart | HelperStart | "serve">) => {
     const passthrough = m.layers ? null : new PassthroughFs(m.hostDir, m.options);
     fs = passthrough ?? new LayeredFs({ layers: m.layers! });
     sender = spliceFor(fd, m.splice, m.maxWrite);
-    server = new FuseServer(fs, { maxWrite: m.maxWrite, readSender: sender ?? undefined });
+    server = new FuseServer(fs, {
+      maxWrite: m.maxWrite,
+      readSender: sender ?? undefined,
+      backing: passthrough && m.passthrough ? new DevFuseBacking(fd) : undefined,
+    });
     self.postMessage({ type: "ready", share: passthrough?.share() });
   } catch (err) {
     fail(err);

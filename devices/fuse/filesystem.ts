@@ -103,6 +103,20 @@ export interface Opened {
   fh: number;
   /** `FOPEN_*` bits. */
   openFlags: number;
+  /** With FOPEN_PASSTHROUGH: the backing file's id ({@link BackingFiles.open}). */
+  backingId?: number;
+}
+
+/**
+ * The transport's backing-file registry (FUSE_PASSTHROUGH, `/dev/fuse` only:
+ * FUSE_DEV_IOC_BACKING_OPEN/CLOSE). The client then reads and writes an open
+ * file through the backing file itself, without READ/WRITE requests.
+ */
+export interface BackingFiles {
+  /** Registers host fd `fd` (the kernel takes its own reference); returns its id (> 0) or -errno. */
+  open(fd: number): number;
+  /** Drops id `id`. */
+  close(id: number): void;
 }
 
 /** Result of CREATE: the new node and its open handle. */
@@ -163,6 +177,11 @@ export class FileSystem {
   init(_ctx: Context): void {}
   /** Unmount (FUSE_DESTROY): release everything. */
   destroy(): void {}
+  /**
+   * FUSE_PASSTHROUGH was agreed (`backing`) or ended (null): a backend that can may
+   * answer OPEN/CREATE of regular files with {@link Opened.backingId}. Default: ignored.
+   */
+  useBacking(_backing: BackingFiles | null): void {}
   /** LOOKUP `name` in directory `parent` (a failure may be returned, see above). */
   lookup(_ctx: Context, _parent: number, _name: Uint8Array): Entry | FuseError {
     throw enosys();

@@ -7,17 +7,21 @@
  *
  * The shared data lives on a tmpfs the bench mounts, so both servers read
  * the same bytes from memory the same way. This matters for `rand-read-4k`:
- * fio opens with O_DIRECT, so every 4 KiB read reaches the FUSE server
- * (no client page cache); bindfs passes O_DIRECT on to its host `open`
- * while skiff, like virtiofsd without `--allow-direct-io`, drops it. On a
- * disk-backed directory bindfs would thus read the disk and skiff the host
- * page cache (an earlier version of this bench printed ratio 5.70 that
- * way); on tmpfs O_DIRECT is served from memory, so both do the same work.
+ * fio opens with O_DIRECT, so every 4 KiB read bypasses the client page
+ * cache; bindfs passes O_DIRECT on to its host `open`. On a disk-backed
+ * directory a server that drops O_DIRECT (as skiff's ordinary READ path
+ * does) would read the host page cache where bindfs reads the disk (an
+ * earlier version of this bench printed ratio 5.70 that way); on tmpfs
+ * O_DIRECT is served from memory, so both do the same work.
  *
- * Each server keeps its own data path: skiff's mount raises the readahead
- * window to 512 KiB (so `seq-read-1g` gets 512 KiB READs) and splices READ
- * replies of 64 KiB and more from the file into /dev/fuse (`dev_fuse.ts`,
- * `dev_fuse_splice.ts`); bindfs gets the kernel's 128 KiB window and copies
+ * Each server keeps its own data path. skiff's mount offers FUSE_PASSTHROUGH
+ * (Linux 6.9+, `dev_fuse_backing.ts`): a regular file without execute bits
+ * that is opened gets a backing host file the client reads and writes itself,
+ * with the client's own O_DIRECT, so `seq-read-1g` and `rand-read-4k` send no
+ * READ requests at all and `create-stat-10k` no WRITEs. Without it (or for
+ * other files) the mount's readahead window is 512 KiB and READ replies of
+ * 64 KiB and more are spliced from the file into /dev/fuse (`dev_fuse.ts`,
+ * `dev_fuse_splice.ts`). bindfs gets the kernel's 128 KiB window and copies
  * READ data through its buffer (libfuse 2, its `read` callback). Neither
  * changes what is cached: the page cache is dropped on open on both, and the
  * attribute and entry timeouts are each server's defaults (bindfs adds

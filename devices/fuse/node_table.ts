@@ -65,6 +65,7 @@ const N_LRU_PREV = 11;
 const N_LRU_NEXT = 12;
 const N_HASH = 13; // next in bucket chain, or next free slot
 const N_OPEN = 14; // first open handle slot, -1
+const N_BACKING = 15; // FUSE_PASSTHROUGH backing id of the node's open files, 0: none
 
 /** Node flag bits (the file type's S_IFMT bits sit in the high half). */
 export const NF = {
@@ -865,6 +866,14 @@ export class NodeTable {
     const out: number[] = [];
     for (let s = this.#n[node * NW + N_OPEN]; s >= 0; s = this.#k[s * KW + K_ONEXT]) out.push(s);
     return out;
+  }
+
+  /** The backing id (FUSE_PASSTHROUGH) the node's open files share, 0 if none. */
+  backing(node: number): number {
+    return this.#n[node * NW + N_BACKING];
+  }
+  setBacking(node: number, id: number): void {
+    this.#n[node * NW + N_BACKING] = id;
   }
 
   /** The fd of the node's newest open handle, or -1. */

@@ -56,6 +56,7 @@ import { O } from "../../kvm_ffi/libc.ts";
 import {
   type Attr,
   type AttrReply,
+  type BackingFiles,
   type Context,
   type Created,
   type DirSink,
@@ -181,6 +182,8 @@ const UTIME_OMIT = (1 << 30) - 2;
 const OPEN_PASS = 3 | O.APPEND | O.TRUNC | 0o4010000 /* O_SYNC */ | 0o10000 /* O_DSYNC */ |
   0o1000000 /* O_NOATIME */ | 0o100000 /* O_LARGEFILE */;
 const XATTR_MAX = 65536;
+/** O_SYNC, O_DSYNC, O_NOATIME: flags a backing file would impose on every open sharing it. */
+const BACKING_UNFIT = 0o4010000 | 0o10000 | 0o1000000;
 /**
  * Open flags of every file handle. FOPEN_NOFLUSH (7.35): FLUSH would be a
  * no-op here — writes reach the host with pwrite before WRITE is answered
@@ -254,6 +257,8 @@ export class PassthroughFs extends FileSystem {
   #dirCache = new Map<number, DirBuf>();
   #isRoot: boolean;
   #groups: readonly number[] = [];
+  /** This thread's backing-file registry once FUSE_PASSTHROUGH is agreed ({@link useBacking}). */
+  #backing: BackingFiles | null = null;
 
   constructor(root: string, options: PassthroughOptions = {}, share?: PassthroughShare) {
     super();
@@ -565,6 +570,9 @@ export class PassthroughFs extends FileSystem {
       if (fd >= 0) sys.close(fd);
       t.setFd(n, -1);
       const parent = t.parent(n);
+      // The client forgets an inode only once no file of it is open, so nothing uses
+      // the backing id any more (a RELEASE may still come: FORGETs are read first).
+      this.#dropBacking(n);
       // Open handles keep their fds (RELEASE closes them); they just lose their node link.
       t.nodeFree(n);
       if (parent < 0) return;
@@ -814,8 +822,80 @@ export class PassthroughFs extends FileSystem {
 
   /** Closes (now or after the last data call on it) handle slot `s`. */
   #release(s: number): void {
-    const fd = this.#t.hRelease(s);
+    const t = this.#t;
+    const n = t.hNode(s);
+    const fd = t.hRelease(s);
     if (fd >= 0) sys.close(fd);
+    // The node's last open file is gone (the client released it before sending RELEASE):
+    // the backing file is no longer in use.
+    if (n >= 0 && t.openFd(n) < 0) this.#dropBacking(n);
+  }
+
+  /** Drops node `n`'s backing id, if it has one. */
+  #dropBacking(n: number): void {
+    const id = this.#t.backing(n);
+    if (id <= 0) return;
+    this.#t.setBacking(n, 0);
+    this.#backing?.close(id);
+  }
+
+  /**
+   * The backing id for a new open of regular-file node `n` (handle fd `hfd`, open
+   * flags `flags`), or 0 to serve it the ordinary way. `hadOpen`: the node had open
+   * files before this one; `mode`: the file's mode, or -1 if not known yet.
+   *
+   * The client keeps one backing file per inode for all its opens and refuses an
+   * open that does not use it while it is set, or one that does while the inode is
+   * open the ordinary way (fs/fuse/iomode.c: EINVAL, EBUSY, ETXTBSY). So every open
+   * file of a node shares one id, made by the first open while none is open, and a
+   * node whose open files are served the ordinary way stays so until they are
+   * closed. The backing file is opened read-write (on a read-only share: read-only)
+   * whatever the first open asked for, so it serves any later open; the client
+   * checks each open's own access mode and keeps its O_APPEND per file. Files with
+   * an execute bit get none: a file open for writing cannot be executed (ETXTBSY),
+   * and a reader here must not stop the host from running a program.
+   */
+  #backingFor(n: number, hfd: number, flags: number, hadOpen: boolean, mode: number): number {
+    const b = this.#backing;
+    if (b === null) return 0;
+    const t = this.#t;
+    const have = t.backing(n);
+    if (have > 0) return have;
+    if (hadOpen) return 0;
+    if (mode < 0) {
+      if (this.#statFd(hfd) < 0) return 0;
+      mode = this.#stxv.getUint16(STATX_OFF.mode, true);
+    }
+    if (mode & 0o111) return 0;
+    const acc = this.#ro ? O.RDONLY : O.RDWR;
+    // The backing file takes the fd's flags: only a plain fd of the right mode will do.
+    const plain = (flags & (3 | O.APPEND | BACKING_UNFIT)) === acc;
+    // O_NONBLOCK: a host process's read lease on the file fails the open (EWOULDBLOCK)
+    // instead of holding this thread for the lease-break time. Regular-file I/O ignores
+    // the flag, and the client's reads and writes carry the client file's own flags.
+    const bfd = plain ? hfd : r(sys.openat(AT.FDCWD, procFd(hfd), acc | O.NONBLOCK | O.CLOEXEC, 0));
+    if (bfd < 0) return 0; // e.g. a swap file in use (ETXTBSY): the ordinary way
+    const id = b.open(bfd);
+    if (bfd !== hfd) sys.close(bfd);
+    if (id <= 0) return 0; // e.g. a host directory on overlayfs (stack depth)
+    t.setBacking(n, id);
+    return id;
+  }
+
+  /** {@link Opened} of a new file handle `fh` of regular-file node `n`. */
+  #opened(
+    n: number,
+    fh: number,
+    fd: number,
+    flags: number,
+    hadOpen: boolean,
+    mode = -1,
+  ): Opened {
+    const id = this.#backingFor(n, fd, flags, hadOpen, mode);
+    const base = this.#ro ? RO_FILE_OPEN_FLAGS : FILE_OPEN_FLAGS;
+    return id > 0
+      ? { fh, openFlags: (base & ~FOPEN.KEEP_CACHE) | FOPEN.PASSTHROUGH, backingId: id }
+      : { fh, openFlags: base };
   }
 
   /**
@@ -839,6 +919,10 @@ export class PassthroughFs extends FileSystem {
 
   override init(_ctx: Context): void {
     this.#enterCreds();
+  }
+
+  override useBacking(backing: BackingFiles | null): void {
+    this.#backing = backing;
   }
 
   override destroy(): void {
@@ -1152,10 +1236,8 @@ export class PassthroughFs extends FileSystem {
     return this.#locked(() => {
       const n = this.#node(nodeid);
       const fd = this.#reopen(n, flags);
-      return {
-        fh: this.#t.hAlloc(false, fd, n, flags),
-        openFlags: this.#ro ? RO_FILE_OPEN_FLAGS : FILE_OPEN_FLAGS,
-      };
+      const hadOpen = this.#t.openFd(n) >= 0;
+      return this.#opened(n, this.#t.hAlloc(false, fd, n, flags), fd, flags, hadOpen);
     });
   }
 
@@ -1170,7 +1252,7 @@ export class PassthroughFs extends FileSystem {
               fd,
               done ? buf.subarray(done) as Uint8Array<ArrayBuffer> : buf as Uint8Array<ArrayBuffer>,
               BigInt(buf.length - done),
-              offset + BigInt(done),
+              done ? offset + BigInt(done) : offset,
             ),
           );
           if (n < 0) throw FuseError.of(-n);
@@ -1629,11 +1711,16 @@ export class PassthroughFs extends FileSystem {
       const dir = this.#mutableDir(parent);
       const c = this.#cname(name, this.#name1);
       const pass = flags & OPEN_PASS;
+      // With passthrough a new file (without execute bits, see #backingFor) is opened
+      // read-write whatever the client asked for (a file created is open to its creator
+      // in any mode): one fd is the handle's and the backing file's. The client enforces
+      // the mode it opened with.
+      const mine = this.#backing && !(mode & 0o111) ? (pass & ~3) | O.RDWR : pass;
       const fd = this.#asCaller(ctx, () =>
         openat2(
           this.#fd(dir),
           c,
-          pass | O.CREAT | O.EXCL | O.NOFOLLOW | O.CLOEXEC,
+          mine | O.CREAT | O.EXCL | O.NOFOLLOW | O.CLOEXEC,
           mode & 0o7777,
           RESOLVE_SAFE,
         ));
@@ -1643,11 +1730,8 @@ export class PassthroughFs extends FileSystem {
         const n = t.slotOf(entry.nodeid);
         try {
           const ofd = this.#reopen(n, pass);
-          return {
-            entry,
-            fh: t.hAlloc(false, ofd, n, flags),
-            openFlags: FILE_OPEN_FLAGS,
-          };
+          const hadOpen = t.openFd(n) >= 0;
+          return { entry, ...this.#opened(n, t.hAlloc(false, ofd, n, flags), ofd, pass, hadOpen) };
         } catch (e) {
           this.forget(entry.nodeid, 1);
           throw e;
@@ -1660,15 +1744,19 @@ export class PassthroughFs extends FileSystem {
       // setattr calls.
       let entry: Entry;
       let fh: number;
+      let n: number;
+      let hadOpen: boolean;
       try {
         if (this.#statFd(fd) < 0) throw new FuseError(Errno.EIO, "cannot stat the created file");
         entry = this.#adopt(dir, c, c.length - 1, -1);
-        fh = t.hAlloc(false, fd, t.slotOf(entry.nodeid), flags);
+        n = t.slotOf(entry.nodeid);
+        hadOpen = t.openFd(n) >= 0;
+        fh = t.hAlloc(false, fd, n, flags);
       } catch (e) {
         sys.close(fd);
         throw e;
       }
-      return { entry, fh, openFlags: FILE_OPEN_FLAGS };
+      return { entry, ...this.#opened(n, fh, fd, mine, hadOpen, entry.attr.mode) };
     } finally {
       t.unlock();
     }

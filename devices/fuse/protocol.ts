@@ -111,6 +111,9 @@ export const InitFlag = {
   HAS_INODE_DAX: 1n << 33n,
   CREATE_SUPP_GROUP: 1n << 34n,
   HAS_EXPIRE_ONLY: 1n << 35n,
+  DIRECT_IO_ALLOW_MMAP: 1n << 36n,
+  /** 7.40: OPEN/CREATE may name a backing file the client reads and writes itself. */
+  PASSTHROUGH: 1n << 37n,
 } as const;
 
 /** `fuse_setattr_in.valid` bits. */
@@ -138,6 +141,8 @@ export const FOPEN = {
   STREAM: 1 << 4,
   NOFLUSH: 1 << 5,
   PARALLEL_DIRECT_WRITES: 1 << 6,
+  /** 7.40: `fuse_open_out.backing_id` names the file's backing file (FUSE_PASSTHROUGH). */
+  PASSTHROUGH: 1 << 7,
 } as const;
 
 /** `fuse_getattr_in.getattr_flags`: `fh` is valid. */

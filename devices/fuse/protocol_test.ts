@@ -37,7 +37,13 @@ const HEADER = "/usr/include/linux/fuse.h";
  * Flags skiff knows from a newer protocol than the host header may have;
  * FUSE_CREATE_SUPP_GROUP is 7.39 (`1ULL << 34`), Debian's header is 7.38.
  */
-const NEWER_THAN_HEADER = new Set(["FUSE_CREATE_SUPP_GROUP"]);
+const NEWER_THAN_HEADER = new Set([
+  "FUSE_CREATE_SUPP_GROUP",
+  // 7.39/7.40 (Linux 6.6/6.9); this host's header is 7.38.
+  "FUSE_DIRECT_IO_ALLOW_MMAP",
+  "FUSE_PASSTHROUGH",
+  "FOPEN_PASSTHROUGH",
+]);
 
 function cProgram(): { source: string; expected: Map<string, bigint> } {
   const lines: string[] = [];

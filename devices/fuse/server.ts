@@ -36,6 +36,7 @@ import {
 } from "./protocol.ts";
 import {
   type Attr,
+  type BackingFiles,
   type Context,
   type DirSink,
   type Entry,
@@ -52,6 +53,11 @@ export interface FuseServerOptions {
   onError?: (error: unknown, opcode: number) => void;
   /** The transport's own path for large READ replies (the `/dev/fuse` loop's splice). */
   readSender?: ReadSender;
+  /**
+   * The transport's backing-file registry: with it the server offers FUSE_PASSTHROUGH
+   * (`/dev/fuse` only), so a backend may let the client read and write open files itself.
+   */
+  backing?: BackingFiles;
 }
 
 /**
@@ -118,6 +124,7 @@ export class FuseServer {
   #maxWrite: number;
   #onError: (error: unknown, opcode: number) => void;
   #readSender: ReadSender | null;
+  #backing: BackingFiles | null;
   #proto: FuseProto | null = null;
   #flags = 0n;
   #scratch: Uint8Array<ArrayBuffer>;
@@ -143,6 +150,7 @@ export class FuseServer {
     this.#maxWrite = mw & ~(PAGE - 1);
     this.#onError = options.onError ?? (() => {});
     this.#readSender = options.readSender ?? null;
+    this.#backing = options.backing ?? null;
     this.#scratch = new Uint8Array(OUT_HEADER_SIZE + this.#maxWrite + PAGE);
   }
 
@@ -181,7 +189,7 @@ export class FuseServer {
    */
   handleInto(request: Uint8Array, out: Uint8Array): number {
     this.#one[0] = out;
-    return this.#dispatch(request, this.#one, out);
+    return this.#dispatch(request, this.#one, out, request.length);
   }
 
   /**
@@ -191,8 +199,8 @@ export class FuseServer {
    * scratch buffer and copied. Returns the total reply length, 0 for none.
    */
   handleV(request: Uint8Array, iov: Uint8Array[]): number {
-    if (iov.length === 1) return this.#dispatch(request, iov, iov[0]);
-    return this.#dispatch(request, iov, null);
+    if (iov.length === 1) return this.#dispatch(request, iov, iov[0], request.length);
+    return this.#dispatch(request, iov, null, request.length);
   }
 
   /** Serialisable state: the negotiated protocol and the backend's node and handle tables. */
@@ -211,6 +219,7 @@ export class FuseServer {
   useProto(proto: FuseProto): void {
     this.#proto = { ...proto };
     this.#flags = BigInt(proto.flags);
+    if (this.#backing && (this.#flags & InitFlag.PASSTHROUGH)) this.fs.useBacking(this.#backing);
   }
 
   /** Restores {@link save}'s result into a fresh server (no INIT needed afterwards). */
@@ -224,7 +233,16 @@ export class FuseServer {
   // ---- dispatch ------------------------------------------------------------
 
   /** `out` is the contiguous destination, or null to build in scratch and scatter into `iov`. */
-  #dispatch(req: Uint8Array, iov: Uint8Array[], out: Uint8Array | null): number {
+  /**
+   * Serves the request in `req[0..size)` (the `/dev/fuse` loops pass their whole read
+   * buffer and the length read: no view per request).
+   */
+  handleRead(req: Uint8Array, size: number, out: Uint8Array): number {
+    this.#one[0] = out;
+    return this.#dispatch(req, this.#one, out, Math.min(size, req.length));
+  }
+
+  #dispatch(req: Uint8Array, iov: Uint8Array[], out: Uint8Array | null, size: number): number {
     let opcode = 0;
     const o = out ?? this.#scratch;
     // The request's `unique`, as two words (no BigInt per request); 0 until read.
@@ -234,22 +252,22 @@ export class FuseServer {
       // the /dev/fuse loop's do); `at` is where this request starts in it.
       const dv = viewOf(req.buffer);
       const at = req.byteOffset;
-      if (req.length < IN_HEADER_SIZE) {
-        if (req.length >= 16) {
+      if (size < IN_HEADER_SIZE) {
+        if (size >= 16) {
           this.#uniqueLo = dv.getUint32(at + 8, true);
           this.#uniqueHi = dv.getUint32(at + 12, true);
         }
         throw new FuseError(
           Errno.EINVAL,
-          `request of ${req.length} bytes is shorter than a header`,
+          `request of ${size} bytes is shorter than a header`,
         );
       }
       const len = dv.getUint32(at, true);
       opcode = dv.getUint32(at + 4, true);
       this.#uniqueLo = dv.getUint32(at + 8, true);
       this.#uniqueHi = dv.getUint32(at + 12, true);
-      if (len < IN_HEADER_SIZE || len > req.length) {
-        throw new FuseError(Errno.EINVAL, `header length ${len} for a ${req.length}-byte request`);
+      if (len < IN_HEADER_SIZE || len > size) {
+        throw new FuseError(Errno.EINVAL, `header length ${len} for a ${size}-byte request`);
       }
       const nodeid = readId(dv, at + 16);
       const ctx = this.#ctx;
@@ -408,7 +426,7 @@ export class FuseServer {
         const r = op === Op.OPEN
           ? fs.open(ctx, nodeid, a.u32(0))
           : fs.opendir(ctx, nodeid, a.u32(0));
-        return putOpenOut(o, 0, r.fh, r.openFlags);
+        return putOpenOut(o, 0, r.fh, r.openFlags, r.backingId ?? 0);
       }
       case Op.READ: {
         a.need(40);
@@ -520,12 +538,13 @@ export class FuseServer {
         a.need(16);
         const r = fs.create(ctx, nodeid, a.nameAt(16), a.u32(4), a.u32(0), a.u32(8));
         const n = putEntry(o, r.entry);
-        return n + putOpenOut(o, n, r.fh, r.openFlags);
+        return n + putOpenOut(o, n, r.fh, r.openFlags, r.backingId ?? 0);
       }
       case Op.INTERRUPT:
         // Requests are answered synchronously, so there is never one in flight to interrupt.
         return -1;
       case Op.DESTROY:
+        fs.useBacking(null);
         fs.destroy();
         this.#proto = null;
         this.#flags = 0n;
@@ -592,7 +611,11 @@ export class FuseServer {
     }
     const agreedMinor = Math.min(minor, FUSE_KERNEL_MINOR_VERSION);
     let want = flags & WANTED;
-    if (agreedMinor >= 36 && (flags & InitFlag.INIT_EXT)) want |= InitFlag.INIT_EXT;
+    if (agreedMinor >= 36 && (flags & InitFlag.INIT_EXT)) {
+      want |= InitFlag.INIT_EXT;
+      // Passthrough (fs/fuse/passthrough.c) only where the transport registers backing files.
+      if (this.#backing) want |= flags & InitFlag.PASSTHROUGH;
+    }
     const maxWrite = want & InitFlag.MAX_PAGES
       ? this.#maxWrite
       : Math.min(this.#maxWrite, 32 * PAGE);
@@ -606,9 +629,14 @@ export class FuseServer {
     v.setUint32(40, 1, true); // time_gran: nanoseconds
     v.setUint16(44, maxWrite / PAGE, true); // max_pages
     v.setUint32(48, Number(want >> 32n), true);
+    // max_stack_depth: backing files must be on a file system that stacks on nothing
+    // (an overlayfs host directory cannot back files: BACKING_OPEN fails, the file is
+    // served the ordinary way), so file systems can still stack on this mount.
+    if (want & InitFlag.PASSTHROUGH) v.setUint32(52, 1, true);
     this.#flags = want;
     this.#proto = { major: FUSE_KERNEL_VERSION, minor: agreedMinor, flags: String(want), maxWrite };
     this.fs.init(this.#ctx);
+    this.fs.useBacking(want & InitFlag.PASSTHROUGH ? this.#backing : null);
     // fuse.h: clients before 7.23 expect the 24-byte init_out.
     return agreedMinor < 23 ? 24 : 64;
   }
@@ -718,6 +746,12 @@ function readId(dv: DataView, off: number): number {
   return hi >= 0x200000 ? Number.MAX_SAFE_INTEGER : hi * TWO32 + lo;
 }
 
+/** Writes id `n` (a non-negative safe integer) as a u64 in two words: no BigInt per reply. */
+function putId(v: DataView, off: number, n: number): void {
+  v.setUint32(off, n >>> 0, true);
+  v.setUint32(off + 4, Math.floor(n / TWO32), true);
+}
+
 let lastBuffer: ArrayBufferLike | null = null;
 let lastView: DataView<ArrayBufferLike> = new DataView(new ArrayBuffer(0));
 
@@ -765,13 +799,13 @@ function putBytes(o: Uint8Array, b: Uint8Array): number {
   return b.length;
 }
 
-function putOpenOut(o: Uint8Array, at: number, fh: number, flags: number): number {
+function putOpenOut(o: Uint8Array, at: number, fh: number, flags: number, backing: number): number {
   need(o, at + 16);
   const v = dvOf(o);
   const p = OUT_HEADER_SIZE + at;
-  v.setBigUint64(p, BigInt(fh), true);
+  putId(v, p, fh);
   v.setUint32(p + 8, flags, true);
-  v.setUint32(p + 12, 0, true);
+  v.setInt32(p + 12, backing, true);
   return 16;
 }
 
@@ -791,9 +825,10 @@ function writeAttr(v: DataView, p: number, a: Attr): void {
   v.setBigUint64(p, a.ino, true);
   v.setBigUint64(p + 8, a.size, true);
   v.setBigUint64(p + 16, a.blocks, true);
-  v.setBigUint64(p + 24, BigInt.asUintN(64, a.atime), true);
-  v.setBigUint64(p + 32, BigInt.asUintN(64, a.mtime), true);
-  v.setBigUint64(p + 40, BigInt.asUintN(64, a.ctime), true);
+  // Signed seconds: the same 64 bits as the u64 fields, with no BigInt.asUintN allocation.
+  v.setBigInt64(p + 24, a.atime, true);
+  v.setBigInt64(p + 32, a.mtime, true);
+  v.setBigInt64(p + 40, a.ctime, true);
   v.setUint32(p + 48, a.atimensec, true);
   v.setUint32(p + 52, a.mtimensec, true);
   v.setUint32(p + 56, a.ctimensec, true);
@@ -809,8 +844,8 @@ function writeAttr(v: DataView, p: number, a: Attr): void {
 function writeEntry(v: DataView, p: number, e: Entry): void {
   const [es, ens] = splitTimeout(e.entryTimeout);
   const [as, ans] = splitTimeout(e.attrTimeout);
-  v.setBigUint64(p, BigInt(e.nodeid), true);
-  v.setBigUint64(p + 8, BigInt(e.generation), true);
+  putId(v, p, e.nodeid);
+  putId(v, p + 8, e.generation);
   v.setBigUint64(p + 16, es, true);
   v.setBigUint64(p + 24, as, true);
   v.setUint32(p + 32, ens, true);

@@ -175,6 +175,30 @@ Deno.test("fuse server: short and inconsistent requests get error replies echoin
   strictEqual(s.c.lookup(1, "f")[0], 0, "the server still works");
 });
 
+Deno.test("fuse server: handleRead serves the first `size` bytes of a reused buffer, no more", () => {
+  using s = share();
+  s.c.init();
+  const server = s.c.server;
+  const out = new Uint8Array(server.replyBufferSize);
+  const buf = new Uint8Array(8192).fill(0x41); // stale bytes of an earlier, longer request
+  const error = () => -new DataView(out.buffer).getInt32(4, true) || 0;
+  // A LOOKUP of "f" read into the buffer's start: served, the stale tail ignored.
+  const lookup = s.c.request(Op.LOOKUP, 1, z("f"));
+  buf.set(lookup);
+  const n = server.handleRead(buf, lookup.length, out);
+  strictEqual(n, OUT_HEADER_SIZE + 128);
+  strictEqual(error(), 0);
+  // The same bytes with a `size` short of the header's length: EINVAL, not a read of the tail.
+  strictEqual(server.handleRead(buf, lookup.length - 1, out), OUT_HEADER_SIZE);
+  strictEqual(error(), Errno.EINVAL);
+  // A name whose NUL lies only in the stale tail is unterminated.
+  const unterminated = s.c.request(Op.LOOKUP, 1, new TextEncoder().encode("ff"));
+  buf.fill(0);
+  buf.set(unterminated);
+  strictEqual(server.handleRead(buf, unterminated.length, out), OUT_HEADER_SIZE);
+  strictEqual(error(), Errno.EINVAL);
+});
+
 Deno.test("fuse server: 5000 random requests never throw and always get well-formed replies", () => {
   using s = share(true);
   s.c.init();

@@ -156,6 +156,10 @@ export const STATFS_OFF = {
 
 /** `FUSE_DEV_IOC_CLONE` = _IOR(229, 0, uint32_t). */
 export const FUSE_DEV_IOC_CLONE = 0x8004e500n;
+/** `FUSE_DEV_IOC_BACKING_OPEN` = _IOW(229, 1, struct fuse_backing_map) (16 bytes). */
+export const FUSE_DEV_IOC_BACKING_OPEN = 0x4010e501n;
+/** `FUSE_DEV_IOC_BACKING_CLOSE` = _IOW(229, 2, uint32_t). */
+export const FUSE_DEV_IOC_BACKING_CLOSE = 0x4004e502n;
 
 /**
  * This thread's errno (module state is per isolate, so per thread): a view made
