@@ -340,22 +340,32 @@ const COMMANDS: Record<string, Command> = {
   fuse: {
     summary: "serve a host directory through /dev/fuse (skiff's FUSE server; needs root)",
     help: [
-      "Usage: skiff fuse mount HOST_DIR MOUNTPOINT [--ro]",
+      "Usage: skiff fuse mount HOST_DIR MOUNTPOINT [--ro] [--passthrough]",
       "",
       "Mounts HOST_DIR at MOUNTPOINT with skiff's own FUSE server (the one behind virtio-fs)",
       "and serves it until MOUNTPOINT is unmounted or skiff gets Ctrl-C / SIGTERM, then",
       "unmounts (lazily) and exits 0. --ro makes every change fail with EROFS.",
+      "--passthrough (Linux 6.9+): the kernel reads and writes open files without execute",
+      "bits itself, through a host file the server opens for it (several times faster random",
+      "reads); that host file is open read-write while any client has the file open, so",
+      "the host sees a writer (an IN_CLOSE_WRITE inotify event after a mere read), and",
+      "O_DIRECT reaches the host file as given.",
     ].join("\n"),
     async run(args) {
-      const { values, positionals } = parseFlags(args, { ro: { type: "boolean" } }, true);
+      const { values, positionals } = parseFlags(
+        args,
+        { ro: { type: "boolean" }, passthrough: { type: "boolean" } },
+        true,
+      );
       if (positionals[0] !== "mount" || positionals.length !== 3) {
-        throw new UsageError("expected: fuse mount HOST_DIR MOUNTPOINT [--ro]");
+        throw new UsageError("expected: fuse mount HOST_DIR MOUNTPOINT [--ro] [--passthrough]");
       }
       const { fuseMountCommand } = await import("./devices/fuse/cli.ts");
       return await fuseMountCommand({
         hostDir: positionals[1],
         mountpoint: positionals[2],
         readOnly: values.ro ?? false,
+        passthrough: values.passthrough ?? false,
       });
     },
   },

@@ -1,5 +1,5 @@
 /**
- * `skiff fuse mount HOST_DIR MOUNTPOINT [--ro]`: serve a host directory
+ * `skiff fuse mount HOST_DIR MOUNTPOINT [--ro] [--passthrough]`: serve a host directory
  * through /dev/fuse until it is unmounted or the process gets SIGINT/SIGTERM.
  *
  * @module
@@ -12,6 +12,8 @@ export interface FuseMountArgs {
   hostDir: string;
   mountpoint: string;
   readOnly: boolean;
+  /** FUSE_PASSTHROUGH for open files (dev_fuse.ts `passthrough`); default false. */
+  passthrough?: boolean;
 }
 
 /**
@@ -23,9 +25,12 @@ export async function fuseMountCommand(a: FuseMountArgs): Promise<number> {
     hostDir: a.hostDir,
     mountpoint: a.mountpoint,
     readOnly: a.readOnly,
+    passthrough: a.passthrough ?? false,
   });
   console.error(
-    `skiff fuse: serving ${a.hostDir} at ${a.mountpoint}${a.readOnly ? " (read-only)" : ""}; ` +
+    `skiff fuse: serving ${a.hostDir} at ${a.mountpoint}${a.readOnly ? " (read-only)" : ""}${
+      a.passthrough ? " with passthrough" : ""
+    }; ` +
       `Ctrl-C or umount to stop`,
   );
   const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];

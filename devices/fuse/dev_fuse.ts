@@ -44,7 +44,11 @@ export interface DevFuseOptions extends PassthroughOptions {
   splice?: boolean;
   /**
    * Let the client read and write open regular files of a passthrough share itself
-   * (FUSE_PASSTHROUGH, `dev_fuse_backing.ts`) where the kernel offers it; default true.
+   * (FUSE_PASSTHROUGH, `dev_fuse_backing.ts`) where the kernel offers it; default
+   * false. Opt-in because the host sees it: a file without execute bits that a
+   * client opens, even to read, is held open read-write on the host meanwhile
+   * (an IN_CLOSE_WRITE event afterwards, `swapon` or fs-verity refused), and the
+   * client's O_DIRECT reaches the host file.
    */
   passthrough?: boolean;
   /**
@@ -180,7 +184,7 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     readers = DEFAULT_READERS,
     readaheadKib = Math.min(DEFAULT_READAHEAD_KIB, Math.floor(maxWrite / 1024)),
     splice = true,
-    passthrough = true,
+    passthrough = false,
     ...fsOptions
   } = options;
   if (!layers) isDir(hostDir, "HOST_DIR");

@@ -14,14 +14,15 @@
  * earlier version of this bench printed ratio 5.70 that way); on tmpfs
  * O_DIRECT is served from memory, so both do the same work.
  *
- * Each server keeps its own data path. skiff's mount offers FUSE_PASSTHROUGH
- * (Linux 6.9+, `dev_fuse_backing.ts`): a regular file without execute bits
- * that is opened gets a backing host file the client reads and writes itself,
- * with the client's own O_DIRECT, so `seq-read-1g` and `rand-read-4k` send no
- * READ requests at all and `create-stat-10k` no WRITEs. Without it (or for
- * other files) the mount's readahead window is 512 KiB and READ replies of
- * 64 KiB and more are spliced from the file into /dev/fuse (`dev_fuse.ts`,
- * `dev_fuse_splice.ts`). bindfs gets the kernel's 128 KiB window and copies
+ * Each server keeps its own data path, as a user mounts it by default:
+ * skiff's mount raises the readahead window to 512 KiB and splices READ
+ * replies of 64 KiB and more from the file into /dev/fuse (`dev_fuse.ts`,
+ * `dev_fuse_splice.ts`). FUSE_PASSTHROUGH (`skiff fuse mount --passthrough`,
+ * Linux 6.9+: the client reads and writes open files itself) is opt-in, for
+ * what the host sees of it (dev_fuse.ts `passthrough`), so it is not measured
+ * here: with it, `rand-read-4k` went from 0.88 to 3.4-4.2 and `seq-read-1g`
+ * from 1.0-1.35 to 2.4-2.7 in this bench's interleaved runs.
+ * bindfs gets the kernel's 128 KiB window and copies
  * READ data through its buffer (libfuse 2, its `read` callback). Neither
  * changes what is cached: the page cache is dropped on open on both, and the
  * attribute and entry timeouts are each server's defaults (bindfs adds
