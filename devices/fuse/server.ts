@@ -188,8 +188,16 @@ export class FuseServer {
    * do not fit become an ERANGE error reply.
    */
   handleInto(request: Uint8Array, out: Uint8Array): number {
+    return this.handleRead(request, request.length, out);
+  }
+
+  /**
+   * {@link handleInto} for the request in `req[0..size)` (the `/dev/fuse` loops pass
+   * their whole read buffer and the length read: no view per request).
+   */
+  handleRead(req: Uint8Array, size: number, out: Uint8Array): number {
     this.#one[0] = out;
-    return this.#dispatch(request, this.#one, out, request.length);
+    return this.#dispatch(req, this.#one, out, Math.min(size, req.length));
   }
 
   /**
@@ -233,15 +241,6 @@ export class FuseServer {
   // ---- dispatch ------------------------------------------------------------
 
   /** `out` is the contiguous destination, or null to build in scratch and scatter into `iov`. */
-  /**
-   * Serves the request in `req[0..size)` (the `/dev/fuse` loops pass their whole read
-   * buffer and the length read: no view per request).
-   */
-  handleRead(req: Uint8Array, size: number, out: Uint8Array): number {
-    this.#one[0] = out;
-    return this.#dispatch(req, this.#one, out, Math.min(size, req.length));
-  }
-
   #dispatch(req: Uint8Array, iov: Uint8Array[], out: Uint8Array | null, size: number): number {
     let opcode = 0;
     const o = out ?? this.#scratch;

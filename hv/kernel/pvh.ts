@@ -13,6 +13,8 @@
  * @module
  */
 
+import { EM_X86_64, isElf } from "../boot/elf.ts";
+
 /** `p_type` of a note segment (ELF gABI). */
 const PT_NOTE = 4;
 /** The PVH entry point note (xen/include/public/elfnote.h). */
@@ -68,9 +70,10 @@ export function hasPvhEntry(path: string): boolean {
     const eh = readAt(f, 0, 64);
     if (eh.length < 64) return false;
     const dv = new DataView(eh.buffer, eh.byteOffset, eh.byteLength);
-    // \x7fELF, ELFCLASS64, ELFDATA2LSB, e_machine EM_X86_64 (62).
-    if (dv.getUint32(0) !== 0x7f454c46 || eh[4] !== 2 || eh[5] !== 1) return false;
-    if (dv.getUint16(18, true) !== 62) return false;
+    // ELFCLASS64, ELFDATA2LSB, x86-64. hv/boot/elf.ts's Elf64 wants the whole file
+    // in memory; only the headers and the notes are read here.
+    if (!isElf(eh) || eh[4] !== 2 || eh[5] !== 1) return false;
+    if (dv.getUint16(18, true) !== EM_X86_64) return false;
     const phoff = Number(dv.getBigUint64(32, true));
     const phentsize = dv.getUint16(54, true);
     const phnum = dv.getUint16(56, true);
