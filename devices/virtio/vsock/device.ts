@@ -72,7 +72,10 @@ export interface VsockOptions {
   guestCid: number;
   /** Bytes the host buffers per connection for its reader (`buf_alloc`); default 256 KiB. */
   bufferSize?: number;
-  /** Connections at once (both directions); default 256. */
+  /**
+   * Connections at once (both directions, counting ended ones still waiting
+   * in a listener's backlog for accept()); default 256.
+   */
   maxConnections?: number;
   /** Diagnostics (a listener callback that threw, a device failure). */
   log?: (message: string) => void;
@@ -164,6 +167,12 @@ export class VirtioVsock implements VirtioDevice {
   #ctx: DeviceContext | null = null;
   #onActive: (() => void)[] = [];
   #conns = new Map<string, Connection>();
+  /**
+   * Connections that ended while waiting in a listener's backlog: out of the
+   * table (the guest may reuse the ports) but kept for accept() with their
+   * unread bytes, so they still count against maxConnections (host memory).
+   */
+  #unaccepted = new Set<Connection>();
   #listeners = new Map<number, VsockListener>();
   /** Connections with packets for the guest, served round-robin. */
   #schedule: Connection[] = [];
@@ -239,7 +248,7 @@ export class VirtioVsock implements VirtioDevice {
           `vsock connect to guest port ${guestPort}: the guest driver has not started the device`,
         );
       }
-      if (this.#conns.size >= this.maxConnections) {
+      if (this.#conns.size + this.#unaccepted.size >= this.maxConnections) {
         throw new VsockError(
           "limit",
           `vsock connect to guest port ${guestPort}: ${this.maxConnections} connections are open`,
@@ -284,7 +293,7 @@ export class VirtioVsock implements VirtioDevice {
     }
     const l = new VsockListener(hostPort, onConnection ?? null, backlog, (gone) => {
       if (this.#listeners.get(gone.port) === gone) this.#listeners.delete(gone.port);
-    });
+    }, (taken) => this.#unaccepted.delete(taken));
     this.#listeners.set(hostPort, l);
     return l;
   }
@@ -509,7 +518,7 @@ export class VirtioVsock implements VirtioDevice {
   /** A guest REQUEST for a host port: a new connection if someone listens. */
   #accept(h: VsockHeader): void {
     const l = this.#listeners.get(h.dstPort);
-    if (!l || this.#conns.size >= this.maxConnections) {
+    if (!l || this.#conns.size + this.#unaccepted.size >= this.maxConnections) {
       this.counters.refused++;
       this.#replyRst(h);
       return;
@@ -656,7 +665,9 @@ export class VirtioVsock implements VirtioDevice {
 
   #release(conn: Connection): void {
     if (this.#conns.get(conn.key) === conn) this.#conns.delete(conn.key);
-    this.#listeners.get(conn.localPort)?.drop(conn);
+    // Not forgotten by its listener: the host's accept() may not have run yet
+    // and must still get it (see listener.ts).
+    if (this.#listeners.get(conn.localPort)?.holds(conn)) this.#unaccepted.add(conn);
   }
 
   #dropConnections(): void {

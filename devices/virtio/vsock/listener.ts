@@ -3,6 +3,15 @@
  * callback as they arrive, or queued (a bounded backlog) for
  * {@link VsockListener.accept} and `for await`.
  *
+ * A queued connection stays queued whatever the guest does with it meanwhile:
+ * one the guest has already closed or reset is still returned by `accept()`
+ * (its bytes, then EOF or the reset), as accept(2) returns a connection its
+ * peer has closed. The device answers a guest's REQUEST for the listener at
+ * once, so a guest running beside the event loop can connect, send and close
+ * before the host's `accept()` runs; the agent's stdio ports are such a case
+ * (the host waits for exactly one connection per port), and forgetting the
+ * ended connection there left that `accept()` waiting forever.
+ *
  * @module
  */
 
@@ -24,18 +33,24 @@ export class VsockListener implements AsyncIterable<VsockStream>, Disposable {
   #waiters: ((s: VsockStream | null) => void)[] = [];
   #closed = false;
   #onClose: (l: VsockListener) => void;
+  #onTaken: (c: Connection) => void;
 
-  /** Made by `VirtioVsock.listen`. */
+  /**
+   * Made by `VirtioVsock.listen`; `onTaken` hears of each queued connection
+   * that leaves the backlog (accepted, or reset by {@link close}).
+   */
   constructor(
     port: number,
     handler: VsockConnectionHandler | null,
     backlog: number,
     onClose: (l: VsockListener) => void,
+    onTaken: (c: Connection) => void = () => {},
   ) {
     this.port = port;
     this.#handler = handler;
     this.#backlog = backlog;
     this.#onClose = onClose;
+    this.#onTaken = onTaken;
   }
 
   /** True once {@link close}d. */
@@ -63,16 +78,21 @@ export class VsockListener implements AsyncIterable<VsockStream>, Disposable {
     return true;
   }
 
-  /** Forgets a queued connection that ended before it was accepted. */
-  drop(conn: Connection): void {
-    const i = this.#queue.indexOf(conn);
-    if (i >= 0) this.#queue.splice(i, 1);
+  /** Whether `conn` waits in the backlog (offered, not accepted yet). */
+  holds(conn: Connection): boolean {
+    return this.#queue.includes(conn);
   }
 
-  /** The next guest connection, or null once the listener is closed. */
+  /**
+   * The next guest connection, or null once the listener is closed. It may
+   * have ended already (the guest sent and closed before this was called).
+   */
   accept(): Promise<VsockStream | null> {
     const c = this.#queue.shift();
-    if (c) return Promise.resolve(c);
+    if (c) {
+      this.#onTaken(c);
+      return Promise.resolve(c);
+    }
     if (this.#closed) return Promise.resolve(null);
     return new Promise((r) => this.#waiters.push(r));
   }
@@ -89,7 +109,10 @@ export class VsockListener implements AsyncIterable<VsockStream>, Disposable {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    for (const c of this.#queue.splice(0)) c.close();
+    for (const c of this.#queue.splice(0)) {
+      this.#onTaken(c);
+      c.close();
+    }
     for (const w of this.#waiters.splice(0)) w(null);
     this.#onClose(this);
   }

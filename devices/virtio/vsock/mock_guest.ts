@@ -41,6 +41,13 @@ export interface MockVsockGuestOptions {
   rxBuffers?: number;
   /** Features the driver accepts (default: all offered). */
   features?: bigint;
+  /**
+   * Called synchronously when the device raises its interrupt, as a vCPU
+   * running beside the VMM's event loop sees it: a guest that acts here
+   * (polls, sends) does so inside the device's pump, before any host promise
+   * callback runs (orders a test cannot reach by polling between turns).
+   */
+  onInterrupt?: (guest: MockVsockGuest) => void;
 }
 
 const ALL = (1n << 64n) - 1n;
@@ -70,13 +77,18 @@ export class MockVsockGuest {
   constructor(device: VirtioVsock, opts: MockVsockGuestOptions = {}) {
     this.device = device;
     this.mem = RegionMemory.fromBytes(MEM_SIZE);
-    this.transport = new VirtioMmioTransport(device, this.mem, () => {});
+    const onInterrupt = opts.onInterrupt;
+    let ready = false; // not during the driver's own setup below
+    this.transport = new VirtioMmioTransport(device, this.mem, (asserted) => {
+      if (asserted && ready) onInterrupt?.(this);
+    });
     this.drv = new MockMmioDriver(this.transport, this.mem, 0x10000, MEM_SIZE - 0x10000);
     const size = opts.queueSize ?? 64;
     this.rxBufferSize = opts.rxBufferSize ?? 4096;
     this.features = this.drv.init(opts.features ?? ALL, 3, size, 6 << 20);
     this.postRx(opts.rxBuffers ?? size);
     this.postEvents(8);
+    ready = true;
   }
 
   /** The device's CID, read from config space. */

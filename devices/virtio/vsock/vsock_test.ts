@@ -386,6 +386,53 @@ Deno.test("vsock: guest connections: callback listener, backlog, no listener →
   strictEqual(g.socket(300, 3002).state, "reset", "closed listener refuses");
 });
 
+Deno.test("vsock: a guest connection that ends before the host accepts it is still accepted (bytes, then EOF or the reset)", async () => {
+  // The order behind a rare agent hang: the guest connects to a listener no
+  // accept() waits on yet, sends, and closes (SHUTDOWN both, or RST) before
+  // the host gets to accept() — with a vCPU running beside the event loop,
+  // all of it can happen inside one device pump. accept() must still return
+  // it, as accept(2) returns a connection its peer has already closed.
+  const { dev, g } = setup({ maxConnections: 2 });
+  const l = dev.listen(3000);
+  const gs = g.connect(100, 3000);
+  g.poll(); // RESPONSE: the device answers for the listener before anyone accepts
+  strictEqual(gs.state, "established");
+  strictEqual(gs.write(new TextEncoder().encode("21\n")), 3);
+  gs.sendControl(OP.SHUTDOWN, SHUTDOWN_BOTH);
+  g.poll();
+  deepStrictEqual(gs.ops.slice(-1), [OP.RST], "the clean close ends with the host's RST");
+  strictEqual(dev.connectionCount, 0);
+  // A second one that the guest resets instead.
+  const gr = g.connect(101, 3000);
+  g.poll();
+  gr.write(new TextEncoder().encode("lost?"));
+  gr.sendControl(OP.RST);
+  g.poll();
+  strictEqual(dev.connectionCount, 0);
+  // Unaccepted, they still hold host memory: they count against maxConnections.
+  g.connect(102, 3000);
+  g.poll();
+  strictEqual(g.socket(102, 3000).state, "reset");
+
+  const first = settle(l.accept());
+  await until("the closed connection is accepted", () => first.done);
+  g.connect(103, 3000);
+  g.poll();
+  strictEqual(g.socket(103, 3000).state, "established", "an accepted one frees its slot");
+  const s = first.value!;
+  strictEqual(s.peerPort, 100);
+  strictEqual(await new Response(s.readable).text(), "21\n");
+  strictEqual(await s.closed, "closed");
+  const second = settle(l.accept());
+  await until("the reset connection is accepted", () => second.done);
+  const r = second.value!;
+  strictEqual(r.peerPort, 101);
+  const reader = r.readable.getReader();
+  deepStrictEqual(await reader.read(), { done: false, value: new TextEncoder().encode("lost?") });
+  await rejects(reader.read(), (e: VsockError) => e.code === "reset");
+  strictEqual(await r.closed, "reset");
+});
+
 Deno.test("vsock: hostile packets are dropped or answered with RST and counted; the device keeps working", async () => {
   const { dev, g } = setup();
   const { s, gs } = await guestConnect(dev, g, 2000);
