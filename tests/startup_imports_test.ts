@@ -68,3 +68,15 @@ Deno.test("startup: the graph walk sees node:crypto where a module imports it", 
   );
   assert.ok(graph.has("node:crypto"));
 });
+
+Deno.test("startup: parsing `skiff run`'s options loads no image puller, store or FUSE layer", async () => {
+  // image/command.ts is the config-to-command half of image/run.ts; the rest
+  // (pull, unpack, the store, the layered FUSE view) only `--image` needs.
+  const graph = await staticCodeGraph(
+    fileURLToPath(new URL("../hv/cli/run_options.ts", import.meta.url)),
+  );
+  const heavy = [...graph].filter((s) =>
+    /\/image\/(run|pull|registry|store|unpack|tar)\.ts$/.test(s) || s.includes("/devices/fuse/")
+  );
+  assert.deepEqual(heavy, [], "hv/cli/run_options.ts loads what only --image needs");
+});

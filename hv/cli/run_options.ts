@@ -26,7 +26,7 @@ import {
   ImageRunError,
   type PreparedImage,
   resolveUser,
-} from "../../image/run.ts";
+} from "../../image/command.ts";
 
 /** `skiff run` options as the CLI parsed them (strings are unparsed flag values). */
 export interface RunOptions {

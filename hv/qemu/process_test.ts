@@ -19,7 +19,7 @@ Deno.test("qemuArgs: microvm, shared memfd RAM, ports and fs devices", () => {
   });
   const joined = args.join(" ");
   ok(joined.includes("-M microvm,acpi=on"));
-  ok(joined.includes("-accel tcg -cpu max,la57=off -smp 2"));
+  ok(joined.includes("-accel tcg -cpu max,la57=off,erms=off -smp 2"));
   ok(joined.includes("memory-backend-memfd,id=mem,size=256M,share=on"));
   ok(joined.includes("socket,id=p0,path=/d/a,,b.sock"), "commas in paths are doubled");
   ok(joined.includes("virtserialport,chardev=p0,name=skiff.stdout"));

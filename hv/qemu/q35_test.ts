@@ -62,7 +62,7 @@ Deno.test("q35: lean machine, no display, file RAM shared, root ports at fixed a
   const append = values(args, "-append")[0];
   ok(append.includes("no_timer_check") && append.includes("tsc=reliable"), append);
   // TCG: 4-level paging (no LA57); KVM: the host's CPU as it is.
-  deepStrictEqual(values(args, "-cpu"), ["max,la57=off"]);
+  deepStrictEqual(values(args, "-cpu"), ["max,la57=off,erms=off"]);
   deepStrictEqual(values(qemuArgs({ ...base, accel: "kvm" }), "-cpu"), ["host"]);
 });
 
