@@ -14,13 +14,12 @@
 
 import { resolve } from "node:path";
 import { LayeredFs } from "../devices/fuse/layered.ts";
-import type { Share } from "../hv/config.ts";
 import { parseImageConfig, type RunDefaults } from "./manifest.ts";
 import { parseReference } from "./reference.ts";
 import { type PulledImage, pullImage } from "./pull.ts";
 import { ImageStore } from "./store.ts";
 import type { PullProgress } from "./progress.ts";
-import { ImageRunError, type PreparedImage } from "./command.ts";
+import type { PreparedImage } from "./command.ts";
 
 export {
   IMAGE_DEFAULT_PATH,
