@@ -315,10 +315,13 @@ export class QmpClient {
     return await this.waitMigration(o);
   }
 
-  /** `migrate-incoming` from a file (`exec:cat FILE`; QEMU started `-incoming defer`) and waits. */
-  async migrateIncomingFromFile(path: string, o: QmpWaitOptions = {}): Promise<MigrationInfo> {
-    await this.execute("migrate-incoming", { uri: `exec:cat ${shellQuotePath(path)}` });
-    return await this.waitMigration(o);
+  /**
+   * `migrate-incoming` from `uri` (QEMU started `-incoming defer`); resolves
+   * once QEMU took the command — {@link waitMigration} waits for the load.
+   * A file is loaded by `QemuProcess.migrateIncomingFromFile` (`fd:0`).
+   */
+  async migrateIncoming(uri: string): Promise<void> {
+    await this.execute("migrate-incoming", { uri });
   }
 
   /** `chardev-add` of a Unix socket client connecting to `path` (a back-end listening there). */

@@ -215,7 +215,7 @@ qemuTest(
           const timings: Record<string, number> = {};
           const vm = await restoreQemu(entry, { ...launch(sd, ram), timings });
           try {
-            deepStrictEqual(Object.keys(timings), ["start", "copy", "load"]);
+            deepStrictEqual(Object.keys(timings), ["start", "load", "copy"]);
             strictEqual((await vm.qmp.status()).status, "paused");
             const con = new ShellConsole(vm.console!);
             await using server = serveShare(`${sd}/fs.sock`, share);
