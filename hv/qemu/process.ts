@@ -272,12 +272,15 @@ export class QemuProcess implements AsyncDisposable {
       o.whileLoading?.();
       return await this.qmp.waitMigration(o);
     } finally {
-      await fed;
+      // Closed before the copy is awaited: after a completed load QEMU has
+      // read it all, and after a failure (an abort, a QEMU that stopped
+      // reading) the copy must not hold this up.
       try {
         conn.close();
       } catch {
         // closed with its stream
       }
+      await fed;
       await Deno.remove(socket).catch(() => {});
     }
   }
