@@ -18,7 +18,8 @@ import { missing } from "../../tests/requirements.ts";
 import { median } from "../../tests/bench_util.ts";
 
 const MAIN = fileURLToPath(new URL("../../main.ts", import.meta.url));
-const ROUNDS = 5;
+/** Interleaved rounds of each (a single run of either varies by tens of ms here). */
+const ROUNDS = 9;
 
 interface Run {
   ms: number;
@@ -62,7 +63,8 @@ async function run(cache: string): Promise<string[]> {
   }
   const h = median(hit), c = median(cold);
   return [
-    `run-cached engine=qemu hit=${h.toFixed(0)} cold=${c.toFixed(0)} ratio=${(h / c).toFixed(2)}`,
+    // Three decimals: the goal (≤ 0.25) sits where two would round 0.254 down to it.
+    `run-cached engine=qemu hit=${h.toFixed(0)} cold=${c.toFixed(0)} ratio=${(h / c).toFixed(3)}`,
   ];
 }
 
