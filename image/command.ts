@@ -2,8 +2,8 @@
  * What an image's config means for the command (as Docker applies an image
  * config, image-spec `config.md`); see image/run.ts for the rules. Apart from
  * run.ts (which pulls and unpacks) so that `skiff run`'s option parsing loads
- * none of the puller, the store or the FUSE layers: about 10 ms of every
- * run's start here, before QEMU can be spawned.
+ * none of the puller, the store or the FUSE layers before QEMU is spawned
+ * (measured here: spawned at +36 ms instead of +38–40).
  *
  * @module
  */
@@ -59,7 +59,7 @@ export interface ImageCommand {
 /** Default PATH when the image sets none (Docker's). */
 export const IMAGE_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/** Applies the image config and the user's settings; see the module documentation. */
+/** Applies the image config and the user's settings; the rules are in image/run.ts's module documentation. */
 export function imageCommand(img: PreparedImage, spec: ImageRunSpec): ImageCommand {
   const d = img.defaults;
   const argv = [...(d.Entrypoint ?? []), ...(spec.argv.length ? spec.argv : d.Cmd ?? [])];

@@ -303,13 +303,14 @@ export async function restoreQemu(
     // delays the load), so that GC runs while the load is awaited instead of
     // stalling the guest's first device. Held until QEMU exits.
     // A mapping that fails is not a corrupt snapshot: it is thrown after the load.
-    let mapFailed: { error: unknown } | null = null;
+    const loading = vm;
+    const mapping: { failed?: { error: unknown } } = {};
     const mapRam = () => {
       try {
         const ram = mapPath(o.ramFile);
-        vm!.exited.then(() => ram.release(), () => ram.release());
+        loading.exited.then(() => ram.release(), () => ram.release());
       } catch (error) {
-        mapFailed = { error };
+        mapping.failed = { error };
       }
     };
     try {
@@ -326,7 +327,7 @@ export async function restoreQemu(
         { cause: err },
       );
     }
-    if (mapFailed) throw (mapFailed as { error: unknown }).error;
+    if (mapping.failed) throw mapping.failed.error;
     const st = await vm.qmp.status();
     if (st.running || st.status !== "paused") {
       throw new SnapshotError(

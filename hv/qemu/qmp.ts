@@ -318,7 +318,7 @@ export class QmpClient {
   /**
    * `migrate-incoming` from `uri` (QEMU started `-incoming defer`); resolves
    * once QEMU took the command — {@link waitMigration} waits for the load.
-   * A file is loaded by `QemuProcess.migrateIncomingFromFile` (`fd:0`).
+   * A file is loaded by `QemuProcess.migrateIncomingFromFile` (over a Unix socket).
    */
   async migrateIncoming(uri: string): Promise<void> {
     await this.execute("migrate-incoming", { uri });
