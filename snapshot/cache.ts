@@ -15,6 +15,7 @@
 import { join } from "node:path";
 import { canonicalJson, sha256Hex, toJsonData } from "./codec.ts";
 import { SnapshotError } from "./errors.ts";
+import { RamSpares } from "./ram_spares.ts";
 import { isQemuEntry, readQemuEntry } from "./qemu_entry.ts";
 import {
   type PublishResult,
@@ -202,8 +203,12 @@ export class SnapshotCache {
     return out.sort((a, b) => b.createdAt.getTime() - a.createdAt.getTime());
   }
 
-  /** Removes every entry and leftover temp directory; returns the number of entries removed. */
+  /**
+   * Removes every entry, leftover temp directory and spare RAM copy
+   * (snapshot/ram_spares.ts); returns the number of entries removed.
+   */
   clear(): number {
+    new RamSpares(this.root).clear();
     let n = 0;
     let names: Deno.DirEntry[];
     try {

@@ -13,11 +13,26 @@
  * @module
  */
 
-import { check, close, errno, ftruncate, libc, O, open, SysError } from "../kvm_ffi/libc.ts";
+import {
+  check,
+  checkSyscall,
+  close,
+  errno,
+  ftruncate,
+  libc,
+  O,
+  open,
+  SysError,
+} from "../kvm_ffi/libc.ts";
 import { dataRanges } from "./memory_file.ts";
 
 /** x86-64 syscall number of sendfile (arch/x86/entry/syscalls/syscall_64.tbl). */
 const SYS_SENDFILE = 40n;
+/** x86-64 syscall number of fallocate (arch/x86/entry/syscalls/syscall_64.tbl). */
+const SYS_FALLOCATE = 285n;
+/** fallocate(2) mode: deallocate the range, keep the file's size (linux/falloc.h). */
+const FALLOC_FL_KEEP_SIZE = 1n;
+const FALLOC_FL_PUNCH_HOLE = 2n;
 /** lseek(2) whence. */
 const SEEK_SET = 0;
 const SEEK_END = 2;
@@ -44,21 +59,33 @@ interface CopyPlan {
   dataBytes: number;
 }
 
+/** How {@link plan} finds `dst`: created, there as a hole, or there with other data to drop. */
+type Target = "create" | "hole" | "reset";
+
 /**
- * Opens `src`, creates `dst` (0600, must not exist) at its size — or, with
- * `existing`, opens `dst` as it is (all a hole, at `src`'s size: checked) —
- * and lists the data ranges.
+ * Opens `src`, creates `dst` (0600, must not exist) at its size — or opens
+ * an existing `dst` at `src`'s size (checked) that is all a hole or, with
+ * `"reset"`, is made one first — and lists the data ranges.
  */
-function plan(src: string, dst: string, existing = false): CopyPlan {
+function plan(src: string, dst: string, target: Target): CopyPlan {
   const inFd = open(src, O.RDONLY);
   let outFd = -1;
   try {
     const size = check(`lseek(${src})`, libc.lseek(inFd, 0n, SEEK_END));
-    if (existing) {
+    if (target !== "create") {
       outFd = open(dst, O.WRONLY);
       const has = check(`lseek(${dst})`, libc.lseek(outFd, 0n, SEEK_END));
       if (has !== size) {
         throw new RangeError(`cannot copy ${src} (${size} bytes) into ${dst} (${has} bytes)`);
+      }
+      // A punched hole reads as zeros, as a fresh file does; the size stays,
+      // so a process that has the file mapped cannot fault past its end.
+      if (target === "reset") {
+        const mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+        checkSyscall(
+          `fallocate(${dst})`,
+          libc.syscall(SYS_FALLOCATE, BigInt(outFd), mode, 0n, BigInt(size), 0n, 0n),
+        );
       }
     } else {
       outFd = open(dst, O.WRONLY | O.CREAT | O.EXCL, 0o600);
@@ -118,7 +145,7 @@ function sendRange(p: CopyPlan, offset: BigInt64Array, to: number, what: string)
  * restore side writes to tmpfs, where it means nothing.
  */
 export function copySparse(src: string, dst: string): SparseCopyResult {
-  const p = plan(src, dst);
+  const p = plan(src, dst, "create");
   const what = `${src} → ${dst}`;
   let done = false;
   try {
@@ -139,14 +166,16 @@ export function copySparse(src: string, dst: string): SparseCopyResult {
  * it before an incoming migration, which must wait for the promise. The
  * data moves by sendfile on a thread-pool thread, one call per data range.
  * `existing`: `dst` is there already at `src`'s size, all a hole (a RAM file
- * a QEMU started early has mapped), and the data is copied into it.
+ * a QEMU started early has mapped), and the data is copied into it; with
+ * `reset` as well it may hold other data, which is dropped first (a spare
+ * RAM copy of another entry, snapshot/ram_spares.ts).
  */
 export function copySparseInBackground(
   src: string,
   dst: string,
-  o: { existing?: boolean } = {},
+  o: { existing?: boolean; reset?: boolean } = {},
 ): Promise<SparseCopyResult> {
-  const p = plan(src, dst, o.existing);
+  const p = plan(src, dst, o.existing ? (o.reset ? "reset" : "hole") : "create");
   const what = `${src} → ${dst}`;
   return (async () => {
     let done = false;

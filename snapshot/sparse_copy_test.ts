@@ -36,6 +36,19 @@ const COPIES: [string, Copy][] = [
     Deno.truncateSync(dst, Deno.statSync(src).size);
     return copySparseInBackground(src, dst, { existing: true });
   }],
+  ["copySparseInBackground (existing, reset)", (src, dst) => {
+    // A spare RAM copy of another entry (snapshot/ram_spares.ts): data where
+    // the source has holes and where it has data; none of it may survive.
+    Deno.writeFileSync(dst, new Uint8Array(0), { createNew: true, mode: 0o600 });
+    using f = Deno.openSync(dst, { write: true });
+    f.truncateSync(Deno.statSync(src).size);
+    const junk = new Uint8Array(1 << 20).fill(0xaa);
+    for (const at of [0, 16 << 20, 40 << 20]) {
+      f.seekSync(at, Deno.SeekMode.Start);
+      f.writeSync(junk);
+    }
+    return copySparseInBackground(src, dst, { existing: true, reset: true });
+  }],
 ];
 
 for (const [name, copy] of COPIES) {
@@ -66,6 +79,7 @@ async function checkCopy(copySparse: Copy): Promise<void> {
         deepStrictEqual(copy.subarray(16 << 20, (16 << 20) + data.length), data);
         deepStrictEqual(copy.subarray((64 << 20) - 4096), data.subarray(0, 4096));
         ok(copy.subarray(0, 16 << 20).every((b) => b === 0));
+        ok(copy.subarray((16 << 20) + data.length, (64 << 20) - 4096).every((b) => b === 0));
         strictEqual((st.mode ?? 0) & 0o777, 0o600);
       } finally {
         Deno.removeSync(dst, { recursive: true });

@@ -17,6 +17,7 @@ import {
 } from "../mod.ts";
 import { QemuEngine } from "../hv/qemu/engine.ts";
 import { SnapshotCache } from "../snapshot/cache.ts";
+import { RamSpares } from "../snapshot/ram_spares.ts";
 
 const NEEDS = ["kernel", "qemu"] as const;
 
@@ -25,10 +26,16 @@ function engine(dir: string): QemuEngine {
   return new QemuEngine({ accel: "tcg", cache: new SnapshotCache(dir), onWarning: () => {} });
 }
 
-/** A temporary directory removed on dispose. */
+/** A temporary directory removed on dispose (with the spare RAM copies of a cache in it). */
 async function tempDir(prefix: string): Promise<{ path: string } & AsyncDisposable> {
   const path = await Deno.makeTempDir({ prefix });
-  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
+  return {
+    path,
+    [Symbol.asyncDispose]: async () => {
+      await Deno.remove(path, { recursive: true });
+      RamSpares.sweep();
+    },
+  };
 }
 
 const enc = new TextEncoder();

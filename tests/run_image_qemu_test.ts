@@ -14,6 +14,7 @@ import { buildTestImage, imageTest, TEST_IMAGE, toDockerArchive } from "../image
 import { prepareImage } from "../image/run.ts";
 import { ImageStore } from "../image/store.ts";
 import { VirtualMachine } from "../hv/library/virtual_machine.ts";
+import { RamSpares } from "../snapshot/ram_spares.ts";
 
 const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
 const kernel = await testKernel();
@@ -137,6 +138,7 @@ imageTest(
       match(bad.stderr, /user 'nobody' is not in .*\/etc\/passwd/);
     } finally {
       await Deno.remove(base, { recursive: true });
+      RamSpares.sweep(); // the spare RAM copies of the cache in it
     }
   },
 );
@@ -166,6 +168,7 @@ imageTest(
       ]);
     } finally {
       await Deno.remove(base, { recursive: true });
+      RamSpares.sweep(); // the spare RAM copies of the cache in it
     }
   },
 );

@@ -11,6 +11,7 @@
  */
 
 import { timelineLine } from "../engine/timeline.ts";
+import type { RamSpares } from "../../snapshot/ram_spares.ts";
 import { QemuProcess, type QemuStartOptions } from "./process.ts";
 
 /** The restore's QEMU, starting; {@link take} it for the restore or {@link drop} it. */
@@ -21,11 +22,15 @@ export class EarlyRestore {
   #held: string[] = [];
   #log: (line: string) => void;
   #taken = false;
+  /** The RAM digest of the spare its RAM file is (snapshot/ram_spares.ts), or undefined for a hole. */
+  readonly ramHolds: string | undefined;
 
   private constructor(
     start: QemuStartOptions & { ramFile: string },
     log: (line: string) => void,
+    ramHolds: string | undefined,
   ) {
+    this.ramHolds = ramHolds;
     this.#ramFile = start.ramFile;
     this.#log = log;
     this.#started = QemuProcess.start({
@@ -42,17 +47,24 @@ export class EarlyRestore {
   }
 
   /**
-   * Creates `start.ramFile` (0600, `memoryMiB` MiB, all a hole; it must not
-   * exist) and starts QEMU on it with `start` as a restore would.
+   * Makes `start.ramFile` (it must not exist) — the newest of `spares` of
+   * `memoryMiB` MiB, most likely the entry the lookup will find, or else a
+   * new file (0600, all a hole) — and starts QEMU on it with `start` as a
+   * restore would.
    */
   static begin(
     start: QemuStartOptions & { ramFile: string },
     memoryMiB: number,
     log: (line: string) => void,
+    spares?: RamSpares,
   ): EarlyRestore {
-    Deno.writeFileSync(start.ramFile, new Uint8Array(0), { createNew: true, mode: 0o600 });
-    Deno.truncateSync(start.ramFile, memoryMiB * 1024 * 1024);
-    return new EarlyRestore(start, log);
+    const bytes = memoryMiB * 1024 * 1024;
+    const holds = spares?.claim(bytes, start.ramFile) ?? undefined;
+    if (holds === undefined) {
+      Deno.writeFileSync(start.ramFile, new Uint8Array(0), { createNew: true, mode: 0o600 });
+      Deno.truncateSync(start.ramFile, bytes);
+    }
+    return new EarlyRestore(start, log, holds);
   }
 
   /** The starting QEMU for `restoreQemu` (which owns it from then on), once; logs its timeline. */

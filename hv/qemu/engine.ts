@@ -17,6 +17,7 @@
 import { dirname } from "node:path";
 import { randomSnapshotKey, SnapshotCache } from "../../snapshot/cache.ts";
 import { bootCached } from "../../snapshot/boot_cached.ts";
+import { RamSpares } from "../../snapshot/ram_spares.ts";
 import { type QemuEntry, readQemuEntry } from "../../snapshot/qemu_entry.ts";
 import { type ExitStatus, GUEST_PATH, type VmConfig } from "../config.ts";
 import { ConfigError, SkiffError, VmError } from "../errors.ts";
@@ -140,6 +141,7 @@ export class QemuEngine implements Engine {
     const mark = (event: string) => timeline(log, event);
     mark("qemu engine starting");
     QemuRamDir.sweep();
+    RamSpares.sweep();
     const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
     const image = qemuKernelImage(kernel);
     if (!Number.isInteger(config.memoryMiB) || config.memoryMiB < 64) {
@@ -153,11 +155,14 @@ export class QemuEngine implements Engine {
     let capture: QemuCapture | null = null;
     // A restore's QEMU started before the cache lookup (hv/qemu/early_restore.ts).
     let earlyRestore: EarlyRestore | null = null;
+    // The spare RAM copy for the next restore, once this VM's session is ready.
+    let replenishing: Promise<void> | null = null;
     const release = async () => {
       await earlyRestore?.drop();
       if (vm) await vm.stop(1000).catch(() => {});
       // The entry is written from the RAM dir's staging: let it finish first.
       await capture?.published.catch((e) => warn(`snapshot not saved: ${(e as Error).message}`));
+      await replenishing;
       ram.remove();
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     };
@@ -186,12 +191,20 @@ export class QemuEngine implements Engine {
         const { machine: _m, incoming: _i, ...start } = launch(placeholder);
         return start;
       };
+      // Spare RAM copies of this cache's entries (snapshot/ram_spares.ts).
+      let spares: RamSpares | undefined;
       if (useCache) {
+        try {
+          spares = new RamSpares((this.#opts.cache ?? new SnapshotCache(undefined, { warn })).root);
+        } catch {
+          // no cache location: the lookup below says so
+        }
         await Deno.writeFile(placeholder, new Uint8Array(0));
         earlyRestore = EarlyRestore.begin(
           { ...restoreStart(), ramFile: ram.ramFile },
           config.memoryMiB,
           log,
+          spares,
         );
       }
       // The session's modules (FUSE server, vhost-user, devices, agent client:
@@ -230,15 +243,30 @@ export class QemuEngine implements Engine {
         consoleWatch = new ConsoleWatch(p.console!, config.verbose ? mirrorToStderr : undefined);
         return consoleWatch;
       };
+      // The cache entry whose RAM the next restore will want: the one restored or captured.
+      let entryOfRam: () => Promise<QemuEntry | null> = () => Promise.resolve(null);
       const restore = async (entry: QemuEntry) => {
         // QEMU reads the initrd only at a cold boot: a restore needs a file, not the image.
+        const ramHolds = earlyRestore?.ramHolds;
         const started = earlyRestore?.take();
         if (!started) await Deno.writeFile(placeholder, new Uint8Array(0));
-        const p = await restoreQemu(entry, { ...restoreStart(), signal: o.signal, started });
+        const p = await restoreQemu(entry, {
+          ...restoreStart(),
+          signal: o.signal,
+          started,
+          ramHolds: started ? ramHolds : undefined,
+        });
         vm = p;
         watch(p);
         log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
-        log(`qemu: restored snapshot ${entry.dir}`);
+        log(
+          `qemu: restored snapshot ${entry.dir} (RAM ${
+            started && ramHolds === entry.manifest.ram.digest
+              ? "from a spare copy"
+              : `copied${ramHolds ? ", the spare was another entry's" : ""}`
+          })`,
+        );
+        if (!from) entryOfRam = () => Promise.resolve(entry);
         mark("snapshot restored (paused)");
         return p;
       };
@@ -271,7 +299,9 @@ export class QemuEngine implements Engine {
             return p;
           },
           capture: async (p, entryDir) => {
-            capture = await captureQemu(p, entryDir, { source, signal: o.signal });
+            const c = capture = await captureQemu(p, entryDir, { source, signal: o.signal });
+            entryOfRam = async () =>
+              (await c.published) === "published" ? readQemuEntry(entryDir) : null;
             log(`qemu: captured the booted guest (paused ${Math.round(capture.pausedMs)} ms)`);
           },
         });
@@ -296,6 +326,16 @@ export class QemuEngine implements Engine {
       };
       log(`qemu: ready for commands after ${Math.round(origin.readyMs)} ms`);
       mark("session ready (devices plugged, agent set up)");
+      // Made now, beside the command rather than before the guest runs: a
+      // restore that copies its RAM waits for the copy (hv/qemu/persist.ts).
+      if (spares) {
+        const into = spares;
+        replenishing = entryOfRam().then(async (entry) => {
+          if (!entry) return;
+          await into.replenish(entry.ramPath, entry.manifest.ram.digest);
+          log(`qemu: spare RAM copy of ${entry.dir} ready in ${into.dir}`);
+        }).catch((e) => log(`qemu: no spare RAM copy: ${(e as Error).message ?? e}`));
+      }
       let stopping: Promise<void> | null = null;
       const stop = () =>
         stopping ??= (async () => {

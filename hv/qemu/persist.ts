@@ -186,10 +186,16 @@ export type RestoreQemuOptions = Omit<QemuStartOptions, "incoming" | "machine"> 
   ramFile: string;
   /**
    * A QEMU already starting with these options (q35, incoming) on `ramFile`,
-   * which exists at the entry's RAM size, all a hole (hv/qemu/early_restore.ts).
-   * Owned by this call from here: stopped on failure.
+   * which exists at the entry's RAM size, all a hole (hv/qemu/early_restore.ts)
+   * unless `ramHolds` says otherwise. Owned by this call from here: stopped on failure.
    */
   started?: Promise<QemuProcess>;
+  /**
+   * With `started`: `ramFile` is a spare copy of the RAM whose digest this is
+   * (snapshot/ram_spares.ts). When it is the entry's RAM digest nothing is
+   * copied; otherwise its data is dropped and the entry's copied in.
+   */
+  ramHolds?: string;
   /** Aborts waiting for the load. */
   signal?: AbortSignal;
   /** Bound on the load (default 60 s; it takes ~10 ms: this only catches hangs). */
@@ -218,7 +224,7 @@ function firstDifference(a: readonly string[], b: readonly string[]): string {
 /**
  * Starts a new QEMU from qemu entry `entry` (a directory, or one already
  * read with `readQemuEntry`) and loads it: RAM copied sparse into
- * `o.ramFile`, QEMU started `-incoming defer -S` with the capture's
+ * `o.ramFile` (unless it is a spare of it already, `o.ramHolds`), QEMU started `-incoming defer -S` with the capture's
  * capabilities, `migrate-incoming`, `completed` checked. Resolves to the
  * QEMU, paused where the capture paused it; the caller owns it and the RAM
  * file.
@@ -233,7 +239,7 @@ export async function restoreQemu(
   entry: string | QemuEntry,
   o: RestoreQemuOptions,
 ): Promise<QemuProcess> {
-  const { signal, timeoutMs, timings, started, ...start } = o;
+  const { signal, timeoutMs, timings, started, ramHolds, ...start } = o;
   // A failure before the copy: the early QEMU and its (empty) RAM file go.
   const abandon = () => started ? discardEarly(started, o.ramFile) : Promise.resolve();
   let e: QemuEntry;
@@ -271,9 +277,16 @@ export async function restoreQemu(
     });
   // The RAM file exists at its size when this returns; its data moves while
   // QEMU starts (QEMU maps it but reads none of it before the incoming load).
+  // A spare of this entry's RAM needs no copy (same digest, same bytes).
+  const holds = started ? ramHolds : undefined;
   let copying: Promise<unknown>;
   try {
-    copying = copySparseInBackground(e.ramPath, o.ramFile, { existing: started !== undefined });
+    copying = holds === e.manifest.ram.digest
+      ? Promise.resolve()
+      : copySparseInBackground(e.ramPath, o.ramFile, {
+        existing: started !== undefined,
+        reset: holds !== undefined,
+      });
   } catch (err) {
     await abandon();
     throw copyFailed(err);

@@ -16,6 +16,7 @@ import { fileURLToPath } from "node:url";
 import { linkKernelCache, testKernel } from "./testing.ts";
 import { missing } from "../../tests/requirements.ts";
 import { median } from "../../tests/bench_util.ts";
+import { RamSpares } from "../../snapshot/ram_spares.ts";
 
 const MAIN = fileURLToPath(new URL("../../main.ts", import.meta.url));
 /** Interleaved rounds of each (a single run of either varies by tens of ms here). */
@@ -80,6 +81,7 @@ export async function bench(): Promise<string[]> {
     return await run(cache);
   } finally {
     await Deno.remove(cache, { recursive: true });
+    RamSpares.sweep(); // the spare RAM copies of that cache
   }
 }
 

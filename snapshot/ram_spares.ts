@@ -1,0 +1,216 @@
+/**
+ * Spare copies of qemu-engine cache entries' guest RAM, made ahead on tmpfs,
+ * so that a cache hit takes a ready file instead of copying one.
+ *
+ * A restore cannot map the cached `ram` file itself: guest RAM must be a
+ * shared mapping that the vhost-user back-ends map too, and the guest's
+ * writes must not reach the cache (hv/qemu/persist.ts says why a
+ * copy-on-write mapping does not work). So each restore needs a private
+ * tmpfs copy of the entry's data (~66 MB for the default guest), and making
+ * it was the last thing a hit waited for before the guest could run. A
+ * running VM instead makes a spare for the next restore once its session is
+ * ready (hv/qemu/engine.ts), and the next restore claims it with one
+ * `rename(2)`.
+ *
+ * Layout: `<shm>/skiff-spare-<hash of the cache root>/` (0700) holds `root`
+ * (the cache root's path, so a sweep can tell when the cache is gone) and
+ * `<ram digest hex>.ram` files, each a complete sparse copy of an entry's
+ * `ram` whose manifest names that digest. A copy is written as
+ * `.tmp-<pid>-…` and renamed into place only when complete, so a name is a
+ * promise about the content. At most {@link MAX_SPARES} are kept per cache;
+ * `SnapshotCache.clear()` (`skiff snapshot clear`) removes them all, and
+ * {@link RamSpares.sweep} removes those of caches that no longer exist and
+ * the temporary files of killed processes.
+ *
+ * @module
+ */
+
+import { createHash } from "node:crypto";
+import { join, resolve } from "node:path";
+import { copySparseInBackground } from "./sparse_copy.ts";
+
+/** Spares kept per cache: the entries a user alternates between, bounded (each holds its entry's data bytes of tmpfs). */
+export const MAX_SPARES = 2;
+
+const DIR_PREFIX = "skiff-spare-";
+const TMP_PREFIX = ".tmp-";
+const SUFFIX = ".ram";
+const DIGEST_RE = /^sha256:([0-9a-f]{64})$/;
+
+/** The spares of one snapshot cache. */
+export class RamSpares {
+  /** The spare directory on tmpfs. */
+  readonly dir: string;
+  /** The cache root it belongs to (absolute). */
+  readonly cacheRoot: string;
+
+  /** `shmRoot`: the tmpfs the VMs' RAM files live on (it must be the same file system: a spare is claimed by rename). */
+  constructor(cacheRoot: string, shmRoot = "/dev/shm") {
+    this.cacheRoot = resolve(cacheRoot);
+    const tag = createHash("sha256").update(this.cacheRoot).digest("hex").slice(0, 16);
+    this.dir = join(shmRoot, `${DIR_PREFIX}${tag}`);
+  }
+
+  /**
+   * Moves the newest spare of exactly `size` bytes to `target` (which must
+   * not exist; same file system) and returns the RAM digest it holds
+   * (`sha256:…`), or null when there is none. Another process claiming at
+   * the same time gets a different spare or none.
+   */
+  claim(size: number, target: string): string | null {
+    const candidates: { name: string; mtime: number }[] = [];
+    for (const name of this.#names()) {
+      if (!name.endsWith(SUFFIX) || name.startsWith(".")) continue;
+      try {
+        const st = Deno.statSync(join(this.dir, name));
+        if (st.isFile && st.size === size) {
+          candidates.push({ name, mtime: st.mtime?.getTime() ?? 0 });
+        }
+      } catch {
+        // claimed meanwhile
+      }
+    }
+    candidates.sort((a, b) => b.mtime - a.mtime);
+    for (const { name } of candidates) {
+      try {
+        Deno.renameSync(join(this.dir, name), target);
+      } catch {
+        continue; // another restore was first
+      }
+      return `sha256:${name.slice(0, -SUFFIX.length)}`;
+    }
+    return null;
+  }
+
+  /**
+   * Makes a spare of an entry's `ram` file (`digest` as its manifest gives
+   * it) unless one is there already; then keeps the newest
+   * {@link MAX_SPARES}. The copy runs on the thread pool; the promise
+   * settles when it is in place (or rejects: nothing is left behind).
+   */
+  async replenish(ramPath: string, digest: string): Promise<void> {
+    const m = DIGEST_RE.exec(digest);
+    if (!m) throw new RangeError(`not a RAM digest: ${JSON.stringify(digest)}`);
+    const final = join(this.dir, `${m[1]}${SUFFIX}`);
+    try {
+      Deno.statSync(final);
+      return; // one is ready
+    } catch {
+      // none yet
+    }
+    this.#ensureDir();
+    const tmp = join(
+      this.dir,
+      `${TMP_PREFIX}${Deno.pid}-${crypto.randomUUID().slice(0, 8)}${SUFFIX}`,
+    );
+    await copySparseInBackground(ramPath, tmp); // removes tmp if it fails
+    try {
+      Deno.renameSync(tmp, final);
+    } catch (e) {
+      Deno.removeSync(tmp);
+      throw e;
+    }
+    this.#prune();
+  }
+
+  /** Removes every spare of this cache; returns how many there were. */
+  clear(): number {
+    const n = this.#names().filter((name) => name.endsWith(SUFFIX) && !name.startsWith(".")).length;
+    try {
+      Deno.removeSync(this.dir, { recursive: true });
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+    return n;
+  }
+
+  /**
+   * Under `shmRoot`: removes the spare directories whose cache root is gone
+   * (or unrecorded) and, in the others, temporary copies whose process is
+   * gone (a skiff killed mid-copy). Returns the paths removed.
+   */
+  static sweep(shmRoot = "/dev/shm"): string[] {
+    const removed: string[] = [];
+    for (const dir of listNames(shmRoot)) {
+      if (!dir.startsWith(DIR_PREFIX)) continue;
+      const path = join(shmRoot, dir);
+      let root: string | null = null;
+      try {
+        root = Deno.readTextFileSync(join(path, "root"));
+        Deno.statSync(root);
+      } catch {
+        root = null;
+      }
+      if (root === null) {
+        if (removeQuietly(path, true)) removed.push(path);
+        continue;
+      }
+      for (const name of listNames(path)) {
+        const pid = new RegExp(`^\\${TMP_PREFIX}(\\d+)-`).exec(name)?.[1];
+        if (pid === undefined || processExists(pid)) continue;
+        if (removeQuietly(join(path, name))) removed.push(join(path, name));
+      }
+    }
+    return removed;
+  }
+
+  #names(): string[] {
+    return listNames(this.dir);
+  }
+
+  #ensureDir(): void {
+    Deno.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    Deno.chmodSync(this.dir, 0o700);
+    const rootFile = join(this.dir, "root");
+    try {
+      if (Deno.readTextFileSync(rootFile) === this.cacheRoot) return;
+    } catch {
+      // not written yet
+    }
+    const tmp = join(this.dir, `${TMP_PREFIX}${Deno.pid}-root`);
+    Deno.writeTextFileSync(tmp, this.cacheRoot, { mode: 0o600 });
+    Deno.renameSync(tmp, rootFile);
+  }
+
+  /** Keeps the newest {@link MAX_SPARES} spares. */
+  #prune(): void {
+    const spares: { path: string; mtime: number }[] = [];
+    for (const name of this.#names()) {
+      if (!name.endsWith(SUFFIX) || name.startsWith(".")) continue;
+      const path = join(this.dir, name);
+      try {
+        spares.push({ path, mtime: Deno.statSync(path).mtime?.getTime() ?? 0 });
+      } catch {
+        // claimed meanwhile
+      }
+    }
+    spares.sort((a, b) => b.mtime - a.mtime);
+    for (const { path } of spares.slice(MAX_SPARES)) removeQuietly(path);
+  }
+}
+
+function listNames(dir: string): string[] {
+  try {
+    return [...Deno.readDirSync(dir)].map((e) => e.name);
+  } catch {
+    return [];
+  }
+}
+
+function processExists(pid: string): boolean {
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function removeQuietly(path: string, recursive = false): boolean {
+  try {
+    Deno.removeSync(path, { recursive });
+    return true;
+  } catch {
+    return false; // gone already, or not ours
+  }
+}
