@@ -25,8 +25,8 @@
  * @module
  */
 
-import { createHash } from "node:crypto";
 import { join, resolve } from "node:path";
+import { sha256Hex } from "./codec.ts";
 import { copySparseInBackground } from "./sparse_copy.ts";
 
 /** Spares kept per cache: the entries a user alternates between, bounded (each holds its entry's data bytes of tmpfs). */
@@ -47,7 +47,8 @@ export class RamSpares {
   /** `shmRoot`: the tmpfs the VMs' RAM files live on (it must be the same file system: a spare is claimed by rename). */
   constructor(cacheRoot: string, shmRoot = "/dev/shm") {
     this.cacheRoot = resolve(cacheRoot);
-    const tag = createHash("sha256").update(this.cacheRoot).digest("hex").slice(0, 16);
+    // skiff's own SHA-256: node:crypto is not loaded on a cache hit (codec.ts).
+    const tag = sha256Hex(this.cacheRoot).slice(0, 16);
     this.dir = join(shmRoot, `${DIR_PREFIX}${tag}`);
   }
 
