@@ -12,12 +12,14 @@
  * ready (hv/qemu/engine.ts), and the next restore claims it with one
  * `rename(2)`.
  *
- * Layout: `<shm>/skiff-spare-<hash of the cache root>/` (0700) holds `root`
+ * Layout: `<shm>/skiff-spare-<uid>-<hash of the cache root>/` (0700) holds `root`
  * (the cache root's path, so a sweep can tell when the cache is gone) and
  * `<ram digest hex>.ram` files, each a complete sparse copy of an entry's
  * `ram` whose manifest names that digest. A copy is written as
  * `.tmp-<pid>-…` and renamed into place only when complete, so a name is a
- * promise about the content. At most {@link MAX_SPARES} are kept per cache;
+ * promise about the content — which is why a directory that is not this
+ * user's own and private (another user can create names in a shared
+ * /dev/shm) is never taken from. At most {@link MAX_SPARES} are kept per cache;
  * `SnapshotCache.clear()` (`skiff snapshot clear`) removes them all, and
  * {@link RamSpares.sweep} removes those of caches that no longer exist and
  * the temporary files of killed processes.
@@ -49,7 +51,7 @@ export class RamSpares {
     this.cacheRoot = resolve(cacheRoot);
     // skiff's own SHA-256: node:crypto is not loaded on a cache hit (codec.ts).
     const tag = sha256Hex(this.cacheRoot).slice(0, 16);
-    this.dir = join(shmRoot, `${DIR_PREFIX}${tag}`);
+    this.dir = join(shmRoot, `${DIR_PREFIX}${Deno.uid() ?? 0}-${tag}`);
   }
 
   /**
@@ -59,6 +61,7 @@ export class RamSpares {
    * the same time gets a different spare or none.
    */
   claim(size: number, target: string): string | null {
+    if (!this.#private()) return null;
     const candidates: { name: string; mtime: number }[] = [];
     for (const name of this.#names()) {
       if (!name.endsWith(SUFFIX) || name.startsWith(".")) continue;
@@ -100,6 +103,9 @@ export class RamSpares {
       // none yet
     }
     this.#ensureDir();
+    if (!this.#private()) {
+      throw new Error(`${this.dir} is not a private directory of this user; no spare made`);
+    }
     const tmp = join(
       this.dir,
       `${TMP_PREFIX}${Deno.pid}-${crypto.randomUUID().slice(0, 8)}${SUFFIX}`,
@@ -126,14 +132,15 @@ export class RamSpares {
   }
 
   /**
-   * Under `shmRoot`: removes the spare directories whose cache root is gone
+   * Under `shmRoot`: removes this user's spare directories whose cache root is gone
    * (or unrecorded) and, in the others, temporary copies whose process is
    * gone (a skiff killed mid-copy). Returns the paths removed.
    */
   static sweep(shmRoot = "/dev/shm"): string[] {
     const removed: string[] = [];
+    const mine = `${DIR_PREFIX}${Deno.uid() ?? 0}-`;
     for (const dir of listNames(shmRoot)) {
-      if (!dir.startsWith(DIR_PREFIX)) continue;
+      if (!dir.startsWith(mine)) continue;
       const path = join(shmRoot, dir);
       let root: string | null = null;
       try {
@@ -155,13 +162,26 @@ export class RamSpares {
     return removed;
   }
 
+  /** The directory is a real one (no symlink), this user's, and closed to others. */
+  #private(): boolean {
+    try {
+      const st = Deno.lstatSync(this.dir);
+      return st.isDirectory && st.uid === Deno.uid() && ((st.mode ?? 0) & 0o077) === 0;
+    } catch {
+      return false;
+    }
+  }
+
   #names(): string[] {
     return listNames(this.dir);
   }
 
   #ensureDir(): void {
-    Deno.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    Deno.chmodSync(this.dir, 0o700);
+    try {
+      Deno.mkdirSync(this.dir, { mode: 0o700 });
+    } catch (e) {
+      if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+    }
     const rootFile = join(this.dir, "root");
     try {
       if (Deno.readTextFileSync(rootFile) === this.cacheRoot) return;

@@ -111,3 +111,21 @@ Deno.test("SnapshotCache.clear removes the cache's spare RAM copies", () =>
       spares.clear();
     }
   }));
+
+Deno.test("RamSpares: a spare directory open to others, or a symlink, is never taken from", () =>
+  withRoots(async (shm, cacheRoot) => {
+    const spares = new RamSpares(cacheRoot, shm);
+    await spares.replenish(ramFile(join(cacheRoot, "ram"), 1), digest("a"));
+    // As if another user had made it first: a name anyone could have created in /dev/shm.
+    Deno.chmodSync(spares.dir, 0o777);
+    strictEqual(spares.claim(SIZE, join(shm, "ram")), null);
+    await rejects(spares.replenish(join(cacheRoot, "ram"), digest("b")), /not a private directory/);
+    Deno.chmodSync(spares.dir, 0o700);
+    const real = `${spares.dir}-real`;
+    Deno.renameSync(spares.dir, real);
+    Deno.symlinkSync(real, spares.dir);
+    strictEqual(spares.claim(SIZE, join(shm, "ram")), null);
+    Deno.removeSync(spares.dir);
+    Deno.renameSync(real, spares.dir);
+    strictEqual(spares.claim(SIZE, join(shm, "ram")), digest("a"));
+  }));
