@@ -12,7 +12,9 @@
  * - {@link restoreQemu}: a sparse copy of the cached RAM into a fresh tmpfs
  *   file (the cached file is never mapped: a `share=off` copy-on-write
  *   mapping restores, but a hot-plugged vhost-user back-end then maps the
- *   file rather than the guest's pages and silently never works), running
+ *   file rather than the guest's pages and silently never works), or none
+ *   when the file is a spare copy of that RAM made ahead
+ *   (snapshot/ram_spares.ts, `ramHolds`); the copy runs
  *   while QEMU starts `-incoming defer -S` and loads the device state (the
  *   same capabilities, `migrate-incoming` from a Unix socket, a check that
  *   it `completed`); it returns once both are done. The guest stays paused:
