@@ -14,10 +14,10 @@
  *   mapping restores, but a hot-plugged vhost-user back-end then maps the
  *   file rather than the guest's pages and silently never works), or none
  *   when the file is a spare copy of that RAM made ahead
- *   (snapshot/ram_spares.ts, `ramHolds`); the copy runs
- *   while QEMU starts `-incoming defer -S` and loads the device state (the
+ *   (snapshot/ram_spares.ts, `ramHolds`); the copy runs while QEMU starts
+ *   `-incoming defer -S`, and the device state loads once it is done (the
  *   same capabilities, `migrate-incoming` from a Unix socket, a check that
- *   it `completed`); it returns once both are done. The guest stays paused:
+ *   it `completed`: a device's post-load may read guest RAM). The guest stays paused:
  *   the caller hot-plugs its devices (hv/qemu/hotplug.ts) and then sends
  *   `cont`.
  *
@@ -204,8 +204,8 @@ export type RestoreQemuOptions = Omit<QemuStartOptions, "incoming" | "machine"> 
   timeoutMs?: number;
   /**
    * Filled with the milliseconds of each step, for benchmarks: `start` (QEMU
-   * up, the RAM copy running beside it), `load` (the device state, the copy
-   * still running), `copy` (what the copy took beyond both).
+   * up, the RAM copy running beside it), `copy` (what the copy took beyond
+   * QEMU's start), `load` (the device state).
    */
   timings?: Record<string, number>;
 };
@@ -226,8 +226,9 @@ function firstDifference(a: readonly string[], b: readonly string[]): string {
 /**
  * Starts a new QEMU from qemu entry `entry` (a directory, or one already
  * read with `readQemuEntry`) and loads it: RAM copied sparse into
- * `o.ramFile` (unless it is a spare of it already, `o.ramHolds`), QEMU started `-incoming defer -S` with the capture's
- * capabilities, `migrate-incoming`, `completed` checked. Resolves to the
+ * `o.ramFile` (unless it holds a spare of that RAM already, `o.ramHolds`),
+ * QEMU started `-incoming defer -S` with the capture's capabilities,
+ * `migrate-incoming`, `completed` checked. Resolves to the
  * QEMU, paused where the capture paused it; the caller owns it and the RAM
  * file.
  *
@@ -298,11 +299,6 @@ export async function restoreQemu(
   try {
     vm = await (started ?? QemuProcess.start({ ...start, machine: "q35", incoming: true }));
     step("start");
-    // The device state loads while the RAM copy goes on: with x-ignore-shared
-    // the stream carries no guest RAM, and the state of this machine (q35
-    // chipset, CPU, serial; no virtio or other DMA device at a capture)
-    // neither reads nor writes guest memory as it loads. The guest runs only
-    // after `cont`, which comes after this returns, after the copy.
     const version = versionString(vm.version);
     if (version !== e.manifest.qemuVersion) {
       throw new SnapshotError(
@@ -312,6 +308,16 @@ export async function restoreQemu(
       );
     }
     await vm.qmp.setMigrationCapabilities(MIGRATION_CAPABILITIES);
+    // The RAM must be complete before the device state loads: with
+    // x-ignore-shared the stream carries no guest RAM, but a device's
+    // post-load may read it — the TPR-patching `kvm-tpr-opt` (kvmvapic)
+    // reads its option ROM in guest RAM below 1 MiB, and failed the load
+    // ("Operation not permitted") under load when the copy had not written
+    // it yet, as the two once overlapped.
+    await copying.catch((err) => {
+      throw copyFailed(err);
+    });
+    step("copy"); // what the copy took beyond QEMU's start
     // The devices' back-ends map this file when they start (SET_MEM_TABLE),
     // and the view of it starts a GC (file_mapping.ts): mapped while QEMU
     // loads the state (the mapping itself takes ~3 ms here, which no longer
@@ -352,10 +358,6 @@ export async function restoreQemu(
       );
     }
     step("load");
-    await copying.catch((err) => {
-      throw copyFailed(err);
-    });
-    step("copy"); // what the copy took beyond QEMU's start and the load
     return vm;
   } catch (err) {
     await copying.catch(() => {}); // never leave the copy writing into a removed file
