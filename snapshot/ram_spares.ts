@@ -27,7 +27,7 @@
  * @module
  */
 
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { sha256Hex } from "./codec.ts";
 import { copySparseInBackground } from "./sparse_copy.ts";
 
@@ -35,6 +35,8 @@ import { copySparseInBackground } from "./sparse_copy.ts";
 export const MAX_SPARES = 2;
 
 const DIR_PREFIX = "skiff-spare-";
+/** Where a spare directory is made before it is renamed into place: `skiff-sparetmp-<uid>-<pid>-…`. */
+const TMP_DIR_PREFIX = "skiff-sparetmp-";
 const TMP_PREFIX = ".tmp-";
 const SUFFIX = ".ram";
 const DIGEST_RE = /^sha256:([0-9a-f]{64})$/;
@@ -132,14 +134,21 @@ export class RamSpares {
   }
 
   /**
-   * Under `shmRoot`: removes this user's spare directories whose cache root is gone
-   * (or unrecorded) and, in the others, temporary copies whose process is
-   * gone (a skiff killed mid-copy). Returns the paths removed.
+   * Under `shmRoot`: removes this user's spare directories whose cache root
+   * is gone (or unrecorded), directories half made by a process that is
+   * gone, and, in the others, temporary copies whose process is gone (a
+   * skiff killed mid-copy). Returns the paths removed.
    */
   static sweep(shmRoot = "/dev/shm"): string[] {
     const removed: string[] = [];
     const mine = `${DIR_PREFIX}${Deno.uid() ?? 0}-`;
+    const making = new RegExp(`^${TMP_DIR_PREFIX}${Deno.uid() ?? 0}-(\\d+)-`);
     for (const dir of listNames(shmRoot)) {
+      const maker = making.exec(dir)?.[1];
+      if (maker !== undefined && !processExists(maker)) {
+        if (removeQuietly(join(shmRoot, dir), true)) removed.push(join(shmRoot, dir));
+        continue;
+      }
       if (!dir.startsWith(mine)) continue;
       const path = join(shmRoot, dir);
       let root: string | null = null;
@@ -176,21 +185,28 @@ export class RamSpares {
     return listNames(this.dir);
   }
 
+  /**
+   * Creates the directory with its `root` file in one step (made aside and
+   * renamed into place): a sweep in another process removes a spare
+   * directory without `root`, and must never see a new one half made.
+   */
   #ensureDir(): void {
     try {
-      Deno.mkdirSync(this.dir, { mode: 0o700 });
-    } catch (e) {
-      if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
-    }
-    const rootFile = join(this.dir, "root");
-    try {
-      if (Deno.readTextFileSync(rootFile) === this.cacheRoot) return;
+      if (Deno.readTextFileSync(join(this.dir, "root")) === this.cacheRoot) return;
     } catch {
-      // not written yet
+      // not made yet
     }
-    const tmp = join(this.dir, `${TMP_PREFIX}${Deno.pid}-root`);
-    Deno.writeTextFileSync(tmp, this.cacheRoot, { mode: 0o600 });
-    Deno.renameSync(tmp, rootFile);
+    const parent = dirname(this.dir);
+    const tmp = Deno.makeTempDirSync({
+      dir: parent,
+      prefix: `${TMP_DIR_PREFIX}${Deno.uid() ?? 0}-${Deno.pid}-`,
+    }); // 0700
+    try {
+      Deno.writeTextFileSync(join(tmp, "root"), this.cacheRoot, { mode: 0o600 });
+      Deno.renameSync(tmp, this.dir);
+    } catch {
+      Deno.removeSync(tmp, { recursive: true }); // another process made it first
+    }
   }
 
   /** Keeps the newest {@link MAX_SPARES} spares. */

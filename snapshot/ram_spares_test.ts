@@ -94,7 +94,13 @@ Deno.test("RamSpares.sweep removes the spares of a cache that is gone and copies
     const live = join(kept.dir, `.tmp-${Deno.pid}-live.ram`);
     Deno.writeFileSync(dead, new Uint8Array(1));
     Deno.writeFileSync(live, new Uint8Array(1));
-    deepStrictEqual(RamSpares.sweep(shm).sort(), [gone.dir, dead].sort());
+    // a spare directory being made by a process that died, and one by this process
+    const halfMade = join(shm, `skiff-sparetmp-${Deno.uid()}-4194305-x`);
+    const making = join(shm, `skiff-sparetmp-${Deno.uid()}-${Deno.pid}-x`);
+    Deno.mkdirSync(halfMade);
+    Deno.mkdirSync(making);
+    deepStrictEqual(RamSpares.sweep(shm).sort(), [gone.dir, dead, halfMade].sort());
+    ok(Deno.statSync(making).isDirectory);
     deepStrictEqual(spareNames(kept), [`.tmp-${Deno.pid}-live.ram`, `${"a".repeat(64)}.ram`]);
   }));
 
