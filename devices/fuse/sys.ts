@@ -67,6 +67,8 @@ const SYMBOLS = {
   setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" },
+  /** Gives the CPU to another runnable thread on it, if any (the reply spin). */
+  sched_yield: { parameters: [], result: "i32" },
   pipe2: { parameters: ["buffer", "i32"], result: "i32" },
   /** splice(fd_in, off_in, fd_out, off_out, len, flags); a null offset is the fd's own. */
   splice: { parameters: ["i32", "buffer", "i32", "buffer", "usize", "u32"], result: "isize" },
