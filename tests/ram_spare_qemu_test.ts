@@ -10,45 +10,10 @@
 
 import { deepStrictEqual, match, strictEqual } from "node:assert/strict";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { linkKernelCache } from "../hv/qemu/testing.ts";
 import { RamSpares } from "../snapshot/ram_spares.ts";
 import { hostTest } from "./requirements.ts";
-
-const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
-/** A bound that only catches a hang (a cold boot under TCG takes seconds). */
-const HANG_MS = 180_000;
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function skiff(args: string[], cache: string): Promise<Run> {
-  const tmp = await Deno.makeTempDir({ prefix: "skiff-sparetest-tmp-" });
-  try {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", MAIN, ...args],
-      env: { TMPDIR: tmp, XDG_CACHE_HOME: cache },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const timer = setTimeout(() => child.kill("SIGKILL"), HANG_MS);
-    const out = await child.output();
-    clearTimeout(timer);
-    const td = new TextDecoder();
-    const r = { code: out.code, stdout: td.decode(out.stdout), stderr: td.decode(out.stderr) };
-    if (out.signal === "SIGKILL") {
-      throw new Error(`skiff ${args.join(" ")} did not end: ${r.stderr}`);
-    }
-    deepStrictEqual([...Deno.readDirSync(tmp)].map((e) => e.name), [], `leftovers after ${args}`);
-    return r;
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
-}
+import { runSkiff as skiff } from "./skiff_process.ts";
 
 function spares(s: RamSpares): string[] {
   try {

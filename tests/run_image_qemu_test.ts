@@ -8,48 +8,16 @@
  */
 
 import { deepStrictEqual, match, strictEqual } from "node:assert/strict";
-import { fileURLToPath } from "node:url";
 import { linkKernelCache, testKernel } from "../hv/qemu/testing.ts";
 import { buildTestImage, imageTest, TEST_IMAGE, toDockerArchive } from "../image/testing/images.ts";
 import { prepareImage } from "../image/run.ts";
 import { ImageStore } from "../image/store.ts";
 import { VirtualMachine } from "../hv/library/virtual_machine.ts";
 import { RamSpares } from "../snapshot/ram_spares.ts";
+import { runSkiff as skiff } from "./skiff_process.ts";
 
-const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
 const kernel = await testKernel();
 const kernelMissing = typeof kernel === "string" ? kernel : null;
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function skiff(args: string[], cache: string, deadlineMs = 180_000): Promise<Run> {
-  const tmp = await Deno.makeTempDir({ prefix: "skiff-imgrun-" });
-  try {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", MAIN, ...args],
-      env: { TMPDIR: tmp, XDG_CACHE_HOME: cache },
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const timer = setTimeout(() => child.kill("SIGKILL"), deadlineMs);
-    const out = await child.output();
-    clearTimeout(timer);
-    const td = new TextDecoder();
-    const r = { code: out.code, stdout: td.decode(out.stdout), stderr: td.decode(out.stderr) };
-    if (out.signal === "SIGKILL") {
-      throw new Error(`skiff ${args.join(" ")} did not end: ${r.stderr}`);
-    }
-    deepStrictEqual([...Deno.readDirSync(tmp)].map((e) => e.name), [], `leftovers after ${args}`);
-    return r;
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
-}
 
 imageTest(
   "skiff run --image (qemu): os-release, whiteout and opaque dir, Env, WorkingDir, default Cmd, --user",
