@@ -13,7 +13,9 @@ import { join } from "node:path";
 import { linkKernelCache } from "../hv/qemu/testing.ts";
 import { RamSpares } from "../snapshot/ram_spares.ts";
 import { hostTest } from "./requirements.ts";
-import { runSkiff as skiff } from "./skiff_process.ts";
+import { runSkiff } from "./skiff_process.ts";
+
+const skiff = (args: string[], cache: string) => runSkiff(args, { cache });
 
 function spares(s: RamSpares): string[] {
   try {

@@ -14,7 +14,9 @@ import { prepareImage } from "../image/run.ts";
 import { ImageStore } from "../image/store.ts";
 import { VirtualMachine } from "../hv/library/virtual_machine.ts";
 import { RamSpares } from "../snapshot/ram_spares.ts";
-import { runSkiff as skiff } from "./skiff_process.ts";
+import { runSkiff } from "./skiff_process.ts";
+
+const skiff = (args: string[], cache: string) => runSkiff(args, { cache });
 
 const kernel = await testKernel();
 const kernelMissing = typeof kernel === "string" ? kernel : null;

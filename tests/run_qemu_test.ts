@@ -10,45 +10,15 @@ import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { hostTest } from "./requirements.ts";
 import { GUEST_HANG_MS } from "./waits.ts";
+import { runSkiff, type SkiffRun } from "./skiff_process.ts";
 import { assertKernel, testKernel } from "../hv/qemu/testing.ts";
 
 const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
 const kernel = await testKernel();
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs `skiff run --engine qemu ARGS` with `stdin`, a private TMPDIR, and a bound that catches a hang. */
-async function skiffRun(args: string[], stdin = "", deadlineMs = GUEST_HANG_MS): Promise<Run> {
-  const tmp = await Deno.makeTempDir({ prefix: "skiff-runtest-" });
-  try {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", MAIN, "run", "--engine", "qemu", ...args],
-      env: { TMPDIR: tmp },
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const writer = child.stdin.getWriter();
-    await writer.write(new TextEncoder().encode(stdin));
-    await writer.close();
-    const timer = setTimeout(() => child.kill("SIGKILL"), deadlineMs);
-    const out = await child.output();
-    clearTimeout(timer);
-    const td = new TextDecoder();
-    const r = { code: out.code, stdout: td.decode(out.stdout), stderr: td.decode(out.stderr) };
-    if (out.signal === "SIGKILL") {
-      throw new Error(`skiff run did not end in ${deadlineMs} ms: ${r.stderr}`);
-    }
-    // Nothing left behind: no sockets, initramfs or directories in TMPDIR.
-    deepStrictEqual([...Deno.readDirSync(tmp)].map((e) => e.name), [], `leftovers after ${args}`);
-    return r;
-  } finally {
-    await Deno.remove(tmp, { recursive: true });
-  }
+/** Runs `skiff run --engine qemu ARGS` with `stdin` (a private TMPDIR; a bound that catches a hang). */
+function skiffRun(args: string[], stdin = "", deadlineMs = GUEST_HANG_MS): Promise<SkiffRun> {
+  return runSkiff(["run", "--engine", "qemu", ...args], { stdin, deadlineMs });
 }
 
 const needs = ["qemu", "kernel"] as const;
