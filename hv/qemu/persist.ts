@@ -280,7 +280,9 @@ export async function restoreQemu(
     });
   // The RAM file exists at its size when this returns; its data moves while
   // QEMU starts (QEMU maps it but reads none of it before the incoming load).
-  // A spare of this entry's RAM needs no copy (same digest, same bytes).
+  // A spare of this entry's RAM needs no copy (same digest, same bytes): a
+  // QEMU started `-incoming` writes nothing into guest RAM before the load
+  // either (rom_reset skips ROMs while the run state is inmigrate).
   const holds = started ? ramHolds : undefined;
   let copying: Promise<unknown>;
   try {
