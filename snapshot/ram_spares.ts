@@ -29,7 +29,7 @@
 
 import { dirname, join, resolve } from "node:path";
 import { sha256Hex } from "./codec.ts";
-import { copySparseInBackground } from "./sparse_copy.ts";
+import { copySparseInBackground, removeQuietly } from "./sparse_copy.ts";
 
 /** Spares kept per cache: the entries a user alternates between, bounded (each holds its entry's data bytes of tmpfs). */
 export const MAX_SPARES = 2;
@@ -122,15 +122,13 @@ export class RamSpares {
     this.#prune();
   }
 
-  /** Removes every spare of this cache; returns how many there were. */
-  clear(): number {
-    const n = this.#names().filter((name) => name.endsWith(SUFFIX) && !name.startsWith(".")).length;
+  /** Removes every spare of this cache. */
+  clear(): void {
     try {
       Deno.removeSync(this.dir, { recursive: true });
     } catch (e) {
       if (!(e instanceof Deno.errors.NotFound)) throw e;
     }
-    return n;
   }
 
   /**
@@ -240,14 +238,5 @@ function processExists(pid: string): boolean {
     return true;
   } catch {
     return false;
-  }
-}
-
-function removeQuietly(path: string, recursive = false): boolean {
-  try {
-    Deno.removeSync(path, { recursive });
-    return true;
-  } catch {
-    return false; // gone already, or not ours
   }
 }

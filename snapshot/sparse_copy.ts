@@ -103,11 +103,13 @@ function plan(src: string, dst: string, target: Target): CopyPlan {
   }
 }
 
-function removeQuietly(path: string): void {
+/** Removes `path` (a tree with `recursive`) if it can; whether it did. */
+export function removeQuietly(path: string, recursive = false): boolean {
   try {
-    Deno.removeSync(path);
+    Deno.removeSync(path, { recursive });
+    return true;
   } catch {
-    // already gone
+    return false; // gone already, or not ours to remove
   }
 }
 

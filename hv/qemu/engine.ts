@@ -191,14 +191,20 @@ export class QemuEngine implements Engine {
         const { machine: _m, incoming: _i, ...start } = launch(placeholder);
         return start;
       };
-      // Spare RAM copies of this cache's entries (snapshot/ram_spares.ts).
-      let spares: RamSpares | undefined;
+      // The cache, once; without a location for it (no XDG_CACHE_HOME nor
+      // HOME) the key step below says so and the VM boots without it.
+      let cache: SnapshotCache | null = null;
+      let cacheMissing: unknown = null;
       if (useCache) {
         try {
-          spares = new RamSpares((this.#opts.cache ?? new SnapshotCache(undefined, { warn })).root);
-        } catch {
-          // no cache location: the lookup below says so
+          cache = this.#opts.cache ?? new SnapshotCache(undefined, { warn });
+        } catch (e) {
+          cacheMissing = e;
         }
+      }
+      // Spare RAM copies of this cache's entries (snapshot/ram_spares.ts).
+      const spares = cache ? new RamSpares(cache.root) : undefined;
+      if (cache) {
         await Deno.writeFile(placeholder, new Uint8Array(0));
         earlyRestore = EarlyRestore.begin(
           { ...restoreStart(), ramFile: ram.ramFile },
@@ -211,14 +217,13 @@ export class QemuEngine implements Engine {
       // about 80) load while QEMU starts, not before it is spawned.
       const sessionModule = import("./guest.ts");
       sessionModule.catch(() => {}); // awaited below
-      let cache: SnapshotCache | null = null;
       let key = "";
       let source: Record<string, string> = {};
       // The initramfs identity, once computed for the key: a cold boot reuses it.
       let identity: string | null | undefined;
       if (useCache) {
         try {
-          cache = this.#opts.cache ?? new SnapshotCache(undefined, { warn });
+          if (!cache) throw cacheMissing;
           const memoDir = dirname(cache.root);
           identity = await agentInitramfsIdentity(kernel, memoDir);
           const k = await qemuSnapshotKey({
