@@ -167,17 +167,17 @@ export function copySparse(src: string, dst: string): SparseCopyResult {
  * may map it at once — QEMU's `memory-backend-file` does, and reads none of
  * it before an incoming migration, which must wait for the promise. The
  * data moves by sendfile on a thread-pool thread, one call per data range.
- * `existing`: `dst` is there already at `src`'s size, all a hole (a RAM file
- * a QEMU started early has mapped), and the data is copied into it; with
- * `reset` as well it may hold other data, which is dropped first (a spare
- * RAM copy of another entry, snapshot/ram_spares.ts).
+ * `existing`: `dst` is there already at `src`'s size and the data is copied
+ * into it — `"hole"`: it is all a hole (a RAM file a QEMU started early has
+ * mapped); `"reset"`: it may hold other data, which is dropped first (a
+ * spare RAM copy of another entry, snapshot/ram_spares.ts).
  */
 export function copySparseInBackground(
   src: string,
   dst: string,
-  o: { existing?: boolean; reset?: boolean } = {},
+  o: { existing?: "hole" | "reset" } = {},
 ): Promise<SparseCopyResult> {
-  const p = plan(src, dst, o.existing ? (o.reset ? "reset" : "hole") : "create");
+  const p = plan(src, dst, o.existing ?? "create");
   const what = `${src} → ${dst}`;
   return (async () => {
     let done = false;

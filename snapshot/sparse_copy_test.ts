@@ -30,13 +30,13 @@ const COPIES: [string, Copy][] = [
     strictEqual(Deno.statSync(dst).size, Deno.statSync(src).size);
     return copying;
   }],
-  ["copySparseInBackground (existing)", (src, dst) => {
+  ["copySparseInBackground (existing hole)", (src, dst) => {
     // As the qemu engine's early QEMU has it: created at the size, a hole, 0600.
     Deno.writeFileSync(dst, new Uint8Array(0), { createNew: true, mode: 0o600 });
     Deno.truncateSync(dst, Deno.statSync(src).size);
-    return copySparseInBackground(src, dst, { existing: true });
+    return copySparseInBackground(src, dst, { existing: "hole" });
   }],
-  ["copySparseInBackground (existing, reset)", (src, dst) => {
+  ["copySparseInBackground (existing reset)", (src, dst) => {
     // A spare RAM copy of another entry (snapshot/ram_spares.ts): data where
     // the source has holes and where it has data; none of it may survive.
     Deno.writeFileSync(dst, new Uint8Array(0), { createNew: true, mode: 0o600 });
@@ -47,7 +47,7 @@ const COPIES: [string, Copy][] = [
       f.seekSync(at, Deno.SeekMode.Start);
       f.writeSync(junk);
     }
-    return copySparseInBackground(src, dst, { existing: true, reset: true });
+    return copySparseInBackground(src, dst, { existing: "reset" });
   }],
 ];
 
@@ -124,9 +124,9 @@ Deno.test("copySparseInBackground (existing): a target of another size or none i
     Deno.writeFileSync(src, new Uint8Array(8192).fill(1));
     Deno.writeFileSync(join(dir, "small"), new Uint8Array(4096));
     throws(
-      () => copySparseInBackground(src, join(dir, "small"), { existing: true }),
+      () => copySparseInBackground(src, join(dir, "small"), { existing: "hole" }),
       /8192 bytes.*4096 bytes/,
     );
-    throws(() => copySparseInBackground(src, join(dir, "none"), { existing: true }), /ENOENT/);
+    throws(() => copySparseInBackground(src, join(dir, "none"), { existing: "hole" }), /ENOENT/);
   });
 });

@@ -289,8 +289,7 @@ export async function restoreQemu(
     copying = holds === e.manifest.ram.digest
       ? Promise.resolve()
       : copySparseInBackground(e.ramPath, o.ramFile, {
-        existing: started !== undefined,
-        reset: holds !== undefined,
+        existing: started === undefined ? undefined : holds === undefined ? "hole" : "reset",
       });
   } catch (err) {
     await abandon();
