@@ -40,6 +40,8 @@ const TMP_DIR_PREFIX = "skiff-sparetmp-";
 const TMP_PREFIX = ".tmp-";
 const SUFFIX = ".ram";
 const DIGEST_RE = /^sha256:([0-9a-f]{64})$/;
+/** A temporary copy's name, with the pid of the process writing it. */
+const TMP_RE = new RegExp(`^\\${TMP_PREFIX}(\\d+)-`);
 
 /** The spares of one snapshot cache. */
 export class RamSpares {
@@ -64,26 +66,14 @@ export class RamSpares {
    */
   claim(size: number, target: string): string | null {
     if (!this.#private()) return null;
-    const candidates: { name: string; mtime: number }[] = [];
-    for (const name of this.#names()) {
-      if (!name.endsWith(SUFFIX) || name.startsWith(".")) continue;
+    for (const spare of this.#spares()) {
+      if (spare.size !== size) continue;
       try {
-        const st = Deno.statSync(join(this.dir, name));
-        if (st.isFile && st.size === size) {
-          candidates.push({ name, mtime: st.mtime?.getTime() ?? 0 });
-        }
-      } catch {
-        // claimed meanwhile
-      }
-    }
-    candidates.sort((a, b) => b.mtime - a.mtime);
-    for (const { name } of candidates) {
-      try {
-        Deno.renameSync(join(this.dir, name), target);
+        Deno.renameSync(spare.path, target);
       } catch {
         continue; // another restore was first
       }
-      return `sha256:${name.slice(0, -SUFFIX.length)}`;
+      return `sha256:${spare.name.slice(0, -SUFFIX.length)}`;
     }
     return null;
   }
@@ -161,7 +151,7 @@ export class RamSpares {
         continue;
       }
       for (const name of listNames(path)) {
-        const pid = new RegExp(`^\\${TMP_PREFIX}(\\d+)-`).exec(name)?.[1];
+        const pid = TMP_RE.exec(name)?.[1];
         if (pid === undefined || processExists(pid)) continue;
         if (removeQuietly(join(path, name))) removed.push(join(path, name));
       }
@@ -179,8 +169,20 @@ export class RamSpares {
     }
   }
 
-  #names(): string[] {
-    return listNames(this.dir);
+  /** The complete spares (files named `<digest>.ram`), newest first. */
+  #spares(): { name: string; path: string; size: number }[] {
+    const spares: { name: string; path: string; size: number; mtime: number }[] = [];
+    for (const name of listNames(this.dir)) {
+      if (!name.endsWith(SUFFIX) || name.startsWith(".")) continue;
+      const path = join(this.dir, name);
+      try {
+        const st = Deno.statSync(path);
+        if (st.isFile) spares.push({ name, path, size: st.size, mtime: st.mtime?.getTime() ?? 0 });
+      } catch {
+        // claimed meanwhile
+      }
+    }
+    return spares.sort((a, b) => b.mtime - a.mtime);
   }
 
   /**
@@ -209,18 +211,7 @@ export class RamSpares {
 
   /** Keeps the newest {@link MAX_SPARES} spares. */
   #prune(): void {
-    const spares: { path: string; mtime: number }[] = [];
-    for (const name of this.#names()) {
-      if (!name.endsWith(SUFFIX) || name.startsWith(".")) continue;
-      const path = join(this.dir, name);
-      try {
-        spares.push({ path, mtime: Deno.statSync(path).mtime?.getTime() ?? 0 });
-      } catch {
-        // claimed meanwhile
-      }
-    }
-    spares.sort((a, b) => b.mtime - a.mtime);
-    for (const { path } of spares.slice(MAX_SPARES)) removeQuietly(path);
+    for (const { path } of this.#spares().slice(MAX_SPARES)) removeQuietly(path);
   }
 }
 
