@@ -18,6 +18,13 @@
 import { Kvm, VmFd } from "../kvm_ffi/kvm.ts";
 import type { UserspaceMemoryRegion } from "../kvm_ffi/structs.ts";
 import { KVM_PIT_SPEAKER_DUMMY } from "../kvm_ffi/kvm_sys.ts";
+import {
+  closePrepared,
+  memorySlots,
+  type PreparedVm,
+  regionSlot,
+  sameSlots,
+} from "./prepared_vm.ts";
 import { type Bus, type BusDevice, mmioBus, portBus } from "./bus.ts";
 import type { DeviceSpec } from "./device.ts";
 import { VmExitError } from "./errors.ts";
@@ -131,12 +138,37 @@ export class Vm implements AsyncDisposable {
     }
   }
 
-  /** `/dev/kvm`, the VM fd and its two Intel areas: everything before the memory slots. */
-  static #open(opts: VmOptions): Vm {
-    const kvm = Kvm.open(opts.kvmPath);
-    let fd: VmFd | null = null;
+  /**
+   * {@link create} over a VM whose slots were made ahead (a snapshot
+   * restore's pooled VM: snapshot/restore_pool.ts); it must have exactly
+   * `memorySlots(opts.memory)` (hv/prepared_vm.ts), made on `opts.kvmPath`. The Vm owns `prepared` from then on (and
+   * closes it when it does not fit).
+   */
+  static fromPrepared(opts: VmOptions, prepared: PreparedVm): Vm {
+    const want = memorySlots(opts.memory);
+    if (!sameSlots(want, prepared.slots) || prepared.kvmPath !== (opts.kvmPath ?? "/dev/kvm")) {
+      closePrepared(prepared);
+      throw new Error("Vm.fromPrepared: the prepared VM is not one for this memory and KVM device");
+    }
+    const vm = Vm.#open(opts, prepared);
     try {
-      fd = kvm.createVm();
+      vm.#slots = want.length;
+      vm.memory.push(opts.memory);
+      vm.#createChips();
+      return vm;
+    } catch (e) {
+      vm.fd.close();
+      vm.kvm.close();
+      throw e;
+    }
+  }
+
+  /** `/dev/kvm`, the VM fd (`prepared`'s, if given) and its two Intel areas. */
+  static #open(opts: VmOptions, prepared?: PreparedVm): Vm {
+    const kvm = prepared?.kvm ?? Kvm.open(opts.kvmPath);
+    let fd: VmFd | null = prepared?.vm ?? null;
+    try {
+      fd ??= kvm.createVm();
       const irqchip = opts.irqchip ?? true;
       // Intel VT-x needs these two areas for real-mode emulation; harmless elsewhere.
       fd.setIdentityMapAddr(opts.identityMapAddr ?? 0xfffbc000);
@@ -172,11 +204,6 @@ export class Vm implements AsyncDisposable {
 
   /** The next slot's `KVM_SET_USER_MEMORY_REGION` for `r`, checked against the slots so far. */
   #slotFor(r: MemoryRegion): UserspaceMemoryRegion {
-    if (!r.hostPtr) {
-      throw new Error(
-        `guest region at 0x${r.guestAddr.toString(16)} is not mmap-backed; use RegionMemory.memfd`,
-      );
-    }
     for (const m of this.memory) {
       for (const o of m.regions) {
         if (r.guestAddr < o.guestAddr + o.size && o.guestAddr < r.guestAddr + r.size) {
@@ -186,13 +213,7 @@ export class Vm implements AsyncDisposable {
         }
       }
     }
-    return {
-      slot: this.#slots++,
-      flags: 0,
-      guestPhysAddr: BigInt(r.guestAddr),
-      memorySize: BigInt(r.size),
-      userspaceAddr: Deno.UnsafePointer.value(r.hostPtr) as bigint,
-    };
+    return regionSlot(r, this.#slots++);
   }
 
   /**
