@@ -22,6 +22,7 @@
 
 import { Vm, type VmOptions } from "../hv/vm.ts";
 import { vcpuWorkers } from "../hv/vcpu_worker.ts";
+import { closePrepared } from "../hv/prepared_vm.ts";
 import type { StateValue } from "./codec.ts";
 import { completePendingIo, detectFeatures, type KvmFeatures } from "./kvm_state.ts";
 import type { PublishResult, Snapshot } from "./store.ts";
@@ -111,7 +112,8 @@ export interface HvRestoreOptions {
    * Create the VM for `build` ({@link HvRestoreContext.vm}) with these options
    * (`memory` is the snapshot's), overlapped with verifying the snapshot on a
    * process's first restore (`Vm.createAsync`: a big guest's memory slot
-   * costs ~0.5 ms per GiB here), in place on later ones (`Vm.create`).
+   * costs ~0.5 ms per GiB here), in place on later ones (`Vm.create`), or
+   * over the VM `restorePool` made ahead (snapshot/restore_pool.ts).
    */
   vm?: Omit<VmOptions, "memory">;
   /**
@@ -140,10 +142,14 @@ export async function restoreHvVm(
   try {
     await restoreVmAsync<MachineParts, Vm | undefined>(from, {
       prepare: vmOptions
-        ? async (memory, overlap) =>
-          overlap
-            ? await Vm.createAsync({ ...vmOptions, memory })
-            : Vm.create({ ...vmOptions, memory })
+        ? async (memory, overlap, pooled) => {
+          const opts = { ...vmOptions, memory };
+          if (pooled && pooled.kvmPath === (vmOptions.kvmPath ?? "/dev/kvm")) {
+            return Vm.fromPrepared(opts, pooled);
+          }
+          if (pooled) closePrepared(pooled);
+          return overlap ? await Vm.createAsync(opts) : Vm.create(opts);
+        }
         : undefined,
       release: (vm) => vm?.close(),
       build: (ctx, vm) => {

@@ -52,6 +52,12 @@ for (const cpus of [1, 2]) {
         const stateBefore = Deno.readTextFileSync(join(snap, STATE_FILE));
         deepStrictEqual(final(await helper(dir, "restore", snap)), final(full));
         deepStrictEqual(final(await helper(dir, "restore-made", snap)), final(full));
+        const pooled = await helper(dir, "restore-pooled", snap) as unknown as {
+          results: Result[];
+          taken: number[];
+        };
+        for (const r of pooled.results) deepStrictEqual(final(r), final(full));
+        deepStrictEqual(pooled.taken, [0, 1, 1], "the later restores took the pooled VM");
         strictEqual(sha256Hex(Deno.readFileSync(join(snap, MEMORY_FILE))), memBefore);
         strictEqual(Deno.readTextFileSync(join(snap, STATE_FILE)), stateBefore);
         ok(readSnapshot(snap).manifest.devices.test !== undefined);

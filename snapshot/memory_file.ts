@@ -273,6 +273,63 @@ export function mapMemoryFile(
   info: MemoryInfo,
   checkSize?: (size: number) => void,
 ): RegionMemory {
+  return mapFile(path, info, checkSize, false).memory;
+}
+
+/**
+ * What a file was when it was mapped: a restore uses memory mapped ahead
+ * (snapshot/restore_pool.ts) only while its path still names that file.
+ */
+export interface FileIdentity {
+  dev: number;
+  ino: number;
+  size: number;
+  mtimeMs: number;
+  ctimeMs: number;
+}
+
+function identityOf(st: Deno.FileInfo): FileIdentity {
+  return {
+    dev: st.dev,
+    ino: st.ino ?? -1,
+    size: st.size,
+    mtimeMs: st.mtime?.getTime() ?? -1,
+    ctimeMs: st.ctime?.getTime() ?? -1,
+  };
+}
+
+/**
+ * Whether `path` names the file `id` describes, unchanged (same inode, size
+ * and times). Snapshots are published whole by rename and never rewritten,
+ * so a replaced file is a new inode.
+ */
+export function sameFile(path: string, id: FileIdentity): boolean {
+  let now: FileIdentity;
+  try {
+    now = identityOf(Deno.statSync(path));
+  } catch {
+    return false;
+  }
+  return now.dev === id.dev && now.ino === id.ino && now.size === id.size &&
+    now.mtimeMs === id.mtimeMs && now.ctimeMs === id.ctimeMs;
+}
+
+/** {@link mapMemoryFile}, also saying which file it mapped (for {@link sameFile}). */
+export function premapMemoryFile(
+  path: string,
+  info: MemoryInfo,
+  checkSize?: (size: number) => void,
+): { memory: RegionMemory; identity: FileIdentity } {
+  const { memory, identity } = mapFile(path, info, checkSize, true);
+  return { memory, identity: identity! };
+}
+
+function mapFile(
+  path: string,
+  info: MemoryInfo,
+  checkSize: ((size: number) => void) | undefined,
+  identify: boolean,
+): { memory: RegionMemory; identity: FileIdentity | null } {
   let fd: number;
   try {
     fd = open(path, O.RDONLY);
@@ -280,13 +337,19 @@ export function mapMemoryFile(
     if (checkSize && e instanceof SysError && e.errno === ENOENT) checkSize(-1);
     throw e;
   }
-  if (checkSize) {
-    try {
+  let identity: FileIdentity | null = null;
+  try {
+    if (identify) {
+      // The descriptor's own inode (not the path's, which may change meanwhile).
+      identity = identityOf(Deno.statSync(`/proc/self/fd/${fd}`));
+      checkSize?.(identity.size);
+    } else if (checkSize) {
+      // lseek, not a stat: this is a fresh process's first restore's path (cold code costs).
       checkSize(check(`lseek(${path})`, libc.lseek(fd, 0n, SEEK_END)));
-    } catch (e) {
-      close(fd);
-      throw e;
     }
+  } catch (e) {
+    close(fd);
+    throw e;
   }
   const prot = PROT.READ | PROT.WRITE;
   const flags = MAP.PRIVATE | MAP.NORESERVE;
@@ -330,7 +393,7 @@ export function mapMemoryFile(
     )
   );
   try {
-    return new ReservedMemory(regions, release);
+    return { memory: new ReservedMemory(regions, release), identity };
   } catch (e) {
     release();
     throw e;

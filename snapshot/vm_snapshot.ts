@@ -18,6 +18,8 @@
 
 import type { GuestMemory, RegionMemory } from "../hv/memory.ts";
 import type { Kvm, VcpuFd, VmFd } from "../kvm_ffi/kvm.ts";
+import type { PreparedVm } from "../hv/prepared_vm.ts";
+import { restorePool } from "./restore_pool.ts";
 import type { StateValue } from "./codec.ts";
 import { SnapshotError } from "./errors.ts";
 import {
@@ -204,8 +206,12 @@ export interface RestoreSteps<M extends MachineParts, P> {
    * thread only adds its cost (~0.3–0.7 ms measured for a 4 GiB slot):
    * `prepare` should then work in place (`Vm.create` rather than
    * `Vm.createAsync`).
+   *
+   * `pooled` is a VM with `memory`'s slots made ahead (`restorePool`,
+   * restore_pool.ts; slot i for `memory.regions[i]`: `memorySlots`), or
+   * null; `prepare` owns it and should build on it instead of making one.
    */
-  prepare?: (memory: RegionMemory, overlap: boolean) => Promise<P>;
+  prepare?: (memory: RegionMemory, overlap: boolean, pooled: PreparedVm | null) => Promise<P>;
   /**
    * Whether to start `prepare` before verifying (default: only for the first
    * manifest this process verifies; see `prepare`'s `overlap`).
@@ -259,9 +265,11 @@ export async function restoreVmAsync<M extends MachineParts, P = undefined>(
   // to another thread costs, so then verify first and let prepare work in place.
   const overlap = snapshot === null && (steps.overlap ?? manifestsVerified() === 0);
   if (!overlap) await verify();
+  // Made ahead by the previous restore of this snapshot (restore_pool.ts), when kept.
+  const pooled = steps.prepare ? restorePool.take(staged) : null;
   let memory: RegionMemory;
   try {
-    memory = openSnapshotMemory(staged);
+    memory = pooled?.memory ?? openSnapshotMemory(staged);
   } catch (e) {
     await verify(); // a corrupt state.json is the better explanation
     throw e;
@@ -270,7 +278,9 @@ export async function restoreVmAsync<M extends MachineParts, P = undefined>(
   try {
     let pending: Promise<P> | undefined;
     try {
-      pending = steps.prepare?.(memory, overlap);
+      pending = pooled
+        ? pooled.vm.then((vm) => steps.prepare!(memory, overlap, vm))
+        : steps.prepare?.(memory, overlap, null);
       // Awaited below, after the checksum: a failure meanwhile is not unhandled.
       pending?.catch(() => {});
       startChecksum();
@@ -303,7 +313,9 @@ export async function restoreVmAsync<M extends MachineParts, P = undefined>(
     memory[Symbol.dispose]();
     throw e;
   }
-  return setState(machine, verified, steps.dispose);
+  const restored = setState(machine, verified, steps.dispose);
+  restorePool.refill(staged);
+  return restored;
 }
 
 /** `Kvm.msrIndexList()` once per process (it does not change). */

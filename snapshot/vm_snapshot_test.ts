@@ -126,6 +126,30 @@ hostTest(
   },
 );
 
+hostTest(
+  "restorePool: later restores of a snapshot take the memory and VM made ahead and finish the same",
+  ["kvm"],
+  async () => {
+    await withDir(async (dir) => {
+      const snap = join(dir, "snap");
+      const full = await helper(dir, "full", "1", `${ITERATIONS}`, `${DOORBELL}`);
+      await helper(dir, "capture", "1", `${ITERATIONS}`, `${DOORBELL}`, snap);
+      // 4 restores; before the 3rd the memory file is replaced by a copy (a new inode).
+      const r = await helper(dir, "restore-pooled", snap, "4", "2") as unknown as {
+        results: Result[];
+        taken: number[];
+        made: number;
+        kept: number;
+      };
+      for (const res of r.results) deepStrictEqual(final(res), final(full));
+      // The first finds nothing; the 3rd must not use what was mapped from the replaced file.
+      deepStrictEqual(r.taken, [0, 1, 0, 1]);
+      strictEqual(r.made, 4, "one made ahead after each restore");
+      strictEqual(r.kept, 0, "drain left nothing");
+    });
+  },
+);
+
 hostTest("corrupt, truncated, wrong-version and mismatched snapshots are rejected cleanly", [
   "kvm",
 ], async () => {

@@ -4,11 +4,15 @@
 //   restore SNAPDIR OUT.json                            restore in this fresh process, finish
 //   restore-async SNAPDIR OUT.json                      the same through restoreVmAsync
 //                                                       (VM and memory slot made while verifying)
+//   restore-pooled SNAPDIR COUNT [REPLACE_AT] OUT.json  COUNT restores with restorePool on
+//                                                       (see the mode below)
 // OUT.json gets the machine's result (plus, for capture, the result at capture time).
 // GUEST_RUN_MIB in the environment sets the guest's memory size (default 4).
 import { RegionMemory } from "../../hv/memory.ts";
 import { captureVm, restoreVm, restoreVmAsync } from "../vm_snapshot.ts";
 import { prepareVm, releaseVm, TestMachine } from "./machine.ts";
+import { restorePool } from "../restore_pool.ts";
+import { MEMORY_FILE } from "../format.ts";
 
 const MEM = Number(Deno.env.get("GUEST_RUN_MIB") ?? 4) << 20;
 const [mode, ...args] = Deno.args;
@@ -54,6 +58,42 @@ if (mode === "full" || mode === "capture") {
   } finally {
     m[Symbol.dispose]();
   }
+} else if (mode === "restore-pooled") {
+  // Restores SNAPDIR COUNT times with restorePool on, each to the end; before
+  // restore REPLACE_AT (if given) the memory file is replaced by a copy (a new
+  // inode), so what the pool mapped ahead must not be used for it.
+  const [dir, count, replaceAt] = [args[0], Number(args[1]), Number(args[2] ?? -1)];
+  const results: unknown[] = [];
+  const taken: number[] = [];
+  restorePool.keepReady(true);
+  try {
+    for (let i = 0; i < count; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, 50)); // the VM "runs": the pool refills
+      if (i === replaceAt) {
+        const mem = `${dir}/${MEMORY_FILE}`;
+        Deno.copyFileSync(mem, `${mem}.new`);
+        Deno.renameSync(`${mem}.new`, mem);
+      }
+      const before = restorePool.taken;
+      const m = await restoreVmAsync(dir, {
+        prepare: prepareVm,
+        release: releaseVm,
+        build: ({ memory, snapshot }, prepared) =>
+          new TestMachine(memory, snapshot.manifest.vcpus.length, true, prepared),
+        dispose: (m) => m[Symbol.dispose](),
+      });
+      taken.push(restorePool.taken - before);
+      try {
+        while (m.run() === "doorbell");
+        results.push(await m.result());
+      } finally {
+        m[Symbol.dispose]();
+      }
+    }
+  } finally {
+    await restorePool.drain();
+  }
+  out = { results, taken, made: restorePool.made, kept: restorePool.size };
 } else {
   throw new Error(`unknown mode ${mode}`);
 }

@@ -4,12 +4,14 @@
 //   capture CPUS ITERATIONS DOORBELL SNAPDIR OUT.json
 //   restore SNAPDIR OUT.json
 //   restore-made SNAPDIR OUT.json   the VM made by restoreHvVm (`vm` option: Vm.createAsync)
+//   restore-pooled SNAPDIR OUT.json three restore-made with restorePool on (restore_pool.ts)
 import { RegionMemory } from "../../hv/memory.ts";
 import { Vm } from "../../hv/vm.ts";
 import { sha256Hex } from "../codec.ts";
 import { captureHvVm, restoreHvVm } from "../hv_snapshot.ts";
 import { HvTestDevices } from "./hv_device.ts";
 import { setupGuest } from "./machine.ts";
+import { restorePool } from "../restore_pool.ts";
 
 const MEM = 4 << 20;
 
@@ -34,6 +36,26 @@ function result(vm: Vm, dev: HvTestDevices, memory: RegionMemory) {
 async function finish(vm: Vm): Promise<void> {
   const stop = await vm.wait();
   if (stop.kind !== "poweroff") throw new Error(`VM stopped with ${JSON.stringify(stop)}`);
+}
+
+/** Restores `snap`, runs it to its power-off and returns its result. */
+async function restoreAndFinish(snap: string, made: boolean): Promise<Record<string, unknown>> {
+  let dev: HvTestDevices | null = null;
+  const r = await restoreHvVm(snap, ({ memory, snapshot, vm }) => {
+    if (made !== (vm !== undefined)) throw new Error("ctx.vm is wrong");
+    const b = build(memory, snapshot.manifest.vcpus.length, vm);
+    dev = b.dev;
+    return b;
+  }, made ? { vm: {} } : {});
+  try {
+    dev!.go();
+    await r.vm.start();
+    await finish(r.vm);
+    return result(r.vm, dev!, r.memory);
+  } finally {
+    await r.vm.close();
+    r.memory[Symbol.dispose]();
+  }
 }
 
 const [mode, ...args] = Deno.args;
@@ -61,22 +83,21 @@ if (mode === "full" || mode === "capture") {
     await vm.close();
   }
 } else if (mode === "restore" || mode === "restore-made") {
-  let dev: HvTestDevices | null = null;
-  const r = await restoreHvVm(args[0], ({ memory, snapshot, vm }) => {
-    if ((mode === "restore-made") !== (vm !== undefined)) throw new Error("ctx.vm is wrong");
-    const b = build(memory, snapshot.manifest.vcpus.length, vm);
-    dev = b.dev;
-    return b;
-  }, mode === "restore-made" ? { vm: {} } : {});
+  out = await restoreAndFinish(args[0], mode === "restore-made");
+} else if (mode === "restore-pooled") {
+  // Three restores with restorePool on: the later two take what it made ahead.
+  restorePool.keepReady(true);
+  const results = [], taken = [];
   try {
-    dev!.go();
-    await r.vm.start();
-    await finish(r.vm);
-    out = result(r.vm, dev!, r.memory);
+    for (let i = 0; i < 3; i++) {
+      const before = restorePool.taken;
+      results.push(await restoreAndFinish(args[0], true));
+      taken.push(restorePool.taken - before);
+    }
   } finally {
-    await r.vm.close();
-    r.memory[Symbol.dispose]();
+    await restorePool.drain();
   }
+  out = { results, taken };
 } else {
   throw new Error(`unknown mode ${mode}`);
 }

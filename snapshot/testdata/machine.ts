@@ -11,6 +11,7 @@
 import { Assembler, mem } from "../../init/asm/mod.ts";
 import type { GuestMemory, MemoryRegion, RegionMemory } from "../../hv/memory.ts";
 import { Kvm, type VcpuFd, type VmFd } from "../../kvm_ffi/kvm.ts";
+import type { PreparedVm as HvPreparedVm } from "../../hv/prepared_vm.ts";
 import { KVM, KVM_EXIT, KVM_EXIT_IO, KVM_RUN_LAYOUT } from "../../kvm_ffi/kvm_sys.ts";
 import { errno, libc, SysError } from "../../kvm_ffi/libc.ts";
 import type { StateValue } from "../codec.ts";
@@ -181,9 +182,15 @@ function slotOf(r: MemoryRegion, slot: number) {
 /**
  * Opens KVM, creates the VM and registers `memory`'s slots (a restore's
  * `prepare` step: see `restoreVmAsync`): on a thread-pool thread when the
- * restore has work to `overlap` with it, else in place.
+ * restore has work to `overlap` with it, else in place; or takes the VM the
+ * restore pool made (`pooled`: snapshot/restore_pool.ts).
  */
-export async function prepareVm(memory: RegionMemory, overlap = true): Promise<PreparedVm> {
+export async function prepareVm(
+  memory: RegionMemory,
+  overlap = true,
+  pooled: HvPreparedVm | null = null,
+): Promise<PreparedVm> {
+  if (pooled) return { kvm: pooled.kvm, vm: pooled.vm };
   const kvm = Kvm.open();
   let vm: VmFd | null = null;
   try {
