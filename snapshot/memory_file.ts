@@ -257,28 +257,9 @@ class ReservedMemory extends RegionMemory {
 }
 
 /**
- * Maps the `memory` file `MAP_PRIVATE` (copy-on-write: guest writes never
- * reach the file) and returns it as guest memory laid out as `info` says.
- * Nothing is read: pages fault in from the page cache on first touch.
- * `checkSize`, if given, gets the file's size (-1 when it does not exist)
- * before anything is mapped and throws to refuse it.
- *
- * Disposing the memory closes the fd and turns the mapping into a
- * {@link Reservation}; a later restore of at most that size maps its file
- * `MAP_FIXED` there and reuses the `ArrayBuffer`. Views taken from a disposed memory must not
- * be used (they fault, or after a later restore see its memory).
- */
-export function mapMemoryFile(
-  path: string,
-  info: MemoryInfo,
-  checkSize?: (size: number) => void,
-): RegionMemory {
-  return mapFile(path, info, checkSize, false).memory;
-}
-
-/**
- * What a file was when it was mapped: a restore uses memory mapped ahead
- * (snapshot/restore_pool.ts) only while its path still names that file.
+ * What a mapped memory file was when it was opened: a restore uses memory
+ * mapped ahead (snapshot/restore_pool.ts) only while its path still names
+ * that file ({@link sameFile}).
  */
 export interface FileIdentity {
   dev: number;
@@ -299,6 +280,16 @@ function identityOf(st: Deno.FileInfo): FileIdentity {
 }
 
 /**
+ * The identity of the file {@link mapMemoryFile} mapped as `memory`, from
+ * its descriptor (not its path, which may name another file by now).
+ */
+export function mappedFileIdentity(memory: RegionMemory): FileIdentity {
+  const fd = memory.regions[0]?.fd;
+  if (fd === undefined) throw new Error("mappedFileIdentity: the memory is not a mapped file");
+  return identityOf(Deno.statSync(`/proc/self/fd/${fd}`));
+}
+
+/**
  * Whether `path` names the file `id` describes, unchanged (same inode, size
  * and times). Snapshots are published whole by rename and never rewritten,
  * so a replaced file is a new inode.
@@ -314,22 +305,23 @@ export function sameFile(path: string, id: FileIdentity): boolean {
     now.mtimeMs === id.mtimeMs && now.ctimeMs === id.ctimeMs;
 }
 
-/** {@link mapMemoryFile}, also saying which file it mapped (for {@link sameFile}). */
-export function premapMemoryFile(
+/**
+ * Maps the `memory` file `MAP_PRIVATE` (copy-on-write: guest writes never
+ * reach the file) and returns it as guest memory laid out as `info` says.
+ * Nothing is read: pages fault in from the page cache on first touch.
+ * `checkSize`, if given, gets the file's size (-1 when it does not exist)
+ * before anything is mapped and throws to refuse it.
+ *
+ * Disposing the memory closes the fd and turns the mapping into a
+ * {@link Reservation}; a later restore of at most that size maps its file
+ * `MAP_FIXED` there and reuses the `ArrayBuffer`. Views taken from a disposed memory must not
+ * be used (they fault, or after a later restore see its memory).
+ */
+export function mapMemoryFile(
   path: string,
   info: MemoryInfo,
   checkSize?: (size: number) => void,
-): { memory: RegionMemory; identity: FileIdentity } {
-  const { memory, identity } = mapFile(path, info, checkSize, true);
-  return { memory, identity: identity! };
-}
-
-function mapFile(
-  path: string,
-  info: MemoryInfo,
-  checkSize: ((size: number) => void) | undefined,
-  identify: boolean,
-): { memory: RegionMemory; identity: FileIdentity | null } {
+): RegionMemory {
   let fd: number;
   try {
     fd = open(path, O.RDONLY);
@@ -337,19 +329,13 @@ function mapFile(
     if (checkSize && e instanceof SysError && e.errno === ENOENT) checkSize(-1);
     throw e;
   }
-  let identity: FileIdentity | null = null;
-  try {
-    if (identify) {
-      // The descriptor's own inode (not the path's, which may change meanwhile).
-      identity = identityOf(Deno.statSync(`/proc/self/fd/${fd}`));
-      checkSize?.(identity.size);
-    } else if (checkSize) {
-      // lseek, not a stat: this is a fresh process's first restore's path (cold code costs).
+  if (checkSize) {
+    try {
       checkSize(check(`lseek(${path})`, libc.lseek(fd, 0n, SEEK_END)));
+    } catch (e) {
+      close(fd);
+      throw e;
     }
-  } catch (e) {
-    close(fd);
-    throw e;
   }
   const prot = PROT.READ | PROT.WRITE;
   const flags = MAP.PRIVATE | MAP.NORESERVE;
@@ -393,7 +379,7 @@ function mapFile(
     )
   );
   try {
-    return { memory: new ReservedMemory(regions, release), identity };
+    return new ReservedMemory(regions, release);
   } catch (e) {
     release();
     throw e;

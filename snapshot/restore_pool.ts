@@ -24,20 +24,13 @@
  */
 
 import type { RegionMemory } from "../hv/memory.ts";
-import { closePrepared, memorySlots, type PreparedVm, prepareVmAsync } from "../hv/prepared_vm.ts";
-import { type FileIdentity, sameFile } from "./memory_file.ts";
-import { memoryInfoOf, type ParsedSnapshot, premapSnapshotMemory, type Snapshot } from "./store.ts";
+import { closePrepared, memorySlots, prepareVmAsync } from "../hv/prepared_vm.ts";
+import { type FileIdentity, mappedFileIdentity, sameFile } from "./memory_file.ts";
+import { memoryInfoOf, openSnapshotMemory, type ParsedSnapshot, type Snapshot } from "./store.ts";
+import { type PooledRestore, type RestoreAhead, setRestoreAhead } from "./vm_snapshot.ts";
 
 /** Snapshots a pool keeps a restore ready for at most (the oldest one is dropped). */
 export const MAX_READY = 2;
-
-/** What {@link RestorePool.take} gives a restore: it owns both from then on. */
-export interface PooledRestore {
-  /** The snapshot's memory, mapped `MAP_PRIVATE` and not yet touched. */
-  memory: RegionMemory;
-  /** A VM with `memory`'s slots (`memorySlots`), or null if making it failed. */
-  vm: Promise<PreparedVm | null>;
-}
 
 interface Ready extends PooledRestore {
   identity: FileIdentity;
@@ -58,7 +51,7 @@ async function discard(r: PooledRestore): Promise<void> {
 }
 
 /** The process's restores made ahead (see the module doc). */
-export class RestorePool {
+export class RestorePool implements RestoreAhead {
   #keep = false;
   #ready = new Map<string, Ready>();
   #scheduled = new Map<string, ReturnType<typeof setTimeout>>();
@@ -94,6 +87,7 @@ export class RestorePool {
    * that was mapped; null otherwise (the restore maps and creates as usual).
    */
   take(snap: Snapshot | ParsedSnapshot): PooledRestore | null {
+    if (this.#ready.size === 0) return null; // a fresh process's restore: nothing to look up
     const key = keyOf(snap);
     const r = this.#ready.get(key);
     if (!r) return null;
@@ -135,15 +129,22 @@ export class RestorePool {
   }
 
   #prepare(key: string, snap: Snapshot | ParsedSnapshot): void {
-    let mapped: { memory: RegionMemory; identity: FileIdentity };
+    let memory: RegionMemory;
+    let identity: FileIdentity;
     try {
-      mapped = premapSnapshotMemory(snap);
+      memory = openSnapshotMemory(snap);
     } catch {
       return; // the next restore maps it itself and reports what is wrong
     }
+    try {
+      identity = mappedFileIdentity(memory);
+    } catch {
+      memory[Symbol.dispose]();
+      return;
+    }
     this.#made++;
-    const vm = prepareVmAsync(memorySlots(mapped.memory)).catch(() => null);
-    this.#ready.set(key, { ...mapped, vm });
+    const vm = prepareVmAsync(memorySlots(memory)).catch(() => null);
+    this.#ready.set(key, { memory, identity, vm });
     for (const [k, r] of this.#ready) {
       if (this.#ready.size <= MAX_READY) break;
       this.#ready.delete(k);
@@ -152,5 +153,6 @@ export class RestorePool {
   }
 }
 
-/** The process's pool. */
+/** The process's pool; `restoreVmAsync` consults it from when this module is loaded. */
 export const restorePool: RestorePool = new RestorePool();
+setRestoreAhead(restorePool);

@@ -23,13 +23,7 @@ import {
   type SnapshotState,
   STATE_FILE,
 } from "./format.ts";
-import {
-  digestMemoryFile,
-  type FileIdentity,
-  mapMemoryFile,
-  premapMemoryFile,
-  writeMemoryFile,
-} from "./memory_file.ts";
+import { digestMemoryFile, mapMemoryFile, writeMemoryFile } from "./memory_file.ts";
 
 /** lseek(2) whence: end of file. */
 const SEEK_END = 2;
@@ -254,33 +248,20 @@ export function verifySnapshotMemory(snap: Snapshot): void {
   }
 }
 
+/** The snapshot's memory section, decoded or only parsed. */
+export function memoryInfoOf(snap: Snapshot | ParsedSnapshot): MemoryInfo {
+  return "manifest" in snap ? snap.manifest.memory : snap.parsed.memory;
+}
+
 /**
  * Maps the snapshot's memory `MAP_PRIVATE` (copy-on-write; no bytes copied),
  * after checking the file's size on the descriptor it maps: a
  * {@link SnapshotError} (`missing` or `truncated`) otherwise.
  */
 export function openSnapshotMemory(snap: Snapshot | ParsedSnapshot): RegionMemory {
-  return mapMemoryFile(snap.memoryPath, memoryInfoOf(snap), memorySizeCheck(snap));
-}
-
-/**
- * {@link openSnapshotMemory}, also saying which file it mapped: for memory
- * mapped ahead of a restore (snapshot/restore_pool.ts).
- */
-export function premapSnapshotMemory(
-  snap: Snapshot | ParsedSnapshot,
-): { memory: RegionMemory; identity: FileIdentity } {
-  return premapMemoryFile(snap.memoryPath, memoryInfoOf(snap), memorySizeCheck(snap));
-}
-
-/** The snapshot's memory section, decoded or only parsed. */
-export function memoryInfoOf(snap: Snapshot | ParsedSnapshot): MemoryInfo {
-  return "manifest" in snap ? snap.manifest.memory : snap.parsed.memory;
-}
-
-function memorySizeCheck(snap: Snapshot | ParsedSnapshot): (size: number) => void {
-  return (size) => {
+  const info = "manifest" in snap ? snap.manifest.memory : snap.parsed.memory;
+  return mapMemoryFile(snap.memoryPath, info, (size) => {
     if (size < 0) throw new SnapshotError("missing", snap.dir, `${MEMORY_FILE} not found`);
-    checkMemorySize(snap.dir, memoryInfoOf(snap), size);
-  };
+    checkMemorySize(snap.dir, info, size);
+  });
 }

@@ -19,7 +19,6 @@
 import type { GuestMemory, RegionMemory } from "../hv/memory.ts";
 import type { Kvm, VcpuFd, VmFd } from "../kvm_ffi/kvm.ts";
 import type { PreparedVm } from "../hv/prepared_vm.ts";
-import { restorePool } from "./restore_pool.ts";
 import type { StateValue } from "./codec.ts";
 import { SnapshotError } from "./errors.ts";
 import {
@@ -229,6 +228,34 @@ export interface RestoreSteps<M extends MachineParts, P> {
   dispose?: (m: M) => void;
 }
 
+/** Memory and a VM made ahead for a restore: it owns both once given them. */
+export interface PooledRestore {
+  /** The snapshot's memory, mapped `MAP_PRIVATE` and not yet touched. */
+  memory: RegionMemory;
+  /** A VM with `memory`'s slots (`memorySlots`), or null if making it failed. */
+  vm: Promise<PreparedVm | null>;
+}
+
+/** Where {@link restoreVmAsync} gets restores made ahead (restore_pool.ts's `restorePool`). */
+export interface RestoreAhead {
+  /** What was made ahead for `snap`, or null. */
+  take(snap: Snapshot | ParsedSnapshot): PooledRestore | null;
+  /** Called after each restore of `snap`. */
+  refill(snap: Snapshot | ParsedSnapshot): void;
+}
+
+/**
+ * The pool restores consult; restore_pool.ts sets it when it is loaded, so a
+ * process that never imports it (a fresh process's one restore) loads none
+ * of it (importing it measurably slowed `restore-fresh-process-ms`, ≈ 0.1 ms).
+ */
+let ahead: RestoreAhead | null = null;
+
+/** Sets the pool {@link restoreVmAsync} consults (restore_pool.ts does, on load). */
+export function setRestoreAhead(pool: RestoreAhead | null): void {
+  ahead = pool;
+}
+
 /**
  * {@link restoreVm} with a `prepare` step overlapped with verifying the
  * snapshot: read and parse `state.json`, check its memory section and the
@@ -266,7 +293,7 @@ export async function restoreVmAsync<M extends MachineParts, P = undefined>(
   const overlap = snapshot === null && (steps.overlap ?? manifestsVerified() === 0);
   if (!overlap) await verify();
   // Made ahead by the previous restore of this snapshot (restore_pool.ts), when kept.
-  const pooled = steps.prepare ? restorePool.take(staged) : null;
+  const pooled = steps.prepare && ahead ? ahead.take(staged) : null;
   let memory: RegionMemory;
   try {
     memory = pooled?.memory ?? openSnapshotMemory(staged);
@@ -314,7 +341,7 @@ export async function restoreVmAsync<M extends MachineParts, P = undefined>(
     throw e;
   }
   const restored = setState(machine, verified, steps.dispose);
-  restorePool.refill(staged);
+  ahead?.refill(staged);
   return restored;
 }
 
