@@ -101,19 +101,10 @@ export class Vm implements AsyncDisposable {
 
   /** Creates the VM, its irqchip/PIT and a memory slot per region of `opts.memory`. */
   static create(opts: VmOptions): Vm {
-    const vm = Vm.#open(opts);
-    try {
-      // Memory slots before the irqchip (as Firecracker): here each
-      // KVM_SET_USER_MEMORY_REGION costs ~7 ms more once an in-kernel irqchip
-      // exists, which dominated a snapshot restore (hv restore state 8.7 → ~2 ms).
-      vm.addMemory(opts.memory);
-      vm.#createChips();
-      return vm;
-    } catch (e) {
-      vm.fd.close();
-      vm.kvm.close();
-      throw e;
-    }
+    // Memory slots before the irqchip (as Firecracker): here each
+    // KVM_SET_USER_MEMORY_REGION costs ~7 ms more once an in-kernel irqchip
+    // exists, which dominated a snapshot restore (hv restore state 8.7 → ~2 ms).
+    return Vm.#finish(Vm.#open(opts), (vm) => vm.addMemory(opts.memory));
   }
 
   /**
@@ -128,21 +119,18 @@ export class Vm implements AsyncDisposable {
     const vm = Vm.#open(opts);
     try {
       for (const r of opts.memory.regions) await vm.fd.setUserMemoryRegionAsync(vm.#slotFor(r));
-      vm.memory.push(opts.memory);
-      vm.#createChips();
-      return vm;
     } catch (e) {
-      vm.fd.close();
-      vm.kvm.close();
+      vm.#closeFds();
       throw e;
     }
+    return Vm.#finish(vm, () => vm.memory.push(opts.memory));
   }
 
   /**
    * {@link create} over a VM whose slots were made ahead (a snapshot
    * restore's pooled VM: snapshot/restore_pool.ts); it must have exactly
-   * `memorySlots(opts.memory)` (hv/prepared_vm.ts), made on `opts.kvmPath`. The Vm owns `prepared` from then on (and
-   * closes it when it does not fit).
+   * `memorySlots(opts.memory)` (hv/prepared_vm.ts), made on `opts.kvmPath`.
+   * The Vm owns `prepared` from then on (and closes it when it does not fit).
    */
   static fromPrepared(opts: VmOptions, prepared: PreparedVm): Vm {
     const want = memorySlots(opts.memory);
@@ -150,17 +138,27 @@ export class Vm implements AsyncDisposable {
       closePrepared(prepared);
       throw new Error("Vm.fromPrepared: the prepared VM is not one for this memory and KVM device");
     }
-    const vm = Vm.#open(opts, prepared);
-    try {
+    return Vm.#finish(Vm.#open(opts, prepared), (vm) => {
       vm.#slots = want.length;
       vm.memory.push(opts.memory);
+    });
+  }
+
+  /** Runs `slots` (the memory) on a just-opened VM, then makes its chips; closes it on failure. */
+  static #finish(vm: Vm, slots: (vm: Vm) => void): Vm {
+    try {
+      slots(vm);
       vm.#createChips();
       return vm;
     } catch (e) {
-      vm.fd.close();
-      vm.kvm.close();
+      vm.#closeFds();
       throw e;
     }
+  }
+
+  #closeFds(): void {
+    this.fd.close();
+    this.kvm.close();
   }
 
   /** `/dev/kvm`, the VM fd (`prepared`'s, if given) and its two Intel areas. */
