@@ -11,6 +11,8 @@ export { GuestMemoryError, MappedRegion, RegionMemory } from "./memory.ts";
 export type { GuestMemory, MemoryRegion } from "./memory.ts";
 export { Vm } from "./vm.ts";
 export type { VmOptions, VmStop } from "./vm.ts";
+export { closePrepared, memorySlots, prepareVmAsync } from "./prepared_vm.ts";
+export type { PreparedVm } from "./prepared_vm.ts";
 export { Vcpu } from "./vcpu.ts";
 export { VcpuWorker, VcpuWorkerPool, vcpuWorkers } from "./vcpu_worker.ts";
 export type { VcpuWorkerListener } from "./vcpu_worker.ts";

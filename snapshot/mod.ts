@@ -40,6 +40,7 @@ export {
   type SnapshotKeyParts,
 } from "./cache.ts";
 export { contentHash, fileSha256 } from "./content_hash.ts";
+export { MAX_READY, RestorePool, restorePool } from "./restore_pool.ts";
 export {
   completePendingIo,
   detectFeatures,
