@@ -134,17 +134,23 @@ hostTest(
       const snap = join(dir, "snap");
       const full = await helper(dir, "full", "1", `${ITERATIONS}`, `${DOORBELL}`);
       await helper(dir, "capture", "1", `${ITERATIONS}`, `${DOORBELL}`, snap);
-      // 4 restores; before the 3rd the memory file is replaced by a copy (a new inode).
-      const r = await helper(dir, "restore-pooled", snap, "4", "2") as unknown as {
-        results: Result[];
+      // Before the 3rd restore the memory file is replaced by a copy (a new inode);
+      // the 5th finds state.json corrupt.
+      const r = await helper(dir, "restore-pooled", snap, "..m..c.") as unknown as {
+        results: (Result | { error: string })[];
         taken: number[];
         made: number;
         kept: number;
       };
-      for (const res of r.results) deepStrictEqual(final(res), final(full));
-      // The first finds nothing; the 3rd must not use what was mapped from the replaced file.
-      deepStrictEqual(r.taken, [0, 1, 0, 1]);
-      strictEqual(r.made, 4, "one made ahead after each restore");
+      deepStrictEqual(r.results[5], { error: "corrupt" });
+      r.results.filter((_, i) => i !== 5).forEach((res) =>
+        deepStrictEqual(final(res as Result), final(full))
+      );
+      // The first finds nothing made; the 3rd must not use what was mapped from the
+      // replaced file; the 6th fails verifying state.json (before it looks in the pool),
+      // which leaves the made one to the 7th.
+      deepStrictEqual(r.taken, [0, 1, 0, 1, 1, 0, 1]);
+      strictEqual(r.made, 6, "one made ahead after each restore that succeeded");
       strictEqual(r.kept, 0, "drain left nothing");
     });
   },

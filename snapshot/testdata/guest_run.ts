@@ -4,15 +4,16 @@
 //   restore SNAPDIR OUT.json                            restore in this fresh process, finish
 //   restore-async SNAPDIR OUT.json                      the same through restoreVmAsync
 //                                                       (VM and memory slot made while verifying)
-//   restore-pooled SNAPDIR COUNT [REPLACE_AT] OUT.json  COUNT restores with restorePool on
-//                                                       (see the mode below)
+//   restore-pooled SNAPDIR PLAN OUT.json                restores with restorePool on, one per
+//                                                       character of PLAN (see the mode below)
 // OUT.json gets the machine's result (plus, for capture, the result at capture time).
 // GUEST_RUN_MIB in the environment sets the guest's memory size (default 4).
 import { RegionMemory } from "../../hv/memory.ts";
 import { captureVm, restoreVm, restoreVmAsync } from "../vm_snapshot.ts";
 import { prepareVm, releaseVm, TestMachine } from "./machine.ts";
 import { restorePool } from "../restore_pool.ts";
-import { MEMORY_FILE } from "../format.ts";
+import { MEMORY_FILE, STATE_FILE } from "../format.ts";
+import { SnapshotError } from "../errors.ts";
 
 const MEM = Number(Deno.env.get("GUEST_RUN_MIB") ?? 4) << 20;
 const [mode, ...args] = Deno.args;
@@ -59,35 +60,48 @@ if (mode === "full" || mode === "capture") {
     m[Symbol.dispose]();
   }
 } else if (mode === "restore-pooled") {
-  // Restores SNAPDIR COUNT times with restorePool on, each to the end; before
-  // restore REPLACE_AT (if given) the memory file is replaced by a copy (a new
-  // inode), so what the pool mapped ahead must not be used for it.
-  const [dir, count, replaceAt] = [args[0], Number(args[1]), Number(args[2] ?? -1)];
+  // One restore of SNAPDIR per character of PLAN, with restorePool on, each
+  // run to its end, 50 ms apart (the VM "runs": the pool makes the next one):
+  //   .  as it is
+  //   m  the memory file replaced by a copy first (a new inode): what the pool
+  //      mapped ahead must not be used
+  //   c  state.json corrupted first (put back after): the restore must fail
+  //      as corrupt and leave the pool as it was
+  const [dir, plan] = args;
   const results: unknown[] = [];
   const taken: number[] = [];
+  const mem = `${dir}/${MEMORY_FILE}`, state = `${dir}/${STATE_FILE}`;
+  const good = Deno.readTextFileSync(state);
   restorePool.keepReady(true);
   try {
-    for (let i = 0; i < count; i++) {
-      if (i > 0) await new Promise((r) => setTimeout(r, 50)); // the VM "runs": the pool refills
-      if (i === replaceAt) {
-        const mem = `${dir}/${MEMORY_FILE}`;
+    for (const [i, step] of [...plan].entries()) {
+      if (i > 0) await new Promise((r) => setTimeout(r, 50));
+      if (step === "m") {
         Deno.copyFileSync(mem, `${mem}.new`);
         Deno.renameSync(`${mem}.new`, mem);
       }
+      if (step === "c") Deno.writeTextFileSync(state, good.replace(/"\$b64": "A/, '"$b64": "B'));
       const before = restorePool.taken;
-      const m = await restoreVmAsync(dir, {
-        prepare: prepareVm,
-        release: releaseVm,
-        build: ({ memory, snapshot }, prepared) =>
-          new TestMachine(memory, snapshot.manifest.vcpus.length, true, prepared),
-        dispose: (m) => m[Symbol.dispose](),
-      });
-      taken.push(restorePool.taken - before);
       try {
-        while (m.run() === "doorbell");
-        results.push(await m.result());
+        const m = await restoreVmAsync(dir, {
+          prepare: prepareVm,
+          release: releaseVm,
+          build: ({ memory, snapshot }, prepared) =>
+            new TestMachine(memory, snapshot.manifest.vcpus.length, true, prepared),
+          dispose: (m) => m[Symbol.dispose](),
+        });
+        try {
+          while (m.run() === "doorbell");
+          results.push(await m.result());
+        } finally {
+          m[Symbol.dispose]();
+        }
+      } catch (e) {
+        if (!(e instanceof SnapshotError)) throw e;
+        results.push({ error: e.problem });
       } finally {
-        m[Symbol.dispose]();
+        taken.push(restorePool.taken - before);
+        if (step === "c") Deno.writeTextFileSync(state, good);
       }
     }
   } finally {
