@@ -26,8 +26,11 @@
  *   next restore of a snapshot ready (`restorePool.keepReady`,
  *   snapshot/restore_pool.ts): its memory mapped and its VM and slot made
  *   while the previous VM runs. Restores are `VM_LIFE_MS` apart in both
- *   lines (the restored VM's run). `restore-flatness` is its 4096/256 ratio
- *   (goal ≤ 2); `restore-flatness-unpooled` is `restore-ms`'s.
+ *   lines (the restored VM's run, in which the pool works). `restore-flatness`
+ *   is the pooled line's 4096/256 ratio (goal ≤ 2: what skiff's restore
+ *   costs does not grow with the guest); `restore-flatness-unpooled` is
+ *   `restore-ms`'s, which swings with this host's KVM slot cost (1.3–2.4
+ *   measured, the same code).
  * - `capture-ms mem=<MiB>`: pause point to published snapshot.
  * - `snapshot-bytes touched=32MiB mem=1024MiB`: bytes allocated on disk by a
  *   snapshot of a 1 GiB guest with 32 MiB of non-zero pages.
