@@ -187,7 +187,8 @@ export class Kvm implements Disposable {
   /**
    * {@link createVm} with `KVM_CREATE_VM` on a thread-pool thread (KVM sets up
    * the VM's MMU and structures: ~0.2–0.4 ms here), for work made ahead of
-   * need (hv/prepared_vms.ts). A failure is repeated synchronously to learn its errno.
+   * need (hv/prepared_vm.ts). A failure is repeated synchronously to learn
+   * its errno.
    */
   async createVmAsync(): Promise<VmFd> {
     const fd = await libc.ioctl_nb(this.fd, KVM.KVM_CREATE_VM, null);
@@ -288,9 +289,11 @@ export class VmFd implements Disposable {
    * slots, for which KVM allocates and zeroes per-page metadata (with shadow
    * paging, as on this host: ~0.5 ms per GiB); a slot below `minBytes`
    * (default {@link ASYNC_SLOT_MIN_BYTES}) is made synchronously, since the
-   * hand-off costs about as much (~0.3 ms) to a caller that waits for it. Nothing else may use this VM fd until it
-   * settles (VM-wide ioctls would wait for KVM's slots lock anyway). A failure
-   * is repeated synchronously to learn its errno (a failed call changed nothing).
+   * hand-off costs about as much (~0.3 ms) to a caller that waits for it
+   * (0 sends every slot off this thread). Nothing else may use this VM fd
+   * until it settles (VM-wide ioctls would wait for KVM's slots lock anyway).
+   * A failure is repeated synchronously to learn its errno (a failed call
+   * changed nothing).
    */
   async setUserMemoryRegionAsync(
     region: UserspaceMemoryRegion,

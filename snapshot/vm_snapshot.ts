@@ -247,7 +247,8 @@ export interface RestoreAhead {
 /**
  * The pool restores consult; restore_pool.ts sets it when it is loaded, so a
  * process that never imports it (a fresh process's one restore) loads none
- * of it (importing it measurably slowed `restore-fresh-process-ms`, ≈ 0.1 ms).
+ * of it (with it imported, one A/B measured `restore-fresh-process-ms` ≈ 0.1
+ * ms higher in the median, about that line's noise).
  */
 let ahead: RestoreAhead | null = null;
 
