@@ -9,13 +9,22 @@
 // OUT.json gets the machine's result (plus, for capture, the result at capture time).
 // GUEST_RUN_MIB in the environment sets the guest's memory size (default 4).
 import { RegionMemory } from "../../hv/memory.ts";
-import { captureVm, restoreVm, restoreVmAsync } from "../vm_snapshot.ts";
-import { prepareVm, releaseVm, TestMachine } from "./machine.ts";
+import { captureVm, type RestoreSteps, restoreVm, restoreVmAsync } from "../vm_snapshot.ts";
+import { type PreparedVm, prepareVm, releaseVm, TestMachine } from "./machine.ts";
 import { restorePool } from "../restore_pool.ts";
 import { MEMORY_FILE, STATE_FILE } from "../format.ts";
 import { SnapshotError } from "../errors.ts";
 
 const MEM = Number(Deno.env.get("GUEST_RUN_MIB") ?? 4) << 20;
+
+/** restoreVmAsync's steps for the test machine (the VM and its slots made by `prepareVm`). */
+const ASYNC_STEPS: RestoreSteps<TestMachine, PreparedVm> = {
+  prepare: prepareVm,
+  release: releaseVm,
+  build: ({ memory, snapshot }, prepared) =>
+    new TestMachine(memory, snapshot.manifest.vcpus.length, true, prepared),
+  dispose: (m) => m[Symbol.dispose](),
+};
 const [mode, ...args] = Deno.args;
 let out: Record<string, unknown>;
 if (mode === "full" || mode === "capture") {
@@ -43,13 +52,7 @@ if (mode === "full" || mode === "capture") {
     m[Symbol.dispose]();
   }
 } else if (mode === "restore-async") {
-  const m = await restoreVmAsync(args[0], {
-    prepare: prepareVm,
-    release: releaseVm,
-    build: ({ memory, snapshot }, prepared) =>
-      new TestMachine(memory, snapshot.manifest.vcpus.length, true, prepared),
-    dispose: (m) => m[Symbol.dispose](),
-  });
+  const m = await restoreVmAsync(args[0], ASYNC_STEPS);
   try {
     if (m.memory.regions.some((r) => (r as { viewed?: boolean }).viewed)) {
       throw new Error("the restore made an ArrayBuffer over guest memory");
@@ -83,13 +86,7 @@ if (mode === "full" || mode === "capture") {
       if (step === "c") Deno.writeTextFileSync(state, good.replace(/"\$b64": "A/, '"$b64": "B'));
       const before = restorePool.taken;
       try {
-        const m = await restoreVmAsync(dir, {
-          prepare: prepareVm,
-          release: releaseVm,
-          build: ({ memory, snapshot }, prepared) =>
-            new TestMachine(memory, snapshot.manifest.vcpus.length, true, prepared),
-          dispose: (m) => m[Symbol.dispose](),
-        });
+        const m = await restoreVmAsync(dir, ASYNC_STEPS);
         try {
           while (m.run() === "doorbell");
           results.push(await m.result());
