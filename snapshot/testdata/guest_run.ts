@@ -77,7 +77,7 @@ if (mode === "full" || mode === "capture") {
   const good = Deno.readTextFileSync(state);
   restorePool.keepReady(true);
   try {
-    for (const [i, step] of [...plan].entries()) {
+    for (const step of plan) {
       if (step === "m") {
         Deno.copyFileSync(mem, `${mem}.new`);
         Deno.renameSync(`${mem}.new`, mem);
