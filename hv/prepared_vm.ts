@@ -46,10 +46,13 @@ export function memorySlots(memory: RegionMemory): UserspaceMemoryRegion[] {
   return memory.regions.map((r, i) => regionSlot(r, i));
 }
 
-/** Closes a prepared VM nobody took. */
+/** Closes a prepared VM nobody took (both fds, even if the first close fails). */
 export function closePrepared(p: PreparedVm): void {
-  p.vm.close();
-  p.kvm.close();
+  try {
+    p.vm.close();
+  } finally {
+    p.kvm.close();
+  }
 }
 
 /**

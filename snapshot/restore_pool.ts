@@ -24,7 +24,7 @@
  */
 
 import type { RegionMemory } from "../hv/memory.ts";
-import { closePrepared, memorySlots, prepareVmAsync } from "../hv/prepared_vm.ts";
+import { closePrepared, memorySlots, type PreparedVm, prepareVmAsync } from "../hv/prepared_vm.ts";
 import { type FileIdentity, mappedFileIdentity, sameFile } from "./memory_file.ts";
 import { memoryInfoOf, openSnapshotMemory, type ParsedSnapshot, type Snapshot } from "./store.ts";
 import { type PooledRestore, type RestoreAhead, setRestoreAhead } from "./vm_snapshot.ts";
@@ -43,11 +43,24 @@ function keyOf(snap: Snapshot | ParsedSnapshot): string {
   }`;
 }
 
-/** Closes the VM, then returns the memory (so no live slot covers it when it is unmapped). */
+/**
+ * Closes the VM, then returns the memory (so no live slot covers it when it
+ * is unmapped). It runs in the background (nobody awaits a dropped restore),
+ * so a failure to close is not thrown: there is nothing left to do about it,
+ * and an unhandled rejection would end the process.
+ */
 async function discard(r: PooledRestore): Promise<void> {
   const vm = await r.vm;
-  if (vm) closePrepared(vm);
-  r.memory[Symbol.dispose]();
+  try {
+    if (vm) closePrepared(vm);
+  } catch {
+    // the fds are gone or going either way
+  }
+  try {
+    r.memory[Symbol.dispose]();
+  } catch {
+    // likewise the mapping
+  }
 }
 
 /** The process's restores made ahead (see the module doc). */
@@ -129,21 +142,23 @@ export class RestorePool implements RestoreAhead {
   }
 
   #prepare(key: string, snap: Snapshot | ParsedSnapshot): void {
+    // In a timer: whatever fails here is the next restore's to find and report.
     let memory: RegionMemory;
-    let identity: FileIdentity;
     try {
       memory = openSnapshotMemory(snap);
     } catch {
-      return; // the next restore maps it itself and reports what is wrong
+      return;
     }
+    let identity: FileIdentity;
+    let vm: Promise<PreparedVm | null>;
     try {
       identity = mappedFileIdentity(memory);
+      vm = prepareVmAsync(memorySlots(memory)).catch(() => null);
     } catch {
       memory[Symbol.dispose]();
       return;
     }
     this.#made++;
-    const vm = prepareVmAsync(memorySlots(memory)).catch(() => null);
     this.#ready.set(key, { memory, identity, vm });
     for (const [k, r] of this.#ready) {
       if (this.#ready.size <= MAX_READY) break;

@@ -70,6 +70,8 @@ if (mode === "full" || mode === "capture") {
   //      mapped ahead must not be used
   //   c  state.json corrupted first (put back after): the restore must fail
   //      as corrupt and leave the pool as it was
+  //   x  the memory file moved away first (put back after): the restore must
+  //      fail as missing, dropping what the pool had mapped
   const [dir, plan] = args;
   const results: unknown[] = [];
   const taken: number[] = [];
@@ -83,6 +85,7 @@ if (mode === "full" || mode === "capture") {
         Deno.renameSync(`${mem}.new`, mem);
       }
       if (step === "c") Deno.writeTextFileSync(state, good.replace(/"\$b64": "A/, '"$b64": "B'));
+      if (step === "x") Deno.renameSync(mem, `${mem}.away`);
       const before = restorePool.taken;
       try {
         const m = await restoreVmAsync(dir, ASYNC_STEPS);
@@ -98,6 +101,7 @@ if (mode === "full" || mode === "capture") {
       } finally {
         taken.push(restorePool.taken - before);
         if (step === "c") Deno.writeTextFileSync(state, good);
+        if (step === "x") Deno.renameSync(`${mem}.away`, mem);
       }
       // The VM "ran": the pool's next one, due at once, starts before this wait ends.
       await new Promise((r) => setTimeout(r, 50));
