@@ -14,18 +14,12 @@ import { join } from "node:path";
 import { writeFileAtomic } from "../hv/atomic_file.ts";
 import { nativeHash } from "../hv/sha256.ts";
 import { skiffCacheDir } from "./cache.ts";
+import { fileIdentity } from "./file_identity.ts";
 
 const MEMO_LIMIT = 256;
 
 function identity(path: string, st: Deno.FileInfo): string {
-  return [
-    path,
-    st.dev,
-    st.ino,
-    st.size,
-    st.mtime?.getTime() ?? "",
-    st.ctime?.getTime() ?? "",
-  ].join("|");
+  return `${path}|${fileIdentity(st)}`;
 }
 
 /** SHA-256 (hex) of a file's bytes, streamed. */

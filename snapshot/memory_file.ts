@@ -257,55 +257,6 @@ class ReservedMemory extends RegionMemory {
 }
 
 /**
- * What a mapped memory file was when it was opened: a restore uses memory
- * mapped ahead (snapshot/restore_pool.ts) only while its path still names
- * that file ({@link sameFile}).
- */
-export interface FileIdentity {
-  dev: number;
-  ino: number;
-  size: number;
-  mtimeMs: number;
-  ctimeMs: number;
-}
-
-function identityOf(st: Deno.FileInfo): FileIdentity {
-  return {
-    dev: st.dev,
-    ino: st.ino ?? -1,
-    size: st.size,
-    mtimeMs: st.mtime?.getTime() ?? -1,
-    ctimeMs: st.ctime?.getTime() ?? -1,
-  };
-}
-
-/**
- * The identity of the file {@link mapMemoryFile} mapped as `memory`, from
- * its descriptor (not its path, which may name another file by now).
- */
-export function mappedFileIdentity(memory: RegionMemory): FileIdentity {
-  const fd = memory.regions[0]?.fd;
-  if (fd === undefined) throw new Error("mappedFileIdentity: the memory is not a mapped file");
-  return identityOf(Deno.statSync(`/proc/self/fd/${fd}`));
-}
-
-/**
- * Whether `path` names the file `id` describes, unchanged (same inode, size
- * and times). Snapshots are published whole by rename and never rewritten,
- * so a replaced file is a new inode.
- */
-export function sameFile(path: string, id: FileIdentity): boolean {
-  let now: FileIdentity;
-  try {
-    now = identityOf(Deno.statSync(path));
-  } catch {
-    return false;
-  }
-  return now.dev === id.dev && now.ino === id.ino && now.size === id.size &&
-    now.mtimeMs === id.mtimeMs && now.ctimeMs === id.ctimeMs;
-}
-
-/**
  * Maps the `memory` file `MAP_PRIVATE` (copy-on-write: guest writes never
  * reach the file) and returns it as guest memory laid out as `info` says.
  * Nothing is read: pages fault in from the page cache on first touch.

@@ -25,7 +25,7 @@
 
 import type { RegionMemory } from "../hv/memory.ts";
 import { closePrepared, memorySlots, type PreparedVm, prepareVmAsync } from "../hv/prepared_vm.ts";
-import { type FileIdentity, mappedFileIdentity, sameFile } from "./memory_file.ts";
+import { fileIdentity } from "./file_identity.ts";
 import { memoryInfoOf, openSnapshotMemory, type ParsedSnapshot, type Snapshot } from "./store.ts";
 import { type PooledRestore, type RestoreAhead, setRestoreAhead } from "./vm_snapshot.ts";
 
@@ -33,7 +33,31 @@ import { type PooledRestore, type RestoreAhead, setRestoreAhead } from "./vm_sna
 export const MAX_READY = 2;
 
 interface Ready extends PooledRestore {
-  identity: FileIdentity;
+  /** The mapped file's {@link fileIdentity}, from its descriptor. */
+  identity: string;
+}
+
+/**
+ * The identity of the file `openSnapshotMemory` mapped as `memory`, from its
+ * descriptor (not its path, which may name another file by now).
+ */
+function mappedFileIdentity(memory: RegionMemory): string {
+  const fd = memory.regions[0]?.fd;
+  if (fd === undefined) throw new Error("mappedFileIdentity: the memory is not a mapped file");
+  return fileIdentity(Deno.statSync(`/proc/self/fd/${fd}`));
+}
+
+/**
+ * Whether `path` names the file `identity` describes, unchanged. Snapshots
+ * are published whole by rename and never rewritten, so a replaced file is a
+ * new inode.
+ */
+function sameFile(path: string, identity: string): boolean {
+  try {
+    return fileIdentity(Deno.statSync(path)) === identity;
+  } catch {
+    return false;
+  }
 }
 
 function keyOf(snap: Snapshot | ParsedSnapshot): string {
@@ -149,7 +173,7 @@ export class RestorePool implements RestoreAhead {
     } catch {
       return;
     }
-    let identity: FileIdentity;
+    let identity: string;
     let vm: Promise<PreparedVm | null>;
     try {
       identity = mappedFileIdentity(memory);
