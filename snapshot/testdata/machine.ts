@@ -9,9 +9,9 @@
  */
 
 import { Assembler, mem } from "../../init/asm/mod.ts";
-import type { GuestMemory, MemoryRegion, RegionMemory } from "../../hv/memory.ts";
+import type { GuestMemory, RegionMemory } from "../../hv/memory.ts";
 import { Kvm, type VcpuFd, type VmFd } from "../../kvm_ffi/kvm.ts";
-import type { PreparedVm as HvPreparedVm } from "../../hv/prepared_vm.ts";
+import { type PreparedVm as HvPreparedVm, regionSlot } from "../../hv/prepared_vm.ts";
 import { KVM, KVM_EXIT, KVM_EXIT_IO, KVM_RUN_LAYOUT } from "../../kvm_ffi/kvm_sys.ts";
 import { errno, libc, SysError } from "../../kvm_ffi/libc.ts";
 import type { StateValue } from "../codec.ts";
@@ -169,16 +169,6 @@ export interface PreparedVm {
   vm: VmFd;
 }
 
-function slotOf(r: MemoryRegion, slot: number) {
-  return {
-    slot,
-    flags: 0,
-    guestPhysAddr: BigInt(r.guestAddr),
-    memorySize: BigInt(r.size),
-    userspaceAddr: Deno.UnsafePointer.value(r.hostPtr!) as bigint,
-  };
-}
-
 /**
  * Opens KVM, creates the VM and registers `memory`'s slots (a restore's
  * `prepare` step: see `restoreVmAsync`): on a thread-pool thread when the
@@ -196,8 +186,8 @@ export async function prepareVm(
   try {
     vm = kvm.createVm();
     for (const [i, r] of memory.regions.entries()) {
-      if (overlap) await vm.setUserMemoryRegionAsync(slotOf(r, i));
-      else vm.setUserMemoryRegion(slotOf(r, i));
+      if (overlap) await vm.setUserMemoryRegionAsync(regionSlot(r, i));
+      else vm.setUserMemoryRegion(regionSlot(r, i));
     }
     return { kvm, vm };
   } catch (e) {
@@ -238,7 +228,7 @@ export class TestMachine implements MachineParts, Disposable {
     this.memory = memory;
     this.vm = prepared?.vm ?? this.kvm.createVm();
     if (!prepared) {
-      memory.regions.forEach((r, slot) => this.vm.setUserMemoryRegion(slotOf(r, slot)));
+      memory.regions.forEach((r, slot) => this.vm.setUserMemoryRegion(regionSlot(r, slot)));
     }
     // Memory slots before the irqchip (as Firecracker): with an in-kernel irqchip
     // each KVM_SET_USER_MEMORY_REGION costs ~7 ms more here, which would dominate a restore.
