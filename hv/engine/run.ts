@@ -44,9 +44,14 @@ export async function runIn(
   if (io.stdin && child.stdin) {
     io.stdin.pipeTo(child.stdin, { signal: stopStdin.signal }).catch(() => {});
   }
+  // The host's streams outlive the command: neither its end nor its failure
+  // (QEMU killed with skiff's process group by a terminal's Ctrl-C) may close
+  // or abort them — aborting Deno.stderr.writable closes fd 2's resource, and
+  // skiff's own "stopped by SIGINT" line then had nowhere to go.
+  const keep = { preventClose: true, preventAbort: true };
   const out = [
-    child.stdout?.pipeTo(io.stdout, { preventClose: true }).catch(() => {}),
-    child.stderr?.pipeTo(io.stderr, { preventClose: true }).catch(() => {}),
+    child.stdout?.pipeTo(io.stdout, keep).catch(() => {}),
+    child.stderr?.pipeTo(io.stderr, keep).catch(() => {}),
   ];
   try {
     const status = await child.status;
