@@ -3,7 +3,9 @@
  * how it boots, captures or restores:
  *
  * - hit: restore from the cached snapshot; if that fails in any way, warn in
- *   one line, delete the entry and cold-boot instead;
+ *   one line, delete the entry and cold-boot instead — unless the run was
+ *   stopped meanwhile (its abort signal), which is the run's failure and
+ *   leaves the entry;
  * - miss: cold-boot to the init's ready doorbell, capture into the cache
  *   (atomically; a capture failure only costs a warning), and carry on in the
  *   same VM;
@@ -40,6 +42,11 @@ export interface BootCachedOptions<T, S extends { dir: string } = Snapshot> {
   capture(vm: T, dir: string): Promise<unknown>;
   /** One-line warnings (default: `console.error` with a `skiff: ` prefix). */
   warn?(message: string): void;
+  /**
+   * The run's abort signal (`--timeout`, Ctrl-C): a restore that fails once it
+   * has fired failed because of it, not because of the entry, which is kept.
+   */
+  signal?: AbortSignal;
 }
 
 /** The VM and where it came from. */
@@ -62,6 +69,7 @@ export async function bootCached<T, S extends { dir: string } = Snapshot>(
       try {
         return { vm: await o.restore(snapshot), from: "snapshot", captured: false };
       } catch (e) {
+        if (o.signal?.aborted) throw e;
         o.cache.discard(
           o.key,
           `restoring snapshot ${snapshot.dir} failed: ${(e as Error).message ?? String(e)}`,

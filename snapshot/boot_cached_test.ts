@@ -95,3 +95,37 @@ Deno.test("bootCached: a failed capture only warns", async () => {
     deepStrictEqual(cache.list(), []);
   });
 });
+
+Deno.test("bootCached: a restore stopped by the run's signal fails the run and keeps the entry", async () => {
+  await withCache(async (cache, warnings) => {
+    const log: string[] = [];
+    await flow(cache, log, warnings); // fills the entry
+    const stop = new AbortController();
+    const timedOut = new Error("timed out after 0.01 s");
+    const run = bootCached({
+      cache,
+      key,
+      warn: (m) => warnings.push(m),
+      signal: stop.signal,
+      restore: () => {
+        log.push("restore");
+        stop.abort(timedOut);
+        throw timedOut;
+      },
+      boot: () => {
+        log.push("boot");
+        return Promise.resolve("booted");
+      },
+      capture: () => Promise.resolve(),
+    });
+    strictEqual(await run.then(() => null, (e) => e), timedOut);
+    deepStrictEqual(log, ["boot", "capture", "restore"]);
+    deepStrictEqual(warnings, []);
+    // Still there, and still a hit.
+    deepStrictEqual(await flow(cache, log, warnings), {
+      vm: "restored:store",
+      from: "snapshot",
+      captured: false,
+    });
+  });
+});

@@ -148,6 +148,7 @@ export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promis
     cache,
     key,
     warn: o.warn,
+    signal: o.signal,
     restore: (snap) => restorePlanned(plan, snap, mopts),
     boot: async () => {
       const m = await buildPlanned(plan, { ...mopts, initrd: await agentInitramfs(plan.kernel) });

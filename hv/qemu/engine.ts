@@ -281,6 +281,7 @@ export class QemuEngine implements Engine {
           cache,
           key,
           warn,
+          signal: o.signal,
           read: readQemuEntry,
           restore,
           boot: async () => {
