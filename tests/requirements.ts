@@ -32,7 +32,8 @@ export type Requirement =
   | "python3"
   | "kernel"
   | "denort"
-  | "socat";
+  | "socat"
+  | "setsid";
 
 const TOOLS: Partial<Record<Requirement, string>> = {
   qemu: "qemu-system-x86_64",
@@ -51,6 +52,7 @@ const TOOLS: Partial<Record<Requirement, string>> = {
   file: "file",
   python3: "python3",
   socat: "socat",
+  setsid: "setsid",
 };
 
 /**

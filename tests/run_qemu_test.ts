@@ -273,3 +273,91 @@ hostTest("skiff run (qemu) --publish: a host port reaches a server in the guest"
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+/**
+ * `skiff run --engine qemu -- sh -c 'echo started; exec sleep 600'` in a
+ * session of its own (setsid: its pid is its process group's id), with
+ * TMPDIR `tmp`; resolves once the command has started.
+ */
+async function startSleeper(tmp: string) {
+  const child = new Deno.Command("setsid", {
+    args: [Deno.execPath(), "run", "-A", MAIN, "run", "--engine", "qemu", "--"]
+      .concat(["sh", "-c", "echo started; exec sleep 600"]),
+    env: { TMPDIR: tmp },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const timer = setTimeout(() => child.kill("SIGKILL"), GUEST_HANG_MS); // only catches a hang
+  const reader = child.stdout.getReader();
+  let out = "";
+  while (!out.includes("started")) {
+    const r = await reader.read();
+    if (r.done) break;
+    out += new TextDecoder().decode(r.value);
+  }
+  reader.releaseLock();
+  const stderr = child.stderr.pipeThrough(new TextDecoderStream());
+  const ended = Promise.all([
+    child.status,
+    Array.fromAsync(stderr).then((parts) => parts.join("")),
+    child.stdout.cancel(),
+  ]).then(([status, text]) => {
+    clearTimeout(timer);
+    return { status, stderr: text };
+  });
+  return { pid: child.pid, ended };
+}
+
+/** Whether a live (not zombie) process's command line contains `text`. */
+function processWith(text: string): boolean {
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const cmdline = Deno.readTextFileSync(`/proc/${e.name}/cmdline`);
+      const stat = Deno.readTextFileSync(`/proc/${e.name}/stat`);
+      if (cmdline.includes(text) && stat[stat.lastIndexOf(")") + 2] !== "Z") return true;
+    } catch {
+      // it ended meanwhile
+    }
+  }
+  return false;
+}
+
+hostTest(
+  "skiff run (qemu): Ctrl-C to the process group, SIGHUP and SIGKILL while the command runs",
+  [...needs, "setsid"],
+  async () => {
+    assertKernel(kernel);
+    const tmp = await Deno.makeTempDir({ prefix: "skiff-sigtest-" });
+    try {
+      // A terminal's Ctrl-C signals the whole group: skiff and its QEMU.
+      for (
+        const [sig, target, code] of [["SIGINT", "group", 130], ["SIGHUP", "skiff", 129]] as const
+      ) {
+        const run = await startSleeper(tmp);
+        Deno.kill(target === "group" ? -run.pid : run.pid, sig);
+        const { status, stderr } = await run.ended;
+        strictEqual(status.code, code, stderr);
+        strictEqual(stderr, `skiff run: stopped by ${sig}; the VM was stopped\n`);
+        deepStrictEqual(
+          [...Deno.readDirSync(tmp)].map((e) => e.name),
+          [],
+          `leftovers after ${sig}`,
+        );
+      }
+      // SIGKILL leaves skiff no say: QEMU dies with it (its parent-death
+      // signal), and the next start sweeps what it left in TMPDIR.
+      const run = await startSleeper(tmp);
+      Deno.kill(run.pid, "SIGKILL");
+      strictEqual((await run.ended).status.signal, "SIGKILL");
+      const ramOf = `skiff-ram-${run.pid}-`;
+      while (processWith(ramOf)) await new Promise((r) => setTimeout(r, 50)); // the test's bound catches a hang
+      const r = await runSkiff(["run", "--engine", "qemu", "--", "true"], { tmpdir: tmp });
+      strictEqual(r.code, 0, r.stderr);
+      deepStrictEqual([...Deno.readDirSync(tmp)].map((e) => e.name), []);
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
+  },
+);

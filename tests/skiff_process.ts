@@ -28,6 +28,8 @@ export interface RunSkiffOptions {
   stdin?: string;
   /** A bound that only catches a hang: the process is killed and this throws. */
   deadlineMs?: number;
+  /** TMPDIR (default: a new one, removed afterwards); it must be empty when skiff ends. */
+  tmpdir?: string;
 }
 
 /**
@@ -36,7 +38,7 @@ export interface RunSkiffOptions {
  */
 export async function runSkiff(args: string[], o: RunSkiffOptions = {}): Promise<SkiffRun> {
   const deadlineMs = o.deadlineMs ?? GUEST_HANG_MS;
-  const tmp = await Deno.makeTempDir({ prefix: "skiff-proc-tmp-" });
+  const tmp = o.tmpdir ?? await Deno.makeTempDir({ prefix: "skiff-proc-tmp-" });
   try {
     const child = new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", MAIN, ...args],
@@ -62,6 +64,6 @@ export async function runSkiff(args: string[], o: RunSkiffOptions = {}): Promise
     deepStrictEqual([...Deno.readDirSync(tmp)].map((e) => e.name), [], `leftovers after ${args}`);
     return r;
   } finally {
-    await Deno.remove(tmp, { recursive: true });
+    if (o.tmpdir === undefined) await Deno.remove(tmp, { recursive: true });
   }
 }

@@ -1,7 +1,7 @@
 /**
  * `skiff run` behind the CLI: picks the engine, runs the workload with the
- * host's standard streams, enforces `--timeout`, stops the VM on Ctrl-C or
- * SIGTERM, and turns the outcome into a process exit code.
+ * host's standard streams, enforces `--timeout`, stops the VM on Ctrl-C,
+ * SIGTERM, SIGHUP or SIGQUIT, and turns the outcome into a process exit code.
  *
  * @module
  */
@@ -34,6 +34,35 @@ function onSignal(sig: Deno.Signal, fn: () => void): () => void {
 }
 
 /**
+ * The signals that stop a VM (its QEMU too) and end skiff with 128 + their
+ * number, as a shell reports a command they killed: Ctrl-C, `kill`, a closed
+ * terminal (SIGHUP: left to its default, skiff died at once and QEMU ran on)
+ * and Ctrl-\.
+ */
+const STOP_SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGTERM: 15 } as const;
+type StopSignal = keyof typeof STOP_SIGNALS;
+
+/**
+ * Calls `stop` on the first of {@link STOP_SIGNALS} (`except` excluded);
+ * returns the function that stops listening.
+ */
+function onStopSignals(stop: (sig: StopSignal) => void, except: StopSignal[] = []): () => void {
+  const removers = (Object.keys(STOP_SIGNALS) as StopSignal[])
+    .filter((sig) => !except.includes(sig))
+    .map((sig) => onSignal(sig, () => stop(sig)));
+  return () => removers.forEach((remove) => remove());
+}
+
+/** skiff's last line; a terminal that hung up (SIGHUP) cannot take it, and that is no error. */
+function finalLine(line: string): void {
+  try {
+    console.error(line);
+  } catch {
+    // stderr is gone
+  }
+}
+
+/**
  * Runs `workload` in a VM for `config` with this process's stdin, stdout and
  * stderr; resolves to the exit code skiff should exit with.
  */
@@ -52,12 +81,11 @@ export async function runCommand(
     engine = chosen;
   }
   const abort = new AbortController();
-  let interrupted: Deno.Signal | null = null;
-  const stopOn = (sig: Deno.Signal) => () => {
-    interrupted = sig;
+  let interrupted: StopSignal | null = null;
+  const stopListening = onStopSignals((sig) => {
+    interrupted ??= sig;
     abort.abort(new SkiffError(`stopped by ${sig}; the VM was stopped`));
-  };
-  const removers = [onSignal("SIGINT", stopOn("SIGINT")), onSignal("SIGTERM", stopOn("SIGTERM"))];
+  });
   const timer = o.timeoutSeconds === undefined ? undefined : setTimeout(
     () => abort.abort(new VmTimeoutError(o.timeoutSeconds!)),
     o.timeoutSeconds * 1000,
@@ -75,17 +103,17 @@ export async function runCommand(
   } catch (e) {
     const reason = abort.signal.aborted ? abort.signal.reason : e;
     if (reason instanceof VmTimeoutError) {
-      console.error(`skiff run: ${reason.message}`);
+      finalLine(`skiff run: ${reason.message}`);
       return EXIT_TIMEOUT;
     }
     if (interrupted) {
-      console.error(`skiff run: stopped by ${interrupted}; the VM was stopped`);
-      return interrupted === "SIGINT" ? 130 : 143;
+      finalLine(`skiff run: stopped by ${interrupted}; the VM was stopped`);
+      return 128 + STOP_SIGNALS[interrupted as StopSignal];
     }
     throw e;
   } finally {
     clearTimeout(timer);
-    for (const remove of removers) remove();
+    stopListening();
   }
 }
 
@@ -124,19 +152,46 @@ export async function bootShell(config: VmConfig, o: BootShellOptions): Promise<
     );
   }
   const abort = new AbortController();
-  const removeTerm = onSignal("SIGTERM", () => abort.abort(new SkiffError("stopped by SIGTERM")));
+  let interrupted: StopSignal | null = null;
   const size = terminalSize();
   const raw = Deno.stdin.isTerminal();
-  if (raw) Deno.stdin.setRaw(true);
+  // In raw mode the terminal's Ctrl-C and Ctrl-\ are bytes for the guest's
+  // shell; a SIGINT or SIGQUIT still arrives from `kill`, and stops the VM.
+  const stopListening = onStopSignals((sig) => {
+    interrupted ??= sig;
+    abort.abort(new SkiffError(`stopped by ${sig}; the VM was stopped`));
+  });
+  let rawNow = false;
+  const cooked = () => {
+    if (!rawNow) return;
+    rawNow = false;
+    try {
+      Deno.stdin.setRaw(false);
+    } catch {
+      // the terminal is gone (SIGHUP)
+    }
+  };
+  if (raw) {
+    Deno.stdin.setRaw(true);
+    rawNow = true;
+  }
   try {
     const status = await engine.shell(config, {
       input: Deno.stdin.readable,
       output: Deno.stdout.writable,
       ...(size ? { size: () => terminalSize() ?? size } : {}),
     }, abort.signal);
+    if (abort.signal.aborted) throw abort.signal.reason;
     return exitCodeOf(status);
+  } catch (e) {
+    if (interrupted) {
+      cooked(); // before the line, which raw mode would not start at column 0
+      finalLine(`skiff boot: stopped by ${interrupted}; the VM was stopped`);
+      return 128 + STOP_SIGNALS[interrupted as StopSignal];
+    }
+    throw e;
   } finally {
-    if (raw) Deno.stdin.setRaw(false);
-    removeTerm();
+    cooked();
+    stopListening();
   }
 }

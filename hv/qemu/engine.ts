@@ -33,6 +33,7 @@ import { ConsoleWatch, guestReady } from "./console.ts";
 import { EarlyRestore } from "./early_restore.ts";
 import { captureQemu, type QemuCapture, restoreQemu } from "./persist.ts";
 import { QemuRamDir } from "./ram_dir.ts";
+import { makePidDir, sweepPidDirs, tempRoot } from "./pid_dir.ts";
 import { QemuProcess, type QemuStartOptions } from "./process.ts";
 import { qemuSnapshotKey } from "./snapshot_key.ts";
 
@@ -54,6 +55,8 @@ export interface QemuEngineOptions {
 
 /** Bound on a cold boot reaching READY (a TCG boot takes 2–5 s; this only catches hangs). */
 const READY_WAIT_MS = 10 * 60_000;
+/** Name prefix of a VM's scratch directory (sockets, initramfs) in the temp root: `skiff-qemu-<pid>-…`. */
+const SCRATCH_PREFIX = "skiff-qemu-";
 
 /**
  * The image QEMU boots for `kernel`: its ELF vmlinux when that has a PVH
@@ -141,14 +144,14 @@ export class QemuEngine implements Engine {
     const mark = (event: string) => timeline(log, event);
     mark("qemu engine starting");
     QemuRamDir.sweep();
+    sweepPidDirs(tempRoot(), SCRATCH_PREFIX);
     RamSpares.sweep();
     const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
     const image = qemuKernelImage(kernel);
     if (!Number.isInteger(config.memoryMiB) || config.memoryMiB < 64) {
       throw new ConfigError(`--memory ${config.memoryMiB}: at least 64 MiB`);
     }
-    const dir = await Deno.makeTempDir({ prefix: "skiff-qemu-" });
-    await Deno.chmod(dir, 0o700);
+    const dir = makePidDir(tempRoot(), SCRATCH_PREFIX);
     const ram = QemuRamDir.create();
     let vm: QemuProcess | null = null;
     let consoleWatch: ConsoleWatch | null = null;

@@ -16,6 +16,29 @@ import { HotplugSlots } from "./slots.ts";
 /** Default QEMU binary (looked up on PATH). */
 export const QEMU_BINARY = "qemu-system-x86_64";
 
+/** util-linux's setpriv (Debian: essential), which can set PR_SET_PDEATHSIG before it execs. */
+const SETPRIV = "/usr/bin/setpriv";
+let setprivPresent: boolean | null = null;
+
+/**
+ * `argv` started through `setpriv --pdeathsig KILL` where setpriv exists, so
+ * that QEMU is killed when skiff dies without stopping it (SIGKILL, a crash):
+ * the signal is armed in the child and kept across its execve of QEMU
+ * (prctl(2) PR_SET_PDEATHSIG). The "parent" is the spawning thread, which is
+ * the JS thread that starts the VM and lives as long as the VM is used.
+ * Without setpriv QEMU is started directly (and can outlive a killed skiff).
+ */
+export function withParentDeathSignal(argv: string[]): string[] {
+  if (setprivPresent === null) {
+    try {
+      setprivPresent = Deno.statSync(SETPRIV).isFile;
+    } catch {
+      setprivPresent = false;
+    }
+  }
+  return setprivPresent ? [SETPRIV, "--pdeathsig", "KILL", "--", ...argv] : argv;
+}
+
 /** QEMU failed to start or died during startup. */
 export class QemuStartError extends Error {
   constructor(message: string) {
@@ -154,8 +177,9 @@ export class QemuProcess implements AsyncDisposable {
         ports: portLs.map((p) => p.spec),
       };
       const args = qemuArgs(spec);
-      child = new Deno.Command(opts.binary ?? QEMU_BINARY, {
-        args,
+      const [cmd, ...cmdArgs] = withParentDeathSignal([opts.binary ?? QEMU_BINARY, ...args]);
+      child = new Deno.Command(cmd, {
+        args: cmdArgs,
         stdin: "null",
         stdout: "piped",
         stderr: "piped",

@@ -7,6 +7,7 @@
  */
 
 import { join } from "node:path";
+import { makePidDir, sweepPidDirs } from "./pid_dir.ts";
 
 /** Name prefix of {@link QemuRamDir}s: `skiff-ram-<pid>-<random>`. */
 const RAM_DIR_PREFIX = "skiff-ram-";
@@ -32,16 +33,13 @@ export class QemuRamDir implements Disposable {
    * to disk). Its name carries this process's pid, for {@link sweep}.
    */
   static create(root = "/dev/shm"): QemuRamDir {
-    let dir: string;
     try {
-      dir = Deno.makeTempDirSync({ dir: root, prefix: `${RAM_DIR_PREFIX}${Deno.pid}-` });
-      Deno.chmodSync(dir, 0o700);
+      return new QemuRamDir(makePidDir(root, RAM_DIR_PREFIX));
     } catch (e) {
       throw new Error(`cannot create a RAM directory in ${root}: ${(e as Error).message}`, {
         cause: e,
       });
     }
-    return new QemuRamDir(dir);
   }
 
   /**
@@ -50,30 +48,7 @@ export class QemuRamDir implements Disposable {
    * in memory until the files are removed). Returns the paths removed.
    */
   static sweep(root = "/dev/shm"): string[] {
-    const removed: string[] = [];
-    let names: Deno.DirEntry[];
-    try {
-      names = [...Deno.readDirSync(root)];
-    } catch {
-      return removed;
-    }
-    for (const ent of names) {
-      const m = new RegExp(`^${RAM_DIR_PREFIX}(\\d+)-`).exec(ent.name);
-      if (!m || !ent.isDirectory) continue;
-      try {
-        Deno.statSync(`/proc/${m[1]}`);
-        continue; // its process still runs
-      } catch {
-        // gone
-      }
-      try {
-        Deno.removeSync(join(root, ent.name), { recursive: true });
-        removed.push(join(root, ent.name));
-      } catch {
-        // another sweeper was first, or not ours to remove
-      }
-    }
-    return removed;
+    return sweepPidDirs(root, RAM_DIR_PREFIX);
   }
 
   /** Removes the directory and everything in it. Idempotent. */

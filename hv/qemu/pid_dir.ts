@@ -1,0 +1,61 @@
+/**
+ * Private directories named after the process that made them
+ * (`<prefix><pid>-<random>`), and the sweep of those whose process is gone:
+ * a skiff killed with SIGKILL (or a closed terminal before it handled
+ * SIGHUP) cannot remove its own, and the next engine start does.
+ *
+ * @module
+ */
+
+import { join } from "node:path";
+
+/** Creates `<root>/<prefix><pid>-<random>`, mode 0700. */
+export function makePidDir(root: string, prefix: string): string {
+  const dir = Deno.makeTempDirSync({ dir: root, prefix: `${prefix}${Deno.pid}-` });
+  Deno.chmodSync(dir, 0o700);
+  return dir;
+}
+
+/**
+ * Removes the directories under `root` named `<prefix><pid>-…` whose process
+ * no longer runs; returns their paths. Never throws.
+ */
+export function sweepPidDirs(root: string, prefix: string): string[] {
+  const removed: string[] = [];
+  let names: Deno.DirEntry[];
+  try {
+    names = [...Deno.readDirSync(root)];
+  } catch {
+    return removed;
+  }
+  const named = new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}(\\d+)-`);
+  for (const ent of names) {
+    const m = named.exec(ent.name);
+    if (!m || !ent.isDirectory) continue;
+    if (running(Number(m[1]))) continue;
+    try {
+      Deno.removeSync(join(root, ent.name), { recursive: true });
+      removed.push(join(root, ent.name));
+    } catch {
+      // another sweeper was first, or not ours to remove
+    }
+  }
+  return removed;
+}
+
+/** Whether process `pid` exists and is not a zombie (killed, its parent not yet waiting). */
+export function running(pid: number): boolean {
+  let stat: string;
+  try {
+    stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  } catch {
+    return false;
+  }
+  // proc_pid_stat(5): "pid (comm) state …"; comm may hold spaces and parentheses.
+  return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+}
+
+/** Where `Deno.makeTempDir` puts directories by default: `$TMPDIR`, else `/tmp`. */
+export function tempRoot(): string {
+  return Deno.env.get("TMPDIR") || "/tmp";
+}
