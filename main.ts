@@ -39,17 +39,58 @@ interface Command {
 
 type Options = NonNullable<ParseArgsConfig["options"]>;
 
-/** parseArgs in strict mode, turning its errors into {@link UsageError}. */
+/**
+ * parseArgs in strict mode, turning its errors into one-line
+ * {@link UsageError}s. A value that looks like a negative number is taken as
+ * the value of the option before it (`--cpus -1` as `--cpus=-1`), so the
+ * range check names it: parseArgs would call it ambiguous, and no skiff
+ * option looks like a number.
+ */
 export function parseFlags<O extends Options>(
   args: string[],
   options: O,
   allowPositionals = false,
 ) {
-  try {
-    return parseArgs({ args, options, allowPositionals, strict: true });
-  } catch (e) {
-    throw new UsageError((e as Error).message);
+  const joined: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === "--") {
+      joined.push(...args.slice(i));
+      break;
+    }
+    const name = a.startsWith("--") && !a.includes("=") ? a.slice(2) : undefined;
+    if (name && options[name]?.type === "string" && /^-[0-9.]/.test(args[i + 1] ?? "")) {
+      joined.push(`${a}=${args[++i]}`);
+    } else {
+      joined.push(a);
+    }
   }
+  try {
+    return parseArgs({ args: joined, options, allowPositionals, strict: true });
+  } catch (e) {
+    throw new UsageError(parseArgsMessage(e as Error & { code?: string }));
+  }
+}
+
+/**
+ * One line for a parseArgs error: its unknown-option hint has an unbalanced
+ * quote (`as in '-- "--x"`) and its ambiguous-value message spans three lines.
+ */
+function parseArgsMessage(e: Error & { code?: string }): string {
+  const unknown = e.message.match(/^Unknown option '([^']*)'/);
+  if (e.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" && unknown) {
+    const hint = e.message.includes("positional argument")
+      ? ` (an argument that starts with '-' goes after '--': -- ${unknown[1]})`
+      : "";
+    return `unknown option '${unknown[1]}'${hint}`;
+  }
+  const ambiguous = e.message.match(/^Option '([^']*)' argument is ambiguous/);
+  if (ambiguous) {
+    return `${ambiguous[1]} needs a value (one that starts with '-' is written ${
+      ambiguous[1]
+    }=-VALUE)`;
+  }
+  return e.message.split("\n").join(" ");
 }
 
 /**
@@ -208,15 +249,18 @@ const COMMANDS: Record<string, Command> = {
   boot: {
     summary: "an interactive guest shell, or (--console-log) the kernel's boot log on skiff's KVM",
     help: [
-      "Usage: skiff boot [--engine E] [--cpus N] [--memory MiB] [--volume HOST:GUEST[:ro]]…",
+      "Usage: skiff boot [--engine E] [--cpus N] [--memory MiB] [--volume HOST:GUEST[:ro|:rw]]…",
+      "                  [--kernel PATH] [--modules DIR] [--cmdline-extra STR] [--verbose]",
       "       skiff boot --console-log FILE --timeout SECONDS [--kernel PATH] [--modules DIR]",
       "                  [--cpus N] [--memory MiB] [--cmdline-extra STR]",
       "",
       "Without --console-log: an interactive shell in a guest set up as for `skiff run` (host /",
-      "read-only with a tmpfs overlay, the current directory shared), on the guest console",
-      "/dev/hvc0 with this terminal in raw mode (restored on exit); exits with the shell's code",
-      "when it exits and the guest powers off. Engines as for `skiff run` (--engine, default",
-      "auto); the kvm engine has no interactive console yet.",
+      "read-only with a tmpfs overlay, the current directory shared), on the guest's serial",
+      "console /dev/ttyS0 with this terminal in raw mode (restored on exit); exits with the",
+      "shell's code when it exits and the guest powers off. Input that is not a terminal ends",
+      "the shell at its end, as Ctrl-D would. The options mean what they mean for `skiff run`",
+      "(--engine, default auto; --verbose says which engine runs and shows the guest console);",
+      "the kvm engine has no interactive console yet.",
       "",
       "With --console-log:",
       "Boots the kernel (default: the one `skiff kernel fetch` cached; --kernel takes a bzImage",
@@ -226,8 +270,11 @@ const COMMANDS: Record<string, Command> = {
       "  exit 124  SECONDS passed; the VM was stopped",
       "  exit 125  the guest stopped on an exit skiff cannot continue from (with RIP and the",
       "            instruction bytes), or skiff failed",
-      "Defaults: --cpus 1, --memory 512. Where /dev/kvm emulates guest code (kvm_pvm), skiff",
-      "adds `noxsave clearcpuid=cx16` to the command line and says so.",
+      "SECONDS may be fractional, up to 2147483 (about 24.8 days). Where /dev/kvm emulates guest",
+      "code (kvm_pvm), skiff adds `noxsave clearcpuid=cx16` to the command line and says so.",
+      "",
+      "In both: --cpus 1 to 255 (default 1); --memory 128 to 65536 MiB (default 512; from 64",
+      "with --kernel, as the default kernel needs more).",
     ].join("\n"),
     async run(args) {
       const { values } = parseFlags(args, {
@@ -264,7 +311,7 @@ const COMMANDS: Record<string, Command> = {
       }
       if (values.timeout === undefined) throw new UsageError("--timeout SECONDS is required");
       const { bootWithConsoleLog } = await import("./hv/kvm/console_boot.ts");
-      const { flagNumber, parseTimeout } = await import("./hv/cli/run_options.ts");
+      const { parseCpus, parseMemory, parseTimeout } = await import("./hv/cli/run_options.ts");
       const ac = new AbortController();
       const onSignal = () => ac.abort();
       Deno.addSignalListener("SIGINT", onSignal);
@@ -275,8 +322,8 @@ const COMMANDS: Record<string, Command> = {
           timeoutSeconds: parseTimeout(values.timeout)!,
           kernel: values.kernel,
           modules: values.modules,
-          cpus: flagNumber("--cpus", values.cpus, { min: 1, max: 255 }) ?? 1,
-          memoryMiB: flagNumber("--memory", values.memory, { min: 64, max: 65536 }) ?? 512,
+          cpus: parseCpus(values.cpus) ?? 1,
+          memoryMiB: parseMemory(values.memory, values.kernel !== undefined) ?? 512,
           cmdlineExtra: values["cmdline-extra"],
           signal: ac.signal,
         });
@@ -313,9 +360,6 @@ const COMMANDS: Record<string, Command> = {
       }
       if (values.net !== undefined && values.net !== "host-loopback") {
         throw new UsageError(`--net must be host-loopback, got '${values.net}'`);
-      }
-      if (values.mtu !== undefined && !/^\d+$/.test(values.mtu)) {
-        throw new UsageError(`--mtu must be a number, got '${values.mtu}'`);
       }
       const { netTapCommand, parsePublish } = await import("./devices/net/mod.ts");
       const { flagNumber } = await import("./hv/cli/run_options.ts");
@@ -440,21 +484,26 @@ const COMMANDS: Record<string, Command> = {
       "                          /etc/group, or the host's without --image)",
       "  --engine kvm|qemu|auto  VMM to use (default auto: kvm when /dev/kvm runs guests,",
       "                          else QEMU in software mode)",
-      "  --cpus N                vCPUs (default 1; the kvm engine runs one for now)",
-      "  --memory MiB            guest RAM (default 512)",
+      "  --cpus N                vCPUs, 1 to 255 (default 1; the kvm engine runs one for now)",
+      "  --memory MiB            guest RAM, 128 to 65536 (default 512; from 64 with --kernel,",
+      "                          as the default kernel needs more)",
       "  --env K=V               set a variable (repeatable; --env K copies the host's)",
       "  --workdir DIR           guest working directory (default: the current directory)",
-      "  --volume HOST:GUEST[:ro]  share a host directory, read-write unless :ro (repeatable)",
-      "  --timeout S             stop the VM after S seconds (exit 124)",
+      "  --volume HOST:GUEST[:ro|:rw]  share a host directory, read-write (:rw, the default)",
+      "                          or read-only (:ro) (repeatable)",
+      "  --timeout S             stop the VM after S seconds (exit 124); S may be fractional,",
+      "                          up to 2147483 (about 24.8 days)",
       "  --kernel PATH           bzImage or ELF vmlinux (default: the cached Debian kernel)",
       "  --modules DIR           modules directory for --kernel",
       "  --cmdline-extra STR     appended to the kernel command line",
       "  --hostname NAME         guest hostname (default skiff)",
-      "  --net[=host-loopback]   a virtio-net NIC behind skiff's user-mode TCP/IP stack (guest",
+      "  --net[=on|host-loopback]  a virtio-net NIC behind skiff's user-mode TCP/IP stack (guest",
       "                          10.42.0.2/24, gateway and DNS 10.42.0.1); host-loopback also",
       "                          lets the guest reach the host's 127.0.0.1 at 10.42.0.1",
       "  --publish [IP:]HOSTPORT:GUESTPORT[/udp]  forward a host port (127.0.0.1 by default)",
       "                          into the guest (repeatable; needs --net)",
+      "  --snapshot              use the snapshot cache (the default): restore from it, or",
+      "                          capture into it after a boot (see skiff snapshot --help)",
       "  --no-snapshot           boot afresh: neither restore from nor add to the snapshot cache",
       "  --verbose               say which engine runs and show the guest console",
       "",
@@ -625,14 +674,15 @@ function mainHelp(): string {
 }
 
 /**
- * Whether `skiff NAME ARGS…` asks for NAME's help: `--help` among the
+ * Whether `skiff NAME ARGS…` asks for NAME's help: `--help` or `-h` among the
  * command's own arguments, not among a guest command's (`skiff run ls
  * --help` runs `ls --help`; `skiff run --help` is run's help).
  */
 export function commandHelpAsked(name: string, args: string[]): boolean {
   const command = COMMANDS[name];
   if (!command) return false;
-  return (command.ownArgs?.(args) ?? args).includes("--help");
+  const own = command.ownArgs?.(args) ?? args;
+  return own.includes("--help") || own.includes("-h");
 }
 
 /** Runs the CLI with `args`; resolves to the exit code. */

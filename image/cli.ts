@@ -6,7 +6,7 @@
 
 import { parseReference } from "./reference.ts";
 import { isDigest, shortDigest } from "./digest.ts";
-import { pullImage } from "./pull.ts";
+import { type PulledImage, pullImage } from "./pull.ts";
 import { type ImageRecord, ImageStore } from "./store.ts";
 
 /** Runs `fn` with an AbortSignal that Ctrl-C / SIGTERM abort (so temporary files are removed). */
@@ -26,12 +26,16 @@ export async function withInterrupt<T>(fn: (signal: AbortSignal) => Promise<T>):
 export async function imagePullCommand(text: string, store = new ImageStore()): Promise<number> {
   const ref = parseReference(text);
   const r = await withInterrupt((signal) => pullImage(ref, { store, signal }));
-  console.error(
-    `skiff image: pulled ${r.record.name} (${r.record.layers.length} layers, ${r.fetched} fetched, ` +
-      `${mib(r.record.layers.reduce((n, l) => n + l.bytes, 0))} MiB unpacked)`,
-  );
+  console.error(pullSummary(r));
   console.log(r.record.manifestDigest);
   return 0;
+}
+
+/** The line `skiff image pull` ends with on stderr (`1 layer`, `2 layers`). */
+export function pullSummary(r: Pick<PulledImage, "record" | "fetched">): string {
+  const n = r.record.layers.length;
+  return `skiff image: pulled ${r.record.name} (${n} layer${n === 1 ? "" : "s"}, ` +
+    `${r.fetched} fetched, ${mib(r.record.layers.reduce((s, l) => s + l.bytes, 0))} MiB unpacked)`;
 }
 
 function mib(n: number): string {

@@ -58,12 +58,13 @@ export interface RunOptions {
 /**
  * The one parser of numeric flags: `value` (the flag's text) as a number in
  * `[min, max]`, whole unless `fraction`; `undefined` when the flag is absent.
- * A bad value is a {@link ConfigError} naming the flag and the range.
+ * A bad value is a {@link ConfigError} naming the flag and the range
+ * (`expected` replaces the generic description of the range).
  */
 export function flagNumber(
   flag: string,
   value: string | undefined,
-  o: { min: number; max: number; fraction?: boolean },
+  o: { min: number; max: number; fraction?: boolean; expected?: string },
 ): number | undefined {
   if (value === undefined) return undefined;
   const n = Number(value);
@@ -72,14 +73,53 @@ export function flagNumber(
     : /^\d+$/.test(value) && Number.isSafeInteger(n);
   if (!ok || n < o.min || n > o.max) {
     const kind = o.fraction ? "number" : "whole number";
-    const range = o.max === Infinity ? `a positive ${kind}` : `a ${kind} from ${o.min} to ${o.max}`;
+    const range = o.expected ??
+      (o.max === Infinity ? `a positive ${kind}` : `a ${kind} from ${o.min} to ${o.max}`);
     throw new ConfigError(`${flag} ${value}: expected ${range}`);
   }
   return n;
 }
 
-function positiveInt(flag: string, value: string | undefined, fallback: number, max: number) {
-  return flagNumber(flag, value, { min: 1, max }) ?? fallback;
+/** Most vCPUs `--cpus` takes. */
+export const MAX_CPUS = 255;
+/** Most guest RAM `--memory` takes, in MiB. */
+export const MAX_MEMORY_MIB = 65536;
+/**
+ * Least guest RAM `--memory` takes, in MiB: the default Debian cloud kernel
+ * hangs at 64 MiB and panics ("System is deadlocked on memory") up to about
+ * 72, so 128 leaves it room.
+ */
+export const MIN_MEMORY_MIB = 128;
+/**
+ * Least guest RAM with `--kernel`: the engines' own floor (hv/kvm/plan.ts,
+ * hv/qemu/engine.ts); a kernel of one's own may need less than Debian's.
+ */
+export const MIN_MEMORY_MIB_OWN_KERNEL = 64;
+/**
+ * Longest `--timeout`, in seconds: setTimeout's delay is a signed 32-bit
+ * count of milliseconds, and a longer one fires at once.
+ */
+export const MAX_TIMEOUT_S = Math.floor((2 ** 31 - 1) / 1000);
+
+/** Parses `--cpus N` (1 to {@link MAX_CPUS}); undefined when absent. */
+export function parseCpus(value: string | undefined): number | undefined {
+  return flagNumber("--cpus", value, { min: 1, max: MAX_CPUS });
+}
+
+/**
+ * Parses `--memory MiB`: from {@link MIN_MEMORY_MIB} (from
+ * {@link MIN_MEMORY_MIB_OWN_KERNEL} when `ownKernel`, i.e. with `--kernel`)
+ * to {@link MAX_MEMORY_MIB}; undefined when absent.
+ */
+export function parseMemory(value: string | undefined, ownKernel = false): number | undefined {
+  const min = ownKernel ? MIN_MEMORY_MIB_OWN_KERNEL : MIN_MEMORY_MIB;
+  return flagNumber("--memory", value, {
+    min,
+    max: MAX_MEMORY_MIB,
+    expected: `a whole number of MiB from ${min} to ${MAX_MEMORY_MIB}${
+      ownKernel ? " (with --kernel)" : ""
+    }`,
+  });
 }
 
 /** The image's command settings, or `--user` against the host's user database. */
@@ -164,8 +204,8 @@ export function runConfig(o: RunOptions): { config: VmConfig; workload: Workload
   const config: VmConfig = {
     kernel: o.kernel,
     modules: o.modules,
-    cpus: positiveInt("--cpus", o.cpus, 1, 255),
-    memoryMiB: positiveInt("--memory", o.memory, 512, 65536),
+    cpus: parseCpus(o.cpus) ?? 1,
+    memoryMiB: parseMemory(o.memory, o.kernel !== undefined) ?? 512,
     cmdlineExtra: o.cmdlineExtra ?? "",
     root: o.image ? imageRootShare(o.image) : defaultRootShare(),
     volumes,
@@ -173,7 +213,6 @@ export function runConfig(o: RunOptions): { config: VmConfig; workload: Workload
     hostname: o.hostname ?? "skiff",
     verbose: o.verbose ?? false,
   };
-  if (config.memoryMiB < 64) throw new ConfigError(`--memory ${o.memory}: at least 64 MiB`);
   const argv = cmd ? cmd.argv : o.argv;
   return { config, workload: { argv, env, workdir, ...(cmd?.user ? { user: cmd.user } : {}) } };
 }
@@ -185,7 +224,7 @@ export function parseNet(net: string | boolean | undefined, publish: string[]): 
     return null;
   }
   if (net !== true && net !== "on" && net !== "host-loopback") {
-    throw new ConfigError(`--net=${net}: expected --net or --net=host-loopback`);
+    throw new ConfigError(`--net=${net}: expected --net, --net=on or --net=host-loopback`);
   }
   return {
     hostLoopback: net === "host-loopback",
@@ -205,7 +244,15 @@ export function parseNet(net: string | boolean | undefined, publish: string[]): 
   };
 }
 
-/** Parses `--timeout S` (seconds, may be fractional); undefined when absent. */
+/**
+ * Parses `--timeout S` (seconds, may be fractional, at most
+ * {@link MAX_TIMEOUT_S}); undefined when absent.
+ */
 export function parseTimeout(value: string | undefined): number | undefined {
-  return flagNumber("--timeout", value, { min: 0.001, max: Infinity, fraction: true });
+  return flagNumber("--timeout", value, {
+    min: 0.001,
+    max: MAX_TIMEOUT_S,
+    fraction: true,
+    expected: `a positive number of seconds up to ${MAX_TIMEOUT_S} (about 24.8 days)`,
+  });
 }

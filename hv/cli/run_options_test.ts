@@ -1,8 +1,32 @@
 import { deepStrictEqual, match, strictEqual, throws } from "node:assert/strict";
 import { ConfigError } from "../errors.ts";
 import { GUEST_PATH } from "../config.ts";
-import { flagNumber, parseNet, parseTimeout, parseVolume, runConfig } from "./run_options.ts";
-import { commandHelpAsked, main, splitCommand } from "../../main.ts";
+import {
+  flagNumber,
+  MAX_TIMEOUT_S,
+  parseMemory,
+  parseNet,
+  parseTimeout,
+  parseVolume,
+  runConfig,
+} from "./run_options.ts";
+import { commandHelpAsked, main, parseFlags, splitCommand } from "../../main.ts";
+
+/** Runs main(args) with console.log/error captured. */
+async function captured(args: string[]): Promise<{ code: number; out: string; err: string }> {
+  const out: string[] = [];
+  const err: string[] = [];
+  const [log, error] = [console.log, console.error];
+  console.log = (...a: unknown[]) => void out.push(a.join(" "));
+  console.error = (...a: unknown[]) => void err.push(a.join(" "));
+  try {
+    const code = await main(args);
+    return { code, out: out.join("\n"), err: err.join("\n") };
+  } finally {
+    console.log = log;
+    console.error = error;
+  }
+}
 
 Deno.test("runConfig: defaults — host / read-only root, cwd shared read-only and used as workdir", () => {
   const { config, workload } = runConfig({ argv: ["uname", "-a"], cwd: "/tmp", hostEnv: {} });
@@ -62,7 +86,7 @@ Deno.test("runConfig: bad input is a ConfigError naming the flag and value", () 
     [{ argv: [] }, /no command given/],
     [{ cpus: "0" }, /--cpus 0/],
     [{ cpus: "two" }, /--cpus two/],
-    [{ memory: "32" }, /--memory 32: at least 64 MiB/],
+    [{ memory: "32" }, /^--memory 32: expected a whole number of MiB from 128 to 65536$/],
     [{ env: ["1X=2"] }, /--env 1X=2/],
     [{ workdir: "rel" }, /--workdir rel: must be absolute/],
     [{ volume: ["/no/such/dir:/x"] }, /host path \/no\/such\/dir does not exist/],
@@ -170,4 +194,136 @@ Deno.test("flagNumber: the one numeric flag parser — whole or fractional, in r
     () => flagNumber("--timeout", "soon", { min: 0.001, max: Infinity, fraction: true }),
     /--timeout soon: expected a positive number$/,
   );
+});
+
+Deno.test("CLI: a negative number is the option's value, and its range error is one line", async () => {
+  const str = { cpus: { type: "string" }, verbose: { type: "boolean" } } as const;
+  strictEqual(parseFlags(["--cpus", "-1"], str).values.cpus, "-1");
+  strictEqual(parseFlags(["--cpus", "-.5"], str).values.cpus, "-.5");
+  // After --, nothing is joined (fuse takes positionals there).
+  deepStrictEqual(
+    parseFlags(["--", "--cpus", "-1"], str, true).positionals,
+    ["--cpus", "-1"],
+  );
+  const cases: [string[], string][] = [
+    [
+      ["run", "--cpus", "-1", "--", "true"],
+      "skiff run: --cpus -1: expected a whole number from 1 to 255",
+    ],
+    [
+      ["run", "--cpus=-1", "--", "true"],
+      "skiff run: --cpus -1: expected a whole number from 1 to 255",
+    ],
+    [
+      ["run", "--memory", "-5", "--", "true"],
+      "skiff run: --memory -5: expected a whole number of MiB from 128 to 65536",
+    ],
+    [
+      ["run", "--timeout", "-1", "--", "true"],
+      `skiff run: --timeout -1: expected a positive number of seconds up to ${MAX_TIMEOUT_S} (about 24.8 days)`,
+    ],
+    [
+      ["boot", "--memory", "-5"],
+      "skiff boot: --memory -5: expected a whole number of MiB from 128 to 65536",
+    ],
+    [
+      ["boot", "--console-log", "/dev/null", "--timeout", "-1"],
+      `skiff boot: --timeout -1: expected a positive number of seconds up to ${MAX_TIMEOUT_S} (about 24.8 days)`,
+    ],
+    [
+      ["boot", "--console-log", "/dev/null", "--timeout", "5", "--cpus", "-2"],
+      "skiff boot: --cpus -2: expected a whole number from 1 to 255",
+    ],
+    [
+      ["net", "tap", "--netns", "x", "--mtu", "-5"],
+      "skiff net: --mtu -5: expected a whole number from 576 to 65535",
+    ],
+  ];
+  for (const [args, line] of cases) {
+    const r = await captured(args);
+    deepStrictEqual([r.code, r.err], [125, line], args.join(" "));
+  }
+});
+
+Deno.test("CLI: parseArgs errors are one line with balanced quotes", async () => {
+  const fuse = await captured(["fuse", "mount", "A", "B", "--bogus"]);
+  strictEqual(fuse.code, 125);
+  strictEqual(
+    fuse.err,
+    "skiff fuse: unknown option '--bogus' (an argument that starts with '-' goes after '--': " +
+      "-- --bogus) (see skiff fuse --help)",
+  );
+  const run = await captured(["run", "--bogus", "--", "true"]);
+  strictEqual(run.err, "skiff run: unknown option '--bogus' (see skiff run --help)");
+  const dash = await captured(["run", "--hostname", "-x", "--", "true"]);
+  strictEqual(
+    dash.err,
+    "skiff run: --hostname needs a value (one that starts with '-' is written --hostname=-VALUE)" +
+      " (see skiff run --help)",
+  );
+  for (const r of [fuse, run, dash]) strictEqual(r.err.includes("\n"), false, r.err);
+});
+
+Deno.test("parseTimeout: at most setTimeout's limit (2147483 s), named in the error", () => {
+  strictEqual(MAX_TIMEOUT_S, 2147483);
+  strictEqual(parseTimeout("2147483"), 2147483);
+  for (const bad of ["2147484", "2147483.5", "1e9", "0", "-1"]) {
+    throws(
+      () => parseTimeout(bad),
+      (e: unknown) =>
+        e instanceof ConfigError &&
+        (e as Error).message ===
+          `--timeout ${bad}: expected a positive number of seconds up to 2147483 (about 24.8 days)`,
+    );
+  }
+});
+
+Deno.test("parseMemory: 128 to 65536 MiB with one message below, 64 with --kernel", () => {
+  strictEqual(parseMemory("128"), 128);
+  strictEqual(parseMemory("65536"), 65536);
+  strictEqual(parseMemory(undefined), undefined);
+  for (const bad of ["0", "1", "16", "64", "127", "65537", "1.5", "-5"]) {
+    throws(
+      () => parseMemory(bad),
+      (e: unknown) =>
+        e instanceof ConfigError &&
+        (e as Error).message ===
+          `--memory ${bad}: expected a whole number of MiB from 128 to 65536`,
+    );
+  }
+  // A kernel of one's own (the kvm tests' stand-in kernels) keeps the engines' 64 MiB floor.
+  strictEqual(parseMemory("64", true), 64);
+  throws(() => parseMemory("63", true), /--memory 63: .* from 64 to 65536 \(with --kernel\)$/);
+  const base = { argv: ["true"], cwd: "/", hostEnv: {} };
+  strictEqual(runConfig({ ...base, memory: "128" }).config.memoryMiB, 128);
+  strictEqual(runConfig({ ...base, memory: "64", kernel: "/k" }).config.memoryMiB, 64);
+  throws(() => runConfig({ ...base, memory: "64" }), /from 128 to 65536$/);
+});
+
+Deno.test("CLI: -h is --help for each command, but not after the guest command", async () => {
+  strictEqual(commandHelpAsked("run", ["-h"]), true);
+  strictEqual(commandHelpAsked("run", ["--memory", "256", "-h"]), true);
+  strictEqual(commandHelpAsked("run", ["--", "ls", "-h"]), false);
+  strictEqual(commandHelpAsked("run", ["ls", "-h"]), false);
+  strictEqual(commandHelpAsked("initramfs", ["build", "--out", "x", "--", "ls", "-h"]), false);
+  for (const args of [["run", "-h"], ["boot", "-h"], ["fuse", "-h"], ["image", "pull", "-h"]]) {
+    const r = await captured(args);
+    strictEqual(r.code, 0, r.err);
+    match(r.out, new RegExp(`^Usage: skiff ${args[0]} `));
+  }
+});
+
+Deno.test("CLI: run --help and boot --help name every option they take", async () => {
+  const run = (await captured(["run", "--help"])).out;
+  for (
+    const s of ["--snapshot ", "--no-snapshot", "--net[=on|host-loopback]", ":ro|:rw", "2147483"]
+  ) {
+    strictEqual(run.includes(s), true, s);
+  }
+  match(run, /--memory MiB +guest RAM, 128 to 65536/);
+  const boot = (await captured(["boot", "--help"])).out;
+  for (const s of ["--verbose", "--kernel", "--modules", "--cmdline-extra", ":ro|:rw", "2147483"]) {
+    strictEqual(boot.includes(s), true, s);
+  }
+  match(boot, /--memory 128 to 65536 MiB/);
 });
