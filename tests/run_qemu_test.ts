@@ -361,3 +361,14 @@ hostTest(
     }
   },
 );
+
+hostTest("skiff boot (qemu): input that ends (not a terminal) ends the shell, as Ctrl-D would", [
+  ...needs,
+], async () => {
+  assertKernel(kernel);
+  for (const input of ["", "echo $((6*7))\n"]) {
+    const r = await runSkiff(["boot", "--engine", "qemu"], { stdin: input });
+    strictEqual(r.code, 0, r.stderr);
+    if (input) match(r.stdout, /42\r?\n/); // the input itself has no "42"
+  }
+});

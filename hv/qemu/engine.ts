@@ -55,6 +55,10 @@ export interface QemuEngineOptions {
 
 /** Bound on a cold boot reaching READY (a TCG boot takes 2–5 s; this only catches hangs). */
 const READY_WAIT_MS = 10 * 60_000;
+/** ASCII EOT (Ctrl-D): end-of-file typed at a terminal. */
+const EOT = new Uint8Array([4]);
+/** How often `skiff boot` repeats EOT after its input ended, until the shell exits. */
+const EOT_REPEAT_MS = 250;
 /** Name prefix of a VM's scratch directory (sockets, initramfs) in the temp root: `skiff-qemu-<pid>-…`. */
 const SCRATCH_PREFIX = "skiff-qemu-";
 
@@ -406,8 +410,20 @@ export class QemuEngine implements Engine {
     con.tap = (b) => void writer.write(b).catch(() => {});
     const tty = process.console!;
     const stopInput = new AbortController();
+    // Input that ends (a pipe or file, not a terminal) ends the shell as
+    // Ctrl-D would: EOT on an empty line is end-of-file for a canonical tty.
+    // Sent again until the shell is gone, since one that arrives before the
+    // shell has set up its terminal can be flushed with the early input.
+    let eot: ReturnType<typeof setInterval> | undefined;
+    const sendEot = () => void tty.write(EOT).catch(() => {});
     io.input.pipeTo(
-      new WritableStream({ write: async (b) => void await tty.write(b) }),
+      new WritableStream({
+        write: async (b) => void await tty.write(b),
+        close: () => {
+          sendEot();
+          eot = setInterval(sendEot, EOT_REPEAT_MS);
+        },
+      }),
       { signal: stopInput.signal },
     ).catch(() => {});
     try {
@@ -426,6 +442,7 @@ export class QemuEngine implements Engine {
         ? { kind: "signaled", signal: r.signal }
         : { kind: "exited", code: r.code };
     } finally {
+      clearInterval(eot);
       stopInput.abort();
       con.tap = null;
       writer.releaseLock();
