@@ -18,7 +18,8 @@ import { startNetStack } from "../engine/net_stack.ts";
 import { attachVirtioNet } from "../../devices/net/virtio.ts";
 import { AgentClient } from "../../init/agent/client.ts";
 import { agentInitramfs } from "../../init/agent/initramfs.ts";
-import { AGENT_BOOT_ERROR_PREFIX, AGENT_READY_MARKER } from "../../init/agent/protocol.ts";
+import { AGENT_READY_MARKER } from "../../init/agent/protocol.ts";
+import { initFailure } from "../engine/init_failure.ts";
 import { randomSnapshotKey, SnapshotCache } from "../../snapshot/cache.ts";
 import { bootCached } from "../../snapshot/boot_cached.ts";
 import { captureHvVm } from "../../snapshot/hv_snapshot.ts";
@@ -77,15 +78,8 @@ class ReadyWatch {
   feed(b: Uint8Array): void {
     this.#seen = (this.#seen + this.#dec.decode(b, { stream: true })).slice(-8192);
     if (this.#seen.includes(AGENT_READY_MARKER)) this.#resolve();
-    const e = this.#seen.indexOf(AGENT_BOOT_ERROR_PREFIX);
-    const end = e < 0 ? -1 : this.#seen.indexOf("\n", e);
-    if (end >= 0) {
-      this.#reject(
-        new VmError(
-          `the guest init failed at ${this.#seen.slice(e + AGENT_BOOT_ERROR_PREFIX.length, end)}`,
-        ),
-      );
-    }
+    const failed = initFailure(this.#seen);
+    if (failed) this.#reject(failed);
   }
 }
 

@@ -8,7 +8,8 @@
  * @module
  */
 
-import { AGENT_BOOT_ERROR_PREFIX, AGENT_READY_MARKER } from "../../init/agent/protocol.ts";
+import { AGENT_READY_MARKER } from "../../init/agent/protocol.ts";
+import { initFailure } from "../engine/init_failure.ts";
 import { VmError } from "../errors.ts";
 import { abortRace } from "../abort.ts";
 import type { QemuProcess } from "./process.ts";
@@ -65,14 +66,8 @@ export class ConsoleWatch {
     // Only the end of what was seen can hold a marker split across reads.
     this.#seen = (this.#seen + s).slice(-(4096 + AGENT_READY_MARKER.length));
     if (this.#seen.includes(AGENT_READY_MARKER)) this.#readyResolve();
-    const e = this.#seen.indexOf(AGENT_BOOT_ERROR_PREFIX);
-    if (e >= 0) {
-      const end = this.#seen.indexOf("\n", e);
-      if (end >= 0) {
-        const what = this.#seen.slice(e + AGENT_BOOT_ERROR_PREFIX.length, end).trim();
-        this.#readyReject(new VmError(`the guest init failed at ${what}`));
-      }
-    }
+    const failed = initFailure(this.#seen);
+    if (failed) this.#readyReject(failed);
   }
 
   /** The last lines of the console, as `; console:\n…` for an error message (or ""). */
