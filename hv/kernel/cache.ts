@@ -183,15 +183,43 @@ export function bzImageRelease(bytes: Uint8Array): string | undefined {
 }
 
 /**
+ * The cached kernel whose vmlinux or bzImage `path` is (the same file), with
+ * that image only (the one the user named is the one booted), or undefined.
+ */
+async function cachedKernelOf(path: string, root?: string): Promise<KernelInfo | undefined> {
+  const real = (p: string) => Deno.realPath(p).catch(() => null);
+  const want = await real(path);
+  if (!want) return undefined;
+  for (const k of await listCachedKernels(root).catch(() => [])) {
+    if (k.vmlinux && (await real(k.vmlinux)) === want) {
+      const { bzImage: _, ...elf } = k;
+      return elf;
+    }
+    if (k.bzImage && (await real(k.bzImage)) === want) {
+      const { vmlinux: _, ...bz } = k;
+      return bz;
+    }
+  }
+  return undefined;
+}
+
+/**
  * The kernel to boot: the default cached kernel, or the `kernel` path
  * (bzImage or ELF vmlinux, detected) and/or `modules` directory given by the
- * user. Throws {@link KernelMissingError} when nothing is cached and no
- * kernel was given, and {@link KernelFileError} for unusable override paths.
+ * user; a `kernel` that is a cached kernel's own file, without `modules`, is
+ * that cached kernel with its modules. Throws {@link KernelMissingError} when
+ * nothing is cached and no kernel was given, and {@link KernelFileError} for
+ * unusable override paths.
  */
 export async function findKernel(
   opts: { kernel?: string; modules?: string; cacheDir?: string } = {},
 ): Promise<KernelInfo> {
   let info: KernelInfo;
+  if (opts.kernel && !opts.modules) {
+    // A cached kernel's own file (e.g. its boot/vmlinuz) comes with its modules.
+    const own = await cachedKernelOf(resolve(opts.kernel), opts.cacheDir);
+    if (own) return own;
+  }
   if (opts.kernel) {
     const path = resolve(opts.kernel);
     const format = await detectKernelFormat(path);

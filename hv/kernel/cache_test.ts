@@ -110,3 +110,30 @@ Deno.test("bzImageRelease reads the kernel_version string", () => {
   );
   strictEqual(bzImageRelease(makeBzImage(new Uint8Array(4))), undefined);
 });
+
+Deno.test("findKernel: --kernel naming a cached kernel's file (any link to it) brings its modules", async () => {
+  await withDir(async (root) => {
+    const dir = await fakeCached(root, "6.1.0-9-cloud-amd64");
+    const link = join(root, "my-vmlinuz");
+    await Deno.symlink(join(dir, "boot/vmlinuz-6.1.0-9-cloud-amd64"), link);
+    for (const kernel of [join(dir, "vmlinux"), link]) {
+      const k = await findKernel({ kernel, cacheDir: root });
+      strictEqual(k.source, "cache");
+      strictEqual(k.version, "6.1.0-9-cloud-amd64");
+      strictEqual(k.modulesDir, join(dir, "lib/modules/6.1.0-9-cloud-amd64"));
+      // Only the image named is booted.
+      deepStrictEqual(
+        [k.vmlinux, k.bzImage],
+        kernel === link
+          ? [undefined, join(dir, "boot/vmlinuz-6.1.0-9-cloud-amd64")]
+          : [join(dir, "vmlinux"), undefined],
+      );
+    }
+    // With --modules the user's choice stands.
+    const mods = join(root, "mods");
+    await Deno.mkdir(mods);
+    const k = await findKernel({ kernel: link, modules: mods, cacheDir: root });
+    strictEqual(k.source, "override");
+    strictEqual(k.modulesDir, mods);
+  });
+});
