@@ -21,7 +21,7 @@ export interface Share {
   readOnly: boolean;
   /** Root-share policy: do not cross host mount points (other devices show empty). */
   stayOnDevice?: boolean;
-  /** Host paths (absolute) hidden from the guest (shown as empty directories). */
+  /** Host paths (absolute) hidden from the guest: absent there (ENOENT), with all below them. */
   hide?: string[];
   /**
    * An image root instead of a host directory: these unpacked layers (bottom

@@ -20,6 +20,7 @@ import {
   type Workload,
 } from "../config.ts";
 import { parsePublish } from "../../devices/net/config.ts";
+import { checkWorkdir } from "./workdir_check.ts";
 import {
   imageCommand,
   imageRootShare,
@@ -198,6 +199,7 @@ export function runConfig(o: RunOptions): { config: VmConfig; workload: Workload
   }
   const cmd = commandOf(o);
   const workdir = o.image ? cmd!.workdir : o.workdir ?? cwd;
+  if (!o.image && o.workdir !== undefined) checkWorkdir(workdir, defaultRootShare(), volumes);
   const env: Record<string, string> = o.image ? { ...cmd!.env } : { PATH: GUEST_PATH, HOME: "/" };
   if (hostEnv.TERM) env.TERM = hostEnv.TERM;
   parseEnv(o.env ?? [], hostEnv, env);
