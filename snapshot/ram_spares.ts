@@ -30,9 +30,18 @@
 import { dirname, join, resolve } from "node:path";
 import { sha256Hex } from "./codec.ts";
 import { copySparseInBackground, removeQuietly } from "./sparse_copy.ts";
+import { processRunning } from "../hv/pid_alive.ts";
 
 /** Spares kept per cache: the entries a user alternates between, bounded (each holds its entry's data bytes of tmpfs). */
 export const MAX_SPARES = 2;
+/**
+ * Most RAM data (allocated bytes) an entry may have to get a spare: a spare
+ * holds that much memory in tmpfs after skiff exits, which for a big guest
+ * (1.1 GiB for `--memory 65536` doing nothing) is more than a faster next
+ * hit is worth; such an entry's hits copy its RAM instead. The default
+ * guest's is ~66 MB.
+ */
+export const MAX_SPARE_DATA_BYTES = 512 * 2 ** 20;
 
 const DIR_PREFIX = "skiff-spare-";
 /** Where a spare directory is made before it is renamed into place: `skiff-sparetmp-<uid>-<pid>-…`. */
@@ -50,9 +59,16 @@ export class RamSpares {
   /** The cache root it belongs to (absolute). */
   readonly cacheRoot: string;
 
-  /** `shmRoot`: the tmpfs the VMs' RAM files live on (it must be the same file system: a spare is claimed by rename). */
-  constructor(cacheRoot: string, shmRoot = "/dev/shm") {
+  /** Most RAM data an entry may have to get a spare ({@link MAX_SPARE_DATA_BYTES}). */
+  readonly maxDataBytes: number;
+
+  /**
+   * `shmRoot`: the tmpfs the VMs' RAM files live on (it must be the same file
+   * system: a spare is claimed by rename).
+   */
+  constructor(cacheRoot: string, shmRoot = "/dev/shm", maxDataBytes = MAX_SPARE_DATA_BYTES) {
     this.cacheRoot = resolve(cacheRoot);
+    this.maxDataBytes = maxDataBytes;
     // skiff's own SHA-256: node:crypto is not loaded on a cache hit (codec.ts).
     const tag = sha256Hex(this.cacheRoot).slice(0, 16);
     this.dir = join(shmRoot, `${DIR_PREFIX}${Deno.uid() ?? 0}-${tag}`);
@@ -81,7 +97,8 @@ export class RamSpares {
   /**
    * Makes a spare of an entry's `ram` file (`digest` as its manifest gives
    * it) unless one is there already; then keeps the newest
-   * {@link MAX_SPARES}. The copy runs on the thread pool; the promise
+   * {@link MAX_SPARES}. Refuses (rejects) an entry with more RAM data than
+   * {@link MAX_SPARE_DATA_BYTES}. The copy runs on the thread pool; the promise
    * settles when it is in place (or rejects: nothing is left behind).
    */
   async replenish(ramPath: string, digest: string): Promise<void> {
@@ -97,6 +114,14 @@ export class RamSpares {
     this.#ensureDir();
     if (!this.#private()) {
       throw new Error(`${this.dir} is not a private directory of this user; no spare made`);
+    }
+    const st = Deno.statSync(ramPath);
+    const data = st.blocks !== null ? st.blocks * 512 : st.size;
+    if (data > this.maxDataBytes) {
+      throw new Error(
+        `its RAM data (${(data / 2 ** 20).toFixed(1)} MiB) is more than a spare holds ` +
+          `(${(this.maxDataBytes / 2 ** 20).toFixed(1)} MiB of tmpfs)`,
+      );
     }
     const tmp = join(
       this.dir,
@@ -133,7 +158,7 @@ export class RamSpares {
     const making = new RegExp(`^${TMP_DIR_PREFIX}${Deno.uid() ?? 0}-(\\d+)-`);
     for (const dir of listNames(shmRoot)) {
       const maker = making.exec(dir)?.[1];
-      if (maker !== undefined && !processExists(maker)) {
+      if (maker !== undefined && !processRunning(maker)) {
         if (removeQuietly(join(shmRoot, dir), true)) removed.push(join(shmRoot, dir));
         continue;
       }
@@ -152,7 +177,7 @@ export class RamSpares {
       }
       for (const name of listNames(path)) {
         const pid = TMP_RE.exec(name)?.[1];
-        if (pid === undefined || processExists(pid)) continue;
+        if (pid === undefined || processRunning(pid)) continue;
         if (removeQuietly(join(path, name))) removed.push(join(path, name));
       }
     }
@@ -220,14 +245,5 @@ function listNames(dir: string): string[] {
     return [...Deno.readDirSync(dir)].map((e) => e.name);
   } catch {
     return [];
-  }
-}
-
-function processExists(pid: string): boolean {
-  try {
-    Deno.statSync(`/proc/${pid}`);
-    return true;
-  } catch {
-    return false;
   }
 }

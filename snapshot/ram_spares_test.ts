@@ -81,6 +81,19 @@ Deno.test("RamSpares: a failed copy or a bad digest leaves no file behind", () =
     deepStrictEqual(left, ["root"]);
   }));
 
+Deno.test("RamSpares: an entry with more RAM data than a spare holds gets none", () =>
+  withRoots(async (shm, cacheRoot) => {
+    const ram = ramFile(join(cacheRoot, "ram"), 1); // one 4 KiB page of data
+    const small = new RamSpares(cacheRoot, shm, 2048);
+    await rejects(
+      small.replenish(ram, digest("a")),
+      /RAM data \(0\.0 MiB\) is more than a spare holds/,
+    );
+    deepStrictEqual(spareNames(small), []);
+    await new RamSpares(cacheRoot, shm, 4096).replenish(ram, digest("a"));
+    deepStrictEqual(spareNames(small), [`${"a".repeat(64)}.ram`]);
+  }));
+
 Deno.test("RamSpares.sweep removes the spares of a cache that is gone and copies of dead processes", () =>
   withRoots(async (shm, cacheRoot) => {
     const kept = new RamSpares(cacheRoot, shm);

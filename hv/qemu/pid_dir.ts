@@ -8,6 +8,7 @@
  */
 
 import { join } from "node:path";
+import { processRunning } from "../pid_alive.ts";
 
 /** Creates `<root>/<prefix><pid>-<random>`, mode 0700. */
 export function makePidDir(root: string, prefix: string): string {
@@ -32,7 +33,7 @@ export function sweepPidDirs(root: string, prefix: string): string[] {
   for (const ent of names) {
     const m = named.exec(ent.name);
     if (!m || !ent.isDirectory) continue;
-    if (running(Number(m[1]))) continue;
+    if (processRunning(m[1])) continue;
     try {
       Deno.removeSync(join(root, ent.name), { recursive: true });
       removed.push(join(root, ent.name));
@@ -41,18 +42,6 @@ export function sweepPidDirs(root: string, prefix: string): string[] {
     }
   }
   return removed;
-}
-
-/** Whether process `pid` exists and is not a zombie (killed, its parent not yet waiting). */
-export function running(pid: number): boolean {
-  let stat: string;
-  try {
-    stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-  } catch {
-    return false;
-  }
-  // proc_pid_stat(5): "pid (comm) state …"; comm may hold spaces and parentheses.
-  return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
 }
 
 /** Where `Deno.makeTempDir` puts directories by default: `$TMPDIR`, else `/tmp`. */
