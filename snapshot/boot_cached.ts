@@ -7,7 +7,8 @@
  *   stopped meanwhile (its abort signal), which is the run's failure and
  *   leaves the entry;
  * - miss: cold-boot to the init's ready doorbell, capture into the cache
- *   (atomically; a capture failure only costs a warning), and carry on in the
+ *   (atomically; a capture failure only costs a warning), prune the least
+ *   recently used entries beyond the cache's size limit, and carry on in the
  *   same VM;
  * - no cache (`--no-snapshot`): cold-boot only.
  *
@@ -83,6 +84,9 @@ export async function bootCached<T, S extends { dir: string } = Snapshot>(
     try {
       await o.capture(vm, o.cache.pathOf(o.key));
       captured = true;
+      // Each new configuration adds an entry (~66 MB for the default guest):
+      // the least recently used go once the cache is over its size limit.
+      o.cache.prune(o.key);
     } catch (e) {
       warn(`could not save a snapshot: ${(e as Error).message ?? String(e)}`);
     }

@@ -16,7 +16,8 @@ import { join } from "node:path";
 import { canonicalJson, sha256Hex, toJsonData } from "./codec.ts";
 import { SnapshotError } from "./errors.ts";
 import { RamSpares } from "./ram_spares.ts";
-import { isQemuEntry, readQemuEntry } from "./qemu_entry.ts";
+import { isQemuEntry, QEMU_MANIFEST, readQemuEntry } from "./qemu_entry.ts";
+import { STATE_FILE } from "./format.ts";
 import {
   type PublishResult,
   readSnapshot,
@@ -94,6 +95,29 @@ export interface CacheEntry {
 export interface SnapshotCacheOptions {
   /** Where one-line warnings go (default: `console.error` with a `skiff: ` prefix). */
   warn?: (message: string) => void;
+  /**
+   * Bytes on disk the configuration entries may take together before
+   * {@link SnapshotCache.prune} removes the least recently used (default:
+   * {@link cacheLimitBytes}).
+   */
+  maxBytes?: number;
+}
+
+/** The default limit of the cache's size on disk: 2 GiB, ≈ 30 entries of the default guest. */
+export const DEFAULT_CACHE_LIMIT_MIB = 2048;
+
+/**
+ * The cache's size limit: `SKIFF_SNAPSHOT_CACHE_MIB` (MiB, a whole number;
+ * 0 keeps only the entry just made) or {@link DEFAULT_CACHE_LIMIT_MIB}.
+ * Throws on a value that is not a whole number.
+ */
+export function cacheLimitBytes(env: EnvLookup = processEnv): number {
+  const v = env("SKIFF_SNAPSHOT_CACHE_MIB");
+  if (v === undefined || v === "") return DEFAULT_CACHE_LIMIT_MIB * 2 ** 20;
+  if (!/^\d+$/.test(v)) {
+    throw new Error(`SKIFF_SNAPSHOT_CACHE_MIB=${v}: expected a whole number of MiB`);
+  }
+  return Number(v) * 2 ** 20;
 }
 
 /** The snapshot cache rooted at a directory (default {@link defaultSnapshotDir}). */
@@ -102,9 +126,12 @@ export class SnapshotCache {
   readonly root: string;
   #warn: (message: string) => void;
 
+  #maxBytes: number | undefined;
+
   constructor(root: string = defaultSnapshotDir(), options: SnapshotCacheOptions = {}) {
     this.root = root;
     this.#warn = options.warn ?? ((m) => console.error(`skiff: ${m}`));
+    this.#maxBytes = options.maxBytes;
   }
 
   /** The directory of entry `key`; throws RangeError for anything but 64 hex digits. */
@@ -133,13 +160,75 @@ export class SnapshotCache {
     } catch {
       return null;
     }
+    let entry: S;
     try {
-      return read(dir);
+      entry = read(dir);
     } catch (e) {
       const why = e instanceof SnapshotError ? e.message : `snapshot ${dir}: ${String(e)}`;
       this.discard(key, why);
       return null;
     }
+    // Used now: the directory's mtime orders entries for prune().
+    try {
+      const now = new Date();
+      Deno.utimeSync(dir, now, now);
+    } catch {
+      // read-only cache: it is only pruned less well
+    }
+    return entry;
+  }
+
+  /**
+   * Keeps the cache within its size limit ({@link SnapshotCacheOptions.maxBytes}):
+   * removes the least recently used entries (by the time a lookup last hit
+   * them, or they were made) until the rest fit, never `keep` (the entry just
+   * made) and never a running VM's snapshot (`vm.snapshot()` without a
+   * directory, which its holder restores by path). Returns the removed keys.
+   * Never throws: a removal another process did first, or one that fails,
+   * only counts as not removed.
+   */
+  prune(keep?: string): string[] {
+    let limit: number;
+    try {
+      limit = this.#maxBytes ?? cacheLimitBytes();
+    } catch (e) {
+      this.#warn(`${(e as Error).message}; the snapshot cache is not pruned`);
+      return [];
+    }
+    let names: Deno.DirEntry[];
+    try {
+      names = [...Deno.readDirSync(this.root)];
+    } catch {
+      return [];
+    }
+    const entries = names
+      .filter((e) => e.isDirectory && KEY_RE.test(e.name) && e.name !== keep)
+      .map((e) => {
+        const dir = join(this.root, e.name);
+        let used = 0;
+        try {
+          used = Deno.statSync(dir).mtime?.getTime() ?? 0;
+        } catch {
+          // removed meanwhile
+        }
+        return { key: e.name, dir, used, bytes: diskUsage(dir) };
+      })
+      .sort((a, b) => b.used - a.used);
+    const kept = keep && KEY_RE.test(keep) ? diskUsage(join(this.root, keep)) : 0;
+    let total = kept + entries.reduce((n, e) => n + e.bytes, 0);
+    const removed: string[] = [];
+    for (let i = entries.length - 1; i >= 0 && total > limit; i--) {
+      const e = entries[i];
+      if (isRunningVmSnapshot(e.dir)) continue;
+      try {
+        Deno.removeSync(e.dir, { recursive: true });
+        removed.push(e.key);
+        total -= e.bytes;
+      } catch {
+        // another process removed it, or it cannot be: not counted
+      }
+    }
+    return removed;
   }
 
   /**
@@ -229,6 +318,22 @@ export class SnapshotCache {
     }
     return n;
   }
+}
+
+/**
+ * Whether an entry is a running VM's snapshot (its manifest's `source.vm` is
+ * "running"), read without verifying the entry.
+ */
+function isRunningVmSnapshot(dir: string): boolean {
+  for (const name of [QEMU_MANIFEST, STATE_FILE]) {
+    try {
+      const doc = JSON.parse(Deno.readTextFileSync(join(dir, name)));
+      return doc?.source?.vm === "running";
+    } catch {
+      // not this engine's manifest, or unreadable
+    }
+  }
+  return false;
 }
 
 /** Bytes allocated on disk by the files of a snapshot directory (either engine's). */

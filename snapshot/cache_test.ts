@@ -7,13 +7,13 @@ import {
   throws,
 } from "node:assert/strict";
 import { join } from "node:path";
-import { defaultSnapshotDir, SnapshotCache, snapshotKey } from "./cache.ts";
+import { cacheLimitBytes, defaultSnapshotDir, SnapshotCache, snapshotKey } from "./cache.ts";
 import { listTable } from "./cli.ts";
 import { contentHash, fileSha256 } from "./content_hash.ts";
 import { FORMAT_VERSION, MEMORY_FILE, STATE_FILE } from "./format.ts";
 import { writeSample } from "./testdata/sample.ts";
 
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+async function withDir(fn: (dir: string) => Promise<void> | void): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "skiff-cache-" });
   try {
     await fn(dir);
@@ -227,4 +227,62 @@ Deno.test("contentHash hashes file contents and re-hashes when the file changes"
     notStrictEqual(h2, h1);
     strictEqual(h2, await fileSha256(file));
   });
+});
+
+Deno.test("prune: least recently used first, down to the limit; never the kept entry or a running VM's", async () => {
+  await withDir((root) => {
+    const MiB = 2 ** 20;
+    const key = (c: string) => c.repeat(64);
+    /** An entry of 1 MiB of data, last used `ageS` seconds ago. */
+    const entry = (c: string, ageS: number, source: Record<string, unknown> = {}) => {
+      const dir = join(root, key(c));
+      Deno.mkdirSync(dir);
+      Deno.writeFileSync(join(dir, "ram"), new Uint8Array(MiB).fill(1));
+      Deno.writeTextFileSync(join(dir, "qemu.json"), JSON.stringify({ source }));
+      const t = new Date(Date.now() - ageS * 1000);
+      Deno.utimeSync(dir, t, t);
+    };
+    entry("1", 50);
+    entry("2", 40, { vm: "running" }); // vm.snapshot() of a running VM
+    entry("3", 30);
+    entry("4", 20);
+    entry("5", 10);
+    Deno.mkdirSync(join(root, ".tmp-123-x")); // a capture being written: not an entry
+    const names = () => [...Deno.readDirSync(root)].map((e) => e.name).sort();
+    // Room for 3.5 entries: the two least recently used go, but not the running VM's.
+    const cache = new SnapshotCache(root, { maxBytes: 3.5 * MiB });
+    deepStrictEqual(cache.prune(key("5")), [key("1"), key("3")]);
+    deepStrictEqual(names(), [".tmp-123-x", key("2"), key("4"), key("5")]);
+    deepStrictEqual(cache.prune(key("5")), []); // within the limit now
+    // 0: only the kept one (and the running VM's) stay.
+    deepStrictEqual(new SnapshotCache(root, { maxBytes: 0 }).prune(key("5")), [key("4")]);
+    deepStrictEqual(names(), [".tmp-123-x", key("2"), key("5")]);
+  });
+});
+
+Deno.test("prune: a hit makes an entry the most recently used", async () => {
+  await withDir(async (root) => {
+    const a = "a".repeat(64), b = "b".repeat(64);
+    await writeSample(join(root, a));
+    await writeSample(join(root, b));
+    const old = new Date(Date.now() - 3600_000);
+    Deno.utimeSync(join(root, a), old, old);
+    Deno.utimeSync(join(root, b), new Date(Date.now() - 60_000), new Date(Date.now() - 60_000));
+    const one = 1.5 * (Deno.statSync(join(root, a, MEMORY_FILE)).blocks! * 512 +
+      Deno.statSync(join(root, a, STATE_FILE)).blocks! * 512);
+    const cache = new SnapshotCache(root, { maxBytes: one });
+    ok(cache.lookup(a)); // a is used now, b is the older
+    deepStrictEqual(cache.prune(), [b]);
+    ok(cache.lookup(a));
+  });
+});
+
+Deno.test("cacheLimitBytes: SKIFF_SNAPSHOT_CACHE_MIB, else 2 GiB; a bad value is refused", () => {
+  strictEqual(cacheLimitBytes(() => undefined), 2048 * 2 ** 20);
+  strictEqual(cacheLimitBytes(() => "0"), 0);
+  strictEqual(cacheLimitBytes(() => "512"), 512 * 2 ** 20);
+  throws(
+    () => cacheLimitBytes(() => "1.5G"),
+    /SKIFF_SNAPSHOT_CACHE_MIB=1\.5G: expected a whole number of MiB/,
+  );
 });

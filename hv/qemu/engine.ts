@@ -315,6 +315,9 @@ export class QemuEngine implements Engine {
             const c = capture = await captureQemu(p, entryDir, { source, signal: o.signal });
             entryOfRam = async () =>
               (await c.published) === "published" ? readQemuEntry(entryDir) : null;
+            // The entry is written in the background: the cache's size limit
+            // counts it once it is there (bootCached's prune ran before).
+            c.published.then((r) => void (r === "published" && cache?.prune(key)), () => {});
             log(`qemu: captured the booted guest (paused ${Math.round(capture.pausedMs)} ms)`);
           },
         });
