@@ -53,6 +53,17 @@ function onStopSignals(stop: (sig: StopSignal) => void, except: StopSignal[] = [
   return () => removers.forEach((remove) => remove());
 }
 
+/**
+ * One turn of the event loop, so that a stop signal that arrived with the
+ * failure it caused is seen first: a terminal's Ctrl-C reaches skiff and
+ * QEMU at once, and QEMU's end can surface (a dropped connection, a killed
+ * command) before skiff's listener has run, which would report the failure
+ * instead of the signal.
+ */
+function signalsDelivered(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
 /** skiff's last line; a terminal that hung up (SIGHUP) cannot take it, and that is no error. */
 function finalLine(line: string): void {
   try {
@@ -98,9 +109,11 @@ export async function runCommand(
     }, { signal: abort.signal, snapshot: o.snapshot, log });
     // A timeout or a signal kills the command, whose status then says SIGKILL:
     // the reason it was killed is what skiff exits with.
+    if (status.kind === "signaled") await signalsDelivered();
     if (abort.signal.aborted) throw abort.signal.reason;
     return exitCodeOf(status);
   } catch (e) {
+    await signalsDelivered();
     const reason = abort.signal.aborted ? abort.signal.reason : e;
     if (reason instanceof VmTimeoutError) {
       finalLine(`skiff run: ${reason.message}`);
@@ -181,9 +194,11 @@ export async function bootShell(config: VmConfig, o: BootShellOptions): Promise<
       output: Deno.stdout.writable,
       ...(size ? { size: () => terminalSize() ?? size } : {}),
     }, abort.signal);
+    if (status.kind === "signaled") await signalsDelivered();
     if (abort.signal.aborted) throw abort.signal.reason;
     return exitCodeOf(status);
   } catch (e) {
+    await signalsDelivered();
     if (interrupted) {
       cooked(); // before the line, which raw mode would not start at column 0
       finalLine(`skiff boot: stopped by ${interrupted}; the VM was stopped`);
