@@ -138,6 +138,34 @@ export function splitCommand<O extends Options>(
   return { values, command };
 }
 
+/**
+ * Refuses an empty value (`--kernel ""`) for the options in `expected`
+ * (option name → what its value names, as the help writes it): an empty path
+ * or name would otherwise be taken as "not given" or as the current
+ * directory, silently. Options whose value is appended text
+ * (`--cmdline-extra`) are not listed.
+ */
+export function refuseEmpty(
+  values: Record<string, unknown>,
+  expected: Record<string, string>,
+): void {
+  for (const [name, what] of Object.entries(expected)) {
+    if (values[name] === "") {
+      throw new UsageError(`--${name} '': expected ${what}, not an empty value`);
+    }
+  }
+}
+
+/** The path- and name-valued options of `skiff run` and `skiff boot` (see {@link refuseEmpty}). */
+const RUN_NONEMPTY = {
+  kernel: "PATH",
+  modules: "DIR",
+  workdir: "DIR",
+  image: "REF",
+  user: "NAME|UID[:GROUP|GID]",
+  "console-log": "FILE",
+};
+
 /** `skiff run`'s options (before the guest command). */
 const RUN_OPTIONS = {
   engine: { type: "string" },
@@ -234,12 +262,17 @@ const COMMANDS: Record<string, Command> = {
         cwd: { type: "string" },
       });
       if (!values.out) throw new UsageError("--out FILE is required");
+      refuseEmpty(values, { kernel: "PATH", modules: "DIR", "root-tag": "TAG", cwd: "DIR" });
+      if (values.hostname !== undefined) {
+        const { checkHostname } = await import("./hv/config.ts");
+        checkHostname(values.hostname);
+      }
       const { buildInitramfs, defaultInitConfig } = await import("./init/mod.ts");
       const { findKernel } = await import("./hv/kernel/mod.ts");
       const config = defaultInitConfig(command.length ? command : undefined);
       config.rootTag = values["root-tag"] ?? null;
-      if (values.hostname) config.hostname = values.hostname;
-      if (values.cwd) config.command.cwd = values.cwd;
+      if (values.hostname !== undefined) config.hostname = values.hostname;
+      if (values.cwd !== undefined) config.command.cwd = values.cwd;
       const kernel = await findKernel({ kernel: values.kernel, modules: values.modules });
       await Deno.writeFile(values.out, await buildInitramfs({ kernel, config }));
       return 0;
@@ -289,6 +322,7 @@ const COMMANDS: Record<string, Command> = {
         memory: { type: "string" },
         "cmdline-extra": { type: "string" },
       });
+      refuseEmpty(values, RUN_NONEMPTY);
       if (values["console-log"] === undefined) {
         if (values.timeout !== undefined) throw new UsageError("--timeout needs --console-log");
         const { runConfig } = await import("./hv/cli/run_options.ts");
@@ -514,6 +548,7 @@ const COMMANDS: Record<string, Command> = {
     ].join("\n"),
     async run(args) {
       const { values, command } = splitCommand(args, RUN_OPTIONS, RUN_OPTIONAL_VALUES);
+      refuseEmpty(values, RUN_NONEMPTY);
       const engine = values.engine ?? "auto";
       if (engine !== "kvm" && engine !== "qemu" && engine !== "auto") {
         throw new UsageError(`--engine ${engine}: expected kvm, qemu or auto`);

@@ -91,6 +91,26 @@ export function exitCodeOf(status: ExitStatus): number {
   return status.kind === "exited" ? status.code : 128 + status.signal;
 }
 
+/**
+ * Longest guest host name in bytes (UTF-8): the kernel's `__NEW_UTS_LEN`,
+ * which the guest init and agent enforce too (init/agent/protocol.ts).
+ */
+export const MAX_HOSTNAME_BYTES = 64;
+
+/**
+ * Checks a guest host name before boot with the rule the guest side enforces
+ * (1 to {@link MAX_HOSTNAME_BYTES} bytes), so a bad one fails before anything
+ * starts; throws a {@link ConfigError} that starts with `what` (the flag).
+ */
+export function checkHostname(name: string, what = "--hostname"): void {
+  const n = new TextEncoder().encode(name).length;
+  if (n < 1 || n > MAX_HOSTNAME_BYTES) {
+    throw new ConfigError(
+      `${what} '${name}': expected 1 to ${MAX_HOSTNAME_BYTES} bytes${n ? ` (it has ${n})` : ""}`,
+    );
+  }
+}
+
 /** Default guest PATH. */
 export const GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

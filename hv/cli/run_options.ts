@@ -3,14 +3,16 @@
  * the defaults of DESIGN.md (host `/` read-only with a tmpfs overlay, the
  * current directory shared read-only at the same path and used as the working
  * directory), `--volume`, `--env` and `--workdir` parsing, and the checks that
- * must fail before boot (a missing host path, a bad size).
+ * must fail before boot (a missing host path, a bad size, a bad host name, two
+ * volumes at one guest path).
  *
  * @module
  */
 
-import { isAbsolute } from "node:path";
+import { isAbsolute, posix } from "node:path";
 import { ConfigError } from "../errors.ts";
 import {
+  checkHostname,
   defaultRootShare,
   GUEST_PATH,
   type NetOptions,
@@ -164,6 +166,33 @@ export function parseVolume(spec: string, index: number, cwd: string): Share {
   );
 }
 
+/**
+ * Parses every `--volume` and refuses two at the same guest path (`/x`,
+ * `/x/` and `/x/.` are one mount point): the later mount would hide the
+ * earlier one silently. The error names both volumes.
+ */
+export function parseVolumes(specs: string[], cwd: string): Share[] {
+  const shares = specs.map((v, i) => parseVolume(v, i, cwd));
+  const seen = new Map<string, number>();
+  shares.forEach((s, i) => {
+    const at = mountPoint(s.guestPath);
+    const first = seen.get(at);
+    if (first !== undefined) {
+      throw new ConfigError(
+        `--volume ${specs[first]} and --volume ${specs[i]}: both mount at ${at}`,
+      );
+    }
+    seen.set(at, i);
+  });
+  return shares;
+}
+
+/** A guest path as the mount point it names (normalized, no trailing slash). */
+function mountPoint(guestPath: string): string {
+  const p = posix.normalize(guestPath);
+  return p.length > 1 ? p.replace(/\/+$/, "") : p;
+}
+
 /** Parses `--env K=V` (or `--env K`, taking the host's value) into `env`. */
 export function parseEnv(
   specs: string[],
@@ -189,9 +218,11 @@ export function runConfig(o: RunOptions): { config: VmConfig; workload: Workload
   }
   const cwd = o.cwd ?? Deno.cwd();
   const hostEnv = o.hostEnv ?? Deno.env.toObject();
-  const volumes = (o.volume ?? []).map((v, i) => parseVolume(v, i, cwd));
+  // Before anything boots: the guest would refuse it only once the engine runs.
+  if (o.hostname !== undefined) checkHostname(o.hostname);
+  const volumes = parseVolumes(o.volume ?? [], cwd);
   // The current directory, read-only at the same path, unless a volume covers it (host root only).
-  if (!o.image && cwd !== "/" && !volumes.some((v) => v.guestPath === cwd)) {
+  if (!o.image && cwd !== "/" && !volumes.some((v) => mountPoint(v.guestPath) === cwd)) {
     volumes.unshift({ tag: "cwd", hostPath: cwd, guestPath: cwd, readOnly: true });
   }
   if (o.workdir !== undefined && !isAbsolute(o.workdir)) {

@@ -8,6 +8,7 @@ import {
   parseNet,
   parseTimeout,
   parseVolume,
+  parseVolumes,
   runConfig,
 } from "./run_options.ts";
 import { commandHelpAsked, main, parseFlags, splitCommand } from "../../main.ts";
@@ -326,4 +327,88 @@ Deno.test("CLI: run --help and boot --help name every option they take", async (
     strictEqual(boot.includes(s), true, s);
   }
   match(boot, /--memory 128 to 65536 MiB/);
+});
+
+Deno.test("CLI: an empty path or name is a usage error before anything starts", async () => {
+  const cases: [string[], string][] = [
+    [["run", "--kernel", "", "--", "true"], "--kernel '': expected PATH"],
+    [["run", "--modules", "", "--", "true"], "--modules '': expected DIR"],
+    [["run", "--workdir", "", "--", "true"], "--workdir '': expected DIR"],
+    [["run", "--user", "", "--", "true"], "--user '': expected NAME|UID[:GROUP|GID]"],
+    [["run", "--image=", "--", "true"], "--image '': expected REF"],
+    [["boot", "--kernel", ""], "--kernel '': expected PATH"],
+    [["boot", "--console-log", "", "--timeout", "1"], "--console-log '': expected FILE"],
+    [["initramfs", "build", "--out", "/nonexistent/x", "--cwd", ""], "--cwd '': expected DIR"],
+    [
+      ["initramfs", "build", "--out", "/nonexistent/x", "--root-tag="],
+      "--root-tag '': expected TAG",
+    ],
+  ];
+  for (const [args, what] of cases) {
+    const r = await captured(args);
+    const cmd = args[0];
+    deepStrictEqual(
+      [r.code, r.err],
+      [125, `skiff ${cmd}: ${what}, not an empty value (see skiff ${cmd} --help)`],
+      args.join(" "),
+    );
+  }
+});
+
+Deno.test("CLI: --hostname is checked before boot with the guest's rule (1 to 64 bytes)", async () => {
+  const base = { argv: ["true"], cwd: "/", hostEnv: {} };
+  strictEqual(runConfig({ ...base }).config.hostname, "skiff");
+  strictEqual(runConfig({ ...base, hostname: "h".repeat(64) }).config.hostname, "h".repeat(64));
+  throws(
+    () => runConfig({ ...base, hostname: "" }),
+    /^ConfigError: --hostname '': expected 1 to 64 bytes$/,
+  );
+  // Bytes, not characters: 22 three-byte characters are 66 bytes.
+  throws(
+    () => runConfig({ ...base, hostname: "€".repeat(22) }),
+    /expected 1 to 64 bytes \(it has 66\)$/,
+  );
+  const run = await captured(["run", "--hostname", "", "--", "true"]);
+  deepStrictEqual([run.code, run.err], [125, "skiff run: --hostname '': expected 1 to 64 bytes"]);
+  const initramfs = await captured([
+    "initramfs",
+    "build",
+    "--out",
+    "/nonexistent/x",
+    "--hostname=",
+  ]);
+  deepStrictEqual(
+    [initramfs.code, initramfs.err],
+    [125, "skiff initramfs: --hostname '': expected 1 to 64 bytes"],
+  );
+});
+
+Deno.test("parseVolumes: two volumes at one guest path are refused, naming both", () => {
+  const dir = Deno.makeTempDirSync({ prefix: "skiff-volumes-test-" });
+  try {
+    for (
+      const [a, b] of [[`${dir}:/x`, "/tmp:/x"], [`${dir}:/x`, `${dir}:/x`], [
+        "/tmp:/x",
+        `${dir}:/x/:ro`,
+      ]]
+    ) {
+      throws(
+        () => parseVolumes([`${dir}:/y`, a, b], "/"),
+        (e: unknown) =>
+          e instanceof ConfigError &&
+          e.message === `--volume ${a} and --volume ${b}: both mount at /x`,
+      );
+    }
+    // Nested guest paths are distinct mount points.
+    deepStrictEqual(parseVolumes([`${dir}:/x`, "/tmp:/x/y"], "/").map((v) => v.guestPath), [
+      "/x",
+      "/x/y",
+    ]);
+    throws(
+      () => runConfig({ argv: ["true"], cwd: "/", hostEnv: {}, volume: ["/tmp:/x", `${dir}:/x`] }),
+      /both mount at \/x$/,
+    );
+  } finally {
+    Deno.removeSync(dir);
+  }
 });
