@@ -159,6 +159,25 @@ export function parsePublish(text: string): PublishRule {
   };
 }
 
+/**
+ * One line per `--publish` rule saying where it listens, e.g.
+ * `published 127.0.0.1:41234 → guest :80/tcp` (`ports`: the bound host port
+ * of each rule, in rule order). Every rule when `all` (`--verbose`); else
+ * only those that asked for port 0, whose port the OS picked and nothing
+ * else shows.
+ */
+export function publishLines(
+  rules: readonly PublishRule[],
+  ports: readonly number[],
+  all: boolean,
+): string[] {
+  return rules.flatMap((r, i) =>
+    all || r.hostPort === 0
+      ? [`published ${r.hostIp}:${ports[i] ?? r.hostPort} → guest :${r.guestPort}/${r.proto}`]
+      : []
+  );
+}
+
 /** What the stack counted; a snapshot is returned by {@link NetStack.counters}. */
 export interface NetCounters {
   /** Frames received from the guest. */

@@ -17,6 +17,7 @@ import {
   COUNTER_KEYS,
   type NetConfig,
   type NetCounters,
+  publishLines,
   resolveConfig,
   type ResolvedNetConfig,
 } from "./config.ts";
@@ -64,6 +65,8 @@ export class NetStack implements AsyncDisposable {
   #controlFd: number;
   #counters = new Float64Array(new SharedArrayBuffer(8 * COUNTER_KEYS.length));
   #published: Deno.NetAddr[] = [];
+  /** The bound host port of every `--publish` rule (TCP and UDP), in rule order. */
+  #ports: number[] = [];
   #prebound: number[] = [];
   #started = false;
   #settleReady: (e?: Error) => void = () => {};
@@ -98,6 +101,7 @@ export class NetStack implements AsyncDisposable {
         const key = preboundKey(rule.proto, rule.hostIp, rule.hostPort);
         prebound.set(key, [...(prebound.get(key) ?? []), b.fd]);
         if (rule.proto === "tcp") this.#published.push(b.addr);
+        this.#ports.push(b.addr.port);
       }
       this.#controlFd = eventfd(0, EFD.CLOEXEC | EFD.NONBLOCK);
     } catch (e) {
@@ -195,6 +199,14 @@ export class NetStack implements AsyncDisposable {
   /** The host addresses of the TCP `--publish` listeners, in rule order (useful with port 0). */
   get publishedAddrs(): Deno.NetAddr[] {
     return this.#published.map((a) => ({ ...a }));
+  }
+
+  /**
+   * Lines saying where the `--publish` rules listen (see {@link publishLines}):
+   * every rule when `all`, else those whose host port 0 the OS picked.
+   */
+  publishLines(all: boolean): string[] {
+    return publishLines(this.config.publish, this.#ports, all);
   }
 
   /**

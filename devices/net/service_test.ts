@@ -6,7 +6,7 @@
  * descriptors under --parallel).
  */
 
-import { ok, rejects, strictEqual, throws } from "node:assert/strict";
+import { deepStrictEqual, ok, rejects, strictEqual, throws } from "node:assert/strict";
 import dgram from "node:dgram";
 import { NetStack } from "./service.ts";
 
@@ -67,6 +67,9 @@ Deno.test("NetStack: published addresses before the loop runs; close releases it
     const [addr] = stack.publishedAddrs;
     ok(addr.port > 0);
     strictEqual(addr.hostname, "127.0.0.1");
+    deepStrictEqual(stack.publishLines(false), [
+      `published 127.0.0.1:${addr.port} → guest :80/tcp`,
+    ]);
     await stack.ready;
     // A host client reaches the listener (the loop accepts; no guest answers).
     const c = await Deno.connect({ hostname: "127.0.0.1", port: addr.port });

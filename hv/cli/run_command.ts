@@ -106,7 +106,12 @@ export async function runCommand(
       stdin: Deno.stdin.readable,
       stdout: Deno.stdout.writable,
       stderr: Deno.stderr.writable,
-    }, { signal: abort.signal, snapshot: o.snapshot, log });
+    }, {
+      signal: abort.signal,
+      snapshot: o.snapshot,
+      log,
+      notice: (line) => console.error(`skiff: ${line}`),
+    });
     // A timeout or a signal kills the command, whose status then says SIGKILL:
     // the reason it was killed is what skiff exits with.
     if (status.kind === "signaled") await signalsDelivered();

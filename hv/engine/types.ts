@@ -108,6 +108,12 @@ export interface BootOptions {
   snapshot?: boolean;
   /** Progress lines (`--verbose`). */
   log?: (line: string) => void;
+  /**
+   * Lines the user needs without `--verbose` (the host port the OS picked for
+   * a `--publish` of port 0); `skiff run` prints them on stderr, a library
+   * caller gets them only if it asks.
+   */
+  notice?: (line: string) => void;
 }
 
 /** A booted VM whose guest agent takes commands, until {@link RunningVm.stop}. */

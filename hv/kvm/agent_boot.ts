@@ -228,6 +228,8 @@ async function startSession(
       // Binds the --publish ports now: a taken one fails before the guest runs.
       stack = startNetStack(config.net);
       await stack.ready;
+      // Port 0's host port is the OS's pick: a notice; --verbose logs every rule's.
+      for (const l of stack.publishLines(config.verbose)) (config.verbose ? log : o.notice)?.(l);
       detachNet = attachVirtioNet(stack, m.net!);
     }
     if (o.resumed) m.vm.resume();

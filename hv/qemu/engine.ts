@@ -331,6 +331,7 @@ export class QemuEngine implements Engine {
       const session = await QemuSession.start(running, dir, config, {
         signal: o.signal,
         log,
+        notice: o.notice,
         console: consoleWatch ?? undefined,
         resume: from !== undefined,
       });

@@ -58,6 +58,8 @@ function macBytes(mac: string): Uint8Array {
 export interface SessionOptions {
   signal?: AbortSignal;
   log?: (line: string) => void;
+  /** Lines the user needs without --verbose (BootOptions.notice). */
+  notice?: (line: string) => void;
   /** For the console's tail in error messages. */
   console?: ConsoleWatch;
   /** The guest was suspended before its capture: mount its overlay's upper again, do not replace it. */
@@ -115,6 +117,10 @@ export class QemuSession implements AsyncDisposable {
         ]);
         s.#stack = startNetStack(config.net);
         await s.#stack.ready;
+        // Port 0's host port is the OS's pick: a notice; --verbose logs every rule's.
+        for (const l of s.#stack.publishLines(config.verbose)) {
+          (config.verbose ? o.log : o.notice)?.(l);
+        }
         s.#nic = new VirtioNet({ mac: macBytes(GUEST_MAC) });
         s.#detachNic = attachVirtioNet(s.#stack, s.#nic);
       }
