@@ -746,12 +746,16 @@ export async function main(args: string[]): Promise<number> {
   try {
     return await command.run(rest);
   } catch (e) {
-    if (e instanceof UsageError) {
-      console.error(`skiff ${name}: ${e.message} (see skiff ${name} --help)`);
-    } else if (Deno.env.get("SKIFF_DEBUG")) {
-      console.error(e);
-    } else {
-      console.error(`skiff ${name}: ${e instanceof Error ? e.message : String(e)}`);
+    try {
+      if (e instanceof UsageError) {
+        console.error(`skiff ${name}: ${e.message} (see skiff ${name} --help)`);
+      } else if (Deno.env.get("SKIFF_DEBUG")) {
+        console.error(e);
+      } else {
+        console.error(`skiff ${name}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    } catch {
+      // stderr is gone (a closed terminal): the exit code still says it
     }
     return EXIT_FAILURE;
   }
