@@ -16,8 +16,7 @@ import { join } from "node:path";
 import { canonicalJson, sha256Hex, toJsonData } from "./codec.ts";
 import { SnapshotError } from "./errors.ts";
 import { RamSpares } from "./ram_spares.ts";
-import { isQemuEntry, QEMU_MANIFEST, readQemuEntry } from "./qemu_entry.ts";
-import { STATE_FILE } from "./format.ts";
+import { isQemuEntry, readQemuEntry } from "./qemu_entry.ts";
 import {
   type PublishResult,
   readSnapshot,
@@ -168,24 +167,19 @@ export class SnapshotCache {
       this.discard(key, why);
       return null;
     }
-    // Used now: the directory's mtime orders entries for prune().
-    try {
-      const now = new Date();
-      Deno.utimeSync(dir, now, now);
-    } catch {
-      // read-only cache: it is only pruned less well
-    }
+    touchEntry(dir);
     return entry;
   }
 
   /**
    * Keeps the cache within its size limit ({@link SnapshotCacheOptions.maxBytes}):
-   * removes the least recently used entries (by the time a lookup last hit
-   * them, or they were made) until the rest fit, never `keep` (the entry just
-   * made) and never a running VM's snapshot (`vm.snapshot()` without a
-   * directory, which its holder restores by path). Returns the removed keys.
-   * Never throws: a removal another process did first, or one that fails,
-   * only counts as not removed.
+   * removes the least recently used entries (by when they were last restored
+   * from — see {@link touchEntry} — or made) until the rest fit, never `keep`
+   * (the entry just made). A running VM's snapshot taken into the cache
+   * (`vm.snapshot()` without a directory) is an entry like the others: one
+   * to keep belongs in a directory of the caller's. Returns the removed
+   * keys. Never throws: a removal another process did first, or one that
+   * fails, only counts as not removed.
    */
   prune(keep?: string): string[] {
     let limit: number;
@@ -219,7 +213,6 @@ export class SnapshotCache {
     const removed: string[] = [];
     for (let i = entries.length - 1; i >= 0 && total > limit; i--) {
       const e = entries[i];
-      if (isRunningVmSnapshot(e.dir)) continue;
       try {
         Deno.removeSync(e.dir, { recursive: true });
         removed.push(e.key);
@@ -321,19 +314,18 @@ export class SnapshotCache {
 }
 
 /**
- * Whether an entry is a running VM's snapshot (its manifest's `source.vm` is
- * "running"), read without verifying the entry.
+ * Marks a snapshot directory as used now (its mtime, which orders
+ * {@link SnapshotCache.prune}): a cache hit, or a restore of a running VM's
+ * snapshot by its directory. Never throws (a read-only cache, a directory
+ * outside the cache: it only orders less well).
  */
-function isRunningVmSnapshot(dir: string): boolean {
-  for (const name of [QEMU_MANIFEST, STATE_FILE]) {
-    try {
-      const doc = JSON.parse(Deno.readTextFileSync(join(dir, name)));
-      return doc?.source?.vm === "running";
-    } catch {
-      // not this engine's manifest, or unreadable
-    }
+export function touchEntry(dir: string): void {
+  try {
+    const now = new Date();
+    Deno.utimeSync(dir, now, now);
+  } catch {
+    // not ours to touch
   }
-  return false;
 }
 
 /** Bytes allocated on disk by the files of a snapshot directory (either engine's). */

@@ -20,7 +20,7 @@ import { AgentClient } from "../../init/agent/client.ts";
 import { agentInitramfs } from "../../init/agent/initramfs.ts";
 import { AGENT_READY_MARKER } from "../../init/agent/protocol.ts";
 import { initFailure } from "../engine/init_failure.ts";
-import { randomSnapshotKey, SnapshotCache } from "../../snapshot/cache.ts";
+import { randomSnapshotKey, SnapshotCache, touchEntry } from "../../snapshot/cache.ts";
 import { bootCached } from "../../snapshot/boot_cached.ts";
 import { captureHvVm } from "../../snapshot/hv_snapshot.ts";
 import { vmSnapshotKey } from "../../snapshot/vm_key.ts";
@@ -271,8 +271,9 @@ async function startSession(
         stop,
         stopped,
         snapshot: async ({ dir }) => {
-          const target = dir ?? (o.cache ?? new SnapshotCache(undefined, { warn: o.warn }))
-            .pathOf(randomSnapshotKey());
+          const into = dir ? null : o.cache ?? new SnapshotCache(undefined, { warn: o.warn });
+          const entryKey = randomSnapshotKey();
+          const target = dir ?? into!.pathOf(entryKey);
           await m.vm.pause();
           try {
             await captureHvVm(m.vm, target, {
@@ -282,6 +283,7 @@ async function startSession(
           } finally {
             m.vm.resume();
           }
+          into?.prune(entryKey); // one more entry in the cache: keep it within its limit
           return { engine: "kvm", dir: target, config };
         },
       },
@@ -328,6 +330,7 @@ export async function restoreAgentVm(
   try {
     const plan = await planMachine(bootedConfig(config), mopts);
     const m = await restorePlanned(plan, snapshot.dir, mopts);
+    touchEntry(snapshot.dir); // used now: a running VM's snapshot in the cache is pruned by last use
     const vm = await startSession(m, config, {
       ...o,
       resumed: false,

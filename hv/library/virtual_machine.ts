@@ -354,7 +354,9 @@ export class VirtualMachine implements AsyncDisposable {
 
   /**
    * Captures the running VM — into `dir`, or the snapshot cache — and lets
-   * it go on; {@link VirtualMachine.restore} starts copies of it.
+   * it go on; {@link VirtualMachine.restore} starts copies of it. One in the
+   * cache is removed, as any entry, once the cache is over its size limit
+   * and it is the least recently used; give `dir` to keep it.
    */
   snapshot(o: { dir?: string; signal?: AbortSignal } = {}): Promise<SnapshotRef> {
     return this.#vm.snapshot(o);

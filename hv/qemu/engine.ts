@@ -15,7 +15,7 @@
  */
 
 import { dirname } from "node:path";
-import { randomSnapshotKey, SnapshotCache } from "../../snapshot/cache.ts";
+import { randomSnapshotKey, SnapshotCache, touchEntry } from "../../snapshot/cache.ts";
 import { bootCached } from "../../snapshot/boot_cached.ts";
 import { RamSpares } from "../../snapshot/ram_spares.ts";
 import { type QemuEntry, readQemuEntry } from "../../snapshot/qemu_entry.ts";
@@ -269,6 +269,7 @@ export class QemuEngine implements Engine {
           ramHolds: started ? ramHolds : undefined,
         });
         vm = p;
+        touchEntry(entry.dir); // used now: the cache prunes by last use (a running VM's snapshot too)
         watch(p);
         log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
         log(
@@ -374,8 +375,9 @@ export class QemuEngine implements Engine {
           stop,
           stopped,
           snapshot: async ({ dir: target, signal }) => {
-            const entry = target ??
-              (cache ?? new SnapshotCache(undefined, { warn })).pathOf(randomSnapshotKey());
+            const into = target ? null : cache ?? new SnapshotCache(undefined, { warn });
+            const entryKey = randomSnapshotKey();
+            const entry = target ?? into!.pathOf(entryKey);
             await session.suspend({ signal });
             const c = await captureQemu(running, entry, {
               source: { ...source, vm: "running" },
@@ -386,6 +388,7 @@ export class QemuEngine implements Engine {
             if (published === "exists") {
               throw new SkiffError(`snapshot ${entry} exists already; give another directory`);
             }
+            into?.prune(entryKey); // one more entry in the cache: keep it within its limit
             await session.resume({ signal, log, resume: true });
             log(
               `qemu: captured the running VM into ${entry} (paused ${Math.round(c.pausedMs)} ms)`,
