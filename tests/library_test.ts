@@ -288,7 +288,7 @@ hostTest(
 );
 
 hostTest(
-  "VirtualMachine: vm.snapshot() of a running VM (cache off) unplugs, captures, replugs; a restore has its files",
+  "VirtualMachine: vm.snapshot() of a running VM (cache off) unplugs, captures, replugs (a failed one too); a restore has its files",
   NEEDS,
   async () => {
     await using cache = await tempDir("skiff-lib-cache-");
@@ -302,6 +302,10 @@ hostTest(
       });
       strictEqual(vm.origin.captured, false);
       await vm.writeFile("/tmp/kept", "before");
+      // A capture that fails (its directory is a file) leaves the VM usable.
+      await Deno.writeTextFile(`${snaps.path}/file`, "");
+      await rejects(vm.snapshot({ dir: `${snaps.path}/file` }), /Not a directory/);
+      strictEqual((await vm.exec(["cat", "/tmp/kept"])).stdoutText, "before");
       const ref = await vm.snapshot({ dir: `${snaps.path}/running` });
       // The VM goes on, its devices hot-plugged back.
       strictEqual((await vm.exec(["cat", "/tmp/kept"])).stdoutText, "before");

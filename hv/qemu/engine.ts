@@ -379,20 +379,27 @@ export class QemuEngine implements Engine {
             const entryKey = randomSnapshotKey();
             const entry = target ?? into!.pathOf(entryKey);
             await session.suspend({ signal });
-            const c = await captureQemu(running, entry, {
-              source: { ...source, vm: "running" },
-              signal,
-            });
-            // The caller may restore it at once: it must be on disk first.
-            const published = await c.published;
-            if (published === "exists") {
-              throw new SkiffError(`snapshot ${entry} exists already; give another directory`);
+            let pausedMs = 0;
+            let failed: { error: unknown } | null = null;
+            try {
+              const c = await captureQemu(running, entry, {
+                source: { ...source, vm: "running" },
+                signal,
+              });
+              pausedMs = c.pausedMs;
+              // The caller may restore it at once: it must be on disk first.
+              if ((await c.published) === "exists") {
+                throw new SkiffError(`snapshot ${entry} exists already; give another directory`);
+              }
+            } catch (error) {
+              failed = { error };
             }
-            into?.prune(entryKey); // one more entry in the cache: keep it within its limit
+            // The VM goes on either way: a failed capture (a directory that
+            // cannot be written) must not leave its devices unplugged.
             await session.resume({ signal, log, resume: true });
-            log(
-              `qemu: captured the running VM into ${entry} (paused ${Math.round(c.pausedMs)} ms)`,
-            );
+            if (failed) throw failed.error;
+            into?.prune(entryKey); // one more entry in the cache: keep it within its limit
+            log(`qemu: captured the running VM into ${entry} (paused ${Math.round(pausedMs)} ms)`);
             return { engine: "qemu", dir: entry, config };
           },
         },
