@@ -12,6 +12,7 @@
 import { parseArgs, type ParseArgsConfig } from "node:util";
 
 import { EXIT_FAILURE, EXIT_TIMEOUT } from "./hv/errors.ts";
+import { InterruptedError } from "./hv/interrupt.ts";
 export { EXIT_FAILURE, EXIT_TIMEOUT };
 
 /** A command-line mistake; printed as one line with a hint to `--help`. */
@@ -465,7 +466,8 @@ const COMMANDS: Record<string, Command> = {
       if (sub === "fetch") {
         const { values } = parseFlags(rest, { force: { type: "boolean" } });
         const { fetchKernel } = await import("./hv/kernel/mod.ts");
-        await fetchKernel({ force: values.force });
+        const { withInterrupt } = await import("./hv/interrupt.ts");
+        await withInterrupt((signal) => fetchKernel({ force: values.force, signal }));
         return 0;
       }
       if (sub === "info") {
@@ -746,6 +748,14 @@ export async function main(args: string[]): Promise<number> {
   try {
     return await command.run(rest);
   } catch (e) {
+    if (e instanceof InterruptedError) {
+      try {
+        console.error(`skiff ${name}: ${e.message}; nothing was left half done`);
+      } catch {
+        // stderr is gone
+      }
+      return e.exitCode;
+    }
     try {
       if (e instanceof UsageError) {
         console.error(`skiff ${name}: ${e.message} (see skiff ${name} --help)`);

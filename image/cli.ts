@@ -8,19 +8,9 @@ import { parseReference } from "./reference.ts";
 import { isDigest, shortDigest } from "./digest.ts";
 import { type PulledImage, pullImage } from "./pull.ts";
 import { type ImageRecord, ImageStore } from "./store.ts";
+import { withInterrupt } from "../hv/interrupt.ts";
 
-/** Runs `fn` with an AbortSignal that Ctrl-C / SIGTERM abort (so temporary files are removed). */
-export async function withInterrupt<T>(fn: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const ac = new AbortController();
-  const stop = () => ac.abort(new Error("interrupted"));
-  const sigs: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-  for (const s of sigs) Deno.addSignalListener(s, stop);
-  try {
-    return await fn(ac.signal);
-  } finally {
-    for (const s of sigs) Deno.removeSignalListener(s, stop);
-  }
-}
+export { withInterrupt } from "../hv/interrupt.ts";
 
 /** `skiff image pull REF`: prints the manifest digest on stdout. */
 export async function imagePullCommand(text: string, store = new ImageStore()): Promise<number> {

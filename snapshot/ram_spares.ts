@@ -30,7 +30,7 @@
 import { dirname, join, resolve } from "node:path";
 import { sha256Hex } from "./codec.ts";
 import { copySparseInBackground, removeQuietly } from "./sparse_copy.ts";
-import { processRunning } from "../hv/pid_alive.ts";
+import { processRunning } from "../hv/pid_dir.ts";
 
 /** Spares kept per cache: the entries a user alternates between, bounded (each holds its entry's data bytes of tmpfs). */
 export const MAX_SPARES = 2;

@@ -9,6 +9,7 @@
 
 import { join } from "node:path";
 import { SkiffError } from "../errors.ts";
+import { makePidDir, sweepPidDirs } from "../pid_dir.ts";
 import { isElf } from "../boot/elf.ts";
 import { bzImagePayload, parseSetupHeader } from "../boot/setup_header.ts";
 import {
@@ -176,12 +177,20 @@ export async function resolveKernelPackage(meta = DEFAULT_KERNEL_PACKAGE): Promi
   return await aptShow(dep);
 }
 
+/** Name prefix of a fetch's staging directory in the kernel cache: `.fetch-<pid>-…`. */
+const STAGING_PREFIX = ".fetch-";
+
 function mib(n: number): string {
   return `${(n / (1 << 20)).toFixed(1)} MiB`;
 }
 
 /** Downloads `pkg` with `apt-get download` into `dir`, reporting its size as it grows; returns the .deb path. */
-async function download(pkg: AptPackage, dir: string, progress: FetchProgress): Promise<string> {
+async function download(
+  pkg: AptPackage,
+  dir: string,
+  progress: FetchProgress,
+  signal?: AbortSignal,
+): Promise<string> {
   progress.line(
     `skiff: downloading ${pkg.package} ${pkg.version}${pkg.size ? ` (${mib(pkg.size)})` : ""}`,
   );
@@ -190,6 +199,7 @@ async function download(pkg: AptPackage, dir: string, progress: FetchProgress): 
   const child = new Deno.Command("apt-get", {
     args: [...sandbox, "download", `${pkg.package}=${pkg.version}`],
     cwd: dir,
+    signal,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -239,7 +249,12 @@ async function debSize(dir: string): Promise<number> {
 }
 
 /** Unpacks `deb` into `dest` with `dpkg-deb -X`, counting files for progress. */
-async function unpack(deb: string, dest: string, progress: FetchProgress): Promise<void> {
+async function unpack(
+  deb: string,
+  dest: string,
+  progress: FetchProgress,
+  signal?: AbortSignal,
+): Promise<void> {
   const list = await run("dpkg-deb", ["-c", deb]);
   if (list.code !== 0) {
     throw new KernelFetchError(`dpkg-deb -c ${deb} failed: ${list.stderr.trim()}`);
@@ -248,6 +263,7 @@ async function unpack(deb: string, dest: string, progress: FetchProgress): Promi
   progress.line(`skiff: unpacking ${total} files`);
   const child = new Deno.Command("dpkg-deb", {
     args: ["-X", deb, dest],
+    signal,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -302,6 +318,8 @@ export interface FetchOptions {
   /** Cache root (default {@link kernelCacheDir}). */
   cacheDir?: string;
   progress?: FetchProgress;
+  /** Stops the download or unpacking; the staging directory is removed. */
+  signal?: AbortSignal;
 }
 
 /** Result of {@link fetchKernel}. */
@@ -332,13 +350,18 @@ export async function fetchKernel(opts: FetchOptions = {}): Promise<FetchResult>
   }
 
   await Deno.mkdir(root, { recursive: true });
-  const staging = await Deno.makeTempDir({ dir: root, prefix: ".fetch-" });
+  // A fetch killed before its cleanup (SIGKILL) left its staging directory.
+  sweepPidDirs(root, STAGING_PREFIX);
+  const staging = makePidDir(root, STAGING_PREFIX);
+  const signal = opts.signal;
   try {
     const dl = join(staging, "download");
     const tree = join(staging, "tree");
     await Deno.mkdir(dl);
-    const deb = await download(pkg, dl, progress);
-    await unpack(deb, tree, progress);
+    const deb = await download(pkg, dl, progress, signal);
+    signal?.throwIfAborted();
+    await unpack(deb, tree, progress, signal);
+    signal?.throwIfAborted();
 
     const bzRel = `boot/vmlinuz-${release}`;
     const modRel = `lib/modules/${release}`;

@@ -33,7 +33,7 @@ import { ConsoleWatch, guestReady } from "./console.ts";
 import { EarlyRestore } from "./early_restore.ts";
 import { captureQemu, type QemuCapture, restoreQemu } from "./persist.ts";
 import { QemuRamDir } from "./ram_dir.ts";
-import { makePidDir, sweepPidDirs, tempRoot } from "./pid_dir.ts";
+import { makePidDir, sweepPidDirs, tempRoot } from "../pid_dir.ts";
 import { QemuProcess, type QemuStartOptions } from "./process.ts";
 import { qemuSnapshotKey } from "./snapshot_key.ts";
 

@@ -7,7 +7,7 @@
  */
 
 import { join } from "node:path";
-import { makePidDir, sweepPidDirs } from "./pid_dir.ts";
+import { makePidDir, sweepPidDirs } from "../pid_dir.ts";
 
 /** Name prefix of {@link QemuRamDir}s: `skiff-ram-<pid>-<random>`. */
 const RAM_DIR_PREFIX = "skiff-ram-";

@@ -1,14 +1,13 @@
 /**
  * Private directories named after the process that made them
  * (`<prefix><pid>-<random>`), and the sweep of those whose process is gone:
- * a skiff killed with SIGKILL (or a closed terminal before it handled
- * SIGHUP) cannot remove its own, and the next engine start does.
+ * a skiff killed with SIGKILL cannot remove its own (a VM's RAM and scratch
+ * directories, a kernel fetch's staging), and the next start does.
  *
  * @module
  */
 
 import { join } from "node:path";
-import { processRunning } from "../pid_alive.ts";
 
 /** Creates `<root>/<prefix><pid>-<random>`, mode 0700. */
 export function makePidDir(root: string, prefix: string): string {
@@ -42,6 +41,22 @@ export function sweepPidDirs(root: string, prefix: string): string[] {
     }
   }
   return removed;
+}
+
+/**
+ * Whether process `pid` exists and is not a zombie (a killed process whose
+ * parent has not waited for it yet owns nothing any more).
+ */
+export function processRunning(pid: number | string): boolean {
+  let stat: string;
+  try {
+    stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  } catch {
+    return false;
+  }
+  // proc_pid_stat(5): "pid (comm) state …"; comm may hold spaces and parentheses.
+  const close = stat.lastIndexOf(")");
+  return stat.slice(close + 2, close + 3) !== "Z";
 }
 
 /** Where `Deno.makeTempDir` puts directories by default: `$TMPDIR`, else `/tmp`. */

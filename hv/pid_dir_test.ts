@@ -1,7 +1,6 @@
 import { deepStrictEqual, match, strictEqual } from "node:assert/strict";
 import { join } from "node:path";
-import { makePidDir, sweepPidDirs } from "./pid_dir.ts";
-import { processRunning as running } from "../pid_alive.ts";
+import { makePidDir, processRunning as running, sweepPidDirs } from "./pid_dir.ts";
 
 Deno.test("pid dirs: named after this process, private, and swept only once their process is gone", async () => {
   const root = await Deno.makeTempDir({ prefix: "skiff-piddir-test-" });
