@@ -20,6 +20,28 @@ export interface VirtiofsdArgs {
   readOnly: boolean;
 }
 
+/**
+ * Makes `path` free for the listening socket: nothing there is fine; a socket
+ * nobody listens on (a killed daemon's) is removed; a live socket or any
+ * other file is a {@link ConfigError}.
+ */
+export async function clearStaleSocket(path: string): Promise<void> {
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.lstat(path);
+  } catch {
+    return; // nothing there
+  }
+  if (!st.isSocket) throw new ConfigError(`--socket-path ${path} exists and is not a socket`);
+  try {
+    (await Deno.connect({ transport: "unix", path })).close();
+  } catch {
+    await Deno.remove(path); // left by a daemon that is gone: nobody answers on it
+    return;
+  }
+  throw new ConfigError(`--socket-path ${path} is in use by a running server`);
+}
+
 /** Serves until the front-end disconnects or SIGINT/SIGTERM; resolves to the exit code. */
 export async function virtiofsdCommand(a: VirtiofsdArgs): Promise<number> {
   let st: Deno.FileInfo;
@@ -29,12 +51,7 @@ export async function virtiofsdCommand(a: VirtiofsdArgs): Promise<number> {
     throw new ConfigError(`--shared-dir ${a.sharedDir} does not exist`);
   }
   if (!st.isDirectory) throw new ConfigError(`--shared-dir ${a.sharedDir} is not a directory`);
-  try {
-    await Deno.lstat(a.socketPath);
-    throw new ConfigError(`--socket-path ${a.socketPath} already exists`);
-  } catch (e) {
-    if (e instanceof ConfigError) throw e;
-  }
+  await clearStaleSocket(a.socketPath);
   // The same virtio-fs device model the engines use, through the vhost-user
   // adapter. QEMU's vhost-user-fs-device keeps the tag in its own config space
   // (`tag=` on its command line): this one is not read.
