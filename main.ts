@@ -665,15 +665,17 @@ const COMMANDS: Record<string, Command> = {
     },
   },
   virtiofsd: {
-    summary: "serve a host directory to QEMU's vhost-user-fs-device (a virtiofsd drop-in)",
+    summary: "serve a host directory to QEMU's vhost-user-fs devices (a virtiofsd drop-in)",
     help: [
       "Usage: skiff virtiofsd --socket-path PATH --shared-dir DIR [--ro]",
       "",
       "Listens on the Unix socket PATH as a vhost-user virtio-fs back-end and serves DIR with",
       "skiff's FUSE server to the first front-end that connects, e.g.",
       "  qemu-system-x86_64 … -chardev socket,id=fs0,path=PATH \\",
-      "    -device vhost-user-fs-device,chardev=fs0,tag=share  (shared memory RAM needed)",
+      "    -device vhost-user-fs-pci,chardev=fs0,tag=share  (shared memory RAM needed;",
+      "    vhost-user-fs-device on a virtio-mmio machine such as microvm)",
       "Exits 0 when the front-end disconnects, or on Ctrl-C / SIGTERM; the socket is removed.",
+      "A socket at PATH that nobody listens on (a killed daemon's) is replaced.",
       "--ro makes every change fail with EROFS.",
     ].join("\n"),
     async run(args) {
