@@ -9,6 +9,7 @@
  */
 
 import type { NetConfig } from "./config.ts";
+import { ConfigError } from "../../hv/errors.ts";
 import { NetStack } from "./service.ts";
 import { TapDevice } from "./tap.ts";
 import { formatIpv4 } from "./wire.ts";
@@ -32,6 +33,25 @@ async function ip(args: string[]): Promise<void> {
 }
 
 /**
+ * Refuses a namespace `ip` would not find, before a TAP is made: a name
+ * (`ip netns add NAME` makes /run/netns/NAME) or a process id.
+ */
+export function checkNetns(netns: string, runDir = "/run/netns"): void {
+  if (/^\d+$/.test(netns)) return;
+  let ok = false;
+  try {
+    ok = !netns.includes("/") && Deno.statSync(`${runDir}/${netns}`).isFile;
+  } catch {
+    // not there
+  }
+  if (!ok) {
+    throw new ConfigError(
+      `--netns ${netns}: no such network namespace (ip netns add ${netns} makes one)`,
+    );
+  }
+}
+
+/**
  * Creates a TAP, moves it into namespace `netns` (which must exist),
  * configures it as the guest (guest address with the prefix, MTU, link up,
  * loopback up, default route via the gateway) and serves it with a new
@@ -39,6 +59,7 @@ async function ip(args: string[]): Promise<void> {
  * /dev/net/tun.
  */
 export async function serveTapInNetns(netns: string, config: NetConfig = {}): Promise<NetnsTap> {
+  checkNetns(netns);
   const stack = new NetStack(config);
   let tap: TapDevice | null = null;
   try {
