@@ -6,7 +6,7 @@
  * @module
  */
 
-import { isAbsolute, resolve } from "node:path";
+import { isAbsolute, posix, resolve } from "node:path";
 import { ConfigError } from "./errors.ts";
 
 /** A host directory shared with the guest over virtio-fs. */
@@ -101,8 +101,19 @@ export const MAX_HOSTNAME_BYTES = 64;
  * Checks a guest host name before boot with the rule the guest side enforces
  * (1 to {@link MAX_HOSTNAME_BYTES} bytes), so a bad one fails before anything
  * starts; throws a {@link ConfigError} that starts with `what` (the flag).
+ * Control characters (NUL ends the name the agent gets, a newline would add
+ * lines to the guest's /etc/hosts) and whitespace are refused too.
  */
 export function checkHostname(name: string, what = "--hostname"): void {
+  if (typeof name !== "string") {
+    throw new ConfigError(`${what}: expected a string, got ${typeof name}`);
+  }
+  // deno-lint-ignore no-control-regex
+  if (/[\x00-\x20\x7f]/.test(name)) {
+    throw new ConfigError(
+      `${what} ${JSON.stringify(name)}: control characters and whitespace are not allowed`,
+    );
+  }
   const n = new TextEncoder().encode(name).length;
   if (n < 1 || n > MAX_HOSTNAME_BYTES) {
     throw new ConfigError(
@@ -137,8 +148,15 @@ export interface VolumeSpec {
 }
 
 /**
+ * Guest paths no volume may be mounted on or under: the kernel's file
+ * systems the guest's init mounts there (a share over them breaks the guest).
+ */
+export const RESERVED_GUEST_PATHS: readonly string[] = ["/proc", "/sys", "/dev"];
+
+/**
  * Checks a volume and makes its {@link Share} (tag `vol<index>`): the guest
- * path must be absolute and not `/`, the host path an existing directory.
+ * path must be absolute, not `/` and not on or under
+ * {@link RESERVED_GUEST_PATHS}; the host path an existing directory.
  * `what` names the volume in errors (e.g. `--volume a:/b`).
  */
 export function volumeShare(v: VolumeSpec, index: number, cwd: string, what: string): Share {
@@ -147,8 +165,14 @@ export function volumeShare(v: VolumeSpec, index: number, cwd: string, what: str
   if (!isAbsolute(guestPath)) {
     throw new ConfigError(`${what}: the guest path '${guestPath}' must be absolute`);
   }
-  if (guestPath === "/") {
+  // As the guest resolves it: "/x/..", "//" and "/." are the root too.
+  const normal = posix.normalize(guestPath).replace(/(.)\/+$/, "$1");
+  if (normal === "/") {
     throw new ConfigError(`${what}: cannot mount over the guest's root`);
+  }
+  const reserved = RESERVED_GUEST_PATHS.find((r) => normal === r || normal.startsWith(`${r}/`));
+  if (reserved) {
+    throw new ConfigError(`${what}: cannot mount on or under the guest's ${reserved}`);
   }
   checkShareDir(hostPath, what);
   return { tag: `vol${index}`, hostPath, guestPath, readOnly: v.readOnly };

@@ -1,5 +1,5 @@
-import { strictEqual, throws } from "node:assert/strict";
-import { checkHostname, MAX_HOSTNAME_BYTES } from "./config.ts";
+import { deepStrictEqual, strictEqual, throws } from "node:assert/strict";
+import { checkHostname, MAX_HOSTNAME_BYTES, volumeShare } from "./config.ts";
 import { ConfigError } from "./errors.ts";
 
 Deno.test("checkHostname: 1 to 64 bytes of UTF-8, as the guest's init and agent take", () => {
@@ -17,4 +17,49 @@ Deno.test("checkHostname: 1 to 64 bytes of UTF-8, as the guest's init and agent 
     );
   }
   throws(() => checkHostname("", "hostname"), /^ConfigError: hostname '': /);
+});
+
+Deno.test("checkHostname: control characters and whitespace are refused, on one line", () => {
+  for (const [name, shown] of [["a\0b", '"a\\u0000b"'], ["a\nb", '"a\\nb"'], ["a b", '"a b"']]) {
+    throws(
+      () => checkHostname(name),
+      (e: unknown) =>
+        e instanceof ConfigError &&
+        e.message === `--hostname ${shown}: control characters and whitespace are not allowed`,
+    );
+  }
+});
+
+Deno.test("volumeShare: refuses the root and /proc, /sys, /dev and below, as the guest resolves them", () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const share = (guestPath: string) =>
+      volumeShare({ hostPath: dir, guestPath, readOnly: true }, 2, "/", "--volume v");
+    for (const g of ["/", "//", "/.", "/x/.."]) {
+      throws(() => share(g), /^ConfigError: --volume v: cannot mount over the guest's root$/);
+    }
+    for (
+      const g of [
+        "/proc",
+        "/proc/",
+        "/proc/sys/fs",
+        "/sys",
+        "//sys/kernel",
+        "/dev",
+        "/dev/shm",
+        "/a/../dev",
+      ]
+    ) {
+      throws(
+        () => share(g),
+        /^ConfigError: --volume v: cannot mount on or under the guest's \/(proc|sys|dev)$/,
+      );
+    }
+    for (const g of ["/process", "/system", "/devices", "/srv/proc", "/mnt/dev"]) {
+      deepStrictEqual(share(g), { tag: "vol2", hostPath: dir, guestPath: g, readOnly: true });
+    }
+    throws(() => share("rel"), /must be absolute/);
+  } finally {
+    Deno.removeSync(dir);
+  }
 });

@@ -110,7 +110,7 @@ export function resolveConfig(c: NetConfig = {}): ResolvedNetConfig {
     gatewayMac: parseMac(c.gatewayMac ?? "52:54:00:42:00:01"),
     mtu,
     hostLoopback: c.hostLoopback ?? false,
-    publish: c.publish ?? [],
+    publish: (c.publish ?? []).map((r, i) => checkPublishRule(r, `net: publish[${i}]`)),
     maxFlows: positive("maxFlows", c.maxFlows, 4096),
     maxHalfOpen: positive("maxHalfOpen", c.maxHalfOpen, 256),
     maxBufferedBytes: positive("maxBufferedBytes", c.maxBufferedBytes, 256 << 20),
@@ -120,6 +120,53 @@ export function resolveConfig(c: NetConfig = {}): ResolvedNetConfig {
     hostsFile: c.hostsFile ?? "/etc/hosts",
     resolvConf: c.resolvConf ?? "/etc/resolv.conf",
   };
+}
+
+/**
+ * Checks one publish rule as {@link resolveConfig} takes it (from the CLI's
+ * {@link parsePublish} or a library caller's object): host port 0..65535 (0
+ * picks a free one), guest port 1..65535, protocol tcp or udp, host address
+ * an IPv4 address (default 127.0.0.1, as `--publish` without HOSTIP).
+ * Returns the rule with its defaults; throws an `Error` whose one-line
+ * message starts with `what` (the rule's name, e.g. `net.publish[0]`).
+ */
+export function checkPublishRule(r: Partial<PublishRule>, what: string): PublishRule {
+  const bad = (why: string) => new Error(`${what}: ${why}`);
+  if (typeof r !== "object" || r === null) throw bad(`expected a rule object, got ${show(r)}`);
+  const hostIp = r.hostIp ?? "127.0.0.1";
+  let ipOk = typeof hostIp === "string";
+  if (ipOk) {
+    try {
+      parseIpv4(hostIp);
+    } catch {
+      ipOk = false;
+    }
+  }
+  if (!ipOk) throw bad(`host address ${show(hostIp)} is not an IPv4 address`);
+  const port = (v: unknown, name: string, min: number) => {
+    if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > 65535) {
+      throw bad(`${name} ${show(v)}: expected a whole number from ${min} to 65535`);
+    }
+    return v;
+  };
+  const hostPort = port(r.hostPort, "host port", 0);
+  const guestPort = port(r.guestPort, "guest port", 1);
+  const proto = r.proto ?? "tcp";
+  if (proto !== "tcp" && proto !== "udp") {
+    throw bad(`protocol ${show(proto)}: expected "tcp" or "udp"`);
+  }
+  return { hostIp, hostPort, guestPort, proto };
+}
+
+/** A value for an error message, on one line (strings quoted, control characters escaped). */
+function show(v: unknown): string {
+  if (typeof v === "string") return JSON.stringify(v);
+  if (typeof v === "number" || typeof v === "boolean" || v == null) return String(v);
+  try {
+    return JSON.stringify(v) ?? String(v);
+  } catch {
+    return String(v);
+  }
 }
 
 /**

@@ -31,6 +31,7 @@ import type {
   VmStats,
 } from "../engine/types.ts";
 import {
+  checkHostname,
   defaultRootShare,
   GUEST_PATH,
   type NetOptions,
@@ -40,6 +41,7 @@ import {
   volumeShare,
 } from "../config.ts";
 import { ConfigError, SkiffError } from "../errors.ts";
+import { checkPublishRule } from "../../devices/net/config.ts";
 import {
   imageCommand,
   imageRootShare,
@@ -61,9 +63,25 @@ export interface VolumeOptions {
 export interface NetworkOptions {
   /** The host's own loopback reachable at 10.42.0.1 (default false). */
   hostLoopback?: boolean;
-  /** Host ports forwarded into the guest. */
-  publish?: PortForward[];
+  /**
+   * Host ports forwarded into the guest, as `skiff run --publish`: `hostPort`
+   * 0 to 65535 (0: the OS picks one, see
+   * {@link VirtualMachineOptions.onNotice}), `guestPort` 1 to 65535,
+   * `hostIp` an IPv4 address (default "127.0.0.1"), `protocol` "tcp"
+   * (default) or "udp". A bad rule is a `ConfigError` before boot.
+   */
+  publish?: (
+    & Omit<PortForward, "hostIp" | "protocol">
+    & Partial<Pick<PortForward, "hostIp" | "protocol">>
+  )[];
 }
+
+/** Most vCPUs {@link VirtualMachineOptions.cpus} takes (as `skiff run --cpus`). */
+const MAX_CPUS = 255;
+/** Least guest RAM in MiB: the engines' floor (a Debian kernel wants about 128). */
+const MIN_MEMORY_MIB = 64;
+/** Most guest RAM in MiB (as `skiff run --memory`). */
+const MAX_MEMORY_MIB = 65536;
 
 /** Options of {@link VirtualMachine.boot}; every field has a default. */
 export interface VirtualMachineOptions {
@@ -71,9 +89,17 @@ export interface VirtualMachineOptions {
   engine?: EngineChoice;
   /** An engine instance to use instead (tests, custom engines). */
   engineInstance?: Engine;
+  /** vCPUs: a whole number from 1 to 255 (default 1). */
   cpus?: number;
+  /**
+   * Guest RAM in MiB: a whole number from 64 to 65536 (default 512). The
+   * default Debian kernel needs about 128; 64 is for a kernel of one's own.
+   */
   memoryMiB?: number;
-  /** Host directories shared with the guest (validated here, before any boot). */
+  /**
+   * Host directories shared with the guest (validated here, before any boot):
+   * the guest path absolute, not `/`, and not on or under `/proc`, `/sys` or `/dev`.
+   */
   volumes?: VolumeOptions[];
   /** The guest root: default the host's `/` read-only with a tmpfs overlay; null: the initramfs. */
   root?: Share | null;
@@ -85,9 +111,13 @@ export interface VirtualMachineOptions {
   image?: string | PreparedImage;
   /** The network (true: the defaults); default none (loopback only). */
   net?: boolean | NetworkOptions;
+  /** Kernel (bzImage or ELF vmlinux) instead of the cached Debian one; not empty. */
   kernel?: string;
+  /** Modules directory for `kernel`; not empty. */
   modules?: string;
+  /** Appended to the kernel command line. */
   cmdlineExtra?: string;
+  /** Guest host name: 1 to 64 bytes, no whitespace or control characters (default "skiff"). */
   hostname?: string;
   /** Use the snapshot cache (default true). */
   snapshot?: boolean;
@@ -95,6 +125,12 @@ export interface VirtualMachineOptions {
   verbose?: boolean;
   /** Aborting stops the boot. */
   signal?: AbortSignal;
+  /**
+   * Receives the lines `skiff run` prints without `--verbose`: the host port
+   * the OS picked for each `net.publish` rule of `hostPort: 0`, as
+   * `published 127.0.0.1:41234 → guest :80/tcp`. Default: they are dropped.
+   */
+  onNotice?: (line: string) => void;
 }
 
 /** Options of {@link VirtualMachine.spawn}. */
@@ -168,26 +204,13 @@ export class VirtualMachine implements AsyncDisposable {
 
   /** Validates `options` into a configuration and the engine (no VM yet). */
   static async #prepare(options: VirtualMachineOptions) {
-    const volumes = (options.volumes ?? []).map((v, i) =>
-      volumeShare(
-        { ...v, readOnly: v.readOnly ?? false },
-        i,
-        Deno.cwd(),
-        `volume ${v.hostPath}:${v.guestPath}`,
-      )
-    );
+    const { volumes, net } = checkOptions(options);
     let image: PreparedImage | null = null;
     if (options.image !== undefined) {
       image = typeof options.image === "string"
         ? await prepareImage(options.image, { signal: options.signal, progress: null })
         : options.image;
     }
-    const net: NetOptions | null = options.net
-      ? {
-        hostLoopback: options.net === true ? false : options.net.hostLoopback ?? false,
-        publish: options.net === true ? [] : options.net.publish ?? [],
-      }
-      : null;
     const config: VmConfig = {
       kernel: options.kernel,
       modules: options.modules,
@@ -222,7 +245,11 @@ export class VirtualMachine implements AsyncDisposable {
   /** Boots a VM for `options` (restored from the snapshot cache when it holds one). */
   static async boot(options: VirtualMachineOptions = {}): Promise<VirtualMachine> {
     const { config, engine, defaults } = await VirtualMachine.#prepare(options);
-    const vm = await engine.boot(config, { signal: options.signal, snapshot: options.snapshot });
+    const vm = await engine.boot(config, {
+      signal: options.signal,
+      snapshot: options.snapshot,
+      notice: options.onNotice,
+    });
     return new VirtualMachine(vm, defaults);
   }
 
@@ -261,7 +288,10 @@ export class VirtualMachine implements AsyncDisposable {
         `snapshot ${snapshot.dir} is of the ${snapshot.engine} engine, not ${engine.name}`,
       );
     }
-    const vm = await engine.restore(snapshot, config, { signal: options.signal });
+    const vm = await engine.restore(snapshot, config, {
+      signal: options.signal,
+      notice: options.onNotice,
+    });
     return new VirtualMachine(vm, defaults);
   }
 
@@ -306,10 +336,11 @@ export class VirtualMachine implements AsyncDisposable {
    * Starts `argv` with its own streams (`stdin`, `stdout`, `stderr` as Web
    * streams with backpressure) and resolves once it runs; its `status`
    * settles when it ends. Dispose it (`await using`) to kill it if still running.
+   * Bad arguments (no command, a user name without an image) reject it.
    */
-  spawn(argv: readonly string[], o: SpawnOptions = {}): Promise<ChildProcess> {
+  async spawn(argv: readonly string[], o: SpawnOptions = {}): Promise<ChildProcess> {
     const user = this.#user(o.user);
-    return this.#vm.spawn(this.#argv(argv), {
+    return await this.#vm.spawn(this.#argv(argv), {
       env: { ...this.#defaults.env, ...o.env },
       cwd: o.cwd ?? this.#defaults.cwd,
       ...(user ? { user } : {}),
@@ -371,4 +402,116 @@ export class VirtualMachine implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.stop();
   }
+}
+
+/** A value for an error message, on one line (strings quoted). */
+function show(v: unknown): string {
+  if (typeof v === "string") return JSON.stringify(v);
+  if (typeof v === "number" || typeof v === "boolean" || v == null) return String(v);
+  try {
+    return JSON.stringify(v) ?? String(v);
+  } catch {
+    return String(v);
+  }
+}
+
+/** `v` if it is a whole number in min..max; else a {@link ConfigError} naming `name`. */
+function wholeNumber(name: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
+    throw new ConfigError(`${name}: expected a whole number from ${min} to ${max}, got ${show(v)}`);
+  }
+  return v;
+}
+
+/** `v` if it is undefined or a non-empty string; else a {@link ConfigError} naming `name`. */
+function optionalPath(name: string, v: unknown): string | undefined {
+  if (v !== undefined && (typeof v !== "string" || v === "")) {
+    throw new ConfigError(`${name}: expected a non-empty path, got ${show(v)}`);
+  }
+  return v;
+}
+
+/**
+ * Checks {@link VirtualMachineOptions} that need neither an engine nor an
+ * image: every bad value is a one-line {@link ConfigError} naming the
+ * option, thrown before anything starts. Returns the volumes' shares and the
+ * network (publish rules with their defaults).
+ */
+export function checkOptions(
+  options: VirtualMachineOptions,
+): { volumes: Share[]; net: NetOptions | null } {
+  if (typeof options !== "object" || options === null) {
+    throw new ConfigError(`options: expected an object, got ${show(options)}`);
+  }
+  if (options.cpus !== undefined) wholeNumber("cpus", options.cpus, 1, MAX_CPUS);
+  if (options.memoryMiB !== undefined) {
+    wholeNumber("memoryMiB", options.memoryMiB, MIN_MEMORY_MIB, MAX_MEMORY_MIB);
+  }
+  optionalPath("kernel", options.kernel);
+  optionalPath("modules", options.modules);
+  if (options.cmdlineExtra !== undefined && typeof options.cmdlineExtra !== "string") {
+    throw new ConfigError(`cmdlineExtra: expected a string, got ${show(options.cmdlineExtra)}`);
+  }
+  if (options.hostname !== undefined) checkHostname(options.hostname, "hostname");
+  const given = options.volumes ?? [];
+  if (!Array.isArray(given)) {
+    throw new ConfigError(
+      `volumes: expected an array of { hostPath, guestPath }, got ${show(given)}`,
+    );
+  }
+  const volumes = given.map((v: VolumeOptions, i) => {
+    const what = `volumes[${i}]`;
+    if (typeof v !== "object" || v === null) {
+      throw new ConfigError(`${what}: expected { hostPath, guestPath }, got ${show(v)}`);
+    }
+    for (const key of ["hostPath", "guestPath"] as const) {
+      if (typeof v[key] !== "string" || v[key] === "") {
+        throw new ConfigError(`${what}: ${key}: expected a non-empty path, got ${show(v[key])}`);
+      }
+    }
+    if (v.readOnly !== undefined && typeof v.readOnly !== "boolean") {
+      throw new ConfigError(`${what}: readOnly: expected a boolean, got ${show(v.readOnly)}`);
+    }
+    return volumeShare(
+      { hostPath: v.hostPath, guestPath: v.guestPath, readOnly: v.readOnly ?? false },
+      i,
+      Deno.cwd(),
+      `${what} ${v.hostPath}:${v.guestPath}`,
+    );
+  });
+  let net: NetOptions | null = null;
+  if (options.net === true) net = { hostLoopback: false, publish: [] };
+  else if (options.net !== undefined && options.net !== false) {
+    const n = options.net;
+    if (typeof n !== "object" || n === null) {
+      throw new ConfigError(`net: expected a boolean or { hostLoopback, publish }, got ${show(n)}`);
+    }
+    if (n.hostLoopback !== undefined && typeof n.hostLoopback !== "boolean") {
+      throw new ConfigError(`net.hostLoopback: expected a boolean, got ${show(n.hostLoopback)}`);
+    }
+    const publish = n.publish ?? [];
+    if (!Array.isArray(publish)) {
+      throw new ConfigError(`net.publish: expected an array of rules, got ${show(publish)}`);
+    }
+    net = {
+      hostLoopback: n.hostLoopback ?? false,
+      publish: publish.map((p, i) => {
+        try {
+          const r = checkPublishRule(
+            typeof p === "object" && p !== null ? { ...p, proto: p.protocol } : p,
+            `net.publish[${i}]`,
+          );
+          return {
+            hostIp: r.hostIp,
+            hostPort: r.hostPort,
+            guestPort: r.guestPort,
+            protocol: r.proto,
+          };
+        } catch (e) {
+          throw new ConfigError((e as Error).message);
+        }
+      }),
+    };
+  }
+  return { volumes, net };
 }
