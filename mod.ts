@@ -44,6 +44,7 @@ export type {
 export type { PortForward } from "./hv/config.ts";
 export type { EngineChoice } from "./hv/library/select_engine.ts";
 export {
+  CommandTimeoutError,
   ConfigError,
   EngineUnavailableError,
   SkiffError,
@@ -51,4 +52,11 @@ export {
   VmExitError,
   VmTimeoutError,
 } from "./hv/errors.ts";
+export {
+  AgentError,
+  AgentProtocolError,
+  AgentRequestError,
+  AgentStepError,
+  FileTooLargeError,
+} from "./init/agent/errors.ts";
 export { SnapshotError } from "./snapshot/errors.ts";

@@ -36,10 +36,28 @@ export class VmExitError extends VmError {
   }
 }
 
-/** `--timeout` expired; the VM was stopped. */
+/**
+ * A time limit expired: `--timeout` (the VM was stopped), or a command's own
+ * limit ({@link CommandTimeoutError}: only the command was killed).
+ */
 export class VmTimeoutError extends VmError {
-  constructor(readonly seconds: number) {
-    super(`timed out after ${seconds} s; the VM was stopped`);
+  /**
+   * `seconds`: the limit that expired. `message` defaults to the `--timeout`
+   * one ("timed out after N s; the VM was stopped").
+   */
+  constructor(readonly seconds: number, message?: string, options?: ErrorOptions) {
+    super(message ?? `timed out after ${seconds} s; the VM was stopped`, options);
+  }
+}
+
+/**
+ * `exec`'s `timeoutMs` expired: the command (its process group) was killed;
+ * the VM goes on and takes further calls.
+ */
+export class CommandTimeoutError extends VmTimeoutError {
+  /** The limit `seconds` that expired. */
+  constructor(seconds: number, options?: ErrorOptions) {
+    super(seconds, `the command timed out after ${seconds} s and was killed`, options);
   }
 }
 

@@ -135,7 +135,10 @@ export interface RunningVm extends AsyncDisposable {
     options?: { mode?: number; signal?: AbortSignal },
   ): Promise<void>;
   /** Reads a file of the guest. */
-  readFile(path: string, options?: { signal?: AbortSignal }): Promise<Uint8Array>;
+  readFile(
+    path: string,
+    options?: { maxBytes?: number; signal?: AbortSignal },
+  ): Promise<Uint8Array>;
   /** Guest memory in use, CPU time, process count. */
   stats(options?: { signal?: AbortSignal }): Promise<VmStats>;
   /**

@@ -373,8 +373,14 @@ export class VirtualMachine implements AsyncDisposable {
     return this.#vm.writeFile(path, data, o);
   }
 
-  /** Reads `path` from the guest. */
-  readFile(path: string, o: { signal?: AbortSignal } = {}): Promise<Uint8Array> {
+  /**
+   * Reads `path` from the guest; a file longer than `maxBytes` (default
+   * 1 GiB) rejects with `FileTooLargeError` instead of filling host memory.
+   */
+  readFile(
+    path: string,
+    o: { maxBytes?: number; signal?: AbortSignal } = {},
+  ): Promise<Uint8Array> {
     return this.#vm.readFile(path, o);
   }
 

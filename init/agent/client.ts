@@ -17,7 +17,13 @@
  * @module
  */
 
-import { AgentError, AgentProtocolError, AgentStepError } from "./errors.ts";
+import {
+  AgentError,
+  AgentProtocolError,
+  AgentRequestError,
+  AgentStepError,
+  FileTooLargeError,
+} from "./errors.ts";
 import { AGENT_PORT, type RequestKind } from "./protocol.ts";
 import { ReplyReader } from "./reply_reader.ts";
 import type { AgentConnection, AgentListener, AgentTransport } from "./transport.ts";
@@ -36,6 +42,9 @@ import {
 
 /** Search list for argv[0] when the environment has no PATH. */
 export const AGENT_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/** Default `maxBytes` of {@link AgentClient.readFile}: 1 GiB. */
+export const READ_FILE_DEFAULT_MAX_BYTES = 1 << 30;
 
 /** Linux x86-64 signal numbers by name (arch/x86/include/uapi/asm/signal.h). */
 const SIGNALS: Record<string, number> = {
@@ -81,7 +90,7 @@ export type AgentSignal = Deno.Signal | number;
 export function signalNumber(s: AgentSignal): number {
   if (typeof s === "number") return s;
   const n = SIGNALS[s];
-  if (n === undefined) throw new AgentError(`signal ${s} does not exist on Linux`);
+  if (n === undefined) throw new AgentRequestError(`signal ${s} does not exist on Linux`);
   return n;
 }
 
@@ -151,6 +160,12 @@ export interface AgentWriteFileOptions {
 export interface AgentReadFileOptions {
   /** Directory to chroot into first (default ""). */
   root?: string;
+  /**
+   * The most bytes to accept (default {@link READ_FILE_DEFAULT_MAX_BYTES},
+   * 1 GiB): a larger file (or an endless one, as `/dev/zero`) rejects with
+   * {@link FileTooLargeError} once it exceeds it, and the read stops.
+   */
+  maxBytes?: number;
   signal?: AbortSignal;
 }
 
@@ -323,9 +338,10 @@ export class AgentChild implements AsyncDisposable {
    * this throws.
    */
   async kill(signal: AgentSignal = "SIGTERM", o: { group?: boolean } = {}): Promise<void> {
+    const frame = encodeSignalFrame(signalNumber(signal), o.group ?? false);
     if (this.#done) throw new AgentError(`command ${this.pid} has already ended`);
     if (this.#dropped) throw new AgentError(`command ${this.pid} is being killed (dropped)`);
-    await this.#controlWriter.write(encodeSignalFrame(signalNumber(signal), o.group ?? false));
+    await this.#controlWriter.write(frame);
   }
 
   /** Half-closes the control connection: the supervisor SIGKILLs the group and reports it. */
@@ -603,14 +619,28 @@ export class AgentClient {
     }
   }
 
-  /** The bytes of `path` in the guest. */
+  /**
+   * The bytes of `path` in the guest, at most `maxBytes` (default 1 GiB):
+   * beyond it this rejects with {@link FileTooLargeError}, stops reading and
+   * closes the connection. A file the agent cannot open or read rejects with
+   * {@link AgentStepError} (`errno` ENOENT, EISDIR, …).
+   */
   async readFile(path: string, o: AgentReadFileOptions = {}): Promise<Uint8Array> {
+    const maxBytes = o.maxBytes ?? READ_FILE_DEFAULT_MAX_BYTES;
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 0) {
+      throw new AgentRequestError(
+        `maxBytes: expected a non-negative integer number of bytes, got ${maxBytes}`,
+      );
+    }
     const payload = encodeReadFile({ path, root: o.root ?? "" });
     const { conn, replies } = await this.#request("READ_FILE", payload, o.signal);
     try {
       return await guarded(o.signal, () => conn.close(), async () => {
         const r = checkReply(`read ${path}`, await replies.reply());
         if (r.kind !== "ok") throw new AgentProtocolError(`read ${path}: got ${JSON.stringify(r)}`);
+        if (r.value !== null && r.value > maxBytes) {
+          throw new FileTooLargeError(path, maxBytes, r.value);
+        }
         if (r.value !== null) {
           const out = new Uint8Array(r.value);
           let at = 0;
@@ -633,8 +663,10 @@ export class AgentClient {
         const chunks: Uint8Array[] = [];
         let total = 0;
         for await (const chunk of replies.rest()) {
-          chunks.push(chunk);
           total += chunk.length;
+          // Stop at once: the file may never end (/dev/zero).
+          if (total > maxBytes) throw new FileTooLargeError(path, maxBytes);
+          chunks.push(chunk);
         }
         const out = new Uint8Array(total);
         let at = 0;

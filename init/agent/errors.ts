@@ -1,11 +1,14 @@
 /**
- * Errors of the agent client.
+ * Errors of the agent client. They are {@link SkiffError}s, so that a
+ * library caller tells skiff's failures from others with one `instanceof`.
  *
  * @module
  */
 
+import { SkiffError } from "../../hv/errors.ts";
+
 /** Base class of every error the agent client raises. */
-export class AgentError extends Error {
+export class AgentError extends SkiffError {
   /** Creates an error with `message`. */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
@@ -16,8 +19,8 @@ export class AgentError extends Error {
 /** A request the host refused to send (a limit of `AGENT.md` exceeded, a bad value). */
 export class AgentRequestError extends AgentError {
   /** Creates an error with `message`. */
-  constructor(message: string) {
-    super(message);
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
     this.name = "AgentRequestError";
   }
 }
@@ -43,5 +46,24 @@ export class AgentProtocolError extends AgentError {
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "AgentProtocolError";
+  }
+}
+
+/** A file read from the guest is larger than the reader's `maxBytes`; the read was stopped. */
+export class FileTooLargeError extends AgentError {
+  /** The file (as the request named it). */
+  readonly path: string;
+  /** The limit it exceeded, in bytes. */
+  readonly maxBytes: number;
+  /** Creates the error for `path` exceeding `maxBytes` (`size`: its announced size, when known). */
+  constructor(path: string, maxBytes: number, size?: number) {
+    super(
+      `read ${path}: the file is larger than maxBytes (${
+        size === undefined ? "" : `${size} > `
+      }${maxBytes} bytes)`,
+    );
+    this.name = "FileTooLargeError";
+    this.path = path;
+    this.maxBytes = maxBytes;
   }
 }
