@@ -16,9 +16,14 @@ export interface FuseMountArgs {
   passthrough?: boolean;
 }
 
+/** Exit code when a second SIGINT/SIGTERM cuts an orderly stop short. */
+export const FORCED_EXIT = 1;
+
 /**
- * Mounts, prints one line, waits for unmount or a signal (then unmounts
- * with MNT_DETACH), cleans up; resolves to the exit code (0).
+ * Mounts, prints one line, waits for unmount or a signal (then unmounts its
+ * own mount with MNT_DETACH, never one put on top of it), cleans up; resolves
+ * to the exit code (0). A second signal while stopping exits at once with
+ * {@link FORCED_EXIT}: the stop waits for a reader that may never end.
  */
 export async function fuseMountCommand(a: FuseMountArgs): Promise<number> {
   const mount = await mountDevFuse({
@@ -34,14 +39,30 @@ export async function fuseMountCommand(a: FuseMountArgs): Promise<number> {
       `Ctrl-C or umount to stop`,
   );
   const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-  const stop = () => void mount.close();
+  let stopping: Promise<void> | null = null;
+  const stop = () => {
+    if (!stopping) {
+      stopping = mount.close();
+      return;
+    }
+    console.error("skiff fuse: stopping cut short by a second signal");
+    Deno.exit(FORCED_EXIT);
+  };
   for (const s of signals) Deno.addSignalListener(s, stop);
   try {
+    // Settles at the latest when close() ends, however it ends (dev_fuse.ts).
     const stats = await mount.done;
     if (Deno.env.get("SKIFF_DEBUG")) console.error("skiff fuse: server loop ended:", stats);
   } finally {
     await mount.close();
     for (const s of signals) Deno.removeSignalListener(s, stop);
+  }
+  if (mount.stopped === "covered") {
+    console.error(
+      `skiff fuse: left the mount at ${a.mountpoint} in place under the mount on top of it ` +
+        `(unmounting by path would have removed that one); it is disconnected now: ` +
+        `umount it once the one on top is gone`,
+    );
   }
   return 0;
 }

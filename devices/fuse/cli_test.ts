@@ -13,7 +13,8 @@
 
 import { ok, strictEqual } from "node:assert/strict";
 import { hostTest } from "../../tests/requirements.ts";
-import { HANG_MS } from "../../tests/waits.ts";
+import { HANG_MS, hangBound, until } from "../../tests/waits.ts";
+import { FORCED_EXIT, fuseMountCommand } from "./cli.ts";
 
 const SKIFF = new URL("../../skiff", import.meta.url).pathname;
 const SOURCE = "/usr/share/doc";
@@ -97,3 +98,118 @@ hostTest(
     }
   },
 );
+
+/** `./skiff fuse mount SRC MNT` in a fresh directory, once its mount shows. */
+async function startMount(): Promise<{
+  base: string;
+  mnt: string;
+  child: Deno.ChildProcess;
+  output: Promise<string>;
+  status: Promise<Deno.CommandStatus>;
+}> {
+  const base = Deno.makeTempDirSync({ prefix: "skiff-fuse-cli-" });
+  const mnt = `${base}/mnt`;
+  Deno.mkdirSync(`${base}/src`);
+  Deno.mkdirSync(mnt);
+  const child = new Deno.Command(SKIFF, {
+    args: ["fuse", "mount", `${base}/src`, mnt],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // Read as it comes: signals are handled once the "serving" line is out.
+  let err = "";
+  const output = Promise.all([
+    new Response(child.stdout).text(),
+    child.stderr.pipeThrough(new TextDecoderStream()).pipeTo(
+      new WritableStream({ write: (c) => void (err += c) }),
+    ),
+  ]).then(([o]) => o + err);
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    return s;
+  });
+  await until(() => exited || err.includes("to stop"), `skiff serving at ${mnt}`, MOUNT_MS);
+  if (exited) throw new Error(`skiff fuse mount exited early: ${await output}`);
+  return { base, mnt, child, output, status };
+}
+
+/** Unmounts everything left at `mnt` (top first), then removes `base`. */
+async function cleanUp(
+  base: string,
+  mnt: string,
+  status: Promise<unknown>,
+  child: Deno.ChildProcess,
+) {
+  try {
+    child.kill("SIGKILL");
+  } catch {
+    // already gone
+  }
+  await status;
+  while (isMountpoint(mnt)) {
+    if ((await sh(`umount -l ${mnt}`)).code !== 0) break;
+  }
+  Deno.removeSync(base, { recursive: true });
+}
+
+hostTest(
+  "fuse: Ctrl-C with another mount on top leaves that one alone and exits 0",
+  ["fuse", "root"],
+  async () => {
+    const { base, mnt, child, output, status } = await startMount();
+    try {
+      strictEqual((await sh(`mount -t tmpfs skiff-test-top ${mnt}`)).code, 0);
+      child.kill("SIGINT");
+      const s = await hangBound(status, () => "skiff did not exit after SIGINT", EXIT_MS);
+      strictEqual(s.code, 0, await output);
+      const top = Deno.readTextFileSync("/proc/self/mountinfo").split("\n")
+        .filter((l) => l.split(" ")[4] === mnt).at(-1) ?? "";
+      ok(top.includes(" - tmpfs skiff-test-top "), `the tmpfs on top was unmounted: ${top}`);
+      ok((await output).includes("left the mount at"), await output);
+    } finally {
+      await cleanUp(base, mnt, status, child);
+    }
+  },
+);
+
+hostTest(
+  "fuse: Ctrl-C with a process in the mount exits; a second signal cuts the stop short",
+  ["fuse", "root"],
+  async () => {
+    for (const second of [false, true]) {
+      const { base, mnt, child, output, status } = await startMount();
+      // Holds the mount busy (its cwd) past skiff's exit; killed in finally.
+      const holder = new Deno.Command("sleep", { args: ["600"], cwd: mnt }).spawn();
+      try {
+        child.kill("SIGINT");
+        if (second) {
+          // The lazy unmount is the start of the stop, which then waits for the busy mount.
+          await until(() => !isMountpoint(mnt), `${mnt} detached`, EXIT_MS);
+          child.kill("SIGTERM");
+        }
+        const s = await hangBound(status, () => "skiff did not exit after SIGINT", EXIT_MS);
+        ok(!isMountpoint(mnt), "still mounted after skiff exited");
+        const out = await output;
+        if (second && s.code !== 0) {
+          strictEqual(s.code, FORCED_EXIT, out);
+          ok(out.includes("cut short by a second signal"), out);
+        } else {
+          // Without a second signal, or when the stop finished before it came.
+          strictEqual(s.code, 0, out);
+        }
+      } finally {
+        holder.kill("SIGKILL");
+        await holder.status;
+        await cleanUp(base, mnt, status, child);
+      }
+    }
+  },
+);
+
+Deno.test("fuse mount: an empty or missing HOST_DIR is named in quotes", async () => {
+  const err = await fuseMountCommand({ hostDir: "", mountpoint: "/", readOnly: true })
+    .then(() => null, (e: Error) => e.message);
+  strictEqual(err, "HOST_DIR '' does not exist");
+});

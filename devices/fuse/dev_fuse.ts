@@ -23,6 +23,14 @@ import { type LoopStats, OverflowGate } from "./dev_fuse_loop.ts";
 import type { HelperStart, WorkerStart } from "./dev_fuse_worker.ts";
 import { runtimeModuleUrl } from "../../hv/module_url.ts";
 import { setMountReadahead } from "./readahead.ts";
+import {
+  connectionsToAbort,
+  type MountEntry,
+  newestMount,
+  resolvedMountId,
+  type UnmountAction,
+  unmountAction,
+} from "./own_mount.ts";
 
 /** Options of {@link mountDevFuse}. */
 export interface DevFuseOptions extends PassthroughOptions {
@@ -73,10 +81,23 @@ export const DEFAULT_READERS = 2;
 export interface DevFuseMount extends AsyncDisposable {
   /** The mount point. */
   readonly mountpoint: string;
-  /** Resolves when the server loop ends (unmounted by anyone). */
+  /**
+   * Resolves when the server loop ends (unmounted by anyone), or at the latest
+   * when {@link close} ends (reason "stopped" for readers it had to terminate).
+   */
   readonly done: Promise<LoopStats>;
-  /** Unmounts (MNT_DETACH), stops the server and closes `/dev/fuse`. Idempotent. */
+  /**
+   * Unmounts its own mount (MNT_DETACH) if the mount point still leads to it
+   * (never a mount that covers it), stops the server and closes `/dev/fuse`.
+   * Idempotent.
+   */
   close(): Promise<void>;
+  /**
+   * What {@link close} did with the mount, once it has begun: "unmount"ed it,
+   * left it "covered" by another mount (or moved) as it was, or found it
+   * "gone" already. Null before close.
+   */
+  readonly stopped: UnmountAction | null;
 }
 
 /** The file system type of our mounts (`fuse.` + subtype, as fusermount names them). */
@@ -84,6 +105,8 @@ const FSTYPE = "fuse.skiff";
 const MS_NOSUID = 2n;
 const MS_NODEV = 4n;
 const MNT_DETACH = 2;
+/** umount2: do not follow a symbolic link at the end of the path (linux/fs.h). */
+const UMOUNT_NOFOLLOW = 8;
 
 /** Why `/dev/fuse` mounting cannot work here, or null. */
 export function devFuseUnavailable(): string | null {
@@ -98,15 +121,21 @@ export function devFuseUnavailable(): string | null {
   return null;
 }
 
+/** `path` in single quotes (as a shell would take it), so that an empty or spaced one shows. */
+export function quotePath(path: string): string {
+  return `'${path.replaceAll("'", `'\\''`)}'`;
+}
+
 function isDir(path: string, what: string): void {
   let st: Deno.FileInfo;
   try {
     st = Deno.statSync(path);
   } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new Error(`${what} ${path} does not exist`);
-    throw new Error(`${what} ${path}: ${e instanceof Error ? e.message : e}`);
+    const q = quotePath(path);
+    if (e instanceof Deno.errors.NotFound) throw new Error(`${what} ${q} does not exist`);
+    throw new Error(`${what} ${q}: ${e instanceof Error ? e.message : e}`);
   }
-  if (!st.isDirectory) throw new Error(`${what} ${path} is not a directory`);
+  if (!st.isDirectory) throw new Error(`${what} ${quotePath(path)} is not a directory`);
 }
 
 /** One reader Worker and what it reported. */
@@ -115,6 +144,11 @@ interface Reader {
   /** The reader's /dev/fuse fd (the primary's, or a clone). */
   fd: number;
   done: Promise<LoopStats>;
+  /**
+   * Terminates the Worker and settles `done` (reason "stopped") if it had not
+   * settled: a terminated Worker never reports, and a waiter on `done` must not hang.
+   */
+  stop(): void;
 }
 
 /**
@@ -155,7 +189,11 @@ function startReader(
   done.catch(() => {});
   ready.catch(() => {});
   worker.postMessage(start);
-  return { reader: { worker, fd: start.fd, done }, ready };
+  const stop = () => {
+    worker.terminate();
+    settle({ requests: 0, reason: "stopped" }); // no-op if it reported already
+  };
+  return { reader: { worker, fd: start.fd, done, stop }, ready };
 }
 
 /**
@@ -256,6 +294,15 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     );
   }
 
+  // Ours, told apart from any mount later put on top of it (or over a parent
+  // directory) and from other connections: read now, while it is the newest here.
+  let own: MountEntry | null = null;
+  try {
+    own = newestMount(Deno.readTextFileSync("/proc/self/mountinfo"), mountPath, FSTYPE);
+  } catch {
+    // no /proc: close() falls back to unmounting by path
+  }
+
   primary.worker.postMessage("serve");
   // READs as large as max_read (readahead.ts); best effort: the default window works
   // too. After INIT: the kernel lowers the window to the INIT reply's max_readahead.
@@ -293,9 +340,10 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
   done.catch(() => {});
 
   let closed: Promise<void> | null = null;
+  let stopped: UnmountAction | null = null;
   const close = (): Promise<void> => {
     closed ??= (async () => {
-      sys.umount2(cpath(mountpoint), MNT_DETACH);
+      stopped = detachOwn(mountPath, own);
       // A teardown can be slow: after `find /usr` the kernel evicted ~139 000 inodes
       // (sending FORGETs) for up to 4 s on a busy machine before the reader saw ENODEV,
       // and the reader's fs.close() of ~10 000 cached fds took 0.4 s. Terminating the
@@ -304,7 +352,8 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
       // reader makes progress (reads requests, or has left its loop and is closing).
       let served = gate.served;
       const give = performance.now() + CLOSE_LIMIT_MS;
-      while (!await settlesWithin(done, CLOSE_WAIT_MS)) {
+      // Left mounted (covered): the connection cannot end by itself, do not wait for it.
+      while (stopped !== "covered" && !await settlesWithin(done, CLOSE_WAIT_MS)) {
         if (performance.now() > give) break; // progress that never ends is a hang
         if (gate.stopped) continue;
         if (gate.served === served) break;
@@ -314,11 +363,10 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
         // Idle for CLOSE_WAIT_MS: files still open on the detached mount keep the
         // connection alive, and closing our fd does not end it while the worker sits
         // in read(); abort it through fusectl (when mounted).
-        abortConnections(mountpoint);
-        await settlesWithin(done, ABORT_WAIT_MS);
+        if (abortOwnConnection(own)) await settlesWithin(done, ABORT_WAIT_MS);
       }
       for (const r of all) {
-        r.worker.terminate();
+        r.stop();
         sys.close(r.fd);
       }
     })();
@@ -328,6 +376,9 @@ export async function mountDevFuse(options: DevFuseOptions): Promise<DevFuseMoun
     mountpoint,
     done,
     close,
+    get stopped() {
+      return stopped;
+    },
     [Symbol.asyncDispose]: close,
   };
 }
@@ -350,26 +401,54 @@ async function settlesWithin(p: Promise<unknown>, ms: number): Promise<boolean> 
   }
 }
 
-/** Best effort: abort every FUSE connection whose mount is gone (fusectl). */
-function abortConnections(_mountpoint: string): void {
-  try {
-    const mounted = new Set<string>();
-    for (const line of Deno.readTextFileSync("/proc/self/mountinfo").split("\n")) {
-      const dev = line.split(" ")[2];
-      if (dev) mounted.add(dev.split(":")[1]);
-    }
-    for (const e of Deno.readDirSync("/sys/fs/fuse/connections")) {
-      if (!mounted.has(e.name)) {
-        try {
-          Deno.writeTextFileSync(`/sys/fs/fuse/connections/${e.name}/abort`, "1");
-        } catch {
-          // not ours or already gone
-        }
-      }
-    }
-  } catch {
-    // fusectl not mounted
+/**
+ * Lazily unmounts our own mount if `mountPath` still leads to it, and never a
+ * mount that covers it (umount2 acts on the topmost mount at a path, and a
+ * lazy unmount of ours would take every mount on top of it along): then ours
+ * stays, to be aborted. Without `own` (no /proc), by path as before.
+ */
+function detachOwn(mountPath: string, own: MountEntry | null): UnmountAction {
+  if (!own) {
+    sys.umount2(cpath(mountPath), MNT_DETACH | UMOUNT_NOFOLLOW);
+    return "unmount";
   }
+  let action: UnmountAction;
+  try {
+    action = unmountAction(
+      Deno.readTextFileSync("/proc/self/mountinfo"),
+      own,
+      resolvedMountId(mountPath),
+    );
+  } catch {
+    return "covered"; // cannot tell: leave mounts alone
+  }
+  if (action === "unmount") sys.umount2(cpath(mountPath), MNT_DETACH | UMOUNT_NOFOLLOW);
+  return action;
+}
+
+/**
+ * Best effort: aborts our own FUSE connection through fusectl (when mounted),
+ * which ends a reader that files still open on the mount keep waiting, and
+ * no other connection; returns whether it wrote an abort.
+ */
+function abortOwnConnection(own: MountEntry | null): boolean {
+  const dir = "/sys/fs/fuse/connections";
+  let listed: string[];
+  try {
+    listed = [...Deno.readDirSync(dir)].map((e) => e.name);
+  } catch {
+    return false; // fusectl not mounted
+  }
+  let aborted = false;
+  for (const id of connectionsToAbort(own, listed)) {
+    try {
+      Deno.writeTextFileSync(`${dir}/${id}/abort`, "1");
+      aborted = true;
+    } catch {
+      // already gone
+    }
+  }
+  return aborted;
 }
 
 /** Lazily unmounts `mountpoint` (umount2 MNT_DETACH); returns -errno or 0. */
