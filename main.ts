@@ -79,11 +79,10 @@ export function parseFlags<O extends Options>(
  */
 function parseArgsMessage(e: Error & { code?: string }): string {
   const unknown = e.message.match(/^Unknown option '([^']*)'/);
+  // (parseArgs's hint to pass it after '--' is not true of every command: fuse
+  // mount takes no more arguments there.)
   if (e.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" && unknown) {
-    const hint = e.message.includes("positional argument")
-      ? ` (an argument that starts with '-' goes after '--': -- ${unknown[1]})`
-      : "";
-    return `unknown option '${unknown[1]}'${hint}`;
+    return `unknown option '${unknown[1]}'`;
   }
   const ambiguous = e.message.match(/^Option '([^']*)' argument is ambiguous/);
   if (ambiguous) {

@@ -249,11 +249,7 @@ Deno.test("CLI: a negative number is the option's value, and its range error is 
 Deno.test("CLI: parseArgs errors are one line with balanced quotes", async () => {
   const fuse = await captured(["fuse", "mount", "A", "B", "--bogus"]);
   strictEqual(fuse.code, 125);
-  strictEqual(
-    fuse.err,
-    "skiff fuse: unknown option '--bogus' (an argument that starts with '-' goes after '--': " +
-      "-- --bogus) (see skiff fuse --help)",
-  );
+  strictEqual(fuse.err, "skiff fuse: unknown option '--bogus' (see skiff fuse --help)");
   const run = await captured(["run", "--bogus", "--", "true"]);
   strictEqual(run.err, "skiff run: unknown option '--bogus' (see skiff run --help)");
   const dash = await captured(["run", "--hostname", "-x", "--", "true"]);
