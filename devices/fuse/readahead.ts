@@ -17,10 +17,7 @@
  * @module
  */
 
-/** Undoes mountinfo's octal escapes (`\040` for a space, proc_pid_mountinfo(5)). */
-function unescape(field: string): string {
-  return field.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
-}
+import { newestMount } from "./own_mount.ts";
 
 /**
  * The `major:minor` of the last mount at `mountpoint` with file system type
@@ -28,16 +25,7 @@ function unescape(field: string): string {
  * last match is the one on top.
  */
 export function mountDevice(mountinfo: string, mountpoint: string, fstype: string): string | null {
-  let dev: string | null = null;
-  for (const line of mountinfo.split("\n")) {
-    // id parent maj:min root mountpoint options [optional…] - fstype source super-options
-    const f = line.split(" ");
-    const sep = f.indexOf("-", 6);
-    if (sep < 0 || f.length < sep + 2) continue;
-    if (unescape(f[4]) !== mountpoint || f[sep + 1] !== fstype) continue;
-    if (/^\d+:\d+$/.test(f[2])) dev = f[2];
-  }
-  return dev;
+  return newestMount(mountinfo, mountpoint, fstype)?.dev ?? null;
 }
 
 /**

@@ -158,8 +158,18 @@ export function checkPublishRule(r: Partial<PublishRule>, what: string): Publish
   return { hostIp, hostPort, guestPort, proto };
 }
 
+/**
+ * A rule as the VM configuration writes it (`protocol` where the stack says
+ * `proto`): what `--publish` and the library's `net.publish` both become.
+ */
+export function publishOption(
+  r: PublishRule,
+): { hostIp: string; hostPort: number; guestPort: number; protocol: "tcp" | "udp" } {
+  return { hostIp: r.hostIp, hostPort: r.hostPort, guestPort: r.guestPort, protocol: r.proto };
+}
+
 /** A value for an error message, on one line (strings quoted, control characters escaped). */
-function show(v: unknown): string {
+export function show(v: unknown): string {
   if (typeof v === "string") return JSON.stringify(v);
   if (typeof v === "number" || typeof v === "boolean" || v == null) return String(v);
   try {

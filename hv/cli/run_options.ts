@@ -21,7 +21,7 @@ import {
   volumeShare,
   type Workload,
 } from "../config.ts";
-import { parsePublish } from "../../devices/net/config.ts";
+import { parsePublish, publishOption } from "../../devices/net/config.ts";
 import { checkWorkdir } from "./workdir_check.ts";
 import {
   imageCommand,
@@ -263,13 +263,7 @@ export function parseNet(net: string | boolean | undefined, publish: string[]): 
     hostLoopback: net === "host-loopback",
     publish: publish.map((spec) => {
       try {
-        const r = parsePublish(spec);
-        return {
-          hostIp: r.hostIp,
-          hostPort: r.hostPort,
-          guestPort: r.guestPort,
-          protocol: r.proto,
-        };
+        return publishOption(parsePublish(spec));
       } catch (e) {
         throw new ConfigError((e as Error).message);
       }

@@ -41,7 +41,7 @@ import {
   volumeShare,
 } from "../config.ts";
 import { ConfigError, SkiffError } from "../errors.ts";
-import { checkPublishRule } from "../../devices/net/config.ts";
+import { checkPublishRule, publishOption, show } from "../../devices/net/config.ts";
 import {
   imageCommand,
   imageRootShare,
@@ -410,17 +410,6 @@ export class VirtualMachine implements AsyncDisposable {
   }
 }
 
-/** A value for an error message, on one line (strings quoted). */
-function show(v: unknown): string {
-  if (typeof v === "string") return JSON.stringify(v);
-  if (typeof v === "number" || typeof v === "boolean" || v == null) return String(v);
-  try {
-    return JSON.stringify(v) ?? String(v);
-  } catch {
-    return String(v);
-  }
-}
-
 /** `v` if it is a whole number in min..max; else a {@link ConfigError} naming `name`. */
 function wholeNumber(name: string, v: unknown, min: number, max: number): number {
   if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max) {
@@ -507,12 +496,7 @@ export function checkOptions(
             typeof p === "object" && p !== null ? { ...p, proto: p.protocol } : p,
             `net.publish[${i}]`,
           );
-          return {
-            hostIp: r.hostIp,
-            hostPort: r.hostPort,
-            guestPort: r.guestPort,
-            protocol: r.proto,
-          };
+          return publishOption(r);
         } catch (e) {
           throw new ConfigError((e as Error).message);
         }
