@@ -68,7 +68,7 @@ async function runToStderr(argv: string[]): Promise<number> {
     throw e;
   }
   // apt's progress goes to stdout; skiff's stdout stays clean.
-  await child.stdout.pipeTo(Deno.stderr.writable, { preventClose: true });
+  await child.stdout.pipeTo(Deno.stderr.writable, { preventClose: true, preventAbort: true });
   return (await child.status).code;
 }
 
