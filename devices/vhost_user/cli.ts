@@ -7,6 +7,7 @@
  * @module
  */
 
+import { resolve } from "node:path";
 import { ConfigError } from "../../hv/errors.ts";
 import { FuseServer } from "../fuse/server.ts";
 import { PassthroughFs } from "../fuse/passthrough.ts";
@@ -21,11 +22,34 @@ export interface VirtiofsdArgs {
 }
 
 /**
+ * Whether a Unix socket bound to `path` is listening, from /proc/net/unix
+ * (unix(7): the Flags column has __SO_ACCEPTCON, 0x10000, for a listening
+ * socket). Not by connecting: a skiff virtiofsd serves the first front-end
+ * that connects and ends when it leaves, so a probe would stop it.
+ */
+export function socketListening(path: string, table?: string): boolean {
+  let text = table;
+  try {
+    text ??= Deno.readTextFileSync("/proc/net/unix");
+  } catch {
+    return false;
+  }
+  for (const line of text.split("\n").slice(1)) {
+    const f = line.trim().split(/\s+/);
+    // Num RefCount Protocol Flags Type St Inode Path
+    if (f.length >= 8 && f.slice(7).join(" ") === path && (parseInt(f[3], 16) & 0x10000)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+/**
  * Makes `path` free for the listening socket: nothing there is fine; a socket
  * nobody listens on (a killed daemon's) is removed; a live socket or any
  * other file is a {@link ConfigError}.
  */
-export async function clearStaleSocket(path: string): Promise<void> {
+export async function clearStaleSocket(path: string, table?: string): Promise<void> {
   let st: Deno.FileInfo;
   try {
     st = await Deno.lstat(path);
@@ -33,13 +57,10 @@ export async function clearStaleSocket(path: string): Promise<void> {
     return; // nothing there
   }
   if (!st.isSocket) throw new ConfigError(`--socket-path ${path} exists and is not a socket`);
-  try {
-    (await Deno.connect({ transport: "unix", path })).close();
-  } catch {
-    await Deno.remove(path); // left by a daemon that is gone: nobody answers on it
-    return;
+  if (socketListening(resolve(path), table)) {
+    throw new ConfigError(`--socket-path ${path} is in use by a running server`);
   }
-  throw new ConfigError(`--socket-path ${path} is in use by a running server`);
+  await Deno.remove(path); // left by a daemon that is gone: nobody listens on it
 }
 
 /** Serves until the front-end disconnects or SIGINT/SIGTERM; resolves to the exit code. */

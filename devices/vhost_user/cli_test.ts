@@ -1,6 +1,6 @@
 import { rejects, strictEqual } from "node:assert/strict";
 import { join } from "node:path";
-import { clearStaleSocket } from "./cli.ts";
+import { clearStaleSocket, socketListening } from "./cli.ts";
 import { ConfigError } from "../../hv/errors.ts";
 
 const exists = (p: string) => Deno.lstat(p).then(() => true, () => false);
@@ -39,4 +39,18 @@ Deno.test("virtiofsd --socket-path: a stale socket is removed, a live one or a f
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("socketListening: /proc/net/unix's listening flag for the path, without connecting", () => {
+  const table = [
+    "Num       RefCount Protocol Flags    Type St Inode Path",
+    "0000000000000000: 00000002 00000000 00010000 0001 01 1234 /run/a.sock",
+    "0000000000000000: 00000003 00000000 00000000 0001 03 1235 /run/b.sock",
+    "0000000000000000: 00000002 00000000 00010000 0001 01 1236 /run/with space.sock",
+    "",
+  ].join("\n");
+  strictEqual(socketListening("/run/a.sock", table), true);
+  strictEqual(socketListening("/run/b.sock", table), false); // connected, not listening
+  strictEqual(socketListening("/run/with space.sock", table), true);
+  strictEqual(socketListening("/run/c.sock", table), false);
 });
