@@ -43,13 +43,38 @@ const STOP_SIGNALS = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGTERM: 15 } as const;
 type StopSignal = keyof typeof STOP_SIGNALS;
 
 /**
- * Calls `stop` on the first of {@link STOP_SIGNALS} (`except` excluded);
- * returns the function that stops listening.
+ * The signal numbers this process was started ignoring (`SigIgn` in
+ * /proc/self/status, bit N-1 for signal N): `nohup` ignores SIGHUP, a shell
+ * ignores SIGINT and SIGQUIT for a background job. Those must stay ignored.
  */
-function onStopSignals(stop: (sig: StopSignal) => void, except: StopSignal[] = []): () => void {
-  const removers = (Object.keys(STOP_SIGNALS) as StopSignal[])
-    .filter((sig) => !except.includes(sig))
-    .map((sig) => onSignal(sig, () => stop(sig)));
+export function ignoredSignals(status?: string): Set<number> {
+  const out = new Set<number>();
+  let text = status;
+  try {
+    text ??= Deno.readTextFileSync("/proc/self/status");
+  } catch {
+    return out;
+  }
+  const hex = /^SigIgn:\s*([0-9a-f]+)$/m.exec(text)?.[1];
+  if (!hex) return out;
+  const mask = BigInt(`0x${hex}`);
+  for (let n = 1; n <= 64; n++) if ((mask >> BigInt(n - 1)) & 1n) out.add(n);
+  return out;
+}
+
+/**
+ * Calls `stop` on the first of {@link STOP_SIGNALS} that the process was not
+ * started ignoring; returns the function that stops listening. One it was
+ * started ignoring gets a listener that does nothing: measured under `nohup`,
+ * SIGHUP and SIGINT were no longer ignored once the VM ran (a handler of the
+ * runtime's was installed for them, not one of skiff's), and SIGHUP then
+ * killed skiff; a listener that does nothing keeps such a signal ignored.
+ */
+function onStopSignals(stop: (sig: StopSignal) => void): () => void {
+  const ignored = ignoredSignals();
+  const removers = (Object.keys(STOP_SIGNALS) as StopSignal[]).map((sig) =>
+    onSignal(sig, ignored.has(STOP_SIGNALS[sig]) ? () => {} : () => stop(sig))
+  );
   return () => removers.forEach((remove) => remove());
 }
 
