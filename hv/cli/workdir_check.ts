@@ -8,13 +8,20 @@
  * @module
  */
 
-import { join } from "node:path";
+import { join, normalize } from "node:path";
 import { ConfigError } from "../errors.ts";
 import type { Share } from "../config.ts";
 
-/** Whether `path` is at or under `dir` (both absolute, normalized). */
+/** `p` normalized, without a trailing slash (`/data/` and `/data/.` are `/data`). */
+function canonical(p: string): string {
+  const n = normalize(p);
+  return n.length > 1 && n.endsWith("/") ? n.slice(0, -1) : n;
+}
+
+/** Whether `path` is at or under `dir` (both absolute). */
 function within(path: string, dir: string): boolean {
-  return dir === "/" || path === dir || path.startsWith(`${dir}/`);
+  const p = canonical(path), d = canonical(dir);
+  return d === "/" || p === d || p.startsWith(`${d}/`);
 }
 
 function isDir(path: string): boolean {
@@ -35,9 +42,9 @@ export function checkWorkdir(workdir: string, root: Share, volumes: readonly Sha
   const flag = `--workdir ${workdir}`;
   const vol = volumes
     .filter((v) => within(workdir, v.guestPath))
-    .sort((a, b) => b.guestPath.length - a.guestPath.length)[0];
+    .sort((a, b) => canonical(b.guestPath).length - canonical(a.guestPath).length)[0];
   if (vol) {
-    const host = join(vol.hostPath, workdir.slice(vol.guestPath.length));
+    const host = join(vol.hostPath, canonical(workdir).slice(canonical(vol.guestPath).length));
     if (!isDir(host)) {
       throw new ConfigError(`${flag}: no such directory (${host} on the host, in a shared volume)`);
     }

@@ -35,6 +35,11 @@ Deno.test("checkWorkdir: host directories, volumes, hidden paths, files and miss
     bad("/etc/passwd", /no such directory/);
     bad("/home", /^--workdir \/home: \/home is not shared into the guest/);
     bad("/root/x", /\/root is not shared into the guest/);
+    // A volume's guest path written with a trailing slash is the same mount point.
+    const slash: Share = { ...vol, guestPath: "/work/" };
+    doesNotThrow(() => checkWorkdir("/work/sub", root, [slash]));
+    doesNotThrow(() => checkWorkdir("/work", root, [slash]));
+    throws(() => checkWorkdir("/work/missing/", root, [slash]), /in a shared volume/);
     // A volume may bring back a hidden path.
     const home: Share = { tag: "vol1", hostPath: host, guestPath: "/home/me", readOnly: true };
     doesNotThrow(() => checkWorkdir("/home/me/sub", root, [home]));
