@@ -12,7 +12,7 @@
  * @module
  */
 
-import { join } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import { canonicalJson, sha256Hex, toJsonData } from "./codec.ts";
 import { SnapshotError } from "./errors.ts";
 import { RamSpares } from "./ram_spares.ts";
@@ -167,7 +167,7 @@ export class SnapshotCache {
       this.discard(key, why);
       return null;
     }
-    touchEntry(dir);
+    touchEntry(dir, this.root);
     return entry;
   }
 
@@ -314,17 +314,20 @@ export class SnapshotCache {
 }
 
 /**
- * Marks a snapshot directory as used now (its mtime, which orders
+ * Marks a cache entry as used now (its directory's mtime, which orders
  * {@link SnapshotCache.prune}): a cache hit, or a restore of a running VM's
- * snapshot by its directory. Never throws (a read-only cache, a directory
- * outside the cache: it only orders less well).
+ * snapshot by its directory. Only an entry of the cache at `root` (default:
+ * the default cache) is touched: a directory of the caller's own is left as
+ * it is. Never throws (a read-only cache only orders less well).
  */
-export function touchEntry(dir: string): void {
+export function touchEntry(dir: string, root?: string): void {
   try {
+    const d = resolve(dir);
+    if (dirname(d) !== resolve(root ?? defaultSnapshotDir()) || !KEY_RE.test(basename(d))) return;
     const now = new Date();
-    Deno.utimeSync(dir, now, now);
+    Deno.utimeSync(d, now, now);
   } catch {
-    // not ours to touch
+    // not ours to touch, or no cache directory
   }
 }
 

@@ -261,7 +261,14 @@ Deno.test("prune: least recently used first, down to the limit; never the kept e
     deepStrictEqual(names(), [".tmp-123-x", key("3"), key("4"), key("5")]);
     deepStrictEqual(cache.prune(key("5")), []); // within the limit now
     // A restore by directory makes it the most recently used.
-    touchEntry(join(root, key("3")));
+    touchEntry(join(root, key("3")), root);
+    // A directory outside the cache (a caller's own vm.snapshot({ dir })) is not touched.
+    const own = Deno.makeTempDirSync({ prefix: "skiff-own-snap-" });
+    const before = Deno.statSync(own).mtime!.getTime() - 60_000;
+    Deno.utimeSync(own, new Date(before), new Date(before));
+    touchEntry(own, root);
+    strictEqual(Deno.statSync(own).mtime!.getTime(), before);
+    Deno.removeSync(own);
     // 0: only the kept one stays.
     deepStrictEqual(new SnapshotCache(root, { maxBytes: 0 }).prune(key("5")), [key("4"), key("3")]);
     deepStrictEqual(names(), [".tmp-123-x", key("5")]);

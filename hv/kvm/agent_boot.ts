@@ -330,7 +330,7 @@ export async function restoreAgentVm(
   try {
     const plan = await planMachine(bootedConfig(config), mopts);
     const m = await restorePlanned(plan, snapshot.dir, mopts);
-    touchEntry(snapshot.dir); // used now: a running VM's snapshot in the cache is pruned by last use
+    touchEntry(snapshot.dir, o.cache?.root); // used now: the cache prunes by last use
     const vm = await startSession(m, config, {
       ...o,
       resumed: false,

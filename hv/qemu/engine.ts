@@ -269,7 +269,8 @@ export class QemuEngine implements Engine {
           ramHolds: started ? ramHolds : undefined,
         });
         vm = p;
-        touchEntry(entry.dir); // used now: the cache prunes by last use (a running VM's snapshot too)
+        // Used now: the cache prunes by last use (a running VM's snapshot in it too).
+        touchEntry(entry.dir, cache?.root);
         watch(p);
         log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
         log(
