@@ -148,15 +148,16 @@ export interface VolumeSpec {
 }
 
 /**
- * Guest paths no volume may be mounted on or under: the kernel's file
- * systems the guest's init mounts there (a share over them breaks the guest).
+ * Guest paths no volume may be mounted on: the kernel's file systems the
+ * guest's init mounts there (a share over one hides it and breaks the
+ * guest). Below them is the user's choice (`/dev/shm`, `/dev/hugepages`).
  */
 export const RESERVED_GUEST_PATHS: readonly string[] = ["/proc", "/sys", "/dev"];
 
 /**
  * Checks a volume and makes its {@link Share} (tag `vol<index>`): the guest
- * path must be absolute, not `/` and not on or under
- * {@link RESERVED_GUEST_PATHS}; the host path an existing directory.
+ * path must be absolute, not `/` and none of {@link RESERVED_GUEST_PATHS};
+ * the host path an existing directory.
  * `what` names the volume in errors (e.g. `--volume a:/b`).
  */
 export function volumeShare(v: VolumeSpec, index: number, cwd: string, what: string): Share {
@@ -170,9 +171,8 @@ export function volumeShare(v: VolumeSpec, index: number, cwd: string, what: str
   if (normal === "/") {
     throw new ConfigError(`${what}: cannot mount over the guest's root`);
   }
-  const reserved = RESERVED_GUEST_PATHS.find((r) => normal === r || normal.startsWith(`${r}/`));
-  if (reserved) {
-    throw new ConfigError(`${what}: cannot mount on or under the guest's ${reserved}`);
+  if (RESERVED_GUEST_PATHS.includes(normal)) {
+    throw new ConfigError(`${what}: cannot mount over the guest's ${normal}`);
   }
   checkShareDir(hostPath, what);
   return { tag: `vol${index}`, hostPath, guestPath, readOnly: v.readOnly };

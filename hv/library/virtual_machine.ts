@@ -98,7 +98,7 @@ export interface VirtualMachineOptions {
   memoryMiB?: number;
   /**
    * Host directories shared with the guest (validated here, before any boot):
-   * the guest path absolute, not `/`, and not on or under `/proc`, `/sys` or `/dev`.
+   * the guest path absolute, and not `/`, `/proc`, `/sys` or `/dev` itself.
    */
   volumes?: VolumeOptions[];
   /** The guest root: default the host's `/` read-only with a tmpfs overlay; null: the initramfs. */
