@@ -77,17 +77,25 @@ export type UnmountAction =
 
 /**
  * Decides how to stop `own`: `mountinfo` is the current text, `resolved`
- * the mount id the mount point's path leads to now (null if unknown). Mount
- * ids are reused, so ours is still there only if id and device both match.
+ * the mount id the mount point's path leads to now (null if unknown: statx
+ * has no STATX_MNT_ID before Linux 5.8). Mount ids are reused, so ours is
+ * still there only if id and device both match. Without `resolved`, ours is
+ * on top unless a mount listed after it (a newer one) sits at its mount
+ * point or above it.
  */
 export function unmountAction(
   mountinfo: string,
   own: MountEntry,
   resolved: number | null,
 ): UnmountAction {
-  const present = parseMountinfo(mountinfo).some((m) => m.id === own.id && m.dev === own.dev);
-  if (!present) return "gone";
-  return resolved === own.id ? "unmount" : "covered";
+  const mounts = parseMountinfo(mountinfo);
+  const at = mounts.findIndex((m) => m.id === own.id && m.dev === own.dev);
+  if (at < 0) return "gone";
+  if (resolved !== null) return resolved === own.id ? "unmount" : "covered";
+  const covers = (m: MountEntry) =>
+    m.mountpoint === own.mountpoint || m.mountpoint === "/" ||
+    own.mountpoint.startsWith(`${m.mountpoint}/`);
+  return mounts.slice(at + 1).some(covers) ? "covered" : "unmount";
 }
 
 /**

@@ -42,6 +42,10 @@ Deno.test("unmountAction: unmounts only when the path leads to our own mount", (
   const covered = `${INFO}\n45 44 0:50 / /mnt rw - tmpfs t rw\n`;
   strictEqual(unmountAction(covered, own, 45), "covered");
   strictEqual(unmountAction(covered, own, null), "covered");
+  // No mount id from statx (before Linux 5.8): on top unless a newer mount is at or above it.
+  strictEqual(unmountAction(INFO, own, null), "unmount");
+  strictEqual(unmountAction(`${INFO}\n46 22 0:51 / /srv rw - tmpfs t rw\n`, own, null), "unmount");
+  strictEqual(unmountAction(`${INFO}\n47 22 0:52 / / rw - tmpfs t rw\n`, own, null), "covered");
   // Unmounted by someone else; its id reused by another mount is not ours.
   const gone = INFO.replace(/^44 .*$/m, "");
   strictEqual(unmountAction(gone, own, null), "gone");
