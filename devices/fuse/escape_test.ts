@@ -360,6 +360,21 @@ attempt("a file swapped for a symlink to the secret: evicted node is stale", (w)
   strictEqual(w.c.open(f)[0], Errno.ESTALE);
 }, { maxCachedFds: 2 });
 
+attempt("a file renamed on the host: its new name is a new node, the old one stale", (w) => {
+  // The node loses its fd first, so nothing pins its inode (as when the host removes a
+  // file and a new one reuses the inode number: the (dev, ino) match is not that node).
+  const [, f] = w.c.lookup(1, "file");
+  fillFdCache(w);
+  Deno.renameSync(`${w.share}/file`, `${w.share}/moved`);
+  const [e, g] = w.c.lookup(1, "moved");
+  strictEqual(e, 0);
+  notStrictEqual(g, f);
+  const [eo, fh] = w.c.open(g);
+  strictEqual(eo, 0);
+  strictEqual(new TextDecoder().decode(w.c.read(g, fh, 0, 20).body), "hello");
+  strictEqual(w.c.open(f)[0], Errno.ESTALE);
+}, { maxCachedFds: 2 });
+
 attempt("a file swapped for a symlink to the secret: GETATTR by name is ESTALE", (w) => {
   // The node has no fd of its own, so GETATTR stats its name in its parent and must
   // notice that the name now holds another file.

@@ -684,6 +684,17 @@ export class PassthroughFs extends FileSystem {
       t.keyOut(n);
       n = -1;
     }
+    if (
+      n >= 0 && t.fd(n) < 0 && !t.has(n, NF.STALE | NF.DETACHED) &&
+      !(t.parent(n) === parent && t.nameIs(n, name, len)) && !this.#stillNamed(n)
+    ) {
+      // Known under another name and holding no fd, so nothing pinned its inode: that
+      // name no longer leads to it, so the file was removed on the host and the inode
+      // number reused by this new file. The old node is stale; this is a new node.
+      t.keyOut(n);
+      t.set(n, NF.STALE, true);
+      n = -1;
+    }
     if (n >= 0) {
       if (fd < 0) {
         // keep whatever fd the node has
@@ -726,6 +737,25 @@ export class PassthroughFs extends FileSystem {
     }
     t.setLookups(n, t.lookups(n) + 1);
     return this.#entry(n);
+  }
+
+  /**
+   * Whether node `n`'s own name still leads to its inode (reopening it by
+   * path, which gives it an fd again); the scratch statx of the entry being
+   * adopted is kept.
+   */
+  #stillNamed(n: number): boolean {
+    const saved = this.#stx.slice();
+    try {
+      this.#fd(n);
+      return true;
+    } catch (e) {
+      // ESTALE: gone or replaced; another error says nothing against it.
+      return !(e instanceof FuseError && e.errno === Errno.ESTALE);
+    } finally {
+      this.#stx.set(saved);
+      this.#readKey();
+    }
   }
 
   #entry(n: number): Entry {
