@@ -1,24 +1,46 @@
 /**
  * Private directories named after the process that made them
- * (`<prefix><pid>-<random>`), and the sweep of those whose process is gone:
- * a skiff killed with SIGKILL cannot remove its own (a VM's RAM and scratch
- * directories, a kernel fetch's staging), and the next start does.
+ * (`<prefix><pid>n<pid namespace>-<random>`), and the sweep of those whose
+ * process is gone: a skiff killed with SIGKILL cannot remove its own (a VM's
+ * RAM and scratch directories, a kernel fetch's staging), and the next start
+ * does. The pid namespace is in the name because a pid means something only
+ * there: a container sharing /tmp sees other pids, and must not take another
+ * namespace's live directory for a dead one.
  *
  * @module
  */
 
 import { join } from "node:path";
 
-/** Creates `<root>/<prefix><pid>-<random>`, mode 0700. */
+let pidNsCache: string | null = null;
+
+/** This process's pid namespace (the inode of /proc/self/ns/pid), or "0" when unknown. */
+export function pidNamespace(): string {
+  if (pidNsCache === null) {
+    try {
+      pidNsCache = /\[(\d+)\]/.exec(Deno.readLinkSync("/proc/self/ns/pid"))?.[1] ?? "0";
+    } catch {
+      pidNsCache = "0";
+    }
+  }
+  return pidNsCache;
+}
+
+/** Creates `<root>/<prefix><pid>n<pid namespace>-<random>`, mode 0700. */
 export function makePidDir(root: string, prefix: string): string {
-  const dir = Deno.makeTempDirSync({ dir: root, prefix: `${prefix}${Deno.pid}-` });
+  const dir = Deno.makeTempDirSync({
+    dir: root,
+    prefix: `${prefix}${Deno.pid}n${pidNamespace()}-`,
+  });
   Deno.chmodSync(dir, 0o700);
   return dir;
 }
 
 /**
- * Removes the directories under `root` named `<prefix><pid>-…` whose process
- * no longer runs; returns their paths. Never throws.
+ * Removes the directories under `root` named `<prefix><pid>[n<ns>]-…` of
+ * this pid namespace (a name without one is an older skiff's, taken as this
+ * namespace's) whose process no longer runs; returns their paths. Never
+ * throws.
  */
 export function sweepPidDirs(root: string, prefix: string): string[] {
   const removed: string[] = [];
@@ -28,10 +50,12 @@ export function sweepPidDirs(root: string, prefix: string): string[] {
   } catch {
     return removed;
   }
-  const named = new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}(\\d+)-`);
+  const named = new RegExp(`^${prefix.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}(\\d+)(?:n(\\d+))?-`);
+  const ns = pidNamespace();
   for (const ent of names) {
     const m = named.exec(ent.name);
     if (!m || !ent.isDirectory) continue;
+    if (m[2] !== undefined && m[2] !== ns) continue; // another namespace's pid
     if (processRunning(m[1])) continue;
     try {
       Deno.removeSync(join(root, ent.name), { recursive: true });

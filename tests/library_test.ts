@@ -245,7 +245,7 @@ hostTest(
   async () => {
     await using cache = await tempDir("skiff-lib-cache-");
     const ramDirs = () =>
-      [...Deno.readDirSync("/dev/shm")].filter((e) => e.name.startsWith(`skiff-ram-${Deno.pid}-`))
+      [...Deno.readDirSync("/dev/shm")].filter((e) => e.name.startsWith(`skiff-ram-${Deno.pid}n`))
         .length;
     const before = ramDirs();
     {

@@ -351,7 +351,7 @@ hostTest(
       const run = await startSleeper(tmp);
       Deno.kill(run.pid, "SIGKILL");
       strictEqual((await run.ended).status.signal, "SIGKILL");
-      const ramOf = `skiff-ram-${run.pid}-`;
+      const ramOf = `skiff-ram-${run.pid}n`; // skiff-ram-<pid>n<pid namespace>-…
       while (processWith(ramOf)) await new Promise((r) => setTimeout(r, 50)); // the test's bound catches a hang
       const r = await runSkiff(["run", "--engine", "qemu", "--", "true"], { tmpdir: tmp });
       strictEqual(r.code, 0, r.stderr);

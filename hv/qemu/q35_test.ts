@@ -248,7 +248,7 @@ Deno.test("QemuRamDir: private, removed on dispose; sweep removes only dirs of d
       path = ram.dir;
       strictEqual((Deno.statSync(ram.dir).mode ?? 0) & 0o777, 0o700);
       strictEqual(ram.ramFile, join(ram.dir, "ram"));
-      ok(ram.dir.startsWith(join(root, `skiff-ram-${Deno.pid}-`)), ram.dir);
+      ok(ram.dir.startsWith(join(root, `skiff-ram-${Deno.pid}n`)), ram.dir); // <pid>n<pid namespace>-
     }
     throws(() => Deno.statSync(path), Deno.errors.NotFound);
     const live = QemuRamDir.create(root);

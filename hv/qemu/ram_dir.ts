@@ -9,7 +9,7 @@
 import { join } from "node:path";
 import { makePidDir, sweepPidDirs } from "../pid_dir.ts";
 
-/** Name prefix of {@link QemuRamDir}s: `skiff-ram-<pid>-<random>`. */
+/** Name prefix of {@link QemuRamDir}s: `skiff-ram-<pid>n<pid namespace>-<random>` (hv/pid_dir.ts). */
 const RAM_DIR_PREFIX = "skiff-ram-";
 
 /**
