@@ -39,8 +39,12 @@ export interface BootCachedOptions<T, S extends { dir: string } = Snapshot> {
   restore(snapshot: S): T | Promise<T>;
   /** Cold-boots a VM up to the ready doorbell, paused there. */
   boot(): Promise<T>;
-  /** Captures the paused, freshly booted VM into snapshot directory `dir` (e.g. with `captureVm`). */
-  capture(vm: T, dir: string): Promise<unknown>;
+  /**
+   * Captures the paused, freshly booted VM into snapshot directory `dir`
+   * (e.g. with `captureVm`). An engine that writes the entry in the
+   * background returns `published`, which settles once it is on disk.
+   */
+  capture(vm: T, dir: string): Promise<void | { published: Promise<unknown> }>;
   /** One-line warnings (default: `console.error` with a `skiff: ` prefix). */
   warn?(message: string): void;
   /**
@@ -82,11 +86,14 @@ export async function bootCached<T, S extends { dir: string } = Snapshot>(
   let captured = false;
   if (o.cache) {
     try {
-      await o.capture(vm, o.cache.pathOf(o.key));
+      const written = await o.capture(vm, o.cache.pathOf(o.key));
       captured = true;
       // Each new configuration adds an entry (~66 MB for the default guest):
-      // the least recently used go once the cache is over its size limit.
-      o.cache.prune(o.key);
+      // the least recently used go once the cache is over its size limit,
+      // counted with the new entry, so once that is on disk.
+      const cache = o.cache;
+      if (written) written.published.then(() => cache.prune(o.key), () => {});
+      else cache.prune(o.key);
     } catch (e) {
       warn(`could not save a snapshot: ${(e as Error).message ?? String(e)}`);
     }

@@ -171,7 +171,9 @@ export async function bootAgentVm(config: VmConfig, o: AgentBootOptions): Promis
         throw e;
       }
     },
-    capture: (m, dir) => captureHvVm(m.vm, dir, { devices: m.persist(), source }),
+    capture: async (m, dir) => {
+      await captureHvVm(m.vm, dir, { devices: m.persist(), source });
+    },
   });
   return await startSession(r.vm, config, {
     ...o,

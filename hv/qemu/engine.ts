@@ -269,8 +269,6 @@ export class QemuEngine implements Engine {
           ramHolds: started ? ramHolds : undefined,
         });
         vm = p;
-        // Used now: the cache prunes by last use (a running VM's snapshot in it too).
-        touchEntry(entry.dir, cache?.root);
         watch(p);
         log(`qemu: ${[this.#opts.binary ?? "qemu-system-x86_64", ...p.args].join(" ")}`);
         log(
@@ -284,8 +282,15 @@ export class QemuEngine implements Engine {
         mark("snapshot restored (paused)");
         return p;
       };
+      // A running VM's snapshot restored by its directory is used now: the
+      // cache prunes by last use (a cache hit's lookup marked its entry).
+      const restoreRef = async (dir: string) => {
+        const p = await restore(readQemuEntry(dir));
+        touchEntry(dir, cache?.root);
+        return p;
+      };
       const r = from
-        ? { vm: await restore(readQemuEntry(from.dir)), from: "snapshot" as const, captured: false }
+        ? { vm: await restoreRef(from.dir), from: "snapshot" as const, captured: false }
         : await bootCached({
           cache,
           key,
@@ -317,10 +322,8 @@ export class QemuEngine implements Engine {
             const c = capture = await captureQemu(p, entryDir, { source, signal: o.signal });
             entryOfRam = async () =>
               (await c.published) === "published" ? readQemuEntry(entryDir) : null;
-            // The entry is written in the background: the cache's size limit
-            // counts it once it is there (bootCached's prune ran before).
-            c.published.then((r) => void (r === "published" && cache?.prune(key)), () => {});
             log(`qemu: captured the booted guest (paused ${Math.round(capture.pausedMs)} ms)`);
+            return { published: c.published }; // written in the background (a Worker)
           },
         });
       const running = r.vm as QemuProcess;
