@@ -148,6 +148,15 @@ export interface VolumeSpec {
 }
 
 /**
+ * A guest path as the mount point it names, as the guest resolves it:
+ * normalized, without a trailing slash (`/x/`, `/x/.` and `/a/../x` are
+ * `/x`; `//` and `/x/..` are `/`).
+ */
+export function guestMountPoint(path: string): string {
+  return posix.normalize(path).replace(/(.)\/+$/, "$1");
+}
+
+/**
  * Guest paths no volume may be mounted on: the kernel's file systems the
  * guest's init mounts there (a share over one hides it and breaks the
  * guest). Below them is the user's choice (`/dev/shm`, `/dev/hugepages`).
@@ -166,8 +175,7 @@ export function volumeShare(v: VolumeSpec, index: number, cwd: string, what: str
   if (!isAbsolute(guestPath)) {
     throw new ConfigError(`${what}: the guest path '${guestPath}' must be absolute`);
   }
-  // As the guest resolves it: "/x/..", "//" and "/." are the root too.
-  const normal = posix.normalize(guestPath).replace(/(.)\/+$/, "$1");
+  const normal = guestMountPoint(guestPath); // "/x/..", "//" and "/." are the root too
   if (normal === "/") {
     throw new ConfigError(`${what}: cannot mount over the guest's root`);
   }

@@ -9,12 +9,13 @@
  * @module
  */
 
-import { isAbsolute, posix } from "node:path";
+import { isAbsolute } from "node:path";
 import { ConfigError } from "../errors.ts";
 import {
   checkHostname,
   defaultRootShare,
   GUEST_PATH,
+  guestMountPoint,
   type NetOptions,
   type Share,
   type VmConfig,
@@ -175,7 +176,7 @@ export function parseVolumes(specs: string[], cwd: string): Share[] {
   const shares = specs.map((v, i) => parseVolume(v, i, cwd));
   const seen = new Map<string, number>();
   shares.forEach((s, i) => {
-    const at = mountPoint(s.guestPath);
+    const at = guestMountPoint(s.guestPath);
     const first = seen.get(at);
     if (first !== undefined) {
       throw new ConfigError(
@@ -185,12 +186,6 @@ export function parseVolumes(specs: string[], cwd: string): Share[] {
     seen.set(at, i);
   });
   return shares;
-}
-
-/** A guest path as the mount point it names (normalized, no trailing slash). */
-function mountPoint(guestPath: string): string {
-  const p = posix.normalize(guestPath);
-  return p.length > 1 ? p.replace(/\/+$/, "") : p;
 }
 
 /** Parses `--env K=V` (or `--env K`, taking the host's value) into `env`. */
@@ -222,7 +217,7 @@ export function runConfig(o: RunOptions): { config: VmConfig; workload: Workload
   if (o.hostname !== undefined) checkHostname(o.hostname);
   const volumes = parseVolumes(o.volume ?? [], cwd);
   // The current directory, read-only at the same path, unless a volume covers it (host root only).
-  if (!o.image && cwd !== "/" && !volumes.some((v) => mountPoint(v.guestPath) === cwd)) {
+  if (!o.image && cwd !== "/" && !volumes.some((v) => guestMountPoint(v.guestPath) === cwd)) {
     volumes.unshift({ tag: "cwd", hostPath: cwd, guestPath: cwd, readOnly: true });
   }
   if (o.workdir !== undefined && !isAbsolute(o.workdir)) {

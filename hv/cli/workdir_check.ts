@@ -8,19 +8,13 @@
  * @module
  */
 
-import { join, normalize } from "node:path";
+import { join } from "node:path";
 import { ConfigError } from "../errors.ts";
-import type { Share } from "../config.ts";
-
-/** `p` normalized, without a trailing slash (`/data/` and `/data/.` are `/data`). */
-function canonical(p: string): string {
-  const n = normalize(p);
-  return n.length > 1 && n.endsWith("/") ? n.slice(0, -1) : n;
-}
+import { guestMountPoint, type Share } from "../config.ts";
 
 /** Whether `path` is at or under `dir` (both absolute). */
 function within(path: string, dir: string): boolean {
-  const p = canonical(path), d = canonical(dir);
+  const p = guestMountPoint(path), d = guestMountPoint(dir);
   return d === "/" || p === d || p.startsWith(`${d}/`);
 }
 
@@ -42,9 +36,12 @@ export function checkWorkdir(workdir: string, root: Share, volumes: readonly Sha
   const flag = `--workdir ${workdir}`;
   const vol = volumes
     .filter((v) => within(workdir, v.guestPath))
-    .sort((a, b) => canonical(b.guestPath).length - canonical(a.guestPath).length)[0];
+    .sort((a, b) => guestMountPoint(b.guestPath).length - guestMountPoint(a.guestPath).length)[0];
   if (vol) {
-    const host = join(vol.hostPath, canonical(workdir).slice(canonical(vol.guestPath).length));
+    const host = join(
+      vol.hostPath,
+      guestMountPoint(workdir).slice(guestMountPoint(vol.guestPath).length),
+    );
     if (!isDir(host)) {
       throw new ConfigError(`${flag}: no such directory (${host} on the host, in a shared volume)`);
     }
