@@ -122,6 +122,15 @@ export function checkHostname(name: string, what = "--hostname"): void {
   }
 }
 
+/** Most vCPUs a VM takes (both engines; `skiff run --cpus`, the library's `cpus`). */
+export const MAX_CPUS = 255;
+/** Least guest RAM in MiB the engines take (a kernel of one's own; Debian's wants ~128). */
+export const MIN_MEMORY_MIB = 64;
+/** Most guest RAM in MiB `skiff run --memory` and the library's `memoryMiB` take. */
+export const MAX_MEMORY_MIB = 65536;
+/** Longest timer, in ms: setTimeout's delay is a signed 32-bit count (a longer one fires at once). */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** Default guest PATH. */
 export const GUEST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 

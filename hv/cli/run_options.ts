@@ -16,6 +16,10 @@ import {
   defaultRootShare,
   GUEST_PATH,
   guestMountPoint,
+  MAX_CPUS,
+  MAX_MEMORY_MIB,
+  MAX_TIMER_MS,
+  MIN_MEMORY_MIB,
   type NetOptions,
   type Share,
   type VmConfig,
@@ -84,26 +88,16 @@ export function flagNumber(
   return n;
 }
 
-/** Most vCPUs `--cpus` takes. */
-export const MAX_CPUS = 255;
-/** Most guest RAM `--memory` takes, in MiB. */
-export const MAX_MEMORY_MIB = 65536;
 /**
- * Least guest RAM `--memory` takes, in MiB: the default Debian cloud kernel
- * hangs at 64 MiB and panics ("System is deadlocked on memory") up to about
- * 72, so 128 leaves it room.
+ * Least guest RAM `--memory` takes with the default kernel, in MiB: the
+ * Debian cloud kernel hangs at 64 MiB and panics ("System is deadlocked on
+ * memory") up to about 72, so 128 leaves it room. With `--kernel` the
+ * engines' own floor ({@link MIN_MEMORY_MIB}) applies: a kernel of one's
+ * own may need less.
  */
-export const MIN_MEMORY_MIB = 128;
-/**
- * Least guest RAM with `--kernel`: the engines' own floor (hv/kvm/plan.ts,
- * hv/qemu/engine.ts); a kernel of one's own may need less than Debian's.
- */
-export const MIN_MEMORY_MIB_OWN_KERNEL = 64;
-/**
- * Longest `--timeout`, in seconds: setTimeout's delay is a signed 32-bit
- * count of milliseconds, and a longer one fires at once.
- */
-export const MAX_TIMEOUT_S = Math.floor((2 ** 31 - 1) / 1000);
+export const DEFAULT_KERNEL_MIN_MEMORY_MIB = 128;
+/** Longest `--timeout`, in seconds: the longest timer ({@link MAX_TIMER_MS}). */
+export const MAX_TIMEOUT_S = Math.floor(MAX_TIMER_MS / 1000);
 
 /** Parses `--cpus N` (1 to {@link MAX_CPUS}); undefined when absent. */
 export function parseCpus(value: string | undefined): number | undefined {
@@ -111,12 +105,12 @@ export function parseCpus(value: string | undefined): number | undefined {
 }
 
 /**
- * Parses `--memory MiB`: from {@link MIN_MEMORY_MIB} (from
- * {@link MIN_MEMORY_MIB_OWN_KERNEL} when `ownKernel`, i.e. with `--kernel`)
- * to {@link MAX_MEMORY_MIB}; undefined when absent.
+ * Parses `--memory MiB`: from {@link DEFAULT_KERNEL_MIN_MEMORY_MIB} (from
+ * {@link MIN_MEMORY_MIB} when `ownKernel`, i.e. with `--kernel`) to
+ * {@link MAX_MEMORY_MIB}; undefined when absent.
  */
 export function parseMemory(value: string | undefined, ownKernel = false): number | undefined {
-  const min = ownKernel ? MIN_MEMORY_MIB_OWN_KERNEL : MIN_MEMORY_MIB;
+  const min = ownKernel ? MIN_MEMORY_MIB : DEFAULT_KERNEL_MIN_MEMORY_MIB;
   return flagNumber("--memory", value, {
     min,
     max: MAX_MEMORY_MIB,

@@ -15,7 +15,7 @@
 import { type AgentClient, READ_FILE_DEFAULT_MAX_BYTES } from "../../init/agent/client.ts";
 import { AgentProtocolError } from "../../init/agent/errors.ts";
 import { VsockError } from "../../devices/virtio/vsock/connection.ts";
-import { GUEST_PATH, type VmConfig } from "../config.ts";
+import { GUEST_PATH, MAX_TIMER_MS, type VmConfig } from "../config.ts";
 import { CommandTimeoutError, ConfigError, SkiffError, VmError } from "../errors.ts";
 import type {
   ExecOptions,
@@ -50,8 +50,8 @@ export interface AgentVmOptions {
   machine: VmMachine;
 }
 
-/** Largest `timeoutMs`: timers take a signed 32-bit delay. */
-export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+/** Largest `timeoutMs`: the longest timer. */
+export const MAX_TIMEOUT_MS = MAX_TIMER_MS;
 
 /**
  * How long a call that lost its vsock connection waits for the machine's own

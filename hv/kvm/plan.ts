@@ -10,7 +10,7 @@
 import { LAYOUT, MemoryLayout } from "../boot/layout.ts";
 import { bootImage, findKernel, type KernelInfo } from "../kernel/cache.ts";
 import { ConfigError } from "../errors.ts";
-import type { VmConfig } from "../config.ts";
+import { MAX_CPUS, MIN_MEMORY_MIB, type VmConfig } from "../config.ts";
 import { EMULATED_KVM_CMDLINE, isEmulatedKvm } from "./emulated.ts";
 import { MUX_TAG } from "../engine/session.ts";
 import type { DeviceBackends } from "./backends.ts";
@@ -89,11 +89,13 @@ export const GUEST_MAC: readonly number[] = [0x52, 0x54, 0, 0x6b, 0x69, 0x66];
 export const KVM_VMM_VERSION = "skiff-kvm-2";
 /** Works out the machine for `config` (checks, kernel, devices, command line); creates nothing. */
 export async function planMachine(config: VmConfig, opts: MachineOptions): Promise<MachinePlan> {
-  if (!Number.isInteger(config.memoryMiB) || config.memoryMiB < 64) {
-    throw new ConfigError(`--memory ${config.memoryMiB}: the kvm engine needs at least 64 MiB`);
+  if (!Number.isInteger(config.memoryMiB) || config.memoryMiB < MIN_MEMORY_MIB) {
+    throw new ConfigError(
+      `--memory ${config.memoryMiB}: the kvm engine needs at least ${MIN_MEMORY_MIB} MiB`,
+    );
   }
-  if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > 255) {
-    throw new ConfigError(`--cpus ${config.cpus}: the kvm engine boots 1–255 vCPUs`);
+  if (!Number.isInteger(config.cpus) || config.cpus < 1 || config.cpus > MAX_CPUS) {
+    throw new ConfigError(`--cpus ${config.cpus}: the kvm engine boots 1–${MAX_CPUS} vCPUs`);
   }
   const emulated = opts.emulated ?? isEmulatedKvm();
   const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });

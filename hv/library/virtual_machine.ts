@@ -34,6 +34,9 @@ import {
   checkHostname,
   defaultRootShare,
   GUEST_PATH,
+  MAX_CPUS,
+  MAX_MEMORY_MIB,
+  MIN_MEMORY_MIB,
   type NetOptions,
   type PortForward,
   type Share,
@@ -75,13 +78,6 @@ export interface NetworkOptions {
     & Partial<Pick<PortForward, "hostIp" | "protocol">>
   )[];
 }
-
-/** Most vCPUs {@link VirtualMachineOptions.cpus} takes (as `skiff run --cpus`). */
-const MAX_CPUS = 255;
-/** Least guest RAM in MiB: the engines' floor (a Debian kernel wants about 128). */
-const MIN_MEMORY_MIB = 64;
-/** Most guest RAM in MiB (as `skiff run --memory`). */
-const MAX_MEMORY_MIB = 65536;
 
 /** Options of {@link VirtualMachine.boot}; every field has a default. */
 export interface VirtualMachineOptions {

@@ -26,6 +26,7 @@
  * @module
  */
 
+import { MAX_CPUS, MIN_MEMORY_MIB } from "../config.ts";
 import { pciAddr, type PcieLayout, planPcie } from "./slots.ts";
 
 /** A named virtio-serial port (`/sys/class/virtio-ports/vportNpM/name` in the guest). */
@@ -207,11 +208,11 @@ export function pcieLayoutOf(spec: QemuLaunchSpec): PcieLayout | null {
 
 /** Validates `spec` and returns the argument vector (without the binary). */
 export function qemuArgs(spec: QemuLaunchSpec): string[] {
-  if (!Number.isInteger(spec.cpus) || spec.cpus < 1 || spec.cpus > 255) {
-    throw new RangeError(`cpus must be an integer in 1..255, got ${spec.cpus}`);
+  if (!Number.isInteger(spec.cpus) || spec.cpus < 1 || spec.cpus > MAX_CPUS) {
+    throw new RangeError(`cpus must be an integer in 1..${MAX_CPUS}, got ${spec.cpus}`);
   }
-  if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < 64) {
-    throw new RangeError(`memoryMiB must be an integer ≥ 64, got ${spec.memoryMiB}`);
+  if (!Number.isInteger(spec.memoryMiB) || spec.memoryMiB < MIN_MEMORY_MIB) {
+    throw new RangeError(`memoryMiB must be an integer ≥ ${MIN_MEMORY_MIB}, got ${spec.memoryMiB}`);
   }
   const machine = spec.machine ?? "microvm";
   if (machine !== "microvm" && machine !== "q35") {

@@ -19,7 +19,7 @@ import { randomSnapshotKey, SnapshotCache, touchEntry } from "../../snapshot/cac
 import { bootCached } from "../../snapshot/boot_cached.ts";
 import { RamSpares } from "../../snapshot/ram_spares.ts";
 import { type QemuEntry, readQemuEntry } from "../../snapshot/qemu_entry.ts";
-import { type ExitStatus, GUEST_PATH, type VmConfig } from "../config.ts";
+import { type ExitStatus, GUEST_PATH, MIN_MEMORY_MIB, type VmConfig } from "../config.ts";
 import { ConfigError, SkiffError, VmError } from "../errors.ts";
 import { findKernel, type KernelInfo } from "../kernel/mod.ts";
 import { hasPvhEntry } from "../kernel/pvh.ts";
@@ -152,8 +152,8 @@ export class QemuEngine implements Engine {
     RamSpares.sweep();
     const kernel = await findKernel({ kernel: config.kernel, modules: config.modules });
     const image = qemuKernelImage(kernel);
-    if (!Number.isInteger(config.memoryMiB) || config.memoryMiB < 64) {
-      throw new ConfigError(`--memory ${config.memoryMiB}: at least 64 MiB`);
+    if (!Number.isInteger(config.memoryMiB) || config.memoryMiB < MIN_MEMORY_MIB) {
+      throw new ConfigError(`--memory ${config.memoryMiB}: at least ${MIN_MEMORY_MIB} MiB`);
     }
     const dir = makePidDir(tempRoot(), SCRATCH_PREFIX);
     const ram = QemuRamDir.create();
