@@ -62,31 +62,58 @@ export function ignoredSignals(status?: string): Set<number> {
   return out;
 }
 
+/** A run's stop signals: see {@link stopOnSignals}. */
+interface StopOnSignals extends Disposable {
+  /**
+   * The signal that stopped the run, or null; asked once the run ended,
+   * after one turn of the event loop, so that a signal that arrived with the
+   * failure it caused is seen first: a terminal's Ctrl-C reaches skiff and
+   * QEMU at once, and QEMU's end can surface (a dropped connection, a killed
+   * command) before skiff's listener has run.
+   */
+  stoppedBy(): Promise<StopSignal | null>;
+}
+
 /**
- * Calls `stop` on the first of {@link STOP_SIGNALS} that the process was not
- * started ignoring; returns the function that stops listening. One it was
- * started ignoring gets a listener that does nothing: measured under `nohup`,
- * SIGHUP and SIGINT were no longer ignored once the VM ran (a handler of the
+ * Aborts `abort` on the first of {@link STOP_SIGNALS} that the process was
+ * not started ignoring; disposing stops listening. One it was started
+ * ignoring gets a listener that does nothing: measured under `nohup`, SIGHUP
+ * and SIGINT were no longer ignored once the VM ran (a handler of the
  * runtime's was installed for them, not one of skiff's), and SIGHUP then
  * killed skiff; a listener that does nothing keeps such a signal ignored.
  */
-function onStopSignals(stop: (sig: StopSignal) => void): () => void {
+function stopOnSignals(abort: AbortController): StopOnSignals {
+  let stoppedBy: StopSignal | null = null;
+  const stop = (sig: StopSignal) => {
+    stoppedBy ??= sig;
+    abort.abort(new SkiffError(`stopped by ${sig}; the VM was stopped`));
+  };
   const ignored = ignoredSignals();
   const removers = (Object.keys(STOP_SIGNALS) as StopSignal[]).map((sig) =>
     onSignal(sig, ignored.has(STOP_SIGNALS[sig]) ? () => {} : () => stop(sig))
   );
-  return () => removers.forEach((remove) => remove());
+  return {
+    stoppedBy: () => new Promise((resolve) => setTimeout(() => resolve(stoppedBy), 0)),
+    [Symbol.dispose]: () => removers.forEach((remove) => remove()),
+  };
 }
 
-/**
- * One turn of the event loop, so that a stop signal that arrived with the
- * failure it caused is seen first: a terminal's Ctrl-C reaches skiff and
- * QEMU at once, and QEMU's end can surface (a dropped connection, a killed
- * command) before skiff's listener has run, which would report the failure
- * instead of the signal.
- */
-function signalsDelivered(): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, 0));
+/** The exit code of a command stopped by `sig`, after its one line (`skiff NAME: …`). */
+function stoppedExit(name: string, sig: StopSignal): number {
+  finalLine(`skiff ${name}: stopped by ${sig}; the VM was stopped`);
+  return 128 + STOP_SIGNALS[sig];
+}
+
+/** The engine to use: the given instance, or the one `choice` selects (said with --verbose). */
+async function engineFor(
+  choice: EngineChoice,
+  instance: Engine | undefined,
+  log: ((line: string) => void) | undefined,
+): Promise<Engine> {
+  if (instance) return instance;
+  const { engine, decision } = await selectEngine(choice, { log });
+  log?.(`engine ${decision.name} (${decision.why})`);
+  return engine;
 }
 
 /** skiff's last line; a terminal that hung up (SIGHUP) cannot take it, and that is no error. */
@@ -108,20 +135,9 @@ export async function runCommand(
   o: RunCommandOptions,
 ): Promise<number> {
   const log = config.verbose ? (line: string) => console.error(`skiff: ${line}`) : undefined;
-  let engine = o.engineInstance;
-  if (!engine) {
-    const { engine: chosen, decision } = await selectEngine(o.engine, {
-      log,
-    });
-    log?.(`engine ${decision.name} (${decision.why})`);
-    engine = chosen;
-  }
+  const engine = await engineFor(o.engine, o.engineInstance, log);
   const abort = new AbortController();
-  let interrupted: StopSignal | null = null;
-  const stopListening = onStopSignals((sig) => {
-    interrupted ??= sig;
-    abort.abort(new SkiffError(`stopped by ${sig}; the VM was stopped`));
-  });
+  using stop = stopOnSignals(abort);
   const timer = o.timeoutSeconds === undefined ? undefined : setTimeout(
     () => abort.abort(new VmTimeoutError(o.timeoutSeconds!)),
     o.timeoutSeconds * 1000,
@@ -139,24 +155,20 @@ export async function runCommand(
     });
     // A timeout or a signal kills the command, whose status then says SIGKILL:
     // the reason it was killed is what skiff exits with.
-    if (status.kind === "signaled") await signalsDelivered();
+    if (status.kind === "signaled") await stop.stoppedBy();
     if (abort.signal.aborted) throw abort.signal.reason;
     return exitCodeOf(status);
   } catch (e) {
-    await signalsDelivered();
+    const sig = await stop.stoppedBy();
     const reason = abort.signal.aborted ? abort.signal.reason : e;
     if (reason instanceof VmTimeoutError) {
       finalLine(`skiff run: ${reason.message}`);
       return EXIT_TIMEOUT;
     }
-    if (interrupted) {
-      finalLine(`skiff run: stopped by ${interrupted}; the VM was stopped`);
-      return 128 + STOP_SIGNALS[interrupted as StopSignal];
-    }
+    if (sig) return stoppedExit("run", sig);
     throw e;
   } finally {
     clearTimeout(timer);
-    stopListening();
   }
 }
 
@@ -182,12 +194,7 @@ function terminalSize(): { columns: number; rows: number } | undefined {
  */
 export async function bootShell(config: VmConfig, o: BootShellOptions): Promise<number> {
   const log = config.verbose ? (line: string) => console.error(`skiff: ${line}`) : undefined;
-  let engine = o.engineInstance;
-  if (!engine) {
-    const { engine: chosen, decision } = await selectEngine(o.engine, { log });
-    log?.(`engine ${decision.name} (${decision.why})`);
-    engine = chosen;
-  }
+  const engine = await engineFor(o.engine, o.engineInstance, log);
   if (!engine.shell) {
     throw new EngineUnavailableError(
       `the ${engine.name} engine has no interactive console yet; ` +
@@ -195,15 +202,11 @@ export async function bootShell(config: VmConfig, o: BootShellOptions): Promise<
     );
   }
   const abort = new AbortController();
-  let interrupted: StopSignal | null = null;
   const size = terminalSize();
   const raw = Deno.stdin.isTerminal();
   // In raw mode the terminal's Ctrl-C and Ctrl-\ are bytes for the guest's
   // shell; a SIGINT or SIGQUIT still arrives from `kill`, and stops the VM.
-  const stopListening = onStopSignals((sig) => {
-    interrupted ??= sig;
-    abort.abort(new SkiffError(`stopped by ${sig}; the VM was stopped`));
-  });
+  using stop = stopOnSignals(abort);
   let rawNow = false;
   const cooked = () => {
     if (!rawNow) return;
@@ -224,19 +227,15 @@ export async function bootShell(config: VmConfig, o: BootShellOptions): Promise<
       output: Deno.stdout.writable,
       ...(size ? { size: () => terminalSize() ?? size } : {}),
     }, abort.signal);
-    if (status.kind === "signaled") await signalsDelivered();
+    if (status.kind === "signaled") await stop.stoppedBy();
     if (abort.signal.aborted) throw abort.signal.reason;
     return exitCodeOf(status);
   } catch (e) {
-    await signalsDelivered();
-    if (interrupted) {
-      cooked(); // before the line, which raw mode would not start at column 0
-      finalLine(`skiff boot: stopped by ${interrupted}; the VM was stopped`);
-      return 128 + STOP_SIGNALS[interrupted as StopSignal];
-    }
-    throw e;
+    const sig = await stop.stoppedBy();
+    if (!sig) throw e;
+    cooked(); // before the line, which raw mode would not start at column 0
+    return stoppedExit("boot", sig);
   } finally {
     cooked();
-    stopListening();
   }
 }
